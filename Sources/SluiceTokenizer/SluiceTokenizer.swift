@@ -1,0 +1,1 @@
+// Placeholder: SluiceTokenizer is being written.

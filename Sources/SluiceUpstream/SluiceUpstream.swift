@@ -1,0 +1,1 @@
+// Placeholder: SluiceUpstream is being written.
