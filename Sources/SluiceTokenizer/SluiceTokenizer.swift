@@ -1,1 +1,0 @@
-// Placeholder: SluiceTokenizer is being written.

@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct Sluice: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sluice",
+        abstract: "An OpenAI-compatible rate-limiting gateway.",
+        subcommands: []
+    )
+}
