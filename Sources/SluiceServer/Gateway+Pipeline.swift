@@ -1,0 +1,137 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import SluiceCore
+import SluiceTokenizer
+import SluiceUpstream
+
+/// The request's walk through the gateway, one named step after the other:
+///
+///     authenticate → read → authorize → count → admit → forward → relay → settle
+///
+/// Every step before `admit` can refuse the request with a `GatewayError`; nothing is reserved yet.
+/// From `admit` on, the reservation is settled exactly once, whatever happens: upstream failure,
+/// client disconnect, or success.
+extension Gateway {
+    func proxy(_ endpoint: OpenAIEndpoint, request: HTTPRequest, requestID: String, writer: ResponseWriter, logger: Logger) async -> RequestOutcome {
+        // 1. authenticate: Bearer secret → SHA-256 → key table.
+        let key: APIKey
+        switch authenticate(request.head) {
+        case .success(let found): key = found
+        case .failure(let error): return await writeError(writer, error, requestID: requestID)
+        }
+
+        // 2. read: the fields that matter, parsed once from the body.
+        let body = Array(request.body.readableBytesView)
+        let openAIRequest: OpenAIRequest
+        do {
+            openAIRequest = try OpenAIRequest.parse(body, endpoint: endpoint)
+        } catch {
+            return await refuse(error, key: key, model: nil, requestID: requestID, writer: writer)
+        }
+        let model = openAIRequest.model
+
+        // 3. authorize: the key may use the model, and an upstream serves it.
+        guard key.mayUse(model: model), let upstream = settings.upstream(forModel: model) else {
+            return await refuse(.modelNotFound(model: model), key: key, model: model, requestID: requestID, writer: writer)
+        }
+
+        // 4. count: exact prompt tokens, and the output reservation.
+        let promptTokens: Int
+        do {
+            promptTokens = try countPromptTokens(openAIRequest)
+        } catch {
+            return await refuse(error, key: key, model: model, requestID: requestID, writer: writer)
+        }
+        let reservedOutputTokens = endpoint == .embeddings ? 0 : (openAIRequest.maxOutputTokens ?? key.defaultOutputTokens) * openAIRequest.n
+
+        // 5. admit: one atomic step over all of the key's limits.
+        let admission = AdmissionRequest(
+            requestID: requestID, keyID: key.id, limits: key.limits, model: model,
+            promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens
+        )
+        let reservation: Reservation
+        let rateLimitHeaders: [(String, String)]
+        do {
+            switch try await limiter.admit(admission) {
+            case .admitted(let granted, let snapshot):
+                reservation = granted
+                rateLimitHeaders = RateLimitHeaders.render(snapshot)
+            case .denied(let denial, let snapshot):
+                metrics.rateLimited(kind: denial.kind, keyID: key.id)
+                return await writeError(
+                    writer, GatewayError(denial: denial, model: model), requestID: requestID,
+                    keyID: key.id, model: model, extraHeaders: RateLimitHeaders.render(snapshot)
+                )
+            }
+        } catch {
+            logger.error("limiter unavailable", metadata: ["error": "\(error)"])
+            return await writeError(writer, .serviceUnavailable(message: "The rate limiter is unavailable. Please retry shortly."), requestID: requestID, keyID: key.id, model: model)
+        }
+
+        // 6–7. forward and relay. Never throws: every failure is answered (or the stream cut) inside.
+        let exchange = ProxyExchange(
+            requestID: requestID, key: key, request: openAIRequest, endpoint: endpoint, upstream: upstream,
+            upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens,
+            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model, overrides: settings.modelEncodings)
+        )
+        let relayed = await forwardAndRelay(exchange, writer: writer, logger: logger)
+
+        // 8. settle: refund or charge the difference to the reservation, exactly once.
+        do {
+            _ = try await limiter.settle(reservation, actualPromptTokens: promptTokens, actualCompletionTokens: relayed.completionTokens)
+        } catch {
+            logger.error("settling the reservation failed", metadata: ["error": "\(error)"])
+        }
+        metrics.tokens(keyID: key.id, model: model, prompt: promptTokens, completion: relayed.completionTokens)
+        return RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: promptTokens, completionTokens: relayed.completionTokens)
+    }
+
+    // MARK: - Steps
+
+    func authenticate(_ head: HTTPRequestHead) -> Result<APIKey, GatewayError> {
+        guard let header = head.headers.first(name: "authorization") else { return .failure(.missingAPIKey) }
+        let prefix = "bearer "
+        guard header.count > prefix.count, header.prefix(prefix.count).lowercased() == prefix else {
+            return .failure(.missingAPIKey)
+        }
+        let secret = header.dropFirst(prefix.count).trimmingSpaces()
+        guard let key = settings.keys.authenticate(bearerSecret: secret) else {
+            return .failure(.invalidAPIKey(provided: secret))
+        }
+        return .success(key)
+    }
+
+    func countPromptTokens(_ request: OpenAIRequest) throws(GatewayError) -> Int {
+        let encoding = tokenizers.encoding(forModel: request.model, overrides: settings.modelEncodings)
+        do {
+            switch request.prompt {
+            case .chat(let prompt):
+                return try ChatPromptCounter(encoding: encoding, model: request.model).count(prompt, limit: settings.maxPromptBytes)
+            case .texts(let texts):
+                var total = 0
+                for text in texts { total += try encoding.countOrdinary(text, limit: settings.maxPromptBytes) }
+                return total
+            case .tokenCount(let count):
+                return count
+            }
+        } catch {
+            throw .invalidRequest(message: "The prompt is too large to process (limit \(settings.maxPromptBytes) bytes).", param: nil)
+        }
+    }
+
+    /// Refuses a request after authentication: an error with the key's current rate-limit headers.
+    private func refuse(_ error: GatewayError, key: APIKey, model: String?, requestID: String, writer: ResponseWriter) async -> RequestOutcome {
+        let snapshot = try? await limiter.snapshot(keyID: key.id, limits: key.limits)
+        return await writeError(writer, error, requestID: requestID, keyID: key.id, model: model, extraHeaders: snapshot.map(RateLimitHeaders.render) ?? [])
+    }
+}
+
+private extension Substring {
+    func trimmingSpaces() -> String {
+        var s = self[...]
+        while s.first == " " { s = s.dropFirst() }
+        while s.last == " " { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,177 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import SluiceCore
+import SluiceTokenizer
+import SluiceUpstream
+
+/// One admitted request on its way upstream and back.
+struct ProxyExchange: Sendable {
+    let requestID: String
+    let key: APIKey
+    let request: OpenAIRequest
+    let endpoint: OpenAIEndpoint
+    let upstream: UpstreamRoute
+    let upstreamBody: [UInt8]
+    let promptTokens: Int
+    let rateLimitHeaders: [(String, String)]
+    let encoding: BPEEncoding
+}
+
+/// What the relay step reports to the settle step.
+struct RelayResult: Sendable {
+    /// Status the client saw (or would have seen).
+    var status: Int
+    /// Completion tokens to charge: the upstream's `usage`, else counted from what was relayed.
+    var completionTokens: Int
+}
+
+extension Gateway {
+    /// Largest non-streamed upstream answer Sluice will hold in memory before giving up (502).
+    static let maxBufferedResponseBytes = 64 * 1024 * 1024
+
+    /// Response headers never copied from the upstream: hop-by-hop ones, lengths we recompute, and the
+    /// upstream's own rate-limit view (the client sees its key's limits at Sluice instead).
+    private static let droppedResponseHeaders: Set<String> = [
+        "connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade", "trailer",
+        "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-requests",
+        "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens",
+        "x-request-id", "date", "server",
+    ]
+
+    /// Steps 6 and 7: forward to the upstream, relay the answer. Never throws.
+    func forwardAndRelay(_ exchange: ProxyExchange, writer: ResponseWriter, logger: Logger) async -> RelayResult {
+        let upstreamRequest = makeUpstreamRequest(exchange)
+        let response: UpstreamResponse
+        do {
+            response = try await engine.execute(upstreamRequest)
+        } catch {
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
+            logger.warning("upstream request failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
+            let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
+            _ = await writeError(writer, gatewayError, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
+            return RelayResult(status: gatewayError.status, completionTokens: 0)
+        }
+
+        let isEventStream = response.headers.contains { $0.name.lowercased() == "content-type" && $0.value.lowercased().hasPrefix("text/event-stream") }
+        if exchange.request.stream && response.status == 200 && isEventStream {
+            return await relayStream(exchange, response: response, writer: writer, logger: logger)
+        }
+        return await relayWhole(exchange, response: response, writer: writer, logger: logger)
+    }
+
+    private func makeUpstreamRequest(_ exchange: ProxyExchange) -> UpstreamRequest {
+        var headers: [(name: String, value: String)] = [
+            ("content-type", "application/json"),
+            ("accept", exchange.request.stream ? "text/event-stream" : "application/json"),
+            ("x-request-id", exchange.requestID),
+        ]
+        if let apiKey = exchange.upstream.apiKey {
+            headers.append(("authorization", "Bearer \(apiKey.value)"))
+        }
+        return UpstreamRequest(
+            url: exchange.upstream.url(for: exchange.endpoint),
+            method: "POST",
+            headers: headers,
+            body: exchange.upstreamBody,
+            timeouts: exchange.request.stream ? exchange.upstream.streamTimeouts : exchange.upstream.timeouts
+        )
+    }
+
+    private func responseHeaders(_ exchange: ProxyExchange, upstream: [(name: String, value: String)]) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        for (name, value) in upstream where !Self.droppedResponseHeaders.contains(name.lowercased()) {
+            headers.add(name: name, value: value)
+        }
+        if let upstreamID = upstream.first(where: { $0.name.lowercased() == "x-request-id" })?.value {
+            headers.add(name: "x-upstream-request-id", value: upstreamID)
+        }
+        headers.add(name: "x-request-id", value: exchange.requestID)
+        for (name, value) in exchange.rateLimitHeaders { headers.add(name: name, value: value) }
+        return headers
+    }
+
+    // MARK: Non-streamed answers (and every upstream error status)
+
+    private func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: Logger) async -> RelayResult {
+        var collected = ByteBuffer()
+        do {
+            for try await chunk in response.body {
+                guard collected.readableBytes + chunk.readableBytes <= Self.maxBufferedResponseBytes else {
+                    throw UpstreamError(kind: .other, detail: "response larger than \(Self.maxBufferedResponseBytes) bytes")
+                }
+                var chunk = chunk
+                collected.writeBuffer(&chunk)
+            }
+        } catch let error as UpstreamError {
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
+            logger.warning("upstream response failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
+            let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
+            _ = await writeError(writer, gatewayError, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
+            return RelayResult(status: gatewayError.status, completionTokens: 0)
+        } catch {
+            // The client went away (task cancelled): nothing was relayed, nothing produced is known.
+            return RelayResult(status: 499, completionTokens: 0)
+        }
+
+        var completionTokens = 0
+        if (200..<300).contains(response.status) {
+            let bytes = Array(collected.readableBytesView)
+            if let usage = Usage.fromResponseBody(bytes) {
+                completionTokens = usage.completionTokens
+            } else {
+                // No usage reported: charge what the answer holds, counted by Sluice.
+                completionTokens = Usage.countCompletionText(in: bytes) { exchange.encoding.countOrdinary($0) }
+            }
+        } else {
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: "status_\(response.status)")
+        }
+        do {
+            try await writer.writeResponse(
+                status: HTTPResponseStatus(statusCode: response.status),
+                headers: responseHeaders(exchange, upstream: response.headers),
+                body: collected
+            )
+        } catch {
+            logger.debug("client went away before the response")
+        }
+        return RelayResult(status: response.status, completionTokens: completionTokens)
+    }
+
+    // MARK: Streamed answers
+
+    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: Logger) async -> RelayResult {
+        var filter = StreamRelayFilter(dropUsageChunk: exchange.request.sluiceAddedUsage)
+        func producedTokens() -> Int {
+            if let usage = filter.usage { return usage.completionTokens }
+            return exchange.encoding.countOrdinary(filter.streamedText)
+        }
+        do {
+            try await writer.writeStreamHead(status: .ok, headers: responseHeaders(exchange, upstream: response.headers))
+        } catch {
+            return RelayResult(status: 499, completionTokens: 0)
+        }
+        do {
+            for try await chunk in response.body {
+                let forward = filter.consume(chunk.readableBytesView)
+                if !forward.isEmpty {
+                    try await writer.writeStreamChunk(ByteBuffer(bytes: forward))
+                }
+            }
+            let tail = filter.finish()
+            if !tail.isEmpty { try await writer.writeStreamChunk(ByteBuffer(bytes: tail)) }
+            try await writer.endStream()
+            return RelayResult(status: 200, completionTokens: producedTokens())
+        } catch let error as UpstreamError {
+            // The upstream failed mid-stream: the head is gone, so cut the connection; charge what was produced.
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
+            logger.warning("upstream stream failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
+            writer.abort()
+            return RelayResult(status: 502, completionTokens: producedTokens())
+        } catch {
+            // The client went away mid-stream: leaving the loop cancelled the upstream transfer.
+            logger.info("client disconnected mid-stream", metadata: ["completion_tokens_relayed": "\(producedTokens())"])
+            return RelayResult(status: 499, completionTokens: producedTokens())
+        }
+    }
+}

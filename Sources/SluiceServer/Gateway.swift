@@ -1,0 +1,174 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import SluiceCore
+import SluiceTokenizer
+import SluiceUpstream
+import Synchronization
+
+/// The gateway: owns what every request needs and routes each one to its handler.
+///
+/// The proxy routes walk the pipeline in `Gateway+Pipeline.swift`; everything else (models, health,
+/// metrics, 404s) is answered here.
+public final class Gateway: RequestHandling {
+    let settings: GatewaySettings
+    let tokenizers: Tokenizers
+    let limiter: any LimiterStore
+    let engine: CurlEngine
+    let metrics: GatewayMetrics
+    let logger: Logger
+    let requestIDs = RequestIDGenerator()
+    private let readiness = Mutex<Readiness>(.ready)
+
+    enum Readiness: Sendable { case ready, draining }
+
+    public init(
+        settings: GatewaySettings,
+        tokenizers: Tokenizers,
+        limiter: any LimiterStore,
+        engine: CurlEngine,
+        metrics: GatewayMetrics,
+        logger: Logger
+    ) {
+        self.settings = settings
+        self.tokenizers = tokenizers
+        self.limiter = limiter
+        self.engine = engine
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    /// Marks the node as draining: `/readyz` answers 503 so load balancers stop sending traffic.
+    public func beginDraining() {
+        readiness.withLock { $0 = .draining }
+    }
+
+    public func handle(_ request: HTTPRequest, writer: ResponseWriter) async {
+        let started = ContinuousClock.now
+        let requestID = requestIDs.next()
+        let path = request.head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.head.uri
+        let route = Route(method: request.head.method, path: path)
+        var logger = self.logger
+        logger[metadataKey: "request_id"] = "\(requestID)"
+
+        let outcome: RequestOutcome
+        switch route {
+        case .proxy(let endpoint):
+            outcome = await proxy(endpoint, request: request, requestID: requestID, writer: writer, logger: logger)
+        case .listModels:
+            outcome = await listModels(request, requestID: requestID, writer: writer, modelID: nil)
+        case .retrieveModel(let id):
+            outcome = await listModels(request, requestID: requestID, writer: writer, modelID: id)
+        case .health:
+            outcome = await writePlain(writer, status: .ok, json: #"{"status":"ok"}"#, requestID: requestID)
+        case .ready:
+            let draining = readiness.withLock { $0 == .draining }
+            outcome = draining
+                ? await writePlain(writer, status: .serviceUnavailable, json: #"{"status":"draining"}"#, requestID: requestID)
+                : await writePlain(writer, status: .ok, json: #"{"status":"ready","limiter":"\#(settings.limiterMode)"}"#, requestID: requestID)
+        case .metrics:
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "text/plain; version=0.0.4; charset=utf-8")
+            let body = ByteBuffer(bytes: metrics.exposition())
+            outcome = await write(writer, requestID: requestID) {
+                try await writer.writeResponse(status: .ok, headers: headers, body: body)
+            }
+        case .methodNotAllowed:
+            outcome = await writeError(writer, .methodNotAllowed(method: request.head.method.rawValue, path: path), requestID: requestID)
+        case .notFound:
+            outcome = await writeError(writer, .routeNotFound(method: request.head.method.rawValue, path: path), requestID: requestID)
+        }
+
+        metrics.requestFinished(route: route.metricLabel, status: outcome.status, model: outcome.model, duration: ContinuousClock.now - started)
+        if route.isProxy {
+            logger.info(
+                "request",
+                metadata: [
+                    "route": "\(route.metricLabel)", "status": "\(outcome.status)",
+                    "key": "\(outcome.keyID ?? "-")", "model": "\(outcome.model ?? "-")",
+                    "prompt_tokens": "\(outcome.promptTokens)", "completion_tokens": "\(outcome.completionTokens)",
+                    "duration_ms": "\(Self.milliseconds(ContinuousClock.now - started))",
+                ]
+            )
+        }
+    }
+
+    // MARK: - Small routes
+
+    /// `GET /v1/models` (and `/v1/models/{id}`): the models this key may use, in OpenAI's list shape.
+    private func listModels(_ request: HTTPRequest, requestID: String, writer: ResponseWriter, modelID: String?) async -> RequestOutcome {
+        let key: APIKey
+        switch authenticate(request.head) {
+        case .success(let found): key = found
+        case .failure(let error): return await writeError(writer, error, requestID: requestID)
+        }
+        let models = settings.listedModels(for: key)
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "x-request-id", value: requestID)
+        if let snapshot = try? await limiter.snapshot(keyID: key.id, limits: key.limits) {
+            for (name, value) in RateLimitHeaders.render(snapshot) { headers.add(name: name, value: value) }
+        }
+        let body: String
+        if let modelID {
+            guard models.contains(modelID) || (key.mayUse(model: modelID) && settings.upstream(forModel: modelID) != nil) else {
+                return await writeError(writer, .modelNotFound(model: modelID), requestID: requestID, keyID: key.id)
+            }
+            body = Self.modelObject(modelID)
+        } else {
+            body = #"{"object":"list","data":["# + models.map(Self.modelObject).joined(separator: ",") + "]}"
+        }
+        let buffer = ByteBuffer(string: body)
+        return await write(writer, requestID: requestID, keyID: key.id) {
+            try await writer.writeResponse(status: .ok, headers: headers, body: buffer)
+        }
+    }
+
+    private static func modelObject(_ id: String) -> String {
+        #"{"id":"# + JSONWriter.quoted(id) + #","object":"model","created":0,"owned_by":"sluice"}"#
+    }
+
+    // MARK: - Writing helpers that never throw (a client that left is not an error of ours)
+
+    func writeError(_ writer: ResponseWriter, _ error: GatewayError, requestID: String, keyID: String? = nil, model: String? = nil, extraHeaders: [(String, String)] = []) async -> RequestOutcome {
+        if case .rateLimited = error.kind {} // counted by the caller with its limit kind
+        do {
+            try await writer.writeError(error, requestID: requestID, extraHeaders: extraHeaders)
+        } catch {
+            logger.debug("client went away before the error response", metadata: ["request_id": "\(requestID)"])
+        }
+        return RequestOutcome(status: error.status, keyID: keyID, model: model)
+    }
+
+    private func writePlain(_ writer: ResponseWriter, status: HTTPResponseStatus, json: String, requestID: String) async -> RequestOutcome {
+        var headers = HTTPHeaders()
+        headers.add(name: "content-type", value: "application/json")
+        headers.add(name: "x-request-id", value: requestID)
+        let body = ByteBuffer(string: json)
+        return await write(writer, requestID: requestID) {
+            try await writer.writeResponse(status: status, headers: headers, body: body)
+        }
+    }
+
+    private func write(_ writer: ResponseWriter, requestID: String, keyID: String? = nil, _ body: () async throws -> Void) async -> RequestOutcome {
+        do { try await body() } catch {
+            logger.debug("client went away before the response", metadata: ["request_id": "\(requestID)"])
+        }
+        return RequestOutcome(status: writer.status, keyID: keyID, model: nil)
+    }
+
+    static func milliseconds(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        let ms = Double(seconds) * 1000 + Double(attoseconds) / 1e15
+        return String(format: "%.2f", ms)
+    }
+}
+
+/// What a finished request leaves behind for metrics and the access log.
+struct RequestOutcome: Sendable {
+    var status: Int
+    var keyID: String?
+    var model: String?
+    var promptTokens = 0
+    var completionTokens = 0
+}

@@ -1,0 +1,71 @@
+import CoreMetrics
+import Metrics
+import Prometheus
+import SluiceCore
+import Synchronization
+
+/// The gateway's metrics, recorded through swift-metrics into a Prometheus registry of its own (not
+/// the process-global bootstrap, so several gateways can live in one test process).
+///
+/// Label values are bounded: routes are fixed strings, keys and models come from the config (a model
+/// a key may not use is refused before anything is recorded under its name).
+public final class GatewayMetrics: Sendable {
+    let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+    private let openConnections: @Sendable () -> Int
+    private let connectionsGauge: Gauge
+    private let cache = Mutex<[String: Counter]>([:])
+
+    public init(openConnections: @escaping @Sendable () -> Int = { 0 }) {
+        registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5),
+            .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+            .milliseconds(500), .seconds(1), .seconds(2.5), .seconds(5), .seconds(10), .seconds(30), .seconds(60),
+        ]
+        self.factory = factory
+        self.openConnections = openConnections
+        connectionsGauge = Gauge(label: "sluice_open_connections", factory: factory)
+    }
+
+    func requestFinished(route: String, status: Int, model: String?, duration: Duration) {
+        counter("sluice_requests_total", [("route", route), ("status", String(status)), ("model", model ?? "")]).increment()
+        Metrics.Timer(label: "sluice_request_duration_seconds", dimensions: [("route", route)], factory: factory)
+            .record(duration: duration)
+    }
+
+    func tokens(keyID: String, model: String, prompt: Int, completion: Int) {
+        counter("sluice_prompt_tokens_total", [("key", keyID), ("model", model)]).increment(by: prompt)
+        counter("sluice_completion_tokens_total", [("key", keyID), ("model", model)]).increment(by: completion)
+    }
+
+    func rateLimited(kind: RateLimitKind, keyID: String) {
+        counter("sluice_rate_limited_total", [("limit", kind.rawValue), ("key", keyID)]).increment()
+    }
+
+    func upstreamError(upstream: String, kind: String) {
+        counter("sluice_upstream_errors_total", [("upstream", upstream), ("kind", kind)]).increment()
+    }
+
+    /// Prometheus text exposition of everything recorded so far.
+    public func exposition() -> [UInt8] {
+        connectionsGauge.record(openConnections())
+        return registry.emitToBuffer()
+    }
+
+    /// Counters are looked up once per label set and kept: creating one per request would go through
+    /// the factory's lock and allocate every time.
+    private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
+        var cacheKey = label
+        for (name, value) in dimensions {
+            cacheKey += "\u{1}" + name + "=" + value
+        }
+        return cache.withLock { cache in
+            if let counter = cache[cacheKey] { return counter }
+            let counter = Counter(label: label, dimensions: dimensions, factory: factory)
+            cache[cacheKey] = counter
+            return counter
+        }
+    }
+}

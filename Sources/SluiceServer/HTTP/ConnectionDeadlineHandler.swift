@@ -1,0 +1,105 @@
+import NIOCore
+import NIOHTTP1
+
+/// Closes connections that hold a server slot without making progress:
+/// - idle keep-alive connections (no request started within `idleTimeout` after the last response),
+/// - clients that send a head and then trickle or stall the body past `bodyTimeout`
+///   (answered with 408 in the OpenAI error envelope, then closed).
+///
+/// Sits after the HTTP codec, so it sees request parts inbound and response parts outbound; it never
+/// fires while a response is being produced (a long stream is not idle).
+final class ConnectionDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum Phase { case idle, readingRequest, responding }
+
+    private let idleTimeout: TimeAmount
+    private let bodyTimeout: TimeAmount
+    private var phase = Phase.idle
+    private var timer: Scheduled<Void>?
+
+    init(idleTimeout: TimeAmount, bodyTimeout: TimeAmount) {
+        self.idleTimeout = idleTimeout
+        self.bodyTimeout = bodyTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { arm(context: context, for: .idle) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        arm(context: context, for: .idle)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        cancelTimer()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        cancelTimer()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head:
+            arm(context: context, for: .readingRequest)
+        case .end:
+            cancelTimer()
+            phase = .responding
+        case .body:
+            break
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data), phase == .responding {
+            arm(context: context, for: .idle)
+        }
+        context.write(data, promise: promise)
+    }
+
+    private func arm(context: ChannelHandlerContext, for phase: Phase) {
+        cancelTimer()
+        self.phase = phase
+        let timeout = phase == .readingRequest ? bodyTimeout : idleTimeout
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
+            guard let self else { return }
+            self.expire(context: loopBound.value)
+        }
+    }
+
+    private func expire(context: ChannelHandlerContext) {
+        timer = nil
+        switch phase {
+        case .idle:
+            context.close(promise: nil)
+        case .readingRequest:
+            // The client started a request and did not finish it in time: tell it why, then close.
+            let error = GatewayErrorResponse.requestTimeout
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "application/json")
+            headers.add(name: "content-length", value: String(error.body.readableBytes))
+            headers.add(name: "connection", value: "close")
+            let head = HTTPResponseHead(version: .http1_1, status: .requestTimeout, headers: headers)
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(error.body))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+                context.close(promise: nil)
+            }
+        case .responding:
+            break
+        }
+    }
+
+    private func cancelTimer() {
+        timer?.cancel()
+        timer = nil
+    }
+}

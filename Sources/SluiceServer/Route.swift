@@ -1,0 +1,59 @@
+import NIOHTTP1
+import SluiceCore
+
+/// Where a request goes, decided from its method and path (query string removed).
+enum Route: Sendable, Equatable {
+    case proxy(OpenAIEndpoint)
+    case listModels
+    case retrieveModel(String)
+    case health
+    case ready
+    case metrics
+    case methodNotAllowed
+    case notFound
+
+    init(method: HTTPMethod, path: String) {
+        let proxyPaths: [String: OpenAIEndpoint] = [
+            "/v1/chat/completions": .chatCompletions,
+            "/v1/completions": .completions,
+            "/v1/embeddings": .embeddings,
+        ]
+        if let endpoint = proxyPaths[path] {
+            self = method == .POST ? .proxy(endpoint) : .methodNotAllowed
+            return
+        }
+        let getRoutes: [String: Route] = [
+            "/v1/models": .listModels, "/healthz": .health, "/readyz": .ready, "/metrics": .metrics,
+        ]
+        if let route = getRoutes[path] {
+            self = (method == .GET || method == .HEAD) ? route : .methodNotAllowed
+            return
+        }
+        let modelPrefix = "/v1/models/"
+        if path.hasPrefix(modelPrefix), path.count > modelPrefix.count {
+            self = method == .GET ? .retrieveModel(String(path.dropFirst(modelPrefix.count))) : .methodNotAllowed
+            return
+        }
+        self = .notFound
+    }
+
+    var isProxy: Bool {
+        if case .proxy = self { return true }
+        return false
+    }
+
+    /// A bounded label for metrics (never the raw path: that would let clients mint label values).
+    var metricLabel: String {
+        switch self {
+        case .proxy(.chatCompletions): return "/v1/chat/completions"
+        case .proxy(.completions): return "/v1/completions"
+        case .proxy(.embeddings): return "/v1/embeddings"
+        case .listModels, .retrieveModel: return "/v1/models"
+        case .health: return "/healthz"
+        case .ready: return "/readyz"
+        case .metrics: return "/metrics"
+        case .methodNotAllowed: return "method_not_allowed"
+        case .notFound: return "not_found"
+        }
+    }
+}

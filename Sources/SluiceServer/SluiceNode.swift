@@ -1,0 +1,91 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import SluiceCore
+import SluiceTokenizer
+import SluiceUpstream
+
+/// One running Sluice node: loads the config and the tokenizer, starts the curl engine, then the HTTP
+/// server; on SIGTERM/SIGINT stops in reverse order (the server drains first, the engine stops last).
+public struct SluiceNode: Sendable {
+    public let config: SluiceConfig
+    public let gateway: Gateway
+    public let server: HTTPServer
+    let engine: CurlEngine
+    let group: MultiThreadedEventLoopGroup
+
+    /// Builds a node from a validated config. Loading the tokenizer files is the slow part (~100 ms).
+    public init(config: SluiceConfig, logger: Logger) throws {
+        self.config = config
+        let directory = ProcessInfo.processInfo.environment["SLUICE_TOKENIZER_DIR"] ?? config.tokenizer.directory
+        let tokenizers = try Tokenizers.load(directory: directory)
+        let threads = config.server.eventLoopThreads > 0 ? config.server.eventLoopThreads : System.coreCount
+        group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        var engineConfiguration = CurlEngine.Configuration()
+        engineConfiguration.maxConnectionsPerHost = config.upstreams.map(\.maxConnections).max() ?? 64
+        engine = CurlEngine(configuration: engineConfiguration, logger: logger)
+        let limiter = InMemoryLimiterStore()
+        let settings = GatewaySettings(config: config, limiterMode: "embedded")
+        // The metrics read the connection count from the server, which needs the gateway: break the
+        // cycle with a box filled right after.
+        let serverBox = ServerBox()
+        let metrics = GatewayMetrics(openConnections: { serverBox.server?.openConnections ?? 0 })
+        gateway = Gateway(settings: settings, tokenizers: tokenizers, limiter: limiter, engine: engine, metrics: metrics, logger: logger)
+        server = HTTPServer(
+            configuration: .init(
+                host: config.server.host, port: config.server.port, maxBodyBytes: config.server.maxBodyBytes,
+                idleTimeoutMs: config.server.idleTimeoutMs, bodyTimeoutMs: config.server.bodyTimeoutMs,
+                shutdownGraceSeconds: config.server.shutdownGraceSeconds
+            ),
+            group: group, handler: gateway, logger: logger
+        )
+        serverBox.server = server
+    }
+
+    /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+    public func run(logger: Logger) async throws {
+        let services: [any Service] = [
+            CurlEngineService(engine: engine),
+            HTTPServerService(server: server, gateway: gateway),
+        ]
+        let group = ServiceGroup(
+            configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        try await group.run()
+        try await self.group.shutdownGracefully()
+    }
+}
+
+private final class ServerBox: @unchecked Sendable {
+    // Written once during init, before any request can read it.
+    var server: HTTPServer?
+}
+
+/// Starts the curl engine before the server and stops it after the server has drained.
+struct CurlEngineService: Service {
+    let engine: CurlEngine
+
+    func run() async throws {
+        try engine.start()
+        try? await gracefulShutdown()
+        await engine.shutdown()
+    }
+}
+
+/// Serves HTTP until graceful shutdown: then `/readyz` turns 503, the listener closes, in-flight
+/// requests and streams finish (up to the grace period).
+struct HTTPServerService: Service {
+    let server: HTTPServer
+    let gateway: Gateway
+
+    func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await server.run()
+        } onGracefulShutdown: {
+            gateway.beginDraining()
+            server.shutdownGracefully()
+        }
+    }
+}

@@ -1,0 +1,43 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SluiceCore
+import SluiceServer
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run the gateway."
+    )
+
+    @Option(name: .long, help: "Path to the JSON config file.")
+    var config: String = "Config/sluice.json"
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = ProcessInfo.processInfo.environment["SLUICE_LOG_LEVEL"] ?? "info"
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "sluice")
+        let loaded: SluiceConfig
+        do {
+            loaded = try SluiceConfig.load(path: config)
+        } catch let error as ConfigError {
+            FileHandle.standardError.write(Data("sluice: \(config) is not a valid config:\n\(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let node: SluiceNode
+        do {
+            node = try SluiceNode(config: loaded, logger: logger)
+        } catch {
+            logger.critical("cannot start", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+        try await node.run(logger: logger)
+    }
+}
