@@ -1,0 +1,121 @@
+"""Shared fixtures for the end-to-end tests: real processes on loopback ports.
+
+`sluice-mock` is the fake OpenAI upstream (the only fake); `sluice serve` runs with a config written
+per test module. Binaries come from SLUICE_BIN / SLUICE_MOCK_BIN (scripts/test sets both).
+"""
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SLUICE_BIN = os.environ.get("SLUICE_BIN", str(ROOT / ".build/debug/sluice"))
+MOCK_BIN = os.environ.get("SLUICE_MOCK_BIN", str(ROOT / ".build/debug/sluice-mock"))
+TOKENIZER_DIR = os.environ.get("SLUICE_TOKENIZER_DIR", str(ROOT / ".cache/tokenizer"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open within {timeout}s")
+
+
+def sha256_hex(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Process:
+    def __init__(self, args, port, log_path, env=None):
+        self.port = port
+        self.log_path = log_path
+        self.stderr = open(log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
+        wait_for_port(port, self.proc)
+
+    def stop(self, sig_timeout=15):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=sig_timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+    def log_text(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+
+class Mock(Process):
+    def __init__(self, tmp: Path):
+        port = free_port()
+        self.requests_log = tmp / "mock-requests.jsonl"
+        super().__init__([MOCK_BIN, "--port", str(port), "--log", str(self.requests_log)], port, tmp / "mock.stderr")
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def requests(self):
+        if not self.requests_log.exists():
+            return []
+        return [json.loads(line) for line in self.requests_log.read_text().splitlines() if line.strip()]
+
+
+def gateway_config(port: int, mock_port: int, keys: list, tiers: dict, server: dict | None = None) -> dict:
+    return {
+        "server": {"host": "127.0.0.1", "port": port, **(server or {})},
+        "tokenizer": {"directory": TOKENIZER_DIR},
+        "upstreams": [{
+            "name": "mock",
+            "base_url": f"http://127.0.0.1:{mock_port}/v1",
+            "models": ["gpt-4o-mini", "gpt-4o", "gpt-4.1*", "text-embedding-3-small", "gpt-3.5-turbo-instruct"],
+            "connect_timeout_ms": 2000,
+            "first_byte_timeout_ms": 5000,
+            "stall_timeout_ms": 5000,
+            "request_timeout_ms": 30000,
+            "max_connections": 16,
+        }],
+        "tiers": tiers,
+        "keys": keys,
+    }
+
+
+class Gateway(Process):
+    def __init__(self, tmp: Path, config: dict, env_extra=None):
+        self.config_path = tmp / "sluice.json"
+        self.config_path.write_text(json.dumps(config, indent=2))
+        port = config["server"]["port"]
+        env = dict(os.environ)
+        env.setdefault("SLUICE_TOKENIZER_DIR", TOKENIZER_DIR)
+        env.update(env_extra or {})
+        super().__init__([SLUICE_BIN, "serve", "--config", str(self.config_path)], port, tmp / "sluice.stderr", env=env)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.root_url = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def tmp_module(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def mock(tmp_module):
+    m = Mock(tmp_module)
+    yield m
+    m.stop()

@@ -1,0 +1,285 @@
+"""The gateway end to end: the official openai SDK → sluice serve → sluice-mock, over real sockets."""
+import asyncio
+import json
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+
+from conftest import Gateway, free_port, gateway_config, sha256_hex
+
+DEMO = "sk-e2e-demo-0123456789"
+RETRY = "sk-e2e-retry-0123456789"
+TIGHT = "sk-e2e-tight-0123456789"
+MINI_ONLY = "sk-e2e-mini-only-0123456789"
+CHARGE = "sk-e2e-charge-0123456789"
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello to the tests."}]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_module, mock):
+    tiers = {
+        "unlimited": {"requests_per_minute": 1_000_000, "tokens_per_minute": 1_000_000_000},
+        "one-per-second": {"requests_per_minute": 60, "requests_burst": 1, "tokens_per_minute": 1_000_000},
+        "tight-tokens": {"requests_per_minute": 1000, "tokens_per_minute": 600},
+    }
+    keys = [
+        {"id": "demo", "secret_sha256": sha256_hex(DEMO), "tier": "unlimited"},
+        {"id": "retry", "secret_sha256": sha256_hex(RETRY), "tier": "one-per-second"},
+        {"id": "tight", "secret_sha256": sha256_hex(TIGHT), "tier": "tight-tokens", "default_output_tokens": 50},
+        {"id": "mini-only", "secret_sha256": sha256_hex(MINI_ONLY), "tier": "unlimited", "models": ["gpt-4o-mini"]},
+        {"id": "charge", "secret_sha256": sha256_hex(CHARGE), "tier": "unlimited"},
+    ]
+    config = gateway_config(free_port(), mock.port, keys, tiers,
+                            server={"max_body_bytes": 1_048_576, "body_timeout_ms": 1500})
+    g = Gateway(tmp_module, config)
+    yield g
+    g.stop()
+
+
+def client(gateway, key=DEMO, **kw):
+    kw.setdefault("max_retries", 0)
+    return openai.OpenAI(base_url=gateway.base_url, api_key=key, **kw)
+
+
+# ---------------------------------------------------------------- happy paths
+
+def test_chat_non_stream_sync(gateway, mock):
+    raw = client(gateway).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES)
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert completion.usage.completion_tokens == 16
+    assert raw.headers["x-request-id"].startswith("req_")
+    assert int(raw.headers["x-ratelimit-limit-requests"]) == 1_000_000
+    assert int(raw.headers["x-ratelimit-remaining-requests"]) < 1_000_000
+    assert raw.headers["x-ratelimit-reset-tokens"].endswith("s")
+    # The upstream saw the request id Sluice assigned.
+    assert any(r.get("request_id") == raw.headers["x-request-id"] for r in mock.requests())
+
+
+def test_chat_non_stream_async(gateway):
+    async def run():
+        async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=DEMO, max_retries=0) as c:
+            results = await asyncio.gather(*[
+                c.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=5) for _ in range(8)
+            ])
+        return results
+    results = asyncio.run(run())
+    assert all(r.usage.completion_tokens == 5 for r in results)
+
+
+def test_stream_without_include_usage_hides_the_usage_chunk(gateway, mock):
+    chunks = list(client(gateway).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text.split()) == 16
+    assert all(c.usage is None for c in chunks), "Sluice added include_usage itself, so the client must not see it"
+    assert all(c.choices for c in chunks)
+    # ...but upstream it was asked for, so the usage was known to Sluice.
+    assert mock.requests()[-1]["include_usage"] is True
+
+
+def test_stream_with_include_usage_passes_the_usage_chunk(gateway):
+    chunks = list(client(gateway).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}, max_tokens=7))
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1
+    assert usage_chunks[0].usage.completion_tokens == 7
+    assert usage_chunks[0].choices == []
+
+
+def test_completions_and_embeddings(gateway):
+    c = client(gateway)
+    completion = c.completions.create(model="gpt-3.5-turbo-instruct", prompt="Once upon a time", max_tokens=3)
+    assert completion.choices[0].text
+    embedding = c.embeddings.create(model="text-embedding-3-small", input=["hello", "world"])
+    assert len(embedding.data) == 2
+
+
+def test_models_lists_what_the_key_may_use(gateway):
+    all_models = {m.id for m in client(gateway).models.list()}
+    assert {"gpt-4o-mini", "gpt-4o", "text-embedding-3-small"} <= all_models
+    assert "gpt-4.1*" not in all_models  # prefixes are rules, not model names
+    assert {m.id for m in client(gateway, MINI_ONLY).models.list()} == {"gpt-4o-mini"}
+
+
+# ---------------------------------------------------------------- refusals
+
+def test_missing_and_wrong_key_are_401(gateway):
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        client(gateway, "sk-not-a-real-key-123456").chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert wrong.value.status_code == 401
+    assert wrong.value.code == "invalid_api_key"
+    assert "sk-not-a-real-key-123456" not in wrong.value.message, "never echo a secret"
+    r = httpx.post(gateway.base_url + "/chat/completions", json={"model": "gpt-4o-mini", "messages": MESSAGES})
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_model_and_forbidden_model_are_404(gateway):
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client(gateway).chat.completions.create(model="gpt-9-imaginary", messages=MESSAGES)
+    assert unknown.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as forbidden:
+        client(gateway, MINI_ONLY).chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert forbidden.value.code == "model_not_found"
+
+
+def test_unknown_route_is_404_in_the_openai_envelope(gateway):
+    r = httpx.get(gateway.root_url + "/v1/nothing-here", headers={"authorization": f"Bearer {DEMO}"})
+    assert r.status_code == 404
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_429_then_a_retry_that_honours_retry_after_ms(gateway, mock):
+    c = client(gateway, RETRY)
+    c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1)
+    with pytest.raises(openai.RateLimitError) as denied:
+        c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1)
+    headers = denied.value.response.headers
+    wait_ms = float(headers["retry-after-ms"])
+    assert 0 < wait_ms <= 1000
+    assert int(headers["retry-after"]) == 1
+    body = denied.value.response.json()["error"]
+    assert body["code"] == "rate_limit_exceeded" and body["type"] == "requests"
+    assert "requests per min (RPM)" in body["message"]
+
+    # The SDK's own retry: it reads retry-after-ms and waits that long, then succeeds.
+    time.sleep(1.05)
+    c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1)
+    start = time.monotonic()
+    upstream_before = len(mock.requests())
+    retrying = client(gateway, RETRY, max_retries=2)
+    completion = retrying.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1)
+    elapsed = time.monotonic() - start
+    assert completion.usage.completion_tokens == 1
+    assert 0.5 <= elapsed < 5, f"the retry should wait about the advertised time, took {elapsed:.2f}s"
+    assert len(mock.requests()) == upstream_before + 1, "the denied attempt never reached the upstream"
+
+
+def test_request_bigger_than_the_bucket_is_never_retried(gateway):
+    with pytest.raises(openai.RateLimitError) as denied:
+        client(gateway, TIGHT).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5000)
+    assert denied.value.response.headers["x-should-retry"] == "false"
+    assert "Request too large" in denied.value.response.json()["error"]["message"]
+
+
+# ---------------------------------------------------------------- bad input
+
+def post_raw(gateway, body: bytes, headers=None):
+    h = {"authorization": f"Bearer {DEMO}", "content-type": "application/json"}
+    h.update(headers or {})
+    return httpx.post(gateway.base_url + "/chat/completions", content=body, headers=h)
+
+
+@pytest.mark.parametrize("body,param", [
+    (b'{"model": "gpt-4o-mini", "messages": [', None),
+    (b'{"model": "gpt-4o-mini"}', "messages"),
+    (b'{"model": "gpt-4o-mini", "messages": "hi"}', "messages"),
+    (b'{"model": "gpt-4o-mini", "messages": [], "max_tokens": "ten"}', "max_tokens"),
+    (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"),
+    (b'[1, 2, 3]', None),
+    (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "\xff\xfe bad utf-8"}]}', None),
+])
+def test_malformed_requests_get_400(gateway, body, param):
+    r = post_raw(gateway, body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    if param:
+        assert error["param"] == param
+
+
+def test_body_over_the_cap_is_413(gateway):
+    big = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "' + b"a" * 1_100_000 + b'"}]}'
+    r = post_raw(gateway, big)
+    assert r.status_code == 413
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_half_a_body_then_a_stall_gets_408_and_a_closed_connection(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + DEMO.encode()
+                  + b"\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"model\":")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 408"), data[:200]
+    assert b'"error"' in data
+
+
+def test_oversized_headers_are_refused(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+    assert data == b"" or data.startswith(b"HTTP/1.1 4"), data[:200]
+    assert httpx.get(gateway.root_url + "/healthz").status_code == 200, "the node survived"
+
+
+# ---------------------------------------------------------------- disconnect mid-stream
+
+def metric_value(gateway, name, **labels):
+    text = httpx.get(gateway.root_url + "/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_disconnect_mid_stream_cancels_upstream_and_charges_what_was_relayed(gateway, mock):
+    before = metric_value(gateway, "sluice_completion_tokens_total", key="charge")
+    c = client(gateway, CHARGE)
+    stream = c.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=400,
+        extra_headers={"x-mock-completion-tokens": "400", "x-mock-token-delay-ms": "20"})
+    received = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+        if received == 10:
+            break
+    stream.close()
+
+    deadline = time.time() + 5
+    record = None
+    while time.time() < deadline:
+        done = [r for r in mock.requests() if r.get("max_tokens") == 400 and r.get("outcome") != "complete"]
+        if done:
+            record = done[-1]
+            break
+        time.sleep(0.05)
+    assert record is not None, "the upstream transfer was not cancelled"
+    assert record["outcome"] == "client_closed"
+    assert record["completion_tokens"] < 400
+
+    deadline = time.time() + 5
+    charged = 0
+    while time.time() < deadline:
+        charged = metric_value(gateway, "sluice_completion_tokens_total", key="charge") - before
+        if charged > 0:
+            break
+        time.sleep(0.05)
+    assert received <= charged <= record["completion_tokens"], (received, charged, record)
+
+
+def test_health_ready_metrics(gateway):
+    assert httpx.get(gateway.root_url + "/healthz").json()["status"] == "ok"
+    assert httpx.get(gateway.root_url + "/readyz").status_code == 200
+    metrics = httpx.get(gateway.root_url + "/metrics").text
+    assert "sluice_requests_total" in metrics
+    assert "sluice_rate_limited_total" in metrics
