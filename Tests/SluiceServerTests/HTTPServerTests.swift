@@ -1,0 +1,141 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import XCTest
+@testable import SluiceServer
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The HTTP front door over real sockets, with a handler that echoes the body it was given.
+final class HTTPServerTests: XCTestCase {
+    struct EchoHandler: RequestHandling {
+        func handle(_ request: HTTPRequest, writer: ResponseWriter) async {
+            var headers = HTTPHeaders()
+            headers.add(name: "content-type", value: "text/plain")
+            try? await writer.writeResponse(status: .ok, headers: headers, body: request.body)
+        }
+    }
+
+    private var group: MultiThreadedEventLoopGroup!
+    private var server: HTTPServer!
+    private var runTask: Task<Void, any Error>!
+    private var port = 0
+
+    override func setUp() async throws {
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        server = HTTPServer(
+            configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: 1024, idleTimeoutMs: 5000, bodyTimeoutMs: 500, shutdownGraceSeconds: 1),
+            group: group, handler: EchoHandler(), logger: Logger(label: "test")
+        )
+        let server = self.server!
+        runTask = Task { try await server.run() }
+        for _ in 0..<200 where server.localAddress == nil { try await Task.sleep(for: .milliseconds(10)) }
+        port = try XCTUnwrap(server.localAddress?.port)
+    }
+
+    override func tearDown() async throws {
+        server.shutdownGracefully()
+        _ = try? await runTask.value
+        try await group.shutdownGracefully()
+    }
+
+    func testKeepAliveServesSeveralRequestsOnOneConnection() throws {
+        let socket = try TestSocket(port: port)
+        for i in 0..<3 {
+            let body = "hello \(i)"
+            try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+            let response = try socket.readResponse()
+            XCTAssertTrue(response.hasPrefix("HTTP/1.1 200"), response)
+            XCTAssertTrue(response.hasSuffix(body), response)
+        }
+    }
+
+    func testDeclaredBodyOverTheCapIs413AndCloses() throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n")
+        let response = try socket.readUntilClosed()
+        XCTAssertTrue(response.hasPrefix("HTTP/1.1 413"), response)
+        XCTAssertTrue(response.contains("\"error\""))
+    }
+
+    func testChunkedBodyOverTheCapIs413() throws {
+        let socket = try TestSocket(port: port)
+        let chunk = String(repeating: "a", count: 800)
+        try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n320\r\n\(chunk)\r\n320\r\n\(chunk)\r\n0\r\n\r\n")
+        let response = try socket.readUntilClosed()
+        XCTAssertTrue(response.hasPrefix("HTTP/1.1 413"), response)
+    }
+
+    func testGracefulShutdownClosesIdleConnections() async throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok")
+        _ = try socket.readResponse()
+        server.shutdownGracefully()
+        // The idle keep-alive connection is closed by the server, and run() returns.
+        XCTAssertEqual(try socket.readUntilClosed(), "")
+        _ = try await runTask.value
+    }
+}
+
+/// A blocking client socket: the simplest honest HTTP/1.1 peer for these tests.
+final class TestSocket {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard result == 0 else { throw POSIXError(.ECONNREFUSED) }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ text: String) throws {
+        let bytes = Array(text.utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw POSIXError(.EPIPE) }
+            sent += n
+        }
+    }
+
+    /// Reads one response with a content-length body.
+    func readResponse() throws -> String {
+        var data = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            if let text = String(bytes: data, encoding: .utf8), let headEnd = text.range(of: "\r\n\r\n") {
+                let head = text[..<headEnd.lowerBound].lowercased()
+                let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }
+                    .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
+                if text.utf8.distance(from: headEnd.upperBound.samePosition(in: text.utf8)!, to: text.utf8.endIndex) >= length {
+                    return text
+                }
+            }
+            let n = recv(fd, &buffer, buffer.count, 0)
+            guard n > 0 else { return String(decoding: data, as: UTF8.self) }
+            data.append(contentsOf: buffer[0..<n])
+        }
+    }
+
+    func readUntilClosed() throws -> String {
+        var data = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            guard n > 0 else { return String(decoding: data, as: UTF8.self) }
+            data.append(contentsOf: buffer[0..<n])
+        }
+    }
+}
