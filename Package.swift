@@ -86,7 +86,7 @@ let package = Package(
         ),
 
         // MARK: Tests (one target per module; e2e lives in Tests/e2e as pytest)
-        .testTarget(name: "SluiceTokenizerTests", dependencies: ["SluiceTokenizer"]),
+        .testTarget(name: "SluiceTokenizerTests", dependencies: ["SluiceTokenizer"], exclude: ["Fixtures"]),
         .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
         .testTarget(
             name: "SluiceUpstreamTests",

@@ -1,0 +1,442 @@
+import Foundation
+
+extension SluiceConfig {
+    /// Configuration files larger than this are refused unread (a config is a few KB).
+    public static let maximumFileBytes = 16 * 1024 * 1024
+
+    /// Reads and validates the configuration file at `path`.
+    ///
+    /// Upstream API keys are read from `environment` (the process environment by default), and
+    /// `SLUICE_TOKENIZER_DIR` there replaces `tokenizer.directory`.
+    /// - Throws: `ConfigError.unreadable`, `.malformedJSON`, or `.invalid` with every problem.
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> SluiceConfig {
+        let url = URL(fileURLWithPath: path)
+        let size: Int
+        do {
+            let attributes = try FileManager.default.attributesOfItem(atPath: url.path)
+            size = (attributes[.size] as? NSNumber)?.intValue ?? 0
+        } catch {
+            throw .unreadable(path: path, reason: "no such file or not accessible")
+        }
+        guard size <= maximumFileBytes else {
+            throw .unreadable(path: path, reason: "\(size) bytes, larger than the \(maximumFileBytes)-byte limit")
+        }
+        let data: Data
+        do {
+            data = try Data(contentsOf: url)
+        } catch {
+            throw .unreadable(path: path, reason: error.localizedDescription)
+        }
+        return try parse(bytes: data, environment: environment)
+    }
+
+    /// Validates a configuration document. See `load(path:environment:)`.
+    public static func parse(bytes: some Collection<UInt8>, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> SluiceConfig {
+        guard bytes.count <= maximumFileBytes else {
+            throw .malformedJSON(reason: "document larger than \(maximumFileBytes) bytes")
+        }
+        let foundationValue: Any
+        do {
+            foundationValue = try JSONSerialization.jsonObject(with: Data(bytes), options: [])
+        } catch {
+            throw .malformedJSON(reason: Self.describeJSONError(error))
+        }
+        guard case .object(let root) = ConfigJSON(foundation: foundationValue) else {
+            throw .malformedJSON(reason: "the top level must be an object")
+        }
+        var reader = ConfigDocumentReader(environment: environment)
+        let config = reader.read(root)
+        if let config, reader.walker.problems.isEmpty { return config }
+        throw .invalid(reader.walker.problems)
+    }
+
+    private static func describeJSONError(_ error: any Error) -> String {
+        let nsError = error as NSError
+        if let detail = nsError.userInfo[NSDebugDescriptionErrorKey] as? String { return detail }
+        return nsError.localizedDescription
+    }
+}
+
+/// The walk over one document, section by section. Every reader returns a value even when it
+/// found problems (with defaults in place of bad fields) so that later sections can still be
+/// checked against it, e.g. keys against tiers.
+struct ConfigDocumentReader {
+    var walker = ConfigWalker()
+    let environment: [String: String]
+
+    init(environment: [String: String]) {
+        self.environment = environment
+    }
+
+    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis"]
+    static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads"]
+    static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
+    static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections"]
+    static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month"]
+    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens"]
+    static let redisFields = ["url", "on_failure", "fallback_node_count"]
+
+    /// Field names that would put a secret into the file, with what to do instead.
+    static let inlineUpstreamSecretFields: [String: String] = {
+        let message = "inline secrets are not allowed: put the upstream key in an environment variable and give its name in \"api_key_env\""
+        return Dictionary(uniqueKeysWithValues: ["api_key", "apikey", "apiKey", "key", "token", "secret", "authorization", "bearer"].map { ($0, message) })
+    }()
+    static let inlineKeySecretFields: [String: String] = {
+        let message = "the secret itself must not be in the file: put its SHA-256 in \"secret_sha256\" (`sluice keys new` prints both)"
+        return Dictionary(uniqueKeysWithValues: ["secret", "api_key", "key", "token", "bearer"].map { ($0, message) })
+    }()
+
+    static let timeoutRange = 1...86_400_000
+
+    mutating func read(_ root: [String: ConfigJSON]) -> SluiceConfig? {
+        walker.rejectUnknownFields(root, known: Self.topLevelFields, at: "$")
+        if let schema = root["$schema"], case .string = schema {} else if let schema = root["$schema"] {
+            walker.report("$.$schema", "expected a string, found \(schema.kindDescription)")
+        }
+
+        let server = root["server"].map { readServer($0, at: "$.server") } ?? ServerConfig()
+        let tokenizer = readTokenizer(root["tokenizer"], at: "$.tokenizer")
+
+        var upstreams: [UpstreamConfig] = []
+        if let value = root["upstreams"] {
+            upstreams = readUpstreams(value, at: "$.upstreams")
+        } else {
+            walker.report("$.upstreams", "missing (required): at least one upstream")
+        }
+
+        var tiers: [String: LimitSet] = [:]
+        if let value = root["tiers"], let members = walker.object(value, at: "$.tiers") {
+            for name in members.keys.sorted() {
+                let path = ConfigWalker.member("$.tiers", name)
+                if !KeyConfig.isValidID(name) {
+                    walker.report(path, "tier names must match [A-Za-z0-9_.-]{1,64}")
+                }
+                if let limits = readLimitSet(members[name]!, at: path) {
+                    reportBurstsWithoutRates(limits, ownFields: limits, at: path)
+                    tiers[name] = limits
+                }
+            }
+        }
+
+        var keys: [KeyConfig] = []
+        if let value = root["keys"] {
+            keys = readKeys(value, at: "$.keys", tiers: tiers, upstreams: upstreams)
+        } else {
+            walker.report("$.keys", "missing (required): an array of keys (may be empty)")
+        }
+
+        let redis = root["redis"].flatMap { $0.isNull ? nil : readRedis($0, at: "$.redis") }
+
+        return SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis)
+    }
+
+    // MARK: server
+
+    mutating func readServer(_ value: ConfigJSON, at path: String) -> ServerConfig {
+        var server = ServerConfig()
+        guard let members = walker.object(value, at: path) else { return server }
+        walker.rejectUnknownFields(members, known: Self.serverFields, at: path)
+        server.host = walker.string(members, "host", at: path, default: ServerConfig.defaultHost) ?? ServerConfig.defaultHost
+        server.port = walker.integer(members, "port", at: path, default: ServerConfig.defaultPort, range: 1...65_535)
+        server.maxBodyBytes = walker.integer(members, "max_body_bytes", at: path, default: ServerConfig.defaultMaxBodyBytes, range: 1...(1 << 40))
+        server.maxHeaderBytes = walker.integer(members, "max_header_bytes", at: path, default: ServerConfig.defaultMaxHeaderBytes, range: 1024...(16 << 20))
+        server.headerTimeoutMs = walker.integer(members, "header_timeout_ms", at: path, default: ServerConfig.defaultHeaderTimeoutMs, range: Self.timeoutRange)
+        server.bodyTimeoutMs = walker.integer(members, "body_timeout_ms", at: path, default: ServerConfig.defaultBodyTimeoutMs, range: Self.timeoutRange)
+        server.idleTimeoutMs = walker.integer(members, "idle_timeout_ms", at: path, default: ServerConfig.defaultIdleTimeoutMs, range: Self.timeoutRange)
+        server.shutdownGraceSeconds = walker.integer(members, "shutdown_grace_seconds", at: path, default: ServerConfig.defaultShutdownGraceSeconds, range: 0...3600)
+        server.eventLoopThreads = walker.integer(members, "event_loop_threads", at: path, default: ServerConfig.defaultEventLoopThreads, range: 0...1024)
+        return server
+    }
+
+    // MARK: tokenizer
+
+    mutating func readTokenizer(_ value: ConfigJSON?, at path: String) -> TokenizerConfig {
+        var tokenizer = TokenizerConfig()
+        if let value, let members = walker.object(value, at: path) {
+            walker.rejectUnknownFields(members, known: Self.tokenizerFields, at: path)
+            tokenizer.directory = walker.string(members, "directory", at: path, default: TokenizerConfig.defaultDirectory) ?? TokenizerConfig.defaultDirectory
+            tokenizer.maxPromptBytes = walker.optionalInteger(members, "max_prompt_bytes", at: path, range: 1...(1 << 40))
+            if let encodingsValue = members["model_encodings"], let encodings = walker.object(encodingsValue, at: "\(path).model_encodings") {
+                for model in encodings.keys.sorted() {
+                    let modelPath = ConfigWalker.member("\(path).model_encodings", model)
+                    guard case .string(let encoding) = encodings[model]! else {
+                        walker.report(modelPath, "expected an encoding name (a string), found \(encodings[model]!.kindDescription)")
+                        continue
+                    }
+                    if TokenizerConfig.knownEncodings.contains(encoding) {
+                        tokenizer.modelEncodings[model] = encoding
+                    } else {
+                        walker.report(modelPath, "unknown encoding \"\(encoding)\" (known: \(TokenizerConfig.knownEncodings.joined(separator: ", ")))")
+                    }
+                }
+            }
+        }
+        if let override = environment[TokenizerConfig.directoryEnvironmentVariable], !override.isEmpty {
+            tokenizer.directory = override
+        }
+        return tokenizer
+    }
+
+    // MARK: upstreams
+
+    mutating func readUpstreams(_ value: ConfigJSON, at path: String) -> [UpstreamConfig] {
+        guard let elements = walker.array(value, at: path) else { return [] }
+        if elements.isEmpty { walker.report(path, "at least one upstream is required") }
+        var upstreams: [UpstreamConfig] = []
+        var firstPathOfName: [String: String] = [:]
+        for (index, element) in elements.enumerated() {
+            let elementPath = ConfigWalker.element(path, index)
+            guard let upstream = readUpstream(element, at: elementPath) else { continue }
+            if let earlier = firstPathOfName[upstream.name] {
+                walker.report("\(elementPath).name", "duplicate upstream name \"\(upstream.name)\" (also at \(earlier))")
+            } else {
+                firstPathOfName[upstream.name] = "\(elementPath).name"
+            }
+            upstreams.append(upstream)
+        }
+        return upstreams
+    }
+
+    mutating func readUpstream(_ value: ConfigJSON, at path: String) -> UpstreamConfig? {
+        guard let members = walker.object(value, at: path) else { return nil }
+        walker.rejectUnknownFields(members, known: Self.upstreamFields, forbidden: Self.inlineUpstreamSecretFields, at: path)
+        let name = walker.string(members, "name", at: path)
+        let baseURL = walker.string(members, "base_url", at: path).flatMap { readBaseURL($0, at: "\(path).base_url") }
+
+        var apiKey: Secret?
+        let apiKeyEnv = walker.optionalString(members, "api_key_env", at: path)
+        if let apiKeyEnv {
+            if !Self.isEnvironmentVariableName(apiKeyEnv) {
+                walker.report("\(path).api_key_env", "\"\(apiKeyEnv)\" is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*); give the variable's name, not the key")
+            } else if let key = environment[apiKeyEnv], !key.isEmpty {
+                apiKey = Secret(key)
+            } else {
+                walker.report("\(path).api_key_env", "environment variable \(apiKeyEnv) is not set (or empty)")
+            }
+        }
+
+        var models: [ModelMatcher] = []
+        if let modelsValue = members["models"] {
+            models = readModelPatterns(modelsValue, at: "\(path).models") ?? []
+            if case .array(let patterns) = modelsValue, patterns.isEmpty {
+                walker.report("\(path).models", "must list at least one model")
+            }
+        } else {
+            walker.report("\(path).models", "missing (required): the models this upstream serves")
+        }
+
+        var upstream = UpstreamConfig(name: name ?? "", baseURL: baseURL ?? "", apiKeyEnvironmentVariable: apiKeyEnv, apiKey: apiKey, models: models)
+        upstream.connectTimeoutMs = walker.integer(members, "connect_timeout_ms", at: path, default: UpstreamConfig.defaultConnectTimeoutMs, range: Self.timeoutRange)
+        upstream.firstByteTimeoutMs = walker.integer(members, "first_byte_timeout_ms", at: path, default: UpstreamConfig.defaultFirstByteTimeoutMs, range: Self.timeoutRange)
+        upstream.stallTimeoutMs = walker.integer(members, "stall_timeout_ms", at: path, default: UpstreamConfig.defaultStallTimeoutMs, range: Self.timeoutRange)
+        upstream.requestTimeoutMs = walker.integer(members, "request_timeout_ms", at: path, default: UpstreamConfig.defaultRequestTimeoutMs, range: Self.timeoutRange)
+        upstream.maxConnections = walker.integer(members, "max_connections", at: path, default: UpstreamConfig.defaultMaxConnections, range: 1...100_000)
+        return upstream
+    }
+
+    /// The base URL normalised without a trailing slash, or `nil` (reported).
+    mutating func readBaseURL(_ string: String, at path: String) -> String? {
+        guard let components = URLComponents(string: string),
+              let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
+              let host = components.host, !host.isEmpty
+        else {
+            walker.report(path, "must be an http:// or https:// URL with a host, found \"\(string)\"")
+            return nil
+        }
+        if components.user != nil || components.password != nil {
+            walker.report(path, "must not contain credentials; name an environment variable in \"api_key_env\" instead")
+            return nil
+        }
+        if components.query != nil || components.fragment != nil {
+            walker.report(path, "must not have a query or fragment, found \"\(string)\"")
+            return nil
+        }
+        var normalized = string
+        while normalized.hasSuffix("/") { normalized.removeLast() }
+        return normalized
+    }
+
+    /// Model patterns (`"gpt-4o"`, `"gpt-4.1*"`, `"*"`), or `nil` if `value` is not an array.
+    mutating func readModelPatterns(_ value: ConfigJSON, at path: String) -> [ModelMatcher]? {
+        guard let elements = walker.array(value, at: path) else { return nil }
+        var matchers: [ModelMatcher] = []
+        for (index, element) in elements.enumerated() {
+            let elementPath = ConfigWalker.element(path, index)
+            guard case .string(let pattern) = element else {
+                walker.report(elementPath, "expected a model name (a string), found \(element.kindDescription)")
+                continue
+            }
+            if let matcher = ModelMatcher(pattern: pattern) {
+                matchers.append(matcher)
+            } else {
+                walker.report(elementPath, "\"\(pattern)\" is not a model name or a prefix ending in \"*\"")
+            }
+        }
+        return matchers
+    }
+
+    static func isEnvironmentVariableName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard let first = bytes.first, !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first) else { return false }
+        return bytes.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"):
+                true
+            default:
+                false
+            }
+        }
+    }
+
+    // MARK: limits
+
+    mutating func readLimitSet(_ value: ConfigJSON, at path: String) -> LimitSet? {
+        guard let members = walker.object(value, at: path) else { return nil }
+        walker.rejectUnknownFields(members, known: Self.limitFields, at: path)
+        let rate = 1...LimitSet.maximumValue
+        let quota = 1...LimitSet.maximumQuota
+        let hint = "leave it out or use null for no limit"
+        return LimitSet(
+            requestsPerMinute: walker.optionalInteger(members, "requests_per_minute", at: path, range: rate, zeroHint: hint),
+            tokensPerMinute: walker.optionalInteger(members, "tokens_per_minute", at: path, range: rate, zeroHint: hint),
+            inputTokensPerMinute: walker.optionalInteger(members, "input_tokens_per_minute", at: path, range: rate, zeroHint: hint),
+            outputTokensPerMinute: walker.optionalInteger(members, "output_tokens_per_minute", at: path, range: rate, zeroHint: hint),
+            maxConcurrentRequests: walker.optionalInteger(members, "max_concurrent_requests", at: path, range: 1...1_000_000, zeroHint: hint),
+            requestsBurst: walker.optionalInteger(members, "requests_burst", at: path, range: rate, zeroHint: hint),
+            tokensBurst: walker.optionalInteger(members, "tokens_burst", at: path, range: rate, zeroHint: hint),
+            inputTokensBurst: walker.optionalInteger(members, "input_tokens_burst", at: path, range: rate, zeroHint: hint),
+            outputTokensBurst: walker.optionalInteger(members, "output_tokens_burst", at: path, range: rate, zeroHint: hint),
+            tokensPerDay: walker.optionalInteger(members, "tokens_per_day", at: path, range: quota, zeroHint: hint),
+            tokensPerMonth: walker.optionalInteger(members, "tokens_per_month", at: path, range: quota, zeroHint: hint)
+        )
+    }
+
+    /// A burst only sizes a bucket that has a rate: reports bursts of `merged` without their rate,
+    /// at `path`, for the bursts that `ownFields` sets (the others were reported at their tier).
+    mutating func reportBurstsWithoutRates(_ merged: LimitSet, ownFields: LimitSet, at path: String) {
+        let pairs: [(burst: Int?, own: Int?, rate: Int?, burstName: String, rateName: String)] = [
+            (merged.requestsBurst, ownFields.requestsBurst, merged.requestsPerMinute, "requests_burst", "requests_per_minute"),
+            (merged.tokensBurst, ownFields.tokensBurst, merged.tokensPerMinute, "tokens_burst", "tokens_per_minute"),
+            (merged.inputTokensBurst, ownFields.inputTokensBurst, merged.inputTokensPerMinute, "input_tokens_burst", "input_tokens_per_minute"),
+            (merged.outputTokensBurst, ownFields.outputTokensBurst, merged.outputTokensPerMinute, "output_tokens_burst", "output_tokens_per_minute"),
+        ]
+        for pair in pairs where pair.burst != nil && pair.own != nil && pair.rate == nil {
+            walker.report("\(path).\(pair.burstName)", "a burst needs a rate: \(pair.rateName) is not set")
+        }
+    }
+
+    // MARK: keys
+
+    mutating func readKeys(_ value: ConfigJSON, at path: String, tiers: [String: LimitSet], upstreams: [UpstreamConfig]) -> [KeyConfig] {
+        guard let elements = walker.array(value, at: path) else { return [] }
+        var keys: [KeyConfig] = []
+        var firstPathOfID: [String: String] = [:]
+        var firstPathOfHash: [String: String] = [:]
+        for (index, element) in elements.enumerated() {
+            let elementPath = ConfigWalker.element(path, index)
+            guard let key = readKey(element, at: elementPath, tiers: tiers, upstreams: upstreams) else { continue }
+            if !key.id.isEmpty {
+                if let earlier = firstPathOfID[key.id] {
+                    walker.report("\(elementPath).id", "duplicate key id \"\(key.id)\" (also at \(earlier))")
+                } else {
+                    firstPathOfID[key.id] = "\(elementPath).id"
+                }
+            }
+            if !key.secretSHA256.isEmpty {
+                if let earlier = firstPathOfHash[key.secretSHA256] {
+                    walker.report("\(elementPath).secret_sha256", "duplicate secret hash (also at \(earlier)): two keys would share one secret")
+                } else {
+                    firstPathOfHash[key.secretSHA256] = "\(elementPath).secret_sha256"
+                }
+            }
+            keys.append(key)
+        }
+        return keys
+    }
+
+    mutating func readKey(_ value: ConfigJSON, at path: String, tiers: [String: LimitSet], upstreams: [UpstreamConfig]) -> KeyConfig? {
+        guard let members = walker.object(value, at: path) else { return nil }
+        walker.rejectUnknownFields(members, known: Self.keyFields, forbidden: Self.inlineKeySecretFields, at: path)
+
+        var id = walker.string(members, "id", at: path) ?? ""
+        if !id.isEmpty && !KeyConfig.isValidID(id) {
+            walker.report("\(path).id", "\"\(id)\" is not a valid key id ([A-Za-z0-9_.-]{1,64})")
+            id = ""
+        }
+
+        var hash = walker.string(members, "secret_sha256", at: path) ?? ""
+        if !hash.isEmpty && !Self.isLowercaseSHA256Hex(hash) {
+            walker.report("\(path).secret_sha256", "must be the SHA-256 of the secret as 64 lowercase hex characters, found \(hash.utf8.count) characters")
+            hash = ""
+        }
+
+        let tier = walker.optionalString(members, "tier", at: path)
+        if let tier, tiers[tier] == nil {
+            let known = tiers.keys.sorted().joined(separator: ", ")
+            walker.report("\(path).tier", "unknown tier \"\(tier)\" (known: \(known.isEmpty ? "none defined" : known))")
+        }
+
+        var ownLimits: LimitSet?
+        if let limitsValue = members["limits"], !limitsValue.isNull {
+            ownLimits = readLimitSet(limitsValue, at: "\(path).limits")
+        }
+        let hasTier = members["tier"].map { !$0.isNull } ?? false
+        let hasLimits = members["limits"].map { !$0.isNull } ?? false
+        if !hasTier && !hasLimits {
+            walker.report(path, "needs \"tier\" or \"limits\" (for a key without limits, use a tier that sets none)")
+        }
+        if let ownLimits {
+            let merged = (tier.flatMap { tiers[$0] } ?? LimitSet()).overridden(by: ownLimits)
+            reportBurstsWithoutRates(merged, ownFields: ownLimits, at: "\(path).limits")
+        }
+
+        var models: [ModelMatcher]?
+        if let modelsValue = members["models"], !modelsValue.isNull {
+            let modelsPath = "\(path).models"
+            models = readModelPatterns(modelsValue, at: modelsPath)
+            for (index, matcher) in (models ?? []).enumerated() {
+                // An exact name no upstream serves is almost always a typo.
+                if case .exact(let name) = matcher, !upstreams.isEmpty, !upstreams.contains(where: { $0.serves(model: name) }) {
+                    walker.report(ConfigWalker.element(modelsPath, index), "model \"\(name)\" is not served by any upstream")
+                }
+            }
+        }
+
+        let defaultOutputTokens = walker.integer(members, "default_output_tokens", at: path, default: KeyConfig.defaultDefaultOutputTokens, range: 1...LimitSet.maximumValue)
+        return KeyConfig(id: id, secretSHA256: hash, tier: tier, limits: ownLimits, models: models, defaultOutputTokens: defaultOutputTokens)
+    }
+
+    static func isLowercaseSHA256Hex(_ string: String) -> Bool {
+        string.utf8.count == 64 && string.utf8.allSatisfy { byte in
+            (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte)
+        }
+    }
+
+    // MARK: redis
+
+    mutating func readRedis(_ value: ConfigJSON, at path: String) -> RedisConfig? {
+        guard let members = walker.object(value, at: path) else { return nil }
+        walker.rejectUnknownFields(members, known: Self.redisFields, at: path)
+        var redis: RedisConfig?
+        if let url = walker.string(members, "url", at: path) {
+            switch RedisURL.parse(url) {
+            case .success(let parsed): redis = parsed
+            case .failure(let problem): walker.report("\(path).url", problem.message)
+            }
+        }
+        var onFailure = RedisConfig.defaultFailurePolicy
+        if let policyName = walker.string(members, "on_failure", at: path, default: RedisConfig.defaultFailurePolicy.rawValue) {
+            if let policy = RedisConfig.FailurePolicy(rawValue: policyName) {
+                onFailure = policy
+            } else {
+                let known = RedisConfig.FailurePolicy.allCases.map(\.rawValue).joined(separator: ", ")
+                walker.report("\(path).on_failure", "unknown policy \"\(policyName)\" (known: \(known))")
+            }
+        }
+        let fallbackNodeCount = walker.integer(members, "fallback_node_count", at: path, default: RedisConfig.defaultFallbackNodeCount, range: 1...1024)
+        redis?.onFailure = onFailure
+        redis?.fallbackNodeCount = fallbackNodeCount
+        return redis
+    }
+}

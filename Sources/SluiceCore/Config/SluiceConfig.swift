@@ -1,0 +1,330 @@
+/// The whole configuration of a Sluice node: one JSON file (see `Config/sluice.schema.json` and
+/// `SluiceConfig+Parsing.swift` for the exact format), validated completely at load.
+///
+/// An immutable value: a hot reload builds a new one and swaps it in only if it validates.
+public struct SluiceConfig: Sendable {
+    public var server: ServerConfig
+    public var tokenizer: TokenizerConfig
+    /// In file order; the first upstream that serves a model receives its requests.
+    public var upstreams: [UpstreamConfig]
+    /// Named limit sets that keys refer to with `"tier"`.
+    public var tiers: [String: LimitSet]
+    /// In file order; ids and secret hashes are unique.
+    public var keys: [KeyConfig]
+    /// `nil`: the embedded in-memory limiter (single node).
+    public var redis: RedisConfig?
+
+    public init(
+        server: ServerConfig = ServerConfig(),
+        tokenizer: TokenizerConfig = TokenizerConfig(),
+        upstreams: [UpstreamConfig],
+        tiers: [String: LimitSet] = [:],
+        keys: [KeyConfig],
+        redis: RedisConfig? = nil
+    ) {
+        self.server = server
+        self.tokenizer = tokenizer
+        self.upstreams = upstreams
+        self.tiers = tiers
+        self.keys = keys
+        self.redis = redis
+    }
+
+    /// The first upstream (in file order) that serves `model`, or `nil` if none does.
+    public func upstream(serving model: String) -> UpstreamConfig? {
+        upstreams.first { $0.serves(model: model) }
+    }
+}
+
+// MARK: - server
+
+/// The HTTP listener: address, size bounds and timeouts.
+public struct ServerConfig: Sendable, Equatable {
+    public static let defaultHost = "127.0.0.1"
+    public static let defaultPort = 8080
+    /// 32 MiB; a larger body is answered with 413.
+    public static let defaultMaxBodyBytes = 32 * 1024 * 1024
+    public static let defaultMaxHeaderBytes = 64 * 1024
+    /// The whole request head must arrive within this time.
+    public static let defaultHeaderTimeoutMs = 10_000
+    /// The body must complete within this time (cuts stalled half bodies).
+    public static let defaultBodyTimeoutMs = 30_000
+    /// A keep-alive connection idle this long is closed.
+    public static let defaultIdleTimeoutMs = 75_000
+    public static let defaultShutdownGraceSeconds = 30
+    /// 0 means one event loop per core.
+    public static let defaultEventLoopThreads = 0
+
+    public var host: String = ServerConfig.defaultHost
+    public var port: Int = ServerConfig.defaultPort
+    public var maxBodyBytes: Int = ServerConfig.defaultMaxBodyBytes
+    public var maxHeaderBytes: Int = ServerConfig.defaultMaxHeaderBytes
+    public var headerTimeoutMs: Int = ServerConfig.defaultHeaderTimeoutMs
+    public var bodyTimeoutMs: Int = ServerConfig.defaultBodyTimeoutMs
+    public var idleTimeoutMs: Int = ServerConfig.defaultIdleTimeoutMs
+    public var shutdownGraceSeconds: Int = ServerConfig.defaultShutdownGraceSeconds
+    /// 0 means one event loop per core.
+    public var eventLoopThreads: Int = ServerConfig.defaultEventLoopThreads
+
+    public init() {}
+}
+
+// MARK: - tokenizer
+
+/// Where the tokenizer's rank files are and which encoding a model uses.
+public struct TokenizerConfig: Sendable, Equatable {
+    public static let defaultDirectory = ".cache/tokenizer"
+    /// The environment variable that, when set and non-empty, replaces `directory`.
+    public static let directoryEnvironmentVariable = "SLUICE_TOKENIZER_DIR"
+    /// The encoding names a `model_encodings` entry may use.
+    public static let knownEncodings = ["cl100k_base", "o200k_base"]
+
+    /// The rank-file directory, relative to the working directory unless absolute.
+    public var directory: String = TokenizerConfig.defaultDirectory
+    /// Overrides of the built-in model → encoding map (model name → encoding name).
+    public var modelEncodings: [String: String] = [:]
+    /// Prompts longer than this many bytes are refused before tokenizing; `nil`: no cap beyond
+    /// the body limit.
+    public var maxPromptBytes: Int?
+
+    public init() {}
+}
+
+// MARK: - upstreams
+
+/// Which model names an upstream (or a key) accepts: an exact name, or a prefix written with a
+/// trailing `*` in the file (`"gpt-4.1*"`; a lone `"*"` matches every model).
+public enum ModelMatcher: Sendable, Hashable, CustomStringConvertible {
+    case exact(String)
+    case prefix(String)
+
+    /// Parses the file form; `nil` if `*` appears anywhere but at the end, or the name is empty.
+    public init?(pattern: String) {
+        guard !pattern.isEmpty else { return nil }
+        if pattern.hasSuffix("*") {
+            let stem = String(pattern.dropLast())
+            guard !stem.contains("*") else { return nil }
+            self = .prefix(stem)
+        } else {
+            guard !pattern.contains("*") else { return nil }
+            self = .exact(pattern)
+        }
+    }
+
+    /// Whether `model` is accepted by this matcher (case-sensitive, like OpenAI's model ids).
+    public func matches(_ model: String) -> Bool {
+        switch self {
+        case .exact(let name): model == name
+        case .prefix(let stem): model.hasPrefix(stem)
+        }
+    }
+
+    /// The file form (`gpt-4o`, `gpt-4.1*`).
+    public var description: String {
+        switch self {
+        case .exact(let name): name
+        case .prefix(let stem): stem + "*"
+        }
+    }
+}
+
+/// One OpenAI-compatible upstream API and the models it serves.
+public struct UpstreamConfig: Sendable, Equatable {
+    public static let defaultConnectTimeoutMs = 2_000
+    public static let defaultFirstByteTimeoutMs = 60_000
+    public static let defaultStallTimeoutMs = 30_000
+    /// Total time of a non-streaming request.
+    public static let defaultRequestTimeoutMs = 600_000
+    /// Connections kept per upstream host.
+    public static let defaultMaxConnections = 64
+
+    /// Unique among upstreams; used in logs and metrics.
+    public var name: String
+    /// `http` or `https` URL without a trailing slash, e.g. `http://127.0.0.1:9000/v1`; the request
+    /// path after `/v1` is appended to it.
+    public var baseURL: String
+    /// The environment variable the API key was read from, if any.
+    public var apiKeyEnvironmentVariable: String?
+    /// The upstream API key, sent as `Authorization: Bearer …`; `nil`: no authorization header.
+    public var apiKey: Secret?
+    /// Non-empty.
+    public var models: [ModelMatcher]
+    public var connectTimeoutMs: Int = UpstreamConfig.defaultConnectTimeoutMs
+    public var firstByteTimeoutMs: Int = UpstreamConfig.defaultFirstByteTimeoutMs
+    public var stallTimeoutMs: Int = UpstreamConfig.defaultStallTimeoutMs
+    public var requestTimeoutMs: Int = UpstreamConfig.defaultRequestTimeoutMs
+    public var maxConnections: Int = UpstreamConfig.defaultMaxConnections
+
+    public init(name: String, baseURL: String, apiKeyEnvironmentVariable: String? = nil, apiKey: Secret? = nil, models: [ModelMatcher]) {
+        self.name = name
+        self.baseURL = baseURL
+        self.apiKeyEnvironmentVariable = apiKeyEnvironmentVariable
+        self.apiKey = apiKey
+        self.models = models
+    }
+
+    /// Whether this upstream accepts requests for `model`.
+    public func serves(model: String) -> Bool {
+        models.contains { $0.matches(model) }
+    }
+}
+
+// MARK: - limits
+
+/// A set of limits as written in a tier or a key's `limits`: every field optional.
+///
+/// In a tier, `nil` means unlimited. In a key's `limits`, `nil` (absent or `null`) means "as the
+/// tier says"; a key cannot lift a tier's limit, only set its own value (use another tier for
+/// that). See `ResolvedLimits` for the merged, effective form.
+public struct LimitSet: Sendable, Hashable {
+    /// The largest value any limit may have. Chosen so that the limiter's fixed-point math stays
+    /// exact in the Redis Lua scripts, whose numbers are IEEE doubles (integers exact below
+    /// 2^53 ≈ 9.007e15): the largest product the bucket math forms is value × 60 000 000 µs
+    /// = 9.0e15 < 2^53. 150 M/min is OpenAI's highest published token rate.
+    public static let maximumValue = 150_000_000
+    /// The largest daily or monthly quota (also kept exact as a Lua double).
+    public static let maximumQuota = 1 << 52
+
+    public var requestsPerMinute: Int?
+    public var tokensPerMinute: Int?
+    public var inputTokensPerMinute: Int?
+    public var outputTokensPerMinute: Int?
+    public var maxConcurrentRequests: Int?
+    /// Bucket capacities; `nil`: the per-minute value (OpenAI's behaviour). Lower it for a
+    /// stricter window, raise it to allow bigger bursts.
+    public var requestsBurst: Int?
+    public var tokensBurst: Int?
+    public var inputTokensBurst: Int?
+    public var outputTokensBurst: Int?
+    /// Quotas, enforced by the Redis limiter.
+    public var tokensPerDay: Int?
+    public var tokensPerMonth: Int?
+
+    public init(
+        requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil,
+        inputTokensPerMinute: Int? = nil, outputTokensPerMinute: Int? = nil,
+        maxConcurrentRequests: Int? = nil,
+        requestsBurst: Int? = nil, tokensBurst: Int? = nil,
+        inputTokensBurst: Int? = nil, outputTokensBurst: Int? = nil,
+        tokensPerDay: Int? = nil, tokensPerMonth: Int? = nil
+    ) {
+        self.requestsPerMinute = requestsPerMinute
+        self.tokensPerMinute = tokensPerMinute
+        self.inputTokensPerMinute = inputTokensPerMinute
+        self.outputTokensPerMinute = outputTokensPerMinute
+        self.maxConcurrentRequests = maxConcurrentRequests
+        self.requestsBurst = requestsBurst
+        self.tokensBurst = tokensBurst
+        self.inputTokensBurst = inputTokensBurst
+        self.outputTokensBurst = outputTokensBurst
+        self.tokensPerDay = tokensPerDay
+        self.tokensPerMonth = tokensPerMonth
+    }
+
+    /// These limits with every field that `overrides` sets replaced by its value.
+    public func overridden(by overrides: LimitSet) -> LimitSet {
+        LimitSet(
+            requestsPerMinute: overrides.requestsPerMinute ?? requestsPerMinute,
+            tokensPerMinute: overrides.tokensPerMinute ?? tokensPerMinute,
+            inputTokensPerMinute: overrides.inputTokensPerMinute ?? inputTokensPerMinute,
+            outputTokensPerMinute: overrides.outputTokensPerMinute ?? outputTokensPerMinute,
+            maxConcurrentRequests: overrides.maxConcurrentRequests ?? maxConcurrentRequests,
+            requestsBurst: overrides.requestsBurst ?? requestsBurst,
+            tokensBurst: overrides.tokensBurst ?? tokensBurst,
+            inputTokensBurst: overrides.inputTokensBurst ?? inputTokensBurst,
+            outputTokensBurst: overrides.outputTokensBurst ?? outputTokensBurst,
+            tokensPerDay: overrides.tokensPerDay ?? tokensPerDay,
+            tokensPerMonth: overrides.tokensPerMonth ?? tokensPerMonth
+        )
+    }
+}
+
+// MARK: - keys
+
+/// One client API key as configured: only the SHA-256 of its secret is in the file.
+public struct KeyConfig: Sendable, Equatable {
+    /// The output reservation of a request that sets no `max_tokens` / `max_completion_tokens`.
+    public static let defaultDefaultOutputTokens = 1024
+    /// What an id may look like: `[A-Za-z0-9_.-]{1,64}` (it becomes part of Redis key names).
+    public static let maximumIDLength = 64
+
+    public var id: String
+    /// 64 lowercase hex characters.
+    public var secretSHA256: String
+    public var tier: String?
+    /// The key's own limits, overriding the tier's field by field.
+    public var limits: LimitSet?
+    /// `nil`: every model an upstream serves.
+    public var models: [ModelMatcher]?
+    public var defaultOutputTokens: Int = KeyConfig.defaultDefaultOutputTokens
+
+    public init(id: String, secretSHA256: String, tier: String? = nil, limits: LimitSet? = nil, models: [ModelMatcher]? = nil, defaultOutputTokens: Int = KeyConfig.defaultDefaultOutputTokens) {
+        self.id = id
+        self.secretSHA256 = secretSHA256
+        self.tier = tier
+        self.limits = limits
+        self.models = models
+        self.defaultOutputTokens = defaultOutputTokens
+    }
+
+    /// Whether `id` has the allowed form `[A-Za-z0-9_.-]{1,64}`.
+    public static func isValidID(_ id: String) -> Bool {
+        let bytes = Array(id.utf8)
+        guard !bytes.isEmpty, bytes.count <= maximumIDLength else { return false }
+        return bytes.allSatisfy { byte in
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                 UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "-"):
+                true
+            default:
+                false
+            }
+        }
+    }
+}
+
+// MARK: - redis
+
+/// The shared Redis that holds the limiter state of a cluster of Sluice nodes.
+public struct RedisConfig: Sendable, Equatable {
+    /// What a node does while Redis is unreachable.
+    public enum FailurePolicy: String, Sendable, CaseIterable {
+        /// Enforce limit ÷ live nodes in memory on each node (live nodes known from heartbeats).
+        case local
+        /// Admit everything (availability over limits).
+        case open
+        /// Refuse everything with 503 (limits over availability).
+        case closed
+    }
+
+    public static let defaultPort = 6379
+    public static let defaultDatabase = 0
+    public static let defaultFailurePolicy = FailurePolicy.local
+    /// Nodes assumed alive for the `local` policy before any heartbeat was seen.
+    public static let defaultFallbackNodeCount = 1
+
+    public var host: String
+    public var port: Int = RedisConfig.defaultPort
+    public var database: Int = RedisConfig.defaultDatabase
+    /// ACL user name (`redis://user:password@…`), `nil` for the default user.
+    public var username: String?
+    public var password: Secret?
+    public var onFailure: FailurePolicy = RedisConfig.defaultFailurePolicy
+    public var fallbackNodeCount: Int = RedisConfig.defaultFallbackNodeCount
+
+    public init(host: String, port: Int = RedisConfig.defaultPort, database: Int = RedisConfig.defaultDatabase, username: String? = nil, password: Secret? = nil) {
+        self.host = host
+        self.port = port
+        self.database = database
+        self.username = username
+        self.password = password
+    }
+
+    /// The URL with the password replaced by `<redacted>`, for logs and `check-config`.
+    public var redactedURL: String {
+        var credentials = ""
+        if password != nil { credentials = "\(username ?? ""):<redacted>@" }
+        let hostPart = host.contains(":") ? "[\(host)]" : host
+        return "redis://\(credentials)\(hostPart):\(port)/\(database)"
+    }
+}

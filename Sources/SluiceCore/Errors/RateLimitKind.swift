@@ -1,0 +1,44 @@
+/// One dimension a rate limit can be measured in.
+///
+/// Shared by the limiter (which buckets to check), the rate-limit headers and the 429 bodies
+/// (`GatewayError.rateLimited(limit:…)`), so the wording matches OpenAI's everywhere.
+public enum RateLimitKind: String, Sendable, Hashable, CaseIterable {
+    /// Requests per minute (RPM).
+    case requests
+    /// Total tokens (input + output) per minute (TPM).
+    case tokens
+    /// Input (prompt) tokens per minute (ITPM).
+    case inputTokens
+    /// Output (completion) tokens per minute (OTPM).
+    case outputTokens
+    /// Requests in flight at the same time.
+    case concurrency
+    /// Tokens per day (TPD).
+    case dailyTokens
+    /// Tokens per calendar month (budget).
+    case monthlyTokens
+
+    /// The phrase OpenAI uses in 429 messages after "on", e.g. "tokens per min (TPM)".
+    public var openAILabel: String {
+        switch self {
+        case .requests: "requests per min (RPM)"
+        case .tokens: "tokens per min (TPM)"
+        case .inputTokens: "input tokens per min (ITPM)"
+        case .outputTokens: "output tokens per min (OTPM)"
+        case .concurrency: "concurrent requests"
+        case .dailyTokens: "tokens per day (TPD)"
+        case .monthlyTokens: "tokens per month"
+        }
+    }
+
+    /// The `type` field of the OpenAI 429 error object, e.g. `tokens` or `requests`.
+    public var errorType: String {
+        switch self {
+        case .requests: "requests"
+        case .tokens, .dailyTokens, .monthlyTokens: "tokens"
+        case .inputTokens: "input_tokens"
+        case .outputTokens: "output_tokens"
+        case .concurrency: "requests"
+        }
+    }
+}

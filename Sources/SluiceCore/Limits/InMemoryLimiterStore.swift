@@ -1,0 +1,253 @@
+import Dispatch
+import Synchronization
+
+/// The embedded limiter: every key's buckets in this process's memory, for a single node (the
+/// default when the config has no `redis` section). Same semantics as the Redis store.
+///
+/// State is sharded by key id, each shard behind its own `Mutex` held only for the few
+/// arithmetic steps of one decision, so requests of different keys rarely contend. A key costs
+/// one entry (four bucket states, an in-flight count, the ids of unsettled reservations); an entry
+/// whose buckets are full again and that has nothing in flight is dropped by a periodic sweep of
+/// its shard, so memory is bounded by the keys active in the last minute or so.
+public final class InMemoryLimiterStore: LimiterStore {
+    /// A clock in microseconds; only differences matter. Must never go backwards.
+    public typealias Clock = @Sendable () -> Int64
+
+    public static let defaultShardCount = 64
+    /// How often each shard drops its idle, full entries.
+    public static let sweepIntervalMicros: Int64 = 60_000_000
+
+    private let shards: [Shard]
+    private let clock: Clock
+
+    /// - Parameters:
+    ///   - shardCount: number of independently locked partitions of the key space.
+    ///   - clock: injectable for deterministic tests; by default the monotonic clock.
+    public init(shardCount: Int = InMemoryLimiterStore.defaultShardCount, clock: @escaping Clock = InMemoryLimiterStore.monotonicMicroseconds) {
+        self.shards = (0..<max(shardCount, 1)).map { _ in Shard() }
+        self.clock = clock
+    }
+
+    /// Microseconds of the system's monotonic clock (`CLOCK_MONOTONIC` uptime).
+    public static let monotonicMicroseconds: Clock = {
+        Int64(DispatchTime.now().uptimeNanoseconds / 1_000)
+    }
+
+    // MARK: LimiterStore
+
+    public func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
+        admitNow(request)
+    }
+
+    public func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
+        settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
+    }
+
+    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        snapshotNow(keyID: keyID, limits: limits)
+    }
+
+    // MARK: synchronous core (the async methods above never suspend)
+
+    /// `admit`, without the async hop.
+    public func admitNow(_ request: AdmissionRequest) -> AdmissionDecision {
+        let now = clock()
+        return shard(for: request.keyID).state.withLock { state in
+            let decision = state.entries[request.keyID, default: KeyEntry()].admit(request, now: now)
+            state.sweepIfDue(now: now)
+            return decision
+        }
+    }
+
+    /// `settle`, without the async hop.
+    public func settleNow(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) -> RateLimitSnapshot? {
+        let now = clock()
+        return shard(for: reservation.keyID).state.withLock { state in
+            guard state.entries[reservation.keyID] != nil else { return nil }
+            return state.entries[reservation.keyID]!.settle(
+                reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now
+            )
+        }
+    }
+
+    /// `snapshot`, without the async hop.
+    public func snapshotNow(keyID: String, limits: ResolvedLimits) -> RateLimitSnapshot {
+        let now = clock()
+        return shard(for: keyID).state.withLock { state in
+            (state.entries[keyID] ?? KeyEntry()).snapshot(limits: limits, now: now)
+        }
+    }
+
+    /// Number of keys with state in memory (for tests and metrics).
+    public var trackedKeyCount: Int {
+        shards.reduce(0) { total, shard in total + shard.state.withLock { $0.entries.count } }
+    }
+
+    /// Drops every idle, full entry now, whatever the sweep schedule (for tests and shutdown).
+    public func sweep() {
+        let now = clock()
+        for shard in shards {
+            shard.state.withLock { $0.sweep(now: now) }
+        }
+    }
+
+    private func shard(for keyID: String) -> Shard {
+        shards[Int(UInt(bitPattern: keyID.hashValue) % UInt(shards.count))]
+    }
+}
+
+// MARK: - state
+
+private final class Shard: Sendable {
+    let state = Mutex(ShardState())
+}
+
+private struct ShardState {
+    var entries: [String: KeyEntry] = [:]
+    var lastSweep: Int64 = 0
+
+    mutating func sweepIfDue(now: Int64) {
+        if now - lastSweep >= InMemoryLimiterStore.sweepIntervalMicros { sweep(now: now) }
+    }
+
+    /// An entry whose buckets are all full and that holds no reservation is equivalent to no
+    /// entry at all: dropping it loses nothing.
+    mutating func sweep(now: Int64) {
+        lastSweep = now
+        entries = entries.filter { !$0.value.isIdleAndFull(now: now) }
+    }
+}
+
+/// One key's limiter state.
+private struct KeyEntry {
+    /// GCRA theoretical arrival times (µs) of the four per-minute buckets; ≤ now means full.
+    var requestsTAT: Int64 = 0
+    var tokensTAT: Int64 = 0
+    var inputTokensTAT: Int64 = 0
+    var outputTokensTAT: Int64 = 0
+    /// Reservations holding a concurrency slot.
+    var inFlight = 0
+    /// Admitted, not yet settled: what makes settle exactly-once.
+    var unsettled: Set<String> = []
+
+    static let bucketKinds: [RateLimitKind] = [.requests, .tokens, .inputTokens, .outputTokens]
+
+    func tat(_ kind: RateLimitKind) -> Int64 {
+        switch kind {
+        case .requests: requestsTAT
+        case .tokens: tokensTAT
+        case .inputTokens: inputTokensTAT
+        case .outputTokens: outputTokensTAT
+        case .concurrency, .dailyTokens, .monthlyTokens: 0
+        }
+    }
+
+    mutating func setTAT(_ kind: RateLimitKind, _ value: Int64) {
+        switch kind {
+        case .requests: requestsTAT = value
+        case .tokens: tokensTAT = value
+        case .inputTokens: inputTokensTAT = value
+        case .outputTokens: outputTokensTAT = value
+        case .concurrency, .dailyTokens, .monthlyTokens: break
+        }
+    }
+
+    func isIdleAndFull(now: Int64) -> Bool {
+        unsettled.isEmpty && inFlight == 0
+            && requestsTAT <= now && tokensTAT <= now && inputTokensTAT <= now && outputTokensTAT <= now
+    }
+
+    /// All-or-nothing: decide every limit first, change state only if all admit.
+    mutating func admit(_ request: AdmissionRequest, now: Int64) -> AdmissionDecision {
+        let limits = request.limits
+        var newTATs: (requests: Int64, tokens: Int64, input: Int64, output: Int64) = (requestsTAT, tokensTAT, inputTokensTAT, outputTokensTAT)
+        var denial: RateLimitDenial?
+
+        func consider(_ candidate: RateLimitDenial) {
+            if let current = denial, !candidate.outranks(current) { return }
+            denial = candidate
+        }
+
+        for kind in Self.bucketKinds {
+            guard let limit = limits.bucket(kind) else { continue }
+            let bucket = GCRABucket(limit)
+            let cost = request.cost(kind)
+            let state = tat(kind)
+            switch bucket.admit(cost: Int64(cost), tat: state, now: now) {
+            case .allowed(let newTAT):
+                switch kind {
+                case .requests: newTATs.requests = newTAT
+                case .tokens: newTATs.tokens = newTAT
+                case .inputTokens: newTATs.input = newTAT
+                default: newTATs.output = newTAT
+                }
+            case .denied(let retryAfterMicros):
+                consider(RateLimitDenial(
+                    kind: kind, limit: limit.perMinute, burst: limit.burst, used: Int(bucket.used(tat: state, now: now)),
+                    requested: cost, retryAfterSeconds: Double(retryAfterMicros) / 1_000_000, neverFits: false
+                ))
+            case .tooLarge:
+                consider(RateLimitDenial(
+                    kind: kind, limit: limit.perMinute, burst: limit.burst, used: Int(bucket.used(tat: state, now: now)),
+                    requested: cost, retryAfterSeconds: 0, neverFits: true
+                ))
+            }
+        }
+        if let maximum = limits.maxConcurrentRequests, inFlight >= maximum {
+            consider(RateLimitDenial(
+                kind: .concurrency, limit: maximum, burst: maximum, used: inFlight, requested: 1,
+                retryAfterSeconds: RateLimitDenial.concurrencyRetryAfterSeconds, neverFits: false
+            ))
+        }
+
+        if let denial {
+            return .denied(denial, snapshot(limits: limits, now: now))
+        }
+        (requestsTAT, tokensTAT, inputTokensTAT, outputTokensTAT) = newTATs
+        let reservation = Reservation(admitting: request)
+        if reservation.holdsConcurrencySlot { inFlight += 1 }
+        unsettled.insert(request.requestID)
+        return .admitted(reservation, snapshot(limits: limits, now: now))
+    }
+
+    mutating func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int, now: Int64) -> RateLimitSnapshot? {
+        guard unsettled.remove(reservation.requestID) != nil else { return nil }
+        let prompt = max(actualPromptTokens, 0)
+        let completion = max(actualCompletionTokens, 0)
+        let limits = reservation.limits
+        reconcile(.tokens, limits, reserved: reservation.promptTokens + reservation.reservedOutputTokens, actual: prompt + completion, now: now)
+        reconcile(.inputTokens, limits, reserved: reservation.promptTokens, actual: prompt, now: now)
+        reconcile(.outputTokens, limits, reserved: reservation.reservedOutputTokens, actual: completion, now: now)
+        if reservation.holdsConcurrencySlot { inFlight = max(inFlight - 1, 0) }
+        return snapshot(limits: limits, now: now)
+    }
+
+    /// Refunds what was reserved but not used, or charges what was used beyond the reservation
+    /// (possibly into debt; see `GCRABucket`).
+    private mutating func reconcile(_ kind: RateLimitKind, _ limits: ResolvedLimits, reserved: Int, actual: Int, now: Int64) {
+        guard let limit = limits.bucket(kind), actual != reserved else { return }
+        let bucket = GCRABucket(limit)
+        if actual < reserved {
+            setTAT(kind, bucket.refund(Int64(reserved - actual), tat: tat(kind), now: now))
+        } else {
+            setTAT(kind, bucket.charge(Int64(actual - reserved), tat: tat(kind), now: now))
+        }
+    }
+
+    func snapshot(limits: ResolvedLimits, now: Int64) -> RateLimitSnapshot {
+        var snapshot = RateLimitSnapshot()
+        if let limit = limits.requests {
+            let bucket = GCRABucket(limit)
+            snapshot.limitRequests = limit.perMinute
+            snapshot.remainingRequests = Int(bucket.remaining(tat: requestsTAT, now: now))
+            snapshot.resetRequestsSeconds = Double(bucket.resetAfterMicros(tat: requestsTAT, now: now)) / 1_000_000
+        }
+        if let limit = limits.tokens {
+            let bucket = GCRABucket(limit)
+            snapshot.limitTokens = limit.perMinute
+            snapshot.remainingTokens = Int(bucket.remaining(tat: tokensTAT, now: now))
+            snapshot.resetTokensSeconds = Double(bucket.resetAfterMicros(tat: tokensTAT, now: now)) / 1_000_000
+        }
+        return snapshot
+    }
+}

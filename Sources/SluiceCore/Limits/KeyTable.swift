@@ -1,0 +1,152 @@
+import Crypto
+
+/// A client API key, authenticated: who it is and what it may do.
+public struct APIKey: Sendable, Hashable {
+    /// The configured id (`[A-Za-z0-9_.-]{1,64}`), used in logs, metrics and limiter keys.
+    public let id: String
+    public let limits: ResolvedLimits
+    /// `nil`: every model some upstream serves.
+    public let allowedModels: [ModelMatcher]?
+    /// The output reservation of a request that sets no `max_tokens` / `max_completion_tokens`.
+    public let defaultOutputTokens: Int
+
+    public init(id: String, limits: ResolvedLimits, allowedModels: [ModelMatcher]?, defaultOutputTokens: Int) {
+        self.id = id
+        self.limits = limits
+        self.allowedModels = allowedModels
+        self.defaultOutputTokens = defaultOutputTokens
+    }
+
+    /// Whether this key may call `model` (whether an upstream serves it is the router's question).
+    public func mayUse(model: String) -> Bool {
+        guard let allowedModels else { return true }
+        return allowedModels.contains { $0.matches(model) }
+    }
+}
+
+/// The SHA-256 of a bearer secret as four words: a cheap dictionary key.
+struct SecretDigest: Hashable, Sendable {
+    let w0: UInt64, w1: UInt64, w2: UInt64, w3: UInt64
+
+    init(_ digest: SHA256.Digest) {
+        // Runs per request: accumulate in locals, no array.
+        var w0: UInt64 = 0, w1: UInt64 = 0, w2: UInt64 = 0, w3: UInt64 = 0
+        for (index, byte) in digest.enumerated() {
+            let bits = UInt64(byte) << UInt64(8 * (index % 8))
+            switch index / 8 {
+            case 0: w0 |= bits
+            case 1: w1 |= bits
+            case 2: w2 |= bits
+            default: w3 |= bits
+            }
+        }
+        (self.w0, self.w1, self.w2, self.w3) = (w0, w1, w2, w3)
+    }
+
+    /// Parses 64 hex characters (validated by the config reader); `nil` otherwise.
+    init?(hex: String) {
+        let bytes = Array(hex.utf8)
+        guard bytes.count == 64 else { return nil }
+        var words = [UInt64](repeating: 0, count: 4)
+        for (index, byte) in bytes.enumerated() {
+            let nibble: UInt8
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): nibble = byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): nibble = byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): nibble = byte - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+            // Byte i of the digest is hex pair i and sits at bit 8 · (i mod 8) of word i / 8,
+            // as in init(_: SHA256.Digest).
+            let byteIndex = index / 2
+            let shift = UInt64(8 * (byteIndex % 8) + (index % 2 == 0 ? 4 : 0))
+            words[byteIndex / 8] |= UInt64(nibble) << shift
+        }
+        (w0, w1, w2, w3) = (words[0], words[1], words[2], words[3])
+    }
+
+    /// Compares all 256 bits without an early exit.
+    func constantTimeEquals(_ other: SecretDigest) -> Bool {
+        ((w0 ^ other.w0) | (w1 ^ other.w1) | (w2 ^ other.w2) | (w3 ^ other.w3)) == 0
+    }
+}
+
+/// The keys of one configuration, indexed for authentication. An immutable snapshot: a config
+/// reload builds a new table and swaps it in whole.
+///
+/// ## Why hash, look up, then compare in constant time
+/// The file holds only SHA-256 digests of the secrets. A presented secret is hashed and the digest
+/// looked up in a dictionary: O(1) whatever the number of keys. The lookup's timing depends on the
+/// digest, not on the secret, and learning digest bits does not help an attacker find a secret
+/// (SHA-256 is preimage resistant), so no secret-dependent timing leaks. The final comparison of the
+/// full 256-bit digest is nevertheless done in constant time, so that no step of the check ever
+/// exits early on a partial match, whatever the dictionary's equality does.
+public struct KeyTable: Sendable {
+    /// Longer bearer tokens are rejected without hashing (bounded work per request).
+    public static let maximumSecretBytes = 512
+
+    private let keysByDigest: [SecretDigest: (digest: SecretDigest, key: APIKey)]
+    private let keysByID: [String: APIKey]
+    /// Every key, in file order.
+    public let keys: [APIKey]
+
+    /// Builds the table of `config`'s keys (validated configs have unique ids and hashes; should
+    /// two entries share a hash anyway, the first wins).
+    public init(config: SluiceConfig) {
+        var byDigest: [SecretDigest: (digest: SecretDigest, key: APIKey)] = [:]
+        var keys: [APIKey] = []
+        for keyConfig in config.keys {
+            let limits = ResolvedLimits(tier: keyConfig.tier.flatMap { config.tiers[$0] }, own: keyConfig.limits)
+            let key = APIKey(id: keyConfig.id, limits: limits, allowedModels: keyConfig.models, defaultOutputTokens: keyConfig.defaultOutputTokens)
+            keys.append(key)
+            if let digest = SecretDigest(hex: keyConfig.secretSHA256), byDigest[digest] == nil {
+                byDigest[digest] = (digest, key)
+            }
+        }
+        self.keysByDigest = byDigest
+        self.keys = keys
+        self.keysByID = Dictionary(keys.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// The key whose secret is `bearerSecret` (the bytes after `Bearer `), or `nil` for an
+    /// unknown, empty or oversized secret.
+    public func authenticate(bearerSecret: UnsafeRawBufferPointer) -> APIKey? {
+        guard !bearerSecret.isEmpty, bearerSecret.count <= Self.maximumSecretBytes else { return nil }
+        let presented = SecretDigest(SHA256.hash(data: bearerSecret))
+        guard let entry = keysByDigest[presented], entry.digest.constantTimeEquals(presented) else { return nil }
+        return entry.key
+    }
+
+    /// The key whose secret is `bearerSecret`; see `authenticate(bearerSecret:)`.
+    public func authenticate(bearerSecret: some Collection<UInt8>) -> APIKey? {
+        if let result = bearerSecret.withContiguousStorageIfAvailable({ authenticate(bearerSecret: UnsafeRawBufferPointer($0)) }) {
+            return result
+        }
+        let bytes = Array(bearerSecret.prefix(Self.maximumSecretBytes + 1))
+        return bytes.withUnsafeBytes { authenticate(bearerSecret: $0) }
+    }
+
+    /// The key whose secret is `bearerSecret`; see `authenticate(bearerSecret:)`.
+    public func authenticate(bearerSecret: String) -> APIKey? {
+        var secret = bearerSecret
+        return secret.withUTF8 { authenticate(bearerSecret: UnsafeRawBufferPointer($0)) }
+    }
+
+    /// The key with this id, or `nil`.
+    public func key(id: String) -> APIKey? {
+        keysByID[id]
+    }
+
+    /// The lowercase hex SHA-256 of a secret: the value for `secret_sha256` in the config.
+    public static func sha256Hex(of secret: String) -> String {
+        let digest = SHA256.hash(data: Array(secret.utf8))
+        let hexDigits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(64)
+        for byte in digest {
+            out.append(hexDigits[Int(byte >> 4)])
+            out.append(hexDigits[Int(byte & 0x0f)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

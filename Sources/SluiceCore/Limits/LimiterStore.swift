@@ -1,0 +1,160 @@
+/// What the pipeline asks the limiter for one request (step 6, "admit").
+public struct AdmissionRequest: Sendable {
+    /// Unique per request; settles are idempotent per id.
+    public var requestID: String
+    public var keyID: String
+    public var limits: ResolvedLimits
+    public var model: String
+    /// Exact prompt tokens, counted by the tokenizer.
+    public var promptTokens: Int
+    /// The output reservation: max output × n, or the key's default.
+    public var reservedOutputTokens: Int
+
+    public init(requestID: String, keyID: String, limits: ResolvedLimits, model: String, promptTokens: Int, reservedOutputTokens: Int) {
+        self.requestID = requestID
+        self.keyID = keyID
+        self.limits = limits
+        self.model = model
+        self.promptTokens = promptTokens
+        self.reservedOutputTokens = reservedOutputTokens
+    }
+
+    /// What the request costs in each per-minute bucket:
+    /// RPM 1, TPM prompt + reserved output, ITPM prompt, OTPM reserved output.
+    public func cost(_ kind: RateLimitKind) -> Int {
+        switch kind {
+        case .requests: 1
+        case .tokens: max(promptTokens, 0) + max(reservedOutputTokens, 0)
+        case .inputTokens: max(promptTokens, 0)
+        case .outputTokens: max(reservedOutputTokens, 0)
+        case .concurrency: 1
+        case .dailyTokens, .monthlyTokens: max(promptTokens, 0) + max(reservedOutputTokens, 0)
+        }
+    }
+}
+
+/// An admitted request's claim on its key's limits, to be settled exactly once.
+public struct Reservation: Sendable {
+    public let requestID: String
+    public let keyID: String
+    public let limits: ResolvedLimits
+    public let model: String
+    public let promptTokens: Int
+    public let reservedOutputTokens: Int
+    /// Whether a concurrency slot was taken (released at settle).
+    public let holdsConcurrencySlot: Bool
+
+    public init(requestID: String, keyID: String, limits: ResolvedLimits, model: String, promptTokens: Int, reservedOutputTokens: Int, holdsConcurrencySlot: Bool) {
+        self.requestID = requestID
+        self.keyID = keyID
+        self.limits = limits
+        self.model = model
+        self.promptTokens = promptTokens
+        self.reservedOutputTokens = reservedOutputTokens
+        self.holdsConcurrencySlot = holdsConcurrencySlot
+    }
+
+    public init(admitting request: AdmissionRequest) {
+        self.init(
+            requestID: request.requestID, keyID: request.keyID, limits: request.limits, model: request.model,
+            promptTokens: max(request.promptTokens, 0), reservedOutputTokens: max(request.reservedOutputTokens, 0),
+            holdsConcurrencySlot: request.limits.maxConcurrentRequests != nil
+        )
+    }
+}
+
+/// Why a request was not admitted: the limit that denied it (the one with the longest wait when
+/// several did), in the terms of OpenAI's 429 message.
+public struct RateLimitDenial: Sendable, Hashable {
+    /// Retry-after suggested for a concurrency denial: a slot frees when some request ends, which
+    /// no clock predicts. The Redis store uses the same value.
+    public static let concurrencyRetryAfterSeconds = 1.0
+
+    public var kind: RateLimitKind
+    /// The configured limit (per minute, or the concurrency maximum).
+    public var limit: Int
+    /// The bucket's capacity (`limit` unless a burst is configured); what `neverFits` compares to.
+    public var burst: Int
+    /// In use at the moment of the decision.
+    public var used: Int
+    /// What this request asked for in that dimension.
+    public var requested: Int
+    /// When the same request would be admitted (if nothing else is admitted meanwhile); 0 when
+    /// `neverFits`.
+    public var retryAfterSeconds: Double
+    /// The request is larger than the bucket's capacity: it can never pass; do not retry.
+    public var neverFits: Bool
+
+    public init(kind: RateLimitKind, limit: Int, burst: Int, used: Int, requested: Int, retryAfterSeconds: Double, neverFits: Bool) {
+        self.kind = kind
+        self.limit = limit
+        self.burst = burst
+        self.used = used
+        self.requested = requested
+        self.retryAfterSeconds = retryAfterSeconds
+        self.neverFits = neverFits
+    }
+
+    /// Whether `self` should be reported rather than `other` when both deny one request:
+    /// a request that can never fit wins (retrying is pointless), then the longest wait.
+    public func outranks(_ other: RateLimitDenial) -> Bool {
+        if neverFits != other.neverFits { return neverFits }
+        return retryAfterSeconds > other.retryAfterSeconds
+    }
+}
+
+/// A key's state for the `x-ratelimit-*` headers. `nil` fields belong to limits that are not
+/// configured and are not rendered.
+public struct RateLimitSnapshot: Sendable, Hashable {
+    public var limitRequests: Int?
+    public var remainingRequests: Int?
+    /// Seconds until the request bucket is full again.
+    public var resetRequestsSeconds: Double?
+    public var limitTokens: Int?
+    public var remainingTokens: Int?
+    /// Seconds until the token bucket is full again.
+    public var resetTokensSeconds: Double?
+
+    /// No limits configured: no headers.
+    public static let empty = RateLimitSnapshot()
+
+    public init(limitRequests: Int? = nil, remainingRequests: Int? = nil, resetRequestsSeconds: Double? = nil, limitTokens: Int? = nil, remainingTokens: Int? = nil, resetTokensSeconds: Double? = nil) {
+        self.limitRequests = limitRequests
+        self.remainingRequests = remainingRequests
+        self.resetRequestsSeconds = resetRequestsSeconds
+        self.limitTokens = limitTokens
+        self.remainingTokens = remainingTokens
+        self.resetTokensSeconds = resetTokensSeconds
+    }
+}
+
+/// The limiter's answer to an admission.
+public enum AdmissionDecision: Sendable {
+    /// Admitted: every limit was charged; settle the reservation when the request ends.
+    case admitted(Reservation, RateLimitSnapshot)
+    /// Denied: nothing was charged.
+    case denied(RateLimitDenial, RateLimitSnapshot)
+}
+
+/// Where the limits' state lives: in memory (`InMemoryLimiterStore`, one node) or in Redis
+/// (every node shares it). Both implement exactly these semantics.
+///
+/// - `admit` is one atomic step over all the key's limits, all-or-nothing: either every bucket is
+///   charged (RPM 1, TPM prompt + reserved output, ITPM prompt, OTPM reserved output) and a
+///   concurrency slot taken, or nothing changes. When several limits deny, the denial reported is
+///   the one that `outranks` the others (never-fits first, then the longest retry-after). A cost
+///   larger than a bucket's burst is denied with `neverFits`.
+/// - The bucket math is `GCRABucket`'s.
+public protocol LimiterStore: Sendable {
+    /// Decides one request against all of its key's limits, atomically.
+    func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision
+
+    /// Settles a reservation exactly once per requestID (later calls are no-ops returning nil):
+    /// refunds or charges the difference between the reservation and the actual usage on the
+    /// token buckets, releases the concurrency slot.
+    /// - Returns: the key's state afterwards, or `nil` if this reservation was already settled.
+    func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot?
+
+    /// The key's current state, charging nothing (for responses that skip admission).
+    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot
+}

@@ -1,0 +1,74 @@
+/// One continuous-refill bucket as configured: its rate and its capacity.
+public struct BucketLimit: Sendable, Hashable {
+    /// Units refilled per minute; also the `x-ratelimit-limit-*` value.
+    public let perMinute: Int
+    /// Capacity: the largest single cost that can ever pass.
+    public let burst: Int
+
+    public init(perMinute: Int, burst: Int? = nil) {
+        self.perMinute = perMinute
+        self.burst = burst ?? perMinute
+    }
+}
+
+/// A key's effective limits: its tier merged with its own `limits`, field by field, with bursts
+/// defaulted to the per-minute values. `nil` means unlimited.
+public struct ResolvedLimits: Sendable, Hashable {
+    /// RPM; each request costs 1.
+    public var requests: BucketLimit?
+    /// TPM; a request costs prompt + reserved output tokens.
+    public var tokens: BucketLimit?
+    /// ITPM; a request costs its prompt tokens.
+    public var inputTokens: BucketLimit?
+    /// OTPM; a request costs its reserved output tokens.
+    public var outputTokens: BucketLimit?
+    /// Requests in flight at once.
+    public var maxConcurrentRequests: Int?
+    /// Quotas (enforced by the Redis limiter).
+    public var tokensPerDay: Int?
+    public var tokensPerMonth: Int?
+
+    /// No limit at all.
+    public static let unlimited = ResolvedLimits()
+
+    public init(
+        requests: BucketLimit? = nil, tokens: BucketLimit? = nil,
+        inputTokens: BucketLimit? = nil, outputTokens: BucketLimit? = nil,
+        maxConcurrentRequests: Int? = nil, tokensPerDay: Int? = nil, tokensPerMonth: Int? = nil
+    ) {
+        self.requests = requests
+        self.tokens = tokens
+        self.inputTokens = inputTokens
+        self.outputTokens = outputTokens
+        self.maxConcurrentRequests = maxConcurrentRequests
+        self.tokensPerDay = tokensPerDay
+        self.tokensPerMonth = tokensPerMonth
+    }
+
+    /// The effective limits of a tier (`nil`: none) overridden by a key's own `limits`.
+    /// A burst without its rate (rejected by config validation) is ignored.
+    public init(tier: LimitSet?, own: LimitSet?) {
+        let merged = (tier ?? LimitSet()).overridden(by: own ?? LimitSet())
+        self.init(
+            requests: merged.requestsPerMinute.map { BucketLimit(perMinute: $0, burst: merged.requestsBurst) },
+            tokens: merged.tokensPerMinute.map { BucketLimit(perMinute: $0, burst: merged.tokensBurst) },
+            inputTokens: merged.inputTokensPerMinute.map { BucketLimit(perMinute: $0, burst: merged.inputTokensBurst) },
+            outputTokens: merged.outputTokensPerMinute.map { BucketLimit(perMinute: $0, burst: merged.outputTokensBurst) },
+            maxConcurrentRequests: merged.maxConcurrentRequests,
+            tokensPerDay: merged.tokensPerDay,
+            tokensPerMonth: merged.tokensPerMonth
+        )
+    }
+
+    /// The configured bucket of a per-minute kind (`nil` for unlimited and for the kinds that are
+    /// not buckets: concurrency and the quotas).
+    public func bucket(_ kind: RateLimitKind) -> BucketLimit? {
+        switch kind {
+        case .requests: requests
+        case .tokens: tokens
+        case .inputTokens: inputTokens
+        case .outputTokens: outputTokens
+        case .concurrency, .dailyTokens, .monthlyTokens: nil
+        }
+    }
+}

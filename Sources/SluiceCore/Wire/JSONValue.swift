@@ -1,0 +1,118 @@
+/// A parsed JSON value (RFC 8259), as produced by `JSONReader`.
+///
+/// Numbers keep their literal text so nothing is lost (huge integers, exact decimals) and
+/// re-serialization writes them back verbatim. Objects keep their members in document order.
+public enum JSONValue: Sendable, Equatable {
+    case null
+    case bool(Bool)
+    case number(JSONNumber)
+    case string(String)
+    case array([JSONValue])
+    case object(JSONObject)
+
+    /// The string payload, or nil when this is not a string.
+    public var stringValue: String? {
+        if case .string(let s) = self { return s }
+        return nil
+    }
+
+    /// The object payload, or nil when this is not an object.
+    public var objectValue: JSONObject? {
+        if case .object(let o) = self { return o }
+        return nil
+    }
+
+    /// The array payload, or nil when this is not an array.
+    public var arrayValue: [JSONValue]? {
+        if case .array(let a) = self { return a }
+        return nil
+    }
+
+    /// True for the literal `null`.
+    public var isNull: Bool {
+        if case .null = self { return true }
+        return false
+    }
+
+    /// The JSON type with its article, as OpenAI names it in "expected …, but got … instead"
+    /// messages: "a string", "a boolean", "an integer", "a decimal number", "an array", "an object", "null".
+    public var typeDescription: String {
+        switch self {
+        case .null: "null"
+        case .bool: "a boolean"
+        case .number(let n): n.isIntegerLiteral ? "an integer" : "a decimal number"
+        case .string: "a string"
+        case .array: "an array"
+        case .object: "an object"
+        }
+    }
+}
+
+/// A JSON number, kept as its literal text (already validated against the RFC 8259 grammar).
+public struct JSONNumber: Sendable, Hashable, CustomStringConvertible {
+    /// The literal as it appeared in the document, e.g. `-12`, `3.5e10`.
+    public let literal: String
+
+    /// Wraps a literal that the caller guarantees is a valid JSON number.
+    public init(validatedLiteral: String) { self.literal = validatedLiteral }
+
+    /// Creates the number for an integer.
+    public init(_ value: Int) { self.literal = String(value) }
+
+    /// True when the literal has neither a fraction nor an exponent (`12`, `-0`), whatever its size.
+    public var isIntegerLiteral: Bool {
+        !literal.utf8.contains(where: { $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "e") || $0 == UInt8(ascii: "E") })
+    }
+
+    /// The value as an `Int` when the literal is an integer literal that fits; nil otherwise.
+    public var intValue: Int? { isIntegerLiteral ? Int(literal) : nil }
+
+    /// The value as a `Double` (may be ±infinity for out-of-range literals).
+    public var doubleValue: Double { Double(literal) ?? .nan }
+
+    public var description: String { literal }
+}
+
+/// One member of a JSON object: its key, its value and where the value's bytes lie in the
+/// document it was parsed from (so callers can splice the original body without re-serializing).
+public struct JSONMember: Sendable {
+    public var key: String
+    public var value: JSONValue
+    /// Byte offsets of the value's text in the parsed document (empty for values built in code).
+    public var valueRange: Range<Int>
+
+    public init(key: String, value: JSONValue, valueRange: Range<Int> = 0..<0) {
+        self.key = key
+        self.value = value
+        self.valueRange = valueRange
+    }
+}
+
+extension JSONMember: Equatable {
+    /// Members are equal when key and value are; where they came from does not matter.
+    public static func == (lhs: JSONMember, rhs: JSONMember) -> Bool {
+        lhs.key == rhs.key && lhs.value == rhs.value
+    }
+}
+
+/// A JSON object with its members in document order. Duplicate keys are kept; lookups return
+/// the LAST occurrence, like Python's `json` module (and therefore OpenAI's API) does.
+public struct JSONObject: Sendable, Equatable {
+    public var members: [JSONMember]
+
+    public init(members: [JSONMember] = []) { self.members = members }
+
+    /// The value of the last member named `key`, or nil when there is none.
+    public subscript(key: String) -> JSONValue? {
+        member(named: key)?.value
+    }
+
+    /// The last member named `key`, or nil when there is none.
+    public func member(named key: String) -> JSONMember? {
+        for member in members.reversed() where member.key == key { return member }
+        return nil
+    }
+
+    public var isEmpty: Bool { members.isEmpty }
+    public var count: Int { members.count }
+}

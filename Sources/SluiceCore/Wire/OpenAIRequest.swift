@@ -1,0 +1,220 @@
+import SluiceTokenizer
+
+/// The view of an OpenAI request body that Sluice needs: model, streaming, output reservation
+/// and the prompt to count. Parsed once from the body; the body itself is forwarded as is
+/// (see `upstreamBody(original:)`).
+public struct OpenAIRequest: Sendable {
+    public let endpoint: OpenAIEndpoint
+    /// The `model` field, verbatim.
+    public let model: String
+    /// `stream: true` (always false for embeddings).
+    public let stream: Bool
+    /// The client itself set `stream_options.include_usage: true`.
+    public let clientRequestedUsage: Bool
+    /// `max_completion_tokens`, else `max_tokens`; nil when neither is given (or for embeddings).
+    public let maxOutputTokens: Int?
+    /// Number of choices to generate (`n`, default 1, 1...128; always 1 for embeddings).
+    public let n: Int
+    /// What the model reads, for the prompt counter.
+    public let prompt: PromptInput
+
+    /// How `upstreamBody(original:)` must change the body.
+    let streamOptionsEdit: StreamOptionsEdit
+
+    /// True when Sluice turns on `stream_options.include_usage` upstream although the client did
+    /// not ask; the relay must then drop the usage chunk from what the client sees.
+    public var sluiceAddedUsage: Bool { stream && !clientRequestedUsage }
+
+    /// The largest `n` OpenAI accepts.
+    public static let maximumChoices = 128
+    /// The largest output-token value accepted (larger ones are surely mistakes or attacks on
+    /// the reservation arithmetic).
+    public static let maximumOutputTokens = Int(Int32.max)
+
+    enum StreamOptionsEdit: Sendable {
+        /// Forward the body unchanged.
+        case none
+        /// No `stream_options` member: insert one right after the top-level `{` at `openBraceOffset`.
+        case insert(openBraceOffset: Int, objectIsEmpty: Bool)
+        /// Replace the `stream_options` value at `valueRange`, keeping its other members (if it was an object).
+        case replace(valueRange: Range<Int>, keptMembers: [JSONMember])
+    }
+}
+
+// MARK: - Parsing
+
+extension OpenAIRequest {
+    /// Reads a request body for `endpoint`.
+    /// - Throws: `GatewayError.invalidJSON` when the body is not JSON, or
+    ///   `GatewayError.invalidRequest` (400, OpenAI-worded, with `param`) when a field is missing,
+    ///   of the wrong type or out of range.
+    public static func parse(_ body: UnsafeRawBufferPointer, endpoint: OpenAIEndpoint) throws(GatewayError) -> OpenAIRequest {
+        let root: JSONValue
+        do {
+            root = try JSONReader.parse(body)
+        } catch {
+            throw GatewayError.invalidJSON(error)
+        }
+        guard case .object(let object) = root else {
+            throw GatewayError.invalidRequest(
+                message: "Invalid type for request body: expected an object, but got \(root.typeDescription) instead.",
+                param: nil, code: "invalid_type")
+        }
+        var openBraceOffset = 0
+        while openBraceOffset < body.count, body[openBraceOffset] != UInt8(ascii: "{") { openBraceOffset += 1 }
+        return try parse(object, endpoint: endpoint, openBraceOffset: openBraceOffset)
+    }
+
+    /// Reads a request body held in an array. See `parse(_:endpoint:)`.
+    public static func parse(_ body: [UInt8], endpoint: OpenAIEndpoint) throws(GatewayError) -> OpenAIRequest {
+        let result: Result<OpenAIRequest, GatewayError> = body.withUnsafeBytes { raw in
+            do throws(GatewayError) { return .success(try parse(raw, endpoint: endpoint)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    private static func parse(_ root: JSONObject, endpoint: OpenAIEndpoint, openBraceOffset: Int) throws(GatewayError) -> OpenAIRequest {
+        let fields = RequestFields(root)
+
+        guard let modelValue = root["model"], !modelValue.isNull else {
+            throw GatewayError.invalidRequest(message: "you must provide a model parameter", param: "model")
+        }
+        guard case .string(let model) = modelValue else { throw RequestFields.invalidType("model", expected: "a string", got: modelValue) }
+
+        var stream = false
+        var clientRequestedUsage = false
+        var streamOptionsEdit = StreamOptionsEdit.none
+        var maxOutputTokens: Int?
+        var n = 1
+        let prompt: PromptInput
+
+        if endpoint.producesCompletion {
+            stream = try fields.bool("stream") ?? false
+            let streamOptions = root.member(named: "stream_options")
+            var existingOptions: [JSONMember] = []
+            if let streamOptions, !streamOptions.value.isNull {
+                guard case .object(let options) = streamOptions.value else {
+                    throw RequestFields.invalidType("stream_options", expected: "an object", got: streamOptions.value)
+                }
+                clientRequestedUsage = try RequestFields(options, path: "stream_options.").bool("include_usage") ?? false
+                existingOptions = options.members
+            }
+            if stream && !clientRequestedUsage {
+                if let streamOptions {
+                    streamOptionsEdit = .replace(valueRange: streamOptions.valueRange,
+                                                 keptMembers: existingOptions.filter { $0.key != "include_usage" })
+                } else {
+                    streamOptionsEdit = .insert(openBraceOffset: openBraceOffset, objectIsEmpty: root.isEmpty)
+                }
+            }
+            // Both are validated even when both are given, as OpenAI does; the newer name wins.
+            let maxTokens = try fields.positiveInteger("max_tokens", maximum: maximumOutputTokens)
+            let maxCompletionTokens = try fields.positiveInteger("max_completion_tokens", maximum: maximumOutputTokens)
+            maxOutputTokens = maxCompletionTokens ?? maxTokens
+            n = try fields.positiveInteger("n", maximum: maximumChoices) ?? 1
+        }
+
+        switch endpoint {
+        case .chatCompletions:
+            prompt = .chat(try ChatRequestReader.chatPrompt(root))
+        case .completions:
+            prompt = try textsOrTokens(root, field: "prompt")
+        case .embeddings:
+            prompt = try textsOrTokens(root, field: "input")
+        }
+
+        return OpenAIRequest(endpoint: endpoint, model: model, stream: stream, clientRequestedUsage: clientRequestedUsage,
+                             maxOutputTokens: maxOutputTokens, n: n, prompt: prompt, streamOptionsEdit: streamOptionsEdit)
+    }
+
+    /// `prompt` / `input`: a string, an array of strings, an array of token ids, or an array of
+    /// arrays of token ids.
+    private static func textsOrTokens(_ root: JSONObject, field: String) throws(GatewayError) -> PromptInput {
+        guard let value = root[field], !value.isNull else { throw RequestFields.missing(field) }
+        let expected = "a string, an array of strings, an array of integers, or an array of arrays of integers"
+        switch value {
+        case .string(let text):
+            return .texts([text])
+        case .array(let elements):
+            guard let first = elements.first else { return .texts([]) }
+            switch first {
+            case .string:
+                var texts: [String] = []
+                texts.reserveCapacity(elements.count)
+                for (index, element) in elements.enumerated() {
+                    guard case .string(let text) = element else {
+                        throw RequestFields.invalidType("\(field)[\(index)]", expected: "a string", got: element)
+                    }
+                    texts.append(text)
+                }
+                return .texts(texts)
+            case .number:
+                return .tokenCount(try tokenIDCount(elements, param: field))
+            case .array:
+                var total = 0
+                for (index, element) in elements.enumerated() {
+                    guard case .array(let ids) = element else {
+                        throw RequestFields.invalidType("\(field)[\(index)]", expected: "an array of integers", got: element)
+                    }
+                    total += try tokenIDCount(ids, param: "\(field)[\(index)]")
+                }
+                return .tokenCount(total)
+            default:
+                throw RequestFields.invalidType("\(field)[0]", expected: "a string or an integer", got: first)
+            }
+        default:
+            throw RequestFields.invalidType(field, expected: expected, got: value)
+        }
+    }
+
+    private static func tokenIDCount(_ ids: [JSONValue], param: String) throws(GatewayError) -> Int {
+        for (index, id) in ids.enumerated() {
+            guard case .number(let number) = id, let token = number.intValue, token >= 0 else {
+                throw RequestFields.invalidType("\(param)[\(index)]", expected: "a non-negative integer (token id)", got: id)
+            }
+        }
+        return ids.count
+    }
+}
+
+// MARK: - Forwarding
+
+extension OpenAIRequest {
+    /// The body to send upstream: `original` unchanged, except that a streaming request whose
+    /// client did not ask for usage gets `stream_options.include_usage: true` (so the upstream
+    /// reports usage; the relay drops that chunk again). Only the `stream_options` member is
+    /// touched: it is inserted right after the top-level `{`, or its value is rewritten in place
+    /// keeping its other fields byte for byte.
+    /// - Parameter original: the exact body this request was parsed from.
+    public func upstreamBody(original: [UInt8]) -> [UInt8] {
+        let includeUsage = Array(#""include_usage":true"#.utf8)
+        switch streamOptionsEdit {
+        case .none:
+            return original
+        case .insert(let openBraceOffset, let objectIsEmpty):
+            let member = Array(#""stream_options":{"#.utf8) + includeUsage + [UInt8(ascii: "}")]
+            var body: [UInt8] = []
+            body.reserveCapacity(original.count + member.count + 1)
+            body.append(contentsOf: original[...openBraceOffset])
+            body.append(contentsOf: member)
+            if !objectIsEmpty { body.append(UInt8(ascii: ",")) }
+            body.append(contentsOf: original[(openBraceOffset + 1)...])
+            return body
+        case .replace(let valueRange, let keptMembers):
+            var body: [UInt8] = []
+            body.reserveCapacity(original.count + includeUsage.count + 2)
+            body.append(contentsOf: original[..<valueRange.lowerBound])
+            body.append(UInt8(ascii: "{"))
+            for member in keptMembers {
+                JSONWriter.appendString(member.key, to: &body)
+                body.append(UInt8(ascii: ":"))
+                body.append(contentsOf: original[member.valueRange])
+                body.append(UInt8(ascii: ","))
+            }
+            body.append(contentsOf: includeUsage)
+            body.append(UInt8(ascii: "}"))
+            body.append(contentsOf: original[valueRange.upperBound...])
+            return body
+        }
+    }
+}
