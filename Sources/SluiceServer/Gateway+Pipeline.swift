@@ -33,7 +33,7 @@ extension Gateway {
 
         // 3. authorize: the key may use the model, and an upstream serves it.
         guard key.mayUse(model: model), let upstream = settings.upstream(forModel: model) else {
-            return await refuse(.modelNotFound(model: model), key: key, model: model, requestID: requestID, writer: writer)
+            return await refuse(.modelNotFound(model), key: key, model: model, requestID: requestID, writer: writer)
         }
 
         // 4. count: exact prompt tokens, and the output reservation.
@@ -73,7 +73,7 @@ extension Gateway {
         let exchange = ProxyExchange(
             requestID: requestID, key: key, request: openAIRequest, endpoint: endpoint, upstream: upstream,
             upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens,
-            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model, overrides: settings.modelEncodings)
+            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model)
         )
         let relayed = await forwardAndRelay(exchange, writer: writer, logger: logger)
 
@@ -90,24 +90,24 @@ extension Gateway {
     // MARK: - Steps
 
     func authenticate(_ head: HTTPRequestHead) -> Result<APIKey, GatewayError> {
-        guard let header = head.headers.first(name: "authorization") else { return .failure(.missingAPIKey) }
+        guard let header = head.headers.first(name: "authorization") else { return .failure(.missingAPIKey()) }
         let prefix = "bearer "
         guard header.count > prefix.count, header.prefix(prefix.count).lowercased() == prefix else {
-            return .failure(.missingAPIKey)
+            return .failure(.missingAPIKey())
         }
         let secret = header.dropFirst(prefix.count).trimmingSpaces()
         guard let key = settings.keys.authenticate(bearerSecret: secret) else {
-            return .failure(.invalidAPIKey(provided: secret))
+            return .failure(.invalidAPIKey(presented: secret))
         }
         return .success(key)
     }
 
     func countPromptTokens(_ request: OpenAIRequest) throws(GatewayError) -> Int {
-        let encoding = tokenizers.encoding(forModel: request.model, overrides: settings.modelEncodings)
+        let encoding = tokenizers.encoding(forModel: request.model)
         do {
             switch request.prompt {
             case .chat(let prompt):
-                return try ChatPromptCounter(encoding: encoding, model: request.model).count(prompt, limit: settings.maxPromptBytes)
+                return try tokenizers.chatPromptCounter(forModel: request.model, maxPromptBytes: settings.maxPromptBytes).count(prompt)
             case .texts(let texts):
                 var total = 0
                 for text in texts { total += try encoding.countOrdinary(text, limit: settings.maxPromptBytes) }

@@ -67,7 +67,7 @@ extension Gateway {
             ("x-request-id", exchange.requestID),
         ]
         if let apiKey = exchange.upstream.apiKey {
-            headers.append(("authorization", "Bearer \(apiKey.value)"))
+            headers.append(("authorization", "Bearer \(apiKey.revealed)"))
         }
         return UpstreamRequest(
             url: exchange.upstream.url(for: exchange.endpoint),
@@ -141,7 +141,7 @@ extension Gateway {
     // MARK: Streamed answers
 
     private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: Logger) async -> RelayResult {
-        var filter = StreamRelayFilter(dropUsageChunk: exchange.request.sluiceAddedUsage)
+        var filter = StreamRelayFilter(dropsUsageChunk: exchange.request.sluiceAddedUsage)
         func producedTokens() -> Int {
             if let usage = filter.usage { return usage.completionTokens }
             return exchange.encoding.countOrdinary(filter.streamedText)
@@ -153,7 +153,7 @@ extension Gateway {
         }
         do {
             for try await chunk in response.body {
-                let forward = filter.consume(chunk.readableBytesView)
+                let forward = chunk.withUnsafeReadableBytes { filter.consume($0) }
                 if !forward.isEmpty {
                     try await writer.writeStreamChunk(ByteBuffer(bytes: forward))
                 }

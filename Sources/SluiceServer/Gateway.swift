@@ -73,8 +73,8 @@ public final class Gateway: RequestHandling {
             outcome = await write(writer, requestID: requestID) {
                 try await writer.writeResponse(status: .ok, headers: headers, body: body)
             }
-        case .methodNotAllowed:
-            outcome = await writeError(writer, .methodNotAllowed(method: request.head.method.rawValue, path: path), requestID: requestID)
+        case .methodNotAllowed(let allowed):
+            outcome = await writeError(writer, .methodNotAllowed(method: request.head.method.rawValue, path: path, allowed: allowed), requestID: requestID)
         case .notFound:
             outcome = await writeError(writer, .routeNotFound(method: request.head.method.rawValue, path: path), requestID: requestID)
         }
@@ -112,7 +112,7 @@ public final class Gateway: RequestHandling {
         let body: String
         if let modelID {
             guard models.contains(modelID) || (key.mayUse(model: modelID) && settings.upstream(forModel: modelID) != nil) else {
-                return await writeError(writer, .modelNotFound(model: modelID), requestID: requestID, keyID: key.id)
+                return await writeError(writer, .modelNotFound(modelID), requestID: requestID, keyID: key.id)
             }
             body = Self.modelObject(modelID)
         } else {
@@ -131,7 +131,6 @@ public final class Gateway: RequestHandling {
     // MARK: - Writing helpers that never throw (a client that left is not an error of ours)
 
     func writeError(_ writer: ResponseWriter, _ error: GatewayError, requestID: String, keyID: String? = nil, model: String? = nil, extraHeaders: [(String, String)] = []) async -> RequestOutcome {
-        if case .rateLimited = error.kind {} // counted by the caller with its limit kind
         do {
             try await writer.writeError(error, requestID: requestID, extraHeaders: extraHeaders)
         } catch {

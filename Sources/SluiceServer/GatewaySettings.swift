@@ -7,7 +7,6 @@ import SluiceUpstream
 public struct GatewaySettings: Sendable {
     let keys: KeyTable
     let upstreams: [UpstreamRoute]
-    let modelEncodings: [String: EncodingName]
     let maxPromptBytes: Int
     /// How this node enforces limits, for `/readyz` and logs.
     let limiterMode: String
@@ -15,14 +14,13 @@ public struct GatewaySettings: Sendable {
     public init(config: SluiceConfig, limiterMode: String) {
         keys = KeyTable(config: config)
         upstreams = config.upstreams.map(UpstreamRoute.init)
-        modelEncodings = config.tokenizer.modelEncodings
-        maxPromptBytes = config.tokenizer.maxPromptBytes
+        maxPromptBytes = config.tokenizer.maxPromptBytes ?? ChatPromptCounter.defaultMaxPromptBytes
         self.limiterMode = limiterMode
     }
 
     /// The first upstream (in config order) that serves `model`.
     func upstream(forModel model: String) -> UpstreamRoute? {
-        upstreams.first { $0.config.serves(model: model) }
+        upstreams.first { route in route.config.models.contains { $0.matches(model) } }
     }
 
     /// Models listed by `GET /v1/models` for a key: the exact model names upstreams serve that the
@@ -31,7 +29,7 @@ public struct GatewaySettings: Sendable {
         var seen = Set<String>()
         var models: [String] = []
         for upstream in upstreams {
-            for name in upstream.config.exactModelNames where key.mayUse(model: name) && seen.insert(name).inserted {
+            for case .exact(let name) in upstream.config.models where key.mayUse(model: name) && seen.insert(name).inserted {
                 models.append(name)
             }
         }

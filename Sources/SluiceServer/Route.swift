@@ -9,7 +9,7 @@ enum Route: Sendable, Equatable {
     case health
     case ready
     case metrics
-    case methodNotAllowed
+    case methodNotAllowed(allowed: [String])
     case notFound
 
     init(method: HTTPMethod, path: String) {
@@ -19,19 +19,19 @@ enum Route: Sendable, Equatable {
             "/v1/embeddings": .embeddings,
         ]
         if let endpoint = proxyPaths[path] {
-            self = method == .POST ? .proxy(endpoint) : .methodNotAllowed
+            self = method == .POST ? .proxy(endpoint) : .methodNotAllowed(allowed: ["POST"])
             return
         }
         let getRoutes: [String: Route] = [
             "/v1/models": .listModels, "/healthz": .health, "/readyz": .ready, "/metrics": .metrics,
         ]
         if let route = getRoutes[path] {
-            self = (method == .GET || method == .HEAD) ? route : .methodNotAllowed
+            self = (method == .GET || method == .HEAD) ? route : .methodNotAllowed(allowed: ["GET", "HEAD"])
             return
         }
         let modelPrefix = "/v1/models/"
         if path.hasPrefix(modelPrefix), path.count > modelPrefix.count {
-            self = method == .GET ? .retrieveModel(String(path.dropFirst(modelPrefix.count))) : .methodNotAllowed
+            self = method == .GET ? .retrieveModel(String(path.dropFirst(modelPrefix.count))) : .methodNotAllowed(allowed: ["GET"])
             return
         }
         self = .notFound

@@ -20,7 +20,11 @@ public struct SluiceNode: Sendable {
     public init(config: SluiceConfig, logger: Logger) throws {
         self.config = config
         let directory = ProcessInfo.processInfo.environment["SLUICE_TOKENIZER_DIR"] ?? config.tokenizer.directory
-        let tokenizers = try Tokenizers.load(directory: directory)
+        var overrides: [String: EncodingName] = [:]
+        for (model, name) in config.tokenizer.modelEncodings {
+            if let encoding = EncodingName(rawValue: name) { overrides[model] = encoding }
+        }
+        let tokenizers = try Tokenizers.load(directory: directory, modelEncodings: ModelEncodings(overrides: overrides))
         let threads = config.server.eventLoopThreads > 0 ? config.server.eventLoopThreads : System.coreCount
         group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         var engineConfiguration = CurlEngine.Configuration()
