@@ -121,7 +121,7 @@ extension Gateway {
                 completionTokens = usage.completionTokens
             } else {
                 // No usage reported: charge what the answer holds, counted by Sluice.
-                completionTokens = Usage.countCompletionText(in: bytes) { exchange.encoding.countOrdinary($0) }
+                completionTokens = exchange.encoding.countOrdinary(CompletionText.fromResponseBody(bytes))
             }
         } else {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "status_\(response.status)")
