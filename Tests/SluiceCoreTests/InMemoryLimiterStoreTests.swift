@@ -200,3 +200,23 @@ final class InMemoryLimiterStoreTests: XCTestCase {
         XCTAssertEqual(admittedCount, 100)
     }
 }
+
+final class RateLimitDenialMappingTests: XCTestCase {
+    func testDenialsMapToOpenAIShaped429s() {
+        let tokens = RateLimitDenial(kind: .tokens, limit: 200_000, burst: 200_000, used: 130_491, requested: 75_418, retryAfterSeconds: 1.772, neverFits: false)
+        let limited = tokens.gatewayError(model: "gpt-4o-mini")
+        XCTAssertEqual(limited.status, 429)
+        XCTAssertEqual(limited.kind, .rateLimited)
+        XCTAssertEqual(limited.message, "Rate limit reached for gpt-4o-mini on tokens per min (TPM): Limit 200000, Used 130491, Requested 75418. Please try again in 1.772s.")
+        XCTAssertEqual(limited.retryAfterSeconds, 1.772)
+
+        let tooLarge = RateLimitDenial(kind: .tokens, limit: 30_000, burst: 30_000, used: 0, requested: 34_102, retryAfterSeconds: 0, neverFits: true)
+        let error = tooLarge.gatewayError(model: "gpt-4o")
+        XCTAssertEqual(error.kind, .requestTooLarge)
+        XCTAssertEqual(error.shouldRetry, false)
+        XCTAssertTrue(error.message.hasPrefix("Request too large for gpt-4o on tokens per min (TPM): Limit 30000, Requested 34102."), error.message)
+
+        let concurrency = RateLimitDenial(kind: .concurrency, limit: 4, burst: 4, used: 4, requested: 1, retryAfterSeconds: 1, neverFits: false)
+        XCTAssertEqual(concurrency.gatewayError(model: "m").kind, .concurrencyLimited)
+    }
+}
