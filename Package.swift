@@ -87,7 +87,7 @@ let package = Package(
 
         // MARK: Tests (one target per module; e2e lives in Tests/e2e as pytest)
         .testTarget(name: "SluiceTokenizerTests", dependencies: ["SluiceTokenizer"], exclude: ["Fixtures"]),
-        .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"]),
+        .testTarget(name: "SluiceCoreTests", dependencies: ["SluiceCore"], exclude: ["Fixtures"]),
         .testTarget(
             name: "SluiceUpstreamTests",
             dependencies: [

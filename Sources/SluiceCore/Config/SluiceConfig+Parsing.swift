@@ -63,6 +63,9 @@ extension SluiceConfig {
 struct ConfigDocumentReader {
     var walker = ConfigWalker()
     let environment: [String: String]
+    /// False once some upstream's model list had a problem: checking keys' models against
+    /// incomplete lists would report problems that are only echoes of that one.
+    var upstreamModelsComplete = true
 
     init(environment: [String: String]) {
         self.environment = environment
@@ -216,6 +219,7 @@ struct ConfigDocumentReader {
         }
 
         var models: [ModelMatcher] = []
+        let problemsBeforeModels = walker.problems.count
         if let modelsValue = members["models"] {
             models = readModelPatterns(modelsValue, at: "\(path).models") ?? []
             if case .array(let patterns) = modelsValue, patterns.isEmpty {
@@ -224,6 +228,7 @@ struct ConfigDocumentReader {
         } else {
             walker.report("\(path).models", "missing (required): the models this upstream serves")
         }
+        if walker.problems.count > problemsBeforeModels { upstreamModelsComplete = false }
 
         var upstream = UpstreamConfig(name: name ?? "", baseURL: baseURL ?? "", apiKeyEnvironmentVariable: apiKeyEnv, apiKey: apiKey, models: models)
         upstream.connectTimeoutMs = walker.integer(members, "connect_timeout_ms", at: path, default: UpstreamConfig.defaultConnectTimeoutMs, range: Self.timeoutRange)
@@ -397,7 +402,7 @@ struct ConfigDocumentReader {
             models = readModelPatterns(modelsValue, at: modelsPath)
             for (index, matcher) in (models ?? []).enumerated() {
                 // An exact name no upstream serves is almost always a typo.
-                if case .exact(let name) = matcher, !upstreams.isEmpty, !upstreams.contains(where: { $0.serves(model: name) }) {
+                if case .exact(let name) = matcher, upstreamModelsComplete, !upstreams.isEmpty, !upstreams.contains(where: { $0.serves(model: name) }) {
                     walker.report(ConfigWalker.element(modelsPath, index), "model \"\(name)\" is not served by any upstream")
                 }
             }

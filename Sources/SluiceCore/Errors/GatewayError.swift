@@ -80,9 +80,9 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
             let seconds = max(0, retryAfterSeconds)
             // Whole seconds, rounded up and at least 1, so that a client honouring only
             // `retry-after` never comes back before the limiter would admit it.
-            let wholeSeconds = max(1, Int(seconds.rounded(.up)))
+            let wholeSeconds = max(1, Self.roundedUp(seconds))
             headers.append(("retry-after", String(wholeSeconds)))
-            headers.append(("retry-after-ms", String(Int((seconds * 1000).rounded(.up)))))
+            headers.append(("retry-after-ms", String(Self.roundedUp(seconds * 1000))))
         }
         if let shouldRetry { headers.append(("x-should-retry", shouldRetry ? "true" : "false")) }
         if !allowedMethods.isEmpty { headers.append(("allow", allowedMethods.joined(separator: ", "))) }
@@ -210,11 +210,21 @@ extension GatewayError {
                      retryAfterSeconds: retryAfterSeconds)
     }
 
+    /// `value` rounded up to an integer, ignoring binary floating-point noise (0.12 × 1000 is
+    /// 120.00000000000001 and must give 120, not 121). Non-finite or negative values give 0.
+    static func roundedUp(_ value: Double) -> Int {
+        guard value.isFinite, value > 0 else { return 0 }
+        let clamped = min(value, 1e15)
+        let nearest = clamped.rounded()
+        if abs(clamped - nearest) <= 1e-9 * max(1, nearest) { return Int(nearest) }
+        return Int(clamped.rounded(.up))
+    }
+
     /// The delay in OpenAI's "Please try again in …" style (Go duration, millisecond precision):
     /// `120ms`, `1.772s`, `6m0s`, `1h2m3.5s`. Sub-millisecond delays round up to `1ms`; zero is `0s`.
     static func formatRetryDelay(seconds: Double) -> String {
         guard seconds.isFinite, seconds > 0 else { return "0s" }
-        let totalMilliseconds = Int(min((seconds * 1000).rounded(.up), 1e15))
+        let totalMilliseconds = roundedUp(min(seconds, 1e12) * 1000)
         if totalMilliseconds < 1000 { return "\(totalMilliseconds)ms" }
         let hours = totalMilliseconds / 3_600_000
         let minutes = totalMilliseconds / 60_000 % 60

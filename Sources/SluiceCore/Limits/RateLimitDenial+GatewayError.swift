@@ -1,0 +1,19 @@
+extension RateLimitDenial {
+    /// The 429 to send for this denial of a request for `model`: "Request too large" (no retry)
+    /// when it can never fit — quoting the bucket's capacity, which is what it exceeds —,
+    /// `insufficient_quota` for the daily and monthly quotas, the concurrency wording for
+    /// in-flight limits, and OpenAI's "Rate limit reached … Please try again in …" otherwise.
+    public func gatewayError(model: String) -> GatewayError {
+        if neverFits {
+            return .requestTooLarge(limit: kind, model: model, limitValue: burst, requested: requested)
+        }
+        switch kind {
+        case .concurrency:
+            return .concurrencyLimited(model: model, limitValue: limit, retryAfterSeconds: retryAfterSeconds)
+        case .dailyTokens, .monthlyTokens:
+            return .quotaExceeded(limit: kind, limitValue: limit, used: used, renewsInSeconds: retryAfterSeconds > 0 ? retryAfterSeconds : nil)
+        case .requests, .tokens, .inputTokens, .outputTokens:
+            return .rateLimited(limit: kind, model: model, limitValue: limit, used: used, requested: requested, retryAfterSeconds: retryAfterSeconds)
+        }
+    }
+}

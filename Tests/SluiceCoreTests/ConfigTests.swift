@@ -1,0 +1,273 @@
+import Foundation
+import XCTest
+@testable import SluiceCore
+
+/// One fixture per bad-config case (Fixtures/config/<case>.json), each checked for the exact
+/// problems it must report, plus the valid fixtures' parsed values.
+final class ConfigTests: XCTestCase {
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/config")
+    static let environment = ["MOCK_API_KEY": "upstream-secret-value"]
+
+    func load(_ name: String, environment: [String: String] = ConfigTests.environment) throws -> SluiceConfig {
+        try SluiceConfig.load(path: Self.fixtures.appendingPathComponent("\(name).json").path, environment: environment)
+    }
+
+    /// The problems of fixture `name`, as "path: message" lines.
+    func problems(_ name: String, file: StaticString = #filePath, line: UInt = #line) -> [String] {
+        do {
+            _ = try load(name)
+            XCTFail("\(name).json was accepted", file: file, line: line)
+            return []
+        } catch let error as ConfigError {
+            return error.problems.map(\.description)
+        } catch {
+            XCTFail("unexpected error \(error)", file: file, line: line)
+            return []
+        }
+    }
+
+    // MARK: valid
+
+    func testValidConfigParsesEveryField() throws {
+        let config = try load("valid")
+        XCTAssertEqual(config.server.host, "0.0.0.0")
+        XCTAssertEqual(config.server.port, 8081)
+        XCTAssertEqual(config.server.maxBodyBytes, 1_048_576)
+        XCTAssertEqual(config.server.eventLoopThreads, 2)
+        XCTAssertEqual(config.server.headerTimeoutMs, ServerConfig.defaultHeaderTimeoutMs)
+        XCTAssertEqual(config.tokenizer.directory, "/opt/rank-files")
+        XCTAssertEqual(config.tokenizer.modelEncodings, ["my-model": "cl100k_base"])
+        XCTAssertNil(config.tokenizer.maxPromptBytes)
+
+        XCTAssertEqual(config.upstreams.map(\.name), ["mock", "other"])
+        let mock = config.upstreams[0]
+        XCTAssertEqual(mock.baseURL, "http://127.0.0.1:9000/v1", "trailing slash removed")
+        XCTAssertEqual(mock.apiKey?.revealed, "upstream-secret-value")
+        XCTAssertEqual(mock.apiKeyEnvironmentVariable, "MOCK_API_KEY")
+        XCTAssertEqual(mock.maxConnections, 8)
+        XCTAssertEqual(mock.connectTimeoutMs, UpstreamConfig.defaultConnectTimeoutMs)
+        XCTAssertEqual(mock.models, [.exact("gpt-4o-mini"), .exact("gpt-4o"), .prefix("gpt-4.1")])
+        XCTAssertTrue(mock.serves(model: "gpt-4.1-nano"))
+        XCTAssertTrue(mock.serves(model: "gpt-4o"))
+        XCTAssertFalse(mock.serves(model: "gpt-4o-2024"))
+        XCTAssertNil(config.upstreams[1].apiKey)
+        XCTAssertEqual(config.upstream(serving: "my-model")?.name, "other")
+        XCTAssertNil(config.upstream(serving: "claude"))
+
+        XCTAssertEqual(config.tiers["standard"], LimitSet(requestsPerMinute: 600, tokensPerMinute: 200_000, maxConcurrentRequests: 20))
+        XCTAssertEqual(config.tiers["small"], LimitSet(requestsPerMinute: 60, tokensPerMinute: 10_000, tokensBurst: 5_000))
+        XCTAssertEqual(config.keys.map(\.id), ["demo", "small.team-1"])
+        XCTAssertEqual(config.keys[0].defaultOutputTokens, KeyConfig.defaultDefaultOutputTokens)
+        XCTAssertNil(config.keys[0].models)
+        XCTAssertEqual(config.keys[1].defaultOutputTokens, 256)
+        XCTAssertEqual(config.keys[1].limits, LimitSet(tokensPerMinute: 20_000, outputTokensPerMinute: 3_000))
+        XCTAssertNil(config.redis)
+    }
+
+    func testRedisSectionParses() throws {
+        let redis = try XCTUnwrap(try load("valid_redis").redis)
+        XCTAssertEqual(redis.host, "redis.internal")
+        XCTAssertEqual(redis.port, 6380)
+        XCTAssertEqual(redis.database, 2)
+        XCTAssertNil(redis.username)
+        XCTAssertEqual(redis.password?.revealed, "s3cr@t", "percent-escapes decoded")
+        XCTAssertEqual(redis.onFailure, .closed)
+        XCTAssertEqual(redis.fallbackNodeCount, 4)
+        XCTAssertEqual(redis.redactedURL, "redis://:<redacted>@redis.internal:6380/2")
+    }
+
+    func testTokenizerDirectoryEnvironmentOverride() throws {
+        var environment = Self.environment
+        environment["SLUICE_TOKENIZER_DIR"] = "/srv/tok"
+        XCTAssertEqual(try load("valid", environment: environment).tokenizer.directory, "/srv/tok")
+    }
+
+    func testMinimalConfigTakesDefaults() throws {
+        let json = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "keys": []}"#
+        let config = try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+        XCTAssertEqual(config.server, ServerConfig())
+        XCTAssertEqual(config.server.port, 8080)
+        XCTAssertEqual(config.server.maxBodyBytes, 32 * 1024 * 1024)
+        XCTAssertEqual(config.tokenizer.directory, ".cache/tokenizer")
+        XCTAssertTrue(config.upstreams[0].serves(model: "anything"))
+        XCTAssertTrue(config.keys.isEmpty)
+        XCTAssertTrue(config.tiers.isEmpty)
+    }
+
+    func testSecretNeverPrints() throws {
+        let config = try load("valid")
+        let key = try XCTUnwrap(config.upstreams[0].apiKey)
+        XCTAssertEqual("\(key)", "<redacted>")
+        XCTAssertEqual(String(reflecting: key), "<redacted>")
+        var dumped = ""
+        dump(config.upstreams[0], to: &dumped)
+        XCTAssertFalse(dumped.contains("upstream-secret-value"), dumped)
+        XCTAssertFalse("\(config.upstreams[0])".contains("upstream-secret-value"))
+    }
+
+    // MARK: one fixture per bad case
+
+    func testDuplicateKeyID() {
+        XCTAssertEqual(problems("duplicate_key_id"), [#"$.keys[2].id: duplicate key id "demo" (also at $.keys[0].id)"#])
+    }
+
+    func testDuplicateSecretHash() {
+        XCTAssertEqual(problems("duplicate_secret_hash"), ["$.keys[1].secret_sha256: duplicate secret hash (also at $.keys[0].secret_sha256): two keys would share one secret"])
+    }
+
+    func testUnknownTier() {
+        XCTAssertEqual(problems("unknown_tier"), [#"$.keys[1].tier: unknown tier "gold" (known: small, standard)"#])
+    }
+
+    func testMisspelledField() {
+        XCTAssertEqual(problems("misspelled_field"), [#"$.tiers.standard.request_per_minute: unknown field "request_per_minute" (did you mean "requests_per_minute"?)"#])
+    }
+
+    func testWrongTypes() {
+        XCTAssertEqual(problems("wrong_type"), [
+            "$.server.port: expected an integer, found a string",
+            "$.upstreams[0].models: expected an array, found a string",
+            "$.keys[0].default_output_tokens: expected an integer, found 1.5",
+        ])
+    }
+
+    func testZeroAndNegativeLimits() {
+        XCTAssertEqual(problems("non_positive_limit"), [
+            "$.tiers.small.requests_per_minute: must be between 1 and 150000000, found -5 (leave it out or use null for no limit)",
+            "$.tiers.standard.tokens_per_minute: must be between 1 and 150000000, found 0 (leave it out or use null for no limit)",
+        ])
+    }
+
+    func testLimitAboveMaximum() {
+        XCTAssertEqual(problems("limit_too_large"), ["$.tiers.standard.tokens_per_minute: must be between 1 and 150000000, found 150000001"])
+    }
+
+    func testPortOutOfRange() {
+        XCTAssertEqual(problems("port_out_of_range"), ["$.server.port: must be between 1 and 65535, found 70000"])
+    }
+
+    func testBadBaseURLs() {
+        XCTAssertEqual(problems("bad_base_url"), [
+            #"$.upstreams[0].base_url: must be an http:// or https:// URL with a host, found "ftp://127.0.0.1:9000/v1""#,
+            #"$.upstreams[1].base_url: must be an http:// or https:// URL with a host, found "llm.example.com/v1""#,
+        ])
+    }
+
+    func testInlineUpstreamSecret() {
+        let found = problems("inline_upstream_secret")
+        XCTAssertEqual(found, [#"$.upstreams[1].api_key: inline secrets are not allowed: put the upstream key in an environment variable and give its name in "api_key_env""#])
+        XCTAssertFalse(found.joined().contains("sk-live-123"), "the secret is never echoed")
+    }
+
+    func testInlineKeySecret() {
+        let found = problems("inline_key_secret")
+        XCTAssertEqual(found, [#"$.keys[0].secret: the secret itself must not be in the file: put its SHA-256 in "secret_sha256" (`sluice keys new` prints both)"#])
+    }
+
+    func testBadSecretHash() {
+        XCTAssertEqual(problems("bad_secret_hash"), ["$.keys[0].secret_sha256: must be the SHA-256 of the secret as 64 lowercase hex characters, found 6 characters"])
+    }
+
+    func testMissingEnvironmentVariable() {
+        XCTAssertEqual(problems("missing_env_var"), ["$.upstreams[0].api_key_env: environment variable SLUICE_TEST_UNSET_VARIABLE is not set (or empty)"])
+    }
+
+    func testBadRedisURL() {
+        XCTAssertEqual(problems("bad_redis_url"), ["$.redis.url: must look like redis://[:password@]host[:port][/db]"])
+        XCTAssertEqual(problems("bad_redis_port"), [#"$.redis.url: port must be between 1 and 65535, found "99999""#])
+    }
+
+    func testUnknownEncoding() {
+        XCTAssertEqual(problems("unknown_encoding"), [#"$.tokenizer.model_encodings.legacy: unknown encoding "p50k_base" (known: cl100k_base, o200k_base)"#])
+    }
+
+    func testUnknownFailurePolicy() {
+        XCTAssertEqual(problems("unknown_failure_policy"), [#"$.redis.on_failure: unknown policy "retry" (known: local, open, closed)"#])
+    }
+
+    func testBurstWithoutRate() {
+        XCTAssertEqual(problems("burst_without_rate"), ["$.tiers.small.input_tokens_burst: a burst needs a rate: input_tokens_per_minute is not set"])
+    }
+
+    func testKeyWithoutTierOrLimits() {
+        XCTAssertEqual(problems("key_without_limits"), [#"$.keys[0]: needs "tier" or "limits" (for a key without limits, use a tier that sets none)"#])
+    }
+
+    func testBadKeyID() {
+        XCTAssertEqual(problems("bad_key_id"), [#"$.keys[0].id: "demo key!" is not a valid key id ([A-Za-z0-9_.-]{1,64})"#])
+    }
+
+    func testKeyModelNotServed() {
+        XCTAssertEqual(problems("model_not_served"), [#"$.keys[1].models[1]: model "gpt-5-nano" is not served by any upstream"#])
+    }
+
+    func testBadModelPattern() {
+        XCTAssertEqual(problems("bad_model_pattern"), [#"$.upstreams[0].models[0]: "gpt-*-mini" is not a model name or a prefix ending in "*""#])
+    }
+
+    func testDuplicateUpstreamName() {
+        XCTAssertEqual(problems("duplicate_upstream_name"), [#"$.upstreams[1].name: duplicate upstream name "mock" (also at $.upstreams[0].name)"#])
+    }
+
+    func testNoUpstreams() {
+        XCTAssertEqual(problems("no_upstreams"), ["$.upstreams: at least one upstream is required"])
+    }
+
+    func testMalformedJSON() {
+        XCTAssertThrowsError(try load("not_json")) { error in
+            guard case .malformedJSON = error as? ConfigError else { return XCTFail("\(error)") }
+        }
+        XCTAssertThrowsError(try load("not_an_object")) { error in
+            XCTAssertEqual(error as? ConfigError, .malformedJSON(reason: "the top level must be an object"))
+        }
+        XCTAssertThrowsError(try load("no_such_file")) { error in
+            guard case .unreadable = error as? ConfigError else { return XCTFail("\(error)") }
+        }
+    }
+
+    func testEveryProblemOfAFileIsReported() {
+        XCTAssertEqual(problems("many_problems"), [
+            #"$.server.idle_timeout: unknown field "idle_timeout" (did you mean "idle_timeout_ms"?)"#,
+            "$.server.port: must be between 1 and 65535, found 0",
+            #"$.upstreams[1].base_url: must be an http:// or https:// URL with a host, found "ftp://x""#,
+            "$.tiers.standard.tokens_per_minute: must be between 1 and 150000000, found -1 (leave it out or use null for no limit)",
+            #"$.keys[0].tier: unknown tier "gold" (known: small, standard)"#,
+            "$.keys[1].secret_sha256: must be the SHA-256 of the secret as 64 lowercase hex characters, found 6 characters",
+            #"$.keys[2].id: duplicate key id "demo" (also at $.keys[0].id)"#,
+            "$.redis.url: missing host",
+        ])
+    }
+
+    // MARK: pieces
+
+    func testDidYouMeanOnlySuggestsCloseNames() {
+        XCTAssertEqual(ConfigWalker.closest(to: "prot", among: ["port", "host"]), "port")
+        XCTAssertNil(ConfigWalker.closest(to: "banana", among: ["port", "host"]))
+        XCTAssertEqual(ConfigWalker.editDistance("kitten", "sitting"), 3)
+    }
+
+    func testModelMatcherPatterns() {
+        XCTAssertEqual(ModelMatcher(pattern: "gpt-4o"), .exact("gpt-4o"))
+        XCTAssertEqual(ModelMatcher(pattern: "gpt-4.1*"), .prefix("gpt-4.1"))
+        XCTAssertEqual(ModelMatcher(pattern: "*"), .prefix(""))
+        XCTAssertNil(ModelMatcher(pattern: ""))
+        XCTAssertNil(ModelMatcher(pattern: "a*b"))
+        XCTAssertNil(ModelMatcher(pattern: "a**"))
+    }
+
+    func testRedisURLForms() throws {
+        let plain = try RedisURL.parse("redis://localhost").get()
+        XCTAssertEqual([plain.host, "\(plain.port)", "\(plain.database)"], ["localhost", "6379", "0"])
+        let acl = try RedisURL.parse("redis://app:pw@[::1]:7000/3").get()
+        XCTAssertEqual(acl.host, "::1")
+        XCTAssertEqual(acl.port, 7000)
+        XCTAssertEqual(acl.database, 3)
+        XCTAssertEqual(acl.username, "app")
+        XCTAssertEqual(acl.password?.revealed, "pw")
+        XCTAssertEqual(acl.redactedURL, "redis://app:<redacted>@[::1]:7000/3")
+        XCTAssertThrowsError(try RedisURL.parse("rediss://h").get())
+        XCTAssertThrowsError(try RedisURL.parse("redis://pw@h").get())
+        XCTAssertThrowsError(try RedisURL.parse("redis://h/x").get())
+        XCTAssertThrowsError(try RedisURL.parse("redis://h?timeout=1").get())
+    }
+}
