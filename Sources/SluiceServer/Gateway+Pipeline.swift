@@ -60,7 +60,7 @@ extension Gateway {
             case .denied(let denial, let snapshot):
                 metrics.rateLimited(kind: denial.kind, keyID: key.id)
                 return await writeError(
-                    writer, GatewayError(denial: denial, model: model), requestID: requestID,
+                    writer, denial.gatewayError(model: model), requestID: requestID,
                     keyID: key.id, model: model, extraHeaders: RateLimitHeaders.render(snapshot)
                 )
             }
