@@ -66,7 +66,7 @@ final class MockConnectionHandler: ChannelInboundHandler {
         case .body(var part):
             guard case .receiving(let request) = state else { return }  // rest of a refused body
             if body.readableBytes + part.readableBytes > server.behaviour.maxBodyBytes {
-                refuseOversizeBody(request, context: context)
+                refuseOversizeBody(request, receivedBytes: body.readableBytes + part.readableBytes, context: context)
             } else {
                 body.writeBuffer(&part)
             }
@@ -132,13 +132,13 @@ final class MockConnectionHandler: ChannelInboundHandler {
         if let declared = head.headers.first(name: "content-length").flatMap({ Int($0) }),
             declared > server.behaviour.maxBodyBytes
         {
-            refuseOversizeBody(request, context: context)
+            refuseOversizeBody(request, receivedBytes: 0, context: context)
         }
     }
 
-    private func refuseOversizeBody(_ request: ReceivedRequest, context: ChannelHandlerContext) {
+    private func refuseOversizeBody(_ request: ReceivedRequest, receivedBytes: Int, context: ChannelHandlerContext) {
         var record = request.record
-        record.bodyBytes = body.readableBytes
+        record.bodyBytes = receivedBytes
         body.clear()
         scratch.clear()
         MockResponseBodies.error(
