@@ -1,4 +1,3 @@
-import Foundation
 import NIOCore
 import NIOHTTP1
 
@@ -51,66 +50,49 @@ extension MockRequestFields {
     ///   of the wrong type, in the same cases where OpenAI answers 400.
     init(endpoint: MockEndpoint, body: ByteBuffer) throws(MockRequestError) {
         guard endpoint != .models else { return }
-        let object: [String: Any]
+        var seen = SeenFields()
         do {
-            let parsed = try JSONSerialization.jsonObject(with: Data(body.readableBytesView))
-            guard let dictionary = parsed as? [String: Any] else {
-                throw MockRequestError(message: "The request body must be a JSON object.", param: nil)
+            try body.withUnsafeReadableBytes { bytes throws(RequestBodyScanner.Failure) in
+                var scanner = RequestBodyScanner(bytes: bytes)
+                scanner.skipWhitespace()
+                guard try scanner.peekKind() == .object else { throw .syntax }
+                try scanner.readObject { scanner, key throws(RequestBodyScanner.Failure) in
+                    try self.readField(key, endpoint: endpoint, from: &scanner, seen: &seen)
+                }
             }
-            object = dictionary
-        } catch let error as MockRequestError {
-            throw error
         } catch {
-            throw MockRequestError(
-                message: "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
-                param: nil)
+            switch error {
+            case .type(let field):
+                throw MockRequestError(message: "Invalid type for '\(field)'.", param: field)
+            case .syntax:
+                throw MockRequestError(
+                    message: "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
+                    param: nil)
+            }
         }
 
-        guard let model = object["model"] as? String else {
+        guard model != nil else {
             throw MockRequestError(message: "you must provide a model parameter", param: "model")
         }
-        self.model = model
-        self.stream = Self.bool(object["stream"]) ?? false
-        if let options = object["stream_options"] as? [String: Any] {
-            self.includeUsage = Self.bool(options["include_usage"]) ?? false
-        }
-        self.maxTokens = Self.integer(object["max_completion_tokens"]) ?? Self.integer(object["max_tokens"])
         if let maxTokens, maxTokens < 1 {
             throw MockRequestError(message: "max_tokens must be at least 1, got \(maxTokens).", param: "max_tokens")
         }
-        if object["n"] != nil, !(object["n"] is NSNull) {
-            guard let n = Self.integer(object["n"]), (1...MockLimits.maximumChoices).contains(n) else {
-                throw MockRequestError(
-                    message: "n must be an integer between 1 and \(MockLimits.maximumChoices).", param: "n")
-            }
-            self.choiceCount = n
+        guard (1...MockLimits.maximumChoices).contains(choiceCount) else {
+            throw MockRequestError(
+                message: "n must be an integer between 1 and \(MockLimits.maximumChoices).", param: "n")
         }
-
         switch endpoint {
-        case .chatCompletions:
-            guard let messages = object["messages"] as? [Any] else {
-                throw MockRequestError(message: "Missing required parameter: 'messages'.", param: "messages")
-            }
-            var textBytes = 0
-            for case let message as [String: Any] in messages {
-                textBytes += Self.contentBytes(message["content"])
-            }
-            self.estimatedPromptTokens = Self.tokensEstimate(utf8Bytes: textBytes)
-        case .completions:
-            guard let prompt = object["prompt"] else {
-                throw MockRequestError(message: "Missing required parameter: 'prompt'.", param: "prompt")
-            }
-            self.estimatedPromptTokens = Self.promptEstimate(prompt).tokens
-        case .embeddings:
-            guard let input = object["input"] else {
-                throw MockRequestError(message: "Missing required parameter: 'input'.", param: "input")
-            }
-            let estimate = Self.promptEstimate(input)
-            self.estimatedPromptTokens = estimate.tokens
-            self.embeddingInputCount = estimate.inputs
-            self.base64Embeddings = (object["encoding_format"] as? String) == "base64"
-        case .models:
+        case .chatCompletions where !seen.prompt:
+            throw MockRequestError(message: "Missing required parameter: 'messages'.", param: "messages")
+        case .completions where !seen.prompt:
+            throw MockRequestError(message: "Missing required parameter: 'prompt'.", param: "prompt")
+        case .embeddings where !seen.prompt:
+            throw MockRequestError(message: "Missing required parameter: 'input'.", param: "input")
+        default:
             break
+        }
+        if let maxCompletionTokens = seen.maxCompletionTokens {
+            maxTokens = maxCompletionTokens  // the newer name wins, as with OpenAI
         }
     }
 
@@ -119,51 +101,182 @@ extension MockRequestFields {
         (utf8Bytes + 3) / 4
     }
 
-    /// UTF-8 bytes of a message `content`: a string, or an array of parts whose `text` fields count.
-    private static func contentBytes(_ content: Any?) -> Int {
-        if let text = content as? String {
-            return text.utf8.count
-        }
-        var total = 0
-        if let parts = content as? [Any] {
-            for case let part as [String: Any] in parts {
-                if let text = part["text"] as? String {
-                    total += text.utf8.count
+    /// What was found besides the stored fields.
+    private struct SeenFields {
+        /// `messages`, `prompt` or `input` (whichever the endpoint requires) was present.
+        var prompt = false
+        var maxCompletionTokens: Int?
+    }
+
+    private mutating func readField(
+        _ key: [UInt8], endpoint: MockEndpoint, from scanner: inout RequestBodyScanner, seen: inout SeenFields
+    ) throws(RequestBodyScanner.Failure) {
+        switch key {
+        case Key.model:
+            guard try scanner.peekKind() == .string else { throw .type(field: "model") }
+            model = try scanner.readString()
+        case Key.stream:
+            stream = try Self.optionalBool(&scanner, field: "stream") ?? false
+        case Key.streamOptions:
+            switch try scanner.peekKind() {
+            case .null: try scanner.readNull()
+            case .object:
+                try scanner.readMembers(depth: 1) { scanner, key throws(RequestBodyScanner.Failure) in
+                    if key == Key.includeUsage {
+                        self.includeUsage = try Self.optionalBool(&scanner, field: "stream_options.include_usage") ?? false
+                    } else {
+                        try scanner.skipValue(depth: 2)
+                    }
+                }
+            default: throw .type(field: "stream_options")
+            }
+        case Key.maxTokens:
+            maxTokens = try Self.optionalInteger(&scanner, field: "max_tokens")
+        case Key.maxCompletionTokens:
+            seen.maxCompletionTokens = try Self.optionalInteger(&scanner, field: "max_completion_tokens")
+        case Key.n:
+            choiceCount = try Self.optionalInteger(&scanner, field: "n") ?? 1
+        case Key.messages where endpoint == .chatCompletions:
+            guard try scanner.peekKind() == .array else { throw .type(field: "messages") }
+            seen.prompt = true
+            var textBytes = 0
+            try scanner.readElements(depth: 1) { scanner throws(RequestBodyScanner.Failure) in
+                guard try scanner.peekKind() == .object else { throw .type(field: "messages") }
+                try scanner.readMembers(depth: 2) { scanner, key throws(RequestBodyScanner.Failure) in
+                    if key == Key.content {
+                        textBytes += try Self.contentBytes(&scanner)
+                    } else {
+                        try scanner.skipValue(depth: 3)
+                    }
                 }
             }
+            estimatedPromptTokens = Self.tokensEstimate(utf8Bytes: textBytes)
+        case Key.prompt where endpoint == .completions, Key.input where endpoint == .embeddings:
+            seen.prompt = true
+            let estimate = try Self.promptEstimate(&scanner, field: endpoint == .completions ? "prompt" : "input")
+            estimatedPromptTokens = estimate.tokens
+            embeddingInputCount = estimate.inputs
+        case Key.encodingFormat where endpoint == .embeddings:
+            switch try scanner.peekKind() {
+            case .null: try scanner.readNull()
+            case .string: base64Embeddings = try scanner.readStringBytes() == Key.base64
+            default: throw .type(field: "encoding_format")
+            }
+        default:
+            try scanner.skipValue()
         }
-        return total
+    }
+
+    /// UTF-8 bytes of a message `content`: a string, or an array of parts whose `text` fields count.
+    private static func contentBytes(_ scanner: inout RequestBodyScanner) throws(RequestBodyScanner.Failure) -> Int {
+        switch try scanner.peekKind() {
+        case .string:
+            return try scanner.readStringLength()
+        case .array:
+            var total = 0
+            try scanner.readElements(depth: 3) { scanner throws(RequestBodyScanner.Failure) in
+                guard try scanner.peekKind() == .object else {
+                    try scanner.skipValue(depth: 4)
+                    return
+                }
+                try scanner.readMembers(depth: 4) { scanner, key throws(RequestBodyScanner.Failure) in
+                    if key == Key.text, try scanner.peekKind() == .string {
+                        total += try scanner.readStringLength()
+                    } else {
+                        try scanner.skipValue(depth: 5)
+                    }
+                }
+            }
+            return total
+        default:
+            try scanner.skipValue(depth: 3)  // null (assistant tool calls) and the like carry no text
+            return 0
+        }
     }
 
     /// Estimate for a `prompt` / `input`: a string, an array of strings, an array of token ids, or an array
     /// of arrays of token ids. Returns the token estimate and the number of separate inputs.
-    private static func promptEstimate(_ value: Any) -> (tokens: Int, inputs: Int) {
-        if let text = value as? String {
-            return (tokensEstimate(utf8Bytes: text.utf8.count), 1)
-        }
-        guard let items = value as? [Any] else { return (0, 1) }
-        if !items.isEmpty, items.allSatisfy({ !($0 is String) && !($0 is [Any]) }) {
-            return (items.count, 1)  // one input given as token ids
-        }
-        var tokens = 0
-        for item in items {
-            if let text = item as? String {
-                tokens += tokensEstimate(utf8Bytes: text.utf8.count)
-            } else if let ids = item as? [Any] {
-                tokens += ids.count
+    private static func promptEstimate(
+        _ scanner: inout RequestBodyScanner, field: String
+    ) throws(RequestBodyScanner.Failure) -> (tokens: Int, inputs: Int) {
+        switch try scanner.peekKind() {
+        case .string:
+            return (tokensEstimate(utf8Bytes: try scanner.readStringLength()), 1)
+        case .array:
+            var tokens = 0
+            var items = 0
+            var tokenIDs = 0
+            try scanner.readElements(depth: 1) { scanner throws(RequestBodyScanner.Failure) in
+                switch try scanner.peekKind() {
+                case .string:
+                    items += 1
+                    tokens += tokensEstimate(utf8Bytes: try scanner.readStringLength())
+                case .number:
+                    tokenIDs += 1
+                    _ = try scanner.readNumber()
+                case .array:
+                    items += 1
+                    try scanner.readElements(depth: 2) { scanner throws(RequestBodyScanner.Failure) in
+                        guard try scanner.peekKind() == .number else { throw .type(field: field) }
+                        _ = try scanner.readNumber()
+                        tokens += 1
+                    }
+                default:
+                    throw .type(field: field)
+                }
             }
+            // A flat array of numbers is one input given as token ids.
+            if tokenIDs > 0 {
+                guard items == 0 else { throw .type(field: field) }
+                return (tokenIDs, 1)
+            }
+            return (tokens, items)
+        default:
+            throw .type(field: field)
         }
-        return (tokens, items.count)
     }
 
-    private static func bool(_ value: Any?) -> Bool? {
-        value as? Bool
+    private static func optionalBool(
+        _ scanner: inout RequestBodyScanner, field: String
+    ) throws(RequestBodyScanner.Failure) -> Bool? {
+        switch try scanner.peekKind() {
+        case .bool: return try scanner.readBool()
+        case .null:
+            try scanner.readNull()
+            return nil
+        default: throw .type(field: field)
+        }
     }
 
-    private static func integer(_ value: Any?) -> Int? {
-        guard let value else { return nil }
-        if let integer = value as? Int { return integer }
-        if let double = value as? Double, double.rounded() == double, abs(double) < 1e15 { return Int(double) }
-        return nil
+    private static func optionalInteger(
+        _ scanner: inout RequestBodyScanner, field: String
+    ) throws(RequestBodyScanner.Failure) -> Int? {
+        switch try scanner.peekKind() {
+        case .number:
+            guard let value = try scanner.readNumber() else { throw .type(field: field) }
+            return value
+        case .null:
+            try scanner.readNull()
+            return nil
+        default: throw .type(field: field)
+        }
+    }
+
+    /// Member names, as bytes to compare with the scanner's keys.
+    private enum Key {
+        static let model = Array("model".utf8)
+        static let stream = Array("stream".utf8)
+        static let streamOptions = Array("stream_options".utf8)
+        static let includeUsage = Array("include_usage".utf8)
+        static let maxTokens = Array("max_tokens".utf8)
+        static let maxCompletionTokens = Array("max_completion_tokens".utf8)
+        static let n = Array("n".utf8)
+        static let messages = Array("messages".utf8)
+        static let content = Array("content".utf8)
+        static let text = Array("text".utf8)
+        static let prompt = Array("prompt".utf8)
+        static let input = Array("input".utf8)
+        static let encodingFormat = Array("encoding_format".utf8)
+        static let base64 = Array("base64".utf8)
     }
 }

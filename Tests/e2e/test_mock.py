@@ -43,6 +43,8 @@ class MockServer:
         prefix = "sluice-mock listening on "
         assert line.startswith(prefix), f"unexpected first stderr line: {line!r}"
         self.base_url = line[len(prefix):].strip()
+        # One plain HTTP client for raw requests (creating a client per request costs ~0.3 s here).
+        self.http = httpx.Client(base_url=self.base_url)
 
     def client(self, **kwargs):
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key=API_KEY, max_retries=0, **kwargs)
@@ -62,6 +64,7 @@ class MockServer:
             time.sleep(0.02)
 
     def stop(self):
+        self.http.close()
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=10)
 
@@ -250,7 +253,7 @@ def test_models_list(mock):
 
 
 def test_unknown_route_is_404_with_error_envelope(mock):
-    response = httpx.get(mock.base_url + "/v1/nothing-here")
+    response = mock.http.get("/v1/nothing-here")
     assert response.status_code == 404
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -261,6 +264,73 @@ def test_invalid_body_is_400(mock):
     with pytest.raises(openai.BadRequestError) as raised:
         mock.client().chat.completions.create(model="gpt-4o-mini", messages=chat_messages(), n=500)
     assert raised.value.param == "n"
+
+
+def post_raw(mock, path, body):
+    return mock.http.post(path, content=body, headers={"content-type": "application/json"})
+
+
+def test_prompt_estimate_counts_decoded_utf8_of_escaped_json(mock):
+    # json.dumps escapes non-ASCII (\u00e9, surrogate pairs for emoji), quotes, backslashes and controls;
+    # the estimate must count the decoded text's UTF-8 bytes.
+    contents = ["caf\u00e9 \U0001F600 \"quoted\" back\\slash\n\ttab", "\u4e2d\u6587", "plain"]
+    messages = [{"role": "user", "content": contents[0]}, {"role": "assistant", "content": None},
+                {"role": "user", "content": [{"type": "text", "text": contents[1]},
+                                             {"type": "image_url", "image_url": {"url": "data:x"}}]},
+                {"role": "user", "content": contents[2], "name": "n\u00e4me"}]
+    body = json.dumps({"model": "m\u00f6del \"x\"", "messages": messages})
+    response = post_raw(mock, "/v1/chat/completions", body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["model"] == "m\u00f6del \"x\""
+    expected = math.ceil(sum(len(text.encode()) for text in contents) / 4)
+    assert answer["usage"]["prompt_tokens"] == expected
+
+
+def test_completion_and_embedding_inputs_as_token_ids(mock):
+    completion = post_raw(mock, "/v1/completions", json.dumps({"model": "m", "prompt": [1, 2, 3, 4, 5]}))
+    assert completion.json()["usage"]["prompt_tokens"] == 5
+    embeddings = post_raw(mock, "/v1/embeddings", json.dumps({"model": "e", "input": [[1, 2], [3, 4, 5]]}))
+    assert len(embeddings.json()["data"]) == 2
+    assert embeddings.json()["usage"]["prompt_tokens"] == 5
+
+
+@pytest.mark.parametrize("body", [
+    '{"model": "m", "messages": []}',
+    ' {"model":"m","messages":[{"role":"user","content":"x"}],"temperature":0.5e-3,"stop":null,"tools":[{"a":[true,false,{}]}]} ',
+    '{"model": "m", "messages": [], "stream": false, "n": 1, "max_tokens": null}',
+    '{"model": "m", "messages": [], "extra": "\\ud800 lone surrogate"}',
+    '{"model": "m", "messages": [', '{"model": "m", "messages": []', '{"model": "m", "messages": [],}',
+    '{"model": "m" "messages": []}', '{"model": "m", "messages": [01]}', '{"model": "m", "messages": [1.]}',
+    '{"model": "m", "messages": [], "x": tru}', '{"model": "m", "messages": []} x', '[]', '"text"', '',
+    '{"model": "m", "messages": [], "x": "\\q"}', '{"model": "m", "messages": [], "x": "\\u12"}',
+    '{"model": "m", "messages": [], "x": "tab\tinside"}', '{"model": "m", "messages": [], "x": -}',
+    '{"model": "m", "messages": []' + ', "x": ' + '[' * 200 + ']' * 200 + '}',
+])
+def test_body_validity_agrees_with_python_json(mock, body):
+    try:
+        parsed = json.loads(body)
+        valid = isinstance(parsed, dict) and json.dumps(parsed).count("[") < 60  # the mock caps nesting
+    except ValueError:
+        valid = False
+    response = post_raw(mock, "/v1/chat/completions", body)
+    assert response.status_code == (200 if valid else 400), (body, response.text)
+    if not valid:
+        assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("body, param", [
+    ('{"messages": []}', "model"),
+    ('{"model": 5, "messages": []}', "model"),
+    ('{"model": "m"}', "messages"),
+    ('{"model": "m", "messages": [], "stream": "yes"}', "stream"),
+    ('{"model": "m", "messages": [], "max_tokens": 1.5}', "max_tokens"),
+    ('{"model": "m", "messages": [], "n": 0}', "n"),
+])
+def test_wrong_fields_are_400_naming_the_param(mock, body, param):
+    response = post_raw(mock, "/v1/chat/completions", body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
 
 
 # MARK: - Injected failures
@@ -366,7 +436,7 @@ def test_log_records_keep_alive_connections_and_fields(mock):
         extra_headers=headers,
     ))
     mock.client().chat.completions.create(model="gpt-4o-mini", messages=chat_messages(), extra_headers=headers)
-    httpx.get(mock.base_url + "/v1/models", headers={"x-request-id": request_id})
+    mock.http.get("/v1/models", headers={"x-request-id": request_id})
 
     records = mock.log_records(request_id, count=6)
     assert len(records) == 6
