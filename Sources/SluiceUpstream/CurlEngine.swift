@@ -1,0 +1,303 @@
+// # The curl engine: threading model
+//
+// `CurlEngine` runs N engine threads (`CurlEventLoop`, default one per core). Each thread owns, and is
+// the only thread ever to touch:
+//   - one `CURLM` multi handle; its connection cache is that thread's keep-alive pool
+//     (`CURLMOPT_MAX_HOST_CONNECTIONS` per host, `CURLMOPT_MAXCONNECTS` idle), so a host sees at most
+//     threads × maxConnectionsPerHost connections;
+//   - the easy handles of its transfers and a free list of reset easy handles for reuse;
+//   - an epoll set (level-triggered) holding curl's sockets, a timerfd for curl's timer, a second
+//     timerfd for the engine's own first-byte and stall deadlines, and an eventfd for wakeups.
+// The thread loops on `epoll_wait` and calls `curl_multi_socket_action` for ready sockets and for the
+// curl timer (the `ephiperfifo.c` design); after each round it reads finished transfers with
+// `curl_multi_info_read`.
+//
+// Other threads never call curl. They only put a `CurlEventLoop.Command` (start, resume, cancel,
+// shutdown) into the loop's locked inbox and write the eventfd; the engine thread takes the whole batch
+// at once. `execute` picks a thread round-robin and awaits the response head; the head and the body
+// chunks cross back as Sendable values (`UpstreamResponse`, NIO `ByteBuffer`s through an
+// `NIOThrowingAsyncSequenceProducer`), whose demand signals (`produceMore`, `didTerminate`) again
+// become resume/cancel commands.
+//
+// Each transfer (`UpstreamTransfer`, driven by `UpstreamTransferStateMachine`) is held strongly by its
+// loop's registry from `curl_multi_add_handle` until after `curl_multi_remove_handle`, so the raw
+// pointers given to curl callbacks stay valid. Handles are removed, reset and cleaned up only on their
+// own thread, never from inside a curl callback.
+
+import CCurl
+import Glibc
+import Logging
+import Synchronization
+
+/// The libcurl HTTP/1.1 client engine for upstream requests (pooled keep-alive connections, streaming
+/// with backpressure, cancellation, timeouts). Call ``start()`` before use and ``shutdown()`` at the end.
+public final class CurlEngine: Sendable {
+    /// How often each engine thread checks first-byte and stall deadlines (the timers' resolution).
+    public static let deadlineCheckIntervalMs = 50
+
+    private enum RunState {
+        case notStarted
+        case running([CurlEventLoop])
+        case stopped
+    }
+
+    private let configuration: Configuration
+    private let logger: Logger
+    private let counters = CurlEngineCounters()
+    private let runState = Mutex(RunState.notStarted)
+    private let nextLoop = Atomic<Int>(0)
+
+    public init(configuration: Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Starts the engine threads. Throws if the configuration is invalid or the threads' resources
+    /// (fds, multi handles, threads) cannot be created; calling it twice is an error.
+    public func start() throws(CurlEngineStartError) {
+        try configuration.validate()
+        try CurlGlobal.initializeOnce()
+        let loops = try runState.withLock { state throws(CurlEngineStartError) -> [CurlEventLoop] in
+            guard case .notStarted = state else { throw CurlEngineStartError(detail: "the engine was already started") }
+            var loops: [CurlEventLoop] = []
+            for index in 0..<configuration.threads {
+                loops.append(try CurlEventLoop(index: index, configuration: configuration, counters: counters, logger: logger))
+            }
+            state = .running(loops)
+            return loops
+        }
+        do {
+            for loop in loops { try loop.startThread() }
+        } catch {
+            // Leave nothing running: the threads that did start stop on their own (detached).
+            runState.withLock { $0 = .stopped }
+            for loop in loops { loop.stopWithoutJoining() }
+            throw error
+        }
+        logger.info("curl engine started", metadata: ["threads": "\(configuration.threads)", "libcurl": "\(CurlGlobal.version)"])
+    }
+
+    /// Ends every in-flight transfer with `.shuttingDown` (pending `execute` calls throw it, open bodies
+    /// finish with it), cleans up all handles on their own threads and joins the threads. Later
+    /// `execute` calls throw `.shuttingDown`. Safe to call more than once.
+    public func shutdown() async {
+        let loops = runState.withLock { state -> [CurlEventLoop] in
+            defer { state = .stopped }
+            if case .running(let loops) = state { return loops }
+            return []
+        }
+        for loop in loops {
+            await loop.shutdownAndJoin()
+        }
+        if !loops.isEmpty { logger.info("curl engine stopped") }
+    }
+
+    /// Sends the request and returns once the final response head (status + headers) arrived; the body
+    /// chunks follow through `response.body`. Cancelling the calling task cancels the transfer.
+    ///
+    /// - Throws: ``UpstreamError`` — connect/first-byte failures and timeouts, `.cancelled`,
+    ///   `.tooManyTransfers`, `.shuttingDown`, or `.other` for a malformed request.
+    public func execute(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+        try UpstreamRequestValidator.validate(request)
+        guard !Task.isCancelled else {
+            throw UpstreamError(kind: .cancelled, detail: "the calling task was cancelled")
+        }
+        guard case .running(let loops) = runState.withLock({ $0 }) else {
+            throw UpstreamError(kind: .shuttingDown, detail: "the upstream engine is not running")
+        }
+        guard counters.inFlight.add(1, ordering: .relaxed).newValue <= configuration.maxInFlightTransfers else {
+            counters.inFlight.subtract(1, ordering: .relaxed)
+            throw UpstreamError(kind: .tooManyTransfers, detail: "more than \(configuration.maxInFlightTransfers) upstream transfers in flight")
+        }
+        let loop = loops[nextLoop.add(1, ordering: .relaxed).newValue % loops.count]
+        let transfer = UpstreamTransfer(request: request, loop: loop)
+
+        let result = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CurlEventLoop.HeadContinuation) in
+                if !loop.enqueue(.start(transfer, continuation)) {
+                    counters.inFlight.subtract(1, ordering: .relaxed)
+                    continuation.resume(returning: .failure(UpstreamError(kind: .shuttingDown, detail: "the upstream engine is shutting down")))
+                }
+            }
+        } onCancel: {
+            loop.enqueue(.cancel(transfer))
+        }
+        return try result.get()
+    }
+
+    /// A snapshot of the engine's counters (each read atomically, not all at one instant).
+    public var stats: CurlEngineStats {
+        CurlEngineStats(
+            transfersStarted: counters.started.load(ordering: .relaxed),
+            transfersCompleted: counters.completed.load(ordering: .relaxed),
+            transfersFailed: counters.failed.load(ordering: .relaxed),
+            transfersCancelled: counters.cancelled.load(ordering: .relaxed),
+            connectionsOpened: counters.connectionsOpened.load(ordering: .relaxed),
+            activeTransfers: counters.active.load(ordering: .relaxed),
+            bufferedBodyBytes: counters.bufferedBodyBytes.load(ordering: .relaxed)
+        )
+    }
+}
+
+extension CurlEngine {
+    /// Engine settings. Every default is a named constant.
+    public struct Configuration: Sendable, Hashable {
+        /// Engine threads, each with its own multi handle and connection pool. Default: online cores.
+        public var threads: Int
+        /// Per thread and host (`CURLMOPT_MAX_HOST_CONNECTIONS`); more transfers queue inside curl, and that
+        /// wait counts against their first-byte deadline.
+        public var maxConnectionsPerHost: Int
+        /// Idle connections kept per thread (`CURLMOPT_MAXCONNECTS`).
+        public var maxIdleConnections: Int
+        /// A pooled connection older than this is not reused (`CURLOPT_MAXAGE_CONN`); keep it below the
+        /// upstream's idle timeout.
+        public var maxConnectionAgeSeconds: Int
+        /// A body stream holding this many unread bytes pauses its transfer...
+        public var highWatermarkBytes: Int
+        /// ...and resumes it once the consumer drained below this.
+        public var lowWatermarkBytes: Int
+        /// `execute` throws `.tooManyTransfers` beyond this many transfers in flight (whole engine).
+        public var maxInFlightTransfers: Int
+
+        public static let defaultMaxConnectionsPerHost = 128
+        public static let defaultMaxIdleConnections = 256
+        public static let defaultMaxConnectionAgeSeconds = 50
+        public static let defaultHighWatermarkBytes = 256 * 1024
+        public static let defaultLowWatermarkBytes = 64 * 1024
+        public static let defaultMaxInFlightTransfers = 10_000
+
+        /// Online processor count (at least 1).
+        public static var defaultThreads: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+        public init(
+            threads: Int = Configuration.defaultThreads,
+            maxConnectionsPerHost: Int = Configuration.defaultMaxConnectionsPerHost,
+            maxIdleConnections: Int = Configuration.defaultMaxIdleConnections,
+            maxConnectionAgeSeconds: Int = Configuration.defaultMaxConnectionAgeSeconds,
+            highWatermarkBytes: Int = Configuration.defaultHighWatermarkBytes,
+            lowWatermarkBytes: Int = Configuration.defaultLowWatermarkBytes,
+            maxInFlightTransfers: Int = Configuration.defaultMaxInFlightTransfers
+        ) {
+            self.threads = threads
+            self.maxConnectionsPerHost = maxConnectionsPerHost
+            self.maxIdleConnections = maxIdleConnections
+            self.maxConnectionAgeSeconds = maxConnectionAgeSeconds
+            self.highWatermarkBytes = highWatermarkBytes
+            self.lowWatermarkBytes = lowWatermarkBytes
+            self.maxInFlightTransfers = maxInFlightTransfers
+        }
+
+        func validate() throws(CurlEngineStartError) {
+            func require(_ condition: Bool, _ message: String) throws(CurlEngineStartError) {
+                if !condition { throw CurlEngineStartError(detail: "invalid curl engine configuration: \(message)") }
+            }
+            try require((1...256).contains(threads), "threads must be 1...256, got \(threads)")
+            try require(maxConnectionsPerHost >= 1, "maxConnectionsPerHost must be at least 1")
+            try require(maxIdleConnections >= 1, "maxIdleConnections must be at least 1")
+            try require(maxConnectionAgeSeconds >= 1, "maxConnectionAgeSeconds must be at least 1")
+            try require(lowWatermarkBytes >= 0, "lowWatermarkBytes must not be negative")
+            try require(highWatermarkBytes > lowWatermarkBytes, "highWatermarkBytes must exceed lowWatermarkBytes")
+            try require(maxInFlightTransfers >= 1, "maxInFlightTransfers must be at least 1")
+        }
+    }
+}
+
+/// Engine counters for metrics. Cumulative except `activeTransfers` and `bufferedBodyBytes`.
+public struct CurlEngineStats: Sendable, Hashable {
+    /// Transfers handed to curl.
+    public let transfersStarted: Int
+    /// Transfers that delivered a complete response (any HTTP status).
+    public let transfersCompleted: Int
+    /// Transfers that ended with an error other than cancellation or shutdown.
+    public let transfersFailed: Int
+    /// Transfers cancelled by the caller or by shutdown.
+    public let transfersCancelled: Int
+    /// New upstream connections (sum of `CURLINFO_NUM_CONNECTS`); low relative to transfers = pool works.
+    public let connectionsOpened: Int
+    /// Transfers currently attached to a multi handle.
+    public let activeTransfers: Int
+    /// Body bytes received from upstreams and not yet read by consumers.
+    public let bufferedBodyBytes: Int
+}
+
+/// Why ``CurlEngine/start()`` failed.
+public struct CurlEngineStartError: Error, Sendable, Hashable, CustomStringConvertible {
+    public let detail: String
+    public var description: String { "CurlEngineStartError: \(detail)" }
+}
+
+/// Shared by all engine threads of one engine.
+final class CurlEngineCounters: Sendable {
+    let started = Atomic<Int>(0)
+    let completed = Atomic<Int>(0)
+    let failed = Atomic<Int>(0)
+    let cancelled = Atomic<Int>(0)
+    let connectionsOpened = Atomic<Int>(0)
+    let active = Atomic<Int>(0)
+    let inFlight = Atomic<Int>(0)
+    let bufferedBodyBytes = Atomic<Int>(0)
+
+    func countEnd(_ kind: UpstreamError.Kind) {
+        switch kind {
+        case .cancelled, .shuttingDown: cancelled.add(1, ordering: .relaxed)
+        default: failed.add(1, ordering: .relaxed)
+        }
+    }
+}
+
+/// Process-wide libcurl setup, done once before any engine thread exists.
+enum CurlGlobal {
+    private static let initResult: CURLcode = {
+        // libcurl (and OpenSSL) may write to sockets the peer closed; that must be an EPIPE error, not a
+        // process-killing signal. CURLOPT_NOSIGNAL covers curl's own timeouts.
+        signal(SIGPIPE, SIG_IGN)
+        return curl_global_init(Int(CURL_GLOBAL_DEFAULT))
+    }()
+
+    static func initializeOnce() throws(CurlEngineStartError) {
+        guard initResult == CURLE_OK else {
+            throw CurlEngineStartError(detail: "curl_global_init failed: \(initResult.rawValue)")
+        }
+    }
+
+    static var version: String { String(cString: curl_version()) }
+}
+
+/// Rejects requests that could not be sent safely (header injection, non-HTTP URLs, absurd sizes)
+/// before they reach an engine thread.
+enum UpstreamRequestValidator {
+    static let maxHeaderFields = 256
+    static let maxURLBytes = 16 * 1024
+
+    static func validate(_ request: UpstreamRequest) throws(UpstreamError) {
+        func fail(_ detail: String) -> UpstreamError { UpstreamError(kind: .other, detail: "invalid upstream request: \(detail)") }
+        let url = request.url.utf8
+        guard url.count <= maxURLBytes else { throw fail("URL longer than \(maxURLBytes) bytes") }
+        guard request.url.hasPrefix("http://") || request.url.hasPrefix("https://") else { throw fail("URL must be http or https") }
+        guard !url.contains(where: { $0 <= 0x20 || $0 == 0x7F }) else { throw fail("URL contains whitespace or control bytes") }
+        guard !request.method.isEmpty, request.method.utf8.allSatisfy(isTokenByte) else { throw fail("method is not an HTTP token") }
+        guard request.headers.count <= maxHeaderFields else { throw fail("more than \(maxHeaderFields) header fields") }
+        for header in request.headers {
+            guard !header.name.isEmpty, header.name.utf8.allSatisfy(isTokenByte) else {
+                throw fail("header name is not an HTTP token")
+            }
+            guard !header.value.utf8.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) else {
+                throw fail("header \(header.name) contains control bytes")
+            }
+        }
+        if request.timeouts.connectMs <= 0 || request.timeouts.firstByteMs <= 0 || request.timeouts.stallMs <= 0
+            || (request.timeouts.totalMs.map { $0 <= 0 } ?? false)
+        {
+            throw fail("timeouts must be positive")
+        }
+    }
+
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        default:
+            return "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
+    }
+}

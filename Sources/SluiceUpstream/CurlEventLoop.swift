@@ -1,0 +1,547 @@
+import CCurl
+import Glibc
+import Logging
+import NIOCore
+import Synchronization
+
+/// One engine thread: owns one `CURLM`, its easy handles, an epoll set and three timer/event fds, and
+/// drives them with `curl_multi_socket_action`. See ``CurlEngine`` for the threading model.
+///
+/// Cross-thread surface: ``enqueue(_:)`` (any thread) and ``waitForExit()``. Everything marked
+/// "engine thread only" is touched by ``run()`` and the curl callbacks it triggers, nothing else.
+final class CurlEventLoop: @unchecked Sendable {
+    typealias HeadContinuation = CheckedContinuation<Result<UpstreamResponse, UpstreamError>, Never>
+
+    /// What other threads ask the engine thread to do.
+    enum Command: Sendable {
+        /// Attach the transfer; resume the continuation with the head or the failure.
+        case start(UpstreamTransfer, HeadContinuation)
+        /// The body consumer drained below the low watermark.
+        case resume(UpstreamTransfer)
+        /// The caller gave up (task cancelled, body dropped). Harmless if already over.
+        case cancel(UpstreamTransfer)
+        /// End every transfer with `.shuttingDown`, clean up all handles, exit the thread.
+        case shutdown
+    }
+
+    private struct Inbox {
+        var commands: [Command] = []
+        var accepting = false
+    }
+
+    private struct ExitState {
+        var exited = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    /// Easy handles kept for reuse per thread; more than this many idle ones are cleaned up.
+    static let maxIdleEasyHandles = 256
+    private static let maxEventsPerWait: Int32 = 256
+
+    let index: Int
+    let configuration: CurlEngine.Configuration
+    let counters: CurlEngineCounters
+    let logger: Logger
+    let allocator = ByteBufferAllocator()
+
+    private let inbox = Mutex(Inbox())
+    private let exitState = Mutex(ExitState())
+    private let thread = Mutex<pthread_t?>(nil)
+
+    /// Written by any thread to wake the engine thread; closed in `deinit` (never while an enqueuer
+    /// could still write to it).
+    private let wakeFD: Int32
+    // Created here, closed by the engine thread when it exits.
+    private let epollFD: Int32
+    private let curlTimerFD: Int32
+    private let deadlineTimerFD: Int32
+    private let multi: UnsafeMutableRawPointer
+
+    // MARK: Engine thread only
+
+    private var transfers: [ObjectIdentifier: UpstreamTransfer] = [:]
+    private var idleHandles: [UnsafeMutableRawPointer] = []
+    private var watchedSockets: Set<Int32> = []
+    private var deadlineTimerArmed = false
+    private var stopping = false
+
+    /// Creates the fds and the multi handle; the thread starts with ``startThread()``.
+    init(index: Int, configuration: CurlEngine.Configuration, counters: CurlEngineCounters, logger: Logger) throws(CurlEngineStartError) {
+        self.index = index
+        self.configuration = configuration
+        self.counters = counters
+        self.logger = logger
+
+        var opened: [Int32] = []
+        func check(_ fd: Int32, _ what: String) throws(CurlEngineStartError) -> Int32 {
+            guard fd >= 0 else {
+                let code = errno
+                opened.forEach { _ = close($0) }
+                throw CurlEngineStartError(detail: "\(what) failed: errno \(code)")
+            }
+            opened.append(fd)
+            return fd
+        }
+        epollFD = try check(epoll_create1(Int32(EPOLL_CLOEXEC)), "epoll_create1")
+        wakeFD = try check(eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC)), "eventfd")
+        curlTimerFD = try check(timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC)), "timerfd_create")
+        deadlineTimerFD = try check(timerfd_create(CLOCK_MONOTONIC, Int32(TFD_NONBLOCK | TFD_CLOEXEC)), "timerfd_create")
+        for fd in [wakeFD, curlTimerFD, deadlineTimerFD] {
+            var event = epoll_event()
+            event.events = EPOLLIN.rawValue
+            event.data.fd = fd
+            guard epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) == 0 else {
+                let code = errno
+                opened.forEach { _ = close($0) }
+                throw CurlEngineStartError(detail: "epoll_ctl(ADD) failed: errno \(code)")
+            }
+        }
+        guard let multi = curl_multi_init() else {
+            opened.forEach { _ = close($0) }
+            throw CurlEngineStartError(detail: "curl_multi_init failed")
+        }
+        self.multi = multi
+
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        var ok = sluice_curl_multi_setopt_socket_function(multi, curlSocketCallback) == CURLM_OK
+        ok = ok && sluice_curl_multi_setopt_pointer(multi, CURLMOPT_SOCKETDATA, context) == CURLM_OK
+        ok = ok && sluice_curl_multi_setopt_timer_function(multi, curlTimerCallback) == CURLM_OK
+        ok = ok && sluice_curl_multi_setopt_pointer(multi, CURLMOPT_TIMERDATA, context) == CURLM_OK
+        ok = ok && sluice_curl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, configuration.maxConnectionsPerHost) == CURLM_OK
+        ok = ok && sluice_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, configuration.maxIdleConnections) == CURLM_OK
+        // HTTP/1.1 only: never pipeline or multiplex several transfers onto one connection.
+        ok = ok && sluice_curl_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_NOTHING)) == CURLM_OK
+        guard ok else {
+            curl_multi_cleanup(multi)
+            opened.forEach { _ = close($0) }
+            throw CurlEngineStartError(detail: "curl_multi_setopt failed")
+        }
+    }
+
+    deinit {
+        _ = close(wakeFD)
+    }
+
+    // MARK: Cross-thread
+
+    func startThread() throws(CurlEngineStartError) {
+        inbox.withLock { $0.accepting = true }
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { context in
+            let loop = Unmanaged<CurlEventLoop>.fromOpaque(context!).takeRetainedValue()
+            loop.run()
+            return nil
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<CurlEventLoop>.fromOpaque(context).release()
+            inbox.withLock { $0.accepting = false }
+            throw CurlEngineStartError(detail: "pthread_create failed: \(rc)")
+        }
+        thread.withLock { $0 = tid }
+    }
+
+    /// Hands a command to the engine thread. Returns false once the loop stopped accepting (shutdown,
+    /// or never started); the caller then owns the consequences (e.g. fails its own continuation).
+    @discardableResult
+    func enqueue(_ command: Command) -> Bool {
+        let (accepted, mustWake) = inbox.withLock { inbox -> (Bool, Bool) in
+            guard inbox.accepting else { return (false, false) }
+            if case .shutdown = command { inbox.accepting = false }
+            inbox.commands.append(command)
+            // Only the first command of a batch needs a wakeup; the loop takes the whole batch.
+            return (true, inbox.commands.count == 1)
+        }
+        if mustWake {
+            var one: UInt64 = 1
+            _ = write(wakeFD, &one, MemoryLayout<UInt64>.size)
+        }
+        return accepted
+    }
+
+    /// Asks the loop to shut down (if it runs) and returns once its thread finished and was joined.
+    func shutdownAndJoin() async {
+        let wasRunning = enqueue(.shutdown)
+        if wasRunning || thread.withLock({ $0 != nil }) {
+            await waitForExit()
+        }
+        if let tid = thread.withLock({ state -> pthread_t? in defer { state = nil }; return state }) {
+            pthread_join(tid, nil)
+        }
+    }
+
+    /// For a failed engine start: asks a running thread to exit and detaches it instead of joining.
+    func stopWithoutJoining() {
+        enqueue(.shutdown)
+        if let tid = thread.withLock({ state -> pthread_t? in defer { state = nil }; return state }) {
+            pthread_detach(tid)
+        }
+    }
+
+    private func waitForExit() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let exitedAlready = exitState.withLock { state -> Bool in
+                if state.exited { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if exitedAlready { continuation.resume() }
+        }
+    }
+
+    // MARK: Engine thread
+
+    private func run() {
+        var events = [epoll_event](repeating: epoll_event(), count: Int(Self.maxEventsPerWait))
+        while !stopping {
+            let ready = events.withUnsafeMutableBufferPointer {
+                epoll_wait(epollFD, $0.baseAddress, Self.maxEventsPerWait, -1)
+            }
+            if ready < 0 {
+                if errno == EINTR { continue }
+                logger.critical("curl engine thread: epoll_wait failed", metadata: ["errno": "\(errno)", "thread": "\(index)"])
+                failAll(UpstreamError(kind: .other, detail: "engine event loop failed"))
+                break
+            }
+            for slot in 0..<Int(ready) {
+                let fd = events[slot].data.fd
+                let flags = events[slot].events
+                switch fd {
+                case wakeFD:
+                    drain(wakeFD)
+                    runCommands()
+                case curlTimerFD:
+                    drain(curlTimerFD)
+                    socketAction(CURL_SOCKET_TIMEOUT, 0)
+                case deadlineTimerFD:
+                    drain(deadlineTimerFD)
+                    enforceDeadlines()
+                default:
+                    var mask: Int32 = 0
+                    if flags & EPOLLIN.rawValue != 0 { mask |= CURL_CSELECT_IN }
+                    if flags & EPOLLOUT.rawValue != 0 { mask |= CURL_CSELECT_OUT }
+                    if flags & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 { mask |= CURL_CSELECT_ERR }
+                    socketAction(fd, mask)
+                }
+            }
+            collectCompletedTransfers()
+        }
+        tearDown()
+    }
+
+    private func runCommands() {
+        let batch = inbox.withLock { inbox -> [Command] in
+            var taken: [Command] = []
+            swap(&taken, &inbox.commands)
+            return taken
+        }
+        for command in batch {
+            switch command {
+            case .start(let transfer, let continuation):
+                start(transfer, continuation)
+            case .resume(let transfer):
+                if transfer.machine.consumerCaughtUp() == .resume, let handle = transfer.handle {
+                    // Time spent paused for a slow consumer is not an upstream stall.
+                    transfer.lastByteAtNs = monotonicNanoseconds()
+                    _ = curl_easy_pause(handle, CURLPAUSE_CONT)
+                }
+            case .cancel(let transfer):
+                end(transfer, .failure(UpstreamError(kind: .cancelled, detail: "cancelled by the caller")))
+            case .shutdown:
+                stopping = true
+                failAll(UpstreamError(kind: .shuttingDown, detail: "the upstream engine is shutting down"))
+            }
+        }
+    }
+
+    private func socketAction(_ fd: curl_socket_t, _ mask: Int32) {
+        var running: Int32 = 0
+        let rc = curl_multi_socket_action(multi, fd, mask, &running)
+        if rc != CURLM_OK, rc != CURLM_BAD_SOCKET {
+            logger.warning("curl_multi_socket_action failed", metadata: ["code": "\(rc.rawValue)", "thread": "\(index)"])
+        }
+    }
+
+    private func start(_ transfer: UpstreamTransfer, _ continuation: HeadContinuation) {
+        switch transfer.machine.start() {
+        case .reject(let kind):
+            // Ended (cancelled) before it started: it never counted as started or active.
+            counters.inFlight.subtract(1, ordering: .relaxed)
+            counters.countEnd(kind)
+            transfer.markEnded()
+            continuation.resume(returning: .failure(UpstreamError(kind: kind, detail: "the transfer ended before it started")))
+            return
+        case .attach:
+            break
+        }
+        transfer.headContinuation = continuation
+        counters.started.add(1, ordering: .relaxed)
+        counters.active.add(1, ordering: .relaxed)
+        transfers[ObjectIdentifier(transfer)] = transfer
+        let now = monotonicNanoseconds()
+        transfer.startedAtNs = now
+        transfer.lastByteAtNs = now
+
+        guard let handle = idleHandles.popLast() ?? curl_easy_init() else {
+            end(transfer, .failure(UpstreamError(kind: .other, detail: "curl_easy_init failed")))
+            return
+        }
+        transfer.handle = handle
+        if let failure = CurlRequestConfigurator.configure(handle, for: transfer, configuration: configuration) {
+            end(transfer, .failure(failure))
+            return
+        }
+        let rc = curl_multi_add_handle(multi, handle)
+        guard rc == CURLM_OK else {
+            end(transfer, .failure(UpstreamError(kind: .other, detail: "curl_multi_add_handle failed: \(rc.rawValue)")))
+            return
+        }
+        transfer.handleInMulti = true
+        armDeadlineTimer()
+    }
+
+    /// Ends a transfer exactly once: detaches and recycles its handle, updates the counters and reports
+    /// the outcome to whoever waits (the `execute` call or the body stream).
+    private func end(_ transfer: UpstreamTransfer, _ outcome: Result<Void, UpstreamError>) {
+        let action: UpstreamTransferStateMachine.EndAction
+        switch outcome {
+        case .success: action = transfer.machine.transferSucceeded()
+        case .failure(let error): action = transfer.machine.transferFailed(error.kind)
+        }
+        if action == .none { return }
+
+        detachHandle(of: transfer)
+        transfers.removeValue(forKey: ObjectIdentifier(transfer))
+        counters.active.subtract(1, ordering: .relaxed)
+        counters.inFlight.subtract(1, ordering: .relaxed)
+        transfer.markEnded()
+
+        let failure: UpstreamError?
+        if case .failure(let error) = outcome { failure = error } else { failure = nil }
+        switch action {
+        case .failHead(let kind):
+            counters.countEnd(kind)
+            let error = failure ?? UpstreamError(kind: kind, detail: "upstream transfer completed without a final response head")
+            transfer.headContinuation?.resume(returning: .failure(error))
+        case .finishBody:
+            counters.completed.add(1, ordering: .relaxed)
+            transfer.bodySource?.finish()
+        case .failBody(let kind):
+            counters.countEnd(kind)
+            transfer.bodySource?.finish(failure ?? UpstreamError(kind: kind, detail: "upstream transfer failed"))
+        case .none:
+            break
+        }
+        // Break the cycle transfer → source → stream storage → delegate → transfer.
+        transfer.headContinuation = nil
+        transfer.bodySource = nil
+    }
+
+    private func detachHandle(of transfer: UpstreamTransfer) {
+        defer {
+            // After the removal: curl no longer reads the list.
+            if let list = transfer.requestHeaderList {
+                curl_slist_free_all(list)
+                transfer.requestHeaderList = nil
+            }
+        }
+        guard let handle = transfer.handle else { return }
+        if transfer.handleInMulti {
+            // Removing an unfinished transfer closes its connection instead of returning it to the pool.
+            _ = curl_multi_remove_handle(multi, handle)
+            transfer.handleInMulti = false
+        }
+        var connects = 0
+        if sluice_curl_easy_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK {
+            counters.connectionsOpened.add(connects, ordering: .relaxed)
+        }
+        curl_easy_reset(handle)
+        transfer.handle = nil
+        if idleHandles.count < Self.maxIdleEasyHandles {
+            idleHandles.append(handle)
+        } else {
+            curl_easy_cleanup(handle)
+        }
+    }
+
+    private func collectCompletedTransfers() {
+        var queued: Int32 = 0
+        while let message = curl_multi_info_read(multi, &queued) {
+            guard message.pointee.msg == CURLMSG_DONE, let handle = message.pointee.easy_handle else { continue }
+            // Copy out before removing the handle: the message does not survive the removal.
+            let code = message.pointee.data.result
+            var context: UnsafeMutableRawPointer?
+            guard sluice_curl_easy_getinfo_pointer(handle, CURLINFO_PRIVATE, &context) == CURLE_OK, let context else {
+                continue
+            }
+            let transfer = Unmanaged<UpstreamTransfer>.fromOpaque(context).takeUnretainedValue()
+            if code == CURLE_OK {
+                end(transfer, .success(()))
+            } else {
+                end(transfer, .failure(classify(code, transfer)))
+            }
+        }
+    }
+
+    private func classify(_ code: CURLcode, _ transfer: UpstreamTransfer) -> UpstreamError {
+        if let reason = transfer.abortReason { return reason }
+        let detail = transfer.curlErrorMessage ?? String(cString: curl_easy_strerror(code))
+        switch code {
+        case CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY, CURLE_COULDNT_CONNECT,
+            CURLE_SSL_CONNECT_ERROR, CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE,
+            CURLE_SSL_CERTPROBLEM, CURLE_UNSUPPORTED_PROTOCOL:
+            return UpstreamError(kind: .connectFailed, detail: detail)
+        case CURLE_OPERATION_TIMEDOUT:
+            // curl times out for exactly two reasons here: the connect timeout or the total timeout.
+            let elapsedMs = Int((monotonicNanoseconds() - transfer.startedAtNs) / 1_000_000)
+            if let totalMs = transfer.request.timeouts.totalMs, elapsedMs >= totalMs {
+                return UpstreamError(kind: .totalTimeout, detail: detail)
+            }
+            return UpstreamError(kind: .connectTimeout, detail: detail)
+        case CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_PARTIAL_FILE, CURLE_GOT_NOTHING:
+            return UpstreamError(kind: .connectionDropped, detail: detail)
+        default:
+            return UpstreamError(kind: .other, detail: detail)
+        }
+    }
+
+    private func failAll(_ error: UpstreamError) {
+        for transfer in Array(transfers.values) {
+            end(transfer, .failure(error))
+        }
+    }
+
+    // MARK: Deadlines (first byte, stall)
+
+    private func armDeadlineTimer() {
+        guard !deadlineTimerArmed else { return }
+        deadlineTimerArmed = true
+        let interval = timespec(tv_sec: 0, tv_nsec: CurlEngine.deadlineCheckIntervalMs * 1_000_000)
+        var spec = itimerspec(it_interval: interval, it_value: interval)
+        _ = timerfd_settime(deadlineTimerFD, 0, &spec, nil)
+    }
+
+    private func disarmDeadlineTimer() {
+        guard deadlineTimerArmed else { return }
+        deadlineTimerArmed = false
+        var spec = itimerspec()
+        _ = timerfd_settime(deadlineTimerFD, 0, &spec, nil)
+    }
+
+    private func enforceDeadlines() {
+        guard !transfers.isEmpty else {
+            disarmDeadlineTimer()
+            return
+        }
+        let now = monotonicNanoseconds()
+        var expired: [(UpstreamTransfer, UpstreamError)] = []
+        for transfer in transfers.values {
+            let timeouts = transfer.request.timeouts
+            if transfer.firstByteAtNs == nil {
+                if now >= transfer.startedAtNs + UInt64(max(timeouts.firstByteMs, 0)) * 1_000_000 {
+                    expired.append((transfer, UpstreamError(kind: .firstByteTimeout, detail: "no response from the upstream within \(timeouts.firstByteMs) ms")))
+                }
+            } else if transfer.machine.state != .paused,
+                now >= transfer.lastByteAtNs + UInt64(max(timeouts.stallMs, 0)) * 1_000_000
+            {
+                expired.append((transfer, UpstreamError(kind: .stallTimeout, detail: "the upstream sent nothing for \(timeouts.stallMs) ms")))
+            }
+        }
+        for (transfer, error) in expired {
+            end(transfer, .failure(error))
+        }
+    }
+
+    // MARK: curl multi callbacks (engine thread, from inside libcurl)
+
+    fileprivate func watchSocket(_ fd: curl_socket_t, _ what: Int32) {
+        if what == CURL_POLL_REMOVE {
+            if watchedSockets.remove(fd) != nil {
+                var unused = epoll_event()
+                _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &unused)
+            }
+            return
+        }
+        var event = epoll_event()
+        if what & CURL_POLL_IN != 0 { event.events |= EPOLLIN.rawValue }
+        if what & CURL_POLL_OUT != 0 { event.events |= EPOLLOUT.rawValue }
+        event.data.fd = fd
+        if watchedSockets.insert(fd).inserted {
+            if epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) != 0, errno == EEXIST {
+                _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
+            }
+        } else {
+            _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
+        }
+    }
+
+    /// curl wants `socketAction(CURL_SOCKET_TIMEOUT)` after `timeoutMs` (-1: no timer). A 0 ms timer is
+    /// armed as 1 ns so that it runs after the current curl call returned, never inside it.
+    fileprivate func armCurlTimer(_ timeoutMs: Int) {
+        var spec = itimerspec()
+        if timeoutMs == 0 {
+            spec.it_value.tv_nsec = 1
+        } else if timeoutMs > 0 {
+            spec.it_value.tv_sec = timeoutMs / 1000
+            spec.it_value.tv_nsec = (timeoutMs % 1000) * 1_000_000
+        }
+        _ = timerfd_settime(curlTimerFD, 0, &spec, nil)
+    }
+
+    private func drain(_ fd: Int32) {
+        var value: UInt64 = 0
+        _ = read(fd, &value, MemoryLayout<UInt64>.size)
+    }
+
+    private func tearDown() {
+        // Nothing accepted may be left unanswered: after an abnormal exit the inbox can still hold work.
+        let leftover = inbox.withLock { inbox -> [Command] in
+            inbox.accepting = false
+            var taken: [Command] = []
+            swap(&taken, &inbox.commands)
+            return taken
+        }
+        for case .start(let transfer, let continuation) in leftover {
+            _ = transfer.machine.transferFailed(.shuttingDown)
+            counters.inFlight.subtract(1, ordering: .relaxed)
+            counters.countEnd(.shuttingDown)
+            transfer.markEnded()
+            continuation.resume(returning: .failure(UpstreamError(kind: .shuttingDown, detail: "the upstream engine stopped")))
+        }
+        for handle in idleHandles { curl_easy_cleanup(handle) }
+        idleHandles.removeAll()
+        // May call the socket and timer callbacks while closing pooled connections: fds still open.
+        curl_multi_cleanup(multi)
+        _ = close(curlTimerFD)
+        _ = close(deadlineTimerFD)
+        _ = close(epollFD)
+        let waiters = exitState.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.exited = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+}
+
+private func curlSocketCallback(
+    _ easy: UnsafeMutableRawPointer?, _ fd: curl_socket_t, _ what: Int32,
+    _ context: UnsafeMutableRawPointer?, _ socketContext: UnsafeMutableRawPointer?
+) -> Int32 {
+    guard let context else { return -1 }
+    Unmanaged<CurlEventLoop>.fromOpaque(context).takeUnretainedValue().watchSocket(fd, what)
+    return 0
+}
+
+private func curlTimerCallback(_ multi: UnsafeMutableRawPointer?, _ timeoutMs: Int, _ context: UnsafeMutableRawPointer?) -> Int32 {
+    guard let context else { return -1 }
+    Unmanaged<CurlEventLoop>.fromOpaque(context).takeUnretainedValue().armCurlTimer(timeoutMs)
+    return 0
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock of the engine's deadlines).
+func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+}

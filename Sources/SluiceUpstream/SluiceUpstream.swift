@@ -1,1 +1,0 @@
-// Placeholder: SluiceUpstream is being written.

@@ -1,0 +1,125 @@
+/// How long a transfer may wait at each phase before it fails.
+///
+/// All values are milliseconds. The first-byte and stall deadlines are enforced by the engine thread
+/// (checked every ``CurlEngine/deadlineCheckIntervalMs``), connect and total by libcurl.
+public struct UpstreamTimeouts: Sendable, Hashable {
+    /// TCP (and TLS) connect, per attempt (`CURLOPT_CONNECTTIMEOUT_MS`).
+    public var connectMs: Int
+    /// From the start of the transfer (including any wait for a pooled connection) until the first
+    /// byte of the response head arrives.
+    public var firstByteMs: Int
+    /// Longest gap between two received bytes once the response started. Time spent paused because
+    /// the consumer is slow does not count.
+    public var stallMs: Int
+    /// Whole transfer (`CURLOPT_TIMEOUT_MS`); `nil` for streams, which may run as long as bytes flow.
+    public var totalMs: Int?
+
+    public static let defaultConnectMs = 5_000
+    public static let defaultFirstByteMs = 120_000
+    public static let defaultStallMs = 60_000
+
+    public init(
+        connectMs: Int = UpstreamTimeouts.defaultConnectMs,
+        firstByteMs: Int = UpstreamTimeouts.defaultFirstByteMs,
+        stallMs: Int = UpstreamTimeouts.defaultStallMs,
+        totalMs: Int? = nil
+    ) {
+        self.connectMs = connectMs
+        self.firstByteMs = firstByteMs
+        self.stallMs = stallMs
+        self.totalMs = totalMs
+    }
+}
+
+/// One HTTP/1.1 request to an upstream. The engine sends it as given (plus an empty `Expect:` so
+/// libcurl never waits for `100 Continue`); it adds no policy of its own.
+public struct UpstreamRequest: Sendable {
+    /// Absolute `http://` or `https://` URL.
+    public var url: String
+    /// `"POST"`, `"GET"`, or any other token (sent as a custom method).
+    public var method: String
+    /// Sent in order. Include `Content-Type` for bodies: without it libcurl sends
+    /// `application/x-www-form-urlencoded` on POST.
+    public var headers: [(name: String, value: String)]
+    public var body: [UInt8]
+    public var timeouts: UpstreamTimeouts
+
+    public init(
+        url: String,
+        method: String = "POST",
+        headers: [(name: String, value: String)] = [],
+        body: [UInt8] = [],
+        timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    ) {
+        self.url = url
+        self.method = method
+        self.headers = headers
+        self.body = body
+        self.timeouts = timeouts
+    }
+}
+
+/// The upstream's response head, available as soon as it arrived; the body follows through ``body``.
+public struct UpstreamResponse: Sendable {
+    /// The final status code (interim `1xx` heads are skipped).
+    public let status: Int
+    /// Header fields in arrival order, names as sent. Hop-by-hop fields are included; filter before relaying.
+    public let headers: [(name: String, value: String)]
+    /// The body chunks. Iterate it or drop it: dropping it cancels the transfer.
+    public let body: UpstreamBody
+
+    /// The first value of a header field, compared case-insensitively.
+    public func headerValue(_ name: String) -> String? {
+        headers.first { $0.name.caseInsensitiveEquals(name) }?.value
+    }
+}
+
+/// Why a transfer did not complete. `detail` is libcurl's message (never request data or secrets).
+public struct UpstreamError: Error, Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: Sendable, Hashable {
+        /// DNS, TCP refused/unreachable, TLS handshake or certificate failure.
+        case connectFailed
+        /// No connection within `UpstreamTimeouts.connectMs`.
+        case connectTimeout
+        /// No response byte within `UpstreamTimeouts.firstByteMs` of the start.
+        case firstByteTimeout
+        /// No byte for `UpstreamTimeouts.stallMs` after the response started.
+        case stallTimeout
+        /// The whole transfer exceeded `UpstreamTimeouts.totalMs`.
+        case totalTimeout
+        /// The connection broke or closed before the response was complete.
+        case connectionDropped
+        /// The caller cancelled: its task was cancelled or it stopped reading the body.
+        case cancelled
+        /// The engine is shutting down (or was never started).
+        case shuttingDown
+        /// More than `Configuration.maxInFlightTransfers` transfers were in flight.
+        case tooManyTransfers
+        /// Anything else, including a malformed request or an oversized response head.
+        case other
+    }
+
+    public let kind: Kind
+    public let detail: String
+
+    public init(kind: Kind, detail: String) {
+        self.kind = kind
+        self.detail = detail
+    }
+
+    public var description: String { "UpstreamError.\(kind): \(detail)" }
+}
+
+extension String {
+    func caseInsensitiveEquals(_ other: String) -> Bool {
+        let lhs = self.utf8
+        let rhs = other.utf8
+        guard lhs.count == rhs.count else { return false }
+        return zip(lhs, rhs).allSatisfy { asciiLowercased($0) == asciiLowercased($1) }
+    }
+}
+
+@inline(__always)
+func asciiLowercased(_ byte: UInt8) -> UInt8 {
+    (byte >= 0x41 && byte <= 0x5A) ? byte | 0x20 : byte
+}

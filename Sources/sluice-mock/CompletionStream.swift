@@ -1,0 +1,155 @@
+import NIOCore
+
+/// One streamed completion as OpenAI sends it, as a sequence of SSE events, and how far it has got.
+///
+/// Event order (`n` choices, `N` tokens per choice):
+/// chat only: one role chunk per choice (`delta.role`, empty content); then `N × n` token chunks, the
+/// choices interleaved per position; one finish chunk per choice; the usage chunk (`"choices":[]`) only
+/// when the request set `stream_options.include_usage`; `data: [DONE]`.
+struct CompletionStream {
+    /// Chat completions (`chat.completion.chunk`, `delta.content`) or legacy completions
+    /// (`text_completion`, `text`).
+    enum Kind: Sendable {
+        case chat
+        case text
+    }
+
+    let kind: Kind
+    let choices: Int
+    let tokensPerChoice: Int
+    let finishReason: FinishReason
+    let includeUsage: Bool
+    let usage: MockUsage
+    /// `data: {"id":…,"model":…,"choices":[` — the same for every chunk of this stream, built once.
+    private let chunkPrefix: ByteBuffer
+
+    /// Index of the next event to write.
+    private(set) var nextEvent = 0
+    /// Token chunks written so far.
+    private(set) var tokensSent = 0
+
+    init(
+        kind: Kind, identity: ResponseIdentity, choices: Int, tokensPerChoice: Int, finishReason: FinishReason,
+        includeUsage: Bool, usage: MockUsage, allocator: ByteBufferAllocator
+    ) {
+        self.kind = kind
+        self.choices = choices
+        self.tokensPerChoice = tokensPerChoice
+        self.finishReason = finishReason
+        self.includeUsage = includeUsage
+        self.usage = usage
+        var prefix = allocator.buffer(capacity: 160 + identity.model.utf8.count)
+        prefix.writeStaticString("data: {\"id\":")
+        prefix.writeJSONString(identity.id)
+        switch kind {
+        case .chat: prefix.writeStaticString(",\"object\":\"chat.completion.chunk\",\"created\":")
+        case .text: prefix.writeStaticString(",\"object\":\"text_completion\",\"created\":")
+        }
+        prefix.writeDecimal(identity.created)
+        prefix.writeStaticString(",\"model\":")
+        prefix.writeJSONString(identity.model)
+        switch kind {
+        case .chat: prefix.writeStaticString(",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_sluice_mock\",\"choices\":[")
+        case .text: prefix.writeStaticString(",\"system_fingerprint\":\"fp_sluice_mock\",\"choices\":[")
+        }
+        self.chunkPrefix = prefix
+    }
+
+    // MARK: Where the stream is
+
+    private var roleEvents: Int { kind == .chat ? choices : 0 }
+    /// Token chunks in the whole stream.
+    var tokenEvents: Int { choices * tokensPerChoice }
+    private var totalEvents: Int { roleEvents + tokenEvents + choices + (includeUsage ? 1 : 0) + 1 }
+
+    /// All events, `[DONE]` included, are written.
+    var isFinished: Bool { nextEvent >= totalEvents }
+
+    /// The next event is a token chunk.
+    var nextIsToken: Bool { nextEvent >= roleEvents && nextEvent < roleEvents + tokenEvents }
+
+    /// The role chunks are behind us: the next event is a token, finish, usage or `[DONE]`.
+    var isPastRoleChunks: Bool { nextEvent >= roleEvents }
+
+    // MARK: Writing
+
+    /// Appends the next event to `buffer` and advances. Must not be called once `isFinished`.
+    mutating func writeNextEvent(into buffer: inout ByteBuffer) {
+        precondition(!isFinished, "CompletionStream: no event after [DONE]")
+        let event = nextEvent
+        nextEvent += 1
+        if event < roleEvents {
+            writeChunkStart(into: &buffer)
+            buffer.writeStaticString("{\"index\":")
+            buffer.writeDecimal(event)
+            buffer.writeStaticString(",\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}]")
+            writeChunkEnd(into: &buffer)
+            return
+        }
+        let tokenEvent = event - roleEvents
+        if tokenEvent < tokenEvents {
+            tokensSent += 1
+            writeChoice(index: tokenEvent % choices, text: MockText.word(at: tokenEvent / choices), finish: nil, into: &buffer)
+            return
+        }
+        let finishEvent = tokenEvent - tokenEvents
+        if finishEvent < choices {
+            writeChoice(index: finishEvent, text: [], finish: finishReason, into: &buffer)
+            return
+        }
+        if includeUsage && finishEvent == choices {
+            writeChunkStart(into: &buffer)
+            buffer.writeStaticString("],\"usage\":")
+            switch kind {
+            case .chat: usage.writeChat(into: &buffer)
+            case .text: usage.writePlain(into: &buffer)
+            }
+            buffer.writeStaticString("}\n\n")
+            return
+        }
+        buffer.writeStaticString("data: [DONE]\n\n")
+    }
+
+    private func writeChunkStart(into buffer: inout ByteBuffer) {
+        var prefix = chunkPrefix
+        buffer.writeBuffer(&prefix)
+    }
+
+    /// Closes the `choices` array's chunk; OpenAI adds `"usage":null` to every chunk when usage was asked for.
+    private func writeChunkEnd(into buffer: inout ByteBuffer) {
+        if includeUsage {
+            buffer.writeStaticString(",\"usage\":null}\n\n")
+        } else {
+            buffer.writeStaticString("}\n\n")
+        }
+    }
+
+    private func writeChoice(index: Int, text: [UInt8], finish: FinishReason?, into buffer: inout ByteBuffer) {
+        writeChunkStart(into: &buffer)
+        switch kind {
+        case .chat:
+            buffer.writeStaticString("{\"index\":")
+            buffer.writeDecimal(index)
+            if finish == nil {
+                buffer.writeStaticString(",\"delta\":{\"content\":\"")
+                buffer.writeBytes(text)
+                buffer.writeStaticString("\"},\"logprobs\":null,\"finish_reason\":")
+            } else {
+                buffer.writeStaticString(",\"delta\":{},\"logprobs\":null,\"finish_reason\":")
+            }
+        case .text:
+            buffer.writeStaticString("{\"text\":\"")
+            buffer.writeBytes(text)
+            buffer.writeStaticString("\",\"index\":")
+            buffer.writeDecimal(index)
+            buffer.writeStaticString(",\"logprobs\":null,\"finish_reason\":")
+        }
+        if let finish {
+            buffer.writeStaticString(finish.quoted)
+        } else {
+            buffer.writeStaticString("null")
+        }
+        buffer.writeStaticString("}]")
+        writeChunkEnd(into: &buffer)
+    }
+}

@@ -1,0 +1,142 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+/// `sluice-mock`: a fast fake OpenAI upstream for tests and benchmarks.
+@main
+struct SluiceMockCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sluice-mock",
+        abstract: "A fast fake OpenAI upstream for tests and benchmarks.",
+        discussion: """
+            Answers POST /v1/chat/completions, /v1/completions (streamed and not), /v1/embeddings and \
+            GET /v1/models like OpenAI does. Per-request headers override the defaults below: \
+            x-mock-completion-tokens, x-mock-token-delay-ms, x-mock-first-byte-delay-ms, x-mock-status, \
+            x-mock-drop-after, x-mock-stall-after. Reported prompt tokens are an estimate (UTF-8 bytes ÷ 4, \
+            rounded up).
+            """
+    )
+
+    @Option(help: "Address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(help: "Port to listen on (0: any free port; the chosen one is printed).")
+    var port = 9000
+
+    @Option(help: "Event-loop threads.")
+    var threads = 1
+
+    @Option(help: "Completion tokens per choice, before max_tokens caps them.")
+    var completionTokens = 16
+
+    @Option(help: "Delay between streamed tokens, in milliseconds.")
+    var tokenDelayMs = 0
+
+    @Option(help: "Delay before the response head, in milliseconds.")
+    var firstByteDelayMs = 0
+
+    @Option(help: "Status to answer every request with (non-2xx: an OpenAI error body).")
+    var status = 200
+
+    @Option(help: "Close the connection after this many token chunks of every response.")
+    var dropAfter: Int?
+
+    @Option(help: "Stop sending after this many token chunks of every response.")
+    var stallAfter: Int?
+
+    @Option(help: "Largest request body accepted, in bytes (larger: 413).")
+    var maxBodyBytes = 64 * 1024 * 1024
+
+    @Option(help: "Append one JSON line per finished request to this file.")
+    var log: String?
+
+    func validate() throws {
+        guard (1...256).contains(threads) else { throw ValidationError("--threads must be in 1...256") }
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
+        guard (0...MockLimits.maximumTotalCompletionTokens).contains(completionTokens) else {
+            throw ValidationError("--completion-tokens must be in 0...\(MockLimits.maximumTotalCompletionTokens)")
+        }
+        for (name, value) in [("--token-delay-ms", tokenDelayMs), ("--first-byte-delay-ms", firstByteDelayMs)] {
+            guard (0...MockLimits.maximumDelayMilliseconds).contains(value) else {
+                throw ValidationError("\(name) must be in 0...\(MockLimits.maximumDelayMilliseconds)")
+            }
+        }
+        guard (200...599).contains(status) else { throw ValidationError("--status must be in 200...599") }
+        guard (dropAfter ?? 0) >= 0, (stallAfter ?? 0) >= 0 else {
+            throw ValidationError("--drop-after and --stall-after must not be negative")
+        }
+        guard maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
+    }
+
+    func run() throws {
+        let requestLog = try log.map { path throws(RequestLogError) in try RequestLog(path: path) }
+        let server = MockServerContext(
+            behaviour: MockBehaviour(
+                completionTokens: completionTokens,
+                tokenDelayMilliseconds: tokenDelayMs,
+                firstByteDelayMilliseconds: firstByteDelayMs,
+                status: status,
+                dropAfterTokens: dropAfter,
+                stallAfterTokens: stallAfter,
+                maxBodyBytes: maxBodyBytes),
+            log: requestLog)
+
+        let signalSources = Self.exitOnTerminationSignals(flushing: requestLog)
+        defer { signalSources.forEach { $0.cancel() } }
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        let connectionIDs = ConnectionIDs()
+        let channel = try ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.maxMessagesPerRead, value: 16)
+            .childChannelInitializer { channel in
+                let connectionID = connectionIDs.next()
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withErrorHandling: true, withOutboundHeaderValidation: false)
+                    try channel.pipeline.syncOperations.addHandler(
+                        MockConnectionHandler(server: server, connectionID: connectionID))
+                }
+            }
+            .bind(host: host, port: port)
+            .wait()
+
+        let boundPort = channel.localAddress?.port ?? port
+        let shownHost = host.contains(":") ? "[\(host)]" : host
+        FileHandle.standardError.write(Data("sluice-mock listening on http://\(shownHost):\(boundPort)\n".utf8))
+        try channel.closeFuture.wait()
+        requestLog?.flush()
+        try group.syncShutdownGracefully()
+    }
+
+    /// SIGTERM and SIGINT write out the request log and exit with status 0.
+    private static func exitOnTerminationSignals(flushing requestLog: RequestLog?) -> [any DispatchSourceSignal] {
+        let queue = DispatchQueue(label: "sluice-mock.signals")
+        return [SIGTERM, SIGINT].map { signalNumber in
+            signal(signalNumber, SIG_IGN)  // delivered to the dispatch source instead
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: queue)
+            source.setEventHandler {
+                requestLog?.flush()
+                Foundation.exit(0)
+            }
+            source.resume()
+            return source
+        }
+    }
+}
+
+/// Numbers accepted TCP connections 1, 2, 3, … across all event loops.
+final class ConnectionIDs: Sendable {
+    private let last = Atomic<Int>(0)
+
+    /// The id of a newly accepted connection.
+    func next() -> Int {
+        last.wrappingAdd(1, ordering: .relaxed).newValue
+    }
+}
