@@ -33,6 +33,12 @@ public struct StreamRelayFilter: Sendable {
     public private(set) var sawErrorEvent = false
     /// The usage event was removed from the client's stream.
     public private(set) var droppedUsageChunk = false
+    /// `streamedTextUTF8` reached `maxStreamedTextBytes` and stopped growing (a runaway upstream
+    /// must not grow Sluice's memory without bound; counting the cap is then a lower bound).
+    public private(set) var streamedTextTruncated = false
+    /// The most generated text kept for counting (default 16 MiB, far above any model's output).
+    public let maxStreamedTextBytes: Int
+    public static let defaultMaxStreamedTextBytes = 16 << 20
 
     private var parser: SSEParser
     /// Stream bytes after the last complete event (the event being received).
@@ -43,8 +49,11 @@ public struct StreamRelayFilter: Sendable {
     /// - Parameters:
     ///   - dropsUsageChunk: pass `OpenAIRequest.sluiceAddedUsage`.
     ///   - maxEventBytes: the largest event still read (default 4 MiB).
-    public init(dropsUsageChunk: Bool, maxEventBytes: Int = SSEParser.defaultMaxEventBytes) {
+    ///   - maxStreamedTextBytes: the most generated text kept (default 16 MiB).
+    public init(dropsUsageChunk: Bool, maxEventBytes: Int = SSEParser.defaultMaxEventBytes,
+                maxStreamedTextBytes: Int = StreamRelayFilter.defaultMaxStreamedTextBytes) {
         self.dropsUsageChunk = dropsUsageChunk
+        self.maxStreamedTextBytes = maxStreamedTextBytes
         self.parser = SSEParser(maxEventBytes: maxEventBytes)
     }
 
@@ -149,6 +158,10 @@ public struct StreamRelayFilter: Sendable {
         defer { swap(&payload, &parser.eventData) }
         guard let chunk = payload.withUnsafeBytes({ OpenAIStreamChunk.read($0, appendingTextTo: &streamedTextUTF8) }) else {
             return true
+        }
+        if streamedTextUTF8.count > maxStreamedTextBytes {
+            streamedTextUTF8.removeSubrange(maxStreamedTextBytes...)
+            streamedTextTruncated = true
         }
         if chunk.isDone { sawDone = true }
         if chunk.isError { sawErrorEvent = true }

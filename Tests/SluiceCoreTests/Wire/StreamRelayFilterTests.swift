@@ -164,6 +164,14 @@ final class StreamRelayFilterTests: XCTestCase {
         }
     }
 
+    func testStreamedTextIsBounded() {
+        var filter = StreamRelayFilter(dropsUsageChunk: false, maxStreamedTextBytes: 8)
+        let events = Array(Self.chatEvents[1].utf8) + Array(Self.chatEvents[1].utf8)
+        XCTAssertEqual(filter.consume(events), events)
+        XCTAssertEqual(filter.streamedText, "HelloHel")
+        XCTAssertTrue(filter.streamedTextTruncated)
+    }
+
     func testWholeEventChunksAreForwardedWithoutHoldingBytes() {
         var filter = StreamRelayFilter(dropsUsageChunk: true)
         let first = Array(Self.chatEvents[1].utf8)
