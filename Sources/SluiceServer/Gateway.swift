@@ -125,7 +125,7 @@ public final class Gateway: RequestHandling {
     }
 
     private static func modelObject(_ id: String) -> String {
-        #"{"id":"# + JSONWriter.quoted(id) + #","object":"model","created":0,"owned_by":"sluice"}"#
+        #"{"id":"# + String(decoding: JSONWriter.stringLiteral(id), as: UTF8.self) + #","object":"model","created":0,"owned_by":"sluice"}"#
     }
 
     // MARK: - Writing helpers that never throw (a client that left is not an error of ours)

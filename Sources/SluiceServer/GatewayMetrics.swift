@@ -13,8 +13,8 @@ public final class GatewayMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
     private let factory: PrometheusMetricsFactory
     private let openConnections: @Sendable () -> Int
-    private let connectionsGauge: Gauge
-    private let cache = Mutex<[String: Counter]>([:])
+    private let connectionsGauge: CoreMetrics.Gauge
+    private let cache = Mutex<[String: CoreMetrics.Counter]>([:])
 
     public init(openConnections: @escaping @Sendable () -> Int = { 0 }) {
         registry = PrometheusCollectorRegistry()
@@ -26,7 +26,7 @@ public final class GatewayMetrics: Sendable {
         ]
         self.factory = factory
         self.openConnections = openConnections
-        connectionsGauge = Gauge(label: "sluice_open_connections", factory: factory)
+        connectionsGauge = CoreMetrics.Gauge(label: "sluice_open_connections", factory: factory)
     }
 
     func requestFinished(route: String, status: Int, model: String?, duration: Duration) {
@@ -56,14 +56,14 @@ public final class GatewayMetrics: Sendable {
 
     /// Counters are looked up once per label set and kept: creating one per request would go through
     /// the factory's lock and allocate every time.
-    private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
+    private func counter(_ label: String, _ dimensions: [(String, String)]) -> CoreMetrics.Counter {
         var cacheKey = label
         for (name, value) in dimensions {
             cacheKey += "\u{1}" + name + "=" + value
         }
         return cache.withLock { cache in
             if let counter = cache[cacheKey] { return counter }
-            let counter = Counter(label: label, dimensions: dimensions, factory: factory)
+            let counter = CoreMetrics.Counter(label: label, dimensions: dimensions, factory: factory)
             cache[cacheKey] = counter
             return counter
         }

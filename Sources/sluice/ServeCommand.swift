@@ -27,7 +27,7 @@ struct ServeCommand: AsyncParsableCommand {
         let loaded: SluiceConfig
         do {
             loaded = try SluiceConfig.load(path: config)
-        } catch let error as ConfigError {
+        } catch {
             FileHandle.standardError.write(Data("sluice: \(config) is not a valid config:\n\(error)\n".utf8))
             throw ExitCode(2)
         }

@@ -6,7 +6,7 @@
 public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The closed set of things that can go wrong.
     public enum Kind: String, Sendable, Equatable, CaseIterable {
-        case invalidRequest, invalidJSON, bodyTooLarge
+        case invalidRequest, invalidJSON, bodyTooLarge, requestTimeout
         case missingAPIKey, invalidAPIKey
         case modelNotFound, routeNotFound, methodNotAllowed
         case rateLimited, requestTooLarge, quotaExceeded, concurrencyLimited
@@ -119,6 +119,12 @@ extension GatewayError {
     public static func bodyTooLarge(limitBytes: Int) -> GatewayError {
         GatewayError(kind: .bodyTooLarge, status: 413, type: invalidRequestType, code: "request_too_large",
                      message: "The request body is too large: the limit is \(limitBytes) bytes.", shouldRetry: false)
+    }
+
+    /// 408: the client started a request and did not send all of it in time (a stalled body).
+    public static func requestTimeout() -> GatewayError {
+        GatewayError(kind: .requestTimeout, status: 408, type: invalidRequestType, code: "request_timeout",
+                     message: "The request body was not received in time; the connection will be closed.")
     }
 
     /// 401: no `Authorization: Bearer …` header (OpenAI's wording).

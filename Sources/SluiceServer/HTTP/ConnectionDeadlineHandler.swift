@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import SluiceCore
 
 /// Closes connections that hold a server slot without making progress:
 /// - idle keep-alive connections (no request started within `idleTimeout` after the last response),
@@ -82,14 +83,15 @@ final class ConnectionDeadlineHandler: ChannelDuplexHandler, RemovableChannelHan
             context.close(promise: nil)
         case .readingRequest:
             // The client started a request and did not finish it in time: tell it why, then close.
-            let error = GatewayErrorResponse.requestTimeout
+            let error = GatewayError.requestTimeout()
+            let body = ByteBuffer(bytes: error.responseBody())
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "application/json")
-            headers.add(name: "content-length", value: String(error.body.readableBytes))
+            headers.add(name: "content-length", value: String(body.readableBytes))
             headers.add(name: "connection", value: "close")
             let head = HTTPResponseHead(version: .http1_1, status: .requestTimeout, headers: headers)
             context.write(wrapOutboundOut(.head(head)), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(error.body))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
                 context.close(promise: nil)
             }
