@@ -23,6 +23,14 @@ extension Gateway {
 
         // 2. read: the fields that matter, parsed once from the body.
         let body = Array(request.body.readableBytesView)
+        // JSON is UTF-8 (RFC 8259); an ill-formed body is refused rather than silently repaired, so
+        // what is counted and billed is exactly what the client meant.
+        guard body.withUnsafeBufferPointer(UTF8Validation.isValid) else {
+            return await refuse(
+                .invalidRequest(message: "The request body is not valid UTF-8. JSON bodies must be encoded as UTF-8.", param: nil),
+                key: key, model: nil, requestID: requestID, writer: writer
+            )
+        }
         let openAIRequest: OpenAIRequest
         do {
             openAIRequest = try OpenAIRequest.parse(body, endpoint: endpoint)
@@ -75,7 +83,7 @@ extension Gateway {
             upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens,
             rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model)
         )
-        let relayed = await forwardAndRelay(exchange, writer: writer, logger: logger)
+        let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger)
 
         // 8. settle: refund or charge the difference to the reservation, exactly once.
         do {

@@ -39,9 +39,18 @@ extension Gateway {
         "x-request-id", "date", "server",
     ]
 
+    /// Request headers never forwarded: hop-by-hop ones, what Sluice sets itself, the caller's
+    /// credentials (the upstream gets the upstream's key) and OpenAI account routing headers (they
+    /// name the caller's account, which is not the one the upstream key belongs to).
+    private static let droppedRequestHeaders: Set<String> = [
+        "connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade", "te",
+        "trailer", "host", "expect", "authorization", "proxy-authorization", "cookie", "content-type", "accept",
+        "accept-encoding", "x-request-id", "openai-organization", "openai-project", "api-key",
+    ]
+
     /// Steps 6 and 7: forward to the upstream, relay the answer. Never throws.
-    func forwardAndRelay(_ exchange: ProxyExchange, writer: ResponseWriter, logger: Logger) async -> RelayResult {
-        let upstreamRequest = makeUpstreamRequest(exchange)
+    func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: Logger) async -> RelayResult {
+        let upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders)
         let response: UpstreamResponse
         do {
             response = try await engine.execute(upstreamRequest)
@@ -60,12 +69,15 @@ extension Gateway {
         return await relayWhole(exchange, response: response, writer: writer, logger: logger)
     }
 
-    private func makeUpstreamRequest(_ exchange: ProxyExchange) -> UpstreamRequest {
+    private func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders) -> UpstreamRequest {
         var headers: [(name: String, value: String)] = [
             ("content-type", "application/json"),
             ("accept", exchange.request.stream ? "text/event-stream" : "application/json"),
             ("x-request-id", exchange.requestID),
         ]
+        for (name, value) in clientHeaders where !Self.droppedRequestHeaders.contains(name.lowercased()) {
+            headers.append((name, value))
+        }
         if let apiKey = exchange.upstream.apiKey {
             headers.append(("authorization", "Bearer \(apiKey.revealed)"))
         }

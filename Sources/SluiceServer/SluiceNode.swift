@@ -40,6 +40,7 @@ public struct SluiceNode: Sendable {
         server = HTTPServer(
             configuration: .init(
                 host: config.server.host, port: config.server.port, maxBodyBytes: config.server.maxBodyBytes,
+                maxHeaderBytes: config.server.maxHeaderBytes,
                 idleTimeoutMs: config.server.idleTimeoutMs, bodyTimeoutMs: config.server.bodyTimeoutMs,
                 shutdownGraceSeconds: config.server.shutdownGraceSeconds
             ),

@@ -1,8 +1,8 @@
 /// Well-formedness of UTF-8 per the Unicode Standard, Table 3-7 (no overlong forms, no
 /// surrogates, nothing above U+10FFFF).
-enum UTF8Validation {
+public enum UTF8Validation {
     /// Whether `bytes` is well-formed UTF-8. Runs of ASCII are checked eight bytes at a time.
-    static func isValid(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+    public static func isValid(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         guard let base = bytes.baseAddress else { return true }
         let count = bytes.count
         let raw = UnsafeRawPointer(base)

@@ -15,14 +15,17 @@ public final class HTTPServer: Sendable {
         public var host: String
         public var port: Int
         public var maxBodyBytes: Int
+        /// Largest request head (all header names and values) accepted; larger ones get 400 and a close.
+        public var maxHeaderBytes: Int
         public var idleTimeoutMs: Int
         public var bodyTimeoutMs: Int
         public var shutdownGraceSeconds: Int
 
-        public init(host: String, port: Int, maxBodyBytes: Int, idleTimeoutMs: Int, bodyTimeoutMs: Int, shutdownGraceSeconds: Int) {
+        public init(host: String, port: Int, maxBodyBytes: Int, maxHeaderBytes: Int = 64 * 1024, idleTimeoutMs: Int, bodyTimeoutMs: Int, shutdownGraceSeconds: Int) {
             self.host = host
             self.port = port
             self.maxBodyBytes = maxBodyBytes
+            self.maxHeaderBytes = maxHeaderBytes
             self.idleTimeoutMs = idleTimeoutMs
             self.bodyTimeoutMs = bodyTimeoutMs
             self.shutdownGraceSeconds = shutdownGraceSeconds
@@ -56,6 +59,10 @@ public final class HTTPServer: Sendable {
     /// finished (or the grace period ran out and they were closed).
     public func run(onBound: @Sendable (SocketAddress) -> Void = { _ in }) async throws {
         let configuration = self.configuration
+        var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+        decoderLimits.maxHeaderFieldSize = configuration.maxHeaderBytes
+        decoderLimits.maxHeaderListSize = configuration.maxHeaderBytes
+        decoderLimits.maxHeaderFieldCount = 1000
         let serverChannel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -66,7 +73,11 @@ public final class HTTPServer: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                         withPipeliningAssistance: true,
-                        withErrorHandling: true
+                        withServerUpgrade: nil,
+                        withErrorHandling: true,
+                        withOutboundHeaderValidation: false,
+                        withEncoderConfiguration: .init(),
+                        withDecoderLimitConfiguration: decoderLimits
                     )
                     try channel.pipeline.syncOperations.addHandler(
                         ConnectionDeadlineHandler(
@@ -129,15 +140,21 @@ public final class HTTPServer: Sendable {
             try await connection.executeThenClose { inbound, outbound in
                 // Closing the socket under a running request (client went away) cancels the request's
                 // task, which cancels its upstream transfer.
-                try await withThrowingTaskGroup(of: Void.self) { group in
+                await withTaskGroup(of: Void.self) { group in
                     group.addTask {
-                        try await self.serveRequests(inbound: inbound, outbound: outbound, state: state)
+                        do {
+                            try await self.serveRequests(inbound: inbound, outbound: outbound, state: state)
+                        } catch {
+                            // A protocol error (the codec already answered 400) or a reset connection.
+                            self.logger.debug("connection error", metadata: ["error": "\(error)"])
+                        }
+                        // Wakes the watcher below, so the group can finish.
                         channel.close(promise: nil)
                     }
                     group.addTask {
                         try? await channel.closeFuture.get()
                     }
-                    _ = try await group.next()
+                    await group.next()
                     group.cancelAll()
                 }
             }
