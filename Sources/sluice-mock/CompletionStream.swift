@@ -22,6 +22,10 @@ struct CompletionStream {
     let usage: MockUsage
     /// `data: {"id":…,"model":…,"choices":[` — the same for every chunk of this stream, built once.
     private let chunkPrefix: ByteBuffer
+    /// `chunkPrefix` + `{"index":`, the start of every token chunk.
+    private let tokenChunkHead: ByteBuffer
+    /// Per word, everything of a token chunk after the choice index (shared, built once per process).
+    private let tokenChunkTails: [[UInt8]]
 
     /// Index of the next event to write.
     private(set) var nextEvent = 0
@@ -53,6 +57,15 @@ struct CompletionStream {
         case .text: prefix.writeStaticString(",\"system_fingerprint\":\"fp_sluice_mock\",\"choices\":[")
         }
         self.chunkPrefix = prefix
+        var head = prefix
+        head.writeStaticString("{\"index\":")
+        self.tokenChunkHead = head
+        switch (kind, includeUsage) {
+        case (.chat, false): self.tokenChunkTails = TokenChunkTails.chat
+        case (.chat, true): self.tokenChunkTails = TokenChunkTails.chatWithUsageNull
+        case (.text, false): self.tokenChunkTails = TokenChunkTails.text
+        case (.text, true): self.tokenChunkTails = TokenChunkTails.textWithUsageNull
+        }
     }
 
     // MARK: Where the stream is
@@ -89,12 +102,16 @@ struct CompletionStream {
         let tokenEvent = event - roleEvents
         if tokenEvent < tokenEvents {
             tokensSent += 1
-            writeChoice(index: tokenEvent % choices, text: MockText.word(at: tokenEvent / choices), finish: nil, into: &buffer)
+            // The hot path: three writes per token chunk.
+            var head = tokenChunkHead
+            buffer.writeBuffer(&head)
+            buffer.writeDecimal(tokenEvent % choices)
+            buffer.writeBytes(tokenChunkTails[(tokenEvent / choices) % MockText.words.count])
             return
         }
         let finishEvent = tokenEvent - tokenEvents
         if finishEvent < choices {
-            writeChoice(index: finishEvent, text: [], finish: finishReason, into: &buffer)
+            writeFinish(index: finishEvent, into: &buffer)
             return
         }
         if includeUsage && finishEvent == choices {
@@ -124,32 +141,39 @@ struct CompletionStream {
         }
     }
 
-    private func writeChoice(index: Int, text: [UInt8], finish: FinishReason?, into buffer: inout ByteBuffer) {
+    /// A choice's last chunk: no text, the finish reason.
+    private func writeFinish(index: Int, into buffer: inout ByteBuffer) {
         writeChunkStart(into: &buffer)
+        buffer.writeStaticString("{\"index\":")
+        buffer.writeDecimal(index)
         switch kind {
-        case .chat:
-            buffer.writeStaticString("{\"index\":")
-            buffer.writeDecimal(index)
-            if finish == nil {
-                buffer.writeStaticString(",\"delta\":{\"content\":\"")
-                buffer.writeBytes(text)
-                buffer.writeStaticString("\"},\"logprobs\":null,\"finish_reason\":")
-            } else {
-                buffer.writeStaticString(",\"delta\":{},\"logprobs\":null,\"finish_reason\":")
-            }
-        case .text:
-            buffer.writeStaticString("{\"text\":\"")
-            buffer.writeBytes(text)
-            buffer.writeStaticString("\",\"index\":")
-            buffer.writeDecimal(index)
-            buffer.writeStaticString(",\"logprobs\":null,\"finish_reason\":")
+        case .chat: buffer.writeStaticString(",\"delta\":{},\"logprobs\":null,\"finish_reason\":")
+        case .text: buffer.writeStaticString(",\"text\":\"\",\"logprobs\":null,\"finish_reason\":")
         }
-        if let finish {
-            buffer.writeStaticString(finish.quoted)
-        } else {
-            buffer.writeStaticString("null")
-        }
+        buffer.writeStaticString(finishReason.quoted)
         buffer.writeStaticString("}]")
         writeChunkEnd(into: &buffer)
+    }
+}
+
+/// The end of a token chunk after its choice index, per word of `MockText`, for each chunk flavour.
+private enum TokenChunkTails {
+    static let chat = MockText.words.map { tail(chatWord: $0, usageNull: false) }
+    static let chatWithUsageNull = MockText.words.map { tail(chatWord: $0, usageNull: true) }
+    static let text = MockText.words.map { tail(textWord: $0, usageNull: false) }
+    static let textWithUsageNull = MockText.words.map { tail(textWord: $0, usageNull: true) }
+
+    private static func tail(chatWord word: [UInt8], usageNull: Bool) -> [UInt8] {
+        Array(",\"delta\":{\"content\":\"".utf8) + word
+            + Array("\"},\"logprobs\":null,\"finish_reason\":null}]".utf8) + end(usageNull)
+    }
+
+    private static func tail(textWord word: [UInt8], usageNull: Bool) -> [UInt8] {
+        Array(",\"text\":\"".utf8) + word + Array("\",\"logprobs\":null,\"finish_reason\":null}]".utf8)
+            + end(usageNull)
+    }
+
+    private static func end(_ usageNull: Bool) -> [UInt8] {
+        Array((usageNull ? ",\"usage\":null}\n\n" : "}\n\n").utf8)
     }
 }

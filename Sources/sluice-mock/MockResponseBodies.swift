@@ -10,11 +10,6 @@ enum MockText {
     /// All words once, written in one go for whole cycles of the text.
     static let cycle: [UInt8] = words.flatMap { $0 }
 
-    /// The word at token position `index`.
-    static func word(at index: Int) -> [UInt8] {
-        words[index % words.count]
-    }
-
     /// Writes the first `tokens` words.
     static func write(tokens: Int, into buffer: inout ByteBuffer) {
         for _ in 0..<(tokens / words.count) {

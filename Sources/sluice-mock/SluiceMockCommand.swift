@@ -13,11 +13,21 @@ struct SluiceMockCommand: ParsableCommand {
         commandName: "sluice-mock",
         abstract: "A fast fake OpenAI upstream for tests and benchmarks.",
         discussion: """
-            Answers POST /v1/chat/completions, /v1/completions (streamed and not), /v1/embeddings and \
-            GET /v1/models like OpenAI does. Per-request headers override the defaults below: \
-            x-mock-completion-tokens, x-mock-token-delay-ms, x-mock-first-byte-delay-ms, x-mock-status, \
-            x-mock-drop-after, x-mock-stall-after. Reported prompt tokens are an estimate (UTF-8 bytes ÷ 4, \
-            rounded up).
+            Answers POST /v1/chat/completions and /v1/completions (streamed and not), POST /v1/embeddings \
+            and GET /v1/models like OpenAI does; anything else is a 404 in OpenAI's error envelope. \
+            Completions are N words, each one token (N = x-mock-completion-tokens or --completion-tokens, \
+            capped by max_completion_tokens / max_tokens, per choice). Reported prompt tokens are only an \
+            estimate: UTF-8 bytes of the prompt text ÷ 4, rounded up.
+
+            Per-request headers override the flags: x-mock-completion-tokens, x-mock-token-delay-ms, \
+            x-mock-first-byte-delay-ms, x-mock-status (non-2xx: OpenAI error body), x-mock-drop-after K \
+            (close the connection after K token chunks), x-mock-stall-after K (stop after K token chunks, \
+            hold the connection). A non-streamed answer with drop/stall is cut halfway through its body.
+
+            --log writes one JSON line per request when it finishes: ts (arrival, Unix seconds), conn, \
+            method, path, model, stream, include_usage, max_tokens, n, authorization (presence only), \
+            request_id (x-request-id, if sent), status, completion_tokens (sent), outcome \
+            (complete | client_closed | dropped | stalled), body_bytes. SIGTERM/SIGINT flush it and exit 0.
             """
     )
 
@@ -51,7 +61,7 @@ struct SluiceMockCommand: ParsableCommand {
     @Option(help: "Largest request body accepted, in bytes (larger: 413).")
     var maxBodyBytes = 64 * 1024 * 1024
 
-    @Option(help: "Append one JSON line per finished request to this file.")
+    @Option(help: ArgumentHelp("Append one JSON line per finished request to this file.", valueName: "file"))
     var log: String?
 
     func validate() throws {

@@ -11,6 +11,7 @@ import math
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -32,10 +33,10 @@ def mock_text(tokens):
 
 
 class MockServer:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, *flags):
         self.log_path = tmp_path / "requests.jsonl"
         self.process = subprocess.Popen(
-            [MOCK_BIN, "--port", "0", "--log", str(self.log_path)],
+            [MOCK_BIN, "--port", "0", "--log", str(self.log_path), *flags],
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -333,6 +334,30 @@ def test_wrong_fields_are_400_naming_the_param(mock, body, param):
     assert response.json()["error"]["param"] == param
 
 
+def test_pipelined_requests_are_answered_in_order(mock):
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    def chat(tokens, extra=b""):
+        return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                b"x-mock-completion-tokens: %d\r\n%s\r\n" % (len(body), tokens, extra)) + body
+
+    host, port = mock.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        # All three in one write: the mock must answer them one after the other, then close as asked.
+        connection.sendall(chat(2) + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+                           + chat(1, b"Connection: close\r\n"))
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    parts = received.split(b"HTTP/1.1 ")[1:]
+    assert [p.split(b"\r\n", 1)[0] for p in parts] == [b"200 OK"] * 3
+    bodies = [json.loads(p.split(b"\r\n\r\n", 1)[1]) for p in parts]
+    assert bodies[0]["choices"][0]["message"]["content"] == mock_text(2)
+    assert bodies[1]["object"] == "list"
+    assert bodies[2]["choices"][0]["message"]["content"] == mock_text(1)
+    assert b"connection: close" in parts[2].lower()
+
+
 # MARK: - Injected failures
 
 
@@ -488,6 +513,37 @@ def test_log_records_client_closing_a_stream_early(mock):
     time.sleep(0.2)
     assert len(mock.log_records(request_id)) == 1
     assert mock.client().models.list().data
+
+
+def test_command_line_defaults_and_body_limit(tmp_path):
+    server = MockServer(tmp_path, "--completion-tokens", "3", "--max-body-bytes", "1000", "--threads", "2")
+    try:
+        client = server.client()
+        completion = client.chat.completions.create(model="m", messages=chat_messages())
+        assert completion.usage.completion_tokens == 3
+
+        too_large = chat_messages("x" * 2000)
+        with pytest.raises(openai.APIStatusError) as raised:
+            client.chat.completions.create(model="m", messages=too_large)
+        assert raised.value.status_code == 413
+        # Chunked upload (no content-length): refused once the limit is crossed.
+        chunked = server.http.post("/v1/chat/completions", content=iter([b"{" + b" " * 600, b" " * 600 + b"}"]))
+        assert chunked.status_code == 413
+        statuses = [r["status"] for r in server.log_records(count=3)]
+        assert statuses == [200, 413, 413]
+    finally:
+        assert server.stop() == 0
+
+    (tmp_path / "failing").mkdir()
+    failing = MockServer(tmp_path / "failing", "--status", "503")
+    try:
+        with pytest.raises(openai.InternalServerError) as raised:
+            failing.client().models.list()
+        assert raised.value.status_code == 503
+        # A header still overrides the flag.
+        assert failing.client().models.list(extra_headers={"x-mock-status": "200"}).data
+    finally:
+        assert failing.stop() == 0
 
 
 def test_sigterm_flushes_log_and_exits_zero(tmp_path):
