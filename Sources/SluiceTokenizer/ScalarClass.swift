@@ -23,11 +23,17 @@ struct ScalarClass: Sendable, Equatable {
     @inline(__always) func intersects(_ other: ScalarClass) -> Bool { rawValue & other.rawValue != 0 }
 
     /// Scalars that may prefix a word: `[^\r\n\p{L}\p{N}]`.
-    @inline(__always) var isWordPrefix: Bool { rawValue & 0x29 == 0 }  // letter | number | lineBreak
+    @inline(__always) var isWordPrefix: Bool {
+        rawValue & (Self.letter.rawValue | Self.number.rawValue | Self.lineBreak.rawValue) == 0
+    }
     /// `[^\s\p{L}\p{N}]`: punctuation, symbols, marks, controls other than White_Space.
-    @inline(__always) var isPunctuation: Bool { rawValue & 0x19 == 0 }  // letter | number | whitespace
+    @inline(__always) var isPunctuation: Bool {
+        rawValue & (Self.letter.rawValue | Self.number.rawValue | Self.whitespace.rawValue) == 0
+    }
     /// Upperish or lowerish: a scalar o200k's word alternatives can start with.
-    @inline(__always) var isCasedWordScalar: Bool { rawValue & 0x06 != 0 }  // upperish | lowerish
+    @inline(__always) var isCasedWordScalar: Bool {
+        rawValue & (Self.upperish.rawValue | Self.lowerish.rawValue) != 0
+    }
 }
 
 /// The generated Unicode 16.0 class table (data in `UnicodeTable.generated.swift`).
