@@ -19,16 +19,16 @@ struct CL100KPieceScanner {
         if let end = reader.contractionEnd(at: start) { return end }
 
         // [^\r\n\p{L}\p{N}]?+\p{L}++
-        if cls.contains(.letter) { return reader.runEnd(from: next, while: .letter) }
+        if cls.intersects(.letter) { return reader.runEnd(from: next, while: .letter) }
         if cls.isWordPrefix, next < reader.count {
             let (following, followingLength) = reader.scalar(at: next)
-            if following.contains(.letter) {
+            if following.intersects(.letter) {
                 return reader.runEnd(from: next + followingLength, while: .letter)
             }
         }
 
         // \p{N}{1,3}+
-        if cls.contains(.number) { return reader.numberGroupEnd(from: start, firstLength: length) }
+        if cls.intersects(.number) { return reader.numberGroupEnd(from: start, firstLength: length) }
 
         // ' ?[^\s\p{L}\p{N}]++[\r\n]*+'
         if cls.isPunctuation {

@@ -20,14 +20,14 @@ struct O200KPieceScanner {
 
         // Prefix? Upperish* Lowerish+ Contraction?, first with the prefix, then without.
         if hasPrefix, let end = mixedCaseWordEnd(from: next) { return end }
-        if !cls.isDisjoint(with: [.upperish, .lowerish]), let end = mixedCaseWordEnd(from: start) { return end }
+        if cls.isCasedWordScalar, let end = mixedCaseWordEnd(from: start) { return end }
 
         // Prefix? Upperish+ Lowerish* Contraction?
         if hasPrefix, let end = upperCaseWordEnd(from: next) { return end }
-        if cls.contains(.upperish), let end = upperCaseWordEnd(from: start) { return end }
+        if cls.intersects(.upperish), let end = upperCaseWordEnd(from: start) { return end }
 
         // \p{N}{1,3}
-        if cls.contains(.number) { return reader.numberGroupEnd(from: start, firstLength: length) }
+        if cls.intersects(.number) { return reader.numberGroupEnd(from: start, firstLength: length) }
 
         // ' ?[^\s\p{L}\p{N}]+[\r\n/]*'
         if cls.isPunctuation {
@@ -57,14 +57,14 @@ struct O200KPieceScanner {
         var lastBothEnd: Int?
         while j < reader.count {
             let (cls, length) = reader.scalar(at: j)
-            if !cls.contains(.upperish) {
-                if cls.contains(.lowerish) {
+            if !cls.intersects(.upperish) {
+                if cls.intersects(.lowerish) {
                     return contractionTail(at: reader.runEnd(from: j + length, while: .lowerish))
                 }
                 break
             }
             j += length
-            if cls.contains(.lowerish) { lastBothEnd = j }
+            if cls.intersects(.lowerish) { lastBothEnd = j }
         }
         guard let end = lastBothEnd else { return nil }
         return contractionTail(at: end)

@@ -79,7 +79,7 @@ extension ScalarClassReader {
         var j = i
         while j < count {
             let (c, length) = scalar(at: j)
-            if c.isDisjoint(with: cls) { break }
+            if !c.intersects(cls) { break }
             j += length
         }
         return j
@@ -103,7 +103,7 @@ extension ScalarClassReader {
         var j = i + firstLength
         for _ in 0..<2 where j < count {
             let (c, length) = scalar(at: j)
-            guard c.contains(.number) else { break }
+            guard c.intersects(.number) else { break }
             j += length
         }
         return j
@@ -118,10 +118,10 @@ extension ScalarClassReader {
         var lineBreakEnd: Int?
         while j < count {
             let (c, length) = scalar(at: j)
-            if !c.contains(.whitespace) { break }
+            if !c.intersects(.whitespace) { break }
             lastStart = j
             j += length
-            if c.contains(.lineBreak) { lineBreakEnd = j }
+            if c.intersects(.lineBreak) { lineBreakEnd = j }
         }
         return (j, lastStart, lineBreakEnd)
     }

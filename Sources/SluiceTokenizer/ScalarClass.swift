@@ -1,26 +1,39 @@
 /// The character classes tiktoken's pre-tokenizer patterns test, one bit each, per Unicode 16.0.
 ///
-/// Bit values must match `scripts/gen-unicode-table`, which writes the per-scalar table.
-struct ScalarClass: OptionSet, Sendable {
+/// Bit values must match `scripts/gen-unicode-table`, which writes the per-scalar table. Plain
+/// bit operations rather than `OptionSet`: set-algebra defaults such as `isDisjoint(with:)` with
+/// array literals are not specialized in the hot loop and cost an allocation per call.
+struct ScalarClass: Sendable, Equatable {
     let rawValue: UInt8
 
     /// `\p{L}`: Lu, Ll, Lt, Lm, Lo.
-    static let letter = ScalarClass(rawValue: 0x01)
+    static var letter: ScalarClass { ScalarClass(rawValue: 0x01) }
     /// o200k's leading letter run `[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]`.
-    static let upperish = ScalarClass(rawValue: 0x02)
+    static var upperish: ScalarClass { ScalarClass(rawValue: 0x02) }
     /// o200k's trailing letter run `[\p{Ll}\p{Lm}\p{Lo}\p{M}]`.
-    static let lowerish = ScalarClass(rawValue: 0x04)
+    static var lowerish: ScalarClass { ScalarClass(rawValue: 0x04) }
     /// `\p{N}`: Nd, Nl, No.
-    static let number = ScalarClass(rawValue: 0x08)
+    static var number: ScalarClass { ScalarClass(rawValue: 0x08) }
     /// `\s`: the White_Space property (not U+001C–001F, not U+200B/U+FEFF).
-    static let whitespace = ScalarClass(rawValue: 0x10)
+    static var whitespace: ScalarClass { ScalarClass(rawValue: 0x10) }
     /// `[\r\n]`.
-    static let lineBreak = ScalarClass(rawValue: 0x20)
+    static var lineBreak: ScalarClass { ScalarClass(rawValue: 0x20) }
+
+    /// Whether the scalar has at least one of the bits of `other`.
+    @inline(__always) func intersects(_ other: ScalarClass) -> Bool { rawValue & other.rawValue != 0 }
 
     /// Scalars that may prefix a word: `[^\r\n\p{L}\p{N}]`.
-    @inline(__always) var isWordPrefix: Bool { isDisjoint(with: [.letter, .number, .lineBreak]) }
+    @inline(__always) var isWordPrefix: Bool {
+        rawValue & (Self.letter.rawValue | Self.number.rawValue | Self.lineBreak.rawValue) == 0
+    }
     /// `[^\s\p{L}\p{N}]`: punctuation, symbols, marks, controls other than White_Space.
-    @inline(__always) var isPunctuation: Bool { isDisjoint(with: [.letter, .number, .whitespace]) }
+    @inline(__always) var isPunctuation: Bool {
+        rawValue & (Self.letter.rawValue | Self.number.rawValue | Self.whitespace.rawValue) == 0
+    }
+    /// Upperish or lowerish: a scalar o200k's word alternatives can start with.
+    @inline(__always) var isCasedWordScalar: Bool {
+        rawValue & (Self.upperish.rawValue | Self.lowerish.rawValue) != 0
+    }
 }
 
 /// The generated Unicode 16.0 class table (data in `UnicodeTable.generated.swift`).
@@ -72,7 +85,7 @@ struct ScalarClassReader {
             length = 4
             value = UInt32(b0 & 0x07)
         }
-        guard i + length <= count else { return (ScalarClass(), count - i) }
+        guard i + length <= count else { return (ScalarClass(rawValue: 0), count - i) }
         for k in 1..<length {
             value = value << 6 | UInt32(bytes[i + k] & 0x3F)
         }
@@ -82,7 +95,7 @@ struct ScalarClassReader {
     @inline(__always)
     private func classOf(_ value: UInt32) -> ScalarClass {
         let block = Int(value >> UInt32(ScalarClassTable.blockShift))
-        guard block < blockIndex.count else { return ScalarClass() }
+        guard block < blockIndex.count else { return ScalarClass(rawValue: 0) }
         let offset = Int(blockIndex[block]) << ScalarClassTable.blockShift
             | Int(value & (1 << UInt32(ScalarClassTable.blockShift) - 1))
         return ScalarClass(rawValue: blocks[offset])
