@@ -25,7 +25,7 @@ final class GatewayErrorTests: XCTestCase {
             .requestTooLarge(limit: .tokens, model: "gpt-4o-mini", limitValue: 30_000, requested: 34_102),
             .quotaExceeded(limit: .dailyTokens, limitValue: 1000, used: 1000), .concurrencyLimited(model: "m", limitValue: 4),
             .upstreamUnavailable(status: 503), .upstreamTimeout(), .upstreamConnectFailed(logDetail: "ECONNREFUSED"),
-            .upstreamProtocolError(), .serviceUnavailable(), .internal(logDetail: "bug"),
+            .upstreamProtocolError(), .serviceUnavailable(), .internal(logDetail: "bug"), .requestTimeout(),
         ]
         XCTAssertEqual(Set(samples.map(\.kind)), Set(GatewayError.Kind.allCases), "every kind is covered")
         for error in samples {

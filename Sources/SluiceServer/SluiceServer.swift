@@ -1,1 +1,0 @@
-// Placeholder: SluiceServer is being written.
