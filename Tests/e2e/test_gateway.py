@@ -283,3 +283,15 @@ def test_health_ready_metrics(gateway):
     metrics = httpx.get(gateway.root_url + "/metrics").text
     assert "sluice_requests_total" in metrics
     assert "sluice_rate_limited_total" in metrics
+
+
+def test_upstream_connections_are_pooled(gateway, mock):
+    before = len(mock.requests())
+    c = client(gateway)
+    for _ in range(50):
+        c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1)
+    records = mock.requests()[before:]
+    assert len(records) == 50
+    connections = {r["conn"] for r in records}
+    # One keep-alive connection per curl engine thread at most, for sequential requests.
+    assert len(connections) <= 4, f"50 sequential requests used {len(connections)} upstream connections"
