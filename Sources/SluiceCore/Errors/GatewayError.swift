@@ -226,27 +226,10 @@ extension GatewayError {
         return Int(clamped.rounded(.up))
     }
 
-    /// The delay in OpenAI's "Please try again in …" style (Go duration, millisecond precision):
-    /// `120ms`, `1.772s`, `6m0s`, `1h2m3.5s`. Sub-millisecond delays round up to `1ms`; zero is `0s`.
+    /// The delay in OpenAI's "Please try again in …" style: a Go duration rounded up to the
+    /// millisecond (`120ms`, `1.772s`, `6m0s`), the same form as the `x-ratelimit-reset-*` headers.
     static func formatRetryDelay(seconds: Double) -> String {
-        guard seconds.isFinite, seconds > 0 else { return "0s" }
-        let totalMilliseconds = roundedUp(min(seconds, 1e12) * 1000)
-        if totalMilliseconds < 1000 { return "\(totalMilliseconds)ms" }
-        let hours = totalMilliseconds / 3_600_000
-        let minutes = totalMilliseconds / 60_000 % 60
-        let wholeSeconds = totalMilliseconds / 1000 % 60
-        let milliseconds = totalMilliseconds % 1000
-        var text = ""
-        if hours > 0 { text += "\(hours)h" }
-        if hours > 0 || minutes > 0 { text += "\(minutes)m" }
-        text += String(wholeSeconds)
-        if milliseconds > 0 {
-            var fraction = String(milliseconds)
-            fraction = String(repeating: "0", count: 3 - fraction.count) + fraction
-            while fraction.hasSuffix("0") { fraction.removeLast() }
-            text += "." + fraction
-        }
-        return text + "s"
+        GoDuration.string(seconds: seconds)
     }
 }
 

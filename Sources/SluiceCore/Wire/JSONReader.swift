@@ -40,28 +40,45 @@ public enum JSONReader {
     /// Reads the value at the scanner's position (used for whole documents and for sub-values
     /// that hot paths want as a tree, like a `usage` object).
     static func readValue(_ scanner: inout JSONScanner) throws(JSONParseError) -> JSONValue {
+        var scratch = Scratch()
+        return try readValue(&scanner, &scratch)
+    }
+
+    /// Members and elements of the containers being read, as one stack: each container is
+    /// copied out once at its end with its exact size, instead of growing its own array.
+    struct Scratch {
+        var members: [JSONMember] = []
+        var elements: [JSONValue] = []
+    }
+
+    private static func readValue(_ scanner: inout JSONScanner, _ scratch: inout Scratch) throws(JSONParseError) -> JSONValue {
         guard let byte = scanner.peekSignificant() else {
             throw JSONParseError(.unexpectedEndOfInput, at: scanner.index)
         }
         switch byte {
         case UInt8(ascii: "{"):
             try scanner.enterObject()
-            var members: [JSONMember] = []
+            let base = scratch.members.count
             var first = true
             while let key = try scanner.nextKey(first: &first) {
                 let name = scanner.decode(key)
                 let start = scanner.index
-                let value = try readValue(&scanner)
-                members.append(JSONMember(key: name, value: value, valueRange: start..<scanner.index))
+                let value = try readValue(&scanner, &scratch)
+                scratch.members.append(JSONMember(key: name, value: value, valueRange: start..<scanner.index))
             }
+            let members = Array(scratch.members[base...])
+            scratch.members.removeSubrange(base...)
             return .object(JSONObject(members: members))
         case UInt8(ascii: "["):
             try scanner.enterArray()
-            var elements: [JSONValue] = []
+            let base = scratch.elements.count
             var first = true
             while try scanner.nextElement(first: &first) {
-                elements.append(try readValue(&scanner))
+                let element = try readValue(&scanner, &scratch)
+                scratch.elements.append(element)
             }
+            let elements = Array(scratch.elements[base...])
+            scratch.elements.removeSubrange(base...)
             return .array(elements)
         case UInt8(ascii: "\""):
             return .string(scanner.decode(try scanner.scanString()))

@@ -131,6 +131,11 @@ struct JSONScanner: ~Copyable {
         let start = index
         var hasEscapes = false
         while index < bytes.count {
+            // Skip eight plain bytes at a time (no quote, backslash or control character).
+            while index + 8 <= bytes.count, Self.isPlainWord(bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self)) {
+                index += 8
+            }
+            guard index < bytes.count else { break }
             let byte = bytes[index]
             if byte == UInt8(ascii: "\"") {
                 let range = start..<index
@@ -353,6 +358,18 @@ struct JSONScanner: ~Copyable {
             emit(UInt8(0x80 | scalar >> 6 & 0x3F))
             emit(UInt8(0x80 | scalar & 0x3F))
         }
+    }
+
+    /// True when none of the word's eight bytes is `"`, `\` or below 0x20 (classic SWAR
+    /// "has zero byte" tests; bytes ≥ 0x80 count as plain, UTF-8 is checked when decoding).
+    @inline(__always)
+    static func isPlainWord(_ word: UInt64) -> Bool {
+        let quotes = word ^ 0x2222_2222_2222_2222
+        let backslashes = word ^ 0x5C5C_5C5C_5C5C_5C5C
+        let hasQuote = (quotes &- 0x0101_0101_0101_0101) & ~quotes
+        let hasBackslash = (backslashes &- 0x0101_0101_0101_0101) & ~backslashes
+        let hasControl = (word &- 0x2020_2020_2020_2020) & ~word
+        return (hasQuote | hasBackslash | hasControl) & 0x8080_8080_8080_8080 == 0
     }
 
     @inline(__always)

@@ -104,12 +104,21 @@ public struct JSONObject: Sendable, Equatable {
 
     /// The value of the last member named `key`, or nil when there is none.
     public subscript(key: String) -> JSONValue? {
-        member(named: key)?.value
+        var index = members.endIndex
+        while index > members.startIndex {
+            index -= 1
+            if members[index].key == key { return members[index].value }
+        }
+        return nil
     }
 
     /// The last member named `key`, or nil when there is none.
     public func member(named key: String) -> JSONMember? {
-        for member in members.reversed() where member.key == key { return member }
+        var index = members.endIndex
+        while index > members.startIndex {
+            index -= 1
+            if members[index].key == key { return members[index] }
+        }
         return nil
     }
 

@@ -133,6 +133,25 @@ final class JSONReaderTests: XCTestCase {
         }
     }
 
+    func testSpecialBytesAreFoundAtEveryPositionOfLongStrings() throws {
+        // The scanner skips plain bytes eight at a time; every special byte must still be seen
+        // wherever it falls within such a word.
+        let filler = Array("abcdefghijklmnopqrstuvwxyzé0123456789".utf8)
+        for position in 0..<filler.count {
+            var controlled = filler
+            controlled[position] = 0x09
+            XCTAssertThrowsError(try JSONReader.parse([0x22] + controlled + [0x22])) { error in
+                XCTAssertEqual(error as? JSONParseError, JSONParseError(.controlCharacterInString, at: position + 1))
+            }
+            var escaped = filler
+            escaped.replaceSubrange(position..<position + 1, with: Array(#"\""#.utf8))
+            let expected = String(decoding: filler[..<position], as: UTF8.self) + "\"" + String(decoding: filler[(position + 1)...], as: UTF8.self)
+            XCTAssertEqual(try JSONReader.parse([0x22] + escaped + [0x22]), .string(expected))
+            let quoted = [0x22] + Array(filler[..<position]) + [0x22]
+            XCTAssertEqual(try JSONReader.parse(quoted + [0x20]), .string(String(decoding: filler[..<position], as: UTF8.self)))
+        }
+    }
+
     func testNestingLimit() throws {
         let depth = JSONReader.defaultMaxDepth
         let allowed = String(repeating: "[", count: depth) + String(repeating: "]", count: depth)

@@ -1,0 +1,37 @@
+import XCTest
+@testable import SluiceCore
+
+final class UsageTests: XCTestCase {
+    private func usage(_ json: String) -> Usage? { Usage.fromResponseBody(Array(json.utf8)) }
+
+    func testChatCompletionResponse() {
+        let body = """
+        {"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4.1-2025-04-14",
+         "choices":[{"index":0,"message":{"role":"assistant","content":"Hello! {\\"usage\\": 1} How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],
+         "usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},
+                  "completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},
+         "service_tier":"default"}
+        """
+        XCTAssertEqual(usage(body), Usage(promptTokens: 19, completionTokens: 10, totalTokens: 29))
+    }
+
+    func testEmbeddingsResponseHasNoCompletionTokens() {
+        let body = #"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[-0.006929283,-0.005336422]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":5,"total_tokens":5}}"#
+        XCTAssertEqual(usage(body), Usage(promptTokens: 5, completionTokens: 0, totalTokens: 5))
+    }
+
+    func testTotalDefaultsToSum() {
+        XCTAssertEqual(usage(#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#), Usage(promptTokens: 3, completionTokens: 4, totalTokens: 7))
+    }
+
+    func testMissingOrGarbageUsageIsNil() {
+        for body in [
+            "", "[]", "null", #"{"id":"x"}"#, #"{"usage":null}"#, #"{"usage":"lots"}"#, #"{"usage":{}}"#,
+            #"{"usage":{"prompt_tokens":-1,"completion_tokens":2}}"#, #"{"usage":{"prompt_tokens":1.5}}"#,
+            #"{"usage":{"prompt_tokens":"1"}}"#, #"{"choices":[{"usage":{"prompt_tokens":1}}]}"#,
+            #"{"id":"x","choices":["#, "<html>502 Bad Gateway</html>",
+        ] {
+            XCTAssertNil(usage(body), body)
+        }
+    }
+}
