@@ -1,3 +1,5 @@
+import Foundation
+
 /// A byte-pair encoding loaded from its rank file: tiktoken's `encode_ordinary` and its count.
 ///
 /// "Ordinary" means special-token text such as `<|endoftext|>` is encoded as plain text, which
@@ -119,6 +121,21 @@ extension EncodingName {
     }
 }
 
+/// Collects the two parallel loads' results.
+private final class LoadResults: @unchecked Sendable {
+    private let lock = NSLock()
+    private var results: [Result<BPEEncoding, TokenizerError>?] = [nil, nil]
+
+    func store(_ result: Result<BPEEncoding, TokenizerError>, at index: Int) {
+        lock.withLock { results[index] = result }
+    }
+
+    /// Call after both loads finished.
+    func take() -> (Result<BPEEncoding, TokenizerError>, Result<BPEEncoding, TokenizerError>) {
+        lock.withLock { (results[0]!, results[1]!) }
+    }
+}
+
 /// Both encodings, loaded once at start and shared by every request.
 public struct Tokenizers: Sendable {
     public let cl100k: BPEEncoding
@@ -133,13 +150,22 @@ public struct Tokenizers: Sendable {
         self.modelEncodings = modelEncodings
     }
 
-    /// Loads (and hash-checks) both rank files from `directory`.
+    /// Loads (and hash-checks) both rank files from `directory`, in parallel (start-up time).
+    /// When both fail, the cl100k_base error is thrown.
     public static func load(directory: String, modelEncodings: ModelEncodings = ModelEncodings()) throws(TokenizerError) -> Tokenizers {
-        Tokenizers(
-            cl100k: try BPEEncoding.load(.cl100k_base, directory: directory),
-            o200k: try BPEEncoding.load(.o200k_base, directory: directory),
-            modelEncodings: modelEncodings
-        )
+        let results = LoadResults()
+        DispatchQueue.concurrentPerform(iterations: 2) { index in
+            let name: EncodingName = index == 0 ? .cl100k_base : .o200k_base
+            let result: Result<BPEEncoding, TokenizerError>
+            do throws(TokenizerError) {
+                result = .success(try BPEEncoding.load(name, directory: directory))
+            } catch {
+                result = .failure(error)
+            }
+            results.store(result, at: index)
+        }
+        let (cl100k, o200k) = results.take()
+        return Tokenizers(cl100k: try cl100k.get(), o200k: try o200k.get(), modelEncodings: modelEncodings)
     }
 
     /// The loaded encoding called `name`.

@@ -109,7 +109,7 @@ extension RankTable {
         let boundaries = scratch.boundaries
         let pairRanks = scratch.pairRanks
         for index in 0...count { boundaries[index] = Int32(truncatingIfNeeded: index) }
-        for index in 0..<(count - 1) { pairRanks[index] = rank(of: piece + index, count: 2) }
+        for index in 0..<(count - 1) { pairRanks[index] = rank(ofPairAt: piece + index) }
         var parts = count
         while parts > 1 {
             var lowest = Self.absent
@@ -155,7 +155,7 @@ extension RankTable {
         for index in 0..<count {
             next[index] = Int32(truncatingIfNeeded: index + 1)
             previous[index] = Int32(truncatingIfNeeded: index - 1)
-            let rank = index + 1 < count ? rank(of: piece + index, count: 2) : Self.absent
+            let rank = index + 1 < count ? rank(ofPairAt: piece + index) : Self.absent
             pairRank[index] = rank
             if rank != Self.absent {
                 heap[heapCount] = UInt64(rank) << 32 | UInt64(index)

@@ -81,4 +81,11 @@ final class BPEEncodingTests: XCTestCase {
         XCTAssertEqual(tokenizers.encoding(.cl100k_base).rankCount, 100_256)
         XCTAssertEqual(tokenizers.encoding(.o200k_base).rankCount, 199_998)
     }
+
+    func testParallelLoadReportsTheMissingFile() {
+        let directory = "/nonexistent-\(UUID().uuidString)"
+        XCTAssertThrowsError(try Tokenizers.load(directory: directory)) { error in
+            XCTAssertEqual(error as? TokenizerError, .missingRankFile(path: directory + "/cl100k_base.tiktoken"))
+        }
+    }
 }
