@@ -47,7 +47,7 @@ extension Gateway {
         // 4. count: exact prompt tokens, and the output reservation.
         let promptTokens: Int
         do {
-            promptTokens = try countPromptTokens(openAIRequest)
+            promptTokens = try promptCounter.count(openAIRequest)
         } catch {
             return await refuse(error, key: key, model: model, requestID: requestID, writer: writer)
         }
@@ -108,24 +108,6 @@ extension Gateway {
             return .failure(.invalidAPIKey(presented: secret))
         }
         return .success(key)
-    }
-
-    func countPromptTokens(_ request: OpenAIRequest) throws(GatewayError) -> Int {
-        let encoding = tokenizers.encoding(forModel: request.model)
-        do {
-            switch request.prompt {
-            case .chat(let prompt):
-                return try tokenizers.chatPromptCounter(forModel: request.model, maxPromptBytes: settings.maxPromptBytes).count(prompt)
-            case .texts(let texts):
-                var total = 0
-                for text in texts { total += try encoding.countOrdinary(text, limit: settings.maxPromptBytes) }
-                return total
-            case .tokenCount(let count):
-                return count
-            }
-        } catch {
-            throw .invalidRequest(message: "The prompt is too large to process (limit \(settings.maxPromptBytes) bytes).", param: nil)
-        }
     }
 
     /// Refuses a request after authentication: an error with the key's current rate-limit headers.

@@ -54,6 +54,8 @@ extension Gateway {
         let response: UpstreamResponse
         do {
             response = try await engine.execute(upstreamRequest)
+        } catch where Self.clientWentAway(error) {
+            return RelayResult(status: 499, completionTokens: 0)
         } catch {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
             logger.warning("upstream request failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
@@ -67,6 +69,12 @@ extension Gateway {
             return await relayStream(exchange, response: response, writer: writer, logger: logger)
         }
         return await relayWhole(exchange, response: response, writer: writer, logger: logger)
+    }
+
+    /// A transfer cancelled because the client's connection closed (its task was cancelled) is the
+    /// client's doing, not an upstream failure: no error response, no upstream-error metric.
+    private static func clientWentAway(_ error: UpstreamError) -> Bool {
+        error.kind == .cancelled || Task.isCancelled
     }
 
     private func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders) -> UpstreamRequest {
@@ -115,7 +123,7 @@ extension Gateway {
                 var chunk = chunk
                 collected.writeBuffer(&chunk)
             }
-        } catch let error as UpstreamError {
+        } catch let error as UpstreamError where !Self.clientWentAway(error) {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
             logger.warning("upstream response failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
@@ -174,7 +182,7 @@ extension Gateway {
             if !tail.isEmpty { try await writer.writeStreamChunk(ByteBuffer(bytes: tail)) }
             try await writer.endStream()
             return RelayResult(status: 200, completionTokens: producedTokens())
-        } catch let error as UpstreamError {
+        } catch let error as UpstreamError where !Self.clientWentAway(error) {
             // The upstream failed mid-stream: the head is gone, so cut the connection; charge what was produced.
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
             logger.warning("upstream stream failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])

@@ -17,6 +17,7 @@ public final class Gateway: RequestHandling {
     let engine: CurlEngine
     let metrics: GatewayMetrics
     let logger: Logger
+    let promptCounter: PromptTokenCounter
     let requestIDs = RequestIDGenerator()
     private let readiness = Mutex<Readiness>(.ready)
 
@@ -32,6 +33,7 @@ public final class Gateway: RequestHandling {
     ) {
         self.settings = settings
         self.tokenizers = tokenizers
+        self.promptCounter = PromptTokenCounter(tokenizers: tokenizers, maxPromptBytes: settings.maxPromptBytes)
         self.limiter = limiter
         self.engine = engine
         self.metrics = metrics

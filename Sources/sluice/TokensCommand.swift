@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import SluiceCore
+import SluiceServer
 import SluiceTokenizer
 
 /// `sluice tokens`: counts (or lists) the tokens of texts exactly as tiktoken's `encode_ordinary`
@@ -33,6 +35,9 @@ struct TokensCommand: ParsableCommand {
     @Option(name: .customLong("tokenizer-dir"), help: "Directory holding the .tiktoken rank files (default: $SLUICE_TOKENIZER_DIR, else ./.cache/tokenizer).")
     var tokenizerDirectory: String?
 
+    @Flag(help: "Each FILE is a /v1/chat/completions request body: print its prompt tokens exactly as the gateway counts them (model from the body unless --model is given).")
+    var chat = false
+
     @Flag(help: "Print the token ids instead of their count.")
     var ids = false
 
@@ -43,7 +48,10 @@ struct TokensCommand: ParsableCommand {
     var files: [String] = []
 
     func validate() throws {
-        if model == nil && encoding == nil {
+        if chat && (ids || benchRepeat != nil || encoding != nil) {
+            throw ValidationError("--chat counts whole requests; it cannot be combined with --ids, --encoding or --bench-repeat.")
+        }
+        if model == nil && encoding == nil && !chat {
             throw ValidationError("Give --model or --encoding.")
         }
         if let encoding, EncodingName(rawValue: encoding) == nil {
@@ -61,6 +69,9 @@ struct TokensCommand: ParsableCommand {
         let directory = tokenizerDirectory
             ?? ProcessInfo.processInfo.environment["SLUICE_TOKENIZER_DIR"].flatMap { $0.isEmpty ? nil : $0 }
             ?? "./.cache/tokenizer"
+        if chat {
+            return try countChatRequests(directory: directory)
+        }
         let name = encoding.flatMap(EncodingName.init(rawValue:))
             ?? ModelEncodings().encodingName(forModel: model ?? "")
 
@@ -101,6 +112,34 @@ struct TokensCommand: ParsableCommand {
             }
         }
         output.flush()
+    }
+
+    /// `--chat`: parse each body as the gateway does and count its prompt with the same counter.
+    private func countChatRequests(directory: String) throws {
+        let counter = PromptTokenCounter(tokenizers: try Tokenizers.load(directory: directory))
+        var output = StandardOutput()
+        for input in files.isEmpty ? ["-"] : files {
+            let body = [UInt8](try Self.read(input))
+            do {
+                let request = try OpenAIRequest.parse(body, endpoint: .chatCompletions)
+                let effective = model.map { try? OpenAIRequest.parse(Self.replacingModel(in: body, with: $0), endpoint: .chatCompletions) } ?? request
+                output.writeLine(String(try counter.count(effective ?? request)))
+            } catch {
+                output.flush()
+                throw ValidationError("\(input): \(error.message)")
+            }
+        }
+        output.flush()
+    }
+
+    /// The body with its top-level `model` replaced (for `--chat --model`).
+    private static func replacingModel(in body: [UInt8], with model: String) -> [UInt8] {
+        guard case .object(var object)? = try? JSONReader.parse(body) else { return body }
+        object.members.removeAll { $0.key == "model" }
+        object.members.append(JSONMember(key: "model", value: .string(model)))
+        var output: [UInt8] = []
+        JSONWriter.appendValue(.object(object), to: &output)
+        return output
     }
 
     private static func read(_ input: String) throws -> Data {

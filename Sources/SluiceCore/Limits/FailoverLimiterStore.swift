@@ -1,0 +1,207 @@
+import Synchronization
+
+/// The limiter a node uses with a shared store (Redis): the shared store while it answers, and the
+/// configured failure policy while it does not.
+///
+/// - `local`: each node enforces every limit ÷ the number of live nodes, in memory. The node count is
+///   the last one the shared store reported (heartbeats), else the configured fallback count. Over a
+///   whole cluster that admits about the limit, never N× the limit.
+/// - `open`: everything is admitted (availability over limits).
+/// - `closed`: admissions fail, and the server answers 503.
+///
+/// A circuit breaker keeps a dead store from adding latency to every request: after a failure the
+/// shared store is skipped for `retryIntervalMicros`, then one admission probes it again.
+/// Reservations are settled where they were made (a local one locally), exactly once.
+public final class FailoverLimiterStore: LimiterStore {
+    public enum Mode: String, Sendable {
+        /// The shared store answers.
+        case shared
+        /// The shared store is unreachable: the failure policy is in force.
+        case local, open, closed
+    }
+
+    /// Thrown by `admit` under the `closed` policy while the shared store is unreachable.
+    public struct SharedStoreUnavailable: Error, Sendable {
+        public let underlying: String
+    }
+
+    public static let defaultRetryIntervalMicros: Int64 = 1_000_000
+
+    private let shared: any LimiterStore
+    private let local: InMemoryLimiterStore
+    private let policy: RedisConfig.FailurePolicy
+    private let fallbackNodeCount: Int
+    private let retryIntervalMicros: Int64
+    private let clock: InMemoryLimiterStore.Clock
+    private let onModeChange: @Sendable (Mode, String?) -> Void
+
+    private struct State {
+        var circuitOpenUntil: Int64?  // nil: closed (use the shared store)
+        var probing = false
+        var liveNodes: Int?
+        var lastError: String?
+        /// Reservations made without the shared store, by request id: settled here, not there.
+        var localReservations: Set<String> = []
+        var unenforcedReservations: Set<String> = []
+    }
+    private let state = Mutex(State())
+
+    /// - Parameters:
+    ///   - onModeChange: called when the node switches between the shared store and its failure
+    ///     policy (for the log line and the metrics); never on the request's hot path otherwise.
+    public init(
+        shared: any LimiterStore, policy: RedisConfig.FailurePolicy, fallbackNodeCount: Int,
+        retryIntervalMicros: Int64 = FailoverLimiterStore.defaultRetryIntervalMicros,
+        clock: @escaping InMemoryLimiterStore.Clock = InMemoryLimiterStore.monotonicMicroseconds,
+        onModeChange: @escaping @Sendable (Mode, String?) -> Void = { _, _ in }
+    ) {
+        self.shared = shared
+        self.local = InMemoryLimiterStore(clock: clock)
+        self.policy = policy
+        self.fallbackNodeCount = max(1, fallbackNodeCount)
+        self.retryIntervalMicros = retryIntervalMicros
+        self.clock = clock
+        self.onModeChange = onModeChange
+    }
+
+    /// What this node enforces now.
+    public var mode: Mode {
+        state.withLock { $0.circuitOpenUntil == nil } ? .shared : fallbackMode
+    }
+
+    private var fallbackMode: Mode {
+        switch policy {
+        case .local: .local
+        case .open: .open
+        case .closed: .closed
+        }
+    }
+
+    /// The live node count seen in the shared store (heartbeats); used to split limits in `local` mode.
+    public func updateLiveNodeCount(_ count: Int) {
+        state.withLock { $0.liveNodes = max(1, count) }
+    }
+
+    /// Nodes the limits are divided by in `local` mode.
+    public var nodeCountForLocalLimits: Int {
+        state.withLock { $0.liveNodes } ?? fallbackNodeCount
+    }
+
+    public func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
+        if shouldTryShared() {
+            do {
+                let decision = try await shared.admit(request)
+                sharedSucceeded()
+                return decision
+            } catch {
+                sharedFailed(error)
+            }
+        }
+        return try admitByPolicy(request)
+    }
+
+    public func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
+        let (wasLocal, wasUnenforced) = state.withLock {
+            ($0.localReservations.remove(reservation.requestID) != nil, $0.unenforcedReservations.remove(reservation.requestID) != nil)
+        }
+        if wasLocal {
+            return local.settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
+        }
+        if wasUnenforced { return nil }
+        do {
+            let snapshot = try await shared.settle(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
+            sharedSucceeded()
+            return snapshot
+        } catch {
+            // The shared reservation stays until its TTL and its lease expires; the difference between
+            // reservation and usage is not applied. Admission never double-charges.
+            sharedFailed(error)
+            throw error
+        }
+    }
+
+    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        if shouldTryShared(probe: false) {
+            do {
+                return try await shared.snapshot(keyID: keyID, limits: limits)
+            } catch {
+                sharedFailed(error)
+            }
+        }
+        return local.snapshotNow(keyID: keyID, limits: localLimits(limits))
+    }
+
+    // MARK: - Policy
+
+    private func admitByPolicy(_ request: AdmissionRequest) throws -> AdmissionDecision {
+        switch policy {
+        case .closed:
+            throw SharedStoreUnavailable(underlying: state.withLock { $0.lastError } ?? "unreachable")
+        case .open:
+            state.withLock { _ = $0.unenforcedReservations.insert(request.requestID) }
+            return .admitted(Reservation(admitting: request), .empty)
+        case .local:
+            var scaled = request
+            scaled.limits = localLimits(request.limits)
+            let decision = local.admitNow(scaled)
+            if case .admitted = decision {
+                state.withLock { _ = $0.localReservations.insert(request.requestID) }
+            }
+            return decision
+        }
+    }
+
+    /// Every limit ÷ live nodes (at least 1 per bucket, so a tiny limit still admits somewhere).
+    func localLimits(_ limits: ResolvedLimits) -> ResolvedLimits {
+        let nodes = nodeCountForLocalLimits
+        guard nodes > 1 else { return limits }
+        func split(_ bucket: BucketLimit?) -> BucketLimit? {
+            bucket.map { BucketLimit(perMinute: max(1, $0.perMinute / nodes), burst: max(1, $0.burst / nodes)) }
+        }
+        var scaled = limits
+        scaled.requests = split(limits.requests)
+        scaled.tokens = split(limits.tokens)
+        scaled.inputTokens = split(limits.inputTokens)
+        scaled.outputTokens = split(limits.outputTokens)
+        scaled.maxConcurrentRequests = limits.maxConcurrentRequests.map { max(1, $0 / nodes) }
+        return scaled
+    }
+
+    // MARK: - Circuit breaker
+
+    /// Whether to use the shared store for this call: always while the circuit is closed; once per
+    /// retry interval (one probe at a time) while it is open.
+    private func shouldTryShared(probe: Bool = true) -> Bool {
+        let now = clock()
+        return state.withLock { state in
+            guard let openUntil = state.circuitOpenUntil else { return true }
+            guard probe, now >= openUntil, !state.probing else { return false }
+            state.probing = true
+            return true
+        }
+    }
+
+    private func sharedSucceeded() {
+        let recovered = state.withLock { state -> Bool in
+            state.probing = false
+            guard state.circuitOpenUntil != nil else { return false }
+            state.circuitOpenUntil = nil
+            state.lastError = nil
+            return true
+        }
+        if recovered { onModeChange(.shared, nil) }
+    }
+
+    private func sharedFailed(_ error: any Error) {
+        let now = clock()
+        let description = String(describing: error)
+        let opened = state.withLock { state -> Bool in
+            state.probing = false
+            state.lastError = description
+            let wasClosed = state.circuitOpenUntil == nil
+            state.circuitOpenUntil = now + retryIntervalMicros
+            return wasClosed
+        }
+        if opened { onModeChange(fallbackMode, description) }
+    }
+}

@@ -1,0 +1,129 @@
+import Synchronization
+import XCTest
+@testable import SluiceCore
+
+/// A shared store that can be switched off, and counts what it was asked.
+private final class SwitchableStore: LimiterStore {
+    struct Down: Error {}
+    let inner: InMemoryLimiterStore
+    let up = Mutex(true)
+    let calls = Mutex((admits: 0, settles: 0))
+
+    init(clock: @escaping InMemoryLimiterStore.Clock) { inner = InMemoryLimiterStore(clock: clock) }
+
+    func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
+        calls.withLock { $0.admits += 1 }
+        guard up.withLock({ $0 }) else { throw Down() }
+        return inner.admitNow(request)
+    }
+
+    func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
+        calls.withLock { $0.settles += 1 }
+        guard up.withLock({ $0 }) else { throw Down() }
+        return inner.settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
+    }
+
+    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        guard up.withLock({ $0 }) else { throw Down() }
+        return inner.snapshotNow(keyID: keyID, limits: limits)
+    }
+}
+
+final class FailoverLimiterStoreTests: XCTestCase {
+    private let now = Mutex<Int64>(1_000_000_000)
+    private var clock: InMemoryLimiterStore.Clock { { [now] in now.withLock { $0 } } }
+    private let limits = ResolvedLimits(requests: BucketLimit(perMinute: 40), maxConcurrentRequests: 100)
+
+    private func request(_ n: Int) -> AdmissionRequest {
+        AdmissionRequest(requestID: "r\(n)", keyID: "k", limits: limits, model: "m", promptTokens: 1, reservedOutputTokens: 1)
+    }
+
+    private func admittedCount(_ store: FailoverLimiterStore, _ range: Range<Int>) async throws -> Int {
+        var admitted = 0
+        for n in range {
+            if case .admitted = try await store.admit(request(n)) { admitted += 1 }
+        }
+        return admitted
+    }
+
+    func testUsesTheSharedStoreWhileItAnswers() async throws {
+        let shared = SwitchableStore(clock: clock)
+        let store = FailoverLimiterStore(shared: shared, policy: .local, fallbackNodeCount: 4, clock: clock)
+        XCTAssertEqual(try await admittedCount(store, 0..<50), 40)
+        XCTAssertEqual(shared.calls.withLock { $0.admits }, 50)
+        XCTAssertEqual(store.mode, .shared)
+    }
+
+    func testLocalPolicyEnforcesTheLimitDividedByLiveNodes() async throws {
+        let shared = SwitchableStore(clock: clock)
+        shared.up.withLock { $0 = false }
+        let modes = Mutex<[FailoverLimiterStore.Mode]>([])
+        let store = FailoverLimiterStore(shared: shared, policy: .local, fallbackNodeCount: 4, clock: clock) { mode, _ in
+            modes.withLock { $0.append(mode) }
+        }
+        // No heartbeat seen yet: the configured count (4) → 40 / 4 = 10.
+        XCTAssertEqual(try await admittedCount(store, 0..<30), 10)
+        XCTAssertEqual(store.mode, .local)
+        XCTAssertEqual(modes.withLock { $0 }, [.local])
+        // The circuit is open: the dead store was asked once, not for every request.
+        XCTAssertEqual(shared.calls.withLock { $0.admits }, 1)
+
+        // With 2 live nodes known from heartbeats, a fresh key gets 40 / 2 = 20.
+        store.updateLiveNodeCount(2)
+        var admitted = 0
+        for n in 100..<140 {
+            let r = AdmissionRequest(requestID: "x\(n)", keyID: "other", limits: limits, model: "m", promptTokens: 1, reservedOutputTokens: 1)
+            if case .admitted = try await store.admit(r) { admitted += 1 }
+        }
+        XCTAssertEqual(admitted, 20)
+    }
+
+    func testCircuitProbesAfterTheIntervalAndReturnsToTheSharedStore() async throws {
+        let shared = SwitchableStore(clock: clock)
+        shared.up.withLock { $0 = false }
+        let modes = Mutex<[FailoverLimiterStore.Mode]>([])
+        let store = FailoverLimiterStore(shared: shared, policy: .local, fallbackNodeCount: 1, retryIntervalMicros: 1_000_000, clock: clock) { mode, _ in
+            modes.withLock { $0.append(mode) }
+        }
+        _ = try await store.admit(request(0))
+        _ = try await store.admit(request(1))
+        XCTAssertEqual(shared.calls.withLock { $0.admits }, 1)
+        now.withLock { $0 += 1_100_000 }
+        shared.up.withLock { $0 = true }
+        _ = try await store.admit(request(2))
+        XCTAssertEqual(shared.calls.withLock { $0.admits }, 2, "one probe after the interval")
+        XCTAssertEqual(store.mode, .shared)
+        XCTAssertEqual(modes.withLock { $0 }, [.local, .shared])
+    }
+
+    func testReservationsSettleWhereTheyWereMadeExactlyOnce() async throws {
+        let shared = SwitchableStore(clock: clock)
+        let store = FailoverLimiterStore(shared: shared, policy: .local, fallbackNodeCount: 1, clock: clock)
+        guard case .admitted(let viaShared, _) = try await store.admit(request(0)) else { return XCTFail() }
+        shared.up.withLock { $0 = false }
+        guard case .admitted(let viaLocal, _) = try await store.admit(request(1)) else { return XCTFail() }
+
+        XCTAssertNotNil(try await store.settle(viaLocal, actualPromptTokens: 1, actualCompletionTokens: 1))
+        XCTAssertEqual(shared.calls.withLock { $0.settles }, 0, "a local reservation never goes to the shared store")
+        XCTAssertNil(try await store.settle(viaLocal, actualPromptTokens: 1, actualCompletionTokens: 1), "settled once")
+
+        shared.up.withLock { $0 = true }
+        _ = try await store.settle(viaShared, actualPromptTokens: 1, actualCompletionTokens: 1)
+        XCTAssertEqual(shared.calls.withLock { $0.settles }, 1)
+    }
+
+    func testOpenAdmitsEverythingAndClosedRefuses() async throws {
+        let shared = SwitchableStore(clock: clock)
+        shared.up.withLock { $0 = false }
+        let open = FailoverLimiterStore(shared: shared, policy: .open, fallbackNodeCount: 1, clock: clock)
+        XCTAssertEqual(try await admittedCount(open, 0..<100), 100)
+        XCTAssertEqual(open.mode, .open)
+
+        let closed = FailoverLimiterStore(shared: shared, policy: .closed, fallbackNodeCount: 1, clock: clock)
+        do {
+            _ = try await closed.admit(request(0))
+            XCTFail("closed policy must refuse")
+        } catch is FailoverLimiterStore.SharedStoreUnavailable {}
+        XCTAssertEqual(closed.mode, .closed)
+    }
+}
