@@ -214,6 +214,15 @@ final class CurlEngineTests: XCTestCase {
         }
     }
 
+    func testDroppingAnUnreadResponseCancelsTheTransfer() async throws {
+        try await withEngine { engine in
+            _ = try await engine.execute(get("/stream?chunks=0&intervalMs=20"))
+            let closed = await eventually(within: 2) { self.server.counters.closedConnections.load(ordering: .relaxed) == 1 }
+            XCTAssertTrue(closed, "the upstream saw its connection closed")
+            XCTAssertEqual(engine.stats.transfersCancelled, 1)
+        }
+    }
+
     func testCancellingTheTaskBeforeTheHeadCancelsTheTransfer() async throws {
         try await withEngine { engine in
             let request = get("/delay-head?ms=5000")
