@@ -99,9 +99,6 @@ public final class CurlEngine: Sendable {
     ///   `.tooManyTransfers`, `.shuttingDown`, or `.other` for a malformed request.
     public func execute(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         try UpstreamRequestValidator.validate(request)
-        guard !Task.isCancelled else {
-            throw UpstreamError(kind: .cancelled, detail: "the calling task was cancelled")
-        }
         guard case .running(let loops) = runState.withLock({ $0 }) else {
             throw UpstreamError(kind: .shuttingDown, detail: "the upstream engine is not running")
         }
@@ -109,7 +106,12 @@ public final class CurlEngine: Sendable {
             counters.inFlight.subtract(1, ordering: .relaxed)
             throw UpstreamError(kind: .tooManyTransfers, detail: "more than \(configuration.maxInFlightTransfers) upstream transfers in flight")
         }
-        let loop = loops[nextLoop.add(1, ordering: .relaxed).newValue % loops.count]
+        guard !Task.isCancelled else {
+            counters.inFlight.subtract(1, ordering: .relaxed)
+            counters.cancelled.add(1, ordering: .relaxed)
+            throw UpstreamError(kind: .cancelled, detail: "the calling task was cancelled")
+        }
+        let loop = loops[(nextLoop.add(1, ordering: .relaxed).newValue & Int.max) % loops.count]
         let transfer = UpstreamTransfer(request: request, loop: loop)
 
         let result = await withTaskCancellationHandler {
@@ -165,6 +167,8 @@ extension CurlEngine {
         public static let defaultHighWatermarkBytes = 256 * 1024
         public static let defaultLowWatermarkBytes = 64 * 1024
         public static let defaultMaxInFlightTransfers = 10_000
+        /// `CURL_MAX_WRITE_SIZE`: the most bytes one write callback (one body chunk) carries.
+        public static let maxCurlWriteBytes = Int(CURL_MAX_WRITE_SIZE)
 
         /// Online processor count (at least 1).
         public static var defaultThreads: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
@@ -197,12 +201,17 @@ extension CurlEngine {
             try require(maxConnectionAgeSeconds >= 1, "maxConnectionAgeSeconds must be at least 1")
             try require(lowWatermarkBytes >= 0, "lowWatermarkBytes must not be negative")
             try require(highWatermarkBytes > lowWatermarkBytes, "highWatermarkBytes must exceed lowWatermarkBytes")
+            // The pause logic relies on one curl write (at most 16 KiB) never reaching the high watermark alone.
+            try require(highWatermarkBytes > Self.maxCurlWriteBytes, "highWatermarkBytes must exceed \(Self.maxCurlWriteBytes)")
             try require(maxInFlightTransfers >= 1, "maxInFlightTransfers must be at least 1")
         }
     }
 }
 
 /// Engine counters for metrics. Cumulative except `activeTransfers` and `bufferedBodyBytes`.
+///
+/// Every `execute` call that passed validation and the in-flight limit ends in exactly one of
+/// completed, failed or cancelled; `transfersStarted` counts only those that reached curl.
 public struct CurlEngineStats: Sendable, Hashable {
     /// Transfers handed to curl.
     public let transfersStarted: Int

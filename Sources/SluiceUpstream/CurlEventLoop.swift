@@ -240,11 +240,7 @@ final class CurlEventLoop: @unchecked Sendable {
             case .start(let transfer, let continuation):
                 start(transfer, continuation)
             case .resume(let transfer):
-                if transfer.machine.consumerCaughtUp() == .resume, let handle = transfer.handle {
-                    // Time spent paused for a slow consumer is not an upstream stall.
-                    transfer.lastByteAtNs = monotonicNanoseconds()
-                    _ = curl_easy_pause(handle, CURLPAUSE_CONT)
-                }
+                resume(transfer)
             case .cancel(let transfer):
                 end(transfer, .failure(UpstreamError(kind: .cancelled, detail: "cancelled by the caller")))
             case .shutdown:
@@ -252,6 +248,21 @@ final class CurlEventLoop: @unchecked Sendable {
                 failAll(UpstreamError(kind: .shuttingDown, detail: "the upstream engine is shutting down"))
             }
         }
+    }
+
+    private func resume(_ transfer: UpstreamTransfer) {
+        // A demand signal can be stale: raised before the yield that paused the transfer, processed
+        // after it. Resuming on it would push chunks past the high watermark. A current signal always
+        // finds the buffer below the high watermark (it was raised at or below the low watermark, or at
+        // an empty buffer, and a paused transfer adds nothing), so skipping the stale one loses no demand:
+        // the stream raises a fresh one when the consumer drains.
+        guard transfer.machine.state == .paused,
+            (transfer.bodyAccount?.buffered ?? 0) < configuration.highWatermarkBytes
+        else { return }
+        guard transfer.machine.consumerCaughtUp() == .resume, let handle = transfer.handle else { return }
+        // Time spent paused for a slow consumer is not an upstream stall.
+        transfer.lastByteAtNs = monotonicNanoseconds()
+        _ = curl_easy_pause(handle, CURLPAUSE_CONT)
     }
 
     private func socketAction(_ fd: curl_socket_t, _ mask: Int32) {

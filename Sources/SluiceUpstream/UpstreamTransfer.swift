@@ -147,12 +147,18 @@ final class UpstreamTransfer: @unchecked Sendable {
     /// makes curl abort the transfer with `CURLE_WRITE_ERROR`.
     func receiveBody(_ bytes: UnsafeRawBufferPointer) -> Int {
         lastByteAtNs = monotonicNanoseconds()
-        guard machine.bodyReceived() == .deliver, let bodySource, let bodyAccount, let handle else {
+        switch machine.bodyReceived() {
+        case .deliver:
+            break
+        case .holdBack:
+            return sluice_curl_writefunc_pause()
+        case .refuse:
             if abortReason == nil {
                 abortReason = UpstreamError(kind: .other, detail: "upstream sent body bytes without a response head")
             }
             return 0
         }
+        guard let bodySource, let bodyAccount, let handle else { return 0 }
         let chunk = loop.allocator.buffer(bytes: bytes)
         bodyAccount.produced(bytes.count)
         switch bodySource.yield(chunk) {

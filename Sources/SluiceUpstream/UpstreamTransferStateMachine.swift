@@ -93,6 +93,9 @@ struct UpstreamTransferStateMachine: Sendable {
     enum BodyAction: Sendable, Hashable {
         /// Pass the bytes to the body stream.
         case deliver
+        /// Do not take the bytes now: return `CURL_WRITEFUNC_PAUSE` so libcurl keeps them and delivers
+        /// them again after the resume.
+        case holdBack
         /// Refuse the bytes (the write callback returns 0 and libcurl aborts the transfer).
         case refuse
     }
@@ -102,9 +105,13 @@ struct UpstreamTransferStateMachine: Sendable {
         case .headReceived:
             state = .streaming
             return .deliver
-        case .streaming, .paused:
-            // Bytes libcurl held back while paused arrive during the resume; they are still wanted.
+        case .streaming:
             return .deliver
+        case .paused:
+            // libcurl finishes delivering the buffer it was in the middle of even after
+            // `curl_easy_pause` from inside the callback (notably when it replays held-back bytes on
+            // resume); those pieces must stay in curl, or the stream would overshoot its watermark.
+            return .holdBack
         case .idle, .started, .finished, .failed, .cancelled:
             return .refuse
         }

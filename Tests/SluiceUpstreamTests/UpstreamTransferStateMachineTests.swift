@@ -90,7 +90,7 @@ final class UpstreamTransferStateMachineTests: XCTestCase {
             (.streaming, .failed(.stallTimeout), "failBody(SluiceUpstream.UpstreamError.Kind.stallTimeout)", .failed(.stallTimeout)),
             (.streaming, .failed(.cancelled), "failBody(SluiceUpstream.UpstreamError.Kind.cancelled)", .cancelled),
             // paused
-            (.paused, .body, "deliver", .paused),
+            (.paused, .body, "holdBack", .paused),
             (.paused, .fellBehind, "none", .paused),
             (.paused, .caughtUp, "resume", .streaming),
             (.paused, .succeeded, "finishBody", .finished),
@@ -146,6 +146,7 @@ final class UpstreamTransferStateMachineTests: XCTestCase {
         for _ in 0..<3 {
             XCTAssertEqual(machine.consumerFellBehind(), .pause)
             XCTAssertEqual(machine.consumerFellBehind(), .none)
+            XCTAssertEqual(machine.bodyReceived(), .holdBack)
             XCTAssertEqual(machine.consumerCaughtUp(), .resume)
             XCTAssertEqual(machine.consumerCaughtUp(), .none)
             XCTAssertEqual(machine.bodyReceived(), .deliver)
