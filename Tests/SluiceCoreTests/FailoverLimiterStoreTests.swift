@@ -30,8 +30,11 @@ private final class SwitchableStore: LimiterStore {
 }
 
 final class FailoverLimiterStoreTests: XCTestCase {
-    private let now = Mutex<Int64>(1_000_000_000)
-    private var clock: InMemoryLimiterStore.Clock { { [now] in now.withLock { $0 } } }
+    private final class ManualClock: Sendable {
+        let now = Mutex<Int64>(1_000_000_000)
+    }
+    private let manual = ManualClock()
+    private var clock: InMemoryLimiterStore.Clock { { [manual] in manual.now.withLock { $0 } } }
     private let limits = ResolvedLimits(requests: BucketLimit(perMinute: 40), maxConcurrentRequests: 100)
 
     private func request(_ n: Int) -> AdmissionRequest {
@@ -49,7 +52,8 @@ final class FailoverLimiterStoreTests: XCTestCase {
     func testUsesTheSharedStoreWhileItAnswers() async throws {
         let shared = SwitchableStore(clock: clock)
         let store = FailoverLimiterStore(shared: shared, policy: .local, fallbackNodeCount: 4, clock: clock)
-        XCTAssertEqual(try await admittedCount(store, 0..<50), 40)
+        let admitted = try await admittedCount(store, 0..<50)
+        XCTAssertEqual(admitted, 40)
         XCTAssertEqual(shared.calls.withLock { $0.admits }, 50)
         XCTAssertEqual(store.mode, .shared)
     }
@@ -62,7 +66,8 @@ final class FailoverLimiterStoreTests: XCTestCase {
             modes.withLock { $0.append(mode) }
         }
         // No heartbeat seen yet: the configured count (4) → 40 / 4 = 10.
-        XCTAssertEqual(try await admittedCount(store, 0..<30), 10)
+        let firstAdmitted = try await admittedCount(store, 0..<30)
+        XCTAssertEqual(firstAdmitted, 10)
         XCTAssertEqual(store.mode, .local)
         XCTAssertEqual(modes.withLock { $0 }, [.local])
         // The circuit is open: the dead store was asked once, not for every request.
@@ -88,7 +93,7 @@ final class FailoverLimiterStoreTests: XCTestCase {
         _ = try await store.admit(request(0))
         _ = try await store.admit(request(1))
         XCTAssertEqual(shared.calls.withLock { $0.admits }, 1)
-        now.withLock { $0 += 1_100_000 }
+        manual.now.withLock { $0 += 1_100_000 }
         shared.up.withLock { $0 = true }
         _ = try await store.admit(request(2))
         XCTAssertEqual(shared.calls.withLock { $0.admits }, 2, "one probe after the interval")
@@ -103,20 +108,26 @@ final class FailoverLimiterStoreTests: XCTestCase {
         shared.up.withLock { $0 = false }
         guard case .admitted(let viaLocal, _) = try await store.admit(request(1)) else { return XCTFail() }
 
-        XCTAssertNotNil(try await store.settle(viaLocal, actualPromptTokens: 1, actualCompletionTokens: 1))
+        let first = try await store.settle(viaLocal, actualPromptTokens: 1, actualCompletionTokens: 1)
+        XCTAssertNotNil(first)
         XCTAssertEqual(shared.calls.withLock { $0.settles }, 0, "a local reservation never goes to the shared store")
-        XCTAssertNil(try await store.settle(viaLocal, actualPromptTokens: 1, actualCompletionTokens: 1), "settled once")
 
         shared.up.withLock { $0 = true }
         _ = try await store.settle(viaShared, actualPromptTokens: 1, actualCompletionTokens: 1)
         XCTAssertEqual(shared.calls.withLock { $0.settles }, 1)
+        // A repeated settle is a no-op wherever it lands (the shared store knows no such reservation).
+        let again = try await store.settle(viaLocal, actualPromptTokens: 1, actualCompletionTokens: 1)
+        XCTAssertNil(again)
+        let againShared = try await store.settle(viaShared, actualPromptTokens: 1, actualCompletionTokens: 1)
+        XCTAssertNil(againShared)
     }
 
     func testOpenAdmitsEverythingAndClosedRefuses() async throws {
         let shared = SwitchableStore(clock: clock)
         shared.up.withLock { $0 = false }
         let open = FailoverLimiterStore(shared: shared, policy: .open, fallbackNodeCount: 1, clock: clock)
-        XCTAssertEqual(try await admittedCount(open, 0..<100), 100)
+        let openAdmitted = try await admittedCount(open, 0..<100)
+        XCTAssertEqual(openAdmitted, 100)
         XCTAssertEqual(open.mode, .open)
 
         let closed = FailoverLimiterStore(shared: shared, policy: .closed, fallbackNodeCount: 1, clock: clock)
