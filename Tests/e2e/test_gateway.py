@@ -295,3 +295,30 @@ def test_upstream_connections_are_pooled(gateway, mock):
     connections = {r["conn"] for r in records}
     # One keep-alive connection per curl engine thread at most, for sequential requests.
     assert len(connections) <= 4, f"50 sequential requests used {len(connections)} upstream connections"
+
+
+def test_cli_counts_a_chat_body_like_the_cookbook(tmp_path):
+    """`sluice tokens --chat` (the gateway's own counter) against the cookbook formula on real tiktoken."""
+    import os
+    import subprocess
+    import tiktoken
+    from conftest import SLUICE_BIN, TOKENIZER_DIR
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(TOKENIZER_DIR, "tiktoken-cache"))
+    messages = [
+        {"role": "system", "content": "You are a helpful, pattern-following assistant."},
+        {"role": "user", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+        {"role": "assistant", "content": "Things working well together will increase revenue."},
+    ]
+    expected = {}
+    for model, encoding in (("gpt-4o", "o200k_base"), ("gpt-4-0613", "cl100k_base")):
+        enc = tiktoken.get_encoding(encoding)
+        n = 3
+        for m in messages:
+            n += 3
+            for key, value in m.items():
+                n += len(enc.encode(value)) + (1 if key == "name" else 0)
+        expected[model] = n
+        (tmp_path / f"{model}.json").write_text(json.dumps({"model": model, "messages": messages}))
+    out = subprocess.run([SLUICE_BIN, "tokens", "--chat", str(tmp_path / "gpt-4o.json"), str(tmp_path / "gpt-4-0613.json")],
+                         capture_output=True, text=True, env={**os.environ, "SLUICE_TOKENIZER_DIR": TOKENIZER_DIR}, check=True)
+    assert out.stdout.split() == [str(expected["gpt-4o"]), str(expected["gpt-4-0613"])]
