@@ -18,6 +18,9 @@ public final class Gateway: RequestHandling {
     let metrics: GatewayMetrics
     let logger: Logger
     let promptCounter: PromptTokenCounter
+    /// How this node enforces limits now (`embedded`, `redis`, or a failure policy: `local`, `open`,
+    /// `closed`), for `/readyz`.
+    let limiterMode: @Sendable () -> String
     let requestIDs = RequestIDGenerator()
     private let readiness = Mutex<Readiness>(.ready)
 
@@ -29,8 +32,10 @@ public final class Gateway: RequestHandling {
         limiter: any LimiterStore,
         engine: CurlEngine,
         metrics: GatewayMetrics,
+        limiterMode: @escaping @Sendable () -> String = { "embedded" },
         logger: Logger
     ) {
+        self.limiterMode = limiterMode
         self.settings = settings
         self.tokenizers = tokenizers
         self.promptCounter = PromptTokenCounter(tokenizers: tokenizers, maxPromptBytes: settings.maxPromptBytes)
@@ -67,7 +72,7 @@ public final class Gateway: RequestHandling {
             let draining = readiness.withLock { $0 == .draining }
             outcome = draining
                 ? await writePlain(writer, status: .serviceUnavailable, json: #"{"status":"draining"}"#, requestID: requestID)
-                : await writePlain(writer, status: .ok, json: #"{"status":"ready","limiter":"\#(settings.limiterMode)"}"#, requestID: requestID)
+                : await writePlain(writer, status: .ok, json: #"{"status":"ready","limiter":"\#(limiterMode())"}"#, requestID: requestID)
         case .metrics:
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "text/plain; version=0.0.4; charset=utf-8")

@@ -48,6 +48,14 @@ public final class GatewayMetrics: Sendable {
         counter("sluice_upstream_errors_total", [("upstream", upstream), ("kind", kind)]).increment()
     }
 
+    /// Which limiter mode this node is in: 1 for the current mode, 0 for the others.
+    func limiterMode(_ current: String) {
+        for mode in ["embedded", "redis", "local", "open", "closed"] {
+            CoreMetrics.Gauge(label: "sluice_limiter_mode", dimensions: [("mode", mode)], factory: factory)
+                .record(mode == current ? 1 : 0)
+        }
+    }
+
     /// Prometheus text exposition of everything recorded so far.
     public func exposition() -> [UInt8] {
         connectionsGauge.record(openConnections())

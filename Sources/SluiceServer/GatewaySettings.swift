@@ -8,14 +8,11 @@ public struct GatewaySettings: Sendable {
     let keys: KeyTable
     let upstreams: [UpstreamRoute]
     let maxPromptBytes: Int
-    /// How this node enforces limits, for `/readyz` and logs.
-    let limiterMode: String
 
-    public init(config: SluiceConfig, limiterMode: String) {
+    public init(config: SluiceConfig) {
         keys = KeyTable(config: config)
         upstreams = config.upstreams.map(UpstreamRoute.init)
         maxPromptBytes = config.tokenizer.maxPromptBytes ?? ChatPromptCounter.defaultMaxPromptBytes
-        self.limiterMode = limiterMode
     }
 
     /// The first upstream (in config order) that serves `model`.

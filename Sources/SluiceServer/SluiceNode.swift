@@ -31,7 +31,7 @@ public struct SluiceNode: Sendable {
         engineConfiguration.maxConnectionsPerHost = config.upstreams.map(\.maxConnections).max() ?? 64
         engine = CurlEngine(configuration: engineConfiguration, logger: logger)
         let limiter = InMemoryLimiterStore()
-        let settings = GatewaySettings(config: config, limiterMode: "embedded")
+        let settings = GatewaySettings(config: config)
         // The metrics read the connection count from the server, which needs the gateway: break the
         // cycle with a box filled right after.
         let serverBox = ServerBox()

@@ -181,6 +181,14 @@ public final class FailoverLimiterStore: LimiterStore {
         }
     }
 
+    /// Tells the breaker the shared store answered (a heartbeat, say): a node that had switched to
+    /// its failure policy returns to the shared store at once instead of waiting for the next probe.
+    public func sharedStoreAnswered() { sharedSucceeded() }
+
+    /// Tells the breaker the shared store failed outside an admission (a heartbeat, say), so the node
+    /// switches to its failure policy before a request has to pay for the timeout.
+    public func sharedStoreFailed(_ error: any Error) { sharedFailed(error) }
+
     private func sharedSucceeded() {
         let recovered = state.withLock { state -> Bool in
             state.probing = false
