@@ -24,6 +24,11 @@ let package = Package(
             name: "CCurl",
             linkerSettings: [.linkedLibrary("curl")]
         ),
+        .systemLibrary(
+            name: "CHiredis",
+            pkgConfig: "hiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
 
         // MARK: Domain
         .target(
@@ -47,6 +52,17 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+
+        .target(
+            name: "SluiceRedis",
+            dependencies: [
+                "CHiredis",
+                "SluiceCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            resources: [.copy("Scripts")]
         ),
 
         // MARK: Server
@@ -97,6 +113,7 @@ let package = Package(
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
+        .testTarget(name: "SluiceRedisTests", dependencies: ["SluiceRedis", "SluiceCore"]),
         .testTarget(
             name: "SluiceServerTests",
             dependencies: [

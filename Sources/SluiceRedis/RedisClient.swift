@@ -1,0 +1,102 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Logging
+import SluiceCore
+import Synchronization
+
+/// A small pool of pipelining Redis connections (`RedisConnection`), used round-robin.
+///
+/// Every call is bounded in time by `RedisClientOptions` (connect and command timeouts); while a
+/// connection is down and backing off, calls on it fail at once with `.notConnected`. Commands
+/// go preferably to a connected connection, so one broken socket does not fail every n-th call.
+///
+/// Creating a client starts its threads, which connect immediately; call `shutdown()` when done
+/// (also done on deinit). The process must ignore SIGPIPE (hiredis writes with `write(2)`); the
+/// initializer does so.
+public final class RedisClient: Sendable {
+    private let connections: [RedisConnection]
+    private let nextConnection = Atomic<Int>(0)
+    private let logger: Logger
+
+    public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), logger: Logger = Logger(label: "sluice.redis")) {
+        // A peer that closed its socket must yield EPIPE, not kill the process.
+        signal(SIGPIPE, SIG_IGN)
+        self.logger = logger
+        self.connections = (0..<options.connectionCount).map { index in
+            RedisConnection(config: config, options: options, logger: logger, name: "sluice-redis-\(index)")
+        }
+        for connection in connections { connection.start() }
+    }
+
+    deinit {
+        for connection in connections { connection.shutdown() }
+    }
+
+    /// Whether at least one connection is open.
+    public var isConnected: Bool {
+        connections.contains { $0.isConnected }
+    }
+
+    /// Number of open connections (of `RedisClientOptions.connectionCount`).
+    public var connectedCount: Int {
+        connections.reduce(0) { $0 + ($1.isConnected ? 1 : 0) }
+    }
+
+    /// The most recent connection error of any connection, for health reports; `nil` if none
+    /// ever failed. Kept after a successful reconnect (check `isConnected` for the present).
+    public var lastError: RedisError? {
+        connections.lazy.compactMap(\.lastError).first
+    }
+
+    /// Stops every connection thread; later calls fail with `.shutDown`.
+    public func shutdown() {
+        for connection in connections { connection.shutdown() }
+    }
+
+    /// Sends one command (binary-safe arguments) and returns its reply.
+    /// - Throws: `RedisError.server` for an error reply; connection errors as described by
+    ///   `RedisError` (check `outcomeUnknown` before retrying a non-idempotent command).
+    public func send(_ arguments: [[UInt8]]) async throws(RedisError) -> RedisReply {
+        guard !arguments.isEmpty else { throw .invalidCommand("no arguments") }
+        let reply = try await pickConnection().send(arguments).get()
+        if case .error(let message) = reply { throw .server(message) }
+        return reply
+    }
+
+    /// Sends one command given as text arguments.
+    public func send(_ arguments: [String]) async throws(RedisError) -> RedisReply {
+        try await send(arguments.map { Array($0.utf8) })
+    }
+
+    /// Runs a script by `EVALSHA`; if the server does not know it (`NOSCRIPT`: restarted,
+    /// flushed, failed over) sends it once more as `EVAL`, which also caches it again. Works the
+    /// same inside a pipelined round, since each command falls back on its own.
+    public func evalScript(_ script: RedisScript, keys: [String], arguments: [String]) async throws(RedisError) -> RedisReply {
+        var command: [[UInt8]] = [Array("EVALSHA".utf8), Array(script.sha1.utf8), Array(String(keys.count).utf8)]
+        command.reserveCapacity(3 + keys.count + arguments.count)
+        for key in keys { command.append(Array(key.utf8)) }
+        for argument in arguments { command.append(Array(argument.utf8)) }
+        do throws(RedisError) {
+            return try await send(command)
+        } catch {
+            guard case .server(let message) = error, message.hasPrefix("NOSCRIPT") else { throw error }
+            logger.debug("redis script not cached; sending it with EVAL", metadata: ["script": "\(script.name)"])
+            command[0] = Array("EVAL".utf8)
+            command[1] = script.source
+            return try await send(command)
+        }
+    }
+
+    private func pickConnection() -> RedisConnection {
+        let start = UInt(bitPattern: nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue)
+        let count = UInt(connections.count)
+        for offset in 0..<count {
+            let candidate = connections[Int((start &+ offset) % count)]
+            if candidate.isConnected { return candidate }
+        }
+        return connections[Int(start % count)]
+    }
+}

@@ -1,0 +1,263 @@
+import Foundation
+import Logging
+import SluiceCore
+
+/// The shared limiter: every key's limits live in Redis, so any number of Sluice nodes enforce
+/// one limit together. Same semantics as `InMemoryLimiterStore` (see `LimiterStore`), plus the
+/// daily and monthly token quotas, usage aggregates and a per-request usage stream.
+///
+/// Each operation is one Lua script (`Scripts/admit.lua`, `settle.lua`, `snapshot.lua`, each
+/// after the shared `gcra.lua`) run with `EVALSHA` on Redis' clock; see `RedisKeyLayout` for the
+/// keys. Errors are `RedisError`s from the client (bounded in time); what to do when Redis is
+/// unreachable is the caller's policy.
+public final class RedisLimiterStore: LimiterStore {
+    /// Lifetimes and sizes of what the scripts write.
+    public struct Options: Sendable, Hashable {
+        /// How long a concurrency slot is held if its request is never settled (a node died).
+        public static let defaultLeaseTTLMillis = 600_000
+        /// How long an unsettled reservation can still be settled; longer than the lease.
+        public static let defaultReservationTTLMillis = 900_000
+        public static let defaultUsageTTLDays = 40
+        public static let defaultUsageStreamMaxLength = 10_000
+
+        public var leaseTTLMillis: Int
+        public var reservationTTLMillis: Int
+        /// How long the daily usage hashes and the usage stream are kept.
+        public var usageTTLDays: Int
+        /// Approximate length the usage stream is trimmed to (`XADD MAXLEN ~`).
+        public var usageStreamMaxLength: Int
+
+        public init(
+            leaseTTLMillis: Int = Options.defaultLeaseTTLMillis,
+            reservationTTLMillis: Int = Options.defaultReservationTTLMillis,
+            usageTTLDays: Int = Options.defaultUsageTTLDays,
+            usageStreamMaxLength: Int = Options.defaultUsageStreamMaxLength
+        ) {
+            self.leaseTTLMillis = max(leaseTTLMillis, 1_000)
+            self.reservationTTLMillis = max(reservationTTLMillis, self.leaseTTLMillis)
+            self.usageTTLDays = max(usageTTLDays, 1)
+            self.usageStreamMaxLength = max(usageStreamMaxLength, 1)
+        }
+    }
+
+    /// The three limiter scripts, loaded from the module's `Scripts` resources and hashed.
+    public struct Scripts: Sendable {
+        public let admit: RedisScript
+        public let settle: RedisScript
+        public let snapshot: RedisScript
+
+        public static func load() throws(RedisScriptLoadError) -> Scripts {
+            Scripts(
+                admit: try RedisScriptFiles.limiterScript(named: "admit"),
+                settle: try RedisScriptFiles.limiterScript(named: "settle"),
+                snapshot: try RedisScriptFiles.limiterScript(named: "snapshot")
+            )
+        }
+    }
+
+    /// A model's usage on one day, as recorded by `settle`.
+    public struct ModelUsage: Sendable, Hashable {
+        public var promptTokens: Int
+        public var completionTokens: Int
+        public var requests: Int
+
+        public init(promptTokens: Int = 0, completionTokens: Int = 0, requests: Int = 0) {
+            self.promptTokens = promptTokens
+            self.completionTokens = completionTokens
+            self.requests = requests
+        }
+    }
+
+    /// Model names longer than this are cut in usage records (they come from client requests).
+    static let maximumModelNameBytes = 256
+
+    private let client: RedisClient
+    private let scripts: Scripts
+    private let options: Options
+    private let logger: Logger
+
+    /// - Throws: `RedisScriptLoadError` when the Lua resources are missing (a broken install).
+    public init(client: RedisClient, options: Options = Options(), logger: Logger = Logger(label: "sluice.redis.limiter")) throws(RedisScriptLoadError) {
+        self.client = client
+        self.scripts = try Scripts.load()
+        self.options = options
+        self.logger = logger
+    }
+
+    // MARK: LimiterStore
+
+    public func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
+        let layout = RedisKeyLayout(keyID: request.keyID)
+        let limits = request.limits
+        var arguments: [String] = [request.requestID]
+        arguments.reserveCapacity(21)
+        for kind in Self.bucketKinds {
+            if let limit = limits.bucket(kind) {
+                arguments += [String(limit.perMinute), String(limit.burst), String(Self.exact(request.cost(kind)))]
+            } else {
+                arguments += ["0", "0", "0"]
+            }
+        }
+        arguments += [
+            String(limits.maxConcurrentRequests ?? 0),
+            String(limits.tokensPerDay ?? 0),
+            String(limits.tokensPerMonth ?? 0),
+            String(Self.exact(request.cost(.dailyTokens))),
+            String(Self.exact(request.promptTokens)),
+            String(Self.exact(request.reservedOutputTokens)),
+            String(options.leaseTTLMillis),
+            String(options.reservationTTLMillis),
+        ]
+        let keys = [
+            layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens,
+            layout.leases, layout.quota, layout.reservation(requestID: request.requestID),
+        ]
+        let values = try Self.integers(try await client.evalScript(scripts.admit, keys: keys, arguments: arguments), count: 13, script: "admit")
+        reportCorruption(values[1], keyID: request.keyID, script: "admit")
+        let snapshot = Self.snapshot(limits, values[2...5])
+        if values[0] == 1 {
+            return .admitted(Reservation(admitting: request), snapshot)
+        }
+        guard let kind = Self.kind(code: values[6]) else {
+            throw RedisError.unexpectedReply("admit.lua returned denial kind \(values[6])")
+        }
+        let denial = RateLimitDenial(
+            kind: kind, limit: Int(values[7]), burst: Int(values[8]), used: Int(values[9]), requested: Int(values[10]),
+            retryAfterSeconds: Double(values[11]) / 1_000_000, neverFits: values[12] == 1
+        )
+        return .denied(denial, snapshot)
+    }
+
+    public func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
+        let layout = RedisKeyLayout(keyID: reservation.keyID)
+        let limits = reservation.limits
+        var arguments: [String] = [reservation.requestID]
+        arguments.reserveCapacity(14)
+        for kind in Self.bucketKinds {
+            if let limit = limits.bucket(kind) {
+                arguments += [String(limit.perMinute), String(limit.burst)]
+            } else {
+                arguments += ["0", "0"]
+            }
+        }
+        arguments += [
+            String(Self.exact(actualPromptTokens)),
+            String(Self.exact(actualCompletionTokens)),
+            String(decoding: reservation.model.utf8.prefix(Self.maximumModelNameBytes), as: UTF8.self),
+            String(options.usageTTLDays * 86_400_000),
+            String(options.usageStreamMaxLength),
+        ]
+        let keys = [
+            layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens,
+            layout.leases, layout.quota, layout.reservation(requestID: reservation.requestID),
+            layout.usage(day: UTCDay(Date()).text), layout.usageStream,
+        ]
+        let values = try Self.integers(try await client.evalScript(scripts.settle, keys: keys, arguments: arguments), count: 6, script: "settle")
+        reportCorruption(values[1], keyID: reservation.keyID, script: "settle")
+        guard values[0] == 1 else {
+            logger.debug("settle found no reservation (already settled, expired or flushed)", metadata: [
+                "key_id": "\(reservation.keyID)", "request_id": "\(reservation.requestID)",
+            ])
+            return nil
+        }
+        return Self.snapshot(limits, values[2...5])
+    }
+
+    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        guard limits.requests != nil || limits.tokens != nil else { return .empty }
+        let layout = RedisKeyLayout(keyID: keyID)
+        var arguments: [String] = []
+        for limit in [limits.requests, limits.tokens] {
+            if let limit { arguments += [String(limit.perMinute), String(limit.burst)] } else { arguments += ["0", "0"] }
+        }
+        let reply = try await client.evalScript(scripts.snapshot, keys: [layout.requests, layout.tokens], arguments: arguments)
+        let values = try Self.integers(reply, count: 5, script: "snapshot")
+        reportCorruption(values[0], keyID: keyID, script: "snapshot")
+        return Self.snapshot(limits, values[1...4])
+    }
+
+    // MARK: usage
+
+    /// The usage recorded for a key on one UTC day, by model (empty when nothing was recorded or
+    /// the record expired).
+    /// - Parameter day: `YYYY-MM-DD`, e.g. `UTCDay(Date()).text`.
+    public func usage(keyID: String, day: String) async throws(RedisError) -> [String: ModelUsage] {
+        let reply = try await client.send(["HGETALL", RedisKeyLayout(keyID: keyID).usage(day: day)])
+        guard let elements = reply.array, elements.count % 2 == 0 else {
+            throw .unexpectedReply("HGETALL of a usage hash: \(reply)")
+        }
+        var usage: [String: ModelUsage] = [:]
+        for index in stride(from: 0, to: elements.count, by: 2) {
+            guard let field = elements[index].string, let value = elements[index + 1].integer,
+                  let separator = field.lastIndex(of: ":") else { continue }
+            let model = String(field[..<separator])
+            let amount = Int(clamping: value)
+            switch field[field.index(after: separator)...] {
+            case "prompt": usage[model, default: ModelUsage()].promptTokens = amount
+            case "completion": usage[model, default: ModelUsage()].completionTokens = amount
+            case "requests": usage[model, default: ModelUsage()].requests = amount
+            default: continue
+            }
+        }
+        return usage
+    }
+
+    // MARK: helpers
+
+    private static let bucketKinds: [RateLimitKind] = [.requests, .tokens, .inputTokens, .outputTokens]
+
+    /// Kind codes of admit.lua's denials.
+    private static func kind(code: Int64) -> RateLimitKind? {
+        switch code {
+        case 1: .requests
+        case 2: .tokens
+        case 3: .inputTokens
+        case 4: .outputTokens
+        case 5: .concurrency
+        case 6: .dailyTokens
+        case 7: .monthlyTokens
+        default: nil
+        }
+    }
+
+    /// Amounts sent to Lua stay below 2^52 (exact as doubles) and non-negative.
+    private static func exact(_ amount: Int) -> Int {
+        min(max(amount, 0), LimitSet.maximumQuota)
+    }
+
+    private static func integers(_ reply: RedisReply, count: Int, script: String) throws(RedisError) -> [Int64] {
+        guard let elements = reply.array, elements.count == count else {
+            throw .unexpectedReply("\(script).lua returned \(reply)")
+        }
+        var values: [Int64] = []
+        values.reserveCapacity(count)
+        for element in elements {
+            guard case .integer(let value) = element else { throw .unexpectedReply("\(script).lua returned \(reply)") }
+            values.append(value)
+        }
+        return values
+    }
+
+    /// The header values (requests remaining, reset µs, tokens remaining, reset µs) of the
+    /// configured limits.
+    private static func snapshot(_ limits: ResolvedLimits, _ values: ArraySlice<Int64>) -> RateLimitSnapshot {
+        let values = Array(values)
+        var snapshot = RateLimitSnapshot()
+        if let limit = limits.requests {
+            snapshot.limitRequests = limit.perMinute
+            snapshot.remainingRequests = Int(values[0])
+            snapshot.resetRequestsSeconds = Double(values[1]) / 1_000_000
+        }
+        if let limit = limits.tokens {
+            snapshot.limitTokens = limit.perMinute
+            snapshot.remainingTokens = Int(values[2])
+            snapshot.resetTokensSeconds = Double(values[3]) / 1_000_000
+        }
+        return snapshot
+    }
+
+    private func reportCorruption(_ flag: Int64, keyID: String, script: String) {
+        guard flag != 0 else { return }
+        logger.warning("corrupt limiter state in Redis was discarded and reset", metadata: ["key_id": "\(keyID)", "script": "\(script)"])
+    }
+}

@@ -1,0 +1,216 @@
+-- Shared library of the limiter scripts: prepended to admit.lua, settle.lua and snapshot.lua when
+-- they are loaded (RedisScriptFiles.limiterScript), so the bucket math exists once in Lua.
+--
+-- The bucket math mirrors GCRABucket.swift formula by formula. It works on d = tat - now, the
+-- time in microseconds until a bucket is full again, never on sums of absolute timestamps with
+-- tau (which could pass 2^53). Every product formed (c * P, (tau - d) * R) is below 2^53, so the
+-- doubles of Redis' Lua hold them exactly, and idiv() corrects the rounding of the division.
+
+local PERIOD = 60000000                 -- P: one minute in microseconds
+local MAX_VALUE = 150000000             -- LimitSet.maximumValue
+local DAY_SECONDS = 86400
+-- A TAT further ahead than tau + this cannot have been written by the limiter for any sane
+-- configuration (31 days of debt): it is treated as corrupt and reset.
+local DEBT_HORIZON = 31 * 86400 * 1000000
+
+-- Set to 1 whenever a value in Redis had to be discarded; reported to the caller, who logs it.
+local corrupt = 0
+
+local function int(x)
+  return string.format('%d', x)
+end
+
+-- floor(a / b) for integers 0 <= a < 2^53 and b > 0, exact.
+local function idiv(a, b)
+  local q = math.floor(a / b)
+  if q * b > a then
+    q = q - 1
+  elseif (q + 1) * b <= a then
+    q = q + 1
+  end
+  return q
+end
+
+-- ceil(a / b), same domain.
+local function cdiv(a, b)
+  return idiv(a + b - 1, b)
+end
+
+local function clampUnits(c)
+  if c < 0 then return 0 end
+  if c > MAX_VALUE then return MAX_VALUE end
+  return c
+end
+
+-- GCRABucket.init: rate and burst clamped into 1...MAX_VALUE; tau = cost(burst).
+local function newBucket(rate, burst)
+  local r = math.min(math.max(rate, 1), MAX_VALUE)
+  local b = math.min(math.max(burst, 1), MAX_VALUE)
+  return { rate = r, burst = b, tau = cdiv(b * PERIOD, r) }
+end
+
+-- cost(c) = ceil(c * P / R)
+local function refillMicros(bucket, units)
+  return cdiv(clampUnits(units) * PERIOD, bucket.rate)
+end
+
+-- admit(c): returns 'tooLarge' | 'allowed', newD | 'denied', retryAfterMicros
+local function bucketAdmit(bucket, cost, d)
+  local units = math.max(cost, 0)
+  if units > bucket.burst then return 'tooLarge', 0 end
+  local newD = math.max(d, 0) + refillMicros(bucket, units)
+  if newD <= bucket.tau then return 'allowed', newD end
+  return 'denied', newD - bucket.tau
+end
+
+-- refund(a): tat := max(tat - floor(a * P / R), now)
+local function bucketRefund(bucket, amount, d)
+  local back = idiv(clampUnits(amount) * PERIOD, bucket.rate)
+  return math.max(d - back, 0)
+end
+
+-- charge(a): tat := max(tat, now) + cost(a)   (may create debt)
+local function bucketCharge(bucket, amount, d)
+  return math.max(d, 0) + refillMicros(bucket, amount)
+end
+
+-- remaining: max(0, min(B, floor((tau - d) * R / P)))
+local function bucketRemaining(bucket, d)
+  local inUse = math.max(d, 0)
+  if inUse >= bucket.tau then return 0 end
+  return math.min(bucket.burst, idiv((bucket.tau - inUse) * bucket.rate, PERIOD))
+end
+
+-- used: burst - remaining, or in debt ceil(d * R / P) (display only, like GCRABucket.used).
+local function bucketUsed(bucket, d)
+  local inUse = math.max(d, 0)
+  if inUse <= bucket.tau then return bucket.burst - bucketRemaining(bucket, d) end
+  return math.ceil(inUse * bucket.rate / PERIOD)
+end
+
+-- Redis' clock: all nodes share it. Returns now in microseconds and the whole seconds.
+local function redisNow()
+  local t = redis.call('TIME')
+  local seconds = tonumber(t[1])
+  return seconds * 1000000 + tonumber(t[2]), seconds
+end
+
+local function isInteger(n)
+  return n ~= nil and n == n and n ~= math.huge and n ~= -math.huge and n == math.floor(n)
+end
+
+-- d = tat - now of the bucket stored at key (0: absent, i.e. full). A wrong type, a value that
+-- is not an integer, or a TAT beyond tau + DEBT_HORIZON is deleted (full bucket) and flagged.
+local function readDelta(key, bucket, now)
+  local raw = redis.pcall('GET', key)
+  if type(raw) == 'table' then
+    redis.call('DEL', key)
+    corrupt = 1
+    return 0
+  end
+  if not raw then return 0 end
+  local tat = tonumber(raw)
+  if not isInteger(tat) or tat - now > bucket.tau + DEBT_HORIZON then
+    redis.call('DEL', key)
+    corrupt = 1
+    return 0
+  end
+  return tat - now
+end
+
+-- Stores the bucket state; a full bucket is simply absent. The key expires when the bucket is
+-- full again, so idle keys vanish.
+local function writeDelta(key, d, now)
+  if d <= 0 then
+    redis.call('DEL', key)
+    return
+  end
+  redis.call('SET', key, int(now + d), 'PX', int(math.floor(d / 1000) + 1))
+end
+
+-- The rate and burst at ARGV[index], ARGV[index + 1]; nil when the limit is not configured (0).
+local function bucketAt(index)
+  local rate = tonumber(ARGV[index])
+  if rate == nil or rate <= 0 then return nil end
+  return newBucket(rate, tonumber(ARGV[index + 1]) or rate)
+end
+
+-- The x-ratelimit values of a bucket: remaining, reset after (µs); zeros when not configured.
+local function headerValues(bucket, d)
+  if bucket == nil then return 0, 0 end
+  return bucketRemaining(bucket, d), math.max(d, 0)
+end
+
+-- Calendar (UTC, proleptic Gregorian) from days since 1970-01-01, for the quota periods.
+local function civilFromDays(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400
+  if month <= 2 then year = year + 1 end
+  return year, month, day
+end
+
+local function daysFromCivil(year, month, day)
+  if month <= 2 then year = year - 1 end
+  local era = math.floor(year / 400)
+  local yoe = year - era * 400
+  local mp = (month + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + day - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- The quota periods at `seconds`: day index, month index (year * 12 + month - 1), and the first
+-- day index of the next day and the next month.
+local function quotaPeriods(seconds)
+  local today = math.floor(seconds / DAY_SECONDS)
+  local year, month = civilFromDays(today)
+  local nextYear, nextMonth = year, month + 1
+  if nextMonth > 12 then nextYear, nextMonth = year + 1, 1 end
+  return today, year * 12 + month - 1, today + 1, daysFromCivil(nextYear, nextMonth, 1)
+end
+
+-- The quota hash {day, day_used, month, month_used}: the usage of the current day and month
+-- (0 when the stored period is another one). Unreadable values count as 0 and are flagged.
+local function readQuota(key, today, thisMonth)
+  local raw = redis.pcall('HMGET', key, 'day', 'day_used', 'month', 'month_used')
+  if raw.err then
+    redis.call('DEL', key)
+    corrupt = 1
+    return 0, 0
+  end
+  local function field(i)
+    if not raw[i] then return nil end
+    local n = tonumber(raw[i])
+    if not isInteger(n) or n < 0 then
+      corrupt = 1
+      return nil
+    end
+    return n
+  end
+  local dayUsed, monthUsed = 0, 0
+  if field(1) == today then dayUsed = field(2) or 0 end
+  if field(3) == thisMonth then monthUsed = field(4) or 0 end
+  return dayUsed, monthUsed
+end
+
+-- Stores the usage of the configured quota periods (nil: leave that period alone) and lets the
+-- hash expire a day after the last period it holds has ended (never shortening its TTL).
+local function writeQuota(key, today, dayUsed, thisMonth, monthUsed, endDay, now)
+  if dayUsed ~= nil then
+    redis.call('HSET', key, 'day', int(today), 'day_used', int(math.max(dayUsed, 0)))
+  end
+  if monthUsed ~= nil then
+    redis.call('HSET', key, 'month', int(thisMonth), 'month_used', int(math.max(monthUsed, 0)))
+  end
+  local ttl = math.max(math.floor(((endDay + 1) * DAY_SECONDS * 1000000 - now) / 1000), 1)
+  if redis.call('PTTL', key) < ttl then
+    redis.call('PEXPIRE', key, int(ttl))
+  end
+end

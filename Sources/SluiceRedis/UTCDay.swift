@@ -1,0 +1,39 @@
+import Foundation
+
+/// A calendar day in UTC, named `YYYY-MM-DD` as in the usage keys (`sluice:{k}:usage:<day>`).
+public struct UTCDay: Sendable, Hashable, CustomStringConvertible {
+    public let year: Int
+    public let month: Int
+    public let day: Int
+
+    /// The UTC day containing `date`.
+    public init(_ date: Date) {
+        self.init(daysSinceEpoch: Int((date.timeIntervalSince1970 / 86_400).rounded(.down)))
+    }
+
+    /// The day `days` after 1970-01-01 (proleptic Gregorian; Howard Hinnant's civil_from_days,
+    /// the same algorithm as `civilFromDays` in gcra.lua).
+    public init(daysSinceEpoch days: Int) {
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1_460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let monthIndex = (5 * dayOfYear + 2) / 153
+        let month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9
+        self.day = dayOfYear - (153 * monthIndex + 2) / 5 + 1
+        self.month = month
+        self.year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+    }
+
+    /// `YYYY-MM-DD`.
+    public var text: String {
+        func pad(_ value: Int, _ width: Int) -> String {
+            let digits = String(value)
+            return String(repeating: "0", count: max(width - digits.count, 0)) + digits
+        }
+        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))"
+    }
+
+    public var description: String { text }
+}

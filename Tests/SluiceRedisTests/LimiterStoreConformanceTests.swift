@@ -1,0 +1,299 @@
+import Foundation
+import XCTest
+import SluiceCore
+@testable import SluiceRedis
+
+/// One semantics: the same checks run against `InMemoryLimiterStore` and `RedisLimiterStore`.
+///
+/// Both run on real time (Redis uses its own clock), so rates are small (one unit refills in
+/// ≥ 0.6 s, far longer than a check's few milliseconds, so `remaining` values are exact) and
+/// times are compared with a tolerance.
+struct LimiterStoreConformance {
+    let store: any LimiterStore
+    /// Slack for reset and retry-after times: real time passes between the calls.
+    let tolerance = 0.5
+    let model = "gpt-4o-mini"
+
+    private func newKey() -> String { "conf-" + UUID().uuidString.prefix(8).lowercased() }
+
+    private func request(_ key: String, _ limits: ResolvedLimits, prompt: Int = 0, output: Int = 0) -> AdmissionRequest {
+        AdmissionRequest(requestID: UUID().uuidString, keyID: key, limits: limits, model: model, promptTokens: prompt, reservedOutputTokens: output)
+    }
+
+    @discardableResult
+    private func admitted(_ request: AdmissionRequest, file: StaticString = #filePath, line: UInt = #line) async throws -> (Reservation, RateLimitSnapshot) {
+        switch try await store.admit(request) {
+        case .admitted(let reservation, let snapshot): return (reservation, snapshot)
+        case .denied(let denial, _):
+            XCTFail("denied: \(denial)", file: file, line: line)
+            throw RedisTestError("unexpected denial")
+        }
+    }
+
+    private func denied(_ request: AdmissionRequest, file: StaticString = #filePath, line: UInt = #line) async throws -> (RateLimitDenial, RateLimitSnapshot) {
+        switch try await store.admit(request) {
+        case .denied(let denial, let snapshot): return (denial, snapshot)
+        case .admitted:
+            XCTFail("admitted", file: file, line: line)
+            throw RedisTestError("unexpected admission")
+        }
+    }
+
+    private func settled(_ reservation: Reservation, prompt: Int, completion: Int, file: StaticString = #filePath, line: UInt = #line) async throws -> RateLimitSnapshot {
+        guard let snapshot = try await store.settle(reservation, actualPromptTokens: prompt, actualCompletionTokens: completion) else {
+            XCTFail("settle found nothing to settle", file: file, line: line)
+            throw RedisTestError("nothing settled")
+        }
+        return snapshot
+    }
+
+    // MARK: checks
+
+    func admitChargesEveryBucketAndReportsHeaders() async throws {
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 10), tokens: BucketLimit(perMinute: 100))
+        let (reservation, snapshot) = try await admitted(request(newKey(), limits, prompt: 50, output: 40))
+        XCTAssertEqual(reservation.promptTokens, 50)
+        XCTAssertEqual(reservation.reservedOutputTokens, 40)
+        XCTAssertFalse(reservation.holdsConcurrencySlot)
+        XCTAssertEqual(snapshot.limitRequests, 10)
+        XCTAssertEqual(snapshot.remainingRequests, 9)
+        // one request at 10/min refills in 6 s; 90 tokens at 100/min in 54 s
+        XCTAssertEqual(snapshot.resetRequestsSeconds ?? -1, 6, accuracy: tolerance)
+        XCTAssertEqual(snapshot.limitTokens, 100)
+        XCTAssertEqual(snapshot.remainingTokens, 10)
+        XCTAssertEqual(snapshot.resetTokensSeconds ?? -1, 54, accuracy: tolerance)
+    }
+
+    func denialIsAllOrNothing() async throws {
+        let key = newKey()
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 10), tokens: BucketLimit(perMinute: 100))
+        try await admitted(request(key, limits, prompt: 50, output: 40))
+        let (denial, snapshot) = try await denied(request(key, limits, prompt: 20))
+        XCTAssertEqual(denial.kind, .tokens)
+        XCTAssertEqual(denial.limit, 100)
+        XCTAssertEqual(denial.burst, 100)
+        XCTAssertEqual(denial.used, 90)
+        XCTAssertEqual(denial.requested, 20)
+        XCTAssertFalse(denial.neverFits)
+        // 10 tokens more than the bucket holds, at 100/min: 6 s
+        XCTAssertEqual(denial.retryAfterSeconds, 6, accuracy: tolerance)
+        XCTAssertEqual(snapshot.remainingRequests, 9, "a denied request charges nothing")
+        XCTAssertEqual(snapshot.remainingTokens, 10)
+        let (_, last) = try await admitted(request(key, limits, prompt: 10))
+        XCTAssertEqual(last.remainingTokens, 0)
+        XCTAssertEqual(last.remainingRequests, 8)
+    }
+
+    func eachBucketChargesItsOwnCost() async throws {
+        let key = newKey()
+        let limits = ResolvedLimits(
+            requests: BucketLimit(perMinute: 100), tokens: BucketLimit(perMinute: 1_000),
+            inputTokens: BucketLimit(perMinute: 300), outputTokens: BucketLimit(perMinute: 200)
+        )
+        try await admitted(request(key, limits, prompt: 250, output: 150))
+        let (input, _) = try await denied(request(key, limits, prompt: 60, output: 10))
+        XCTAssertEqual(input.kind, .inputTokens)
+        XCTAssertEqual(input.used, 250)
+        XCTAssertEqual(input.requested, 60)
+        let (output, _) = try await denied(request(key, limits, prompt: 10, output: 60))
+        XCTAssertEqual(output.kind, .outputTokens)
+        XCTAssertEqual(output.used, 150)
+        XCTAssertEqual(output.requested, 60)
+        let (_, snapshot) = try await admitted(request(key, limits, prompt: 50, output: 50))
+        XCTAssertEqual(snapshot.remainingTokens, 500)
+        XCTAssertEqual(snapshot.remainingRequests, 98)
+    }
+
+    func neverFitsOutranksLongerWaits() async throws {
+        let key = newKey()
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 1), tokens: BucketLimit(perMinute: 100, burst: 50))
+        try await admitted(request(key, limits, prompt: 10))
+        // RPM denies with a ~60 s wait, TPM can never hold 60 tokens (burst 50).
+        let (denial, _) = try await denied(request(key, limits, prompt: 60))
+        XCTAssertEqual(denial.kind, .tokens)
+        XCTAssertTrue(denial.neverFits)
+        XCTAssertEqual(denial.retryAfterSeconds, 0)
+        XCTAssertEqual(denial.limit, 100)
+        XCTAssertEqual(denial.burst, 50)
+        XCTAssertEqual(denial.requested, 60)
+    }
+
+    func longestWaitIsReported() async throws {
+        let key = newKey()
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 1), tokens: BucketLimit(perMinute: 100))
+        try await admitted(request(key, limits, prompt: 95))
+        // RPM: 60 s; TPM: 5 tokens left, 10 asked: 3 s.
+        let (denial, _) = try await denied(request(key, limits, prompt: 10))
+        XCTAssertEqual(denial.kind, .requests)
+        XCTAssertEqual(denial.retryAfterSeconds, 60, accuracy: tolerance)
+        XCTAssertEqual(denial.used, 1)
+        XCTAssertEqual(denial.requested, 1)
+    }
+
+    func settleRefundsUnusedReservation() async throws {
+        let key = newKey()
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 100), outputTokens: BucketLimit(perMinute: 60))
+        let (reservation, _) = try await admitted(request(key, limits, prompt: 50, output: 40))
+        let snapshot = try await settled(reservation, prompt: 50, completion: 10)
+        XCTAssertEqual(snapshot.remainingTokens, 40, "30 unused output tokens come back")
+        XCTAssertEqual(snapshot.resetTokensSeconds ?? -1, 36, accuracy: tolerance)
+        // OTPM: 10 of 60 in use after the refund; 50 fit, 51 do not.
+        try await admitted(request(key, limits, output: 40))
+        let (denial, _) = try await denied(request(key, limits, output: 11))
+        XCTAssertEqual(denial.kind, .outputTokens)
+        XCTAssertEqual(denial.used, 50)
+    }
+
+    func settleChargesUsageBeyondReservation() async throws {
+        let key = newKey()
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 100))
+        let (reservation, _) = try await admitted(request(key, limits, prompt: 50, output: 40))
+        let snapshot = try await settled(reservation, prompt: 50, completion: 60)
+        XCTAssertEqual(snapshot.remainingTokens, 0, "110 tokens used of 100: in debt")
+        XCTAssertEqual(snapshot.resetTokensSeconds ?? -1, 66, accuracy: tolerance)
+        let (denial, _) = try await denied(request(key, limits, prompt: 1))
+        XCTAssertEqual(denial.kind, .tokens)
+        XCTAssertEqual(denial.used, 110)
+        // the debt (10 tokens) plus the token asked for, at 100/min
+        XCTAssertEqual(denial.retryAfterSeconds, 6.6, accuracy: tolerance)
+    }
+
+    func concurrencySlotsAreReleasedOnSettle() async throws {
+        let key = newKey()
+        let limits = ResolvedLimits(maxConcurrentRequests: 2)
+        let (first, _) = try await admitted(request(key, limits))
+        XCTAssertTrue(first.holdsConcurrencySlot)
+        try await admitted(request(key, limits))
+        let (denial, _) = try await denied(request(key, limits))
+        XCTAssertEqual(denial.kind, .concurrency)
+        XCTAssertEqual(denial.limit, 2)
+        XCTAssertEqual(denial.used, 2)
+        XCTAssertEqual(denial.requested, 1)
+        XCTAssertEqual(denial.retryAfterSeconds, RateLimitDenial.concurrencyRetryAfterSeconds)
+        XCTAssertFalse(denial.neverFits)
+        _ = try await settled(first, prompt: 0, completion: 0)
+        try await admitted(request(key, limits))
+    }
+
+    func settleHappensExactlyOnce() async throws {
+        let key = newKey()
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 100), maxConcurrentRequests: 1)
+        let (reservation, _) = try await admitted(request(key, limits, prompt: 50, output: 40))
+        let first = try await settled(reservation, prompt: 50, completion: 0)
+        XCTAssertEqual(first.remainingTokens, 50)
+        let second = try await store.settle(reservation, actualPromptTokens: 50, actualCompletionTokens: 0)
+        XCTAssertNil(second, "a second settle is a no-op")
+        let after = try await store.snapshot(keyID: key, limits: limits)
+        XCTAssertEqual(after.remainingTokens, 50, "the refund was not applied twice")
+        // The slot was released once: one request gets in, the next one does not.
+        try await admitted(request(key, limits, prompt: 1))
+        let (denial, _) = try await denied(request(key, limits, prompt: 1))
+        XCTAssertEqual(denial.kind, .concurrency)
+    }
+
+    func snapshotChargesNothing() async throws {
+        let key = newKey()
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 10), tokens: BucketLimit(perMinute: 100, burst: 40))
+        let fresh = try await store.snapshot(keyID: key, limits: limits)
+        XCTAssertEqual(fresh, RateLimitSnapshot(limitRequests: 10, remainingRequests: 10, resetRequestsSeconds: 0, limitTokens: 100, remainingTokens: 40, resetTokensSeconds: 0))
+        let again = try await store.snapshot(keyID: key, limits: limits)
+        XCTAssertEqual(again, fresh)
+        let (_, admittedSnapshot) = try await admitted(request(key, limits, prompt: 30))
+        let later = try await store.snapshot(keyID: key, limits: limits)
+        XCTAssertEqual(later.remainingRequests, admittedSnapshot.remainingRequests)
+        XCTAssertEqual(later.remainingTokens, 10)
+        XCTAssertEqual(later.resetTokensSeconds ?? -1, 18, accuracy: tolerance)
+        let unlimited = try await store.snapshot(keyID: key, limits: .unlimited)
+        XCTAssertEqual(unlimited, .empty)
+    }
+
+    func unlimitedKeyIsAlwaysAdmitted() async throws {
+        let key = newKey()
+        for _ in 0..<5 {
+            let (reservation, snapshot) = try await admitted(request(key, .unlimited, prompt: 100_000, output: 100_000))
+            XCTAssertEqual(snapshot, .empty)
+            let afterSettle = try await settled(reservation, prompt: 10, completion: 10)
+            XCTAssertEqual(afterSettle, .empty)
+        }
+    }
+
+    func keysAreIndependent() async throws {
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 1))
+        let exhausted = newKey()
+        try await admitted(request(exhausted, limits))
+        _ = try await denied(request(exhausted, limits))
+        try await admitted(request(newKey(), limits))
+    }
+
+    func retryAfterIsWhenTheRequestPasses() async throws {
+        let key = newKey()
+        // one request per second, no burst
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 60, burst: 1))
+        try await admitted(request(key, limits))
+        let (denial, _) = try await denied(request(key, limits))
+        XCTAssertEqual(denial.retryAfterSeconds, 1, accuracy: 0.3)
+        XCTAssertGreaterThan(denial.retryAfterSeconds, 0)
+        try await Task.sleep(nanoseconds: UInt64((denial.retryAfterSeconds + 0.05) * 1_000_000_000))
+        try await admitted(request(key, limits))
+    }
+}
+
+// MARK: - the two stores
+
+final class InMemoryLimiterStoreConformanceTests: XCTestCase {
+    var checks = LimiterStoreConformance(store: InMemoryLimiterStore())
+
+    func testAdmitChargesEveryBucketAndReportsHeaders() async throws { try await checks.admitChargesEveryBucketAndReportsHeaders() }
+    func testDenialIsAllOrNothing() async throws { try await checks.denialIsAllOrNothing() }
+    func testEachBucketChargesItsOwnCost() async throws { try await checks.eachBucketChargesItsOwnCost() }
+    func testNeverFitsOutranksLongerWaits() async throws { try await checks.neverFitsOutranksLongerWaits() }
+    func testLongestWaitIsReported() async throws { try await checks.longestWaitIsReported() }
+    func testSettleRefundsUnusedReservation() async throws { try await checks.settleRefundsUnusedReservation() }
+    func testSettleChargesUsageBeyondReservation() async throws { try await checks.settleChargesUsageBeyondReservation() }
+    func testConcurrencySlotsAreReleasedOnSettle() async throws { try await checks.concurrencySlotsAreReleasedOnSettle() }
+    func testSettleHappensExactlyOnce() async throws { try await checks.settleHappensExactlyOnce() }
+    func testSnapshotChargesNothing() async throws { try await checks.snapshotChargesNothing() }
+    func testUnlimitedKeyIsAlwaysAdmitted() async throws { try await checks.unlimitedKeyIsAlwaysAdmitted() }
+    func testKeysAreIndependent() async throws { try await checks.keysAreIndependent() }
+    func testRetryAfterIsWhenTheRequestPasses() async throws { try await checks.retryAfterIsWhenTheRequestPasses() }
+}
+
+final class RedisLimiterStoreConformanceTests: XCTestCase {
+    var server: RedisServerProcess?
+    var client: RedisClient?
+    var checks: LimiterStoreConformance?
+
+    override func setUpWithError() throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(config: server.config, options: testClientOptions)
+        self.server = server
+        self.client = client
+        checks = LimiterStoreConformance(store: try RedisLimiterStore(client: client))
+    }
+
+    override func tearDown() {
+        client?.shutdown()
+        server?.stop()
+    }
+
+    private var run: LimiterStoreConformance {
+        get throws {
+            guard let checks else { throw RedisTestError("no store") }
+            return checks
+        }
+    }
+
+    func testAdmitChargesEveryBucketAndReportsHeaders() async throws { try await run.admitChargesEveryBucketAndReportsHeaders() }
+    func testDenialIsAllOrNothing() async throws { try await run.denialIsAllOrNothing() }
+    func testEachBucketChargesItsOwnCost() async throws { try await run.eachBucketChargesItsOwnCost() }
+    func testNeverFitsOutranksLongerWaits() async throws { try await run.neverFitsOutranksLongerWaits() }
+    func testLongestWaitIsReported() async throws { try await run.longestWaitIsReported() }
+    func testSettleRefundsUnusedReservation() async throws { try await run.settleRefundsUnusedReservation() }
+    func testSettleChargesUsageBeyondReservation() async throws { try await run.settleChargesUsageBeyondReservation() }
+    func testConcurrencySlotsAreReleasedOnSettle() async throws { try await run.concurrencySlotsAreReleasedOnSettle() }
+    func testSettleHappensExactlyOnce() async throws { try await run.settleHappensExactlyOnce() }
+    func testSnapshotChargesNothing() async throws { try await run.snapshotChargesNothing() }
+    func testUnlimitedKeyIsAlwaysAdmitted() async throws { try await run.unlimitedKeyIsAlwaysAdmitted() }
+    func testKeysAreIndependent() async throws { try await run.keysAreIndependent() }
+    func testRetryAfterIsWhenTheRequestPasses() async throws { try await run.retryAfterIsWhenTheRequestPasses() }
+}

@@ -1,0 +1,177 @@
+import Foundation
+import XCTest
+import SluiceCore
+@testable import SluiceRedis
+
+final class RedisClientTests: XCTestCase {
+    var server: RedisServerProcess?
+    var clients: [RedisClient] = []
+
+    override func tearDown() {
+        for client in clients { client.shutdown() }
+        clients = []
+        server?.stop()
+    }
+
+    private func startServer(_ extraArguments: [String] = []) throws -> RedisServerProcess {
+        let started = try RedisServerProcess(extraArguments: extraArguments)
+        server = started
+        return started
+    }
+
+    private func makeClient(_ config: RedisConfig, options: RedisClientOptions = testClientOptions) -> RedisClient {
+        let client = RedisClient(config: config, options: options)
+        clients.append(client)
+        return client
+    }
+
+    private func expectError(_ body: () async throws(RedisError) -> Void, file: StaticString = #filePath, line: UInt = #line) async -> RedisError? {
+        do {
+            try await body()
+            XCTFail("expected an error", file: file, line: line)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    func testEveryReplyTypeIsCopiedOut() async throws {
+        let client = makeClient(try startServer().config)
+        let binary: [UInt8] = [0, 1, 0xFF, 0x0D, 0x0A, 0x80, 0]
+        XCTAssertEqual(try await client.send([Array("SET".utf8), Array("bin".utf8), binary]), .status("OK"))
+        XCTAssertEqual(try await client.send(["GET", "bin"]), .bulkString(binary))
+        XCTAssertEqual(try await client.send(["GET", "missing"]), .null)
+        XCTAssertEqual(try await client.send(["INCRBY", "counter", "41"]), .integer(41))
+        XCTAssertEqual(try await client.send(["RPUSH", "list", "a", "", "c"]), .integer(3))
+        XCTAssertEqual(try await client.send(["LRANGE", "list", "0", "-1"]), .array([.bulkString(Array("a".utf8)), .bulkString([]), .bulkString(Array("c".utf8))]))
+        XCTAssertEqual(try await client.send(["EVAL", "return {1, {2, 'x'}, redis.error_reply('E nested')}", "0"]),
+                       .array([.integer(1), .array([.integer(2), .bulkString(Array("x".utf8))]), .error("E nested")]))
+        let error = await expectError { () throws(RedisError) in _ = try await client.send(["INCR", "list"]) }
+        guard case .server(let message)? = error else { return XCTFail("expected a server error, got \(String(describing: error))") }
+        XCTAssertTrue(message.hasPrefix("WRONGTYPE"), message)
+        XCTAssertFalse(error?.outcomeUnknown ?? true)
+        let empty = await expectError { () throws(RedisError) in _ = try await client.send([String]()) }
+        XCTAssertEqual(empty, .invalidCommand("no arguments"))
+    }
+
+    func testConcurrentCommandsArePipelinedAndAnsweredInOrder() async throws {
+        let client = makeClient(try startServer().config)
+        let count = 2_000
+        let results = try await withThrowingTaskGroup(of: Int64.self) { group in
+            for _ in 0..<count {
+                group.addTask { try await client.send(["INCR", "pipelined"]).integer ?? -1 }
+            }
+            var collected: [Int64] = []
+            for try await value in group { collected.append(value) }
+            return collected
+        }
+        // Each INCR's reply went to its own caller: every value from 1 to count exactly once.
+        XCTAssertEqual(results.sorted(), (1...Int64(count)).map { $0 })
+        XCTAssertTrue(client.isConnected)
+        XCTAssertEqual(client.connectedCount, testClientOptions.connectionCount)
+    }
+
+    func testAuthAndSelectOnConnect() async throws {
+        let server = try startServer(["--requirepass", "s3cret"])
+        var config = server.config
+        config.password = Secret("s3cret")
+        config.database = 3
+        let client = makeClient(config)
+        _ = try await client.send(["SET", "where", "db3"])
+        var databaseZero = server.config
+        databaseZero.password = Secret("s3cret")
+        let other = makeClient(databaseZero)
+        XCTAssertEqual(try await other.send(["GET", "where"]), .null)
+        XCTAssertEqual(try await client.send(["GET", "where"]).string, "db3")
+
+        var wrong = server.config
+        wrong.password = Secret("nope")
+        let refused = makeClient(wrong)
+        let error = await expectError { () throws(RedisError) in _ = try await refused.send(["PING"]) }
+        switch error {
+        case .handshakeFailed(let message)?, .notConnected(let message)?:
+            XCTAssertFalse(message.contains("nope"), "the password never appears in errors")
+        default:
+            XCTFail("expected a handshake failure, got \(String(describing: error))")
+        }
+        XCTAssertFalse(refused.isConnected)
+
+        let anonymous = makeClient(server.config)
+        let noAuth = await expectError { () throws(RedisError) in _ = try await anonymous.send(["GET", "where"]) }
+        guard case .server(let message)? = noAuth else { return XCTFail("expected NOAUTH, got \(String(describing: noAuth))") }
+        XCTAssertTrue(message.hasPrefix("NOAUTH"), message)
+    }
+
+    func testRefusedConnectionFailsFast() async throws {
+        let port = try RedisServerProcess.freePort()
+        let client = makeClient(RedisConfig(host: "127.0.0.1", port: port))
+        for _ in 0..<5 {
+            let started = Date()
+            let error = await expectError { () throws(RedisError) in _ = try await client.send(["PING"]) }
+            XCTAssertLessThan(Date().timeIntervalSince(started), 0.5)
+            switch error {
+            case .connectFailed?, .notConnected?: break
+            default: XCTFail("expected a connect failure, got \(String(describing: error))")
+            }
+            XCTAssertFalse(error?.outcomeUnknown ?? true)
+        }
+        XCTAssertFalse(client.isConnected)
+        XCTAssertNotNil(client.lastError)
+    }
+
+    func testUnresponsiveServerTimesOut() async throws {
+        let silent = try LoopbackListener()
+        let options = RedisClientOptions(connectionCount: 1, connectTimeoutMillis: 200, commandTimeoutMillis: 250, initialBackoffMillis: 10, maximumBackoffMillis: 100)
+        let client = makeClient(RedisConfig(host: "127.0.0.1", port: silent.port), options: options)
+        let started = Date()
+        let error = await expectError { () throws(RedisError) in _ = try await client.send(["PING"]) }
+        let elapsed = Date().timeIntervalSince(started)
+        XCTAssertEqual(error, .timedOut)
+        XCTAssertTrue(error?.outcomeUnknown ?? false)
+        XCTAssertGreaterThanOrEqual(elapsed, 0.2)
+        XCTAssertLessThan(elapsed, 1.0)
+        withExtendedLifetime(silent) {}
+    }
+
+    func testReconnectsAfterServerRestart() async throws {
+        let first = try startServer()
+        let client = makeClient(first.config)
+        XCTAssertEqual(try await client.send(["PING"]), .status("PONG"))
+        first.stop()
+        let error = await expectError { () throws(RedisError) in _ = try await client.send(["PING"]) }
+        XCTAssertNotNil(error)
+        let second = try RedisServerProcess(port: first.port)
+        server = second
+        await eventually(5) { (try? await client.send(["PING"])) == .status("PONG") }
+        await eventually(5) { client.connectedCount == testClientOptions.connectionCount }
+    }
+
+    func testEvalScriptFallsBackToEvalAfterScriptFlush() async throws {
+        let client = makeClient(try startServer().config)
+        let script = RedisScript(name: "echo", source: "return {KEYS[1], ARGV[1]}")
+        XCTAssertEqual(script.sha1.count, 40)
+        let expected = RedisReply.array([.bulkString(Array("k".utf8)), .bulkString(Array("v".utf8))])
+        // Not cached yet: EVALSHA fails with NOSCRIPT, EVAL runs it.
+        XCTAssertEqual(try await client.evalScript(script, keys: ["k"], arguments: ["v"]), expected)
+        let cached = try await client.send(["SCRIPT", "EXISTS", script.sha1])
+        XCTAssertEqual(cached, .array([.integer(1)]), "EVAL cached the script under the SHA-1 we computed")
+        _ = try await client.send(["SCRIPT", "FLUSH"])
+        // Many at once: each pipelined EVALSHA falls back on its own.
+        let replies = try await withThrowingTaskGroup(of: RedisReply.self) { group in
+            for _ in 0..<50 { group.addTask { try await client.evalScript(script, keys: ["k"], arguments: ["v"]) } }
+            var collected: [RedisReply] = []
+            for try await reply in group { collected.append(reply) }
+            return collected
+        }
+        XCTAssertEqual(replies, Array(repeating: expected, count: 50))
+    }
+
+    func testShutdownFailsLaterCalls() async throws {
+        let client = makeClient(try startServer().config)
+        XCTAssertEqual(try await client.send(["PING"]), .status("PONG"))
+        client.shutdown()
+        let error = await expectError { () throws(RedisError) in _ = try await client.send(["PING"]) }
+        XCTAssertEqual(error, .shutDown)
+        XCTAssertFalse(client.isConnected)
+    }
+}

@@ -1,0 +1,242 @@
+import Foundation
+import XCTest
+import SluiceCore
+@testable import SluiceRedis
+
+/// What only the Redis store does (quotas, usage records, key expiry) and how its scripts cope
+/// with state they did not write: wrong types, garbage numbers, a flushed database.
+final class RedisLimiterStoreTests: XCTestCase {
+    var server: RedisServerProcess?
+    var client: RedisClient?
+    var store: RedisLimiterStore?
+
+    override func setUpWithError() throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(config: server.config, options: testClientOptions)
+        self.server = server
+        self.client = client
+        store = try RedisLimiterStore(client: client)
+    }
+
+    override func tearDown() {
+        client?.shutdown()
+        server?.stop()
+    }
+
+    private var redis: RedisClient { get throws { try XCTUnwrap(client) } }
+    private var limiter: RedisLimiterStore { get throws { try XCTUnwrap(store) } }
+
+    private func request(_ key: String, _ limits: ResolvedLimits, prompt: Int = 0, output: Int = 0, model: String = "gpt-4o") -> AdmissionRequest {
+        AdmissionRequest(requestID: UUID().uuidString, keyID: key, limits: limits, model: model, promptTokens: prompt, reservedOutputTokens: output)
+    }
+
+    @discardableResult
+    private func admitted(_ request: AdmissionRequest, file: StaticString = #filePath, line: UInt = #line) async throws -> (Reservation, RateLimitSnapshot) {
+        switch try await limiter.admit(request) {
+        case .admitted(let reservation, let snapshot): return (reservation, snapshot)
+        case .denied(let denial, _):
+            XCTFail("denied: \(denial)", file: file, line: line)
+            throw RedisTestError("unexpected denial")
+        }
+    }
+
+    private func denied(_ request: AdmissionRequest, file: StaticString = #filePath, line: UInt = #line) async throws -> RateLimitDenial {
+        switch try await limiter.admit(request) {
+        case .denied(let denial, _): return denial
+        case .admitted:
+            XCTFail("admitted", file: file, line: line)
+            throw RedisTestError("unexpected admission")
+        }
+    }
+
+    private func secondsUntilNextUTCMidnight() -> Double {
+        let now = Date().timeIntervalSince1970
+        return (now / 86_400).rounded(.down) * 86_400 + 86_400 - now
+    }
+
+    // MARK: quotas
+
+    func testDailyQuotaDeniesUntilMidnightAndIsSettledByActualUsage() async throws {
+        let limits = ResolvedLimits(tokensPerDay: 100)
+        let (reservation, _) = try await admitted(request("quota", limits, prompt: 10, output: 80))
+        let denial = try await denied(request("quota", limits, prompt: 20))
+        XCTAssertEqual(denial.kind, .dailyTokens)
+        XCTAssertEqual(denial.limit, 100)
+        XCTAssertEqual(denial.used, 90)
+        XCTAssertEqual(denial.requested, 20)
+        XCTAssertFalse(denial.neverFits)
+        XCTAssertEqual(denial.retryAfterSeconds, secondsUntilNextUTCMidnight(), accuracy: 2)
+        // Only 15 of the 90 reserved tokens were used: 85 are left today.
+        _ = try await limiter.settle(reservation, actualPromptTokens: 10, actualCompletionTokens: 5)
+        try await admitted(request("quota", limits, prompt: 85))
+        let exhausted = try await denied(request("quota", limits, prompt: 1))
+        XCTAssertEqual(exhausted.used, 100)
+        let tooLarge = try await denied(request("quota-2", limits, prompt: 101))
+        XCTAssertTrue(tooLarge.neverFits)
+        XCTAssertEqual(tooLarge.kind, .dailyTokens)
+        XCTAssertEqual(tooLarge.retryAfterSeconds, 0)
+    }
+
+    func testMonthlyQuotaDeniesUntilTheFirstOfNextMonth() async throws {
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 1_000), tokensPerMonth: 50)
+        try await admitted(request("budget", limits, prompt: 40))
+        let denial = try await denied(request("budget", limits, prompt: 20))
+        XCTAssertEqual(denial.kind, .monthlyTokens, "the month's wait outranks nothing else here")
+        XCTAssertEqual(denial.used, 40)
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        let month = calendar.dateInterval(of: .month, for: Date())!
+        XCTAssertEqual(denial.retryAfterSeconds, month.end.timeIntervalSinceNow, accuracy: 2)
+    }
+
+    func testQuotaAndBucketDenialsFollowTheSameRankingRule() async throws {
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 100), tokensPerDay: 150)
+        // Both never fit: neither outranks the other, the first in order (TPM) is kept.
+        let tooLarge = try await denied(request("rank", limits, prompt: 200))
+        XCTAssertEqual(tooLarge.kind, .tokens)
+        XCTAssertTrue(tooLarge.neverFits)
+        try await admitted(request("rank", limits, prompt: 100))
+        // TPM would pass in 36 s, the day's quota only after midnight: the longer wait is reported.
+        let longest = try await denied(request("rank", limits, prompt: 60))
+        if secondsUntilNextUTCMidnight() > 60 {
+            XCTAssertEqual(longest.kind, .dailyTokens)
+            XCTAssertEqual(longest.retryAfterSeconds, secondsUntilNextUTCMidnight(), accuracy: 2)
+        }
+    }
+
+    // MARK: usage
+
+    func testSettleRecordsDailyUsageAndTheStream() async throws {
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 10_000))
+        let (first, _) = try await admitted(request("usage", limits, prompt: 100, output: 50, model: "gpt-4o"))
+        let (second, _) = try await admitted(request("usage", limits, prompt: 30, output: 50, model: "gpt-4o"))
+        let (third, _) = try await admitted(request("usage", limits, prompt: 7, output: 5, model: "o3:mini"))
+        _ = try await limiter.settle(first, actualPromptTokens: 100, actualCompletionTokens: 20)
+        _ = try await limiter.settle(second, actualPromptTokens: 30, actualCompletionTokens: 70)
+        _ = try await limiter.settle(third, actualPromptTokens: 7, actualCompletionTokens: 1)
+        let replay = try await limiter.settle(first, actualPromptTokens: 100, actualCompletionTokens: 20)
+        XCTAssertNil(replay)
+
+        let usage = try await limiter.usage(keyID: "usage", day: UTCDay(Date()).text)
+        XCTAssertEqual(usage, [
+            "gpt-4o": .init(promptTokens: 130, completionTokens: 90, requests: 2),
+            "o3:mini": .init(promptTokens: 7, completionTokens: 1, requests: 1),
+        ])
+        let none = try await limiter.usage(keyID: "usage", day: "2000-01-01")
+        XCTAssertTrue(none.isEmpty)
+
+        let layout = RedisKeyLayout(keyID: "usage")
+        let entries = try await redis.send(["XRANGE", layout.usageStream, "-", "+"])
+        let records = try XCTUnwrap(entries.array)
+        XCTAssertEqual(records.count, 3, "one record per settled request, none for the replay")
+        let firstFields = try XCTUnwrap(records.first?.array?.last?.array?.compactMap(\.string))
+        XCTAssertEqual(firstFields, [
+            "request_id", first.requestID, "model", "gpt-4o", "prompt_tokens", "100", "completion_tokens", "20",
+            "reserved_prompt_tokens", "100", "reserved_output_tokens", "50",
+        ])
+    }
+
+    func testEveryKeyExpires() async throws {
+        let limits = ResolvedLimits(
+            requests: BucketLimit(perMinute: 10), tokens: BucketLimit(perMinute: 1_000),
+            inputTokens: BucketLimit(perMinute: 1_000), outputTokens: BucketLimit(perMinute: 1_000),
+            maxConcurrentRequests: 5, tokensPerDay: 10_000, tokensPerMonth: 100_000
+        )
+        let (settledOne, _) = try await admitted(request("ttl", limits, prompt: 100, output: 100))
+        let (open, _) = try await admitted(request("ttl", limits, prompt: 100, output: 100))
+        _ = try await limiter.settle(settledOne, actualPromptTokens: 100, actualCompletionTokens: 10)
+        let keys = try XCTUnwrap(try await redis.send(["KEYS", "sluice:{ttl}:*"]).array).compactMap(\.string)
+        let layout = RedisKeyLayout(keyID: "ttl")
+        XCTAssertEqual(Set(keys), [
+            layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens, layout.leases, layout.quota,
+            layout.usage(day: UTCDay(Date()).text), layout.usageStream,
+            layout.reservation(requestID: open.requestID),
+        ])
+        for key in keys {
+            let ttl = try await redis.send(["PTTL", key]).integer ?? -3
+            XCTAssertGreaterThan(ttl, 0, "\(key) must expire")
+        }
+    }
+
+    // MARK: state the scripts did not write
+
+    func testGarbageAndWrongTypesAreResetNotFatal() async throws {
+        let limits = ResolvedLimits(
+            requests: BucketLimit(perMinute: 10), tokens: BucketLimit(perMinute: 100),
+            inputTokens: BucketLimit(perMinute: 100), outputTokens: BucketLimit(perMinute: 100),
+            maxConcurrentRequests: 2, tokensPerDay: 1_000
+        )
+        let layout = RedisKeyLayout(keyID: "junk")
+        _ = try await redis.send(["SET", layout.requests, "not a number"])
+        _ = try await redis.send(["SET", layout.tokens, "nan"])
+        _ = try await redis.send(["SET", layout.inputTokens, "1e300"])  // a TAT centuries ahead: a debt that never ends
+        _ = try await redis.send(["RPUSH", layout.outputTokens, "wrong type"])
+        _ = try await redis.send(["SET", layout.leases, "wrong type"])
+        _ = try await redis.send(["HSET", layout.quota, "day", "x", "day_used", "-5"])
+        let (reservation, snapshot) = try await admitted(request("junk", limits, prompt: 10, output: 10))
+        XCTAssertEqual(snapshot.remainingRequests, 9, "the garbage TAT counts as a full bucket")
+        XCTAssertEqual(snapshot.remainingTokens, 80)
+
+        _ = try await redis.send(["SET", layout.usage(day: UTCDay(Date()).text), "wrong type"])
+        _ = try await redis.send(["SET", layout.usageStream, "wrong type"])
+        let afterSettle = try await limiter.settle(reservation, actualPromptTokens: 10, actualCompletionTokens: 0)
+        XCTAssertEqual(afterSettle?.remainingTokens, 90)
+        let usage = try await limiter.usage(keyID: "junk", day: UTCDay(Date()).text)
+        XCTAssertEqual(usage["gpt-4o"], .init(promptTokens: 10, completionTokens: 0, requests: 1))
+
+        // A usage field that is not an integer is replaced.
+        let (next, _) = try await admitted(request("junk", limits, prompt: 1))
+        _ = try await redis.send(["HSET", layout.usage(day: UTCDay(Date()).text), "gpt-4o:prompt", "abc"])
+        _ = try await limiter.settle(next, actualPromptTokens: 1, actualCompletionTokens: 0)
+        let replaced = try await limiter.usage(keyID: "junk", day: UTCDay(Date()).text)
+        XCTAssertEqual(replaced["gpt-4o"]?.promptTokens, 1)
+        XCTAssertEqual(replaced["gpt-4o"]?.requests, 2)
+    }
+
+    func testCorruptReservationIsNotSettled() async throws {
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 100), maxConcurrentRequests: 1)
+        let (reservation, _) = try await admitted(request("res", limits, prompt: 10, output: 50))
+        let key = RedisKeyLayout(keyID: "res").reservation(requestID: reservation.requestID)
+        _ = try await redis.send(["HSET", key, "prompt", "garbage", "output", "NaN"])
+        let snapshot = try await limiter.settle(reservation, actualPromptTokens: 10, actualCompletionTokens: 0)
+        XCTAssertEqual(snapshot?.remainingTokens, 40, "amounts unreadable: no refund, but the settle happens")
+        try await admitted(request("res", limits))  // the lease was released
+
+        let (other, _) = try await admitted(request("res-2", limits, prompt: 10))
+        _ = try await redis.send(["DEL", RedisKeyLayout(keyID: "res-2").reservation(requestID: other.requestID)])
+        _ = try await redis.send(["SET", RedisKeyLayout(keyID: "res-2").reservation(requestID: other.requestID), "wrong type"])
+        let none = try await limiter.settle(other, actualPromptTokens: 10, actualCompletionTokens: 0)
+        XCTAssertNil(none)
+    }
+
+    func testFlushedDatabaseMidRun() async throws {
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 2), tokens: BucketLimit(perMinute: 100), maxConcurrentRequests: 1)
+        let (reservation, _) = try await admitted(request("flush", limits, prompt: 90))
+        _ = try await redis.send(["FLUSHALL"])
+        let settled = try await limiter.settle(reservation, actualPromptTokens: 90, actualCompletionTokens: 0)
+        XCTAssertNil(settled, "no reservation left: nothing to settle")
+        // Scripts are gone too (NOSCRIPT → EVAL) and every limit starts over.
+        let (_, snapshot) = try await admitted(request("flush", limits, prompt: 90))
+        XCTAssertEqual(snapshot.remainingRequests, 1)
+        XCTAssertEqual(snapshot.remainingTokens, 10)
+    }
+
+    func testLeasesOfDeadNodesExpire() async throws {
+        let shortLeases = try RedisLimiterStore(client: redis, options: .init(leaseTTLMillis: 1_000))
+        let limits = ResolvedLimits(maxConcurrentRequests: 1)
+        guard case .admitted = try await shortLeases.admit(request("lease", limits)) else { return XCTFail("not admitted") }
+        guard case .denied = try await shortLeases.admit(request("lease", limits)) else { return XCTFail("not denied") }
+        try await Task.sleep(nanoseconds: 1_100_000_000)
+        guard case .admitted = try await shortLeases.admit(request("lease", limits)) else { return XCTFail("the lease did not expire") }
+    }
+
+    func testRedisDownSurfacesTypedErrors() async throws {
+        server?.stop()
+        do {
+            _ = try await limiter.admit(request("down", ResolvedLimits(requests: BucketLimit(perMinute: 1))))
+            XCTFail("admitted without Redis")
+        } catch let error as RedisError {
+            XCTAssertNotEqual(error, .shutDown)
+        }
+    }
+}
