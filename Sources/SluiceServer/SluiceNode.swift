@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import ServiceLifecycle
 import SluiceCore
+import SluiceRedis
 import SluiceTokenizer
 import SluiceUpstream
 
@@ -15,6 +16,8 @@ public struct SluiceNode: Sendable {
     public let server: HTTPServer
     let engine: CurlEngine
     let group: MultiThreadedEventLoopGroup
+    /// Present when the config has a `redis` section: the shared store and this node's heartbeat.
+    let redis: RedisLimiting?
 
     /// Builds a node from a validated config. Loading the tokenizer files is the slow part (~100 ms).
     public init(config: SluiceConfig, logger: Logger) throws {
@@ -30,13 +33,28 @@ public struct SluiceNode: Sendable {
         var engineConfiguration = CurlEngine.Configuration()
         engineConfiguration.maxConnectionsPerHost = config.upstreams.map(\.maxConnections).max() ?? 64
         engine = CurlEngine(configuration: engineConfiguration, logger: logger)
-        let limiter = InMemoryLimiterStore()
         let settings = GatewaySettings(config: config)
         // The metrics read the connection count from the server, which needs the gateway: break the
         // cycle with a box filled right after.
         let serverBox = ServerBox()
         let metrics = GatewayMetrics(openConnections: { serverBox.server?.openConnections ?? 0 })
-        gateway = Gateway(settings: settings, tokenizers: tokenizers, limiter: limiter, engine: engine, metrics: metrics, logger: logger)
+        let limiter: any LimiterStore
+        let limiterMode: @Sendable () -> String
+        if let redisConfig = config.redis {
+            let redis = try RedisLimiting(config: redisConfig, metrics: metrics, logger: logger)
+            self.redis = redis
+            limiter = redis.failover
+            limiterMode = { redis.modeName }
+        } else {
+            redis = nil
+            limiter = InMemoryLimiterStore()
+            limiterMode = { "embedded" }
+        }
+        metrics.limiterMode(limiterMode())
+        gateway = Gateway(
+            settings: settings, tokenizers: tokenizers, limiter: limiter, engine: engine, metrics: metrics,
+            limiterMode: limiterMode, logger: logger
+        )
         server = HTTPServer(
             configuration: .init(
                 host: config.server.host, port: config.server.port, maxBodyBytes: config.server.maxBodyBytes,
@@ -51,10 +69,9 @@ public struct SluiceNode: Sendable {
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
     public func run(logger: Logger) async throws {
-        let services: [any Service] = [
-            CurlEngineService(engine: engine),
-            HTTPServerService(server: server, gateway: gateway),
-        ]
+        var services: [any Service] = [CurlEngineService(engine: engine)]
+        if let redis { services.append(redis) }
+        services.append(HTTPServerService(server: server, gateway: gateway))
         let group = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )

@@ -1,0 +1,61 @@
+import Logging
+import ServiceLifecycle
+import SluiceCore
+import SluiceRedis
+
+/// The shared limiter of a multi-node deployment: the Redis store behind the failure policy, and
+/// this node's heartbeat. As a service it runs the heartbeat and closes the Redis connections after
+/// the server has drained (settlements of the last requests still go to Redis).
+final class RedisLimiting: Service, Sendable {
+    let client: RedisClient
+    let failover: FailoverLimiterStore
+    let heartbeat: NodeHeartbeat
+    private let logger: Logger
+
+    init(config: RedisConfig, metrics: GatewayMetrics, logger: Logger) throws {
+        self.logger = logger
+        client = RedisClient(config: config, logger: logger)
+        let store = try RedisLimiterStore(client: client, logger: logger)
+        let redacted = config.redactedURL
+        let policy = config.onFailure
+        failover = FailoverLimiterStore(shared: store, policy: policy, fallbackNodeCount: config.fallbackNodeCount, onModeChange: { mode, error in
+            let name = Self.modeName(mode)
+            metrics.limiterMode(name)
+            if mode == .shared {
+                logger.notice("redis is back: limits are shared again", metadata: ["redis": "\(redacted)", "limiter": "redis"])
+            } else {
+                logger.warning(
+                    "redis unreachable: enforcing the failure policy until it answers again",
+                    metadata: ["redis": "\(redacted)", "limiter": "\(name)", "policy": "\(policy.rawValue)", "error": "\(error ?? "-")"]
+                )
+            }
+        })
+        var rng = SystemRandomNumberGenerator()
+        heartbeat = try NodeHeartbeat(client: client, nodeID: "node-" + String(rng.next(), radix: 36))
+    }
+
+    /// `redis` while Redis answers, else the failure policy in force (`local`, `open`, `closed`).
+    var modeName: String { Self.modeName(failover.mode) }
+
+    private static func modeName(_ mode: FailoverLimiterStore.Mode) -> String {
+        mode == .shared ? "redis" : mode.rawValue
+    }
+
+    func run() async throws {
+        let failover = self.failover
+        let heartbeat = self.heartbeat
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do {
+                    let live = try await heartbeat.beat()
+                    failover.updateLiveNodeCount(live)
+                    failover.sharedStoreAnswered()
+                } catch {
+                    failover.sharedStoreFailed(error)
+                }
+                try? await Task.sleep(for: .milliseconds(NodeHeartbeat.defaultIntervalMillis))
+            }
+        }
+        client.shutdown()
+    }
+}
