@@ -428,8 +428,16 @@ def test_redis_outage_falls_back_to_local_limits_and_recovers(cluster):
 
     def modes(index, start, end):
         return [e[3] for e in readiness if e[1] == index and start <= e[0] <= end]
+
+    def first(index, mode, start):
+        return next((e[0] - start for e in readiness if e[1] == index and e[0] >= start and e[3] == mode), None)
     for index in range(NODE_COUNT):
-        before = modes(index, 0, killed_at)
+        to_local, to_redis = first(index, "local", killed_at), first(index, "redis", restarted_at)
+        print(f"node {index + 1}: reported local {to_local if to_local is None else f'{to_local:.2f}s'} after the kill, "
+              f"redis {to_redis if to_redis is None else f'{to_redis:.2f}s'} after the restart")
+    for index in range(NODE_COUNT):
+        # The last moments before the kill: a node may still be connecting right after start-up.
+        before = modes(index, killed_at - 1.5, killed_at)
         outage = modes(index, killed_at, restarted_at)
         after = modes(index, restarted_at, finished_at)
         assert before and all(m == "redis" for m in before), f"node {index + 1} before the outage reported {set(before)}"
