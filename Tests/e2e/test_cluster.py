@@ -2,7 +2,7 @@
 
 `scripts/cluster --background` starts redis-server, sluice-mock (with its request log), four nodes and
 nginx. Many client threads then saturate three keys with small limits, spreading their requests over
-the four nodes directly (round robin, not only through nginx). The mock's request log is the observer:
+the four nodes directly and nginx (round robin). The mock's request log is the observer:
 it records every request that reached the upstream, i.e. every admitted one, with its arrival time and
 the completion tokens it produced. Client threads remember which request id (`x-request-id`) belonged
 to which key, and prompt tokens come from tiktoken with OpenAI's chat framing (the oracle, independent
@@ -28,7 +28,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -132,10 +132,14 @@ class Cluster:
     node_ports: list
     redis_port: int
     env: dict
-    started_at: float = field(default_factory=time.time)
 
     def node_url(self, index: int) -> str:
         return f"http://127.0.0.1:{self.node_ports[index % len(self.node_ports)]}"
+
+    def client_url(self, index: int) -> str:
+        """Round robin over the nodes directly and, one in NODE_COUNT + 1, nginx in front of them."""
+        ports = self.node_ports + [self.lb_port]
+        return f"http://127.0.0.1:{ports[index % len(ports)]}"
 
     def mock_requests(self) -> list:
         if not self.mock_log.exists():
@@ -195,7 +199,8 @@ class Attempt:
 
 
 def saturate(cluster: Cluster, seconds: float) -> list:
-    """CLIENT_THREADS threads, one key each (round robin over the keys), each request to the next node."""
+    """CLIENT_THREADS threads, one key each (round robin over the keys), each request to the next node
+    (or nginx)."""
     attempts: list = []
     lock = threading.Lock()
     deadline = time.time() + seconds
@@ -207,7 +212,7 @@ def saturate(cluster: Cluster, seconds: float) -> list:
         with httpx.Client(timeout=30.0) as http:
             n = 0
             while time.time() < deadline:
-                url = cluster.node_url(index + n) + "/v1/chat/completions"
+                url = cluster.client_url(index + n) + "/v1/chat/completions"
                 stream = key.stream_every > 0 and n % key.stream_every == 0
                 n += 1
                 body = {"model": MODEL, "messages": key.messages, "stream": stream}
@@ -365,7 +370,7 @@ def test_redis_outage_falls_back_to_local_limits_and_recovers(cluster):
         with httpx.Client(timeout=10.0) as http:
             n = 0
             while not stop.is_set():
-                url = cluster.node_url(index + n) + "/v1/chat/completions"
+                url = cluster.client_url(index + n) + "/v1/chat/completions"
                 n += 1
                 try:
                     r = http.post(url, headers={"authorization": f"Bearer {LOAD_SECRET}", "x-mock-completion-tokens": "8"},
