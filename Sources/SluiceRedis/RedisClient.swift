@@ -45,8 +45,8 @@ public final class RedisClient: Sendable {
         connections.reduce(0) { $0 + ($1.isConnected ? 1 : 0) }
     }
 
-    /// The most recent connection error of any connection, for health reports; `nil` if none
-    /// ever failed. Kept after a successful reconnect (check `isConnected` for the present).
+    /// The last connection error of the first connection that had one, for health reports; `nil`
+    /// if none ever failed. Kept after a successful reconnect (check `isConnected` for the present).
     public var lastError: RedisError? {
         connections.lazy.compactMap(\.lastError).first
     }
