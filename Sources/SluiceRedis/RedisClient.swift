@@ -56,7 +56,8 @@ public final class RedisClient: Sendable {
         for connection in connections { connection.shutdown() }
     }
 
-    /// Sends one command (binary-safe arguments) and returns its reply.
+    /// Sends one command (binary-safe arguments) and returns its reply. Not cancellable: once
+    /// queued it completes within the connect and command timeouts.
     /// - Throws: `RedisError.server` for an error reply; connection errors as described by
     ///   `RedisError` (check `outcomeUnknown` before retrying a non-idempotent command).
     public func send(_ arguments: [[UInt8]]) async throws(RedisError) -> RedisReply {

@@ -111,7 +111,10 @@ final class RedisConnection: Sendable {
         wakeup.signal()
         for command in abandoned { command.completion.resume(returning: .failure(.shutDown)) }
         let bound = options.connectTimeoutMillis + 2 * options.commandTimeoutMillis + 500
-        _ = finished.wait(timeout: .now() + .milliseconds(bound))
+        if finished.wait(timeout: .now() + .milliseconds(bound)) == .success {
+            // Leave the signal for any later shutdown() (deinit after an explicit call).
+            finished.signal()
+        }
     }
 
     // MARK: connection thread
