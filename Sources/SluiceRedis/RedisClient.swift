@@ -45,8 +45,8 @@ public final class RedisClient: Sendable {
         connections.reduce(0) { $0 + ($1.isConnected ? 1 : 0) }
     }
 
-    /// The most recent connection error of any connection, for health reports; `nil` if none
-    /// ever failed. Kept after a successful reconnect (check `isConnected` for the present).
+    /// The last connection error of the first connection that had one, for health reports; `nil`
+    /// if none ever failed. Kept after a successful reconnect (check `isConnected` for the present).
     public var lastError: RedisError? {
         connections.lazy.compactMap(\.lastError).first
     }
@@ -56,7 +56,8 @@ public final class RedisClient: Sendable {
         for connection in connections { connection.shutdown() }
     }
 
-    /// Sends one command (binary-safe arguments) and returns its reply.
+    /// Sends one command (binary-safe arguments) and returns its reply. Not cancellable: once
+    /// queued it completes within the connect and command timeouts.
     /// - Throws: `RedisError.server` for an error reply; connection errors as described by
     ///   `RedisError` (check `outcomeUnknown` before retrying a non-idempotent command).
     public func send(_ arguments: [[UInt8]]) async throws(RedisError) -> RedisReply {

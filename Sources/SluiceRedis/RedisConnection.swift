@@ -111,7 +111,10 @@ final class RedisConnection: Sendable {
         wakeup.signal()
         for command in abandoned { command.completion.resume(returning: .failure(.shutDown)) }
         let bound = options.connectTimeoutMillis + 2 * options.commandTimeoutMillis + 500
-        _ = finished.wait(timeout: .now() + .milliseconds(bound))
+        if finished.wait(timeout: .now() + .milliseconds(bound)) == .success {
+            // Leave the signal for any later shutdown() (deinit after an explicit call).
+            finished.signal()
+        }
     }
 
     // MARK: connection thread
@@ -120,6 +123,9 @@ final class RedisConnection: Sendable {
         var context: UnsafeMutablePointer<redisContext>?
         var backoffMillis = options.initialBackoffMillis
         var failuresInARow = 0
+        // Commands taken for a round whose connection turned out to be closed before they were
+        // written: they go out first on the next connection (they were certainly not executed).
+        var carried: [Command] = []
         while true {
             if context == nil {
                 if isShutDown { break }
@@ -145,14 +151,34 @@ final class RedisConnection: Sendable {
                         defer { state.queue = [] }
                         return state.queue
                     }
-                    for command in refused { command.completion.resume(returning: .failure(error)) }
+                    for command in carried + refused { command.completion.resume(returning: .failure(error)) }
+                    carried = []
                     _ = wakeup.wait(timeout: .now() + .milliseconds(backoffMillis))
                     backoffMillis = min(backoffMillis * 2, options.maximumBackoffMillis)
                     continue
                 }
             }
-            guard let open = context, let batch = nextBatch() else { break }
-            if batch.isEmpty { continue }
+            guard let open = context else { break }
+            let batch: [Command]
+            let wasCarried = !carried.isEmpty
+            if wasCarried {
+                batch = carried
+                carried = []
+            } else {
+                guard let next = nextBatch() else { break }
+                if next.isEmpty { continue }
+                batch = next
+            }
+            // An idle connection the server closed (restart, idle timeout) is noticed before
+            // writing, so these commands are not failed as "outcome unknown" for nothing.
+            if !wasCarried && Self.peerHasClosed(open) {
+                redisFree(open)
+                context = nil
+                carried = batch
+                logger.info("redis connection was closed by the server while idle; reconnecting", metadata: ["connection": "\(name)"])
+                state.withLock { if case .shutDown = $0.phase {} else { $0.phase = .connecting } }
+                continue
+            }
             if let error = execute(batch, on: open) {
                 redisFree(open)
                 context = nil
@@ -168,7 +194,7 @@ final class RedisConnection: Sendable {
             defer { state.queue = [] }
             return state.queue
         }
-        for command in leftovers { command.completion.resume(returning: .failure(.shutDown)) }
+        for command in carried + leftovers { command.completion.resume(returning: .failure(.shutDown)) }
         finished.signal()
     }
 
@@ -327,6 +353,13 @@ final class RedisConnection: Sendable {
         default:
             return .error("unknown hiredis reply type \(value.type)")
         }
+    }
+
+    /// Whether the socket of an idle connection is readable: with no command outstanding that
+    /// can only be EOF or an error the server sent before closing it.
+    private static func peerHasClosed(_ context: UnsafeMutablePointer<redisContext>) -> Bool {
+        var descriptor = pollfd(fd: context.pointee.fd, events: Int16(POLLIN), revents: 0)
+        return poll(&descriptor, 1, 0) > 0
     }
 
     private static func bytes(_ pointer: UnsafeMutablePointer<CChar>?, _ count: Int) -> [UInt8] {

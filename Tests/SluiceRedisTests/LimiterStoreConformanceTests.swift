@@ -132,10 +132,10 @@ struct LimiterStoreConformance {
 
     func settleRefundsUnusedReservation() async throws {
         let key = newKey()
-        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 100), outputTokens: BucketLimit(perMinute: 60))
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 100, burst: 200), outputTokens: BucketLimit(perMinute: 60))
         let (reservation, _) = try await admitted(request(key, limits, prompt: 50, output: 40))
         let snapshot = try await settled(reservation, prompt: 50, completion: 10)
-        XCTAssertEqual(snapshot.remainingTokens, 40, "30 unused output tokens come back")
+        XCTAssertEqual(snapshot.remainingTokens, 140, "30 unused output tokens come back")
         XCTAssertEqual(snapshot.resetTokensSeconds ?? -1, 36, accuracy: tolerance)
         // OTPM: 10 of 60 in use after the refund; 50 fit, 51 do not.
         try await admitted(request(key, limits, output: 40))

@@ -38,14 +38,20 @@ final class RedisClientTests: XCTestCase {
     func testEveryReplyTypeIsCopiedOut() async throws {
         let client = makeClient(try startServer().config)
         let binary: [UInt8] = [0, 1, 0xFF, 0x0D, 0x0A, 0x80, 0]
-        XCTAssertEqual(try await client.send([Array("SET".utf8), Array("bin".utf8), binary]), .status("OK"))
-        XCTAssertEqual(try await client.send(["GET", "bin"]), .bulkString(binary))
-        XCTAssertEqual(try await client.send(["GET", "missing"]), .null)
-        XCTAssertEqual(try await client.send(["INCRBY", "counter", "41"]), .integer(41))
-        XCTAssertEqual(try await client.send(["RPUSH", "list", "a", "", "c"]), .integer(3))
-        XCTAssertEqual(try await client.send(["LRANGE", "list", "0", "-1"]), .array([.bulkString(Array("a".utf8)), .bulkString([]), .bulkString(Array("c".utf8))]))
-        XCTAssertEqual(try await client.send(["EVAL", "return {1, {2, 'x'}, redis.error_reply('E nested')}", "0"]),
-                       .array([.integer(1), .array([.integer(2), .bulkString(Array("x".utf8))]), .error("E nested")]))
+        let reply1 = try await client.send([Array("SET".utf8), Array("bin".utf8), binary])
+        XCTAssertEqual(reply1, .status("OK"))
+        let reply2 = try await client.send(["GET", "bin"])
+        XCTAssertEqual(reply2, .bulkString(binary))
+        let reply3 = try await client.send(["GET", "missing"])
+        XCTAssertEqual(reply3, .null)
+        let reply4 = try await client.send(["INCRBY", "counter", "41"])
+        XCTAssertEqual(reply4, .integer(41))
+        let reply5 = try await client.send(["RPUSH", "list", "a", "", "c"])
+        XCTAssertEqual(reply5, .integer(3))
+        let reply6 = try await client.send(["LRANGE", "list", "0", "-1"])
+        XCTAssertEqual(reply6, .array([.bulkString(Array("a".utf8)), .bulkString([]), .bulkString(Array("c".utf8))]))
+        let reply7 = try await client.send(["EVAL", "return {1, {2, 'x'}, redis.error_reply('E nested')}", "0"])
+        XCTAssertEqual(reply7, .array([.integer(1), .array([.integer(2), .bulkString(Array("x".utf8))]), .error("E nested")]))
         let error = await expectError { () throws(RedisError) in _ = try await client.send(["INCR", "list"]) }
         guard case .server(let message)? = error else { return XCTFail("expected a server error, got \(String(describing: error))") }
         XCTAssertTrue(message.hasPrefix("WRONGTYPE"), message)
@@ -81,8 +87,10 @@ final class RedisClientTests: XCTestCase {
         var databaseZero = server.config
         databaseZero.password = Secret("s3cret")
         let other = makeClient(databaseZero)
-        XCTAssertEqual(try await other.send(["GET", "where"]), .null)
-        XCTAssertEqual(try await client.send(["GET", "where"]).string, "db3")
+        let reply8 = try await other.send(["GET", "where"])
+        XCTAssertEqual(reply8, .null)
+        let reply9 = try await client.send(["GET", "where"]).string
+        XCTAssertEqual(reply9, "db3")
 
         var wrong = server.config
         wrong.password = Secret("nope")
@@ -136,7 +144,8 @@ final class RedisClientTests: XCTestCase {
     func testReconnectsAfterServerRestart() async throws {
         let first = try startServer()
         let client = makeClient(first.config)
-        XCTAssertEqual(try await client.send(["PING"]), .status("PONG"))
+        let reply10 = try await client.send(["PING"])
+        XCTAssertEqual(reply10, .status("PONG"))
         first.stop()
         let error = await expectError { () throws(RedisError) in _ = try await client.send(["PING"]) }
         XCTAssertNotNil(error)
@@ -152,7 +161,8 @@ final class RedisClientTests: XCTestCase {
         XCTAssertEqual(script.sha1.count, 40)
         let expected = RedisReply.array([.bulkString(Array("k".utf8)), .bulkString(Array("v".utf8))])
         // Not cached yet: EVALSHA fails with NOSCRIPT, EVAL runs it.
-        XCTAssertEqual(try await client.evalScript(script, keys: ["k"], arguments: ["v"]), expected)
+        let reply11 = try await client.evalScript(script, keys: ["k"], arguments: ["v"])
+        XCTAssertEqual(reply11, expected)
         let cached = try await client.send(["SCRIPT", "EXISTS", script.sha1])
         XCTAssertEqual(cached, .array([.integer(1)]), "EVAL cached the script under the SHA-1 we computed")
         _ = try await client.send(["SCRIPT", "FLUSH"])
@@ -168,7 +178,8 @@ final class RedisClientTests: XCTestCase {
 
     func testShutdownFailsLaterCalls() async throws {
         let client = makeClient(try startServer().config)
-        XCTAssertEqual(try await client.send(["PING"]), .status("PONG"))
+        let reply12 = try await client.send(["PING"])
+        XCTAssertEqual(reply12, .status("PONG"))
         client.shutdown()
         let error = await expectError { () throws(RedisError) in _ = try await client.send(["PING"]) }
         XCTAssertEqual(error, .shutDown)

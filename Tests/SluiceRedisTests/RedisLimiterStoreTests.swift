@@ -145,7 +145,8 @@ final class RedisLimiterStoreTests: XCTestCase {
         let (settledOne, _) = try await admitted(request("ttl", limits, prompt: 100, output: 100))
         let (open, _) = try await admitted(request("ttl", limits, prompt: 100, output: 100))
         _ = try await limiter.settle(settledOne, actualPromptTokens: 100, actualCompletionTokens: 10)
-        let keys = try XCTUnwrap(try await redis.send(["KEYS", "sluice:{ttl}:*"]).array).compactMap(\.string)
+        let listed = try await redis.send(["KEYS", "sluice:{ttl}:*"])
+        let keys = try XCTUnwrap(listed.array).compactMap(\.string)
         let layout = RedisKeyLayout(keyID: "ttl")
         XCTAssertEqual(Set(keys), [
             layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens, layout.leases, layout.quota,

@@ -47,10 +47,12 @@ final class RedisServerProcess {
 
     deinit { stop() }
 
-    /// Kills the server and waits for it to exit.
+    /// Kills the server and waits for it to exit. SIGKILL, because a child spawned from a
+    /// Dispatch or Swift-concurrency thread inherits that thread's blocked signals, SIGTERM
+    /// included, and would never see a terminate().
     func stop() {
         guard process.isRunning else { return }
-        process.terminate()
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
 
