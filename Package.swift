@@ -89,6 +89,9 @@ let package = Package(
             name: "sluice",
             dependencies: [
                 "SluiceServer",
+                "SluiceCore",
+                "SluiceRedis",
+                "SluiceTokenizer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -5,6 +5,6 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "An OpenAI-compatible rate-limiting gateway.",
-        subcommands: [ServeCommand.self, CheckConfigCommand.self, KeysCommand.self, TokensCommand.self]
+        subcommands: [ServeCommand.self, CheckConfigCommand.self, KeysCommand.self, TokensCommand.self, UsageCommand.self]
     )
 }

@@ -343,6 +343,29 @@ def test_limits_hold_across_four_nodes(cluster):
     assert not problems, "\n" + table + "\n\n" + "\n".join(problems)
 
 
+def sluice_usage(cluster: Cluster, key: str) -> dict:
+    """`sluice usage` for today, parsed: {model: (requests, prompt, completion)}."""
+    out = subprocess.run([SLUICE_BIN, "usage", "--config", str(cluster.run_dir / "node-1/sluice.json"), "--key", key],
+                         capture_output=True, text=True, env=cluster.env, timeout=30, check=True).stdout
+    rows = {}
+    for line in out.splitlines()[2:]:
+        cells = line.split()
+        rows[cells[0]] = tuple(int(c) for c in cells[1:])
+    return rows
+
+
+def test_usage_cli_reports_what_was_settled(cluster):
+    before = sluice_usage(cluster, "load").get(MODEL, (0, 0, 0))
+    for i in range(6):
+        r = httpx.post(cluster.node_url(i) + "/v1/chat/completions",
+                       headers={"authorization": f"Bearer {LOAD_SECRET}", "x-mock-completion-tokens": "3"},
+                       json={"model": MODEL, "messages": [{"role": "user", "content": "count me"}]}, timeout=30)
+        assert r.status_code == 200, r.text
+    after = sluice_usage(cluster, "load")[MODEL]
+    prompt = chat_prompt_tokens([{"role": "user", "content": "count me"}])
+    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (6, 6 * prompt, 6 * 3)
+
+
 def max_concurrency(intervals: list) -> int:
     edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
     best = current = 0

@@ -1,0 +1,75 @@
+import ArgumentParser
+import Foundation
+import Logging
+import SluiceCore
+import SluiceRedis
+
+/// `sluice usage`: a key's recorded usage per model for one UTC day, read from Redis.
+struct UsageCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "usage",
+        abstract: "Print a key's usage per model for a day, from Redis.",
+        discussion: "Usage is recorded when each request is settled (prompt tokens counted by Sluice, completion tokens reported by the upstream or counted from what was relayed). Days are UTC."
+    )
+
+    @Option(help: "Path to the JSON config file (its redis section says where usage is kept).")
+    var config: String
+
+    @Option(help: "The key id (as in the config's keys[].id).")
+    var key: String
+
+    @Option(help: "The UTC day, YYYY-MM-DD (default: today).")
+    var day: String?
+
+    func validate() throws {
+        if let day, day.range(of: #"^\d{4}-\d{2}-\d{2}$"#, options: .regularExpression) == nil {
+            throw ValidationError("--day must look like 2026-12-03.")
+        }
+    }
+
+    func run() async throws {
+        let loaded: SluiceConfig
+        do {
+            loaded = try SluiceConfig.load(path: config)
+        } catch {
+            FileHandle.standardError.write(Data("sluice: \(config) is not a valid config:\n\(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        guard let redisConfig = loaded.redis else {
+            throw ValidationError("\(config) has no redis section: usage is recorded only in Redis.")
+        }
+        guard loaded.keys.contains(where: { $0.id == key }) else {
+            throw ValidationError("No key \"\(key)\" in \(config).")
+        }
+        var logger = Logger(label: "sluice.usage")
+        logger.logLevel = .error
+        let client = RedisClient(config: redisConfig, logger: logger)
+        defer { client.shutdown() }
+        let store = try RedisLimiterStore(client: client, logger: logger)
+        let dayText = day ?? UTCDay(Date()).text
+        let usage: [String: RedisLimiterStore.ModelUsage]
+        do {
+            usage = try await store.usage(keyID: key, day: dayText)
+        } catch {
+            FileHandle.standardError.write(Data("sluice: cannot read usage from \(redisConfig.redactedURL): \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        print("usage of key \(key) on \(dayText) (UTC)")
+        let header = ["model", "requests", "prompt tokens", "completion tokens"]
+        var rows = usage.keys.sorted().map { model -> [String] in
+            let u = usage[model]!
+            return [model, String(u.requests), String(u.promptTokens), String(u.completionTokens)]
+        }
+        let totals = usage.values.reduce(into: (0, 0, 0)) { $0.0 += $1.requests; $0.1 += $1.promptTokens; $0.2 += $1.completionTokens }
+        rows.append(["total", String(totals.0), String(totals.1), String(totals.2)])
+        let widths = header.indices.map { i in max(header[i].count, rows.map { $0[i].count }.max() ?? 0) }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { i, cell in
+                i == 0 ? cell.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+                       : String(repeating: " ", count: widths[i] - cell.count) + cell
+            }.joined(separator: "  ")
+        }
+        print(line(header))
+        for row in rows { print(line(row)) }
+    }
+}
