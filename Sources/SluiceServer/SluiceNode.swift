@@ -49,6 +49,13 @@ public struct SluiceNode: Sendable {
             redis = nil
             limiter = InMemoryLimiterStore()
             limiterMode = { "embedded" }
+            let withQuotas = settings.keys.keys.filter { $0.limits.tokensPerDay != nil || $0.limits.tokensPerMonth != nil }.map(\.id)
+            if !withQuotas.isEmpty {
+                logger.warning(
+                    "daily/monthly token quotas are configured but not enforced: quotas need a redis section",
+                    metadata: ["keys": "\(withQuotas.joined(separator: ","))"]
+                )
+            }
         }
         metrics.limiterMode(limiterMode())
         gateway = Gateway(
