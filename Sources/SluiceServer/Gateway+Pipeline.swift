@@ -41,7 +41,8 @@ extension Gateway {
 
         // 3. authorize: the key may use the model, and an upstream serves it.
         guard key.mayUse(model: model), let upstream = settings.upstream(forModel: model) else {
-            return await refuse(.modelNotFound(model), key: key, model: model, requestID: requestID, writer: writer)
+            // No model label: an unknown name from a client must not become a metrics label value.
+            return await refuse(.modelNotFound(model), key: key, model: nil, requestID: requestID, writer: writer)
         }
 
         // 4. count: exact prompt tokens, and the output reservation.
