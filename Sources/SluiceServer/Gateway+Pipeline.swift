@@ -14,6 +14,8 @@ import SluiceUpstream
 /// client disconnect, or success.
 extension Gateway {
     func proxy(_ endpoint: OpenAIEndpoint, request: HTTPRequest, requestID: String, writer: ResponseWriter, logger: Logger) async -> RequestOutcome {
+        // One snapshot of the key table and routing for the whole walk, even across a reload.
+        let settings = self.settings
         // 1. authenticate: Bearer secret → SHA-256 → key table.
         let key: APIKey
         switch authenticate(request.head) {

@@ -11,7 +11,9 @@ import Synchronization
 /// The proxy routes walk the pipeline in `Gateway+Pipeline.swift`; everything else (models, health,
 /// metrics, 404s) is answered here.
 public final class Gateway: RequestHandling {
-    let settings: GatewaySettings
+    /// The key table and routing now in force; replaced whole by a config reload (SIGHUP).
+    private let settingsBox: Mutex<GatewaySettings>
+    var settings: GatewaySettings { settingsBox.withLock { $0 } }
     let tokenizers: Tokenizers
     let limiter: any LimiterStore
     let engine: CurlEngine
@@ -36,13 +38,19 @@ public final class Gateway: RequestHandling {
         logger: Logger
     ) {
         self.limiterMode = limiterMode
-        self.settings = settings
+        self.settingsBox = Mutex(settings)
         self.tokenizers = tokenizers
         self.promptCounter = PromptTokenCounter(tokenizers: tokenizers, maxPromptBytes: settings.maxPromptBytes)
         self.limiter = limiter
         self.engine = engine
         self.metrics = metrics
         self.logger = logger
+    }
+
+    /// Swaps in the key table and routing of a newly validated config. Requests already past
+    /// authentication finish with what they started with.
+    public func replaceSettings(_ settings: GatewaySettings) {
+        settingsBox.withLock { $0 = settings }
     }
 
     /// Marks the node as draining: `/readyz` answers 503 so load balancers stop sending traffic.

@@ -20,8 +20,12 @@ public struct SluiceNode: Sendable {
     let redis: RedisLimiting?
 
     /// Builds a node from a validated config. Loading the tokenizer files is the slow part (~100 ms).
-    public init(config: SluiceConfig, logger: Logger) throws {
+    /// Where the config came from, for reloads on SIGHUP (nil: no reloads).
+    let configPath: String?
+
+    public init(config: SluiceConfig, configPath: String? = nil, logger: Logger) throws {
         self.config = config
+        self.configPath = configPath
         let directory = ProcessInfo.processInfo.environment["SLUICE_TOKENIZER_DIR"] ?? config.tokenizer.directory
         var overrides: [String: EncodingName] = [:]
         for (model, name) in config.tokenizer.modelEncodings {
@@ -79,6 +83,9 @@ public struct SluiceNode: Sendable {
         var services: [any Service] = [CurlEngineService(engine: engine)]
         if let redis { services.append(redis) }
         services.append(HTTPServerService(server: server, gateway: gateway))
+        if let configPath {
+            services.append(ConfigReloadService(path: configPath, initial: config, gateway: gateway, logger: logger))
+        }
         let group = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )

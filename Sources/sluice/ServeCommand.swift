@@ -33,7 +33,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let node: SluiceNode
         do {
-            node = try SluiceNode(config: loaded, logger: logger)
+            node = try SluiceNode(config: loaded, configPath: config, logger: logger)
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)

@@ -1,4 +1,5 @@
 """Graceful shutdown: SIGTERM lets in-flight streams finish, refuses new work, exits 0."""
+import json
 import signal
 import time
 
@@ -36,5 +37,39 @@ def test_sigterm_drains_in_flight_streams(tmp_path, mock):
                 words.append(chunk.choices[0].delta.content)
         assert len(words) == 40, "the in-flight stream finished completely"
         assert g.proc.wait(timeout=20) == 0
+    finally:
+        g.stop()
+
+
+def test_sighup_reloads_a_valid_config_and_refuses_an_invalid_one(tmp_path, mock):
+    old_key, new_key = "sk-e2e-reload-old-0123456789", "sk-e2e-reload-new-0123456789"
+    tiers = {"t": {"requests_per_minute": 10000}}
+    config = gateway_config(free_port(), mock.port, [{"id": "old", "secret_sha256": sha256_hex(old_key), "tier": "t"}], tiers)
+    g = Gateway(tmp_path, config)
+    try:
+        def status(key):
+            return httpx.get(g.base_url + "/models", headers={"authorization": f"Bearer {key}"}, timeout=5).status_code
+
+        assert status(old_key) == 200 and status(new_key) == 401
+        # A valid new file: the new key works at once, the removed one is refused.
+        config["keys"] = [{"id": "new", "secret_sha256": sha256_hex(new_key), "tier": "t"}]
+        g.config_path.write_text(json.dumps(config))
+        g.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and status(new_key) != 200:
+            time.sleep(0.05)
+        assert status(new_key) == 200 and status(old_key) == 401
+
+        # An invalid file changes nothing, and the log says why with the JSON path.
+        config["keys"][0]["tier"] = "no-such-tier"
+        g.config_path.write_text(json.dumps(config))
+        g.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and "config reload refused" not in g.log_text():
+            time.sleep(0.05)
+        assert "config reload refused" in g.log_text()
+        assert "$.keys[0].tier" in g.log_text()
+        assert status(new_key) == 200
+        assert g.proc.poll() is None, "the node kept running"
     finally:
         g.stop()
