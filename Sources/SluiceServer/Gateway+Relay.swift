@@ -4,6 +4,7 @@ import NIOHTTP1
 import SluiceCore
 import SluiceTokenizer
 import SluiceUpstream
+import Synchronization
 
 /// One admitted request on its way upstream and back.
 struct ProxyExchange: Sendable {
@@ -51,12 +52,25 @@ extension Gateway {
     /// Steps 6 and 7: forward to the upstream, relay the answer. Never throws.
     func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: Logger) async -> RelayResult {
         let upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders)
+        let breaker = breakers.breaker(for: exchange.upstream.name)
+        if case .reject(let retryAfter) = breaker.acquire() {
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: "circuit_open")
+            let refusal = GatewayError.serviceUnavailable(
+                message: "The upstream model provider is unavailable. Please try again later.",
+                retryAfterSeconds: max(retryAfter, 0.001), logDetail: "upstream \(exchange.upstream.name): circuit open"
+            )
+            _ = await writeError(writer, refusal, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
+            return RelayResult(status: refusal.status, completionTokens: 0)
+        }
         let response: UpstreamResponse
         do {
-            response = try await engine.execute(upstreamRequest)
+            response = try await executeRetryingRefusedConnects(upstreamRequest)
+            breaker.record(upstreamDown: [502, 503, 504].contains(response.status))
         } catch where Self.clientWentAway(error) {
+            breaker.record(upstreamDown: false)  // unknown: the client left first; don't punish the upstream
             return RelayResult(status: 499, completionTokens: 0)
         } catch {
+            breaker.record(upstreamDown: [.connectFailed, .connectTimeout, .firstByteTimeout].contains(error.kind))
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
             logger.warning("upstream request failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
@@ -69,6 +83,16 @@ extension Gateway {
             return await relayStream(exchange, response: response, writer: writer, logger: logger)
         }
         return await relayWhole(exchange, response: response, writer: writer, logger: logger)
+    }
+
+    /// A refused or failed connect sent nothing, so one immediate retry (on a new connection) is
+    /// always safe; anything later may have reached the model and is never retried.
+    private func executeRetryingRefusedConnects(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+        do {
+            return try await engine.execute(request)
+        } catch where error.kind == .connectFailed {
+            return try await engine.execute(request)
+        }
     }
 
     /// A transfer cancelled because the client's connection closed (its task was cancelled) is the
@@ -192,6 +216,20 @@ extension Gateway {
             // The client went away mid-stream: leaving the loop cancelled the upstream transfer.
             logger.info("client disconnected mid-stream", metadata: ["completion_tokens_relayed": "\(producedTokens())"])
             return RelayResult(status: 499, completionTokens: producedTokens())
+        }
+    }
+}
+
+/// The circuit breakers of the upstreams, created on first use by name.
+final class UpstreamBreakers: Sendable {
+    private let breakers = Mutex<[String: UpstreamCircuitBreaker]>([:])
+
+    func breaker(for upstream: String) -> UpstreamCircuitBreaker {
+        breakers.withLock { breakers in
+            if let breaker = breakers[upstream] { return breaker }
+            let breaker = UpstreamCircuitBreaker()
+            breakers[upstream] = breaker
+            return breaker
         }
     }
 }

@@ -24,6 +24,8 @@ public final class Gateway: RequestHandling {
     /// `closed`), for `/readyz`.
     let limiterMode: @Sendable () -> String
     let requestIDs = RequestIDGenerator()
+    /// One circuit breaker per upstream name; kept across config reloads.
+    let breakers = UpstreamBreakers()
     private let readiness = Mutex<Readiness>(.ready)
 
     enum Readiness: Sendable { case ready, draining }

@@ -73,3 +73,26 @@ def test_sighup_reloads_a_valid_config_and_refuses_an_invalid_one(tmp_path, mock
         assert g.proc.poll() is None, "the node kept running"
     finally:
         g.stop()
+
+
+def test_dead_upstream_opens_its_circuit(tmp_path, mock):
+    key = "sk-e2e-breaker-0123456789"
+    config = gateway_config(free_port(), mock.port, [{"id": "b", "secret_sha256": sha256_hex(key), "tier": "t"}],
+                            {"t": {"requests_per_minute": 10000}})
+    config["upstreams"][0]["base_url"] = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    g = Gateway(tmp_path, config)
+    try:
+        c = openai.OpenAI(base_url=g.base_url, api_key=key, max_retries=0)
+        statuses = []
+        for _ in range(6):
+            try:
+                c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            except openai.APIStatusError as e:
+                statuses.append((e.status_code, e.response.headers.get("retry-after")))
+        # Five refused connects (each retried once, safely: nothing was sent), then the circuit is open.
+        assert [s for s, _ in statuses[:5]] == [502] * 5
+        assert statuses[5][0] == 503 and statuses[5][1] is not None
+        metrics = httpx.get(g.root_url + "/metrics").text
+        assert 'kind="circuit_open"' in metrics
+    finally:
+        g.stop()
