@@ -18,7 +18,7 @@ extension Gateway {
         let settings = self.settings
         // 1. authenticate: Bearer secret → SHA-256 → key table.
         let key: APIKey
-        switch authenticate(request.head) {
+        switch authenticate(request.head, keys: settings.keys) {
         case .success(let found): key = found
         case .failure(let error): return await writeError(writer, error, requestID: requestID)
         }
@@ -100,14 +100,14 @@ extension Gateway {
 
     // MARK: - Steps
 
-    func authenticate(_ head: HTTPRequestHead) -> Result<APIKey, GatewayError> {
+    func authenticate(_ head: HTTPRequestHead, keys: KeyTable) -> Result<APIKey, GatewayError> {
         guard let header = head.headers.first(name: "authorization") else { return .failure(.missingAPIKey()) }
         let prefix = "bearer "
         guard header.count > prefix.count, header.prefix(prefix.count).lowercased() == prefix else {
             return .failure(.missingAPIKey())
         }
         let secret = header.dropFirst(prefix.count).trimmingSpaces()
-        guard let key = settings.keys.authenticate(bearerSecret: secret) else {
+        guard let key = keys.authenticate(bearerSecret: secret) else {
             return .failure(.invalidAPIKey(presented: secret))
         }
         return .success(key)

@@ -160,12 +160,12 @@ extension Gateway {
 
         var completionTokens = 0
         if (200..<300).contains(response.status) {
-            let bytes = Array(collected.readableBytesView)
-            if let usage = Usage.fromResponseBody(bytes) {
+            if let usage = collected.withUnsafeReadableBytes(Usage.fromResponseBody) {
                 completionTokens = usage.completionTokens
             } else {
                 // No usage reported: charge what the answer holds, counted by Sluice.
-                completionTokens = exchange.encoding.countOrdinary(CompletionText.fromResponseBody(bytes))
+                let text = CompletionText.fromResponseBody(Array(collected.readableBytesView))
+                completionTokens = exchange.encoding.countOrdinary(text)
             }
         } else {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "status_\(response.status)")

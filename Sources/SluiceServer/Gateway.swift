@@ -114,8 +114,9 @@ public final class Gateway: RequestHandling {
 
     /// `GET /v1/models` (and `/v1/models/{id}`): the models this key may use, in OpenAI's list shape.
     private func listModels(_ request: HTTPRequest, requestID: String, writer: ResponseWriter, modelID: String?) async -> RequestOutcome {
+        let settings = self.settings
         let key: APIKey
-        switch authenticate(request.head) {
+        switch authenticate(request.head, keys: settings.keys) {
         case .success(let found): key = found
         case .failure(let error): return await writeError(writer, error, requestID: requestID)
         }

@@ -14,7 +14,7 @@ public final class GatewayMetrics: Sendable {
     private let factory: PrometheusMetricsFactory
     private let openConnections: @Sendable () -> Int
     private let connectionsGauge: CoreMetrics.Gauge
-    private let cache = Mutex<[String: CoreMetrics.Counter]>([:])
+    private let cache = Mutex<[String: AnyObject]>([:])
 
     public init(openConnections: @escaping @Sendable () -> Int = { 0 }) {
         registry = PrometheusCollectorRegistry()
@@ -31,8 +31,7 @@ public final class GatewayMetrics: Sendable {
 
     func requestFinished(route: String, status: Int, model: String?, duration: Duration) {
         counter("sluice_requests_total", [("route", route), ("status", String(status)), ("model", model ?? "")]).increment()
-        Metrics.Timer(label: "sluice_request_duration_seconds", dimensions: [("route", route)], factory: factory)
-            .record(duration: duration)
+        timer("sluice_request_duration_seconds", [("route", route)]).record(duration: duration)
     }
 
     func tokens(keyID: String, model: String, prompt: Int, completion: Int) {
@@ -62,18 +61,29 @@ public final class GatewayMetrics: Sendable {
         return registry.emitToBuffer()
     }
 
-    /// Counters are looked up once per label set and kept: creating one per request would go through
-    /// the factory's lock and allocate every time.
+    /// Metric handles are looked up once per label set and kept: creating one per request would go
+    /// through the factory's lock and allocate every time.
     private func counter(_ label: String, _ dimensions: [(String, String)]) -> CoreMetrics.Counter {
+        cached(label, dimensions) { CoreMetrics.Counter(label: $0, dimensions: $1, factory: factory) }
+    }
+
+    private func timer(_ label: String, _ dimensions: [(String, String)]) -> Metrics.Timer {
+        cached(label, dimensions) { Metrics.Timer(label: $0, dimensions: $1, factory: factory) }
+    }
+
+    /// Labels differ between metric kinds, so one cache keyed by label and dimensions serves all.
+    private func cached<Handle: AnyObject>(
+        _ label: String, _ dimensions: [(String, String)], make: (String, [(String, String)]) -> Handle
+    ) -> Handle {
         var cacheKey = label
         for (name, value) in dimensions {
             cacheKey += "\u{1}" + name + "=" + value
         }
         return cache.withLock { cache in
-            if let counter = cache[cacheKey] { return counter }
-            let counter = CoreMetrics.Counter(label: label, dimensions: dimensions, factory: factory)
-            cache[cacheKey] = counter
-            return counter
+            if let handle = cache[cacheKey] as? Handle { return handle }
+            let handle = make(label, dimensions)
+            cache[cacheKey] = handle
+            return handle
         }
     }
 }

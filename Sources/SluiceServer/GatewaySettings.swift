@@ -17,7 +17,7 @@ public struct GatewaySettings: Sendable {
 
     /// The first upstream (in config order) that serves `model`.
     func upstream(forModel model: String) -> UpstreamRoute? {
-        upstreams.first { route in route.config.models.contains { $0.matches(model) } }
+        upstreams.first { $0.config.serves(model: model) }
     }
 
     /// Models listed by `GET /v1/models` for a key: the exact model names upstreams serve that the

@@ -24,13 +24,7 @@ struct ServeCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "sluice")
-        let loaded: SluiceConfig
-        do {
-            loaded = try SluiceConfig.load(path: config)
-        } catch {
-            FileHandle.standardError.write(Data("sluice: \(config) is not a valid config:\n\(error)\n".utf8))
-            throw ExitCode(2)
-        }
+        let loaded = try loadConfigOrExit(config)
         let node: SluiceNode
         do {
             node = try SluiceNode(config: loaded, configPath: config, logger: logger)

@@ -28,13 +28,7 @@ struct UsageCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let loaded: SluiceConfig
-        do {
-            loaded = try SluiceConfig.load(path: config)
-        } catch {
-            FileHandle.standardError.write(Data("sluice: \(config) is not a valid config:\n\(error)\n".utf8))
-            throw ExitCode(2)
-        }
+        let loaded = try loadConfigOrExit(config)
         guard let redisConfig = loaded.redis else {
             throw ValidationError("\(config) has no redis section: usage is recorded only in Redis.")
         }
