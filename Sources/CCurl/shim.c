@@ -16,6 +16,10 @@ CURLcode sluice_curl_easy_setopt_write_function(CURL *handle, CURLoption option,
     return curl_easy_setopt(handle, option, value);
 }
 
+CURLcode sluice_curl_easy_setopt_closesocket_function(CURL *handle, curl_closesocket_callback value) {
+    return curl_easy_setopt(handle, CURLOPT_CLOSESOCKETFUNCTION, value);
+}
+
 CURLMcode sluice_curl_multi_setopt_long(CURLM *multi, CURLMoption option, long value) {
     return curl_multi_setopt(multi, option, value);
 }

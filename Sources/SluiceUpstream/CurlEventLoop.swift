@@ -61,8 +61,16 @@ final class CurlEventLoop: @unchecked Sendable {
 
     private var transfers: [ObjectIdentifier: UpstreamTransfer] = [:]
     private var idleHandles: [UnsafeMutableRawPointer] = []
-    private var watchedSockets: Set<Int32> = []
+    /// The epoll registration of every socket in the epoll set: what curl wants (nil: curl is done
+    /// with it for now, see ``watchSocket(_:_:)``) and the events registered.
+    private var watchedSockets: [Int32: (wanted: UInt32?, registered: UInt32)] = [:]
     private var deadlineTimerArmed = false
+    /// When the curl timer fd fires next (CLOCK_MONOTONIC ns), or nil when it is not armed.
+    private var curlTimerArmedNs: UInt64?
+    /// When curl wants its timeout (its latest timer call), or nil for none.
+    private var curlTimeoutWantedNs: UInt64?
+    /// curl asked for a timeout of 0 ms: run it right after the current batch of events.
+    private var curlTimeoutDue = false
     private var stopping = false
 
     /// Creates the fds and the multi handle; the thread starts with ``startThread()``.
@@ -194,8 +202,10 @@ final class CurlEventLoop: @unchecked Sendable {
     private func run() {
         var events = [epoll_event](repeating: epoll_event(), count: Int(Self.maxEventsPerWait))
         while !stopping {
+            // A due curl timeout is handled without sleeping (and without a timerfd round trip).
+            let waitMs: Int32 = curlTimeoutDue ? 0 : -1
             let ready = events.withUnsafeMutableBufferPointer {
-                epoll_wait(epollFD, $0.baseAddress, Self.maxEventsPerWait, -1)
+                epoll_wait(epollFD, $0.baseAddress, Self.maxEventsPerWait, waitMs)
             }
             if ready < 0 {
                 if errno == EINTR { continue }
@@ -212,17 +222,25 @@ final class CurlEventLoop: @unchecked Sendable {
                     runCommands()
                 case curlTimerFD:
                     drain(curlTimerFD)
-                    socketAction(CURL_SOCKET_TIMEOUT, 0)
+                    curlTimerFired()
                 case deadlineTimerFD:
                     drain(deadlineTimerFD)
                     enforceDeadlines()
                 default:
+                    guard watchedSockets[fd]?.wanted != nil else {
+                        unwantedSocketEvent(fd)
+                        continue
+                    }
                     var mask: Int32 = 0
                     if flags & EPOLLIN.rawValue != 0 { mask |= CURL_CSELECT_IN }
                     if flags & EPOLLOUT.rawValue != 0 { mask |= CURL_CSELECT_OUT }
                     if flags & (EPOLLERR.rawValue | EPOLLHUP.rawValue) != 0 { mask |= CURL_CSELECT_ERR }
                     socketAction(fd, mask)
                 }
+            }
+            if curlTimeoutDue {
+                curlTimeoutDue = false
+                socketAction(CURL_SOCKET_TIMEOUT, 0)
             }
             collectCompletedTransfers()
         }
@@ -465,38 +483,90 @@ final class CurlEventLoop: @unchecked Sendable {
 
     // MARK: curl multi callbacks (engine thread, from inside libcurl)
 
+    /// curl's socket callback. A pooled keep-alive connection goes through add → modify → remove on
+    /// every transfer; each is an `epoll_ctl`. So "remove" only marks the socket unwanted and leaves
+    /// it registered: the next transfer on that connection usually wants the same events and costs no
+    /// syscall. If an unwanted socket reports an event (the upstream closed the idle connection), it
+    /// is deleted from the set then; a socket curl closed has left the epoll set by itself, and its fd
+    /// number reused by a new socket is re-added when modifying it fails.
     fileprivate func watchSocket(_ fd: curl_socket_t, _ what: Int32) {
         if what == CURL_POLL_REMOVE {
-            if watchedSockets.remove(fd) != nil {
-                var unused = epoll_event()
-                _ = epoll_ctl(epollFD, EPOLL_CTL_DEL, fd, &unused)
-            }
+            watchedSockets[fd]?.wanted = nil
             return
         }
-        var event = epoll_event()
-        if what & CURL_POLL_IN != 0 { event.events |= EPOLLIN.rawValue }
-        if what & CURL_POLL_OUT != 0 { event.events |= EPOLLOUT.rawValue }
-        event.data.fd = fd
-        if watchedSockets.insert(fd).inserted {
-            if epoll_ctl(epollFD, EPOLL_CTL_ADD, fd, &event) != 0, errno == EEXIST {
-                _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
+        var events: UInt32 = 0
+        if what & CURL_POLL_IN != 0 { events |= EPOLLIN.rawValue }
+        if what & CURL_POLL_OUT != 0 { events |= EPOLLOUT.rawValue }
+        if let known = watchedSockets[fd] {
+            watchedSockets[fd] = (events, events)
+            if known.registered == events { return }
+            if epollControl(EPOLL_CTL_MOD, fd, events) != 0, errno == ENOENT {
+                _ = epollControl(EPOLL_CTL_ADD, fd, events)
             }
         } else {
-            _ = epoll_ctl(epollFD, EPOLL_CTL_MOD, fd, &event)
+            watchedSockets[fd] = (events, events)
+            if epollControl(EPOLL_CTL_ADD, fd, events) != 0, errno == EEXIST {
+                _ = epollControl(EPOLL_CTL_MOD, fd, events)
+            }
         }
     }
 
-    /// curl wants `socketAction(CURL_SOCKET_TIMEOUT)` after `timeoutMs` (-1: no timer). A 0 ms timer is
-    /// armed as 1 ns so that it runs after the current curl call returned, never inside it.
+    /// curl closes a socket (through ``curlCloseSocketCallback``): closing removes it from the epoll
+    /// set, so forget its registration.
+    fileprivate func socketClosed(_ fd: Int32) {
+        watchedSockets[fd] = nil
+    }
+
+    /// An event on a socket curl is not watching now: stop reporting it until curl wants it again.
+    private func unwantedSocketEvent(_ fd: Int32) {
+        watchedSockets[fd] = nil
+        _ = epollControl(EPOLL_CTL_DEL, fd, 0)
+    }
+
+    private func epollControl(_ operation: Int32, _ fd: Int32, _ events: UInt32) -> Int32 {
+        var event = epoll_event()
+        event.events = events
+        event.data.fd = fd
+        return epoll_ctl(epollFD, operation, fd, &event)
+    }
+
+    /// curl wants `socketAction(CURL_SOCKET_TIMEOUT)` after `timeoutMs` (-1: no timer); each call
+    /// replaces the previous one.
+    ///
+    /// curl changes its timer several times per transfer and each `timerfd_settime` is a syscall. So a
+    /// 0 ms timeout runs from the loop right after the current calls returned (never inside them), and
+    /// the fd is only re-armed when curl's timeout is due earlier than the fd fires. A fd that fires
+    /// before curl's timeout (it moved later, or was cancelled) is re-armed then, or ignored: curl only
+    /// calls this when its timeout changes, so the loop must never lose the one it was given.
     fileprivate func armCurlTimer(_ timeoutMs: Int) {
-        var spec = itimerspec()
-        if timeoutMs == 0 {
-            spec.it_value.tv_nsec = 1
-        } else if timeoutMs > 0 {
-            spec.it_value.tv_sec = timeoutMs / 1000
-            spec.it_value.tv_nsec = (timeoutMs % 1000) * 1_000_000
+        curlTimeoutDue = timeoutMs == 0
+        guard timeoutMs > 0 else {
+            curlTimeoutWantedNs = nil
+            return
         }
-        _ = timerfd_settime(curlTimerFD, 0, &spec, nil)
+        let wanted = monotonicNanoseconds() + UInt64(timeoutMs) * 1_000_000
+        curlTimeoutWantedNs = wanted
+        if let armed = curlTimerArmedNs, armed <= wanted { return }
+        setCurlTimerFD(to: wanted)
+    }
+
+    private func curlTimerFired() {
+        curlTimerArmedNs = nil
+        guard let wanted = curlTimeoutWantedNs else { return }
+        if monotonicNanoseconds() >= wanted {
+            curlTimeoutWantedNs = nil
+            curlTimeoutDue = true
+        } else {
+            setCurlTimerFD(to: wanted)
+        }
+    }
+
+    private func setCurlTimerFD(to deadlineNs: UInt64) {
+        curlTimerArmedNs = deadlineNs
+        var spec = itimerspec()
+        spec.it_value.tv_sec = Int(deadlineNs / 1_000_000_000)
+        spec.it_value.tv_nsec = Int(deadlineNs % 1_000_000_000)
+        _ = timerfd_settime(curlTimerFD, Int32(TFD_TIMER_ABSTIME), &spec, nil)
     }
 
     private func drain(_ fd: Int32) {
@@ -542,6 +612,15 @@ private func curlSocketCallback(
     guard let context else { return -1 }
     Unmanaged<CurlEventLoop>.fromOpaque(context).takeUnretainedValue().watchSocket(fd, what)
     return 0
+}
+
+/// `CURLOPT_CLOSESOCKETFUNCTION`; the context is the unretained ``CurlEventLoop`` that owns the
+/// connection (curl closes sockets only from inside calls on that loop's thread).
+func curlCloseSocketCallback(_ context: UnsafeMutableRawPointer?, _ fd: curl_socket_t) -> Int32 {
+    if let context {
+        Unmanaged<CurlEventLoop>.fromOpaque(context).takeUnretainedValue().socketClosed(fd)
+    }
+    return close(fd)
 }
 
 private func curlTimerCallback(_ multi: UnsafeMutableRawPointer?, _ timeoutMs: Int, _ context: UnsafeMutableRawPointer?) -> Int32 {

@@ -48,6 +48,11 @@ enum CurlRequestConfigurator {
             failedOption = "HEADERFUNCTION"
         }
         set(CURLOPT_HEADERDATA, pointer: context, "HEADERDATA")
+        // The engine thread learns of closed sockets (its epoll bookkeeping depends on it).
+        if failedOption == nil, sluice_curl_easy_setopt_closesocket_function(handle, curlCloseSocketCallback) != CURLE_OK {
+            failedOption = "CLOSESOCKETFUNCTION"
+        }
+        set(CURLOPT_CLOSESOCKETDATA, pointer: Unmanaged.passUnretained(transfer.loop).toOpaque(), "CLOSESOCKETDATA")
 
         switch request.method {
         case "GET":

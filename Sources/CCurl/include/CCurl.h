@@ -24,6 +24,8 @@ CURLcode sluice_curl_easy_setopt_pointer(CURL *handle, CURLoption option, const 
 CURLcode sluice_curl_easy_setopt_off_t(CURL *handle, CURLoption option, curl_off_t value);
 /// For CURLOPT_WRITEFUNCTION and CURLOPT_HEADERFUNCTION (both take a curl_write_callback).
 CURLcode sluice_curl_easy_setopt_write_function(CURL *handle, CURLoption option, curl_write_callback value);
+/// For CURLOPT_CLOSESOCKETFUNCTION.
+CURLcode sluice_curl_easy_setopt_closesocket_function(CURL *handle, curl_closesocket_callback value);
 
 // MARK: curl_multi_setopt
 
