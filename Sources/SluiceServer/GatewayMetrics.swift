@@ -1,5 +1,6 @@
 import CoreMetrics
 import Metrics
+import NIOPosix
 import Prometheus
 import SluiceCore
 import Synchronization
@@ -15,6 +16,8 @@ public final class GatewayMetrics: Sendable {
     private let openConnections: @Sendable () -> Int
     private let connectionsGauge: CoreMetrics.Gauge
     private let cache = Mutex<[String: AnyObject]>([:])
+    /// The per-request handles, found again per thread without the shared lock (see ``HotHandles``).
+    private let hot = ThreadSpecificVariable<HotHandles>()
 
     public init(openConnections: @escaping @Sendable () -> Int = { 0 }) {
         registry = PrometheusCollectorRegistry()
@@ -30,13 +33,35 @@ public final class GatewayMetrics: Sendable {
     }
 
     func requestFinished(route: String, status: Int, model: String?, duration: Duration) {
-        counter("sluice_requests_total", [("route", route), ("status", String(status)), ("model", model ?? "")]).increment()
-        timer("sluice_request_duration_seconds", [("route", route)]).record(duration: duration)
+        let hot = hotHandles()
+        let requestKey = HotHandles.RequestKey(route: route, status: status, model: model)
+        let requests = hot.requests[requestKey] ?? {
+            let handle = counter("sluice_requests_total", [("route", route), ("status", String(status)), ("model", model ?? "")])
+            hot.requests[requestKey] = handle
+            return handle
+        }()
+        requests.increment()
+        let durations = hot.durations[route] ?? {
+            let handle = timer("sluice_request_duration_seconds", [("route", route)])
+            hot.durations[route] = handle
+            return handle
+        }()
+        durations.record(duration: duration)
     }
 
     func tokens(keyID: String, model: String, prompt: Int, completion: Int) {
-        counter("sluice_prompt_tokens_total", [("key", keyID), ("model", model)]).increment(by: prompt)
-        counter("sluice_completion_tokens_total", [("key", keyID), ("model", model)]).increment(by: completion)
+        let hot = hotHandles()
+        let tokensKey = HotHandles.TokensKey(keyID: keyID, model: model)
+        let handles = hot.tokens[tokensKey] ?? {
+            let handles = (
+                prompt: counter("sluice_prompt_tokens_total", [("key", keyID), ("model", model)]),
+                completion: counter("sluice_completion_tokens_total", [("key", keyID), ("model", model)])
+            )
+            hot.tokens[tokensKey] = handles
+            return handles
+        }()
+        handles.prompt.increment(by: prompt)
+        handles.completion.increment(by: completion)
     }
 
     func rateLimited(kind: RateLimitKind, keyID: String) {
@@ -63,6 +88,13 @@ public final class GatewayMetrics: Sendable {
 
     /// Metric handles are looked up once per label set and kept: creating one per request would go
     /// through the factory's lock and allocate every time.
+    private func hotHandles() -> HotHandles {
+        if let handles = hot.currentValue { return handles }
+        let handles = HotHandles()
+        hot.currentValue = handles
+        return handles
+    }
+
     private func counter(_ label: String, _ dimensions: [(String, String)]) -> CoreMetrics.Counter {
         cached(label, dimensions) { CoreMetrics.Counter(label: $0, dimensions: $1, factory: factory) }
     }
@@ -86,4 +118,28 @@ public final class GatewayMetrics: Sendable {
             return handle
         }
     }
+}
+
+/// One thread's references to the handles every request updates, keyed by their label values.
+///
+/// Why: finding a handle in the shared cache means building a string key and taking a lock all
+/// event loops share, on every request. The handles themselves are the shared ones (created once
+/// through that cache), so every thread updates the same series. The label values are bounded by
+/// the config (routes, statuses, configured models and keys), and so is this cache.
+/// `@unchecked Sendable`: an instance is only ever reached through its own thread's slot.
+private final class HotHandles: @unchecked Sendable {
+    struct RequestKey: Hashable {
+        let route: String
+        let status: Int
+        let model: String?
+    }
+
+    struct TokensKey: Hashable {
+        let keyID: String
+        let model: String
+    }
+
+    var requests: [RequestKey: CoreMetrics.Counter] = [:]
+    var durations: [String: Metrics.Timer] = [:]
+    var tokens: [TokensKey: (prompt: CoreMetrics.Counter, completion: CoreMetrics.Counter)] = [:]
 }

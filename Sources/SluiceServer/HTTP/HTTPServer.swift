@@ -72,7 +72,7 @@ public final class HTTPServer: Sendable {
             .bind(host: configuration.host, port: configuration.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                        withPipeliningAssistance: true,
+                        withPipeliningAssistance: false,
                         withServerUpgrade: nil,
                         withErrorHandling: true,
                         withOutboundHeaderValidation: false,
@@ -101,7 +101,9 @@ public final class HTTPServer: Sendable {
         try await withThrowingDiscardingTaskGroup { group in
             try await serverChannel.executeThenClose { inbound in
                 for try await connection in inbound {
-                    group.addTask {
+                    // The connection's task (and its children) run on the channel's own event loop.
+                    let executor = EventLoopExecutor(connection.channel.eventLoop)
+                    group.addTask(executorPreference: executor) {
                         await self.serve(connection)
                     }
                 }
