@@ -1,3 +1,4 @@
+import NIOPosix
 import SluiceCore
 import SluiceTokenizer
 
@@ -6,10 +7,30 @@ import SluiceTokenizer
 public struct PromptTokenCounter: Sendable {
     public let tokenizers: Tokenizers
     public let maxPromptBytes: Int
+    /// Per-thread token-count caches (one per encoding): requests run on their connection's event
+    /// loop thread, so each loop reuses the counts of the conversations it serves, with no lock.
+    private let caches = ThreadSpecificVariable<ThreadCaches>()
+    private let cacheBudgetBytes: Int
 
-    public init(tokenizers: Tokenizers, maxPromptBytes: Int = ChatPromptCounter.defaultMaxPromptBytes) {
+    public init(tokenizers: Tokenizers, maxPromptBytes: Int = ChatPromptCounter.defaultMaxPromptBytes, cacheBudgetBytes: Int = TokenCountCache.defaultBudgetBytes) {
         self.tokenizers = tokenizers
         self.maxPromptBytes = maxPromptBytes
+        self.cacheBudgetBytes = cacheBudgetBytes
+    }
+
+    /// This thread's cache for `encoding` (created on first use).
+    func cache(for encoding: BPEEncoding) -> TokenCountCache {
+        let threadCaches: ThreadCaches
+        if let existing = caches.currentValue {
+            threadCaches = existing
+        } else {
+            threadCaches = ThreadCaches()
+            caches.currentValue = threadCaches
+        }
+        if let cache = threadCaches.byEncoding[ObjectIdentifier(encoding)] { return cache }
+        let cache = TokenCountCache(encoding: encoding, budgetBytes: cacheBudgetBytes)
+        threadCaches.byEncoding[ObjectIdentifier(encoding)] = cache
+        return cache
     }
 
     /// Exact prompt tokens of `request` for its model: OpenAI's chat framing for chat requests, the
@@ -18,7 +39,8 @@ public struct PromptTokenCounter: Sendable {
         do {
             switch request.prompt {
             case .chat(let prompt):
-                return try tokenizers.chatPromptCounter(forModel: request.model, maxPromptBytes: maxPromptBytes).count(prompt)
+                let counter = tokenizers.chatPromptCounter(forModel: request.model, maxPromptBytes: maxPromptBytes)
+                return try counter.count(prompt, cache: cache(for: counter.encoding))
             case .texts(let texts):
                 let encoding = tokenizers.encoding(forModel: request.model)
                 var total = 0
@@ -31,4 +53,10 @@ public struct PromptTokenCounter: Sendable {
             throw .invalidRequest(message: "The prompt is too large to process (limit \(maxPromptBytes) bytes).", param: nil)
         }
     }
+}
+
+/// One thread's token-count caches. `@unchecked Sendable`: an instance is only ever reached through
+/// its own thread's slot of a `ThreadSpecificVariable`, never shared.
+private final class ThreadCaches: @unchecked Sendable {
+    var byEncoding: [ObjectIdentifier: TokenCountCache] = [:]
 }

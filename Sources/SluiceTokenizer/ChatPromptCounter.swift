@@ -43,13 +43,19 @@ public struct ChatPromptCounter: Sendable {
 
     /// The prompt tokens of `prompt`. Throws `.inputTooLarge` (before tokenizing anything) when
     /// its strings exceed `maxPromptBytes` UTF-8 bytes in total.
-    public func count(_ prompt: ChatPrompt) throws(TokenizerError) -> Int {
+    ///
+    /// With a `cache` (of this counter's encoding), texts counted recently are not counted again.
+    public func count(_ prompt: ChatPrompt, cache: TokenCountCache? = nil) throws(TokenizerError) -> Int {
         let byteCount = Self.utf8ByteCount(of: prompt)
         guard byteCount <= maxPromptBytes else {
             throw .inputTooLarge(byteCount: byteCount, limit: maxPromptBytes)
         }
-        let scratch = MergeScratch()
-        func tokens(_ text: String) -> Int { encoding.countOrdinary(text, scratch: scratch) }
+        // A cache of another encoding would answer with its counts: not used.
+        let cache = cache?.encoding === encoding ? cache : nil
+        let scratch = cache?.scratch ?? MergeScratch()
+        func tokens(_ text: String) -> Int {
+            cache?.countOrdinary(text) ?? encoding.countOrdinary(text, scratch: scratch)
+        }
 
         var total = 0
         for message in prompt.messages {
