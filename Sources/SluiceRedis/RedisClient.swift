@@ -19,6 +19,8 @@ import Synchronization
 public final class RedisClient: Sendable {
     private let connections: [RedisConnection]
     private let nextConnection = Atomic<Int>(0)
+    /// Set once the server answered `FCALL` with "unknown command" (Redis < 7).
+    private let functionsUnsupported = Atomic<Bool>(false)
     private let logger: Logger
 
     public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), logger: Logger = Logger(label: "sluice.redis")) {
@@ -89,6 +91,33 @@ public final class RedisClient: Sendable {
             command[1] = script.source
             return try await send(command)
         }
+    }
+
+    /// Calls a library function by `FCALL`. If the server does not know it (restarted, flushed, or
+    /// another version loaded first), loads its library with `FUNCTION LOAD REPLACE` and calls again.
+    /// A server without functions (Redis < 7) is remembered, and the function's script runs by
+    /// `EVALSHA` from then on.
+    public func call(_ function: RedisFunction, keys: [String], arguments: [String]) async throws(RedisError) -> RedisReply {
+        if !functionsUnsupported.load(ordering: .relaxed) {
+            var command: [[UInt8]] = [Array("FCALL".utf8), Array(function.name.utf8), Array(String(keys.count).utf8)]
+            command.reserveCapacity(3 + keys.count + arguments.count)
+            for key in keys { command.append(Array(key.utf8)) }
+            for argument in arguments { command.append(Array(argument.utf8)) }
+            do throws(RedisError) {
+                return try await send(command)
+            } catch {
+                guard case .server(let message) = error else { throw error }
+                if message.hasPrefix("ERR Function not found") {
+                    logger.debug("redis function not loaded; loading its library", metadata: ["function": "\(function.name)"])
+                    _ = try await send([Array("FUNCTION".utf8), Array("LOAD".utf8), Array("REPLACE".utf8), function.librarySource])
+                    return try await send(command)
+                }
+                guard message.lowercased().contains("unknown command") else { throw error }
+                functionsUnsupported.store(true, ordering: .relaxed)
+                logger.notice("redis has no functions (Redis < 7): using EVALSHA scripts")
+            }
+        }
+        return try await evalScript(function.script, keys: keys, arguments: arguments)
     }
 
     private func pickConnection() -> RedisConnection {

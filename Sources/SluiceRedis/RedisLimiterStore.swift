@@ -40,18 +40,16 @@ public final class RedisLimiterStore: LimiterStore {
         }
     }
 
-    /// The three limiter scripts, loaded from the module's `Scripts` resources and hashed.
+    /// The three limiter entry points, loaded from the module's `Scripts` resources as one
+    /// function library (see ``RedisFunction``).
     public struct Scripts: Sendable {
-        public let admit: RedisScript
-        public let settle: RedisScript
-        public let snapshot: RedisScript
+        public let admit: RedisFunction
+        public let settle: RedisFunction
+        public let snapshot: RedisFunction
 
         public static func load() throws(RedisScriptLoadError) -> Scripts {
-            Scripts(
-                admit: try RedisScriptFiles.limiterScript(named: "admit"),
-                settle: try RedisScriptFiles.limiterScript(named: "settle"),
-                snapshot: try RedisScriptFiles.limiterScript(named: "snapshot")
-            )
+            let functions = try RedisScriptFiles.limiterFunctions(named: ["admit", "settle", "snapshot"])
+            return Scripts(admit: functions["admit"]!, settle: functions["settle"]!, snapshot: functions["snapshot"]!)
         }
     }
 
@@ -112,7 +110,7 @@ public final class RedisLimiterStore: LimiterStore {
             layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens,
             layout.leases, layout.quota, layout.reservation(requestID: request.requestID),
         ]
-        let values = try Self.integers(try await client.evalScript(scripts.admit, keys: keys, arguments: arguments), count: 13, script: "admit")
+        let values = try Self.integers(try await client.call(scripts.admit, keys: keys, arguments: arguments), count: 13, script: "admit")
         reportCorruption(values[1], keyID: request.keyID, script: "admit")
         let snapshot = Self.snapshot(limits, values[2...5])
         if values[0] == 1 {
@@ -152,7 +150,7 @@ public final class RedisLimiterStore: LimiterStore {
             layout.leases, layout.quota, layout.reservation(requestID: reservation.requestID),
             layout.usage(day: UTCDay(Date()).text), layout.usageStream,
         ]
-        let values = try Self.integers(try await client.evalScript(scripts.settle, keys: keys, arguments: arguments), count: 6, script: "settle")
+        let values = try Self.integers(try await client.call(scripts.settle, keys: keys, arguments: arguments), count: 6, script: "settle")
         reportCorruption(values[1], keyID: reservation.keyID, script: "settle")
         guard values[0] == 1 else {
             logger.debug("settle found no reservation (already settled, expired or flushed)", metadata: [
@@ -170,7 +168,7 @@ public final class RedisLimiterStore: LimiterStore {
         for limit in [limits.requests, limits.tokens] {
             if let limit { arguments += [String(limit.perMinute), String(limit.burst)] } else { arguments += ["0", "0"] }
         }
-        let reply = try await client.evalScript(scripts.snapshot, keys: [layout.requests, layout.tokens], arguments: arguments)
+        let reply = try await client.call(scripts.snapshot, keys: [layout.requests, layout.tokens], arguments: arguments)
         let values = try Self.integers(reply, count: 5, script: "snapshot")
         reportCorruption(values[0], keyID: keyID, script: "snapshot")
         return Self.snapshot(limits, values[1...4])

@@ -176,6 +176,38 @@ final class RedisClientTests: XCTestCase {
         XCTAssertEqual(replies, Array(repeating: expected, count: 50))
     }
 
+    func testFunctionsAreLoadedOnDemandAndAgainAfterAFlush() async throws {
+        let client = makeClient(try startServer().config)
+        let functions = RedisFunction.library(
+            prelude: Array("local function pair(a, b) return {a, b} end".utf8),
+            bodies: [("echo", Array("return pair(KEYS[1], ARGV[1])".utf8)), ("count", Array("return #ARGV".utf8))]
+        )
+        let echo = try XCTUnwrap(functions["echo"])
+        let count = try XCTUnwrap(functions["count"])
+        XCTAssertTrue(echo.name.hasPrefix("sluice_echo_"))
+        XCTAssertEqual(echo.librarySource, count.librarySource, "one library holds both")
+        let expected = RedisReply.array([.bulkString(Array("k".utf8)), .bulkString(Array("v".utf8))])
+        // Not loaded yet: FCALL fails, the library is loaded, the call runs.
+        let first = try await client.call(echo, keys: ["k"], arguments: ["v"])
+        XCTAssertEqual(first, expected)
+        let listed = try await client.send(["FUNCTION", "LIST"])
+        XCTAssertEqual(listed.array?.count, 1)
+        let counted = try await client.call(count, keys: [], arguments: ["a", "b", "c"])
+        XCTAssertEqual(counted, .integer(3))
+        // The same code as a plain script gives the same answer (the path for Redis < 7).
+        let scripted = try await client.evalScript(echo.script, keys: ["k"], arguments: ["v"])
+        XCTAssertEqual(scripted, expected)
+        _ = try await client.send(["FUNCTION", "FLUSH"])
+        // Many at once after the flush: each call loads the library if it has to.
+        let replies = try await withThrowingTaskGroup(of: RedisReply.self) { group in
+            for _ in 0..<50 { group.addTask { try await client.call(echo, keys: ["k"], arguments: ["v"]) } }
+            var collected: [RedisReply] = []
+            for try await reply in group { collected.append(reply) }
+            return collected
+        }
+        XCTAssertEqual(replies, Array(repeating: expected, count: 50))
+    }
+
     func testShutdownFailsLaterCalls() async throws {
         let client = makeClient(try startServer().config)
         let reply12 = try await client.send(["PING"])

@@ -214,9 +214,10 @@ final class RedisLimiterStoreTests: XCTestCase {
         let limits = ResolvedLimits(requests: BucketLimit(perMinute: 2), tokens: BucketLimit(perMinute: 100), maxConcurrentRequests: 1)
         let (reservation, _) = try await admitted(request("flush", limits, prompt: 90))
         _ = try await redis.send(["FLUSHALL"])
+        _ = try await redis.send(["FUNCTION", "FLUSH"])
         let settled = try await limiter.settle(reservation, actualPromptTokens: 90, actualCompletionTokens: 0)
         XCTAssertNil(settled, "no reservation left: nothing to settle")
-        // Scripts are gone too (NOSCRIPT → EVAL) and every limit starts over.
+        // The functions are gone too (the client loads the library again) and every limit starts over.
         let (_, snapshot) = try await admitted(request("flush", limits, prompt: 90))
         XCTAssertEqual(snapshot.remainingRequests, 1)
         XCTAssertEqual(snapshot.remainingTokens, 10)

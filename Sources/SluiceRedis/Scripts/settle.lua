@@ -100,33 +100,37 @@ if quotaCost ~= nil and quotaDay ~= nil and quotaMonth ~= nil and (quotaDay >= 0
 end
 
 -- Usage records. A key of the wrong type, or a field that is not an integer, is replaced rather
--- than failing the settle.
+-- than failing the settle. The writes themselves detect both (no TYPE check per settle).
 local model = ARGV[12]
 local usageTTL = ARGV[13]
-local function replaceUnlessType(key, wanted)
-  local found = redis.call('TYPE', key)['ok']
-  if found ~= wanted and found ~= 'none' then
-    redis.call('DEL', key)
-    corrupt = 1
-  end
+local function isWrongType(reply)
+  return type(reply) == 'table' and reply.err ~= nil and string.find(reply.err, 'WRONGTYPE', 1, true) ~= nil
 end
 local function addUsage(field, amount)
-  if type(redis.pcall('HINCRBY', KEYS[8], field, int(amount))) == 'table' then
-    redis.call('HSET', KEYS[8], field, int(amount))
-    corrupt = 1
-  end
+  local reply = redis.pcall('HINCRBY', KEYS[8], field, int(amount))
+  if type(reply) ~= 'table' then return end
+  corrupt = 1
+  if isWrongType(reply) then redis.call('DEL', KEYS[8]) end
+  redis.call('HSET', KEYS[8], field, int(amount))
 end
-replaceUnlessType(KEYS[8], 'hash')
 addUsage(model .. ':prompt', actualPrompt)
 addUsage(model .. ':completion', actualCompletion)
 addUsage(model .. ':requests', 1)
 redis.call('PEXPIRE', KEYS[8], usageTTL)
 
-replaceUnlessType(KEYS[9], 'stream')
-redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[14], '*',
-  'request_id', requestID, 'model', model,
-  'prompt_tokens', int(actualPrompt), 'completion_tokens', int(actualCompletion),
-  'reserved_prompt_tokens', int(reservedPrompt or 0), 'reserved_output_tokens', int(reservedOutput or 0))
+local function appendUsage()
+  return redis.pcall('XADD', KEYS[9], 'MAXLEN', '~', ARGV[14], '*',
+    'request_id', requestID, 'model', model,
+    'prompt_tokens', int(actualPrompt), 'completion_tokens', int(actualCompletion),
+    'reserved_prompt_tokens', int(reservedPrompt or 0), 'reserved_output_tokens', int(reservedOutput or 0))
+end
+local appended = appendUsage()
+if isWrongType(appended) then
+  redis.call('DEL', KEYS[9])
+  corrupt = 1
+  appended = appendUsage()
+end
+if type(appended) == 'table' and appended.err ~= nil then return redis.error_reply(appended.err) end
 redis.call('PEXPIRE', KEYS[9], usageTTL)
 
 return result(1)
