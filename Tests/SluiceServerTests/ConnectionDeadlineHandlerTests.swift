@@ -43,6 +43,39 @@ final class ConnectionDeadlineHandlerTests: XCTestCase {
         XCTAssertFalse(channel.isActive)
     }
 
+    /// The deadlines are checked lazily (no timer per phase change): a body deadline that starts late
+    /// in an idle period still fires on time, not at the next idle check.
+    func testBodyDeadlineStartedLateInAnIdlePeriodFiresOnTime() throws {
+        let channel = try makeChannel()
+        channel.embeddedEventLoop.advanceTime(by: .seconds(9))
+        try channel.writeInbound(head())
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(1_900))
+        XCTAssertNil(try channel.readOutbound(as: HTTPServerResponsePart.self), "not yet: 1.9 s of the 2 s")
+        XCTAssertTrue(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .milliseconds(200))
+        guard case .head(let response) = try channel.readOutbound(as: HTTPServerResponsePart.self) else {
+            return XCTFail("expected the 408 head")
+        }
+        XCTAssertEqual(response.status, .requestTimeout)
+        XCTAssertFalse(channel.isActive)
+    }
+
+    /// Requests that keep coming keep a connection open however long it lives.
+    func testBusyKeepAliveConnectionStaysOpen() throws {
+        let channel = try makeChannel()
+        for _ in 0..<10 {
+            channel.embeddedEventLoop.advanceTime(by: .seconds(8))
+            try channel.writeInbound(head())
+            try channel.writeInbound(HTTPServerRequestPart.end(nil))
+            channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+            try channel.writeOutbound(HTTPServerResponsePart.head(HTTPResponseHead(version: .http1_1, status: .ok)))
+            try channel.writeOutbound(HTTPServerResponsePart.end(nil))
+            XCTAssertTrue(channel.isActive)
+        }
+        channel.embeddedEventLoop.advanceTime(by: .seconds(10))
+        XCTAssertFalse(channel.isActive, "idle for the idle timeout after the last response")
+    }
+
     func testLongResponseIsNotIdle() throws {
         let channel = try makeChannel()
         try channel.writeInbound(head())

@@ -53,6 +53,18 @@ final class HTTPServerTests: XCTestCase {
         }
     }
 
+    /// Requests pipelined in one write are answered in order, each with its own body.
+    func testPipelinedRequestsAreAnsweredInOrder() throws {
+        let socket = try TestSocket(port: port)
+        var batch = ""
+        for i in 0..<5 { batch += "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 7\r\n\r\nbody \(i)\r" }
+        try socket.send(batch + "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlast")
+        let all = try socket.readUntilClosed()
+        let bodies = all.components(separatedBy: "\r\n\r\n").dropFirst().map { $0.prefix { $0 != "H" } }
+        XCTAssertEqual(bodies, ["body 0\r", "body 1\r", "body 2\r", "body 3\r", "body 4\r", "last"], all)
+        XCTAssertEqual(all.components(separatedBy: "HTTP/1.1 200").count - 1, 6)
+    }
+
     func testDeclaredBodyOverTheCapIs413AndCloses() throws {
         let socket = try TestSocket(port: port)
         try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n")

@@ -9,6 +9,11 @@ import SluiceCore
 ///
 /// Sits after the HTTP codec, so it sees request parts inbound and response parts outbound; it never
 /// fires while a response is being produced (a long stream is not idle).
+///
+/// Timer churn: a phase change only records its deadline. The one scheduled check never runs later
+/// than the shortest timeout after it was scheduled, so no new deadline can be earlier than it; when
+/// it runs before the phase's deadline it is scheduled again (at the deadline, or the shortest timeout
+/// from now if sooner). So a request costs no timer scheduling or cancelling at all.
 final class ConnectionDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -20,6 +25,8 @@ final class ConnectionDeadlineHandler: ChannelDuplexHandler, RemovableChannelHan
     private let idleTimeout: TimeAmount
     private let bodyTimeout: TimeAmount
     private var phase = Phase.idle
+    /// When the current phase times out (nil while responding: never).
+    private var deadline: NIODeadline?
     private var timer: Scheduled<Void>?
 
     init(idleTimeout: TimeAmount, bodyTimeout: TimeAmount) {
@@ -50,8 +57,8 @@ final class ConnectionDeadlineHandler: ChannelDuplexHandler, RemovableChannelHan
         case .head:
             arm(context: context, for: .readingRequest)
         case .end:
-            cancelTimer()
             phase = .responding
+            deadline = nil
         case .body:
             break
         }
@@ -66,18 +73,35 @@ final class ConnectionDeadlineHandler: ChannelDuplexHandler, RemovableChannelHan
     }
 
     private func arm(context: ChannelHandlerContext, for phase: Phase) {
-        cancelTimer()
         self.phase = phase
         let timeout = phase == .readingRequest ? bodyTimeout : idleTimeout
+        deadline = context.eventLoop.now + timeout
+        if timer == nil { scheduleCheck(context: context) }
+    }
+
+    private func scheduleCheck(context: ChannelHandlerContext) {
+        let now = context.eventLoop.now
+        var at = now + min(idleTimeout, bodyTimeout)
+        if let deadline, deadline < at { at = deadline }
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: timeout) { [weak self] in
+        timer = context.eventLoop.scheduleTask(deadline: at) { [weak self] in
             guard let self else { return }
-            self.expire(context: loopBound.value)
+            self.check(context: loopBound.value)
+        }
+    }
+
+    private func check(context: ChannelHandlerContext) {
+        timer = nil
+        guard context.channel.isActive else { return }
+        if let deadline, context.eventLoop.now >= deadline {
+            expire(context: context)
+        } else {
+            scheduleCheck(context: context)
         }
     }
 
     private func expire(context: ChannelHandlerContext) {
-        timer = nil
+        deadline = nil
         switch phase {
         case .idle:
             context.close(promise: nil)

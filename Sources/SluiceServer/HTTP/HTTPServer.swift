@@ -7,9 +7,12 @@ import Synchronization
 /// The SwiftNIO HTTP/1.1 front door: accepts connections, decodes requests (bounded), and hands each
 /// complete request to a `RequestHandling` value, one request at a time per connection (keep-alive).
 ///
-/// Threading: NIO event loops own the sockets; each connection is served by one Swift task that reads
-/// its requests in order and writes the responses through the channel's async writer, whose
-/// backpressure (channel writability) is what slows an upstream transfer down for a slow client.
+/// Threading: NIO event loops own the sockets. Each connection's `HTTPConnectionHandler` assembles a
+/// request on its event loop and runs the gateway for it in a Swift task whose executor is that same
+/// event loop (`EventLoopExecutor`), so the request's walk reads and writes its socket without a
+/// thread hop; only the upstream's answer crosses threads. Streamed writes wait while the client's
+/// socket is not writable: that wait is the backpressure that pauses an upstream transfer for a slow
+/// client.
 public final class HTTPServer: Sendable {
     public struct Configuration: Sendable {
         public var host: String
@@ -32,8 +35,6 @@ public final class HTTPServer: Sendable {
         }
     }
 
-    typealias ConnectionChannel = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
-
     private let configuration: Configuration
     private let group: any EventLoopGroup
     private let handler: any RequestHandling
@@ -55,7 +56,7 @@ public final class HTTPServer: Sendable {
     /// Number of client connections open now.
     public var openConnections: Int { connections.count }
 
-    /// Binds, then serves until `stopAccepting()` closes the listener and every connection has
+    /// Binds, then serves until `shutdownGracefully()` closes the listener and every connection has
     /// finished (or the grace period ran out and they were closed).
     public func run(onBound: @Sendable (SocketAddress) -> Void = { _ in }) async throws {
         let configuration = self.configuration
@@ -63,21 +64,34 @@ public final class HTTPServer: Sendable {
         decoderLimits.maxHeaderFieldSize = configuration.maxHeaderBytes
         decoderLimits.maxHeaderListSize = configuration.maxHeaderBytes
         decoderLimits.maxHeaderFieldCount = 1000
+        let limits = decoderLimits
+        let connections = self.connections
+        let handler = self.handler
+        let logger = self.logger
         let serverChannel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 4)
-            .bind(host: configuration.host, port: configuration.port) { channel in
+            .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    guard let connection = connections.register(channel) else {
+                        // Draining: no new connections.
+                        channel.close(promise: nil)
+                        return
+                    }
+                    channel.closeFuture.whenComplete { _ in connections.unregister(connection) }
+                    // Pipelining assistance is off: the connection handler serves one request at a
+                    // time and holds later ones itself. The assistance would stop and restart reading
+                    // around every response (two epoll_ctl per request).
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                         withPipeliningAssistance: false,
                         withServerUpgrade: nil,
                         withErrorHandling: true,
                         withOutboundHeaderValidation: false,
                         withEncoderConfiguration: .init(),
-                        withDecoderLimitConfiguration: decoderLimits
+                        withDecoderLimitConfiguration: limits
                     )
                     try channel.pipeline.syncOperations.addHandler(
                         ConnectionDeadlineHandler(
@@ -85,30 +99,24 @@ public final class HTTPServer: Sendable {
                             bodyTimeout: .milliseconds(Int64(configuration.bodyTimeoutMs))
                         )
                     )
-                    return try ConnectionChannel(
-                        wrappingChannelSynchronously: channel,
-                        configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16))
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTPConnectionHandler(
+                            connection: connection, handler: handler, maxBodyBytes: configuration.maxBodyBytes,
+                            executor: EventLoopExecutor(channel.eventLoop), logger: logger
+                        )
                     )
                 }
             }
-        serverChannelBox.withLock { $0 = serverChannel.channel }
-        if let address = serverChannel.channel.localAddress {
+            .bind(host: configuration.host, port: configuration.port).get()
+        serverChannelBox.withLock { $0 = serverChannel }
+        if let address = serverChannel.localAddress {
             boundAddress.withLock { $0 = address }
             onBound(address)
         }
-        logger.info("listening", metadata: ["address": "\(serverChannel.channel.localAddress.map { "\($0)" } ?? "?")"])
-
-        try await withThrowingDiscardingTaskGroup { group in
-            try await serverChannel.executeThenClose { inbound in
-                for try await connection in inbound {
-                    // The connection's task (and its children) run on the channel's own event loop.
-                    let executor = EventLoopExecutor(connection.channel.eventLoop)
-                    group.addTask(executorPreference: executor) {
-                        await self.serve(connection)
-                    }
-                }
-            }
-        }
+        logger.info("listening", metadata: ["address": "\(serverChannel.localAddress.map { "\($0)" } ?? "?")"])
+        try await serverChannel.closeFuture.get()
+        // The listener is closed (shutdown): wait for the open connections to finish.
+        await connections.waitUntilAllClosed()
     }
 
     /// Stops accepting new connections and asks every open one to finish its current request and
@@ -125,91 +133,6 @@ public final class HTTPServer: Sendable {
             if left > 0 {
                 logger.warning("shutdown grace period over; closing connections", metadata: ["open": "\(left)"])
                 connections.closeAll()
-            }
-        }
-    }
-
-    // MARK: - One connection
-
-    private func serve(_ connection: ConnectionChannel) async {
-        let channel = connection.channel
-        guard let state = connections.register(channel) else {
-            try? await channel.close()
-            return
-        }
-        defer { connections.unregister(state) }
-        do {
-            try await connection.executeThenClose { inbound, outbound in
-                // Closing the socket under a running request (client went away) cancels the request's
-                // task, which cancels its upstream transfer.
-                await withTaskGroup(of: Void.self) { group in
-                    group.addTask {
-                        do {
-                            try await self.serveRequests(inbound: inbound, outbound: outbound, state: state)
-                        } catch {
-                            // A protocol error (the codec already answered 400) or a reset connection.
-                            self.logger.debug("connection error", metadata: ["error": "\(error)"])
-                        }
-                        // Wakes the watcher below, so the group can finish.
-                        channel.close(promise: nil)
-                    }
-                    group.addTask {
-                        try? await channel.closeFuture.get()
-                    }
-                    await group.next()
-                    group.cancelAll()
-                }
-            }
-        } catch {
-            logger.debug("connection ended", metadata: ["error": "\(error)"])
-        }
-    }
-
-    private func serveRequests(
-        inbound: NIOAsyncChannelInboundStream<HTTPServerRequestPart>,
-        outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>,
-        state: ConnectionState
-    ) async throws {
-        var parts = inbound.makeAsyncIterator()
-        let maxBody = configuration.maxBodyBytes
-        while let part = try await parts.next() {
-            guard case .head(let head) = part else {
-                // A body or end part without a head: the decoder never produces this; be safe.
-                return
-            }
-            state.beginRequest()
-            defer { state.endRequest() }
-            let writer = ResponseWriter(outbound: outbound, keepAlive: head.isKeepAlive && !state.isDraining)
-
-            // 1. Body, bounded. A declared length over the cap is refused before reading it.
-            if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared > maxBody {
-                try await writer.writeError(.bodyTooLarge(limitBytes: maxBody), requestID: nil, forceClose: true)
-                return
-            }
-            var body = ByteBuffer()
-            var tooLarge = false
-            readBody: while let next = try await parts.next() {
-                switch next {
-                case .body(var chunk):
-                    if body.readableBytes + chunk.readableBytes > maxBody {
-                        tooLarge = true
-                    } else if !tooLarge {
-                        body.writeBuffer(&chunk)
-                    }
-                case .end:
-                    break readBody
-                case .head:
-                    return  // protocol violation; the decoder does not produce this
-                }
-            }
-            if tooLarge {
-                try await writer.writeError(.bodyTooLarge(limitBytes: maxBody), requestID: nil, forceClose: true)
-                return
-            }
-
-            await handler.handle(HTTPRequest(head: head, body: body), writer: writer)
-            if !writer.keepAlive || writer.closeAfterResponse {
-                return
             }
         }
     }
@@ -257,13 +180,31 @@ final class ConnectionState: Sendable {
 }
 
 final class ConnectionRegistry: Sendable {
-    private let state = Mutex<(open: [ObjectIdentifier: ConnectionState], draining: Bool)>(([:], false))
+    private struct State {
+        var open: [ObjectIdentifier: ConnectionState] = [:]
+        var draining = false
+        var closedWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
 
     var count: Int { state.withLock { $0.open.count } }
 
+    /// Returns once the registry is draining and no connection is open any more.
+    func waitUntilAllClosed() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { state -> Bool in
+                if state.draining && state.open.isEmpty { return true }
+                state.closedWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
     func register(_ channel: any Channel) -> ConnectionState? {
         let connection = ConnectionState(channel: channel)
-        let accepted = state.withLock { state -> Bool in
+        let accepted = state.withLock { (state: inout State) -> Bool in
             guard !state.draining else { return false }
             state.open[ObjectIdentifier(connection)] = connection
             return true
@@ -272,15 +213,26 @@ final class ConnectionRegistry: Sendable {
     }
 
     func unregister(_ connection: ConnectionState) {
-        _ = state.withLock { $0.open.removeValue(forKey: ObjectIdentifier(connection)) }
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.open.removeValue(forKey: ObjectIdentifier(connection))
+            return takeWaitersIfDone(&state)
+        }
+        waiters.forEach { $0.resume() }
     }
 
     func drain() {
-        let open = state.withLock { state -> [ConnectionState] in
+        let (open, waiters) = state.withLock { state -> ([ConnectionState], [CheckedContinuation<Void, Never>]) in
             state.draining = true
-            return Array(state.open.values)
+            return (Array(state.open.values), takeWaitersIfDone(&state))
         }
+        waiters.forEach { $0.resume() }
         for connection in open { connection.drain() }
+    }
+
+    private func takeWaitersIfDone(_ state: inout State) -> [CheckedContinuation<Void, Never>] {
+        guard state.draining, state.open.isEmpty else { return [] }
+        defer { state.closedWaiters = [] }
+        return state.closedWaiters
     }
 
     func closeAll() {

@@ -5,16 +5,27 @@ import Synchronization
 
 /// Writes the one response to a request: a whole body, an OpenAI-shaped error, or a stream of chunks.
 ///
-/// Writes suspend while the client's socket is not writable; that suspension is the backpressure that
-/// pauses an upstream transfer for a slow client. A write to a connection the client has closed throws.
+/// Writes go straight to the channel (the request's task runs on the channel's event loop, where they
+/// are plain calls). A streamed chunk waits while the client's socket is not writable; that wait is
+/// the backpressure that pauses an upstream transfer for a slow client. A write to a connection the
+/// client has closed throws.
 public final class ResponseWriter: Sendable {
-    private let outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
+    private struct State {
+        var headSent = false
+        var closeAfter = false
+        var status = 0
+        var closed = false
+        /// A streamed write waiting for the socket to become writable again.
+        var writableWaiter: CheckedContinuation<Void, any Error>?
+    }
+
+    private let channel: any Channel
     /// Whether the connection stays open after this response.
     public let keepAlive: Bool
-    private let state = Mutex<(headSent: Bool, closeAfter: Bool, status: Int)>((false, false, 0))
+    private let state = Mutex(State())
 
-    init(outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>, keepAlive: Bool) {
-        self.outbound = outbound
+    init(channel: any Channel, keepAlive: Bool) {
+        self.channel = channel
         self.keepAlive = keepAlive
     }
 
@@ -26,20 +37,24 @@ public final class ResponseWriter: Sendable {
 
     /// Sends a complete response with a `content-length`, in one flush.
     public func writeResponse(status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer, forceClose: Bool = false) async throws {
-        var headers = headers
-        headers.replaceOrAdd(name: "content-length", value: String(body.readableBytes))
-        let head = makeHead(status: status, headers: headers, forceClose: forceClose)
-        try await outbound.write(contentsOf: [.head(head), .body(.byteBuffer(body)), .end(nil)])
+        try checkOpen()
+        writeWhole(status: status, headers: headers, body: body, forceClose: forceClose)
     }
 
     /// Sends `error` as OpenAI's error envelope with its status and headers.
     public func writeError(_ error: GatewayError, requestID: String?, extraHeaders: [(String, String)] = [], forceClose: Bool = false) async throws {
+        try checkOpen()
+        writeErrorNow(error, requestID: requestID, extraHeaders: extraHeaders, forceClose: forceClose)
+    }
+
+    /// `writeError` for the connection handler itself (on the event loop, nothing to wait for).
+    func writeErrorNow(_ error: GatewayError, requestID: String?, extraHeaders: [(String, String)] = [], forceClose: Bool = false) {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: "application/json")
         if let requestID { headers.add(name: "x-request-id", value: requestID) }
         for (name, value) in extraHeaders { headers.add(name: name, value: value) }
         for (name, value) in error.headers { headers.replaceOrAdd(name: name, value: value) }
-        try await writeResponse(
+        writeWhole(
             status: HTTPResponseStatus(statusCode: error.status),
             headers: headers,
             body: ByteBuffer(bytes: error.responseBody()),
@@ -49,27 +64,86 @@ public final class ResponseWriter: Sendable {
 
     /// Starts a chunked response (streaming).
     public func writeStreamHead(status: HTTPResponseStatus, headers: HTTPHeaders) async throws {
+        try checkOpen()
         var headers = headers
         headers.remove(name: "content-length")
         headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
-        try await outbound.write(.head(makeHead(status: status, headers: headers, forceClose: false)))
+        channel.writeAndFlush(HTTPServerResponsePart.head(makeHead(status: status, headers: headers, forceClose: false)), promise: nil)
     }
 
-    /// Sends one chunk of a streamed body, flushed at once.
+    /// Sends one chunk of a streamed body, flushed at once; waits while the client cannot take more.
     public func writeStreamChunk(_ chunk: ByteBuffer) async throws {
-        try await outbound.write(.body(.byteBuffer(chunk)))
+        try checkOpen()
+        channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(chunk)), promise: nil)
+        try await waitUntilWritable()
     }
 
     /// Ends a streamed body.
     public func endStream() async throws {
-        try await outbound.write(.end(nil))
+        try checkOpen()
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
     }
 
     /// Gives up on a response whose head already went out (the upstream failed mid-stream): the
     /// connection is closed so the client sees a truncated body, never a silently "complete" one.
     public func abort() {
         state.withLock { $0.closeAfter = true }
-        outbound.finish()
+        channel.close(promise: nil)
+    }
+
+    // MARK: From the connection handler
+
+    /// The socket can take more: a waiting streamed write goes on.
+    func channelBecameWritable() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+            defer { state.writableWaiter = nil }
+            return state.writableWaiter
+        }
+        waiter?.resume()
+    }
+
+    /// The connection closed: a waiting write fails, and so does every later one.
+    func channelClosed() {
+        let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+            state.closed = true
+            defer { state.writableWaiter = nil }
+            return state.writableWaiter
+        }
+        waiter?.resume(throwing: ChannelError.ioOnClosedChannel)
+    }
+
+    // MARK: Internals
+
+    private func checkOpen() throws {
+        if state.withLock({ $0.closed }) || !channel.isActive {
+            throw ChannelError.ioOnClosedChannel
+        }
+    }
+
+    private func waitUntilWritable() async throws {
+        guard !channel.isWritable else { return }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let outcome = state.withLock { state -> Result<Void, any Error>? in
+                if state.closed { return .failure(ChannelError.ioOnClosedChannel) }
+                state.writableWaiter = continuation
+                return nil
+            }
+            if let outcome {
+                continuation.resume(with: outcome)
+            } else if channel.isWritable {
+                // Became writable between the check and the registration.
+                channelBecameWritable()
+            }
+        }
+    }
+
+    private func writeWhole(status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer, forceClose: Bool) {
+        var headers = headers
+        headers.replaceOrAdd(name: "content-length", value: String(body.readableBytes))
+        let head = makeHead(status: status, headers: headers, forceClose: forceClose)
+        channel.write(HTTPServerResponsePart.head(head), promise: nil)
+        channel.write(HTTPServerResponsePart.body(.byteBuffer(body)), promise: nil)
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
     }
 
     private func makeHead(status: HTTPResponseStatus, headers: HTTPHeaders, forceClose: Bool) -> HTTPResponseHead {

@@ -1,0 +1,196 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import SluiceCore
+
+/// One client connection, after the HTTP codec: assembles each request (head and bounded body), runs
+/// the `RequestHandling` for it in a task on this connection's event loop, and serves the requests of
+/// a keep-alive connection one after the other.
+///
+/// Why a handler and not `NIOAsyncChannel`: bridging every request part and response part through
+/// async sequences and writers cost more CPU per request than the rest of the server; here a request
+/// costs one task, and its writes are plain channel writes on the loop the task runs on.
+///
+/// Event loop only, like every channel handler. Requests a client pipelines while one is being
+/// answered are held (bounded) and served in order after it.
+final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private enum State {
+        /// Waiting for a request head.
+        case idle
+        /// Between a head and its end; `tooLarge` once the body passed the cap (the rest is discarded).
+        case reading(head: HTTPRequestHead, body: ByteBuffer, tooLarge: Bool)
+        /// The request's task is producing the response.
+        case responding(task: Task<Void, Never>, writer: ResponseWriter)
+        /// The connection is closing; nothing more is read or served.
+        case closing
+    }
+
+    private let connection: ConnectionState
+    private let handler: any RequestHandling
+    private let maxBodyBytes: Int
+    private let executor: EventLoopExecutor
+    private let logger: Logger
+    private var state = State.idle
+    /// Parts of pipelined requests that arrived during a response, and their body bytes.
+    private var held = CircularBuffer<HTTPServerRequestPart>()
+    private var heldBytes = 0
+    private var context: ChannelHandlerContext?
+
+    init(connection: ConnectionState, handler: any RequestHandling, maxBodyBytes: Int, executor: EventLoopExecutor, logger: Logger) {
+        self.connection = connection
+        self.handler = handler
+        self.maxBodyBytes = maxBodyBytes
+        self.executor = executor
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let part = unwrapInboundIn(data)
+        switch state {
+        case .responding:
+            hold(part, context: context)
+        case .closing:
+            break
+        case .idle, .reading:
+            process(part, context: context)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if case .responding(_, let writer) = state, context.channel.isWritable {
+            writer.channelBecameWritable()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // The client went away (or the server closed): a running request is cancelled, which
+        // cancels its upstream transfer; its writer fails any write still waiting.
+        if case .responding(let task, let writer) = state {
+            task.cancel()
+            writer.channelClosed()
+        }
+        state = .closing
+        held.removeAll()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A protocol error (the codec's error handler already answered 400) or a reset connection.
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        state = .closing
+        context.close(promise: nil)
+    }
+
+    // MARK: Requests
+
+    private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        switch (state, part) {
+        case (.idle, .head(let head)):
+            // A declared length over the cap is refused before reading the body.
+            if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared > maxBodyBytes {
+                refuse(.bodyTooLarge(limitBytes: maxBodyBytes), context: context)
+                return
+            }
+            state = .reading(head: head, body: context.channel.allocator.buffer(capacity: 0), tooLarge: false)
+        case (.reading(let head, var body, var tooLarge), .body(var chunk)):
+            state = .idle  // drop the reference while appending, so the buffer is not copied
+            if tooLarge || body.readableBytes + chunk.readableBytes > maxBodyBytes {
+                tooLarge = true
+            } else {
+                body.writeBuffer(&chunk)
+            }
+            state = .reading(head: head, body: body, tooLarge: tooLarge)
+        case (.reading(let head, let body, let tooLarge), .end):
+            if tooLarge {
+                refuse(.bodyTooLarge(limitBytes: maxBodyBytes), context: context)
+            } else {
+                start(HTTPRequest(head: head, body: body), context: context)
+            }
+        default:
+            // Parts out of order: the decoder never produces them; be safe.
+            state = .closing
+            context.close(promise: nil)
+        }
+    }
+
+    /// Refuses the request being read with `error`, then closes (the rest of its body is not read).
+    private func refuse(_ error: GatewayError, context: ChannelHandlerContext) {
+        state = .closing
+        let writer = ResponseWriter(channel: context.channel, keepAlive: false)
+        writer.writeErrorNow(error, requestID: nil)
+        context.close(promise: nil)
+    }
+
+    private func start(_ request: HTTPRequest, context: ChannelHandlerContext) {
+        connection.beginRequest()
+        let writer = ResponseWriter(channel: context.channel, keepAlive: request.head.isKeepAlive && !connection.isDraining)
+        let handler = self.handler
+        let loop = context.eventLoop
+        let this = NIOLoopBound(self, eventLoop: loop)
+        let task = Task(executorPreference: executor) {
+            await handler.handle(request, writer: writer)
+            // The task runs on this loop (its executor preference), so this is a plain call.
+            if loop.inEventLoop {
+                this.value.finished(writer)
+            } else {
+                loop.execute { this.value.finished(writer) }
+            }
+        }
+        state = .responding(task: task, writer: writer)
+    }
+
+    private func finished(_ writer: ResponseWriter) {
+        guard case .responding = state, let context else { return }
+        connection.endRequest()
+        if !writer.keepAlive || writer.closeAfterResponse || connection.isDraining {
+            state = .closing
+            context.close(promise: nil)
+            return
+        }
+        state = .idle
+        // Serve what the client pipelined meanwhile, until a part starts another response.
+        while acceptsParts, let part = held.popFirst() {
+            heldBytes -= part.bodyBytes
+            process(part, context: context)
+        }
+    }
+
+    private var acceptsParts: Bool {
+        switch state {
+        case .idle, .reading: return true
+        case .responding, .closing: return false
+        }
+    }
+
+    private func hold(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
+        heldBytes += part.bodyBytes
+        // A client that pipelines more than one maximal request ahead is cut off: memory stays bounded.
+        guard heldBytes <= maxBodyBytes + 64 * 1024, held.count < 1024 else {
+            logger.debug("pipelined too far ahead; closing the connection")
+            held.removeAll()
+            state = .closing
+            context.close(promise: nil)
+            return
+        }
+        held.append(part)
+    }
+}
+
+private extension HTTPServerRequestPart {
+    var bodyBytes: Int {
+        if case .body(let chunk) = self { return chunk.readableBytes }
+        return 0
+    }
+}
