@@ -4,47 +4,68 @@ import Glibc
 import Darwin
 #endif
 import Logging
+import NIOCore
+import NIOPosix
 import SluiceCore
 import Synchronization
 
-/// A small pool of pipelining Redis connections (`RedisConnection`), used round-robin.
+/// Pipelining Redis connections (`RedisConnection`), one per event loop of a group.
+///
+/// A call made on one of the group's event loops (the gateway's requests run there) goes to that
+/// loop's connection: no thread hop. Other callers take the connections round-robin, preferring a
+/// connected one, so one broken socket does not fail every n-th call.
 ///
 /// Every call is bounded in time by `RedisClientOptions` (connect and command timeouts); while a
-/// connection is down and backing off, calls on it fail at once with `.notConnected`. Commands
-/// go preferably to a connected connection, so one broken socket does not fail every n-th call.
+/// connection is down and backing off, calls on it fail at once with `.notConnected`.
 ///
-/// Creating a client starts its threads, which connect immediately; call `shutdown()` when done
-/// (also done on deinit). The process must ignore SIGPIPE (hiredis writes with `write(2)`); the
-/// initializer does so.
+/// Creating a client starts its connections, which connect immediately; call `shutdown()` when done
+/// (also done on deinit).
 public final class RedisClient: Sendable {
     private let connections: [RedisConnection]
+    private let connectionOfLoop: [ObjectIdentifier: RedisConnection]
+    /// The group the client made for itself (none given), shut down with the client.
+    private let ownGroup: MultiThreadedEventLoopGroup?
+    private let isShutDown = Atomic<Bool>(false)
     private let nextConnection = Atomic<Int>(0)
     /// Set once the server answered `FCALL` with "unknown command" (Redis < 7).
     private let functionsUnsupported = Atomic<Bool>(false)
     private let logger: Logger
 
-    public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), logger: Logger = Logger(label: "sluice.redis")) {
-        // A peer that closed its socket must yield EPIPE, not kill the process.
-        signal(SIGPIPE, SIG_IGN)
+    /// - Parameter eventLoopGroup: the loops to put one connection each on (the gateway passes its
+    ///   own); without one, the client runs `options.connectionCount` loops of its own.
+    public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), eventLoopGroup: (any EventLoopGroup)? = nil, logger: Logger = Logger(label: "sluice.redis")) {
         self.logger = logger
-        self.connections = (0..<options.connectionCount).map { index in
-            RedisConnection(config: config, options: options, logger: logger, name: "sluice-redis-\(index)")
+        let group: any EventLoopGroup
+        if let eventLoopGroup {
+            group = eventLoopGroup
+            ownGroup = nil
+        } else {
+            let own = MultiThreadedEventLoopGroup(numberOfThreads: options.connectionCount)
+            group = own
+            ownGroup = own
         }
+        var connections: [RedisConnection] = []
+        for (index, loop) in group.makeIterator().enumerated() {
+            connections.append(RedisConnection(config: config, options: options, logger: logger, name: "sluice-redis-\(index)", eventLoop: loop))
+        }
+        self.connections = connections
+        connectionOfLoop = Dictionary(connections.map { (ObjectIdentifier($0.eventLoop), $0) }, uniquingKeysWith: { first, _ in first })
         for connection in connections { connection.start() }
     }
 
     deinit {
-        for connection in connections { connection.shutdown() }
+        shutdown()
     }
 
     /// Whether at least one connection is open.
     public var isConnected: Bool {
-        connections.contains { $0.isConnected }
+        !isShutDown.load(ordering: .relaxed) && connections.contains { $0.isConnected }
     }
 
-    /// Number of open connections (of `RedisClientOptions.connectionCount`).
+    /// Number of open connections (one per event loop).
     public var connectedCount: Int {
-        connections.reduce(0) { $0 + ($1.isConnected ? 1 : 0) }
+        if isShutDown.load(ordering: .relaxed) { return 0 }
+        return connections.reduce(0) { $0 + ($1.isConnected ? 1 : 0) }
     }
 
     /// The last connection error of the first connection that had one, for health reports; `nil`
@@ -53,9 +74,11 @@ public final class RedisClient: Sendable {
         connections.lazy.compactMap(\.lastError).first
     }
 
-    /// Stops every connection thread; later calls fail with `.shutDown`.
+    /// Closes every connection; later calls fail with `.shutDown`.
     public func shutdown() {
+        guard !isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
         for connection in connections { connection.shutdown() }
+        ownGroup?.shutdownGracefully { _ in }
     }
 
     /// Sends one command (binary-safe arguments) and returns its reply. Not cancellable: once
@@ -64,6 +87,7 @@ public final class RedisClient: Sendable {
     ///   `RedisError` (check `outcomeUnknown` before retrying a non-idempotent command).
     public func send(_ arguments: [[UInt8]]) async throws(RedisError) -> RedisReply {
         guard !arguments.isEmpty else { throw .invalidCommand("no arguments") }
+        guard !isShutDown.load(ordering: .relaxed) else { throw .shutDown }
         let reply = try await pickConnection().send(arguments).get()
         if case .error(let message) = reply { throw .server(message) }
         return reply
@@ -121,6 +145,11 @@ public final class RedisClient: Sendable {
     }
 
     private func pickConnection() -> RedisConnection {
+        if let loop = MultiThreadedEventLoopGroup.currentEventLoop,
+            let own = connectionOfLoop[ObjectIdentifier(loop)], own.isConnected
+        {
+            return own
+        }
         let start = UInt(bitPattern: nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue)
         let count = UInt(connections.count)
         for offset in 0..<count {

@@ -1,338 +1,414 @@
 import CHiredis
-import Dispatch
-import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import SluiceCore
 import Synchronization
 
-/// One Redis connection and the thread that owns its hiredis context.
+/// One Redis connection, owned by one NIO event loop.
 ///
-/// Other threads only enqueue commands. The connection thread takes everything queued while its
-/// previous round was in flight, appends it all (`redisAppendCommandArgv`), flushes once, reads
-/// the replies in order and completes each command with a copied-out `RedisReply`: automatic
-/// pipelining whose batch size follows the load.
+/// Why on an event loop: the gateway's requests run on the event loops too, so a limiter call from a
+/// request reaches the connection of its own loop and costs no thread hop either way (a dedicated
+/// connection thread cost a wake-up per command and one per reply). Commands written during one turn
+/// of the loop go out in one flush: automatic pipelining whose batch size follows the load. Replies
+/// are parsed by hiredis' reader (`redisReader`), so the protocol parser is hiredis' own.
 ///
-/// Failures: a command in flight when the connection breaks (reset, EOF, read timeout) fails with
-/// an error whose `outcomeUnknown` is true; the thread reconnects at once, then with exponential
+/// Failures: a command in flight when the connection breaks (reset, EOF, command timeout) fails with
+/// an error whose `outcomeUnknown` is true; the connection reconnects at once, then with exponential
 /// backoff. While backing off, new commands fail immediately with `.notConnected` instead of
 /// waiting, so a dead Redis costs callers nothing but the check.
-final class RedisConnection: Sendable {
+///
+/// Threading: every `var` below is touched on `eventLoop` only; other threads call `start`, `send`
+/// and `shutdown`, which hop onto it. `isConnected` and `lastError` are mirrored behind a lock for
+/// health checks from anywhere.
+final class RedisConnection: @unchecked Sendable {
     typealias Completion = CheckedContinuation<Result<RedisReply, RedisError>, Never>
+    typealias ReplyHandler = (Result<RedisReply, RedisError>) -> Void
 
-    private struct Command: Sendable {
-        let arguments: [[UInt8]]
-        let completion: Completion
-    }
-
-    private enum Phase: Sendable {
-        /// Opening (or about to open) a connection; commands queue and wait for the outcome.
+    private enum Phase {
+        case notStarted
+        /// Opening a connection (TCP, then AUTH/SELECT); commands queue and wait for the outcome.
         case connecting
-        case connected
-        /// The last connect failed; no attempt before `untilNanos` (monotonic uptime).
-        case backingOff(untilNanos: UInt64, error: RedisError)
+        /// Connected; AUTH/SELECT under way (commands still queue).
+        case handshaking(any Channel)
+        case connected(any Channel)
+        /// The last connect failed; no attempt before `until`.
+        case backingOff(until: NIODeadline, error: RedisError)
         case shutDown
     }
 
-    private struct State {
-        var queue: [Command] = []
-        var threadIsWaiting = false
-        var phase = Phase.connecting
+    private struct Mirror {
+        var connected = false
         var lastError: RedisError?
     }
 
-    private let state = Mutex(State())
-    /// Signalled when work arrives for a waiting thread, and at shutdown.
-    private let wakeup = DispatchSemaphore(value: 0)
-    /// Signalled once by the thread when it has freed its context and exits.
-    private let finished = DispatchSemaphore(value: 0)
+    let eventLoop: any EventLoop
     private let config: RedisConfig
     private let options: RedisClientOptions
     private let logger: Logger
     private let name: String
+    private let mirror = Mutex(Mirror())
 
-    init(config: RedisConfig, options: RedisClientOptions, logger: Logger, name: String) {
+    // MARK: Event loop only
+
+    private var phase = Phase.notStarted
+    /// Commands waiting for the connection to open.
+    private var queued: [([[UInt8]], ReplyHandler)] = []
+    /// Commands written, oldest first, each with the time its reply is due.
+    private var inFlight = CircularBuffer<(handler: ReplyHandler, due: NIODeadline)>()
+    private var timeoutCheck: Scheduled<Void>?
+    private var flushScheduled = false
+    private var backoffMillis: Int
+    private var failuresInARow = 0
+
+    init(config: RedisConfig, options: RedisClientOptions, logger: Logger, name: String, eventLoop: any EventLoop) {
         self.config = config
         self.options = options
         self.logger = logger
         self.name = name
+        self.eventLoop = eventLoop
+        self.backoffMillis = options.initialBackoffMillis
     }
 
-    /// Starts the connection thread (which connects at once).
+    /// Connects (at once, on the connection's event loop).
     func start() {
-        let thread = Thread { [self] in self.run() }
-        thread.name = name
-        thread.start()
+        onLoop {
+            guard case .notStarted = self.phase else { return }
+            self.connect()
+        }
     }
 
     /// Whether the connection is currently open.
-    var isConnected: Bool {
-        state.withLock { if case .connected = $0.phase { true } else { false } }
-    }
+    var isConnected: Bool { mirror.withLock { $0.connected } }
 
     /// The last connect or connection error (kept after a reconnect, for diagnostics).
-    var lastError: RedisError? {
-        state.withLock { $0.lastError }
-    }
+    var lastError: RedisError? { mirror.withLock { $0.lastError } }
 
     /// Sends one command and waits for its reply (bounded by the connect and command timeouts).
     func send(_ arguments: [[UInt8]]) async -> Result<RedisReply, RedisError> {
         await withCheckedContinuation { (completion: Completion) in
-            let now = DispatchTime.now().uptimeNanoseconds
-            let (rejection, mustWake) = state.withLock { state -> (RedisError?, Bool) in
-                switch state.phase {
-                case .shutDown:
-                    return (.shutDown, false)
-                case .backingOff(let until, let error) where now < until:
-                    return (.notConnected(error.description), false)
-                default:
-                    state.queue.append(Command(arguments: arguments, completion: completion))
-                    guard state.threadIsWaiting else { return (nil, false) }
-                    state.threadIsWaiting = false
-                    return (nil, true)
-                }
-            }
-            if let rejection {
-                completion.resume(returning: .failure(rejection))
-            } else if mustWake {
-                wakeup.signal()
-            }
+            onLoop { self.submit(arguments) { completion.resume(returning: $0) } }
         }
     }
 
-    /// Stops the thread: queued commands fail with `.shutDown`, the context is freed. Waits (at
-    /// most the connect plus command timeouts and a margin) for the thread to finish its round.
+    /// Stops: queued and in-flight commands fail with `.shutDown`, the socket is closed. Later
+    /// commands fail with `.shutDown` too.
     func shutdown() {
-        let abandoned = state.withLock { state -> [Command] in
-            if case .shutDown = state.phase { return [] }
-            state.phase = .shutDown
-            defer { state.queue = [] }
-            return state.queue
-        }
-        wakeup.signal()
-        for command in abandoned { command.completion.resume(returning: .failure(.shutDown)) }
-        let bound = options.connectTimeoutMillis + 2 * options.commandTimeoutMillis + 500
-        if finished.wait(timeout: .now() + .milliseconds(bound)) == .success {
-            // Leave the signal for any later shutdown() (deinit after an explicit call).
-            finished.signal()
+        onLoop {
+            if case .shutDown = self.phase { return }
+            let channel = self.openChannel
+            self.phase = .shutDown
+            self.failEverything(.shutDown)
+            self.mirror.withLock { $0.connected = false }
+            channel?.close(promise: nil)
         }
     }
 
-    // MARK: connection thread
+    /// The channel of the current connection (handshaking or open), if any.
+    private var openChannel: (any Channel)? {
+        switch phase {
+        case .handshaking(let channel), .connected(let channel): return channel
+        case .notStarted, .connecting, .backingOff, .shutDown: return nil
+        }
+    }
 
-    private func run() {
-        var context: UnsafeMutablePointer<redisContext>?
-        var backoffMillis = options.initialBackoffMillis
-        var failuresInARow = 0
-        // Commands taken for a round whose connection turned out to be closed before they were
-        // written: they go out first on the next connection (they were certainly not executed).
-        var carried: [Command] = []
-        while true {
-            if context == nil {
-                if isShutDown { break }
-                switch openContext() {
-                case .success(let opened):
-                    context = opened
-                    backoffMillis = options.initialBackoffMillis
-                    if failuresInARow > 0 {
-                        logger.info("redis reconnected", metadata: ["connection": "\(name)", "failed_attempts": "\(failuresInARow)"])
-                    }
-                    failuresInARow = 0
-                    state.withLock { if case .shutDown = $0.phase {} else { $0.phase = .connected } }
-                case .failure(let error):
-                    failuresInARow += 1
-                    if failuresInARow == 1 {
-                        logger.warning("redis connect failed; retrying with backoff", metadata: ["connection": "\(name)", "error": "\(error)"])
-                    }
-                    let until = DispatchTime.now().uptimeNanoseconds + UInt64(backoffMillis) * 1_000_000
-                    let refused = state.withLock { state -> [Command] in
-                        state.lastError = error
-                        if case .shutDown = state.phase { return [] }
-                        state.phase = .backingOff(untilNanos: until, error: error)
-                        defer { state.queue = [] }
-                        return state.queue
-                    }
-                    for command in carried + refused { command.completion.resume(returning: .failure(error)) }
-                    carried = []
-                    _ = wakeup.wait(timeout: .now() + .milliseconds(backoffMillis))
-                    backoffMillis = min(backoffMillis * 2, options.maximumBackoffMillis)
-                    continue
-                }
-            }
-            guard let open = context else { break }
-            let batch: [Command]
-            let wasCarried = !carried.isEmpty
-            if wasCarried {
-                batch = carried
-                carried = []
+    private func onLoop(_ body: @escaping @Sendable () -> Void) {
+        if eventLoop.inEventLoop {
+            body()
+        } else {
+            eventLoop.execute(body)
+        }
+    }
+
+    // MARK: Commands
+
+    private func submit(_ arguments: [[UInt8]], _ handler: @escaping ReplyHandler) {
+        switch phase {
+        case .shutDown:
+            handler(.failure(.shutDown))
+        case .backingOff(let until, let error):
+            if eventLoop.now < until {
+                handler(.failure(.notConnected(error.description)))
             } else {
-                guard let next = nextBatch() else { break }
-                if next.isEmpty { continue }
-                batch = next
+                queued.append((arguments, handler))
+                connect()
             }
-            // An idle connection the server closed (restart, idle timeout) is noticed before
-            // writing, so these commands are not failed as "outcome unknown" for nothing.
-            if !wasCarried && Self.peerHasClosed(open) {
-                redisFree(open)
-                context = nil
-                carried = batch
-                logger.info("redis connection was closed by the server while idle; reconnecting", metadata: ["connection": "\(name)"])
-                state.withLock { if case .shutDown = $0.phase {} else { $0.phase = .connecting } }
-                continue
+        case .notStarted:
+            queued.append((arguments, handler))
+            connect()
+        case .connecting, .handshaking:
+            queued.append((arguments, handler))
+        case .connected(let channel):
+            write(arguments, handler, on: channel)
+        }
+    }
+
+    private func write(_ arguments: [[UInt8]], _ handler: @escaping ReplyHandler, on channel: any Channel) {
+        var size = 16
+        for argument in arguments { size += argument.count + 16 }
+        var buffer = channel.allocator.buffer(capacity: size)
+        RESP.encode(arguments, into: &buffer)
+        inFlight.append((handler, eventLoop.now + .milliseconds(Int64(options.commandTimeoutMillis))))
+        channel.write(buffer, promise: nil)
+        // One flush for everything written in this turn of the loop.
+        if !flushScheduled {
+            flushScheduled = true
+            eventLoop.execute {
+                self.flushScheduled = false
+                channel.flush()
             }
-            if let error = execute(batch, on: open) {
-                redisFree(open)
-                context = nil
-                logger.warning("redis connection lost; reconnecting", metadata: ["connection": "\(name)", "error": "\(error)", "in_flight": "\(batch.count)"])
-                state.withLock { state in
-                    state.lastError = error
-                    if case .shutDown = state.phase {} else { state.phase = .connecting }
+        }
+        if timeoutCheck == nil { scheduleTimeoutCheck() }
+    }
+
+    /// A reply arrived on `channel`: it answers the oldest command in flight.
+    fileprivate func received(_ reply: RedisReply, on channel: any Channel) {
+        guard let current = openChannel, current === channel else { return }
+        guard let (handler, _) = inFlight.popFirst() else {
+            logger.warning("redis sent a reply nobody asked for; reconnecting", metadata: ["connection": "\(name)"])
+            channel.close(promise: nil)
+            return
+        }
+        handler(.success(reply))
+    }
+
+    /// The connection broke or closed: commands in flight have an unknown outcome.
+    fileprivate func closed(_ channel: any Channel, reason: String) {
+        if case .handshaking(let current) = phase, current === channel {
+            phase = .connecting
+            while let (handler, _) = inFlight.popFirst() { handler(.failure(.connectionLost(reason))) }
+            connectFailed(.connectFailed("closed during AUTH/SELECT: \(reason)"))
+            return
+        }
+        guard case .connected(let current) = phase, current === channel else { return }
+        let error = RedisError.connectionLost(reason)
+        if !inFlight.isEmpty {
+            logger.warning("redis connection lost; reconnecting", metadata: ["connection": "\(name)", "error": "\(error)", "in_flight": "\(inFlight.count)"])
+        } else {
+            logger.info("redis connection closed; reconnecting", metadata: ["connection": "\(name)", "reason": "\(reason)"])
+        }
+        while let (handler, _) = inFlight.popFirst() { handler(.failure(error)) }
+        mirror.withLock {
+            $0.connected = false
+            $0.lastError = error
+        }
+        connect()
+    }
+
+    // MARK: Command timeout
+
+    private func scheduleTimeoutCheck() {
+        guard let oldest = inFlight.first else { return }
+        timeoutCheck = eventLoop.scheduleTask(deadline: oldest.due) { self.checkTimeouts() }
+    }
+
+    private func checkTimeouts() {
+        timeoutCheck = nil
+        guard let oldest = inFlight.first else { return }
+        guard eventLoop.now >= oldest.due else {
+            scheduleTimeoutCheck()
+            return
+        }
+        // The oldest reply is overdue: the connection can no longer be trusted to answer in order.
+        logger.warning("redis command timed out; reconnecting", metadata: ["connection": "\(name)", "in_flight": "\(inFlight.count)"])
+        while let (handler, _) = inFlight.popFirst() { handler(.failure(.timedOut)) }
+        if case .connected(let channel) = phase {
+            mirror.withLock {
+                $0.connected = false
+                $0.lastError = .timedOut
+            }
+            phase = .connecting
+            channel.close(promise: nil)
+            connect()
+        }
+    }
+
+    // MARK: Connecting
+
+    private func connect() {
+        phase = .connecting
+        let reader = RedisReplyReader(connection: self)
+        ClientBootstrap(group: eventLoop)
+            .connectTimeout(.milliseconds(Int64(options.connectTimeoutMillis)))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) }
+            }
+            .connect(host: config.host, port: config.port)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    self.handshake(on: channel)
+                case .failure(let error):
+                    self.connectFailed(.connectFailed("\(error)"))
                 }
             }
-        }
-        if let context { redisFree(context) }
-        let leftovers = state.withLock { state -> [Command] in
-            defer { state.queue = [] }
-            return state.queue
-        }
-        for command in carried + leftovers { command.completion.resume(returning: .failure(.shutDown)) }
-        finished.signal()
     }
 
-    private var isShutDown: Bool {
-        state.withLock { if case .shutDown = $0.phase { true } else { false } }
-    }
-
-    /// The next round's commands: `[]` after a wakeup with nothing to do, `nil` at shutdown.
-    private func nextBatch() -> [Command]? {
-        let taken = state.withLock { state -> [Command]? in
-            if case .shutDown = state.phase { return nil }
-            if state.queue.isEmpty {
-                state.threadIsWaiting = true
-                return []
-            }
-            if state.queue.count <= options.maximumBatchSize {
-                defer { state.queue = [] }
-                return state.queue
-            }
-            let batch = Array(state.queue.prefix(options.maximumBatchSize))
-            state.queue.removeFirst(options.maximumBatchSize)
-            return batch
+    /// AUTH and SELECT, then the connection is open.
+    private func handshake(on channel: any Channel) {
+        guard case .connecting = phase else {
+            channel.close(promise: nil)  // shut down meanwhile
+            return
         }
-        if let taken, taken.isEmpty { wakeup.wait() }
-        return taken
-    }
-
-    /// One pipelined round. Returns the connection error that ended it early, if any; every
-    /// command is completed either way.
-    private func execute(_ batch: [Command], on context: UnsafeMutablePointer<redisContext>) -> RedisError? {
-        var appended = 0
-        for command in batch {
-            guard Self.append(command.arguments, to: context) else { break }
-            appended += 1
-        }
-        for (index, command) in batch.enumerated() {
-            if index >= appended {
-                // Never written (hiredis could not buffer it): certainly not executed.
-                command.completion.resume(returning: .failure(.connectionLost("command could not be buffered")))
-                continue
-            }
-            switch Self.readReply(context) {
-            case .success(let reply):
-                command.completion.resume(returning: .success(reply))
-            case .failure(let error):
-                for unanswered in batch[index...] { unanswered.completion.resume(returning: .failure(error)) }
-                return error
-            }
-        }
-        return nil
-    }
-
-    // MARK: hiredis calls (connection thread only)
-
-    private func openContext() -> Result<UnsafeMutablePointer<redisContext>, RedisError> {
-        let connectTimeout = Self.makeTimeval(millis: options.connectTimeoutMillis)
-        guard let context = redisConnectWithTimeout(config.host, Int32(clamping: config.port), connectTimeout) else {
-            return .failure(.connectFailed("cannot allocate a redis context"))
-        }
-        if context.pointee.err != 0 {
-            let message = Self.errorText(context)
-            redisFree(context)
-            return .failure(.connectFailed(message))
-        }
-        _ = redisSetTimeout(context, Self.makeTimeval(millis: options.commandTimeoutMillis))
-        _ = redisEnableKeepAlive(context)
-        var handshake: [[[UInt8]]] = []
+        var commands: [[[UInt8]]] = []
         if let password = config.password {
             var auth: [[UInt8]] = [Array("AUTH".utf8)]
             if let username = config.username, !username.isEmpty { auth.append(Array(username.utf8)) }
             auth.append(Array(password.revealed.utf8))
-            handshake.append(auth)
+            commands.append(auth)
         }
         if config.database != 0 {
-            handshake.append([Array("SELECT".utf8), Array(String(config.database).utf8)])
+            commands.append([Array("SELECT".utf8), Array(String(config.database).utf8)])
         }
-        for command in handshake {
-            guard Self.append(command, to: context) else {
-                redisFree(context)
-                return .failure(.connectFailed("cannot buffer the handshake"))
-            }
-            switch Self.readReply(context) {
+        // Commands keep queueing until the handshake is over.
+        phase = .handshaking(channel)
+        runHandshake(commands[...], on: channel)
+    }
+
+    private func runHandshake(_ commands: ArraySlice<[[UInt8]]>, on channel: any Channel) {
+        guard let command = commands.first else {
+            opened(channel)
+            return
+        }
+        write(command, { result in
+            switch result {
             case .success(.error(let message)):
-                redisFree(context)
                 // Never echo the command: it may hold the password.
-                return .failure(.handshakeFailed(message))
+                self.abandonHandshake(channel, .handshakeFailed(message))
             case .success:
-                continue
+                self.runHandshake(commands.dropFirst(), on: channel)
             case .failure(let error):
-                redisFree(context)
-                return .failure(.connectFailed("during AUTH/SELECT: \(error)"))
+                self.abandonHandshake(channel, .connectFailed("during AUTH/SELECT: \(error)"))
             }
-        }
-        return .success(context)
+        }, on: channel)
     }
 
-    private static func append(_ arguments: [[UInt8]], to context: UnsafeMutablePointer<redisContext>) -> Bool {
-        var lengths: [Int] = []
-        lengths.reserveCapacity(arguments.count)
-        var offsets: [Int] = []
-        offsets.reserveCapacity(arguments.count)
-        var flat: [UInt8] = []
-        flat.reserveCapacity(arguments.reduce(1) { $0 + $1.count })
+    private func abandonHandshake(_ channel: any Channel, _ error: RedisError) {
+        guard case .handshaking(let current) = phase, current === channel else { return }
+        phase = .connecting
+        channel.close(promise: nil)
+        connectFailed(error)
+    }
+
+    private func opened(_ channel: any Channel) {
+        guard case .handshaking(let current) = phase, current === channel else { return }
+        phase = .connected(channel)
+        backoffMillis = options.initialBackoffMillis
+        if failuresInARow > 0 {
+            logger.info("redis reconnected", metadata: ["connection": "\(name)", "failed_attempts": "\(failuresInARow)"])
+        }
+        failuresInARow = 0
+        mirror.withLock { $0.connected = true }
+        let waiting = queued
+        queued = []
+        for (arguments, handler) in waiting { write(arguments, handler, on: channel) }
+    }
+
+    private func connectFailed(_ error: RedisError) {
+        guard case .connecting = phase else { return }
+        failuresInARow += 1
+        if failuresInARow == 1 {
+            logger.warning("redis connect failed; retrying with backoff", metadata: ["connection": "\(name)", "error": "\(error)"])
+        }
+        mirror.withLock {
+            $0.connected = false
+            $0.lastError = error
+        }
+        let delay = TimeAmount.milliseconds(Int64(backoffMillis))
+        phase = .backingOff(until: eventLoop.now + delay, error: error)
+        backoffMillis = min(backoffMillis * 2, options.maximumBackoffMillis)
+        let waiting = queued
+        queued = []
+        for (_, handler) in waiting { handler(.failure(error)) }
+        eventLoop.scheduleTask(in: delay) {
+            if case .backingOff = self.phase { self.connect() }
+        }
+    }
+
+    private func failEverything(_ error: RedisError) {
+        timeoutCheck?.cancel()
+        timeoutCheck = nil
+        let waiting = queued
+        queued = []
+        for (_, handler) in waiting { handler(.failure(error)) }
+        while let (handler, _) = inFlight.popFirst() { handler(.failure(error)) }
+    }
+}
+
+/// Feeds the bytes a Redis connection receives to hiredis' reply parser and hands every complete
+/// reply to the connection, copied into Swift values.
+private final class RedisReplyReader: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+
+    // Strong: the channel's pipeline (and with it this handler) is released when the channel closes.
+    private let connection: RedisConnection
+    private let reader: UnsafeMutablePointer<redisReader>
+
+    init(connection: RedisConnection) {
+        self.connection = connection
+        reader = redisReaderCreate()
+    }
+
+    deinit {
+        redisReaderFree(reader)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data)
+        let fed = bytes.withUnsafeReadableBytes { raw in
+            redisReaderFeed(reader, raw.baseAddress?.assumingMemoryBound(to: CChar.self), raw.count)
+        }
+        guard fed == REDIS_OK else { return protocolError(context) }
+        while true {
+            var raw: UnsafeMutableRawPointer?
+            guard redisReaderGetReply(reader, &raw) == REDIS_OK else { return protocolError(context) }
+            guard let raw else { return }  // needs more bytes
+            let reply = RedisReplyCopy.copy(raw.assumingMemoryBound(to: redisReply.self))
+            freeReplyObject(raw)
+            connection.received(reply, on: context.channel)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection.closed(context.channel, reason: "closed by the server or the network")
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        connection.closed(context.channel, reason: "\(error)")
+        context.close(promise: nil)
+    }
+
+    private func protocolError(_ context: ChannelHandlerContext) {
+        let message = withUnsafeBytes(of: reader.pointee.errstr) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        connection.closed(context.channel, reason: "protocol error: \(message)")
+        context.close(promise: nil)
+    }
+}
+
+/// RESP: a command is an array of bulk strings (binary-safe).
+enum RESP {
+    static func encode(_ arguments: [[UInt8]], into buffer: inout ByteBuffer) {
+        buffer.writeInteger(UInt8(ascii: "*"))
+        buffer.writeString(String(arguments.count))
+        buffer.writeStaticString("\r\n")
         for argument in arguments {
-            offsets.append(flat.count)
-            lengths.append(argument.count)
-            flat.append(contentsOf: argument)
-        }
-        flat.append(0)  // never empty, so the buffer has a base address even for empty arguments
-        return flat.withUnsafeBufferPointer { buffer in
-            let base = UnsafeRawPointer(buffer.baseAddress!).assumingMemoryBound(to: CChar.self)
-            var pointers: [UnsafePointer<CChar>?] = offsets.map { base + $0 }
-            return pointers.withUnsafeMutableBufferPointer { argv in
-                lengths.withUnsafeBufferPointer { argvlen in
-                    redisAppendCommandArgv(context, Int32(arguments.count), argv.baseAddress, argvlen.baseAddress) == REDIS_OK
-                }
-            }
+            buffer.writeInteger(UInt8(ascii: "$"))
+            buffer.writeString(String(argument.count))
+            buffer.writeStaticString("\r\n")
+            buffer.writeBytes(argument)
+            buffer.writeStaticString("\r\n")
         }
     }
+}
 
-    /// Reads the next reply (flushing the output buffer first, as `redisGetReply` does).
-    private static func readReply(_ context: UnsafeMutablePointer<redisContext>) -> Result<RedisReply, RedisError> {
-        var raw: UnsafeMutableRawPointer?
-        let status = redisGetReply(context, &raw)
-        let savedErrno = errno
-        guard status == REDIS_OK, let raw else {
-            let message = errorText(context)
-            if context.pointee.err == REDIS_ERR_IO && (savedErrno == EAGAIN || savedErrno == EWOULDBLOCK || savedErrno == ETIMEDOUT) {
-                return .failure(.timedOut)
-            }
-            return .failure(.connectionLost(message.isEmpty ? "no reply" : message))
-        }
-        defer { freeReplyObject(raw) }
-        return .success(copy(raw.assumingMemoryBound(to: redisReply.self)))
-    }
-
-    /// Copies a hiredis reply tree into Swift values (hiredis frees it right after).
-    private static func copy(_ reply: UnsafePointer<redisReply>) -> RedisReply {
+/// Copies a hiredis reply tree into Swift values (hiredis frees it right after).
+enum RedisReplyCopy {
+    static func copy(_ reply: UnsafePointer<redisReply>) -> RedisReply {
         let value = reply.pointee
         switch value.type {
         case REDIS_REPLY_STRING:
@@ -355,26 +431,8 @@ final class RedisConnection: Sendable {
         }
     }
 
-    /// Whether the socket of an idle connection is readable: with no command outstanding that
-    /// can only be EOF or an error the server sent before closing it.
-    private static func peerHasClosed(_ context: UnsafeMutablePointer<redisContext>) -> Bool {
-        var descriptor = pollfd(fd: context.pointee.fd, events: Int16(POLLIN), revents: 0)
-        return poll(&descriptor, 1, 0) > 0
-    }
-
     private static func bytes(_ pointer: UnsafeMutablePointer<CChar>?, _ count: Int) -> [UInt8] {
         guard let pointer, count > 0 else { return [] }
         return Array(UnsafeRawBufferPointer(start: pointer, count: count))
-    }
-
-    private static func errorText(_ context: UnsafeMutablePointer<redisContext>) -> String {
-        withUnsafeBytes(of: context.pointee.errstr) { raw in
-            let text = raw.prefix { $0 != 0 }
-            return String(decoding: text, as: UTF8.self)
-        }
-    }
-
-    private static func makeTimeval(millis: Int) -> timeval {
-        timeval(tv_sec: millis / 1_000, tv_usec: (millis % 1_000) * 1_000)
     }
 }

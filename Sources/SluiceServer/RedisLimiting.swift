@@ -1,4 +1,5 @@
 import Logging
+import NIOCore
 import ServiceLifecycle
 import SluiceCore
 import SluiceRedis
@@ -12,9 +13,11 @@ final class RedisLimiting: Service, Sendable {
     let heartbeat: NodeHeartbeat
     private let logger: Logger
 
-    init(config: RedisConfig, metrics: GatewayMetrics, logger: Logger) throws {
+    /// - Parameter eventLoopGroup: the server's loops; each gets its own Redis connection, so a
+    ///   request's limiter calls never leave its thread.
+    init(config: RedisConfig, metrics: GatewayMetrics, eventLoopGroup: any EventLoopGroup, logger: Logger) throws {
         self.logger = logger
-        client = RedisClient(config: config, logger: logger)
+        client = RedisClient(config: config, eventLoopGroup: eventLoopGroup, logger: logger)
         let store = try RedisLimiterStore(client: client, logger: logger)
         let redacted = config.redactedURL
         let policy = config.onFailure

@@ -45,7 +45,7 @@ public struct SluiceNode: Sendable {
         let limiter: any LimiterStore
         let limiterMode: @Sendable () -> String
         if let redisConfig = config.redis {
-            let redis = try RedisLimiting(config: redisConfig, metrics: metrics, logger: logger)
+            let redis = try RedisLimiting(config: redisConfig, metrics: metrics, eventLoopGroup: group, logger: logger)
             self.redis = redis
             limiter = redis.failover
             limiterMode = { redis.modeName }
