@@ -5,9 +5,9 @@ public struct RedisClientOptions: Sendable, Hashable {
     public static let defaultCommandTimeoutMillis = 250
     public static let defaultInitialBackoffMillis = 25
     public static let defaultMaximumBackoffMillis = 2_000
-    public static let defaultMaximumBatchSize = 1_024
 
-    /// Connections (each with its own thread) the client spreads commands over, round-robin.
+    /// Connections (each on its own event loop) when the client is given no event loop group; with
+    /// a group, there is one connection per loop of the group.
     public var connectionCount: Int
     /// Bound on opening a TCP connection (hiredis `redisConnectWithTimeout`). DNS resolution of
     /// a host name is not covered by it; use an address or a name the resolver answers at once.
@@ -18,22 +18,18 @@ public struct RedisClientOptions: Sendable, Hashable {
     /// First pause after a failed connect; doubles on each further failure up to the maximum.
     public var initialBackoffMillis: Int
     public var maximumBackoffMillis: Int
-    /// Most commands one connection writes in one pipelined round.
-    public var maximumBatchSize: Int
 
     public init(
         connectionCount: Int = RedisClientOptions.defaultConnectionCount,
         connectTimeoutMillis: Int = RedisClientOptions.defaultConnectTimeoutMillis,
         commandTimeoutMillis: Int = RedisClientOptions.defaultCommandTimeoutMillis,
         initialBackoffMillis: Int = RedisClientOptions.defaultInitialBackoffMillis,
-        maximumBackoffMillis: Int = RedisClientOptions.defaultMaximumBackoffMillis,
-        maximumBatchSize: Int = RedisClientOptions.defaultMaximumBatchSize
+        maximumBackoffMillis: Int = RedisClientOptions.defaultMaximumBackoffMillis
     ) {
         self.connectionCount = max(connectionCount, 1)
         self.connectTimeoutMillis = max(connectTimeoutMillis, 1)
         self.commandTimeoutMillis = max(commandTimeoutMillis, 1)
         self.initialBackoffMillis = max(initialBackoffMillis, 1)
         self.maximumBackoffMillis = max(maximumBackoffMillis, self.initialBackoffMillis)
-        self.maximumBatchSize = max(maximumBatchSize, 1)
     }
 }
