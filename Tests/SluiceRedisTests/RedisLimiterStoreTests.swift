@@ -198,16 +198,28 @@ final class RedisLimiterStoreTests: XCTestCase {
         let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 100), maxConcurrentRequests: 1)
         let (reservation, _) = try await admitted(request("res", limits, prompt: 10, output: 50))
         let key = RedisKeyLayout(keyID: "res").reservation(requestID: reservation.requestID)
-        _ = try await redis.send(["HSET", key, "prompt", "garbage", "output", "NaN"])
+        // The reservation's fields: prompt, output, lease, quota cost, quota day, quota month.
+        _ = try await redis.send(["SET", key, "garbage NaN 1 x y z", "PX", "60000"])
         let snapshot = try await limiter.settle(reservation, actualPromptTokens: 10, actualCompletionTokens: 0)
         XCTAssertEqual(snapshot?.remainingTokens, 40, "amounts unreadable: no refund, but the settle happens")
         try await admitted(request("res", limits))  // the lease was released
 
         let (other, _) = try await admitted(request("res-2", limits, prompt: 10))
         _ = try await redis.send(["DEL", RedisKeyLayout(keyID: "res-2").reservation(requestID: other.requestID)])
-        _ = try await redis.send(["SET", RedisKeyLayout(keyID: "res-2").reservation(requestID: other.requestID), "wrong type"])
+        _ = try await redis.send(["RPUSH", RedisKeyLayout(keyID: "res-2").reservation(requestID: other.requestID), "wrong type"])
         let none = try await limiter.settle(other, actualPromptTokens: 10, actualCompletionTokens: 0)
         XCTAssertNil(none)
+    }
+
+    func testALeaseScoredBeyondAnyTTLDoesNotHoldASlot() async throws {
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 1_000), maxConcurrentRequests: 1)
+        _ = try await redis.send(["ZADD", RedisKeyLayout(keyID: "far").leases, "99999999999999", "stuck"])
+        let (first, _) = try await admitted(request("far", limits))
+        guard case .denied = try await limiter.admit(request("far", limits)) else {
+            return XCTFail("the one real lease holds the only slot")
+        }
+        _ = try await limiter.settle(first, actualPromptTokens: 1, actualCompletionTokens: 0)
+        try await admitted(request("far", limits))
     }
 
     func testFlushedDatabaseMidRun() async throws {

@@ -4,7 +4,7 @@
 -- KEYS  1 requests TAT   2 tokens TAT   3 input tokens TAT   4 output tokens TAT
 --       5 concurrency leases (zset: member request id, score expiry ms)
 --       6 quotas (hash: day, day_used, month, month_used)
---       7 the reservation (hash), sluice:{key}:res:<request id>
+--       7 the reservation (string), sluice:{key}:res:<request id>
 -- ARGV  1 request id
 --       2..4 requests rate, burst, cost     5..7 tokens     8..10 input tokens     11..13 output tokens
 --                                           (rate 0: that limit is not configured)
@@ -68,9 +68,9 @@ if maxConcurrent > 0 then
     redis.call('DEL', leases)
     corrupt = 1
   else
-    -- A score beyond any lease this script writes would hold a slot for ever.
-    if redis.call('ZREMRANGEBYSCORE', leases, '(' .. int(nowMillis + 2 * leaseTTL), '+inf') > 0 then corrupt = 1 end
-    inFlight = redis.call('ZCARD', leases)
+    -- A score beyond any lease this script writes would hold a slot for ever: such members are
+    -- not counted (and go with the key's expiry).
+    inFlight = redis.call('ZCOUNT', leases, '-inf', int(nowMillis + 2 * leaseTTL))
   end
   if inFlight >= maxConcurrent then
     consider(5, maxConcurrent, maxConcurrent, inFlight, 1, 1000000, 0)
@@ -130,13 +130,10 @@ if perDay > 0 or perMonth > 0 then
   writeQuota(KEYS[6], today, newDayUsed, thisMonth, newMonthUsed, endDay, now)
 end
 
--- The reservation: what settle.lua reconciles, exactly once (it deletes this hash).
-local reservation = KEYS[7]
-redis.call('DEL', reservation)
-redis.call('HSET', reservation,
-  'prompt', ARGV[18], 'output', ARGV[19], 'lease', maxConcurrent > 0 and '1' or '0',
-  'quota_cost', ARGV[17], 'quota_day', int(quotaDay), 'quota_month', int(quotaMonth))
-redis.call('PEXPIRE', reservation, ARGV[21])
+-- The reservation: what settle.lua reconciles, exactly once (it takes this key with GETDEL). One
+-- string of six integers: prompt, output, lease 1|0, quota cost, quota day, quota month.
+redis.call('SET', KEYS[7], table.concat({ ARGV[18], ARGV[19], maxConcurrent > 0 and '1' or '0',
+  ARGV[17], int(quotaDay), int(quotaMonth) }, ' '), 'PX', ARGV[21])
 
 local requestsRemaining, requestsReset = headerValues(buckets[1], newDeltas[1] or 0)
 local tokensRemaining, tokensReset = headerValues(buckets[2], newDeltas[2] or 0)

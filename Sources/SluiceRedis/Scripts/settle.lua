@@ -1,7 +1,7 @@
 -- settle.lua: settles one reservation exactly once (LimiterStore.settle). Requires gcra.lua.
 --
 -- KEYS  1 requests TAT   2 tokens TAT   3 input tokens TAT   4 output tokens TAT
---       5 concurrency leases   6 quotas   7 the reservation (hash written by admit.lua)
+--       5 concurrency leases   6 quotas   7 the reservation (string written by admit.lua)
 --       8 the day's usage (hash: <model>:prompt, <model>:completion, <model>:requests)
 --       9 the usage stream
 -- ARGV  1 request id
@@ -31,17 +31,19 @@ local function result(settled)
   return { settled, corrupt, requestsRemaining, requestsReset, tokensRemaining, tokensReset }
 end
 
-local stored = redis.pcall('HMGET', reservationKey, 'prompt', 'output', 'lease', 'quota_cost', 'quota_day', 'quota_month')
-if stored.err then
+-- Taking the reservation (GETDEL) is what makes this settle the only one.
+local raw = redis.pcall('GETDEL', reservationKey)
+if type(raw) == 'table' then
+  -- Not a string: not ours, or corrupted. Nothing can be settled from it.
   redis.call('DEL', reservationKey)
   corrupt = 1
   return result(0)
 end
-if not stored[1] and not stored[2] and not stored[3] then
+if not raw then
   return result(0)
 end
--- Deleting the reservation is what makes this settle the only one.
-redis.call('DEL', reservationKey)
+local stored = {}
+for field in string.gmatch(raw, '%S+') do stored[#stored + 1] = field end
 
 local function storedInteger(i)
   local n = tonumber(stored[i])
