@@ -13,7 +13,7 @@ import SluiceUpstream
 /// From `admit` on, the reservation is settled exactly once, whatever happens: upstream failure,
 /// client disconnect, or success.
 extension Gateway {
-    func proxy(_ endpoint: OpenAIEndpoint, request: HTTPRequest, requestID: String, writer: ResponseWriter, logger: Logger) async -> RequestOutcome {
+    func proxy(_ endpoint: OpenAIEndpoint, request: HTTPRequest, requestID: String, writer: ResponseWriter, logger: RequestLogger) async -> RequestOutcome {
         // One snapshot of the key table and routing for the whole walk, even across a reload.
         let settings = self.settings
         // 1. authenticate: Bearer secret → SHA-256 → key table.

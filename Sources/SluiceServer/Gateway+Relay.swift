@@ -50,7 +50,7 @@ extension Gateway {
     ]
 
     /// Steps 6 and 7: forward to the upstream, relay the answer. Never throws.
-    func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: Logger) async -> RelayResult {
+    func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
         let upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders)
         let breaker = breakers.breaker(for: exchange.upstream.name)
         if case .reject(let retryAfter) = breaker.acquire() {
@@ -137,7 +137,7 @@ extension Gateway {
 
     // MARK: Non-streamed answers (and every upstream error status)
 
-    private func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: Logger) async -> RelayResult {
+    private func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
         var collected = ByteBuffer()
         do {
             for try await chunk in response.body {
@@ -184,7 +184,7 @@ extension Gateway {
 
     // MARK: Streamed answers
 
-    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: Logger) async -> RelayResult {
+    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
         var filter = StreamRelayFilter(dropsUsageChunk: exchange.request.sluiceAddedUsage)
         func producedTokens() -> Int {
             if let usage = filter.usage { return usage.completionTokens }

@@ -65,8 +65,7 @@ public final class Gateway: RequestHandling {
         let requestID = requestIDs.next()
         let path = request.head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.head.uri
         let route = Route(method: request.head.method, path: path)
-        var logger = self.logger
-        logger[metadataKey: "request_id"] = "\(requestID)"
+        let logger = RequestLogger(base: self.logger, requestID: requestID)
 
         let outcome: RequestOutcome
         switch route {

@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Token counts of recently counted texts, for one encoding, keyed by their exact UTF-8 bytes.
 ///
 /// Why: chat clients resend the whole conversation every turn, so most of a prompt's messages were
@@ -79,7 +85,15 @@ public final class TokenCountCache {
         let text: String
 
         static func == (lhs: Key, rhs: Key) -> Bool {
-            lhs.text.utf8.count == rhs.text.utf8.count && lhs.text.utf8.elementsEqual(rhs.text.utf8)
+            guard lhs.text.utf8.count == rhs.text.utf8.count else { return false }
+            // Native strings are contiguous UTF-8: one memcmp (the UTF8View iterator is far slower).
+            let compared = lhs.text.utf8.withContiguousStorageIfAvailable { left in
+                rhs.text.utf8.withContiguousStorageIfAvailable { right in
+                    left.count == 0 || memcmp(left.baseAddress!, right.baseAddress!, left.count) == 0
+                }
+            }
+            if let compared = compared ?? nil { return compared }
+            return lhs.text.utf8.elementsEqual(rhs.text.utf8)
         }
 
         func hash(into hasher: inout Hasher) {
