@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import SluiceCore
 import SluiceTokenizer
 import SluiceUpstream
@@ -221,15 +222,35 @@ extension Gateway {
 }
 
 /// The circuit breakers of the upstreams, created on first use by name.
+///
+/// Every request looks its upstream's breaker up: each thread keeps its own map of the (shared)
+/// breakers, so the lookup takes no lock all event loops share.
 final class UpstreamBreakers: Sendable {
     private let breakers = Mutex<[String: UpstreamCircuitBreaker]>([:])
+    private let perThread = ThreadSpecificVariable<ThreadBreakers>()
 
     func breaker(for upstream: String) -> UpstreamCircuitBreaker {
-        breakers.withLock { breakers in
+        let local: ThreadBreakers
+        if let existing = perThread.currentValue {
+            local = existing
+        } else {
+            local = ThreadBreakers()
+            perThread.currentValue = local
+        }
+        if let breaker = local.byName[upstream] { return breaker }
+        let breaker = breakers.withLock { breakers in
             if let breaker = breakers[upstream] { return breaker }
             let breaker = UpstreamCircuitBreaker()
             breakers[upstream] = breaker
             return breaker
         }
+        local.byName[upstream] = breaker
+        return breaker
     }
+}
+
+/// One thread's view of `UpstreamBreakers`. `@unchecked Sendable`: only reached through its own
+/// thread's slot. Bounded by the upstream names the config ever had.
+private final class ThreadBreakers: @unchecked Sendable {
+    var byName: [String: UpstreamCircuitBreaker] = [:]
 }

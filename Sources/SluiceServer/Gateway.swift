@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 import SluiceCore
 import SluiceTokenizer
 import SluiceUpstream
@@ -11,9 +12,21 @@ import Synchronization
 /// The proxy routes walk the pipeline in `Gateway+Pipeline.swift`; everything else (models, health,
 /// metrics, 404s) is answered here.
 public final class Gateway: RequestHandling {
-    /// The key table and routing now in force; replaced whole by a config reload (SIGHUP).
-    private let settingsBox: Mutex<GatewaySettings>
-    var settings: GatewaySettings { settingsBox.withLock { $0 } }
+    /// The key table and routing now in force; replaced whole by a config reload (SIGHUP), which
+    /// also bumps the generation.
+    private let settingsBox: Mutex<(settings: GatewaySettings, generation: Int)>
+    private let settingsGeneration = Atomic<Int>(0)
+    /// Each thread's copy of the settings and their generation: every request reads the settings,
+    /// and a reload is rare, so the read is an atomic load instead of a lock all loops share.
+    private let settingsPerThread = ThreadSpecificVariable<SettingsCopy>()
+
+    var settings: GatewaySettings {
+        let generation = settingsGeneration.load(ordering: .acquiring)
+        if let copy = settingsPerThread.currentValue, copy.generation == generation { return copy.settings }
+        let current = settingsBox.withLock { $0 }
+        settingsPerThread.currentValue = SettingsCopy(settings: current.settings, generation: current.generation)
+        return current.settings
+    }
     let tokenizers: Tokenizers
     let limiter: any LimiterStore
     let engine: CurlEngine
@@ -40,7 +53,7 @@ public final class Gateway: RequestHandling {
         logger: Logger
     ) {
         self.limiterMode = limiterMode
-        self.settingsBox = Mutex(settings)
+        self.settingsBox = Mutex((settings, 0))
         self.tokenizers = tokenizers
         self.promptCounter = PromptTokenCounter(tokenizers: tokenizers, maxPromptBytes: settings.maxPromptBytes)
         self.limiter = limiter
@@ -52,7 +65,10 @@ public final class Gateway: RequestHandling {
     /// Swaps in the key table and routing of a newly validated config. Requests already past
     /// authentication finish with what they started with.
     public func replaceSettings(_ settings: GatewaySettings) {
-        settingsBox.withLock { $0 = settings }
+        settingsBox.withLock { box in
+            box = (settings, box.generation + 1)
+            settingsGeneration.store(box.generation, ordering: .releasing)
+        }
     }
 
     /// Marks the node as draining: `/readyz` answers 503 so load balancers stop sending traffic.
@@ -187,4 +203,16 @@ struct RequestOutcome: Sendable {
     var model: String?
     var promptTokens = 0
     var completionTokens = 0
+}
+
+/// One thread's copy of the gateway's settings. `@unchecked Sendable`: only reached through its own
+/// thread's slot.
+private final class SettingsCopy: @unchecked Sendable {
+    let settings: GatewaySettings
+    let generation: Int
+
+    init(settings: GatewaySettings, generation: Int) {
+        self.settings = settings
+        self.generation = generation
+    }
 }

@@ -40,6 +40,10 @@ public final class UpstreamCircuitBreaker: Sendable {
     public let configuration: Configuration
     private let clock: @Sendable () -> Int64
     private let state = Mutex(State.closed(consecutiveFailures: 0))
+    /// True exactly when `state` is `.closed(consecutiveFailures: 0)`, the healthy state. Every
+    /// request of every event loop asks and reports; in the healthy state that is one atomic load each
+    /// instead of a lock all cores share. Written only under the lock.
+    private let healthy = Atomic<Bool>(true)
 
     /// - Parameter clock: monotonic milliseconds (injectable for tests).
     public init(configuration: Configuration = Configuration(), clock: @escaping @Sendable () -> Int64 = UpstreamCircuitBreaker.monotonicMillis) {
@@ -55,10 +59,12 @@ public final class UpstreamCircuitBreaker: Sendable {
 
     /// Whether the upstream is refusing work now (for metrics and readiness).
     public var isOpen: Bool {
-        state.withLock { if case .closed = $0 { false } else { true } }
+        if healthy.load(ordering: .acquiring) { return false }
+        return state.withLock { if case .closed = $0 { false } else { true } }
     }
 
     public func acquire() -> Decision {
+        if healthy.load(ordering: .acquiring) { return .allow }
         let now = clock()
         return state.withLock { state in
             switch state {
@@ -78,8 +84,10 @@ public final class UpstreamCircuitBreaker: Sendable {
 
     /// Reports the outcome of a request that `acquire` allowed (or probed).
     public func record(upstreamDown: Bool) {
+        if !upstreamDown && healthy.load(ordering: .acquiring) { return }
         let now = clock()
         state.withLock { state in
+            defer { healthy.store(state == .closed(consecutiveFailures: 0), ordering: .releasing) }
             switch (state, upstreamDown) {
             case (_, false):
                 state = .closed(consecutiveFailures: 0)
