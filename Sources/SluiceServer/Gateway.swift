@@ -189,10 +189,13 @@ public final class Gateway: RequestHandling {
         return RequestOutcome(status: writer.status, keyID: keyID, model: nil)
     }
 
+    /// `duration` in milliseconds with two decimals ("12.34"), without Foundation's `String(format:)`
+    /// (this runs for every access-log line).
     static func milliseconds(_ duration: Duration) -> String {
         let (seconds, attoseconds) = duration.components
-        let ms = Double(seconds) * 1000 + Double(attoseconds) / 1e15
-        return String(format: "%.2f", ms)
+        let hundredths = max(0, seconds * 100_000 + attoseconds / 10_000_000_000_000)
+        let fraction = hundredths % 100
+        return "\(hundredths / 100)." + (fraction < 10 ? "0" : "") + "\(fraction)"
     }
 }
 
