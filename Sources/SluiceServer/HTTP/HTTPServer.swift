@@ -115,7 +115,9 @@ public final class HTTPServer: Sendable {
         }
         logger.info("listening", metadata: ["address": "\(serverChannel.localAddress.map { "\($0)" } ?? "?")"])
         try await serverChannel.closeFuture.get()
-        // The listener is closed (shutdown): wait for the open connections to finish.
+        // The listener is closed (normally by shutdownGracefully, which drained already): the open
+        // connections finish their requests and close; wait for them.
+        connections.drain()
         await connections.waitUntilAllClosed()
     }
 
