@@ -102,10 +102,7 @@ public final class RedisClient: Sendable {
     /// flushed, failed over) sends it once more as `EVAL`, which also caches it again. Works the
     /// same inside a pipelined round, since each command falls back on its own.
     public func evalScript(_ script: RedisScript, keys: [String], arguments: [String]) async throws(RedisError) -> RedisReply {
-        var command: [[UInt8]] = [Array("EVALSHA".utf8), Array(script.sha1.utf8), Array(String(keys.count).utf8)]
-        command.reserveCapacity(3 + keys.count + arguments.count)
-        for key in keys { command.append(Array(key.utf8)) }
-        for argument in arguments { command.append(Array(argument.utf8)) }
+        var command = Self.scriptCommand("EVALSHA", script.sha1, keys: keys, arguments: arguments)
         do throws(RedisError) {
             return try await send(command)
         } catch {
@@ -123,10 +120,7 @@ public final class RedisClient: Sendable {
     /// `EVALSHA` from then on.
     public func call(_ function: RedisFunction, keys: [String], arguments: [String]) async throws(RedisError) -> RedisReply {
         if !functionsUnsupported.load(ordering: .relaxed) {
-            var command: [[UInt8]] = [Array("FCALL".utf8), Array(function.name.utf8), Array(String(keys.count).utf8)]
-            command.reserveCapacity(3 + keys.count + arguments.count)
-            for key in keys { command.append(Array(key.utf8)) }
-            for argument in arguments { command.append(Array(argument.utf8)) }
+            let command = Self.scriptCommand("FCALL", function.name, keys: keys, arguments: arguments)
             do throws(RedisError) {
                 return try await send(command)
             } catch {
@@ -142,6 +136,15 @@ public final class RedisClient: Sendable {
             }
         }
         return try await evalScript(function.script, keys: keys, arguments: arguments)
+    }
+
+    /// `<verb> <name> <number of keys> <keys…> <arguments…>`, the shape of EVALSHA, EVAL and FCALL.
+    private static func scriptCommand(_ verb: String, _ name: String, keys: [String], arguments: [String]) -> [[UInt8]] {
+        var command: [[UInt8]] = [Array(verb.utf8), Array(name.utf8), Array(String(keys.count).utf8)]
+        command.reserveCapacity(3 + keys.count + arguments.count)
+        for key in keys { command.append(Array(key.utf8)) }
+        for argument in arguments { command.append(Array(argument.utf8)) }
+        return command
     }
 
     private func pickConnection() -> RedisConnection {

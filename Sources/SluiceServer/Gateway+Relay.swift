@@ -230,13 +230,7 @@ final class UpstreamBreakers: Sendable {
     private let perThread = ThreadSpecificVariable<ThreadBreakers>()
 
     func breaker(for upstream: String) -> UpstreamCircuitBreaker {
-        let local: ThreadBreakers
-        if let existing = perThread.currentValue {
-            local = existing
-        } else {
-            local = ThreadBreakers()
-            perThread.currentValue = local
-        }
+        let local = perThread.valueForThisThread(orMake: ThreadBreakers.init)
         if let breaker = local.byName[upstream] { return breaker }
         let breaker = breakers.withLock { breakers in
             if let breaker = breakers[upstream] { return breaker }

@@ -89,10 +89,7 @@ public final class GatewayMetrics: Sendable {
     /// Metric handles are looked up once per label set and kept: creating one per request would go
     /// through the factory's lock and allocate every time.
     private func hotHandles() -> HotHandles {
-        if let handles = hot.currentValue { return handles }
-        let handles = HotHandles()
-        hot.currentValue = handles
-        return handles
+        hot.valueForThisThread(orMake: HotHandles.init)
     }
 
     private func counter(_ label: String, _ dimensions: [(String, String)]) -> CoreMetrics.Counter {

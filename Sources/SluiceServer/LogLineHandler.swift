@@ -50,7 +50,7 @@ public struct LogLineHandler: LogHandler {
             merged["error.message"] = "\(error)"
             merged["error.type"] = "\(String(reflecting: type(of: error)))"
         }
-        var line = Self.timestamps.currentValue?.text(now: time(nil)) ?? Self.newThreadTimestamp()
+        var line = Self.timestamps.valueForThisThread(orMake: SecondTimestamp.init).text(now: time(nil))
         line += " "
         line += event.level.rawValue
         if !label.isEmpty { line += " " }
@@ -84,12 +84,6 @@ public struct LogLineHandler: LogHandler {
     // MARK: Time, as StreamLogHandler prints it: local time, `%Y-%m-%dT%H:%M:%S%z`
 
     private static let timestamps = ThreadSpecificVariable<SecondTimestamp>()
-
-    private static func newThreadTimestamp() -> String {
-        let timestamp = SecondTimestamp()
-        timestamps.currentValue = timestamp
-        return timestamp.text(now: time(nil))
-    }
 }
 
 /// The formatted time of the current second, on one thread. `@unchecked Sendable`: only reached

@@ -20,13 +20,7 @@ public struct PromptTokenCounter: Sendable {
 
     /// This thread's cache for `encoding` (created on first use).
     func cache(for encoding: BPEEncoding) -> TokenCountCache {
-        let threadCaches: ThreadCaches
-        if let existing = caches.currentValue {
-            threadCaches = existing
-        } else {
-            threadCaches = ThreadCaches()
-            caches.currentValue = threadCaches
-        }
+        let threadCaches = caches.valueForThisThread(orMake: ThreadCaches.init)
         if let cache = threadCaches.byEncoding[ObjectIdentifier(encoding)] { return cache }
         let cache = TokenCountCache(encoding: encoding, budgetBytes: cacheBudgetBytes)
         threadCaches.byEncoding[ObjectIdentifier(encoding)] = cache
