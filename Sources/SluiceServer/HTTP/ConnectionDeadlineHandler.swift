@@ -83,10 +83,10 @@ final class ConnectionDeadlineHandler: ChannelDuplexHandler, RemovableChannelHan
         let now = context.eventLoop.now
         var at = now + min(idleTimeout, bodyTimeout)
         if let deadline, deadline < at { at = deadline }
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(deadline: at) { [weak self] in
-            guard let self else { return }
-            self.check(context: loopBound.value)
+        // Both stay on this loop; the check is cancelled when the handler goes or the channel closes.
+        let bound = NIOLoopBound((handler: self, context: context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: at) {
+            bound.value.handler.check(context: bound.value.context)
         }
     }
 
@@ -116,8 +116,9 @@ final class ConnectionDeadlineHandler: ChannelDuplexHandler, RemovableChannelHan
             let head = HTTPResponseHead(version: .http1_1, status: .requestTimeout, headers: headers)
             context.write(wrapOutboundOut(.head(head)), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
-                context.close(promise: nil)
+                bound.value.close(promise: nil)
             }
         case .responding:
             break
