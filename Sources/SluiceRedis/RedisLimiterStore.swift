@@ -6,8 +6,9 @@ import SluiceCore
 /// one limit together. Same semantics as `InMemoryLimiterStore` (see `LimiterStore`), plus the
 /// daily and monthly token quotas, usage aggregates and a per-request usage stream.
 ///
-/// Each operation is one Lua script (`Scripts/admit.lua`, `settle.lua`, `snapshot.lua`, each
-/// after the shared `gcra.lua`) run with `EVALSHA` on Redis' clock; see `RedisKeyLayout` for the
+/// Each operation is one Lua function (`Scripts/admit.lua`, `settle.lua`, `snapshot.lua` in one
+/// library with the shared `gcra.lua`, see `RedisFunction`) run with `FCALL` on Redis' clock
+/// (`EVALSHA` of the same code on Redis < 7); see `RedisKeyLayout` for the
 /// keys. Errors are `RedisError`s from the client (bounded in time); what to do when Redis is
 /// unreachable is the caller's policy.
 public final class RedisLimiterStore: LimiterStore {

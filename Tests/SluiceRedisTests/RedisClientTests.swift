@@ -25,6 +25,16 @@ final class RedisClientTests: XCTestCase {
         return client
     }
 
+    /// The replies of 50 concurrent calls (they share pipelined rounds).
+    private func fiftyAtOnce(_ call: @escaping @Sendable () async throws -> RedisReply) async throws -> [RedisReply] {
+        try await withThrowingTaskGroup(of: RedisReply.self) { group in
+            for _ in 0..<50 { group.addTask { try await call() } }
+            var collected: [RedisReply] = []
+            for try await reply in group { collected.append(reply) }
+            return collected
+        }
+    }
+
     private func expectError(_ body: () async throws(RedisError) -> Void, file: StaticString = #filePath, line: UInt = #line) async -> RedisError? {
         do {
             try await body()
@@ -167,12 +177,7 @@ final class RedisClientTests: XCTestCase {
         XCTAssertEqual(cached, .array([.integer(1)]), "EVAL cached the script under the SHA-1 we computed")
         _ = try await client.send(["SCRIPT", "FLUSH"])
         // Many at once: each pipelined EVALSHA falls back on its own.
-        let replies = try await withThrowingTaskGroup(of: RedisReply.self) { group in
-            for _ in 0..<50 { group.addTask { try await client.evalScript(script, keys: ["k"], arguments: ["v"]) } }
-            var collected: [RedisReply] = []
-            for try await reply in group { collected.append(reply) }
-            return collected
-        }
+        let replies = try await fiftyAtOnce { try await client.evalScript(script, keys: ["k"], arguments: ["v"]) }
         XCTAssertEqual(replies, Array(repeating: expected, count: 50))
     }
 
@@ -199,12 +204,7 @@ final class RedisClientTests: XCTestCase {
         XCTAssertEqual(scripted, expected)
         _ = try await client.send(["FUNCTION", "FLUSH"])
         // Many at once after the flush: each call loads the library if it has to.
-        let replies = try await withThrowingTaskGroup(of: RedisReply.self) { group in
-            for _ in 0..<50 { group.addTask { try await client.call(echo, keys: ["k"], arguments: ["v"]) } }
-            var collected: [RedisReply] = []
-            for try await reply in group { collected.append(reply) }
-            return collected
-        }
+        let replies = try await fiftyAtOnce { try await client.call(echo, keys: ["k"], arguments: ["v"]) }
         XCTAssertEqual(replies, Array(repeating: expected, count: 50))
     }
 

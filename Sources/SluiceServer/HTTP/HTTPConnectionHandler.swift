@@ -96,33 +96,38 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     // MARK: Requests
 
     private func process(_ part: HTTPServerRequestPart, context: ChannelHandlerContext) {
-        switch (state, part) {
-        case (.idle, .head(let head)):
+        switch part {
+        case .head(let head):
+            guard case .idle = state else { return outOfOrder(context) }
             // A declared length over the cap is refused before reading the body.
             if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared > maxBodyBytes {
                 refuse(.bodyTooLarge(limitBytes: maxBodyBytes), context: context)
                 return
             }
             state = .reading(head: head, body: context.channel.allocator.buffer(capacity: 0), tooLarge: false)
-        case (.reading(let head, var body, var tooLarge), .body(var chunk)):
-            state = .idle  // drop the reference while appending, so the buffer is not copied
+        case .body(var chunk):
+            guard case .reading(let head, var body, var tooLarge) = state else { return outOfOrder(context) }
+            state = .idle  // drop the state's reference while appending, so the buffer is not copied
             if tooLarge || body.readableBytes + chunk.readableBytes > maxBodyBytes {
                 tooLarge = true
             } else {
                 body.writeBuffer(&chunk)
             }
             state = .reading(head: head, body: body, tooLarge: tooLarge)
-        case (.reading(let head, let body, let tooLarge), .end):
+        case .end:
+            guard case .reading(let head, let body, let tooLarge) = state else { return outOfOrder(context) }
             if tooLarge {
                 refuse(.bodyTooLarge(limitBytes: maxBodyBytes), context: context)
             } else {
                 start(HTTPRequest(head: head, body: body), context: context)
             }
-        default:
-            // Parts out of order: the decoder never produces them; be safe.
-            state = .closing
-            context.close(promise: nil)
         }
+    }
+
+    /// Parts out of order: the decoder never produces them; be safe.
+    private func outOfOrder(_ context: ChannelHandlerContext) {
+        state = .closing
+        context.close(promise: nil)
     }
 
     /// Refuses the request being read with `error`, then closes (the rest of its body is not read).
