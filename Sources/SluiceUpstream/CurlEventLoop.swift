@@ -61,6 +61,9 @@ final class CurlEventLoop: @unchecked Sendable {
 
     private var transfers: [ObjectIdentifier: UpstreamTransfer] = [:]
     private var idleHandles: [UnsafeMutableRawPointer] = []
+    /// Response heads received during this turn of the loop, handed over at its end (see
+    /// ``handOverHeads()``).
+    private var receivedHeads: [(HeadContinuation, UpstreamResponse)] = []
     /// The epoll registration of every socket in the epoll set: what curl wants (nil: curl is done
     /// with it for now, see ``watchSocket(_:_:)``) and the events registered.
     private var watchedSockets: [Int32: (wanted: UInt32?, registered: UInt32)] = [:]
@@ -243,8 +246,26 @@ final class CurlEventLoop: @unchecked Sendable {
                 socketAction(CURL_SOCKET_TIMEOUT, 0)
             }
             collectCompletedTransfers()
+            handOverHeads()
         }
         tearDown()
+    }
+
+    /// A head received by a transfer's callback: resumed at the end of this turn of the loop.
+    func headReceived(_ response: UpstreamResponse, continuation: HeadContinuation) {
+        receivedHeads.append((continuation, response))
+    }
+
+    /// Resumes the waiters of the heads received during this turn. Why not at once: a small answer's
+    /// head, body and end usually arrive in one read. Resumed at once, the waiting task would wake on
+    /// its event loop, find the body not there yet, sleep, and be woken again for the body and again for
+    /// its end: three cross-thread wake-ups. Resumed after the turn, it finds the whole body buffered.
+    private func handOverHeads() {
+        guard !receivedHeads.isEmpty else { return }
+        for (continuation, response) in receivedHeads {
+            continuation.resume(returning: .success(response))
+        }
+        receivedHeads.removeAll(keepingCapacity: true)
     }
 
     private func runCommands() {
@@ -575,6 +596,7 @@ final class CurlEventLoop: @unchecked Sendable {
     }
 
     private func tearDown() {
+        handOverHeads()
         // Nothing accepted may be left unanswered: after an abnormal exit the inbox can still hold work.
         let leftover = inbox.withLock { inbox -> [Command] in
             inbox.accepting = false

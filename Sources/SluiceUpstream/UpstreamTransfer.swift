@@ -139,7 +139,9 @@ final class UpstreamTransfer: @unchecked Sendable {
             body: UpstreamBody(producer: made.sequence, account: account)
         )
         responseHeaders = []
-        headContinuation?.resume(returning: .success(response))
+        if let headContinuation {
+            loop.headReceived(response, continuation: headContinuation)
+        }
         headContinuation = nil
     }
 

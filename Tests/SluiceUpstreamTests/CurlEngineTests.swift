@@ -95,6 +95,20 @@ final class CurlEngineTests: XCTestCase {
         }
     }
 
+    /// A small answer comes in one read: its head is handed over only after its body and end, so the
+    /// waiting task wakes once and finds the whole body buffered and the transfer ended.
+    func testSmallAnswerIsHandedOverWhole() async throws {
+        try await withEngine(CurlEngine.Configuration(threads: 1, maxConnectionsPerHost: 1)) { engine in
+            for _ in 0..<50 {
+                let response = try await engine.execute(get("/fixed?bytes=1000"))
+                XCTAssertEqual(response.body.account.buffered, 1000, "the body was not complete when the head arrived")
+                XCTAssertEqual(engine.stats.activeTransfers, 0, "the transfer had not ended when the head arrived")
+                let bytes = try await collect(response.body)
+                XCTAssertEqual(bytes, fixedBody(1000))
+            }
+        }
+    }
+
     func testPostBodyArrivesWithoutExpectContinue() async throws {
         try await withEngine { engine in
             // Large enough that curl would add `Expect: 100-continue` on its own.
