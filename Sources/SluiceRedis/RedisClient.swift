@@ -81,35 +81,47 @@ public final class RedisClient: Sendable {
         ownGroup?.shutdownGracefully { _ in }
     }
 
-    /// Sends one command (binary-safe arguments) and returns its reply. Not cancellable: once
-    /// queued it completes within the connect and command timeouts.
+    /// Sends one command and returns its reply. Not cancellable: once queued it completes within
+    /// the connect and command timeouts.
     /// - Throws: `RedisError.server` for an error reply; connection errors as described by
     ///   `RedisError` (check `outcomeUnknown` before retrying a non-idempotent command).
-    public func send(_ arguments: [[UInt8]]) async throws(RedisError) -> RedisReply {
-        guard !arguments.isEmpty else { throw .invalidCommand("no arguments") }
+    public func send(_ command: RedisArguments) async throws(RedisError) -> RedisReply {
+        guard command.count > 0 else { throw .invalidCommand("no arguments") }
         guard !isShutDown.load(ordering: .relaxed) else { throw .shutDown }
-        let reply = try await pickConnection().send(arguments).get()
+        let reply = try await pickConnection().send(command).get()
         if case .error(let message) = reply { throw .server(message) }
         return reply
     }
 
+    /// Sends one command given as binary-safe arguments.
+    public func send(_ arguments: [[UInt8]]) async throws(RedisError) -> RedisReply {
+        try await send(RedisArguments(arguments))
+    }
+
     /// Sends one command given as text arguments.
     public func send(_ arguments: [String]) async throws(RedisError) -> RedisReply {
-        try await send(arguments.map { Array($0.utf8) })
+        try await send(RedisArguments(arguments))
     }
 
     /// Runs a script by `EVALSHA`; if the server does not know it (`NOSCRIPT`: restarted,
     /// flushed, failed over) sends it once more as `EVAL`, which also caches it again. Works the
     /// same inside a pipelined round, since each command falls back on its own.
     public func evalScript(_ script: RedisScript, keys: [String], arguments: [String]) async throws(RedisError) -> RedisReply {
-        var command = Self.scriptCommand("EVALSHA", script.sha1, keys: keys, arguments: arguments)
+        try await evalScript(script, RedisScriptCall(keys: keys, arguments: arguments))
+    }
+
+    /// `evalScript(_:keys:arguments:)` with keys and arguments already encoded.
+    public func evalScript(_ script: RedisScript, _ call: RedisScriptCall) async throws(RedisError) -> RedisReply {
         do throws(RedisError) {
-            return try await send(command)
+            return try await send(call.command("EVALSHA", script.sha1))
         } catch {
             guard case .server(let message) = error, message.hasPrefix("NOSCRIPT") else { throw error }
             logger.debug("redis script not cached; sending it with EVAL", metadata: ["script": "\(script.name)"])
-            command[0] = Array("EVAL".utf8)
-            command[1] = script.source
+            var command = RedisArguments(capacity: script.source.count + call.arguments.encodedSize + 32)
+            command.append("EVAL")
+            command.append(bytes: script.source)
+            command.append(call.keyCount)
+            command.append(contentsOf: call.arguments)
             return try await send(command)
         }
     }
@@ -119,8 +131,13 @@ public final class RedisClient: Sendable {
     /// A server without functions (Redis < 7) is remembered, and the function's script runs by
     /// `EVALSHA` from then on.
     public func call(_ function: RedisFunction, keys: [String], arguments: [String]) async throws(RedisError) -> RedisReply {
+        try await call(function, RedisScriptCall(keys: keys, arguments: arguments))
+    }
+
+    /// `call(_:keys:arguments:)` with keys and arguments already encoded.
+    public func call(_ function: RedisFunction, _ call: RedisScriptCall) async throws(RedisError) -> RedisReply {
         if !functionsUnsupported.load(ordering: .relaxed) {
-            let command = Self.scriptCommand("FCALL", function.name, keys: keys, arguments: arguments)
+            let command = call.command("FCALL", function.name)
             do throws(RedisError) {
                 return try await send(command)
             } catch {
@@ -135,16 +152,7 @@ public final class RedisClient: Sendable {
                 logger.notice("redis has no functions (Redis < 7): using EVALSHA scripts")
             }
         }
-        return try await evalScript(function.script, keys: keys, arguments: arguments)
-    }
-
-    /// `<verb> <name> <number of keys> <keys…> <arguments…>`, the shape of EVALSHA, EVAL and FCALL.
-    private static func scriptCommand(_ verb: String, _ name: String, keys: [String], arguments: [String]) -> [[UInt8]] {
-        var command: [[UInt8]] = [Array(verb.utf8), Array(name.utf8), Array(String(keys.count).utf8)]
-        command.reserveCapacity(3 + keys.count + arguments.count)
-        for key in keys { command.append(Array(key.utf8)) }
-        for argument in arguments { command.append(Array(argument.utf8)) }
-        return command
+        return try await evalScript(function.script, call)
     }
 
     private func pickConnection() -> RedisConnection {
@@ -160,5 +168,35 @@ public final class RedisClient: Sendable {
             if candidate.isConnected { return candidate }
         }
         return connections[Int(start % count)]
+    }
+}
+
+/// The keys and arguments of a script or function call (`EVALSHA`, `EVAL`, `FCALL` all take
+/// `<name> <number of keys> <keys…> <arguments…>`): append the keys first, then the arguments.
+public struct RedisScriptCall: Sendable {
+    /// How many of the arguments, from the first, are keys.
+    public var keyCount: Int
+    public var arguments: RedisArguments
+
+    public init(keyCount: Int, arguments: RedisArguments) {
+        self.keyCount = keyCount
+        self.arguments = arguments
+    }
+
+    public init(keys: [String], arguments: [String]) {
+        var encoded = RedisArguments()
+        for key in keys { encoded.append(key) }
+        for argument in arguments { encoded.append(argument) }
+        self.init(keyCount: keys.count, arguments: encoded)
+    }
+
+    /// `<verb> <name> <number of keys> <keys…> <arguments…>`.
+    func command(_ verb: String, _ name: String) -> RedisArguments {
+        var command = RedisArguments(capacity: arguments.encodedSize + 64)
+        command.append(verb)
+        command.append(name)
+        command.append(keyCount)
+        command.append(contentsOf: arguments)
+        return command
     }
 }

@@ -53,7 +53,7 @@ final class RedisConnection: @unchecked Sendable {
 
     private var phase = Phase.notStarted
     /// Commands waiting for the connection to open.
-    private var queued: [([[UInt8]], ReplyHandler)] = []
+    private var queued: [(RedisArguments, ReplyHandler)] = []
     /// Commands written, oldest first, each with the time its reply is due.
     private var inFlight = CircularBuffer<(handler: ReplyHandler, due: NIODeadline)>()
     private var timeoutCheck: Scheduled<Void>?
@@ -85,9 +85,9 @@ final class RedisConnection: @unchecked Sendable {
     var lastError: RedisError? { mirror.withLock { $0.lastError } }
 
     /// Sends one command and waits for its reply (bounded by the connect and command timeouts).
-    func send(_ arguments: [[UInt8]]) async -> Result<RedisReply, RedisError> {
+    func send(_ command: RedisArguments) async -> Result<RedisReply, RedisError> {
         await withCheckedContinuation { (completion: Completion) in
-            onLoop { self.submit(arguments) { completion.resume(returning: $0) } }
+            onLoop { self.submit(command) { completion.resume(returning: $0) } }
         }
     }
 
@@ -122,7 +122,7 @@ final class RedisConnection: @unchecked Sendable {
 
     // MARK: Commands
 
-    private func submit(_ arguments: [[UInt8]], _ handler: @escaping ReplyHandler) {
+    private func submit(_ command: RedisArguments, _ handler: @escaping ReplyHandler) {
         switch phase {
         case .shutDown:
             handler(.failure(.shutDown))
@@ -130,24 +130,22 @@ final class RedisConnection: @unchecked Sendable {
             if eventLoop.now < until {
                 handler(.failure(.notConnected(error.description)))
             } else {
-                queued.append((arguments, handler))
+                queued.append((command, handler))
                 connect()
             }
         case .notStarted:
-            queued.append((arguments, handler))
+            queued.append((command, handler))
             connect()
         case .connecting, .handshaking:
-            queued.append((arguments, handler))
+            queued.append((command, handler))
         case .connected(let channel):
-            write(arguments, handler, on: channel)
+            write(command, handler, on: channel)
         }
     }
 
-    private func write(_ arguments: [[UInt8]], _ handler: @escaping ReplyHandler, on channel: any Channel) {
-        var size = 16
-        for argument in arguments { size += argument.count + 16 }
-        var buffer = channel.allocator.buffer(capacity: size)
-        RESP.encode(arguments, into: &buffer)
+    private func write(_ command: RedisArguments, _ handler: @escaping ReplyHandler, on channel: any Channel) {
+        var buffer = channel.allocator.buffer(capacity: command.encodedSize)
+        command.write(into: &buffer)
         inFlight.append((handler, eventLoop.now + .milliseconds(Int64(options.commandTimeoutMillis))))
         channel.write(buffer, promise: nil)
         // One flush for everything written in this turn of the loop.
@@ -252,22 +250,24 @@ final class RedisConnection: @unchecked Sendable {
             channel.close(promise: nil)  // shut down meanwhile
             return
         }
-        var commands: [[[UInt8]]] = []
+        var commands: [RedisArguments] = []
         if let password = config.password {
-            var auth: [[UInt8]] = [Array("AUTH".utf8)]
-            if let username = config.username, !username.isEmpty { auth.append(Array(username.utf8)) }
-            auth.append(Array(password.revealed.utf8))
+            var auth = RedisArguments(["AUTH"])
+            if let username = config.username, !username.isEmpty { auth.append(username) }
+            auth.append(password.revealed)
             commands.append(auth)
         }
         if config.database != 0 {
-            commands.append([Array("SELECT".utf8), Array(String(config.database).utf8)])
+            var select = RedisArguments(["SELECT"])
+            select.append(config.database)
+            commands.append(select)
         }
         // Commands keep queueing until the handshake is over.
         phase = .handshaking(channel)
         runHandshake(commands[...], on: channel)
     }
 
-    private func runHandshake(_ commands: ArraySlice<[[UInt8]]>, on channel: any Channel) {
+    private func runHandshake(_ commands: ArraySlice<RedisArguments>, on channel: any Channel) {
         guard let command = commands.first else {
             opened(channel)
             return
@@ -387,22 +387,6 @@ private final class RedisReplyReader: ChannelInboundHandler, @unchecked Sendable
         }
         connection.closed(context.channel, reason: "protocol error: \(message)")
         context.close(promise: nil)
-    }
-}
-
-/// RESP: a command is an array of bulk strings (binary-safe).
-enum RESP {
-    static func encode(_ arguments: [[UInt8]], into buffer: inout ByteBuffer) {
-        buffer.writeInteger(UInt8(ascii: "*"))
-        buffer.writeString(String(arguments.count))
-        buffer.writeStaticString("\r\n")
-        for argument in arguments {
-            buffer.writeInteger(UInt8(ascii: "$"))
-            buffer.writeString(String(argument.count))
-            buffer.writeStaticString("\r\n")
-            buffer.writeBytes(argument)
-            buffer.writeStaticString("\r\n")
-        }
     }
 }
 

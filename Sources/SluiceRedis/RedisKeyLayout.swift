@@ -7,28 +7,57 @@
 /// | `sluice:{k}:rpm`, `:tpm`, `:itpm`, `:otpm` | string | GCRA TAT, µs of Redis' clock | when the bucket is full again |
 /// | `sluice:{k}:leases` | zset | member request id, score lease expiry (ms) | lease TTL + 1 s after the last admission |
 /// | `sluice:{k}:quota` | hash | `day`, `day_used`, `month`, `month_used` (UTC day index, year·12+month−1) | a day after the period ends |
-/// | `sluice:{k}:res:<requestId>` | hash | `prompt`, `output`, `lease`, `quota_cost`, `quota_day`, `quota_month` | reservation TTL; deleted by settle |
+/// | `sluice:{k}:res:<requestId>` | string | six integers: prompt, output, lease 1\|0, quota cost, quota day, quota month | reservation TTL; taken by settle (`GETDEL`) |
 /// | `sluice:{k}:usage:<YYYY-MM-DD>` | hash | `<model>:prompt`, `<model>:completion`, `<model>:requests` | usage TTL (40 days) |
 /// | `sluice:{k}:usage-stream` | stream | one entry per settled request | usage TTL after the last entry |
 public struct RedisKeyLayout: Sendable {
     public let keyID: String
-    private let prefix: String
+    /// `sluice:{<keyId>}:`, the start of every name.
+    let prefix: String
 
     public init(keyID: String) {
         self.keyID = keyID
         self.prefix = "sluice:{\(keyID)}:"
     }
 
-    public var requests: String { prefix + "rpm" }
-    public var tokens: String { prefix + "tpm" }
-    public var inputTokens: String { prefix + "itpm" }
-    public var outputTokens: String { prefix + "otpm" }
-    public var leases: String { prefix + "leases" }
-    public var quota: String { prefix + "quota" }
-    public var usageStream: String { prefix + "usage-stream" }
+    public var requests: String { prefix + Name.requests }
+    public var tokens: String { prefix + Name.tokens }
+    public var inputTokens: String { prefix + Name.inputTokens }
+    public var outputTokens: String { prefix + Name.outputTokens }
+    public var leases: String { prefix + Name.leases }
+    public var quota: String { prefix + Name.quota }
+    public var usageStream: String { prefix + Name.usageStream }
 
-    public func reservation(requestID: String) -> String { prefix + "res:" + requestID }
+    public func reservation(requestID: String) -> String { prefix + Name.reservation + requestID }
 
     /// - Parameter day: `YYYY-MM-DD` (UTC).
-    public func usage(day: String) -> String { prefix + "usage:" + day }
+    public func usage(day: String) -> String { prefix + Name.usage + day }
+
+    /// Appends the keys admit.lua and settle.lua take first, in their `KEYS` order: the four
+    /// buckets, the leases, the quota, the reservation. Written from their parts, without building
+    /// the names as strings first.
+    func appendLimiterKeys(requestID: String, to arguments: inout RedisArguments) {
+        for name in [Name.requests, Name.tokens, Name.inputTokens, Name.outputTokens, Name.leases, Name.quota] {
+            arguments.append(prefix, name)
+        }
+        arguments.append(prefix, Name.reservation, requestID)
+    }
+
+    /// Appends the keys settle.lua takes after the limiter keys: the day's usage and the stream.
+    func appendUsageKeys(day: String, to arguments: inout RedisArguments) {
+        arguments.append(prefix, Name.usage, day)
+        arguments.append(prefix, Name.usageStream)
+    }
+
+    private enum Name {
+        static let requests = "rpm"
+        static let tokens = "tpm"
+        static let inputTokens = "itpm"
+        static let outputTokens = "otpm"
+        static let leases = "leases"
+        static let quota = "quota"
+        static let usageStream = "usage-stream"
+        static let reservation = "res:"
+        static let usage = "usage:"
+    }
 }

@@ -88,30 +88,28 @@ public final class RedisLimiterStore: LimiterStore {
     public func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
         let layout = RedisKeyLayout(keyID: request.keyID)
         let limits = request.limits
-        var arguments: [String] = [request.requestID]
-        arguments.reserveCapacity(21)
+        var arguments = RedisArguments(capacity: 512)
+        layout.appendLimiterKeys(requestID: request.requestID, to: &arguments)
+        arguments.append(request.requestID)
         for kind in Self.bucketKinds {
             if let limit = limits.bucket(kind) {
-                arguments += [String(limit.perMinute), String(limit.burst), String(Self.exact(request.cost(kind)))]
+                arguments.append(limit.perMinute)
+                arguments.append(limit.burst)
+                arguments.append(Self.exact(request.cost(kind)))
             } else {
-                arguments += ["0", "0", "0"]
+                for _ in 0..<3 { arguments.append(0) }
             }
         }
-        arguments += [
-            String(limits.maxConcurrentRequests ?? 0),
-            String(limits.tokensPerDay ?? 0),
-            String(limits.tokensPerMonth ?? 0),
-            String(Self.exact(request.cost(.dailyTokens))),
-            String(Self.exact(request.promptTokens)),
-            String(Self.exact(request.reservedOutputTokens)),
-            String(options.leaseTTLMillis),
-            String(options.reservationTTLMillis),
-        ]
-        let keys = [
-            layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens,
-            layout.leases, layout.quota, layout.reservation(requestID: request.requestID),
-        ]
-        let values = try Self.integers(try await client.call(scripts.admit, keys: keys, arguments: arguments), count: 13, script: "admit")
+        arguments.append(limits.maxConcurrentRequests ?? 0)
+        arguments.append(limits.tokensPerDay ?? 0)
+        arguments.append(limits.tokensPerMonth ?? 0)
+        arguments.append(Self.exact(request.cost(.dailyTokens)))
+        arguments.append(Self.exact(request.promptTokens))
+        arguments.append(Self.exact(request.reservedOutputTokens))
+        arguments.append(options.leaseTTLMillis)
+        arguments.append(options.reservationTTLMillis)
+        let call = RedisScriptCall(keyCount: 7, arguments: arguments)
+        let values = try Self.integers(try await client.call(scripts.admit, call), count: 13, script: "admit")
         reportCorruption(values[1], keyID: request.keyID, script: "admit")
         let snapshot = Self.snapshot(limits, values[2...5])
         if values[0] == 1 {
@@ -130,28 +128,30 @@ public final class RedisLimiterStore: LimiterStore {
     public func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
         let layout = RedisKeyLayout(keyID: reservation.keyID)
         let limits = reservation.limits
-        var arguments: [String] = [reservation.requestID]
-        arguments.reserveCapacity(14)
+        var arguments = RedisArguments(capacity: 512)
+        layout.appendLimiterKeys(requestID: reservation.requestID, to: &arguments)
+        layout.appendUsageKeys(day: UTCDay(Date()).text, to: &arguments)
+        arguments.append(reservation.requestID)
         for kind in Self.bucketKinds {
             if let limit = limits.bucket(kind) {
-                arguments += [String(limit.perMinute), String(limit.burst)]
+                arguments.append(limit.perMinute)
+                arguments.append(limit.burst)
             } else {
-                arguments += ["0", "0"]
+                arguments.append(0)
+                arguments.append(0)
             }
         }
-        arguments += [
-            String(Self.exact(actualPromptTokens)),
-            String(Self.exact(actualCompletionTokens)),
-            String(decoding: reservation.model.utf8.prefix(Self.maximumModelNameBytes), as: UTF8.self),
-            String(options.usageTTLDays * 86_400_000),
-            String(options.usageStreamMaxLength),
-        ]
-        let keys = [
-            layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens,
-            layout.leases, layout.quota, layout.reservation(requestID: reservation.requestID),
-            layout.usage(day: UTCDay(Date()).text), layout.usageStream,
-        ]
-        let values = try Self.integers(try await client.call(scripts.settle, keys: keys, arguments: arguments), count: 6, script: "settle")
+        arguments.append(Self.exact(actualPromptTokens))
+        arguments.append(Self.exact(actualCompletionTokens))
+        if reservation.model.utf8.count <= Self.maximumModelNameBytes {
+            arguments.append(reservation.model)
+        } else {
+            arguments.append(String(decoding: reservation.model.utf8.prefix(Self.maximumModelNameBytes), as: UTF8.self))
+        }
+        arguments.append(options.usageTTLDays * 86_400_000)
+        arguments.append(options.usageStreamMaxLength)
+        let call = RedisScriptCall(keyCount: 9, arguments: arguments)
+        let values = try Self.integers(try await client.call(scripts.settle, call), count: 6, script: "settle")
         reportCorruption(values[1], keyID: reservation.keyID, script: "settle")
         guard values[0] == 1 else {
             logger.debug("settle found no reservation (already settled, expired or flushed)", metadata: [

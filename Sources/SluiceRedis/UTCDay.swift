@@ -26,13 +26,26 @@ public struct UTCDay: Sendable, Hashable, CustomStringConvertible {
         self.year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
     }
 
-    /// `YYYY-MM-DD`.
+    /// `YYYY-MM-DD`. Ten bytes, so Swift stores it inline (no allocation).
     public var text: String {
-        func pad(_ value: Int, _ width: Int) -> String {
-            let digits = String(value)
-            return String(repeating: "0", count: max(width - digits.count, 0)) + digits
+        guard (0...9999).contains(year) else {
+            return "\(year)-\(month < 10 ? "0" : "")\(month)-\(day < 10 ? "0" : "")\(day)"
         }
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))"
+        return String(unsafeUninitializedCapacity: 10) { bytes in
+            func put(_ value: Int, at end: Int, width: Int) {
+                var value = value
+                for index in stride(from: end, to: end - width, by: -1) {
+                    bytes[index] = UInt8(ascii: "0") + UInt8(value % 10)
+                    value /= 10
+                }
+            }
+            put(year, at: 3, width: 4)
+            bytes[4] = UInt8(ascii: "-")
+            put(month, at: 6, width: 2)
+            bytes[7] = UInt8(ascii: "-")
+            put(day, at: 9, width: 2)
+            return 10
+        }
     }
 
     public var description: String { text }
