@@ -80,9 +80,10 @@ end
 -- Quotas: counters of the current UTC day and month (Redis' clock).
 local perDay, perMonth = tonumber(ARGV[15]), tonumber(ARGV[16])
 local quotaCost = tonumber(ARGV[17])
-local today, thisMonth, nextDay, nextMonthDay = quotaPeriods(seconds)
+local today, thisMonth, nextDay, nextMonthDay
 local dayUsed, monthUsed = 0, 0
 if perDay > 0 or perMonth > 0 then
+  today, thisMonth, nextDay, nextMonthDay = quotaPeriods(seconds)
   dayUsed, monthUsed = readQuota(KEYS[6], today, thisMonth)
   if perDay > 0 and dayUsed + quotaCost > perDay then
     if quotaCost > perDay then

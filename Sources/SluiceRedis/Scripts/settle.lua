@@ -21,10 +21,17 @@ for i = 1, 4 do
   buckets[i] = bucketAt(2 + (i - 1) * 2)
 end
 
+-- The deltas this call already read or wrote, by bucket index (not read again for the result).
+local known = {}
+
 local function result(settled)
   local deltas = {}
   for i = 1, 2 do
-    if buckets[i] ~= nil then deltas[i] = readDelta(KEYS[i], buckets[i], now) else deltas[i] = 0 end
+    if buckets[i] == nil then
+      deltas[i] = 0
+    else
+      deltas[i] = known[i] or readDelta(KEYS[i], buckets[i], now)
+    end
   end
   local requestsRemaining, requestsReset = headerValues(buckets[1], deltas[1])
   local tokensRemaining, tokensReset = headerValues(buckets[2], deltas[2])
@@ -69,6 +76,7 @@ local function reconcile(i, reserved, actual)
     d = bucketCharge(bucket, actual - reserved, d)
   end
   writeDelta(KEYS[i], d, now)
+  known[i] = d
 end
 if reservedPrompt ~= nil and reservedOutput ~= nil then
   reconcile(2, reservedPrompt + reservedOutput, actualPrompt + actualCompletion)
