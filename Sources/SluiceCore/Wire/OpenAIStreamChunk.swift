@@ -40,7 +40,7 @@ struct OpenAIStreamChunk {
                     chunk.choiceCount = try readChoices(&scanner, text: &text)
                 } else if scanner.string(key, equals: "usage"), scanner.peekSignificant() == UInt8(ascii: "{") {
                     chunk.hasUsageObject = true
-                    if case .object(let object) = try JSONReader.readValue(&scanner) { chunk.usage = Usage(object) }
+                    chunk.usage = try Usage.read(&scanner)
                 } else {
                     if scanner.string(key, equals: "error") { chunk.isError = true }
                     try scanner.skipValue()

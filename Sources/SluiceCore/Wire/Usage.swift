@@ -37,14 +37,79 @@ public struct Usage: Sendable, Equatable, Hashable {
             var first = true
             while let key = try scanner.nextKey(first: &first) {
                 if scanner.string(key, equals: "usage") {
-                    guard case .object(let object) = try JSONReader.readValue(&scanner) else { return nil }
-                    return Usage(object)
+                    guard scanner.peekSignificant() == UInt8(ascii: "{") else { return nil }
+                    return try read(&scanner)
                 }
                 try scanner.skipValue()
             }
             return nil
         } catch {
             return nil
+        }
+    }
+
+    /// Reads the `usage` object at the scanner (which must be at its `{`) and consumes all of it,
+    /// also when it does not look like usage (then nil). The same rules as `init(_:)`, the last of
+    /// duplicate members counting, but without building the object: detail objects are skipped.
+    static func read(_ scanner: inout JSONScanner) throws(JSONParseError) -> Usage? {
+        try scanner.enterObject()
+        var prompt = Count.absent, completion = Count.absent, total = Count.absent
+        var first = true
+        while let key = try scanner.nextKey(first: &first) {
+            if scanner.string(key, equals: "prompt_tokens") {
+                prompt = try readCount(&scanner)
+            } else if scanner.string(key, equals: "completion_tokens") {
+                completion = try readCount(&scanner)
+            } else if scanner.string(key, equals: "total_tokens") {
+                total = try readCount(&scanner)
+            } else {
+                try scanner.skipValue()
+            }
+        }
+        guard case .value(let promptTokens) = prompt else { return nil }
+        guard let completionTokens = completion.orAbsent, let totalTokens = total.orAbsent else { return nil }
+        return Usage(promptTokens: promptTokens, completionTokens: completionTokens ?? 0, totalTokens: totalTokens)
+    }
+
+    /// One count member: absent or null (no value), a non-negative integer, or anything else.
+    private enum Count {
+        case absent
+        case value(Int)
+        case invalid
+
+        /// nil for invalid; .some(nil) for absent or null.
+        var orAbsent: Int?? {
+            switch self {
+            case .absent: .some(nil)
+            case .value(let value): .some(value)
+            case .invalid: nil
+            }
+        }
+    }
+
+    private static func readCount(_ scanner: inout JSONScanner) throws(JSONParseError) -> Count {
+        // At the end of the input, `skipValue()` below throws.
+        switch scanner.peekSignificant() ?? 0 {
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            var digits = try scanner.scanNumber()
+            // An integer literal, as `init(_:)` needs: a fraction or exponent is not a count, and
+            // neither is a negative number (`-0` is zero).
+            let negative = scanner.bytes[digits.lowerBound] == UInt8(ascii: "-")
+            if negative { digits = digits.dropFirst() }
+            var value = 0
+            for byte in scanner.bytes[digits] {
+                guard JSONScanner.isDigit(byte) else { return .invalid }
+                let (times10, overflow1) = value.multipliedReportingOverflow(by: 10)
+                let (sum, overflow2) = times10.addingReportingOverflow(Int(byte &- UInt8(ascii: "0")))
+                guard !overflow1, !overflow2 else { return .invalid }
+                value = sum
+            }
+            return negative && value != 0 ? .invalid : .value(value)
+        case UInt8(ascii: "n"), UInt8(ascii: "t"), UInt8(ascii: "f"):
+            return try scanner.scanLiteral() == .null ? .absent : .invalid
+        default:
+            try scanner.skipValue()
+            return .invalid
         }
     }
 
