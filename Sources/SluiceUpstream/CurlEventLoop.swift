@@ -332,8 +332,8 @@ final class CurlEventLoop: @unchecked Sendable {
         transfer.startedAtNs = now
         transfer.lastByteAtNs = now
 
-        guard let handle = idleHandles.popLast() ?? curl_easy_init() else {
-            end(transfer, .failure(UpstreamError(kind: .other, detail: "curl_easy_init failed")))
+        guard let handle = idleHandles.popLast() ?? CurlRequestConfigurator.makeHandle(loop: self, configuration: configuration) else {
+            end(transfer, .failure(UpstreamError(kind: .other, detail: "could not make a curl easy handle")))
             return
         }
         transfer.handle = handle
@@ -405,7 +405,7 @@ final class CurlEventLoop: @unchecked Sendable {
         if sluice_curl_easy_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK {
             counters.connectionsOpened.add(connects, ordering: .relaxed)
         }
-        curl_easy_reset(handle)
+        CurlRequestConfigurator.clearTransferOptions(handle)
         transfer.handle = nil
         if idleHandles.count < Self.maxIdleEasyHandles {
             idleHandles.append(handle)

@@ -1,8 +1,39 @@
 import CCurl
 
-/// Turns an ``UpstreamRequest`` into easy-handle options. Engine thread only; the handle is fresh from
-/// `curl_easy_init` or `curl_easy_reset`.
+/// Turns an ``UpstreamRequest`` into easy-handle options. Engine thread only.
+///
+/// Handles are reused without `curl_easy_reset` (which frees and re-copies every option, and
+/// reparses the allowed protocols): options that never change are set once when the handle is made,
+/// and every option a transfer sets is set again, or cleared, for the next one.
 enum CurlRequestConfigurator {
+    /// A new handle with the options every transfer shares, or nil when curl refused one.
+    static func makeHandle(loop: CurlEventLoop, configuration: CurlEngine.Configuration) -> UnsafeMutableRawPointer? {
+        guard let handle = curl_easy_init() else { return nil }
+        var options = OptionSetter(handle)
+        options.set(CURLOPT_PROTOCOLS_STR, string: "http,https", "PROTOCOLS_STR")
+        options.set(CURLOPT_NOSIGNAL, 1, "NOSIGNAL")
+        options.set(CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1), "HTTP_VERSION")
+        options.set(CURLOPT_TCP_KEEPALIVE, 1, "TCP_KEEPALIVE")
+        options.set(CURLOPT_TCP_NODELAY, 1, "TCP_NODELAY")
+        options.set(CURLOPT_MAXAGE_CONN, configuration.maxConnectionAgeSeconds, "MAXAGE_CONN")
+        if options.failedOption == nil, sluice_curl_easy_setopt_write_function(handle, CURLOPT_WRITEFUNCTION, upstreamWriteCallback) != CURLE_OK {
+            options.failedOption = "WRITEFUNCTION"
+        }
+        if options.failedOption == nil, sluice_curl_easy_setopt_write_function(handle, CURLOPT_HEADERFUNCTION, upstreamHeaderCallback) != CURLE_OK {
+            options.failedOption = "HEADERFUNCTION"
+        }
+        // The engine thread learns of closed sockets (its epoll bookkeeping depends on it).
+        if options.failedOption == nil, sluice_curl_easy_setopt_closesocket_function(handle, curlCloseSocketCallback) != CURLE_OK {
+            options.failedOption = "CLOSESOCKETFUNCTION"
+        }
+        options.set(CURLOPT_CLOSESOCKETDATA, pointer: Unmanaged.passUnretained(loop).toOpaque(), "CLOSESOCKETDATA")
+        guard options.failedOption == nil else {
+            curl_easy_cleanup(handle)
+            return nil
+        }
+        return handle
+    }
+
     /// Sets every option of one transfer. Returns the failure, or nil when the handle is ready to add.
     static func configure(
         _ handle: UnsafeMutableRawPointer,
@@ -10,66 +41,38 @@ enum CurlRequestConfigurator {
         configuration: CurlEngine.Configuration
     ) -> UpstreamError? {
         let request = transfer.request
-        var failedOption: String?
-        func set(_ option: CURLoption, _ value: Int, _ name: String) {
-            if failedOption == nil, sluice_curl_easy_setopt_long(handle, option, value) != CURLE_OK { failedOption = name }
-        }
-        func set(_ option: CURLoption, pointer: UnsafeRawPointer?, _ name: String) {
-            if failedOption == nil, sluice_curl_easy_setopt_pointer(handle, option, pointer) != CURLE_OK { failedOption = name }
-        }
-        func set(_ option: CURLoption, string: String, _ name: String) {
-            // libcurl copies string options.
-            string.withCString { set(option, pointer: $0, name) }
-        }
-        func set(_ option: CURLoption, offset: Int, _ name: String) {
-            if failedOption == nil, sluice_curl_easy_setopt_off_t(handle, option, curl_off_t(offset)) != CURLE_OK { failedOption = name }
-        }
+        var options = OptionSetter(handle)
 
         let context = Unmanaged.passUnretained(transfer).toOpaque()
-        set(CURLOPT_URL, string: request.url, "URL")
-        set(CURLOPT_PROTOCOLS_STR, string: "http,https", "PROTOCOLS_STR")
-        set(CURLOPT_NOSIGNAL, 1, "NOSIGNAL")
-        set(CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1), "HTTP_VERSION")
-        set(CURLOPT_TCP_KEEPALIVE, 1, "TCP_KEEPALIVE")
-        set(CURLOPT_TCP_NODELAY, 1, "TCP_NODELAY")
-        set(CURLOPT_MAXAGE_CONN, configuration.maxConnectionAgeSeconds, "MAXAGE_CONN")
-        set(CURLOPT_CONNECTTIMEOUT_MS, max(request.timeouts.connectMs, 1), "CONNECTTIMEOUT_MS")
-        if let totalMs = request.timeouts.totalMs {
-            set(CURLOPT_TIMEOUT_MS, max(totalMs, 1), "TIMEOUT_MS")
-        }
+        options.set(CURLOPT_URL, string: request.url, "URL")
+        options.set(CURLOPT_CONNECTTIMEOUT_MS, max(request.timeouts.connectMs, 1), "CONNECTTIMEOUT_MS")
+        // 0: no total timeout (also clears the previous transfer's).
+        options.set(CURLOPT_TIMEOUT_MS, request.timeouts.totalMs.map { max($0, 1) } ?? 0, "TIMEOUT_MS")
         transfer.errorBuffer.pointee = 0
-        set(CURLOPT_ERRORBUFFER, pointer: transfer.errorBuffer, "ERRORBUFFER")
-        set(CURLOPT_PRIVATE, pointer: context, "PRIVATE")
-        if failedOption == nil, sluice_curl_easy_setopt_write_function(handle, CURLOPT_WRITEFUNCTION, upstreamWriteCallback) != CURLE_OK {
-            failedOption = "WRITEFUNCTION"
-        }
-        set(CURLOPT_WRITEDATA, pointer: context, "WRITEDATA")
-        if failedOption == nil, sluice_curl_easy_setopt_write_function(handle, CURLOPT_HEADERFUNCTION, upstreamHeaderCallback) != CURLE_OK {
-            failedOption = "HEADERFUNCTION"
-        }
-        set(CURLOPT_HEADERDATA, pointer: context, "HEADERDATA")
-        // The engine thread learns of closed sockets (its epoll bookkeeping depends on it).
-        if failedOption == nil, sluice_curl_easy_setopt_closesocket_function(handle, curlCloseSocketCallback) != CURLE_OK {
-            failedOption = "CLOSESOCKETFUNCTION"
-        }
-        set(CURLOPT_CLOSESOCKETDATA, pointer: Unmanaged.passUnretained(transfer.loop).toOpaque(), "CLOSESOCKETDATA")
+        options.set(CURLOPT_ERRORBUFFER, pointer: transfer.errorBuffer, "ERRORBUFFER")
+        options.set(CURLOPT_PRIVATE, pointer: context, "PRIVATE")
+        options.set(CURLOPT_WRITEDATA, pointer: context, "WRITEDATA")
+        options.set(CURLOPT_HEADERDATA, pointer: context, "HEADERDATA")
 
+        // The method: back to a plain GET first, whatever the handle's last transfer was.
+        options.set(CURLOPT_HTTPGET, 1, "HTTPGET")
+        options.set(CURLOPT_CUSTOMREQUEST, pointer: nil, "CUSTOMREQUEST")
         switch request.method {
         case "GET":
-            set(CURLOPT_HTTPGET, 1, "HTTPGET")
+            break
         case "HEAD":
-            set(CURLOPT_NOBODY, 1, "NOBODY")
+            options.set(CURLOPT_NOBODY, 1, "NOBODY")
         default:
             if request.method != "POST" {
-                set(CURLOPT_CUSTOMREQUEST, string: request.method, "CUSTOMREQUEST")
+                options.set(CURLOPT_CUSTOMREQUEST, string: request.method, "CUSTOMREQUEST")
             }
             if request.method == "POST" || !request.body.isEmpty {
                 // Size first: COPYPOSTFIELDS copies exactly POSTFIELDSIZE bytes (binary-safe).
-                set(CURLOPT_POSTFIELDSIZE_LARGE, offset: request.body.count, "POSTFIELDSIZE_LARGE")
+                options.set(CURLOPT_POSTFIELDSIZE_LARGE, offset: request.body.count, "POSTFIELDSIZE_LARGE")
                 if request.body.isEmpty {
-                    set(CURLOPT_COPYPOSTFIELDS, string: "", "COPYPOSTFIELDS")
+                    options.set(CURLOPT_COPYPOSTFIELDS, string: "", "COPYPOSTFIELDS")
                 } else {
-                    request.body.withUnsafeBytes { set(CURLOPT_COPYPOSTFIELDS, pointer: $0.baseAddress, "COPYPOSTFIELDS") }
+                    request.body.withUnsafeBytes { options.set(CURLOPT_COPYPOSTFIELDS, pointer: $0.baseAddress, "COPYPOSTFIELDS") }
                 }
             }
         }
@@ -78,12 +81,49 @@ enum CurlRequestConfigurator {
             return UpstreamError(kind: .other, detail: "could not build the request header list")
         }
         transfer.requestHeaderList = headerList
-        set(CURLOPT_HTTPHEADER, pointer: headerList, "HTTPHEADER")
+        options.set(CURLOPT_HTTPHEADER, pointer: headerList, "HTTPHEADER")
 
-        if let failedOption {
+        if let failedOption = options.failedOption {
             return UpstreamError(kind: .other, detail: "curl rejected option \(failedOption)")
         }
         return nil
+    }
+
+    /// After a transfer, before the handle goes back to the idle list: forgets what belonged to the
+    /// transfer (its context, error buffer and header list are freed with it) and frees the copy of
+    /// its body, so an idle handle holds no request's memory.
+    static func clearTransferOptions(_ handle: UnsafeMutableRawPointer) {
+        var options = OptionSetter(handle)
+        for option in [CURLOPT_PRIVATE, CURLOPT_WRITEDATA, CURLOPT_HEADERDATA, CURLOPT_ERRORBUFFER, CURLOPT_HTTPHEADER] {
+            options.set(option, pointer: nil, "")
+        }
+        // A null COPYPOSTFIELDS frees curl's copy of the last body.
+        options.set(CURLOPT_COPYPOSTFIELDS, pointer: nil, "")
+    }
+
+    /// Sets options until one fails, remembering the first that did.
+    private struct OptionSetter {
+        let handle: UnsafeMutableRawPointer
+        var failedOption: String?
+
+        init(_ handle: UnsafeMutableRawPointer) { self.handle = handle }
+
+        mutating func set(_ option: CURLoption, _ value: Int, _ name: String) {
+            if failedOption == nil, sluice_curl_easy_setopt_long(handle, option, value) != CURLE_OK { failedOption = name }
+        }
+
+        mutating func set(_ option: CURLoption, pointer: UnsafeRawPointer?, _ name: String) {
+            if failedOption == nil, sluice_curl_easy_setopt_pointer(handle, option, pointer) != CURLE_OK { failedOption = name }
+        }
+
+        mutating func set(_ option: CURLoption, string: String, _ name: String) {
+            // libcurl copies string options.
+            string.withCString { set(option, pointer: $0, name) }
+        }
+
+        mutating func set(_ option: CURLoption, offset: Int, _ name: String) {
+            if failedOption == nil, sluice_curl_easy_setopt_off_t(handle, option, curl_off_t(offset)) != CURLE_OK { failedOption = name }
+        }
     }
 
     /// The request's header fields plus an empty `Expect:` (which stops curl from sending

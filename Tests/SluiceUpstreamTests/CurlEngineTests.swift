@@ -125,6 +125,29 @@ final class CurlEngineTests: XCTestCase {
         }
     }
 
+    /// Easy handles are reused without a reset: one transfer's method, body and timeout must not leak
+    /// into the next one on the same handle (one engine thread, one connection, so one handle).
+    func testReusedHandleCarriesNothingOver() async throws {
+        try await withEngine(CurlEngine.Configuration(threads: 1, maxConnectionsPerHost: 1)) { engine in
+            let steps: [(method: String, body: String)] = [
+                ("POST", "first body"), ("GET", ""), ("DELETE", ""), ("PUT", "put body"), ("HEAD", ""),
+                ("GET", ""), ("POST", ""), ("PATCH", "x"), ("GET", ""),
+            ]
+            for step in steps {
+                let request = UpstreamRequest(url: server.url("/echo"), method: step.method, body: Array(step.body.utf8))
+                let response = try await engine.execute(request)
+                let echoed = try await collect(response.body)
+                XCTAssertEqual(response.headerValue("x-echo-method"), step.method, "\(step)")
+                if step.method == "HEAD" {
+                    XCTAssertEqual(echoed, [], "a HEAD answer has no body")
+                } else {
+                    XCTAssertEqual(String(decoding: echoed, as: UTF8.self), step.body, "\(step)")
+                }
+            }
+            XCTAssertEqual(engine.stats.connectionsOpened, 1, "all on one connection, so on one handle")
+        }
+    }
+
     /// (a) 200 sequential and 50 rounds of 4 concurrent requests reuse pooled connections.
     func testKeepAlivePoolBoundsConnections() async throws {
         let configuration = CurlEngine.Configuration(threads: 2, maxConnectionsPerHost: 2)
