@@ -73,6 +73,18 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertTrue(response.contains("\"error\""))
     }
 
+    /// A client still sending a refused body gets the 413 and an orderly end, not a reset: the server
+    /// shuts its output after the answer and discards the rest of the body.
+    func testRefusedClientStillSendingGetsTheAnswerNotAReset() throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 4000000\r\n\r\n")
+        Thread.sleep(forTimeInterval: 0.1)  // the 413 is written and the server has stopped answering
+        // Closed at once, the server would reset the connection here and this send would fail.
+        try socket.send(String(repeating: "a", count: 1_000_000))
+        let response = try socket.readUntilClosed()
+        XCTAssertTrue(response.hasPrefix("HTTP/1.1 413"), response)
+    }
+
     func testChunkedBodyOverTheCapIs413() throws {
         let socket = try TestSocket(port: port)
         let chunk = String(repeating: "a", count: 800)

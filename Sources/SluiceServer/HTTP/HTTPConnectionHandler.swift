@@ -130,13 +130,24 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         context.close(promise: nil)
     }
 
-    /// Refuses the request being read with `error`, then closes (the rest of its body is not read).
+    /// Refuses the request being read with `error`, then closes with a lingering close.
+    ///
+    /// Why not close at once: closing a socket with unread request bytes makes the kernel answer
+    /// with a reset, and a client still sending its (too large) body may then lose the answer and
+    /// see "connection reset" instead of the 413. So the output is shut after the answer is written
+    /// (the client reads it, then end of stream), what the client still sends is read and discarded,
+    /// and the connection closes when the client closes it or after ``lingerTimeout`` at most.
     private func refuse(_ error: GatewayError, context: ChannelHandlerContext) {
         state = .closing
         let writer = ResponseWriter(channel: context.channel, keepAlive: false)
         writer.writeErrorNow(error, requestID: nil)
-        context.close(promise: nil)
+        let channel = context.channel
+        context.close(mode: .output, promise: nil)
+        context.eventLoop.scheduleTask(in: Self.lingerTimeout) { channel.close(promise: nil) }
     }
+
+    /// The longest a refused connection is read (and discarded) before it is closed.
+    static let lingerTimeout = TimeAmount.seconds(2)
 
     private func start(_ request: HTTPRequest, context: ChannelHandlerContext) {
         connection.beginRequest()
