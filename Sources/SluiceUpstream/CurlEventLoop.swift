@@ -332,9 +332,16 @@ final class CurlEventLoop: @unchecked Sendable {
         transfer.startedAtNs = now
         transfer.lastByteAtNs = now
 
-        guard let handle = idleHandles.popLast() ?? CurlRequestConfigurator.makeHandle(loop: self, configuration: configuration) else {
-            end(transfer, .failure(UpstreamError(kind: .other, detail: "could not make a curl easy handle")))
-            return
+        let handle: UnsafeMutableRawPointer
+        if let idle = idleHandles.popLast() {
+            handle = idle
+        } else {
+            switch CurlRequestConfigurator.makeHandle(loop: self, configuration: configuration) {
+            case .success(let made): handle = made
+            case .failure(let error):
+                end(transfer, .failure(error))
+                return
+            }
         }
         transfer.handle = handle
         if let failure = CurlRequestConfigurator.configure(handle, for: transfer, configuration: configuration) {

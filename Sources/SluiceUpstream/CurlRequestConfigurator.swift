@@ -6,9 +6,9 @@ import CCurl
 /// reparses the allowed protocols): options that never change are set once when the handle is made,
 /// and every option a transfer sets is set again, or cleared, for the next one.
 enum CurlRequestConfigurator {
-    /// A new handle with the options every transfer shares, or nil when curl refused one.
-    static func makeHandle(loop: CurlEventLoop, configuration: CurlEngine.Configuration) -> UnsafeMutableRawPointer? {
-        guard let handle = curl_easy_init() else { return nil }
+    /// A new handle with the options every transfer shares, or the error naming what curl refused.
+    static func makeHandle(loop: CurlEventLoop, configuration: CurlEngine.Configuration) -> Result<UnsafeMutableRawPointer, UpstreamError> {
+        guard let handle = curl_easy_init() else { return .failure(UpstreamError(kind: .other, detail: "curl_easy_init failed")) }
         var options = OptionSetter(handle)
         options.set(CURLOPT_PROTOCOLS_STR, string: "http,https", "PROTOCOLS_STR")
         options.set(CURLOPT_NOSIGNAL, 1, "NOSIGNAL")
@@ -27,11 +27,13 @@ enum CurlRequestConfigurator {
             options.failedOption = "CLOSESOCKETFUNCTION"
         }
         options.set(CURLOPT_CLOSESOCKETDATA, pointer: Unmanaged.passUnretained(loop).toOpaque(), "CLOSESOCKETDATA")
-        guard options.failedOption == nil else {
+        if let failedOption = options.failedOption {
             curl_easy_cleanup(handle)
-            return nil
+            // PROTOCOLS_STR is the one option a supported system's libcurl might lack (added in 7.85).
+            let hint = failedOption == "PROTOCOLS_STR" ? " (libcurl older than 7.85?)" : ""
+            return .failure(UpstreamError(kind: .other, detail: "curl rejected option \(failedOption) on a new handle\(hint)"))
         }
-        return handle
+        return .success(handle)
     }
 
     /// Sets every option of one transfer. Returns the failure, or nil when the handle is ready to add.
