@@ -33,6 +33,11 @@ public struct RedisKeyLayout: Sendable {
     /// - Parameter day: `YYYY-MM-DD` (UTC).
     public func usage(day: String) -> String { prefix + Name.usage + day }
 
+    /// How many keys ``appendLimiterKeys(requestID:to:)`` appends.
+    static let limiterKeyCount = 7
+    /// How many keys ``appendUsageKeys(day:to:)`` appends.
+    static let usageKeyCount = 2
+
     /// Appends the keys admit.lua and settle.lua take first, in their `KEYS` order: the four
     /// buckets, the leases, the quota, the reservation. Written from their parts, without building
     /// the names as strings first.

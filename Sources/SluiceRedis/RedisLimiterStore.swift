@@ -108,7 +108,7 @@ public final class RedisLimiterStore: LimiterStore {
         arguments.append(Self.exact(request.reservedOutputTokens))
         arguments.append(options.leaseTTLMillis)
         arguments.append(options.reservationTTLMillis)
-        let call = RedisScriptCall(keyCount: 7, arguments: arguments)
+        let call = RedisScriptCall(keyCount: RedisKeyLayout.limiterKeyCount, arguments: arguments)
         let values = try Self.integers(try await client.call(scripts.admit, call), count: 13, script: "admit")
         reportCorruption(values[1], keyID: request.keyID, script: "admit")
         let snapshot = Self.snapshot(limits, values[2...5])
@@ -150,7 +150,7 @@ public final class RedisLimiterStore: LimiterStore {
         }
         arguments.append(options.usageTTLDays * 86_400_000)
         arguments.append(options.usageStreamMaxLength)
-        let call = RedisScriptCall(keyCount: 9, arguments: arguments)
+        let call = RedisScriptCall(keyCount: RedisKeyLayout.limiterKeyCount + RedisKeyLayout.usageKeyCount, arguments: arguments)
         let values = try Self.integers(try await client.call(scripts.settle, call), count: 6, script: "settle")
         reportCorruption(values[1], keyID: reservation.keyID, script: "settle")
         guard values[0] == 1 else {

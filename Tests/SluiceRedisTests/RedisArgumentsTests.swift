@@ -50,7 +50,9 @@ final class RedisArgumentsTests: XCTestCase {
         let layout = RedisKeyLayout(keyID: "team-a")
         var arguments = RedisArguments()
         layout.appendLimiterKeys(requestID: "req_9", to: &arguments)
+        XCTAssertEqual(arguments.count, RedisKeyLayout.limiterKeyCount)
         layout.appendUsageKeys(day: "2026-12-03", to: &arguments)
+        XCTAssertEqual(arguments.count, RedisKeyLayout.limiterKeyCount + RedisKeyLayout.usageKeyCount)
         XCTAssertEqual(arguments, RedisArguments([
             layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens, layout.leases, layout.quota,
             layout.reservation(requestID: "req_9"), layout.usage(day: "2026-12-03"), layout.usageStream,
