@@ -68,11 +68,7 @@ public struct RedisArguments: Sendable, Equatable {
 
     /// A decimal integer, as Redis reads it.
     public mutating func append(_ value: Int) {
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes hold any Int64 with its sign
-        withUnsafeMutableBytes(of: &digits) { scratch in
-            let length = Self.writeDecimal(Int64(value), into: scratch)
-            append(bytes: UnsafeRawBufferPointer(rebasing: scratch[(scratch.count - length)...]))
-        }
+        Self.withDecimal(value) { append(bytes: $0) }
     }
 
     /// Appends every argument of `other`, in order.
@@ -84,7 +80,7 @@ public struct RedisArguments: Sendable, Equatable {
     /// The whole command: `*<count>\r\n` and the arguments.
     func write(into buffer: inout ByteBuffer) {
         buffer.writeInteger(UInt8(ascii: "*"))
-        Self.writeDecimal(count, into: &buffer)
+        Self.withDecimal(count) { buffer.writeBytes($0) }
         buffer.writeStaticString("\r\n")
         buffer.writeBytes(encoded)
     }
@@ -95,11 +91,7 @@ public struct RedisArguments: Sendable, Equatable {
     private mutating func startArgument(length: Int) {
         count += 1
         encoded.append(UInt8(ascii: "$"))
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
-        withUnsafeMutableBytes(of: &digits) { scratch in
-            let written = Self.writeDecimal(Int64(length), into: scratch)
-            encoded.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[(scratch.count - written)...]))
-        }
+        Self.withDecimal(length) { encoded.append(contentsOf: $0) }
         encoded.append(UInt8(ascii: "\r"))
         encoded.append(UInt8(ascii: "\n"))
     }
@@ -109,27 +101,22 @@ public struct RedisArguments: Sendable, Equatable {
         encoded.append(UInt8(ascii: "\n"))
     }
 
-    /// Writes `value` in decimal at the end of `scratch` (at least 20 bytes); returns its length.
-    private static func writeDecimal(_ value: Int64, into scratch: UnsafeMutableRawBufferPointer) -> Int {
-        var magnitude = value.magnitude
-        var index = scratch.count
-        repeat {
-            index -= 1
-            scratch[index] = UInt8(ascii: "0") + UInt8(magnitude % 10)
-            magnitude /= 10
-        } while magnitude != 0
-        if value < 0 {
-            index -= 1
-            scratch[index] = UInt8(ascii: "-")
-        }
-        return scratch.count - index
-    }
-
-    private static func writeDecimal(_ value: Int, into buffer: inout ByteBuffer) {
-        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
-        withUnsafeMutableBytes(of: &digits) { scratch in
-            let length = writeDecimal(Int64(value), into: scratch)
-            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: scratch[(scratch.count - length)...]))
+    /// Calls `body` with the decimal digits of `value` (and its sign), written on the stack.
+    private static func withDecimal<Result>(_ value: Int, _ body: (UnsafeRawBufferPointer) -> Result) -> Result {
+        var scratch: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes hold any Int64 with its sign
+        return withUnsafeMutableBytes(of: &scratch) { bytes in
+            var magnitude = value.magnitude
+            var index = bytes.count
+            repeat {
+                index -= 1
+                bytes[index] = UInt8(ascii: "0") + UInt8(magnitude % 10)
+                magnitude /= 10
+            } while magnitude != 0
+            if value < 0 {
+                index -= 1
+                bytes[index] = UInt8(ascii: "-")
+            }
+            return body(UnsafeRawBufferPointer(rebasing: bytes[index...]))
         }
     }
 }
