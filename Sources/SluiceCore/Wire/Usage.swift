@@ -12,20 +12,6 @@ public struct Usage: Sendable, Equatable, Hashable {
         self.totalTokens = totalTokens ?? promptTokens + completionTokens
     }
 
-    /// Reads a `usage` object. Needs a non-negative integer `prompt_tokens`;
-    /// `completion_tokens` defaults to 0 (embeddings have none), `total_tokens` to the sum.
-    /// - Returns: nil when the object does not look like usage.
-    public init?(_ object: JSONObject) {
-        func count(_ name: String) -> Int?? {
-            guard let value = object[name], !value.isNull else { return .some(nil) }
-            guard case .number(let number) = value, let integer = number.intValue, integer >= 0 else { return nil }
-            return .some(integer)
-        }
-        guard let prompt = count("prompt_tokens"), let promptTokens = prompt,
-              let completion = count("completion_tokens"), let total = count("total_tokens") else { return nil }
-        self.init(promptTokens: promptTokens, completionTokens: completion ?? 0, totalTokens: total)
-    }
-
     /// The top-level `usage` of a non-streamed response body.
     /// - Returns: nil when the body is not a JSON object, has no `usage`, or it is malformed.
     ///   Members other than `usage` are skipped without being decoded.
@@ -49,8 +35,10 @@ public struct Usage: Sendable, Equatable, Hashable {
     }
 
     /// Reads the `usage` object at the scanner (which must be at its `{`) and consumes all of it,
-    /// also when it does not look like usage (then nil). The same rules as `init(_:)`, the last of
-    /// duplicate members counting, but without building the object: detail objects are skipped.
+    /// also when it does not look like usage (then nil). Needs a non-negative integer
+    /// `prompt_tokens`; `completion_tokens` defaults to 0 (embeddings have none), `total_tokens` to
+    /// the sum; null counts as absent; of duplicate members the last counts. Nothing is built:
+    /// other members (the detail objects) are skipped.
     static func read(_ scanner: inout JSONScanner) throws(JSONParseError) -> Usage? {
         try scanner.enterObject()
         var prompt = Count.absent, completion = Count.absent, total = Count.absent
@@ -92,8 +80,8 @@ public struct Usage: Sendable, Equatable, Hashable {
         switch scanner.peekSignificant() ?? 0 {
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
             var digits = try scanner.scanNumber()
-            // An integer literal, as `init(_:)` needs: a fraction or exponent is not a count, and
-            // neither is a negative number (`-0` is zero).
+            // An integer literal: a fraction or exponent is not a count, and neither is a negative
+            // number (`-0` is zero).
             let negative = scanner.bytes[digits.lowerBound] == UInt8(ascii: "-")
             if negative { digits = digits.dropFirst() }
             var value = 0

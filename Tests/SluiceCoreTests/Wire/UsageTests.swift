@@ -35,33 +35,35 @@ final class UsageTests: XCTestCase {
         }
     }
 
-    /// The scanning reader agrees with the object-based `init(_:)` on every shape of usage object,
-    /// and consumes it whole (the member after it is still read).
-    func testScanningAgreesWithTheObjectReader() throws {
-        let objects = [
-            #"{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29}"#,
-            #"{"prompt_tokens":1,"prompt_tokens":2}"#,
-            #"{"prompt_tokens":null,"completion_tokens":2}"#,
-            #"{"prompt_tokens":3,"completion_tokens":null,"total_tokens":null}"#,
-            #"{"prompt_tokens":3,"completion_tokens":true}"#,
-            #"{"prompt_tokens":3,"total_tokens":1e2}"#,
-            #"{"prompt_tokens":-0}"#,
-            #"{"prompt_tokens":0}"#,
-            #"{"prompt_tokens":9223372036854775807}"#,
-            #"{"prompt_tokens":9223372036854775808}"#,
-            #"{"prompt_tokens":4,"completion_tokens":[1],"total_tokens":4}"#,
-            #"{"prompt_tokens":4,"completion_tokens":{"x":1}}"#,
-            #"{"prompt_tokens_details":{"cached_tokens":7},"prompt_tokens":5,"completion_tokens":"2"}"#,
-            #"{"completion_tokens":2}"#,
-            #"{}"#,
+    /// Every shape of usage object, read whole: the member after it is still read (in a response
+    /// and in a stream chunk).
+    func testUsageObjectShapes() throws {
+        let cases: [(String, Usage?)] = [
+            (#"{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29}"#, Usage(promptTokens: 19, completionTokens: 10, totalTokens: 29)),
+            (#"{"prompt_tokens":1,"prompt_tokens":2}"#, Usage(promptTokens: 2, completionTokens: 0)),
+            (#"{"prompt_tokens":null,"completion_tokens":2}"#, nil),
+            (#"{"prompt_tokens":3,"completion_tokens":null,"total_tokens":null}"#, Usage(promptTokens: 3, completionTokens: 0, totalTokens: 3)),
+            (#"{"prompt_tokens":3,"completion_tokens":true}"#, nil),
+            (#"{"prompt_tokens":3,"total_tokens":1e2}"#, nil),
+            (#"{"prompt_tokens":-0}"#, Usage(promptTokens: 0, completionTokens: 0)),
+            (#"{"prompt_tokens":-2}"#, nil),
+            (#"{"prompt_tokens":0}"#, Usage(promptTokens: 0, completionTokens: 0)),
+            (#"{"prompt_tokens":9223372036854775807}"#, Usage(promptTokens: Int.max, completionTokens: 0, totalTokens: Int.max)),
+            (#"{"prompt_tokens":9223372036854775808}"#, nil),
+            (#"{"prompt_tokens":4,"completion_tokens":[1],"total_tokens":4}"#, nil),
+            (#"{"prompt_tokens":4,"completion_tokens":{"x":1}}"#, nil),
+            (#"{"prompt_tokens_details":{"cached_tokens":7},"prompt_tokens":5,"completion_tokens":2}"#, Usage(promptTokens: 5, completionTokens: 2)),
+            (#"{"prompt_tokens":5,"completion_tokens":"2"}"#, nil),
+            (#"{"completion_tokens":2}"#, nil),
+            (#"{}"#, nil),
         ]
-        for object in objects {
-            let expected = try XCTUnwrap(JSONReader.parse(Array(object.utf8)).objectValue).flatMap(Usage.init)
+        for (object, expected) in cases {
             XCTAssertEqual(usage(#"{"usage":\#(object),"id":"after"}"#), expected, object)
             var text: [UInt8] = []
             let payload = Array(#"{"usage":\#(object),"choices":[]}"#.utf8)
             let chunk = try XCTUnwrap(payload.withUnsafeBytes { OpenAIStreamChunk.read($0, appendingTextTo: &text) }, object)
             XCTAssertEqual(chunk.usage, expected, object)
+            XCTAssertTrue(chunk.hasUsageObject, object)
             XCTAssertEqual(chunk.choiceCount, 0, "the member after usage was read: \(object)")
         }
     }
