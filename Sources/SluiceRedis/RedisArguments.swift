@@ -37,21 +37,9 @@ public struct RedisArguments: Sendable, Equatable {
         endArgument()
     }
 
-    /// One argument made of two texts, e.g. a key's prefix and its name, without joining them first.
-    public mutating func append(_ first: String, _ second: String) {
-        var first = first, second = second
-        first.withUTF8 { head in
-            second.withUTF8 { tail in
-                startArgument(length: head.count + tail.count)
-                encoded.append(contentsOf: head)
-                encoded.append(contentsOf: tail)
-                endArgument()
-            }
-        }
-    }
-
-    /// One argument made of three texts.
-    public mutating func append(_ first: String, _ second: String, _ third: String) {
+    /// One argument made of two or three texts, e.g. a key's prefix and its name, without joining
+    /// them first.
+    public mutating func append(_ first: String, _ second: String, _ third: String = "") {
         var first = first, second = second, third = third
         first.withUTF8 { a in
             second.withUTF8 { b in

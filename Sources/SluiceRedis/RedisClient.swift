@@ -113,16 +113,11 @@ public final class RedisClient: Sendable {
     /// `evalScript(_:keys:arguments:)` with keys and arguments already encoded.
     public func evalScript(_ script: RedisScript, _ call: RedisScriptCall) async throws(RedisError) -> RedisReply {
         do throws(RedisError) {
-            return try await send(call.command("EVALSHA", script.sha1))
+            return try await send(call.command("EVALSHA", name: script.sha1.utf8))
         } catch {
             guard case .server(let message) = error, message.hasPrefix("NOSCRIPT") else { throw error }
             logger.debug("redis script not cached; sending it with EVAL", metadata: ["script": "\(script.name)"])
-            var command = RedisArguments(capacity: script.source.count + call.arguments.encodedSize + 32)
-            command.append("EVAL")
-            command.append(bytes: script.source)
-            command.append(call.keyCount)
-            command.append(contentsOf: call.arguments)
-            return try await send(command)
+            return try await send(call.command("EVAL", name: script.source))
         }
     }
 
@@ -137,7 +132,7 @@ public final class RedisClient: Sendable {
     /// `call(_:keys:arguments:)` with keys and arguments already encoded.
     public func call(_ function: RedisFunction, _ call: RedisScriptCall) async throws(RedisError) -> RedisReply {
         if !functionsUnsupported.load(ordering: .relaxed) {
-            let command = call.command("FCALL", function.name)
+            let command = call.command("FCALL", name: function.name.utf8)
             do throws(RedisError) {
                 return try await send(command)
             } catch {
@@ -190,11 +185,12 @@ public struct RedisScriptCall: Sendable {
         self.init(keyCount: keys.count, arguments: encoded)
     }
 
-    /// `<verb> <name> <number of keys> <keys…> <arguments…>`.
-    func command(_ verb: String, _ name: String) -> RedisArguments {
-        var command = RedisArguments(capacity: arguments.encodedSize + 64)
+    /// `<verb> <name> <number of keys> <keys…> <arguments…>`; the name is a function's, a script's
+    /// SHA-1, or (for `EVAL`) the script itself.
+    func command(_ verb: String, name: some Collection<UInt8>) -> RedisArguments {
+        var command = RedisArguments(capacity: arguments.encodedSize + name.count + 64)
         command.append(verb)
-        command.append(name)
+        command.append(bytes: name)
         command.append(keyCount)
         command.append(contentsOf: arguments)
         return command

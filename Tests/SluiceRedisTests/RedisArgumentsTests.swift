@@ -43,7 +43,7 @@ final class RedisArgumentsTests: XCTestCase {
         XCTAssertEqual(head.count, 4)
         XCTAssertEqual(head, RedisArguments(["FCALL", "f", "k", "a"]))
         let call = RedisScriptCall(keys: ["k1", "k2"], arguments: ["a"])
-        XCTAssertEqual(call.command("FCALL", "f"), RedisArguments(["FCALL", "f", "2", "k1", "k2", "a"]))
+        XCTAssertEqual(call.command("FCALL", name: "f".utf8), RedisArguments(["FCALL", "f", "2", "k1", "k2", "a"]))
     }
 
     func testLimiterKeysFollowTheLayout() {
