@@ -35,6 +35,7 @@ public struct SluiceNode: Sendable {
         let threads = config.server.eventLoopThreads > 0 ? config.server.eventLoopThreads : System.coreCount
         group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         var engineConfiguration = CurlEngine.Configuration()
+        if config.server.upstreamThreads > 0 { engineConfiguration.threads = config.server.upstreamThreads }
         engineConfiguration.maxConnectionsPerHost = config.upstreams.map(\.maxConnections).max() ?? 64
         engine = CurlEngine(configuration: engineConfiguration, logger: logger)
         let settings = GatewaySettings(config: config)

@@ -144,7 +144,8 @@ public final class CurlEngine: Sendable {
 extension CurlEngine {
     /// Engine settings. Every default is a named constant.
     public struct Configuration: Sendable, Hashable {
-        /// Engine threads, each with its own multi handle and connection pool. Default: online cores.
+        /// Engine threads, each with its own multi handle and connection pool. Default: half the online
+        /// cores, rounded up.
         public var threads: Int
         /// Per thread and host (`CURLMOPT_MAX_HOST_CONNECTIONS`); more transfers queue inside curl, and that
         /// wait counts against their first-byte deadline.
@@ -170,8 +171,12 @@ extension CurlEngine {
         /// `CURL_MAX_WRITE_SIZE`: the most bytes one write callback (one body chunk) carries.
         public static let maxCurlWriteBytes = Int(CURL_MAX_WRITE_SIZE)
 
-        /// Online processor count (at least 1).
-        public static var defaultThreads: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+        /// Half the online processors, rounded up. Why not one per core: an engine thread does about a
+        /// third of a request's work in the gateway (the event loops the rest), so half as many engine
+        /// threads as event loops keep up, and each one batches more commands and socket events per
+        /// wake-up. Measured on 2 cores: one engine thread served the embedded row 5–30 % faster than
+        /// two in 8 of 10 alternating runs (README, performance).
+        public static var defaultThreads: Int { (max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) + 1) / 2 }
 
         public init(
             threads: Int = Configuration.defaultThreads,

@@ -135,12 +135,18 @@ final class CurlEventLoop: @unchecked Sendable {
 
     // MARK: Cross-thread
 
+    /// `sluice-curl-<index>`: at most 15 bytes for indices up to 256 (the kernel's limit for a name).
+    var threadName: String { "sluice-curl-\(index)" }
+
     func startThread() throws(CurlEngineStartError) {
         inbox.withLock { $0.accepting = true }
         let context = Unmanaged.passRetained(self).toOpaque()
         var tid = pthread_t()
         let rc = pthread_create(&tid, nil, { context in
             let loop = Unmanaged<CurlEventLoop>.fromOpaque(context!).takeRetainedValue()
+            // Named so that `top -H`, `ps -L` and profilers tell the engine threads apart (a thread
+            // inherits its creator's name otherwise, often a Swift concurrency pool thread's).
+            nameThisThread(loop.threadName)
             loop.run()
             return nil
         }, context)
@@ -663,4 +669,15 @@ func monotonicNanoseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+}
+
+/// Sets the calling thread's name (what `/proc/<pid>/task/<tid>/comm` shows). Glibc's
+/// `pthread_setname_np` is not visible to Swift without `_GNU_SOURCE`; the kernel's own interface for the
+/// same thing is this file. A name that cannot be set is only cosmetic, so failures are ignored.
+func nameThisThread(_ name: String) {
+    let fd = open("/proc/thread-self/comm", O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    let bytes = Array(name.utf8.prefix(15))
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
 }

@@ -34,6 +34,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(config.server.port, 8081)
         XCTAssertEqual(config.server.maxBodyBytes, 1_048_576)
         XCTAssertEqual(config.server.eventLoopThreads, 2)
+        XCTAssertEqual(config.server.upstreamThreads, 3)
         XCTAssertEqual(config.server.headerTimeoutMs, ServerConfig.defaultHeaderTimeoutMs)
         XCTAssertEqual(config.tokenizer.directory, "/opt/rank-files")
         XCTAssertEqual(config.tokenizer.modelEncodings, ["my-model": "cl100k_base"])
@@ -74,6 +75,11 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(redis.onFailure, .closed)
         XCTAssertEqual(redis.fallbackNodeCount, 4)
         XCTAssertEqual(redis.redactedURL, "redis://:<redacted>@redis.internal:6380/2")
+    }
+
+    func testThreadCountsDefaultToAutomatic() throws {
+        let server = try load("valid_redis").server
+        XCTAssertEqual(server.upstreamThreads, 0, "absent: the engine picks half the cores")
     }
 
     func testTokenizerDirectoryEnvironmentOverride() throws {
@@ -144,6 +150,10 @@ final class ConfigTests: XCTestCase {
 
     func testPortOutOfRange() {
         XCTAssertEqual(problems("port_out_of_range"), ["$.server.port: must be between 1 and 65535, found 70000"])
+    }
+
+    func testUpstreamThreadsOutOfRange() {
+        XCTAssertEqual(problems("upstream_threads_out_of_range"), ["$.server.upstream_threads: must be between 0 and 256, found 257"])
     }
 
     func testBadBaseURLs() {

@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import Logging
 import NIOCore
@@ -77,6 +78,32 @@ final class CurlEngineTests: XCTestCase {
     }
 
     private func fixedBody(_ count: Int) -> [UInt8] { (0..<count).map { UInt8(ascii: "0") + UInt8($0 % 10) } }
+
+    /// The names of this process's threads, from `/proc/self/task/*/comm`.
+    private func threadNames() throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").compactMap { tid in
+            try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+    }
+
+    // MARK: Threads
+
+    func testEngineThreadsAreNamedAndGoAtShutdown() async throws {
+        let before = try threadNames().filter { $0.hasPrefix("sluice-curl-") }
+        XCTAssertEqual(before, [], "no engine runs yet")
+        let engine = CurlEngine(
+            configuration: CurlEngine.Configuration(threads: 3), logger: Logger(label: "test.curl-engine"))
+        try engine.start()
+        let named = await eventually(within: 5) {
+            ((try? threadNames()) ?? []).filter { $0.hasPrefix("sluice-curl-") }.count == 3
+        }
+        XCTAssertTrue(named, "three engine threads named sluice-curl-<i>")
+        XCTAssertEqual(Set(try threadNames().filter { $0.hasPrefix("sluice-curl-") }),
+                       ["sluice-curl-0", "sluice-curl-1", "sluice-curl-2"])
+        await engine.shutdown()
+        XCTAssertEqual(try threadNames().filter { $0.hasPrefix("sluice-curl-") }, [], "shutdown joins the threads")
+    }
 
     // MARK: Requests and the keep-alive pool
 

@@ -72,7 +72,7 @@ struct ConfigDocumentReader {
     }
 
     static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis"]
-    static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads"]
+    static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections"]
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month"]
@@ -148,6 +148,7 @@ struct ConfigDocumentReader {
         server.idleTimeoutMs = walker.integer(members, "idle_timeout_ms", at: path, default: ServerConfig.defaultIdleTimeoutMs, range: Self.timeoutRange)
         server.shutdownGraceSeconds = walker.integer(members, "shutdown_grace_seconds", at: path, default: ServerConfig.defaultShutdownGraceSeconds, range: 0...3600)
         server.eventLoopThreads = walker.integer(members, "event_loop_threads", at: path, default: ServerConfig.defaultEventLoopThreads, range: 0...1024)
+        server.upstreamThreads = walker.integer(members, "upstream_threads", at: path, default: ServerConfig.defaultUpstreamThreads, range: 0...256)
         return server
     }
 

@@ -54,6 +54,8 @@ public struct ServerConfig: Sendable, Equatable {
     public static let defaultShutdownGraceSeconds = 30
     /// 0 means one event loop per core.
     public static let defaultEventLoopThreads = 0
+    /// 0 means half the cores, rounded up (see `CurlEngine.Configuration.defaultThreads`).
+    public static let defaultUpstreamThreads = 0
 
     public var host: String = ServerConfig.defaultHost
     public var port: Int = ServerConfig.defaultPort
@@ -65,6 +67,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var shutdownGraceSeconds: Int = ServerConfig.defaultShutdownGraceSeconds
     /// 0 means one event loop per core.
     public var eventLoopThreads: Int = ServerConfig.defaultEventLoopThreads
+    /// Curl engine threads, which own the upstream connections; 0 means half the cores, rounded up.
+    public var upstreamThreads: Int = ServerConfig.defaultUpstreamThreads
 
     public init() {}
 }
