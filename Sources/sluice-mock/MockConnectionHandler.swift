@@ -379,7 +379,14 @@ final class MockConnectionHandler: ChannelInboundHandler {
             strike(fault, exchange: exchange, context: context)
         case .tokenDelay:
             context.flush()
-            exchange.scheduled = context.eventLoop.assumeIsolated().scheduleTask(in: exchange.tokenDelay) {
+            // Tokens keep a timetable, one every `tokenDelay` after the first, like a model generating at
+            // a fixed rate: a timer that fires late shortens the next wait instead of pushing every later
+            // token back. (Waiting `tokenDelay` from each send let the timer's lateness add up over a
+            // stream, and a proxy that made the mock's loop a little later each time looked as if it
+            // delayed every chunk by the sum.)
+            let due = (exchange.lastTokenDue ?? .now()) + exchange.tokenDelay
+            exchange.lastTokenDue = due
+            exchange.scheduled = context.eventLoop.assumeIsolated().scheduleTask(deadline: due) {
                 exchange.scheduled = nil
                 guard case .responding(let current) = self.state, current === exchange else { return }
                 self.produceStream(exchange, context: context)
@@ -470,6 +477,8 @@ final class MockExchange {
     var stream: CompletionStream?
     /// The pending first-byte or token delay.
     var scheduled: Scheduled<Void>?
+    /// When the latest delayed token was due (nil until the first delay): the next is due `tokenDelay` later.
+    var lastTokenDue: NIODeadline?
     /// Set when the stream paused for a full socket buffer.
     var awaitingWritability = false
     /// Set once `x-mock-stall-after` has struck.

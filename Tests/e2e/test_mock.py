@@ -445,6 +445,29 @@ def test_first_byte_and_token_delays(mock):
     assert arrivals[-1] >= 0.4
 
 
+def test_token_delays_keep_a_timetable(mock):
+    """Token k is due k delays after the first, like a model generating at a fixed rate: a timer that
+    fires late shortens the next wait. Waiting a full delay from each send instead adds the timer's
+    lateness once per token (0.1-0.5 ms here), which over 100 tokens is far beyond the slack below."""
+    tokens, delay_ms = 100, 3
+    arrivals = []
+    with mock.http.stream(
+        "POST", "/v1/chat/completions",
+        headers={"authorization": f"Bearer {API_KEY}", "x-mock-completion-tokens": str(tokens),
+                 "x-mock-token-delay-ms": str(delay_ms)},
+        json={"model": "gpt-4o-mini", "messages": chat_messages(), "stream": True},
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                arrivals.append(time.monotonic())
+    assert len(arrivals) == tokens
+    span_ms = (arrivals[-1] - arrivals[0]) * 1000
+    scheduled_ms = (tokens - 1) * delay_ms
+    assert span_ms >= scheduled_ms - 1, "no token comes before its time"
+    assert span_ms <= scheduled_ms + 15, f"{tokens} tokens {delay_ms} ms apart took {span_ms:.1f} ms: the delays drift"
+
+
 # MARK: - The request log
 
 
