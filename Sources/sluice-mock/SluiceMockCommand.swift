@@ -43,7 +43,7 @@ struct SluiceMockCommand: ParsableCommand {
     @Option(help: "Completion tokens per choice, before max_tokens caps them.")
     var completionTokens = 16
 
-    @Option(help: "Delay between streamed tokens, in milliseconds.")
+    @Option(help: "Delay between streamed tokens, in milliseconds (a timetable: token k is due k delays after the first).")
     var tokenDelayMs = 0
 
     @Option(help: "Delay before the response head, in milliseconds.")
