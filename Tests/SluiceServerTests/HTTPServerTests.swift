@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Synchronization
 import XCTest
 @testable import SluiceServer
 
@@ -11,14 +12,45 @@ import Glibc
 
 /// The HTTP front door over real sockets, with a handler that echoes the body it was given.
 final class HTTPServerTests: XCTestCase {
-    struct EchoHandler: RequestHandling {
+    /// Echoes the body. For `/linger` it then keeps running after its response until `release()`, the
+    /// way the gateway settles a reservation after the response has ended.
+    final class EchoHandler: RequestHandling {
+        private struct State {
+            var released = false
+            var waiters: [CheckedContinuation<Void, Never>] = []
+            var lingered = 0
+        }
+        private let state = Mutex(State())
+
+        /// How many `/linger` requests have finished their work after the response.
+        var lingered: Int { state.withLock { $0.lingered } }
+
         func handle(_ request: HTTPRequest, writer: ResponseWriter) async {
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "text/plain")
             try? await writer.writeResponse(status: .ok, headers: headers, body: request.body)
+            guard request.head.uri == "/linger" else { return }
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let released = state.withLock { state -> Bool in
+                    if !state.released { state.waiters.append(continuation) }
+                    return state.released
+                }
+                if released { continuation.resume() }
+            }
+            state.withLock { $0.lingered += 1 }
+        }
+
+        func release() {
+            let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                state.released = true
+                defer { state.waiters = [] }
+                return state.waiters
+            }
+            waiters.forEach { $0.resume() }
         }
     }
 
+    private var handler: EchoHandler!
     private var group: MultiThreadedEventLoopGroup!
     private var server: HTTPServer!
     private var runTask: Task<Void, any Error>!
@@ -26,9 +58,10 @@ final class HTTPServerTests: XCTestCase {
 
     override func setUp() async throws {
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        handler = EchoHandler()
         server = HTTPServer(
             configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: 1024, idleTimeoutMs: 5000, bodyTimeoutMs: 500, shutdownGraceSeconds: 1),
-            group: group, handler: EchoHandler(), logger: Logger(label: "test")
+            group: group, handler: handler, logger: Logger(label: "test")
         )
         let server = self.server!
         runTask = Task { try await server.run() }
@@ -37,6 +70,7 @@ final class HTTPServerTests: XCTestCase {
     }
 
     override func tearDown() async throws {
+        handler.release()
         server.shutdownGracefully()
         _ = try? await runTask.value
         try await group.shutdownGracefully()
@@ -51,6 +85,39 @@ final class HTTPServerTests: XCTestCase {
             XCTAssertTrue(response.hasPrefix("HTTP/1.1 200"), response)
             XCTAssertTrue(response.hasSuffix(body), response)
         }
+    }
+
+    /// A request whose task runs on after its response (as the gateway's does while it settles the
+    /// reservation) does not hold up the next request on its connection.
+    func testNextRequestIsServedWhileThePreviousTaskRunsOn() throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("POST /linger HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nfirst")
+        XCTAssertTrue(try socket.readResponse().hasSuffix("first"))
+        try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nsecond")
+        let second = try socket.readResponse()
+        XCTAssertTrue(second.hasPrefix("HTTP/1.1 200") && second.hasSuffix("second"), second)
+        XCTAssertEqual(handler.lingered, 0, "the first request's task is still running")
+    }
+
+    /// Shutdown waits for request tasks that outlive their responses and connections: what they do
+    /// after the response (settling in Redis) must happen before the limiter closes.
+    func testShutdownWaitsForTasksThatOutliveTheirResponse() async throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("POST /linger HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok")
+        _ = try socket.readResponse()
+        server.shutdownGracefully()
+        XCTAssertEqual(try socket.readUntilClosed(), "", "the idle connection closes")
+        let runTask = self.runTask!
+        let returned = Mutex(false)
+        let watcher = Task {
+            _ = try? await runTask.value
+            returned.withLock { $0 = true }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        XCTAssertFalse(returned.withLock { $0 }, "run() returned while a request task was still running")
+        handler.release()
+        await watcher.value
+        XCTAssertEqual(handler.lingered, 1)
     }
 
     /// Requests pipelined in one write are answered in order, each with its own body.

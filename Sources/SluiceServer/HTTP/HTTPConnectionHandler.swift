@@ -5,7 +5,9 @@ import SluiceCore
 
 /// One client connection, after the HTTP codec: assembles each request (head and bounded body), runs
 /// the `RequestHandling` for it in a task on this connection's event loop, and serves the requests of
-/// a keep-alive connection one after the other.
+/// a keep-alive connection one after the other: the next one as soon as the previous response has
+/// ended, while that request's task may still be finishing its own work (settling its reservation in
+/// Redis is a round trip the client should not wait for before its next request is read).
 ///
 /// Why a handler and not `NIOAsyncChannel`: bridging every request part and response part through
 /// async sequences and writers cost more CPU per request than the rest of the server; here a request
@@ -151,24 +153,39 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
 
     private func start(_ request: HTTPRequest, context: ChannelHandlerContext) {
         connection.beginRequest()
-        let writer = ResponseWriter(channel: context.channel, keepAlive: request.head.isKeepAlive && !connection.isDraining)
         let handler = self.handler
         let loop = context.eventLoop
         let this = NIOLoopBound(self, eventLoop: loop)
+        // The task runs on this loop (its executor preference), so both calls back are plain calls.
+        let writer = ResponseWriter(
+            channel: context.channel, keepAlive: request.head.isKeepAlive && !connection.isDraining,
+            onEnd: { writer in
+                if loop.inEventLoop {
+                    this.value.responseEnded(writer)
+                } else {
+                    loop.execute { this.value.responseEnded(writer) }
+                }
+            }
+        )
+        let tasks = connection.tasks
+        tasks.begin()
         let task = Task(executorPreference: executor) {
             await handler.handle(request, writer: writer)
-            // The task runs on this loop (its executor preference), so this is a plain call.
             if loop.inEventLoop {
-                this.value.finished(writer)
+                this.value.responseEnded(writer)
             } else {
-                loop.execute { this.value.finished(writer) }
+                loop.execute { this.value.responseEnded(writer) }
             }
+            tasks.end()
         }
         state = .responding(task: task, writer: writer)
     }
 
-    private func finished(_ writer: ResponseWriter) {
-        guard case .responding = state, let context else { return }
+    /// The response of `writer` has ended, or its handler returned without ending it (cancelled, or
+    /// it aborted the connection): the connection serves its next request, or closes. Called for both,
+    /// acts once.
+    private func responseEnded(_ writer: ResponseWriter) {
+        guard case .responding(_, let current) = state, current === writer, let context else { return }
         connection.endRequest()
         if !writer.keepAlive || writer.closeAfterResponse || connection.isDraining {
             state = .closing

@@ -119,7 +119,19 @@ public final class HTTPServer: Sendable {
         // connections finish their requests and close; wait for them.
         connections.drain()
         await connections.waitUntilAllClosed()
+        // A request's task can outlive its response and its connection (it settles its reservation
+        // after the response ended): they finish before the limiter behind them is shut down. Their
+        // own work is bounded (Redis calls time out), the wait is bounded too: a stuck task must not
+        // keep a node from stopping.
+        let tasks = connections.tasks
+        if !(await tasks.waitUntilNoneRunning(atMost: Self.taskDrainTimeout)) {
+            logger.warning("shutdown: request tasks still running after the connections closed; not waiting longer",
+                           metadata: ["tasks": "\(tasks.running)", "waited_seconds": "\(Self.taskDrainTimeout.components.seconds)"])
+        }
     }
+
+    /// How long `run` waits, once every connection is closed, for request tasks still settling.
+    static let taskDrainTimeout = Duration.seconds(10)
 
     /// Stops accepting new connections and asks every open one to finish its current request and
     /// close; idle keep-alive connections close at once. After the grace period, the rest are closed.
@@ -155,9 +167,14 @@ public protocol RequestHandling: Sendable {
 
 final class ConnectionState: Sendable {
     let channel: any Channel
+    /// The server's request tasks, which this connection's requests join.
+    let tasks: RequestTasks
     private let flags = Mutex<(inRequest: Bool, draining: Bool)>((false, false))
 
-    init(channel: any Channel) { self.channel = channel }
+    init(channel: any Channel, tasks: RequestTasks) {
+        self.channel = channel
+        self.tasks = tasks
+    }
 
     var isDraining: Bool { flags.withLock { $0.draining } }
 
@@ -181,6 +198,29 @@ final class ConnectionState: Sendable {
     }
 }
 
+/// The request tasks still running. A task runs on after its response ended (settling its reservation,
+/// the access log), so open connections alone do not say when the server is done.
+final class RequestTasks: Sendable {
+    private let count = Mutex(0)
+
+    var running: Int { count.withLock { $0 } }
+
+    func begin() { count.withLock { $0 += 1 } }
+
+    func end() { count.withLock { $0 -= 1 } }
+
+    /// Returns true once no task is running, false if some still run after `limit`. Shutdown only:
+    /// it polls.
+    func waitUntilNoneRunning(atMost limit: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while running > 0 {
+            guard ContinuousClock.now < deadline else { return false }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return true
+    }
+}
+
 final class ConnectionRegistry: Sendable {
     private struct State {
         var open: [ObjectIdentifier: ConnectionState] = [:]
@@ -189,6 +229,7 @@ final class ConnectionRegistry: Sendable {
     }
 
     private let state = Mutex(State())
+    let tasks = RequestTasks()
 
     var count: Int { state.withLock { $0.open.count } }
 
@@ -205,7 +246,7 @@ final class ConnectionRegistry: Sendable {
     }
 
     func register(_ channel: any Channel) -> ConnectionState? {
-        let connection = ConnectionState(channel: channel)
+        let connection = ConnectionState(channel: channel, tasks: tasks)
         let accepted = state.withLock { (state: inout State) -> Bool in
             guard !state.draining else { return false }
             state.open[ObjectIdentifier(connection)] = connection

@@ -17,6 +17,9 @@ public final class ResponseWriter: Sendable {
         var closed = false
         /// A streamed write waiting for the socket to become writable again.
         var writableWaiter: CheckedContinuation<Void, any Error>?
+        /// Told once, when the end of the response has been written; dropped then or when the
+        /// connection closes.
+        var onEnd: (@Sendable (ResponseWriter) -> Void)?
     }
 
     private let channel: any Channel
@@ -24,9 +27,13 @@ public final class ResponseWriter: Sendable {
     public let keepAlive: Bool
     private let state = Mutex(State())
 
-    init(channel: any Channel, keepAlive: Bool) {
+    /// - Parameter onEnd: called (on the channel's loop, where the writes happen) right after the end
+    ///   of the response was written: the connection may serve its next request while the handler
+    ///   finishes its own work (settling the reservation, the access log).
+    init(channel: any Channel, keepAlive: Bool, onEnd: (@Sendable (ResponseWriter) -> Void)? = nil) {
         self.channel = channel
         self.keepAlive = keepAlive
+        if let onEnd { state.withLock { $0.onEnd = onEnd } }
     }
 
     /// True once a response head went out (an error can no longer be sent as a status).
@@ -82,12 +89,16 @@ public final class ResponseWriter: Sendable {
     public func endStream() async throws {
         try checkOpen()
         channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+        responseEnded()
     }
 
     /// Gives up on a response whose head already went out (the upstream failed mid-stream): the
     /// connection is closed so the client sees a truncated body, never a silently "complete" one.
     public func abort() {
-        state.withLock { $0.closeAfter = true }
+        state.withLock {
+            $0.closeAfter = true
+            $0.onEnd = nil
+        }
         channel.close(promise: nil)
     }
 
@@ -106,6 +117,7 @@ public final class ResponseWriter: Sendable {
     func channelClosed() {
         let waiter = state.withLock { state -> CheckedContinuation<Void, any Error>? in
             state.closed = true
+            state.onEnd = nil
             defer { state.writableWaiter = nil }
             return state.writableWaiter
         }
@@ -144,6 +156,15 @@ public final class ResponseWriter: Sendable {
         channel.write(HTTPServerResponsePart.head(head), promise: nil)
         channel.write(HTTPServerResponsePart.body(.byteBuffer(body)), promise: nil)
         channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+        responseEnded()
+    }
+
+    private func responseEnded() {
+        let onEnd = state.withLock { state -> (@Sendable (ResponseWriter) -> Void)? in
+            defer { state.onEnd = nil }
+            return state.onEnd
+        }
+        onEnd?(self)
     }
 
     private func makeHead(status: HTTPResponseStatus, headers: HTTPHeaders, forceClose: Bool) -> HTTPResponseHead {
