@@ -1,11 +1,11 @@
 // # The curl engine: threading model
 //
-// `CurlEngine` runs N engine threads (`CurlEventLoop`, default one per core). Each thread owns, and is
+// `CurlEngine` runs N engine threads (`CurlEventLoop`, default half the cores, named `sluice-curl-<i>`). Each thread owns, and is
 // the only thread ever to touch:
 //   - one `CURLM` multi handle; its connection cache is that thread's keep-alive pool
 //     (`CURLMOPT_MAX_HOST_CONNECTIONS` per host, `CURLMOPT_MAXCONNECTS` idle), so a host sees at most
 //     threads × maxConnectionsPerHost connections;
-//   - the easy handles of its transfers and a free list of reset easy handles for reuse;
+//   - the easy handles of its transfers and a free list of idle easy handles for reuse;
 //   - an epoll set (level-triggered) holding curl's sockets, a timerfd for curl's timer, a second
 //     timerfd for the engine's own first-byte and stall deadlines, and an eventfd for wakeups.
 // The thread loops on `epoll_wait` and calls `curl_multi_socket_action` for ready sockets and for the
