@@ -20,8 +20,9 @@ first round, RSS peak is the high-water mark after the last.
 
 Latency at a fixed rate: the throughput table measures latency at saturation, where it is mostly
 queueing. The latency a client actually sees under ordinary load is measured at R = half of row (d)'s
-median req/s, for every row, over 8 connections (nginx as the reference for what a plain proxy adds). Debian's wrk 4 has no -R, so the rate comes
-from wrk's Lua `delay()` hook, which makes each request wait for its slot in a timetable of R per
+median req/s, for every row (nginx as the reference for what a plain proxy adds), over 8 connections.
+Debian's wrk 4 has no -R, so the rate comes from wrk's Lua `delay()` hook, which makes each request
+wait for its slot in a timetable of R per
 second (see `PACING`; a plain fixed wait would fall short of R by the latency). wrk's latency excludes
 the wait; the output shows the rate wrk achieved next to R, and the targets for the latency Sluice adds.
 

@@ -77,7 +77,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(redis.redactedURL, "redis://:<redacted>@redis.internal:6380/2")
     }
 
-    func testThreadCountsDefaultToAutomatic() throws {
+    func testUpstreamThreadsDefaultToAutomatic() throws {
         let server = try load("valid_redis").server
         XCTAssertEqual(server.upstreamThreads, 0, "absent: the engine picks half the cores")
     }
