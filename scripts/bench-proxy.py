@@ -22,9 +22,9 @@ Latency at a fixed rate: the throughput table measures latency at saturation, wh
 queueing. The latency a client actually sees under ordinary load is measured at R = half of row (d)'s
 median req/s, for every row (nginx as the reference for what a plain proxy adds), over 8 connections.
 Debian's wrk 4 has no -R, so the rate comes from wrk's Lua `delay()` hook, which makes each request
-wait for its slot in a timetable of R per
-second (see `PACING`; a plain fixed wait would fall short of R by the latency). wrk's latency excludes
-the wait; the output shows the rate wrk achieved next to R, and the targets for the latency Sluice adds.
+wait for its slot in a timetable of R per second (see `PACING`; a plain fixed wait would fall short of
+R by the latency). wrk's latency excludes the wait; the output shows the rate wrk achieved next to R,
+and the targets for the latency Sluice adds.
 
 Soak (`--soak SECONDS`, instead of all of the above): only sluice-mock, redis-server and Sluice with
 the Redis limiter; wrk at full speed for SECONDS, in chunks of up to 30 s, with Sluice's VmRSS and
