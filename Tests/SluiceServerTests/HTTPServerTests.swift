@@ -174,9 +174,12 @@ final class HTTPServerTests: XCTestCase {
 /// A blocking client socket: the simplest honest HTTP/1.1 peer for these tests.
 final class TestSocket {
     let fd: Int32
+    private var closed = false
 
-    init(port: Int) throws {
+    /// - Parameter configure: socket options to set before connecting.
+    init(port: Int, configure: (Int32) -> Void = { _ in }) throws {
         fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        configure(fd)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -189,7 +192,13 @@ final class TestSocket {
         guard result == 0 else { throw POSIXError(.ECONNREFUSED) }
     }
 
-    deinit { close(fd) }
+    deinit { close() }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        Glibc.close(fd)
+    }
 
     func send(_ text: String) throws {
         let bytes = Array(text.utf8)

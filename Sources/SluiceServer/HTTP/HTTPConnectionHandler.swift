@@ -77,22 +77,30 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // The client went away (or the server closed): a running request is cancelled, which
-        // cancels its upstream transfer; its writer fails any write still waiting.
+        connectionEnded()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A protocol error (the codec's error handler already answered 400) or a reset connection.
+        // A client that resets its connection (closing it with our answer unread, as a client that
+        // stopped reading a stream does) arrives here before `channelInactive`: the running request
+        // must be told now, or it waits for ever for a socket that will never be writable again.
+        logger.debug("connection error", metadata: ["error": "\(error)"])
+        connectionEnded()
+        context.close(promise: nil)
+    }
+
+    /// The client went away (reset, closed, or the server closed the connection): a running request
+    /// is cancelled, which cancels its upstream transfer, and its writer fails any write still
+    /// waiting. Nothing more is read or served.
+    private func connectionEnded() {
         if case .responding(let task, let writer) = state {
             task.cancel()
             writer.channelClosed()
         }
         state = .closing
         held.removeAll()
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A protocol error (the codec's error handler already answered 400) or a reset connection.
-        logger.debug("connection error", metadata: ["error": "\(error)"])
-        state = .closing
-        context.close(promise: nil)
     }
 
     // MARK: Requests
@@ -186,10 +194,10 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     /// acts once.
     private func responseEnded(_ writer: ResponseWriter) {
         guard case .responding(_, let current) = state, current === writer, let context else { return }
-        connection.endRequest()
-        if !writer.keepAlive || writer.closeAfterResponse || connection.isDraining {
+        let draining = connection.endRequest()
+        if !writer.keepAlive || writer.closeAfterResponse || draining {
             state = .closing
-            context.close(promise: nil)
+            closeAfterWriting(writer, context: context)
             return
         }
         state = .idle
@@ -199,6 +207,21 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             process(part, context: context)
         }
     }
+
+    /// Closes the connection once `writer`'s response has been written out, so that a client that
+    /// reads slowly still gets all of it (a close discards what the socket has not taken yet). A
+    /// client that takes nothing for ``closeFlushTimeout`` is closed on regardless.
+    private func closeAfterWriting(_ writer: ResponseWriter, context: ChannelHandlerContext) {
+        let channel = context.channel
+        let deadline = context.eventLoop.scheduleTask(in: Self.closeFlushTimeout) { channel.close(promise: nil) }
+        writer.endWritten.whenComplete { _ in
+            deadline.cancel()
+            channel.close(promise: nil)
+        }
+    }
+
+    /// How long a connection closing after its response waits for the client to take the rest.
+    static let closeFlushTimeout = TimeAmount.seconds(30)
 
     private var acceptsParts: Bool {
         switch state {

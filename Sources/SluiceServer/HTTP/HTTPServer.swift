@@ -180,12 +180,13 @@ final class ConnectionState: Sendable {
 
     func beginRequest() { flags.withLock { $0.inRequest = true } }
 
-    func endRequest() {
-        let close = flags.withLock { state -> Bool in
+    /// The request's response has ended. Returns whether the connection is draining: then its
+    /// handler closes it once the response has been written out.
+    func endRequest() -> Bool {
+        flags.withLock { state -> Bool in
             state.inRequest = false
             return state.draining
         }
-        if close { channel.close(promise: nil) }
     }
 
     /// Marks the connection as draining; an idle one is closed now, a busy one after its response.

@@ -20,6 +20,8 @@ public final class ResponseWriter: Sendable {
         /// Told once, when the end of the response has been written; dropped then or when the
         /// connection closes.
         var onEnd: (@Sendable (ResponseWriter) -> Void)?
+        /// Completes once the end of the response has left for the socket (nil before the end).
+        var endWritten: EventLoopFuture<Void>?
     }
 
     private let channel: any Channel
@@ -88,8 +90,15 @@ public final class ResponseWriter: Sendable {
     /// Ends a streamed body.
     public func endStream() async throws {
         try checkOpen()
-        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+        writeEnd()
         responseEnded()
+    }
+
+    /// Completes once the end of the response has been written to the socket (at once if the
+    /// response never ended). A connection that closes after its response waits for this: closing
+    /// earlier drops what a slow client has not yet taken, and it would see a truncated answer.
+    var endWritten: EventLoopFuture<Void> {
+        state.withLock { $0.endWritten } ?? channel.eventLoop.makeSucceededVoidFuture()
     }
 
     /// Gives up on a response whose head already went out (the upstream failed mid-stream): the
@@ -155,8 +164,15 @@ public final class ResponseWriter: Sendable {
         let head = makeHead(status: status, headers: headers, forceClose: forceClose)
         channel.write(HTTPServerResponsePart.head(head), promise: nil)
         channel.write(HTTPServerResponsePart.body(.byteBuffer(body)), promise: nil)
-        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: nil)
+        writeEnd()
         responseEnded()
+    }
+
+    /// Writes and flushes the end of the response, remembering when it has left.
+    private func writeEnd() {
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: written)
+        state.withLock { $0.endWritten = written.futureResult }
     }
 
     private func responseEnded() {
