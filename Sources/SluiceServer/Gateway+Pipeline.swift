@@ -88,14 +88,16 @@ extension Gateway {
         )
         let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger)
 
-        // 8. settle: refund or charge the difference to the reservation, exactly once.
+        // 8. settle: refund or charge the difference to the reservation, exactly once (what is
+        // charged for each outcome: `RelayResult`).
+        let chargedPromptTokens = relayed.chargesPrompt ? promptTokens : 0
         do {
-            _ = try await limiter.settle(reservation, actualPromptTokens: promptTokens, actualCompletionTokens: relayed.completionTokens)
+            _ = try await limiter.settle(reservation, actualPromptTokens: chargedPromptTokens, actualCompletionTokens: relayed.completionTokens)
         } catch {
             logger.error("settling the reservation failed", metadata: ["error": "\(error)"])
         }
-        metrics.tokens(keyID: key.id, model: model, prompt: promptTokens, completion: relayed.completionTokens)
-        return RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: promptTokens, completionTokens: relayed.completionTokens)
+        metrics.tokens(keyID: key.id, model: model, prompt: chargedPromptTokens, completion: relayed.completionTokens)
+        return RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: chargedPromptTokens, completionTokens: relayed.completionTokens)
     }
 
     // MARK: - Steps

@@ -20,12 +20,34 @@ struct ProxyExchange: Sendable {
     let encoding: BPEEncoding
 }
 
-/// What the relay step reports to the settle step.
+/// What the relay step reports to the settle step: what the client saw, and what to charge for it.
+///
+/// The charging policy, one outcome at a time (the README's "Failure behaviour" lists it too):
+///
+/// | outcome | prompt tokens | completion tokens |
+/// |---|---|---|
+/// | answered (2xx) | charged | the upstream's `usage` (bounded), else counted from the answer |
+/// | upstream never reached, circuit open, upstream error status, failure before the head | refunded | none |
+/// | stream cut by the upstream | charged | what was relayed |
+/// | client gone before the head | charged (the upstream may have started) | none |
+/// | client gone mid-answer | charged | what was relayed |
+///
+/// The request itself always counts on the requests-per-minute limit: it was made.
 struct RelayResult: Sendable {
     /// Status the client saw (or would have seen).
     var status: Int
-    /// Completion tokens to charge: the upstream's `usage`, else counted from what was relayed.
+    /// Whether the prompt is charged: false when no answer came from the model (nothing was billed).
+    var chargesPrompt: Bool
+    /// Completion tokens to charge: the upstream's `usage` (bounded), else counted from what was relayed.
     var completionTokens: Int
+
+    /// Nothing came from the model: the reservation is refunded whole.
+    static func notAnswered(status: Int) -> RelayResult {
+        RelayResult(status: status, chargesPrompt: false, completionTokens: 0)
+    }
+
+    /// The client left before anything was relayed: the prompt was sent, nothing came back to charge.
+    static let clientGoneBeforeAnswer = RelayResult(status: 499, chargesPrompt: true, completionTokens: 0)
 }
 
 extension Gateway {
@@ -61,7 +83,7 @@ extension Gateway {
                 retryAfterSeconds: max(retryAfter, 0.001), logDetail: "upstream \(exchange.upstream.name): circuit open"
             )
             _ = await writeError(writer, refusal, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return RelayResult(status: refusal.status, completionTokens: 0)
+            return .notAnswered(status: refusal.status)
         }
         let response: UpstreamResponse
         do {
@@ -69,14 +91,14 @@ extension Gateway {
             breaker.record(upstreamDown: [502, 503, 504].contains(response.status))
         } catch where Self.clientWentAway(error) {
             breaker.record(upstreamDown: false)  // unknown: the client left first; don't punish the upstream
-            return RelayResult(status: 499, completionTokens: 0)
+            return .clientGoneBeforeAnswer
         } catch {
             breaker.record(upstreamDown: [.connectFailed, .connectTimeout, .firstByteTimeout].contains(error.kind))
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
             logger.warning("upstream request failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
             _ = await writeError(writer, gatewayError, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return RelayResult(status: gatewayError.status, completionTokens: 0)
+            return .notAnswered(status: gatewayError.status)
         }
 
         let isEventStream = response.headers.contains { $0.name.lowercased() == "content-type" && $0.value.lowercased().hasPrefix("text/event-stream") }
@@ -153,16 +175,17 @@ extension Gateway {
             logger.warning("upstream response failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
             _ = await writeError(writer, gatewayError, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return RelayResult(status: gatewayError.status, completionTokens: 0)
+            return .notAnswered(status: gatewayError.status)
         } catch {
             // The client went away (task cancelled): nothing was relayed, nothing produced is known.
-            return RelayResult(status: 499, completionTokens: 0)
+            return .clientGoneBeforeAnswer
         }
 
+        let answered = (200..<300).contains(response.status)
         var completionTokens = 0
-        if (200..<300).contains(response.status) {
+        if answered {
             if let usage = collected.withUnsafeReadableBytes(Usage.fromResponseBody) {
-                completionTokens = usage.completionTokens
+                completionTokens = plausibleCompletionTokens(reported: usage.completionTokens, exchange, logger: logger)
             } else {
                 // No usage reported: charge what the answer holds, counted by Sluice.
                 let text = CompletionText.fromResponseBody(Array(collected.readableBytesView))
@@ -180,7 +203,30 @@ extension Gateway {
         } catch {
             logger.debug("client went away before the response")
         }
-        return RelayResult(status: response.status, completionTokens: completionTokens)
+        // An error status is not billed by the provider, so neither is it here.
+        return RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens)
+    }
+
+    /// Completions per choice assumed at most when a request sets no `max_tokens`: above what any
+    /// model produces today (reasoning included), far below what a broken upstream may report.
+    static let plausibleCompletionTokensPerChoice = 131_072
+
+    /// The upstream's reported completion tokens, bounded by what the request allowed: its
+    /// `max_completion_tokens`/`max_tokens` × `n` (reasoning tokens included, as OpenAI counts them),
+    /// else ``plausibleCompletionTokensPerChoice`` × `n`; embeddings produce none. A report above the
+    /// bound is charged at the bound, logged and counted: an upstream must not be able to lock a key
+    /// out for hours (or fill its quota) with one absurd number.
+    func plausibleCompletionTokens(reported: Int, _ exchange: ProxyExchange, logger: RequestLogger) -> Int {
+        let request = exchange.request
+        let bound = exchange.endpoint == .embeddings
+            ? 0
+            : (request.maxOutputTokens ?? Self.plausibleCompletionTokensPerChoice) * max(request.n, 1)
+        guard reported > bound else { return max(reported, 0) }
+        metrics.implausibleUsage(upstream: exchange.upstream.name)
+        logger.warning("upstream reported implausible usage; charging the bound", metadata: [
+            "upstream": "\(exchange.upstream.name)", "reported_completion_tokens": "\(reported)", "charged_completion_tokens": "\(bound)",
+        ])
+        return bound
     }
 
     // MARK: Streamed answers
@@ -188,13 +234,13 @@ extension Gateway {
     private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
         var filter = StreamRelayFilter(dropsUsageChunk: exchange.request.sluiceAddedUsage)
         func producedTokens() -> Int {
-            if let usage = filter.usage { return usage.completionTokens }
+            if let usage = filter.usage { return plausibleCompletionTokens(reported: usage.completionTokens, exchange, logger: logger) }
             return exchange.encoding.countOrdinary(filter.streamedText)
         }
         do {
             try await writer.writeStreamHead(status: .ok, headers: responseHeaders(exchange, upstream: response.headers))
         } catch {
-            return RelayResult(status: 499, completionTokens: 0)
+            return .clientGoneBeforeAnswer
         }
         do {
             for try await chunk in response.body {
@@ -206,17 +252,18 @@ extension Gateway {
             let tail = filter.finish()
             if !tail.isEmpty { try await writer.writeStreamChunk(ByteBuffer(bytes: tail)) }
             try await writer.endStream()
-            return RelayResult(status: 200, completionTokens: producedTokens())
+            return RelayResult(status: 200, chargesPrompt: true, completionTokens: producedTokens())
         } catch let error as UpstreamError where !Self.clientWentAway(error) {
             // The upstream failed mid-stream: the head is gone, so cut the connection; charge what was produced.
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
             logger.warning("upstream stream failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             writer.abort()
-            return RelayResult(status: 502, completionTokens: producedTokens())
+            return RelayResult(status: 502, chargesPrompt: true, completionTokens: producedTokens())
         } catch {
             // The client went away mid-stream: leaving the loop cancelled the upstream transfer.
-            logger.info("client disconnected mid-stream", metadata: ["completion_tokens_relayed": "\(producedTokens())"])
-            return RelayResult(status: 499, completionTokens: producedTokens())
+            let produced = producedTokens()
+            logger.info("client disconnected mid-stream", metadata: ["completion_tokens_relayed": "\(produced)"])
+            return RelayResult(status: 499, chargesPrompt: true, completionTokens: produced)
         }
     }
 }

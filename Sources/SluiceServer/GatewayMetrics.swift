@@ -68,6 +68,11 @@ public final class GatewayMetrics: Sendable {
         counter("sluice_rate_limited_total", [("limit", kind.rawValue), ("key", keyID)]).increment()
     }
 
+    /// An upstream reported more completion tokens than the request allowed (charged at the bound).
+    func implausibleUsage(upstream: String) {
+        counter("sluice_implausible_usage_total", [("upstream", upstream)]).increment()
+    }
+
     func upstreamError(upstream: String, kind: String) {
         counter("sluice_upstream_errors_total", [("upstream", upstream), ("kind", kind)]).increment()
     }

@@ -51,6 +51,8 @@ struct RequestKnobs: Sendable {
     var firstByteDelay: TimeAmount
     var status: Int
     var fault: InjectedFault?
+    /// Completion tokens to report in `usage` instead of those sent (an upstream that lies).
+    var reportedCompletionTokens: Int?
 }
 
 /// A malformed `x-mock-*` header; answered with 400 so that a broken test is loud.
@@ -68,6 +70,7 @@ extension RequestKnobs {
         static let status = "x-mock-status"
         static let dropAfter = "x-mock-drop-after"
         static let stallAfter = "x-mock-stall-after"
+        static let reportedCompletionTokens = "x-mock-reported-completion-tokens"
     }
 
     /// Resolves the knobs of one request.
@@ -83,6 +86,7 @@ extension RequestKnobs {
             headers, Header.firstByteDelay, default: defaults.firstByteDelayMilliseconds,
             range: 0...MockLimits.maximumDelayMilliseconds)))
         self.status = try Self.integer(headers, Header.status, default: defaults.status, range: 200...599)
+        self.reportedCompletionTokens = try Self.optionalInteger(headers, Header.reportedCompletionTokens, range: 0...Int.max)
         let dropAfter = try Self.optionalInteger(headers, Header.dropAfter, range: 0...Int.max)
         let stallAfter = try Self.optionalInteger(headers, Header.stallAfter, range: 0...Int.max)
         // A header wins over a command-line default; drop wins over stall when both are asked for.

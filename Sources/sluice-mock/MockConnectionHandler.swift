@@ -240,7 +240,8 @@ final class MockConnectionHandler: ChannelInboundHandler {
         }
         tokensPerChoice = min(tokensPerChoice, MockLimits.maximumTotalCompletionTokens / fields.choiceCount)
         let usage = MockUsage(
-            promptTokens: fields.estimatedPromptTokens, completionTokens: tokensPerChoice * fields.choiceCount)
+            promptTokens: fields.estimatedPromptTokens,
+            completionTokens: knobs.reportedCompletionTokens ?? tokensPerChoice * fields.choiceCount)
         let isChat = endpoint == .chatCompletions
         let identity = ResponseIdentity(
             id: (isChat ? "chatcmpl-mock-" : "cmpl-mock-") + "\(connectionID)-\(requestsOnConnection)",

@@ -22,7 +22,8 @@ struct SluiceMockCommand: ParsableCommand {
             Per-request headers override the flags: x-mock-completion-tokens, x-mock-token-delay-ms, \
             x-mock-first-byte-delay-ms, x-mock-status (non-2xx: OpenAI error body), x-mock-drop-after K \
             (close the connection after K token chunks), x-mock-stall-after K (stop after K token chunks, \
-            hold the connection). A non-streamed answer with drop/stall is cut halfway through its body.
+            hold the connection), x-mock-reported-completion-tokens N (report N completion tokens in usage, \
+            whatever was sent: an upstream that lies). A non-streamed answer with drop/stall is cut halfway through its body.
 
             --log writes one JSON line per request when it finishes: ts (arrival, Unix seconds), conn, \
             method, path, model, stream, include_usage, max_tokens, n, authorization (presence only), \

@@ -1,0 +1,150 @@
+"""Failure modes that must neither hang nor mis-charge: clients that stop reading or leave, upstreams
+that fail or lie about usage. Each asserts what the key is charged through its rate-limit headers."""
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from conftest import Gateway, free_port, gateway_config, sha256_hex
+
+KEY = "sk-e2e-reliability-0123456789"
+TOKENS_PER_MINUTE = 60_000  # refills 1,000 tokens a second: a charge of a few thousand is plain to see
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_module, mock):
+    dead_port = free_port()  # nothing listens there: an upstream that is never reached
+    config = gateway_config(free_port(), mock.port,
+                            [{"id": "rel", "secret_sha256": sha256_hex(KEY), "tier": "t"}],
+                            {"t": {"requests_per_minute": 100_000, "tokens_per_minute": TOKENS_PER_MINUTE,
+                                   "max_concurrent_requests": 1}})
+    config["upstreams"].append({
+        "name": "dead", "base_url": f"http://127.0.0.1:{dead_port}/v1", "models": ["dead-model"],
+        "connect_timeout_ms": 500,
+    })
+    g = Gateway(tmp_module, config)
+    yield g
+    g.stop()
+
+
+def remaining_tokens(g) -> int:
+    r = httpx.get(g.base_url + "/models", headers={"authorization": f"Bearer {KEY}"}, timeout=5)
+    assert r.status_code == 200
+    return int(r.headers["x-ratelimit-remaining-tokens"])
+
+
+def wait_until_full(g, timeout=70.0):
+    deadline = time.time() + timeout
+    while remaining_tokens(g) < TOKENS_PER_MINUTE:
+        assert time.time() < deadline, "the tokens bucket never refilled"
+        time.sleep(0.2)
+
+
+def chat(g, *, headers=None, stream=False, max_tokens=None, prompt_words=1):
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello " * prompt_words}]}
+    if stream:
+        body["stream"] = True
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    return httpx.post(g.base_url + "/chat/completions", json=body, timeout=30,
+                      headers={"authorization": f"Bearer {KEY}", **(headers or {})})
+
+
+def raw_stream_request(g, extra_headers: str, receive_buffer: int | None = None) -> socket.socket:
+    """Sends a streamed chat request on a plain socket and returns it after the response head arrived."""
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    s = socket.socket()
+    if receive_buffer:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    s.connect(("127.0.0.1", g.port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              + f"authorization: Bearer {KEY}\r\n{extra_headers}content-length: {len(body)}\r\n\r\n".encode() + body)
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    return s
+
+
+def test_stream_abandoned_by_a_client_that_stopped_reading_frees_its_slot(gateway):
+    # The client stops reading (Sluice's writes wait, the upstream transfer pauses), then leaves with
+    # the answer unread: the request must end, its slot (the key allows 1 at a time) come free, and its
+    # reservation be settled. Before, the request hung for good and the key got 429 from then on.
+    s = raw_stream_request(gateway, "x-mock-completion-tokens: 200000\r\n", receive_buffer=4096)
+    time.sleep(1.0)
+    s.close()
+    deadline = time.time() + 5
+    while True:
+        r = chat(gateway)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 429 and time.time() < deadline, f"the slot stayed taken: {r.status_code} {r.text}"
+        time.sleep(0.1)
+    assert "status=499" in gateway.log_text()
+
+
+def test_client_leaving_a_quiet_stream_is_noticed_at_once(gateway):
+    # The upstream stops sending after 2 tokens and holds the connection (its stall timeout is 5 s):
+    # the client's leaving must end the request now, not at the next upstream byte or the stall timeout.
+    s = raw_stream_request(gateway, "x-mock-stall-after: 2\r\n")
+    time.sleep(0.3)
+    s.recv(65536)
+    left = time.time()
+    s.close()
+    r = chat(gateway)
+    while r.status_code == 429 and time.time() - left < 10:
+        time.sleep(0.05)
+        r = chat(gateway)
+    assert r.status_code == 200
+    assert time.time() - left < 2.0, "the client's leaving was noticed late"
+
+
+def test_upstream_error_status_is_not_charged(gateway):
+    wait_until_full(gateway)
+    r = chat(gateway, headers={"x-mock-status": "500"}, prompt_words=3000, max_tokens=10)
+    assert r.status_code == 500
+    # Refunded whole: the bucket is full again at once (a charged prompt would leave ~3,000 tokens missing).
+    assert remaining_tokens(gateway) >= TOKENS_PER_MINUTE - 100
+
+
+def test_upstream_never_reached_is_not_charged(gateway):
+    wait_until_full(gateway)
+    r = httpx.post(gateway.base_url + "/chat/completions", timeout=30,
+                   headers={"authorization": f"Bearer {KEY}"},
+                   json={"model": "dead-model", "max_tokens": 10,
+                         "messages": [{"role": "user", "content": "hello " * 3000}]})
+    assert r.status_code in (502, 503, 504)
+    assert remaining_tokens(gateway) >= TOKENS_PER_MINUTE - 100
+
+
+def test_answered_request_is_charged_its_prompt(gateway):
+    # The other side of the policy: an answer is charged (else the two tests above prove nothing).
+    wait_until_full(gateway)
+    r = chat(gateway, prompt_words=3000, max_tokens=10)
+    assert r.status_code == 200
+    assert remaining_tokens(gateway) <= TOKENS_PER_MINUTE - 2500
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_absurd_reported_usage_is_charged_at_the_request_bound(gateway, stream):
+    # An upstream reporting 10^15 completion tokens used to lock the key's tokens bucket for ~14
+    # minutes (and fill its quotas). It is charged at max_tokens × n, logged and counted.
+    wait_until_full(gateway)
+    headers = {"x-mock-reported-completion-tokens": str(10**15)}
+    if stream:
+        body = {"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
+                "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.stream("POST", gateway.base_url + "/chat/completions", json=body, timeout=30,
+                          headers={"authorization": f"Bearer {KEY}", **headers}) as r:
+            assert r.status_code == 200
+            text = "".join(r.iter_text())
+        assert "data: [DONE]" in text
+    else:
+        r = chat(gateway, headers=headers, max_tokens=50)
+        assert r.status_code == 200
+        assert r.json()["usage"]["completion_tokens"] == 10**15, "the client still sees what the upstream said"
+    remaining = remaining_tokens(gateway)
+    assert remaining >= TOKENS_PER_MINUTE - 200, f"charged far more than max_tokens: {remaining} left"
+    assert "implausible usage" in gateway.log_text()
+    metrics = httpx.get(gateway.root_url + "/metrics", timeout=5).text
+    assert 'sluice_implausible_usage_total{upstream="mock"}' in metrics
