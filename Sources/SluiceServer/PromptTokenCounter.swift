@@ -27,6 +27,22 @@ public struct PromptTokenCounter: Sendable {
         return cache
     }
 
+    /// UTF-8 bytes the count of `request` reads (O(1) per string): what its cost in CPU follows.
+    public func promptBytes(_ request: OpenAIRequest) -> Int {
+        switch request.prompt {
+        case .chat(let prompt): return ChatPromptCounter.utf8ByteCount(of: prompt)
+        case .texts(let texts): return texts.reduce(0) { $0 + $1.utf8.count }
+        case .tokenCount: return 0
+        }
+    }
+
+    /// The fewest tokens a prompt of `promptBytes` bytes can have for `model`: no token is longer
+    /// than the encoding's longest.
+    public func minimumTokens(promptBytes: Int, model: String) -> Int {
+        let longest = tokenizers.encoding(forModel: model).longestTokenBytes
+        return (promptBytes + longest - 1) / longest
+    }
+
     /// Exact prompt tokens of `request` for its model: OpenAI's chat framing for chat requests, the
     /// plain text (or the given token ids) for completions and embeddings.
     public func count(_ request: OpenAIRequest) throws(GatewayError) -> Int {

@@ -8,6 +8,10 @@ import Foundation
 public final class BPEEncoding: Sendable {
     public let name: EncodingName
     let ranks: RankTable
+
+    /// UTF-8 bytes of the encoding's longest token (128 for cl100k and o200k): a text of `n` bytes
+    /// has at least `n / longestTokenBytes` tokens, known before counting any.
+    public var longestTokenBytes: Int { max(ranks.longestToken, 1) }
     let preTokenizer: PreTokenizer
 
     init(name: EncodingName, ranks: RankTable) {

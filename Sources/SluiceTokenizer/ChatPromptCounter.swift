@@ -100,7 +100,7 @@ public struct ChatPromptCounter: Sendable {
     }
 
     /// Total UTF-8 bytes of every string the count would encode (O(1) per native string).
-    static func utf8ByteCount(of prompt: ChatPrompt) -> Int {
+    public static func utf8ByteCount(of prompt: ChatPrompt) -> Int {
         var total = 0
         for message in prompt.messages {
             total += message.role.utf8.count + (message.name?.utf8.count ?? 0)

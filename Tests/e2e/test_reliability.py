@@ -148,3 +148,63 @@ def test_absurd_reported_usage_is_charged_at_the_request_bound(gateway, stream):
     assert "implausible usage" in gateway.log_text()
     metrics = httpx.get(gateway.root_url + "/metrics", timeout=5).text
     assert 'sluice_implausible_usage_total{upstream="mock"}' in metrics
+
+
+SMALL_KEY, OPEN_KEY = "sk-e2e-small-tpm-0123456789", "sk-e2e-unlimited-0123456789"
+
+
+@pytest.fixture(scope="module")
+def one_loop_gateway(tmp_module, mock):
+    # One event loop: a count that blocked it would stall every other connection of the node.
+    config = gateway_config(free_port(), mock.port,
+                            [{"id": "small", "secret_sha256": sha256_hex(SMALL_KEY), "tier": "small"},
+                             {"id": "open", "secret_sha256": sha256_hex(OPEN_KEY), "tier": "open"}],
+                            {"small": {"requests_per_minute": 5, "tokens_per_minute": 20_000},
+                             "open": {"requests_per_minute": 100_000}},
+                            server={"event_loop_threads": 1})
+    d = tmp_module / "one-loop"
+    d.mkdir()
+    g = Gateway(d, config)
+    yield g
+    g.stop()
+
+
+def big_prompt_request(g, key, megabytes):
+    # Varied words, so the count cannot take a shortcut through repeated text.
+    words = " ".join(f"w{i % 50_000}x{i % 7}" for i in range(megabytes * 1024 * 1024 // 10))
+    body = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": words}]}
+    return httpx.post(g.base_url + "/chat/completions", json=body, timeout=120,
+                      headers={"authorization": f"Bearer {key}", "x-mock-completion-tokens": "1"})
+
+
+def test_prompt_that_can_never_fit_is_refused_without_counting_and_costs_a_request(one_loop_gateway):
+    g = one_loop_gateway
+    started = time.time()
+    r = big_prompt_request(g, SMALL_KEY, 12)
+    assert r.status_code == 429 and r.headers.get("x-should-retry") == "false", r.text
+    assert time.time() - started < 5
+    # Refused work is not free: each refusal took one of the key's 5 requests a minute.
+    for _ in range(4):
+        assert big_prompt_request(g, SMALL_KEY, 3).status_code == 429
+    r = httpx.post(g.base_url + "/chat/completions", timeout=10, headers={"authorization": f"Bearer {SMALL_KEY}"},
+                   json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 429 and "requests" in r.json()["error"]["message"], r.text
+
+
+def test_large_count_does_not_stall_the_event_loop(one_loop_gateway):
+    import threading
+    g = one_loop_gateway
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(r=big_prompt_request(g, OPEN_KEY, 6)))
+    worker.start()
+    time.sleep(0.5)  # the body is sent and being counted
+    slowest = 0.0
+    while worker.is_alive():
+        t = time.time()
+        assert httpx.get(g.root_url + "/healthz", timeout=10).status_code == 200
+        slowest = max(slowest, time.time() - t)
+        time.sleep(0.05)
+    worker.join()
+    assert result["r"].status_code == 200, result["r"].text
+    assert result["r"].json()["usage"]["prompt_tokens"] > 0
+    assert slowest < 0.5, f"/healthz waited {slowest:.2f} s behind a count"

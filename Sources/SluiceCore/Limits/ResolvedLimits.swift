@@ -45,6 +45,16 @@ public struct ResolvedLimits: Sendable, Hashable {
         self.tokensPerMonth = tokensPerMonth
     }
 
+    /// The most prompt tokens a request reserving `reservedOutputTokens` could ever be admitted with:
+    /// above it, a bucket's capacity is exceeded whatever the wait (`nil`: no bucket bounds the
+    /// prompt). Quotas are left out: not every limiter enforces them.
+    public func largestAdmissiblePrompt(reservedOutputTokens: Int) -> Int? {
+        var largest: Int?
+        if let tokens { largest = min(largest ?? .max, tokens.burst - reservedOutputTokens) }
+        if let inputTokens { largest = min(largest ?? .max, inputTokens.burst) }
+        return largest.map { max($0, 0) }
+    }
+
     /// The effective limits of a tier (`nil`: none) overridden by a key's own `limits`.
     /// A burst without its rate (rejected by config validation) is ignored.
     public init(tier: LimitSet?, own: LimitSet?) {
