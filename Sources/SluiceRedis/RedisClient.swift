@@ -30,11 +30,14 @@ public final class RedisClient: Sendable {
     /// Set once the server answered `FCALL` with "unknown command" (Redis < 7).
     private let functionsUnsupported = Atomic<Bool>(false)
     private let logger: Logger
+    /// Timeouts, backoff and connection count the client was made with.
+    public let options: RedisClientOptions
 
     /// - Parameter eventLoopGroup: the loops to put one connection each on (the gateway passes its
     ///   own); without one, the client runs `options.connectionCount` loops of its own.
     public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), eventLoopGroup: (any EventLoopGroup)? = nil, logger: Logger = Logger(label: "sluice.redis")) {
         self.logger = logger
+        self.options = options
         let group: any EventLoopGroup
         if let eventLoopGroup {
             group = eventLoopGroup

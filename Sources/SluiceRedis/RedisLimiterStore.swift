@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import SluiceCore
+import Synchronization
 
 /// The shared limiter: every key's limits live in Redis, so any number of Sluice nodes enforce
 /// one limit together. Same semantics as `InMemoryLimiterStore` (see `LimiterStore`), plus the
@@ -74,6 +75,10 @@ public final class RedisLimiterStore: LimiterStore {
     private let scripts: Scripts
     private let options: Options
     private let logger: Logger
+    /// Redis' clock minus this node's wall clock, in µs, as last seen in an admission's reply
+    /// (`Int64.min` before the first): what turns "the caller gives up in 250 ms" into a deadline
+    /// on Redis' clock, whatever the skew between the two.
+    private let clockOffsetMicros = Atomic<Int64>(.min)
 
     /// - Throws: `RedisScriptLoadError` when the Lua resources are missing (a broken install).
     public init(client: RedisClient, options: Options = Options(), logger: Logger = Logger(label: "sluice.redis.limiter")) throws(RedisScriptLoadError) {
@@ -108,8 +113,14 @@ public final class RedisLimiterStore: LimiterStore {
         arguments.append(Self.exact(request.reservedOutputTokens))
         arguments.append(options.leaseTTLMillis)
         arguments.append(options.reservationTTLMillis)
+        arguments.append(Int(try await admissionDeadline()))
         let call = RedisScriptCall(keyCount: RedisKeyLayout.limiterKeyCount, arguments: arguments)
-        let values = try Self.integers(try await client.call(scripts.admit, call), count: 13, script: "admit")
+        let values = try Self.integers(try await client.call(scripts.admit, call), count: 14, script: "admit")
+        clockOffsetMicros.store(values[13] - Self.wallClockMicros(), ordering: .relaxed)
+        if values[0] == 2 {
+            // Ran after its deadline (it waited in a stalled server): it changed nothing.
+            throw RedisError.timedOut
+        }
         reportCorruption(values[1], keyID: request.keyID, script: "admit")
         let snapshot = Self.snapshot(limits, values[2...5])
         if values[0] == 1 {
@@ -123,6 +134,31 @@ public final class RedisLimiterStore: LimiterStore {
             retryAfterSeconds: Double(values[11]) / 1_000_000, neverFits: values[12] == 1
         )
         return .denied(denial, snapshot)
+    }
+
+    /// When an admission sent now stops mattering, on Redis' clock: the caller stops waiting for its
+    /// reply after the command timeout, and answers the request without it (the failure policy). An
+    /// admission Redis runs later — it sat in the socket of a frozen or overloaded server — must
+    /// not take a concurrency slot or a reservation for a request long answered, so the script
+    /// refuses to run past this deadline. The first admission learns the clock offset with `TIME`.
+    func admissionDeadline() async throws -> Int64 {
+        var offset = clockOffsetMicros.load(ordering: .relaxed)
+        if offset == .min {
+            let sent = Self.wallClockMicros()
+            let reply = try await client.send(["TIME"])
+            guard let parts = reply.array, parts.count == 2,
+                  let seconds = parts[0].integer, let micros = parts[1].integer
+            else { throw RedisError.unexpectedReply("TIME returned \(reply)") }
+            offset = seconds * 1_000_000 + micros - (sent + Self.wallClockMicros()) / 2
+            clockOffsetMicros.store(offset, ordering: .relaxed)
+        }
+        return Self.wallClockMicros() + offset + Int64(client.options.commandTimeoutMillis) * 1_000
+    }
+
+    static func wallClockMicros() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1_000
     }
 
     public func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {

@@ -54,6 +54,39 @@ final class RedisLimiterStoreTests: XCTestCase {
         return (now / 86_400).rounded(.down) * 86_400 + 86_400 - now
     }
 
+    // MARK: a stalled server
+
+    /// An admission sent to a frozen Redis times out (the caller answers without it); when Redis
+    /// thaws it runs the command it had buffered. It must change nothing: before, it took a
+    /// concurrency slot (10 minutes) and a reservation for a request long answered.
+    func testAdmissionThatRunsAfterItsCallerGaveUpChangesNothing() async throws {
+        let server = try XCTUnwrap(self.server)
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 10), maxConcurrentRequests: 1)
+        let key = "frozen-\(UUID().uuidString.prefix(8))"
+        // The first admission learns Redis' clock; settle it so the key starts empty.
+        let (first, _) = try await admitted(request(key, limits))
+        _ = try await limiter.settle(first, actualPromptTokens: 0, actualCompletionTokens: 0)
+
+        server.freeze()
+        let late = request(key, limits)
+        do {
+            _ = try await limiter.admit(late)
+            XCTFail("an admission to a frozen server answered")
+        } catch {}
+        try await Task.sleep(for: .milliseconds(600))  // the deadline passes while Redis is stopped
+        server.thaw()
+        try await Task.sleep(for: .milliseconds(300))
+
+        let layout = RedisKeyLayout(keyID: key)
+        let leases = try await redis.send(["ZCARD", layout.leases]).integer
+        XCTAssertEqual(leases, 0, "the late admission took a concurrency slot")
+        let reservation = try await redis.send(["EXISTS", layout.reservation(requestID: late.requestID)]).integer
+        XCTAssertEqual(reservation, 0, "the late admission left a reservation")
+        // The bucket was not charged either: the full burst minus the first request is left.
+        let (_, snapshot) = try await admitted(request(key, limits))
+        XCTAssertEqual(snapshot.remainingRequests, 8)
+    }
+
     // MARK: quotas
 
     func testDailyQuotaDeniesUntilMidnightAndIsSettledByActualUsage() async throws {

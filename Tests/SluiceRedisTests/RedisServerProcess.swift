@@ -56,6 +56,12 @@ final class RedisServerProcess {
         process.waitUntilExit()
     }
 
+    /// Stops the server without closing its sockets (SIGSTOP): commands sent meanwhile wait in
+    /// its socket buffers and run after ``thaw()``.
+    func freeze() { kill(process.processIdentifier, SIGSTOP) }
+
+    func thaw() { kill(process.processIdentifier, SIGCONT) }
+
     var config: RedisConfig { RedisConfig(host: "127.0.0.1", port: port) }
 
     /// A port the kernel just handed out (and released).

@@ -11,15 +11,23 @@
 --       14 max concurrent requests (0: none)   15 tokens per day (0: none)   16 tokens per month (0: none)
 --       17 quota cost   18 prompt tokens   19 reserved output tokens
 --       20 lease TTL ms   21 reservation TTL ms
--- Returns {admitted 1|0, corrupt 1|0,
+--       22 deadline, µs of Redis' clock (0: none): the caller gives up then, so a call that runs
+--          later (it waited in a frozen server's socket) must change nothing
+-- Returns {admitted 1|0|2 (2: past its deadline, nothing changed), corrupt 1|0,
 --          requests remaining, requests reset µs, tokens remaining, tokens reset µs,
---          denial kind, limit, burst, used, requested, retry after µs, never fits 1|0}
+--          denial kind, limit, burst, used, requested, retry after µs, never fits 1|0,
+--          Redis' clock µs}
 --   denial kinds: 1 requests 2 tokens 3 input tokens 4 output tokens 5 concurrency
 --                 6 daily tokens 7 monthly tokens (0 and zeros when admitted)
 
 local requestID = ARGV[1]
 local now, seconds = redisNow()
 local nowMillis = math.floor(now / 1000)
+
+local deadline = tonumber(ARGV[22]) or 0
+if deadline > 0 and now > deadline then
+  return { 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, now }
+end
 
 local denial = nil
 
@@ -105,7 +113,7 @@ if denial ~= nil then
   local requestsRemaining, requestsReset = headerValues(buckets[1], deltas[1] or 0)
   local tokensRemaining, tokensReset = headerValues(buckets[2], deltas[2] or 0)
   return { 0, corrupt, requestsRemaining, requestsReset, tokensRemaining, tokensReset,
-           denial[1], denial[2], denial[3], denial[4], denial[5], denial[6], denial[7] }
+           denial[1], denial[2], denial[3], denial[4], denial[5], denial[6], denial[7], now }
 end
 
 -- Admitted: charge everything.
@@ -138,4 +146,4 @@ redis.call('SET', KEYS[7], table.concat({ ARGV[18], ARGV[19], maxConcurrent > 0 
 
 local requestsRemaining, requestsReset = headerValues(buckets[1], newDeltas[1] or 0)
 local tokensRemaining, tokensReset = headerValues(buckets[2], newDeltas[2] or 0)
-return { 1, corrupt, requestsRemaining, requestsReset, tokensRemaining, tokensReset, 0, 0, 0, 0, 0, 0, 0 }
+return { 1, corrupt, requestsRemaining, requestsReset, tokensRemaining, tokensReset, 0, 0, 0, 0, 0, 0, 0, now }
