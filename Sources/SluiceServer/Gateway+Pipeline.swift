@@ -104,6 +104,8 @@ extension Gateway {
         let chargedPromptTokens = relayed.chargesPrompt ? promptTokens : 0
         do {
             _ = try await limiter.settle(reservation, actualPromptTokens: chargedPromptTokens, actualCompletionTokens: relayed.completionTokens)
+        } catch let deferred as FailoverLimiterStore.SettlementDeferred {
+            logger.warning("settling the reservation deferred: the shared limiter did not answer; retried in the background", metadata: ["error": "\(deferred.underlying)"])
         } catch {
             logger.error("settling the reservation failed", metadata: ["error": "\(error)"])
         }

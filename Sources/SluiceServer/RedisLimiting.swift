@@ -53,11 +53,18 @@ final class RedisLimiting: Service, Sendable {
                     let live = try await heartbeat.beat()
                     failover.updateLiveNodeCount(live)
                     failover.sharedStoreAnswered()
+                    await failover.retryPendingSettlements()
                 } catch {
                     failover.sharedStoreFailed(error)
                 }
                 try? await Task.sleep(for: .milliseconds(NodeHeartbeat.defaultIntervalMillis))
             }
+        }
+        // The last requests' settlements that Redis missed get one more chance before the connections close.
+        await failover.retryPendingSettlements()
+        if failover.pendingSettlements > 0 {
+            logger.warning("shutdown: settlements Redis did not take are lost; their reservations expire by themselves",
+                           metadata: ["settlements": "\(failover.pendingSettlements)"])
         }
         client.shutdown()
     }

@@ -137,4 +137,87 @@ final class FailoverLimiterStoreTests: XCTestCase {
         } catch is FailoverLimiterStore.SharedStoreUnavailable {}
         XCTAssertEqual(closed.mode, .closed)
     }
+
+    // MARK: settlements owed to the shared store
+
+    /// A settlement the shared store does not take is kept and sent when it answers again: the
+    /// concurrency slot comes free and the difference is applied. Before, it was dropped, and the
+    /// slot stayed taken until its lease expired (10 minutes).
+    func testSettlementTheSharedStoreMissedIsRetriedWhenItAnswers() async throws {
+        let shared = SwitchableStore(clock: clock)
+        let store = FailoverLimiterStore(shared: shared, policy: .local, fallbackNodeCount: 1, clock: clock)
+        let oneAtATime = ResolvedLimits(maxConcurrentRequests: 1)
+        let first = AdmissionRequest(requestID: "a", keyID: "k", limits: oneAtATime, model: "m", promptTokens: 1, reservedOutputTokens: 1)
+        guard case .admitted(let reservation, _) = try await store.admit(first) else { return XCTFail("denied") }
+
+        shared.up.withLock { $0 = false }
+        do {
+            _ = try await store.settle(reservation, actualPromptTokens: 1, actualCompletionTokens: 1)
+            XCTFail("a settlement the shared store did not take was reported as done")
+        } catch is FailoverLimiterStore.SettlementDeferred {}
+        XCTAssertEqual(store.pendingSettlements, 1)
+        // Still down: kept for the next try.
+        let none = await store.retryPendingSettlements()
+        XCTAssertEqual(none, 0)
+        XCTAssertEqual(store.pendingSettlements, 1)
+
+        shared.up.withLock { $0 = true }
+        let settled = await store.retryPendingSettlements()
+        XCTAssertEqual(settled, 1)
+        XCTAssertEqual(store.pendingSettlements, 0)
+        let second = AdmissionRequest(requestID: "b", keyID: "k", limits: oneAtATime, model: "m", promptTokens: 1, reservedOutputTokens: 1)
+        guard case .admitted = shared.inner.admitNow(second) else { return XCTFail("the slot was never freed in the shared store") }
+    }
+
+    /// An admission whose reply was lost may have run in the shared store: it is released there
+    /// once the store answers, so its slot does not outlive the request the failure policy served.
+    func testAdmissionThatFailedIsReleasedInTheSharedStore() async throws {
+        let shared = LosesReplies(clock: clock)
+        let store = FailoverLimiterStore(shared: shared, policy: .local, fallbackNodeCount: 1, clock: clock)
+        let oneAtATime = ResolvedLimits(maxConcurrentRequests: 1)
+        let lost = AdmissionRequest(requestID: "lost", keyID: "k", limits: oneAtATime, model: "m", promptTokens: 1, reservedOutputTokens: 1)
+        // Ran in the shared store, but the caller saw an error and admitted it locally instead.
+        guard case .admitted = try await store.admit(lost) else { return XCTFail("denied") }
+        XCTAssertEqual(store.pendingSettlements, 1)
+        let next = AdmissionRequest(requestID: "next", keyID: "k", limits: oneAtATime, model: "m", promptTokens: 1, reservedOutputTokens: 1)
+        guard case .denied = shared.inner.admitNow(next) else { return XCTFail("expected the lost admission to hold the slot") }
+        await store.retryPendingSettlements()
+        guard case .admitted = shared.inner.admitNow(next) else { return XCTFail("the lost admission still holds the slot") }
+    }
+
+    /// Settlements older than the shared reservations' lifetime are dropped, not retried for ever.
+    func testSettlementsOlderThanTheReservationLifetimeAreDropped() async throws {
+        let shared = SwitchableStore(clock: clock)
+        let store = FailoverLimiterStore(shared: shared, policy: .local, fallbackNodeCount: 1, maximumPendingAgeMicros: 1_000_000, clock: clock)
+        guard case .admitted(let reservation, _) = try await store.admit(request(1)) else { return XCTFail("denied") }
+        shared.up.withLock { $0 = false }
+        _ = try? await store.settle(reservation, actualPromptTokens: 1, actualCompletionTokens: 1)
+        XCTAssertEqual(store.pendingSettlements, 1)
+        manual.now.withLock { $0 += 2_000_000 }
+        shared.up.withLock { $0 = true }
+        let settled = await store.retryPendingSettlements()
+        XCTAssertEqual(settled, 0)
+        XCTAssertEqual(store.pendingSettlements, 0)
+    }
+}
+
+/// A shared store whose admissions run but whose replies are lost (a timeout after the command ran).
+private final class LosesReplies: LimiterStore {
+    struct Lost: Error {}
+    let inner: InMemoryLimiterStore
+
+    init(clock: @escaping InMemoryLimiterStore.Clock) { inner = InMemoryLimiterStore(clock: clock) }
+
+    func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
+        _ = inner.admitNow(request)
+        throw Lost()
+    }
+
+    func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
+        inner.settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
+    }
+
+    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        inner.snapshotNow(keyID: keyID, limits: limits)
+    }
 }

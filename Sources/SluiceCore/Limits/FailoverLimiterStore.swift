@@ -32,6 +32,7 @@ public final class FailoverLimiterStore: LimiterStore {
     private let policy: RedisConfig.FailurePolicy
     private let fallbackNodeCount: Int
     private let retryIntervalMicros: Int64
+    private let maximumPendingAgeMicros: Int64
     private let clock: InMemoryLimiterStore.Clock
     private let onModeChange: @Sendable (Mode, String?) -> Void
 
@@ -43,7 +44,34 @@ public final class FailoverLimiterStore: LimiterStore {
         /// Reservations made without the shared store, by request id: settled here, not there.
         var localReservations: Set<String> = []
         var unenforcedReservations: Set<String> = []
+        /// Settlements the shared store did not take, oldest first: retried until it does.
+        var pending: [PendingSettlement] = []
+        var droppedSettlements = 0
     }
+
+    /// A settlement owed to the shared store: a reservation to reconcile with what was used, or to
+    /// release whole (an admission whose outcome is unknown: it may have run before the connection
+    /// failed, or it may still run).
+    struct PendingSettlement: Sendable {
+        var reservation: Reservation
+        var promptTokens: Int
+        var completionTokens: Int
+        /// When it was first owed (µs of `clock`): after `maximumPendingAgeMicros` the reservation
+        /// has expired in the shared store and there is nothing left to settle.
+        var owedSince: Int64
+    }
+
+    /// Thrown by `settle` when the shared store did not take the settlement: it is kept and retried
+    /// by `retryPendingSettlements()`, so nothing is lost; the caller only logs it.
+    public struct SettlementDeferred: Error, Sendable, CustomStringConvertible {
+        public let underlying: String
+        public var description: String { "settlement deferred (retried until the shared store takes it): \(underlying)" }
+    }
+
+    /// Most settlements kept for retry; beyond, the oldest are dropped (their reservations expire).
+    public static let maximumPendingSettlements = 100_000
+    /// How long a settlement is retried: the shared store's reservation lifetime.
+    public static let defaultMaximumPendingAgeMicros: Int64 = 900_000_000
     private let state = Mutex(State())
 
     /// - Parameters:
@@ -52,6 +80,7 @@ public final class FailoverLimiterStore: LimiterStore {
     public init(
         shared: any LimiterStore, policy: RedisConfig.FailurePolicy, fallbackNodeCount: Int,
         retryIntervalMicros: Int64 = FailoverLimiterStore.defaultRetryIntervalMicros,
+        maximumPendingAgeMicros: Int64 = FailoverLimiterStore.defaultMaximumPendingAgeMicros,
         clock: @escaping InMemoryLimiterStore.Clock = InMemoryLimiterStore.monotonicMicroseconds,
         onModeChange: @escaping @Sendable (Mode, String?) -> Void = { _, _ in }
     ) {
@@ -60,6 +89,7 @@ public final class FailoverLimiterStore: LimiterStore {
         self.policy = policy
         self.fallbackNodeCount = max(1, fallbackNodeCount)
         self.retryIntervalMicros = retryIntervalMicros
+        self.maximumPendingAgeMicros = maximumPendingAgeMicros
         self.clock = clock
         self.onModeChange = onModeChange
     }
@@ -95,6 +125,10 @@ public final class FailoverLimiterStore: LimiterStore {
                 return decision
             } catch {
                 sharedFailed(error)
+                // The shared admission may have run before the failure (its reply lost): release
+                // it, or its reservation and concurrency slot would outlive a request the failure
+                // policy answers. Releasing one that never ran changes nothing.
+                owe(PendingSettlement(reservation: Reservation(admitting: request), promptTokens: 0, completionTokens: 0, owedSince: clock()))
             }
         }
         return try admitByPolicy(request)
@@ -113,11 +147,55 @@ public final class FailoverLimiterStore: LimiterStore {
             sharedSucceeded()
             return snapshot
         } catch {
-            // The shared reservation stays until its TTL and its lease expires; the difference between
-            // reservation and usage is not applied. Admission never double-charges.
+            // Kept and retried: the difference between reservation and usage is applied, and the
+            // concurrency slot freed, as soon as the shared store answers again.
             sharedFailed(error)
-            throw error
+            owe(PendingSettlement(reservation: reservation, promptTokens: actualPromptTokens, completionTokens: actualCompletionTokens, owedSince: clock()))
+            throw SettlementDeferred(underlying: String(describing: error))
         }
+    }
+
+    // MARK: - Settlements owed to the shared store
+
+    /// Settlements waiting for the shared store.
+    public var pendingSettlements: Int { state.withLock { $0.pending.count } }
+
+    private func owe(_ settlement: PendingSettlement) {
+        state.withLock { state in
+            state.pending.append(settlement)
+            let excess = state.pending.count - Self.maximumPendingSettlements
+            if excess > 0 {
+                state.pending.removeFirst(excess)
+                state.droppedSettlements += excess
+            }
+        }
+    }
+
+    /// Sends the settlements owed to the shared store, oldest first, until one fails (the rest wait
+    /// for the next call). Those older than the shared reservations' lifetime are dropped: nothing
+    /// is left there to settle. Call it periodically (the node does, after each heartbeat).
+    /// Returns how many were settled.
+    @discardableResult
+    public func retryPendingSettlements() async -> Int {
+        let owed = state.withLock { state -> [PendingSettlement] in
+            defer { state.pending = [] }
+            return state.pending
+        }
+        guard !owed.isEmpty else { return 0 }
+        let now = clock()
+        var settled = 0
+        for (index, settlement) in owed.enumerated() where now - settlement.owedSince <= maximumPendingAgeMicros {
+            do {
+                _ = try await shared.settle(settlement.reservation, actualPromptTokens: settlement.promptTokens, actualCompletionTokens: settlement.completionTokens)
+                settled += 1
+            } catch {
+                // Still unreachable: keep this one and the rest, in order, ahead of any owed meanwhile.
+                let rest = owed[index...].filter { now - $0.owedSince <= maximumPendingAgeMicros }
+                state.withLock { state in state.pending = rest + state.pending }
+                break
+            }
+        }
+        return settled
     }
 
     public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
