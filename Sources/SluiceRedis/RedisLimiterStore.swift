@@ -15,8 +15,10 @@ import Synchronization
 public final class RedisLimiterStore: LimiterStore {
     /// Lifetimes and sizes of what the scripts write.
     public struct Options: Sendable, Hashable {
-        /// How long a concurrency slot is held if its request is never settled (a node died).
-        public static let defaultLeaseTTLMillis = 600_000
+        /// How long a concurrency slot is held if its request is never settled and its node stops
+        /// renewing it (the node died): the node renews the leases of its requests in flight every
+        /// third of this (``RedisLimiterStore/renewLeases()``).
+        public static let defaultLeaseTTLMillis = 30_000
         /// How long an unsettled reservation can still be settled; longer than the lease.
         public static let defaultReservationTTLMillis = 900_000
         public static let defaultUsageTTLDays = 40
@@ -48,10 +50,11 @@ public final class RedisLimiterStore: LimiterStore {
         public let admit: RedisFunction
         public let settle: RedisFunction
         public let snapshot: RedisFunction
+        public let renew: RedisFunction
 
         public static func load() throws(RedisScriptLoadError) -> Scripts {
-            let functions = try RedisScriptFiles.limiterFunctions(named: ["admit", "settle", "snapshot"])
-            return Scripts(admit: functions["admit"]!, settle: functions["settle"]!, snapshot: functions["snapshot"]!)
+            let functions = try RedisScriptFiles.limiterFunctions(named: ["admit", "settle", "snapshot", "renew"])
+            return Scripts(admit: functions["admit"]!, settle: functions["settle"]!, snapshot: functions["snapshot"]!, renew: functions["renew"]!)
         }
     }
 
@@ -79,6 +82,8 @@ public final class RedisLimiterStore: LimiterStore {
     /// (`Int64.min` before the first): what turns "the caller gives up in 250 ms" into a deadline
     /// on Redis' clock, whatever the skew between the two.
     private let clockOffsetMicros = Atomic<Int64>(.min)
+    /// The requests admitted here that hold a concurrency lease, by API key: renewed until settled.
+    private let leased = Mutex<[String: Set<String>]>([:])
 
     /// - Throws: `RedisScriptLoadError` when the Lua resources are missing (a broken install).
     public init(client: RedisClient, options: Options = Options(), logger: Logger = Logger(label: "sluice.redis.limiter")) throws(RedisScriptLoadError) {
@@ -124,6 +129,9 @@ public final class RedisLimiterStore: LimiterStore {
         reportCorruption(values[1], keyID: request.keyID, script: "admit")
         let snapshot = Self.snapshot(limits, values[2...5])
         if values[0] == 1 {
+            if limits.maxConcurrentRequests != nil {
+                leased.withLock { _ = $0[request.keyID, default: []].insert(request.requestID) }
+            }
             return .admitted(Reservation(admitting: request), snapshot)
         }
         guard let kind = Self.kind(code: values[6]) else {
@@ -135,6 +143,31 @@ public final class RedisLimiterStore: LimiterStore {
         )
         return .denied(denial, snapshot)
     }
+
+    /// Requests in flight here that hold a concurrency lease.
+    public var leasesInFlight: Int { leased.withLock { $0.values.reduce(0) { $0 + $1.count } } }
+
+    /// Extends the leases of this node's requests in flight by the lease TTL, one call per API key.
+    /// A lease therefore outlives its request only if its node stops (died, or cut off from Redis),
+    /// and then by one TTL at most. Call it at least every third of the TTL. Returns the leases
+    /// renewed; throws the first Redis error (the rest wait for the next call).
+    @discardableResult
+    public func renewLeases() async throws -> Int {
+        let byKey = leased.withLock { $0 }
+        var renewed = 0
+        for (keyID, requestIDs) in byKey where !requestIDs.isEmpty {
+            var arguments = RedisArguments(capacity: 64 + requestIDs.count * 40)
+            arguments.append(RedisKeyLayout(keyID: keyID).leases)
+            arguments.append(options.leaseTTLMillis)
+            for requestID in requestIDs { arguments.append(requestID) }
+            let reply = try await client.call(scripts.renew, RedisScriptCall(keyCount: 1, arguments: arguments))
+            renewed += Int(reply.integer ?? 0)
+        }
+        return renewed
+    }
+
+    /// How often ``renewLeases()`` must run.
+    public var leaseRenewalIntervalMillis: Int { options.leaseTTLMillis / 3 }
 
     /// When an admission sent now stops mattering, on Redis' clock: the caller stops waiting for its
     /// reply after the command timeout, and answers the request without it (the failure policy). An
@@ -162,6 +195,14 @@ public final class RedisLimiterStore: LimiterStore {
     }
 
     public func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
+        if reservation.limits.maxConcurrentRequests != nil {
+            // Not renewed any more, whatever the outcome: a settle that fails is the caller's to retry,
+            // and the lease expires within its TTL if it never lands.
+            leased.withLock { leased in
+                leased[reservation.keyID]?.remove(reservation.requestID)
+                if leased[reservation.keyID]?.isEmpty == true { leased[reservation.keyID] = nil }
+            }
+        }
         let layout = RedisKeyLayout(keyID: reservation.keyID)
         let limits = reservation.limits
         var arguments = RedisArguments(capacity: 512)

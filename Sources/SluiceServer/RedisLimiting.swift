@@ -9,6 +9,7 @@ import SluiceRedis
 /// the server has drained (settlements of the last requests still go to Redis).
 final class RedisLimiting: Service, Sendable {
     let client: RedisClient
+    let store: RedisLimiterStore
     let failover: FailoverLimiterStore
     let heartbeat: NodeHeartbeat
     private let logger: Logger
@@ -19,6 +20,7 @@ final class RedisLimiting: Service, Sendable {
         self.logger = logger
         client = RedisClient(config: config, eventLoopGroup: eventLoopGroup, logger: logger)
         let store = try RedisLimiterStore(client: client, logger: logger)
+        self.store = store
         let redacted = config.redactedURL
         let policy = config.onFailure
         failover = FailoverLimiterStore(shared: store, policy: policy, fallbackNodeCount: config.fallbackNodeCount, onModeChange: { mode, error in
@@ -47,13 +49,26 @@ final class RedisLimiting: Service, Sendable {
     func run() async throws {
         let failover = self.failover
         let heartbeat = self.heartbeat
+        let store = self.store
+        let logger = self.logger
         await cancelWhenGracefulShutdown {
+            var lastRenewal = ContinuousClock.now
             while !Task.isCancelled {
                 do {
                     let live = try await heartbeat.beat()
                     failover.updateLiveNodeCount(live)
                     failover.sharedStoreAnswered()
                     await failover.retryPendingSettlements()
+                    // The concurrency leases of requests still running here: they expire by
+                    // themselves one TTL after this node stops renewing them.
+                    if ContinuousClock.now - lastRenewal >= .milliseconds(store.leaseRenewalIntervalMillis) {
+                        lastRenewal = ContinuousClock.now
+                        do {
+                            try await store.renewLeases()
+                        } catch {
+                            logger.warning("renewing concurrency leases failed; retried at the next heartbeat", metadata: ["error": "\(error)"])
+                        }
+                    }
                 } catch {
                     failover.sharedStoreFailed(error)
                 }

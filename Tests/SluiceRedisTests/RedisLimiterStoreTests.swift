@@ -87,6 +87,39 @@ final class RedisLimiterStoreTests: XCTestCase {
         XCTAssertEqual(snapshot.remainingRequests, 8)
     }
 
+    /// A concurrency lease lives one TTL past its last renewal: a node renews the leases of its
+    /// requests in flight, so a long request keeps its slot, and a dead node's slots come free
+    /// within one TTL (before, 10 minutes).
+    func testLeasesLiveWhileRenewedAndExpireOneTTLAfter() async throws {
+        let client = try redis
+        let shortLeases = try RedisLimiterStore(client: client, options: .init(leaseTTLMillis: 1_000))
+        let limits = ResolvedLimits(maxConcurrentRequests: 1)
+        let key = "renew-\(UUID().uuidString.prefix(8))"
+        guard case .admitted(let running, _) = try await shortLeases.admit(request(key, limits)) else { return XCTFail("denied") }
+        XCTAssertEqual(shortLeases.leasesInFlight, 1)
+        for _ in 0..<5 {
+            try await Task.sleep(for: .milliseconds(300))
+            let renewed = try await shortLeases.renewLeases()
+            XCTAssertEqual(renewed, 1)
+        }
+        // 1.5 s after the admission, the renewed lease still holds the only slot.
+        guard case .denied(let denial, _) = try await shortLeases.admit(request(key, limits)) else { return XCTFail("the renewed lease was lost") }
+        XCTAssertEqual(denial.kind, .concurrency)
+
+        // The node stops renewing (it died): the slot is free one TTL later.
+        try await Task.sleep(for: .milliseconds(1_100))
+        guard case .admitted(let next, _) = try await shortLeases.admit(request(key, limits)) else { return XCTFail("the lease outlived its TTL") }
+        _ = try await shortLeases.settle(next, actualPromptTokens: 0, actualCompletionTokens: 0)
+        _ = try await shortLeases.settle(running, actualPromptTokens: 0, actualCompletionTokens: 0)
+        XCTAssertEqual(shortLeases.leasesInFlight, 0, "settled requests are not renewed")
+        let renewedAfter = try await shortLeases.renewLeases()
+        XCTAssertEqual(renewedAfter, 0)
+    }
+
+    func testDefaultLeaseLifetimeIsSeconds() {
+        XCTAssertLessThanOrEqual(RedisLimiterStore.Options().leaseTTLMillis, 60_000)
+    }
+
     // MARK: quotas
 
     func testDailyQuotaDeniesUntilMidnightAndIsSettledByActualUsage() async throws {
