@@ -94,7 +94,7 @@ extension Gateway {
         } catch {
             logger.error("settling the reservation failed", metadata: ["error": "\(error)"])
         }
-        metrics.tokens(keyID: key.id, model: model, prompt: promptTokens, completion: relayed.completionTokens)
+        metrics.tokens(keyID: key.id, model: upstream.metricLabel(forModel: model), prompt: promptTokens, completion: relayed.completionTokens)
         return RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: promptTokens, completionTokens: relayed.completionTokens)
     }
 

@@ -285,6 +285,25 @@ def test_health_ready_metrics(gateway):
     assert "sluice_rate_limited_total" in metrics
 
 
+# ---------------------------------------------------------------- names a client makes up
+
+def test_invented_model_names_under_a_prefix_share_the_patterns_series(gateway):
+    """`gpt-4.1*` serves any name starting so: the names must not become label values."""
+    c = client(gateway)
+    c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1)
+    for i in range(40):
+        c.chat.completions.create(model=f"gpt-4.1-invented-{i}", messages=MESSAGES, max_tokens=1)
+    text = httpx.get(gateway.root_url + "/metrics").text
+    assert [line for line in text.splitlines() if "invented" in line] == []
+    assert metric_value(gateway, "sluice_requests_total", model="gpt-4.1*") >= 40
+    assert metric_value(gateway, "sluice_prompt_tokens_total", model="gpt-4.1*") > 0
+    assert metric_value(gateway, "sluice_requests_total", model="gpt-4o-mini") >= 1, "listed names keep their own"
+    models = {line.split('model="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+              if line.startswith(("sluice_requests_total{", "sluice_prompt_tokens_total{")) and 'model="' in line}
+    configured = {"", "gpt-4o-mini", "gpt-4o", "gpt-4.1*", "text-embedding-3-small", "gpt-3.5-turbo-instruct"}
+    assert models <= configured, models - configured
+
+
 def test_upstream_connections_are_pooled(gateway, mock):
     before = len(mock.requests())
     c = client(gateway)
