@@ -304,6 +304,20 @@ def test_invented_model_names_under_a_prefix_share_the_patterns_series(gateway):
     assert models <= configured, models - configured
 
 
+def test_a_model_name_cannot_forge_a_log_line(gateway):
+    forged = "gpt-4.1-x\n2026-01-01T00:00:00+0000 critical sluice: key=admin FORGED LOG LINE\u0000\u001b[31m"
+    client(gateway).chat.completions.create(model=forged, messages=MESSAGES, max_tokens=1)
+    deadline = time.time() + 5
+    while "FORGED" not in gateway.log_text() and time.time() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in gateway.log_text().splitlines() if "FORGED" in line]
+    assert len(lines) == 1, lines
+    assert "model=gpt-4.1-x\\n2026-01-01T00:00:00+0000 critical sluice: key=admin FORGED LOG LINE\\0\\u{1B}[31m" in lines[0], lines[0]
+    assert " info sluice: " in lines[0]
+    text = gateway.log_text()
+    assert "\x00" not in text and "\x1b" not in text
+
+
 def test_upstream_connections_are_pooled(gateway, mock):
     before = len(mock.requests())
     c = client(gateway)
