@@ -119,7 +119,7 @@ public final class Gateway: RequestHandling {
                 "request",
                 metadata: [
                     "route": "\(route.metricLabel)", "status": "\(outcome.status)",
-                    "key": "\(outcome.keyID ?? "-")", "model": "\(outcome.model ?? "-")",
+                    "key": "\(outcome.keyID ?? "-")", "model": "\(RequestLogger.bounded(outcome.model ?? "-"))",
                     "prompt_tokens": "\(outcome.promptTokens)", "completion_tokens": "\(outcome.completionTokens)",
                     "duration_ms": "\(Self.milliseconds(ContinuousClock.now - started))",
                 ]

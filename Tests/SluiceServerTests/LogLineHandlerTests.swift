@@ -79,6 +79,17 @@ final class LogLineHandlerTests: XCTestCase {
         }
     }
 
+    /// A client's value is cut to 256 bytes in a log line, at a character boundary, with its size.
+    func testLoggedClientValuesAreBounded() {
+        XCTAssertEqual(RequestLogger.bounded("gpt-4o"), "gpt-4o")
+        let exact = String(repeating: "m", count: 256)
+        XCTAssertEqual(RequestLogger.bounded(exact), exact)
+        XCTAssertEqual(RequestLogger.bounded(String(repeating: "m", count: 100_000)), String(repeating: "m", count: 256) + "…(100000 bytes)")
+        // "é" is two bytes: the cut does not split it.
+        let accented = String(repeating: "m", count: 255) + "é" + "tail"
+        XCTAssertEqual(RequestLogger.bounded(accented), String(repeating: "m", count: 255) + "…(261 bytes)")
+    }
+
     /// The access log's `duration_ms`: two decimals, truncated, without Foundation's formatter.
     func testAccessLogDurationFormat() {
         XCTAssertEqual(Gateway.milliseconds(.milliseconds(1234)), "1234.00")

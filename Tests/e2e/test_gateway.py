@@ -317,6 +317,16 @@ def test_a_model_name_cannot_forge_a_log_line(gateway):
     assert "\x00" not in text and "\x1b" not in text
 
 
+def test_a_huge_model_name_makes_a_bounded_log_line(gateway):
+    client(gateway).chat.completions.create(model="gpt-4.1-HUGE" + "x" * 200_000, messages=MESSAGES, max_tokens=1)
+    deadline = time.time() + 5
+    while "gpt-4.1-HUGE" not in gateway.log_text() and time.time() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in gateway.log_text().splitlines() if "gpt-4.1-HUGE" in line]
+    assert len(lines) == 1 and len(lines[0]) < 1000, len(lines[0]) if lines else lines
+    assert "…(200012 bytes)" in lines[0]
+
+
 def test_upstream_connections_are_pooled(gateway, mock):
     before = len(mock.requests())
     c = client(gateway)
