@@ -31,9 +31,14 @@ struct ConfigReloadService: Service {
         do {
             next = try SluiceConfig.load(path: path)
         } catch {
+            // One entry is one line: the problems joined with "; " (the error's description has one
+            // per line, the form `check-config` prints).
             logger.error(
                 "config reload refused: the file is not valid; the running config stays in force",
-                metadata: ["config": "\(path)", "problems": "\(error)"]
+                metadata: [
+                    "config": "\(path)", "problem_count": "\(error.problems.count)",
+                    "problems": "\(error.problems.map(\.description).joined(separator: "; "))",
+                ]
             )
             return current
         }

@@ -109,7 +109,7 @@ extension Gateway {
         } catch {
             logger.error("settling the reservation failed", metadata: ["error": "\(error)"])
         }
-        metrics.tokens(keyID: key.id, model: model, prompt: chargedPromptTokens, completion: relayed.completionTokens)
+        metrics.tokens(keyID: key.id, model: upstream.metricLabel(forModel: model), prompt: chargedPromptTokens, completion: relayed.completionTokens)
         return RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: chargedPromptTokens, completionTokens: relayed.completionTokens)
     }
 

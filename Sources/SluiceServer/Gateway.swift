@@ -111,13 +111,15 @@ public final class Gateway: RequestHandling {
             outcome = await writeError(writer, .routeNotFound(method: request.head.method.rawValue, path: path), requestID: requestID)
         }
 
-        metrics.requestFinished(route: route.metricLabel, status: outcome.status, model: outcome.model, duration: ContinuousClock.now - started)
+        // The model label comes from the config, never from the client (see `metricLabel(forModel:)`).
+        let modelLabel = outcome.model.map { settings.metricLabel(forModel: $0) }
+        metrics.requestFinished(route: route.metricLabel, status: outcome.status, model: modelLabel, duration: ContinuousClock.now - started)
         if route.isProxy {
             logger.info(
                 "request",
                 metadata: [
                     "route": "\(route.metricLabel)", "status": "\(outcome.status)",
-                    "key": "\(outcome.keyID ?? "-")", "model": "\(outcome.model ?? "-")",
+                    "key": "\(outcome.keyID ?? "-")", "model": "\(RequestLogger.bounded(outcome.model ?? "-"))",
                     "prompt_tokens": "\(outcome.promptTokens)", "completion_tokens": "\(outcome.completionTokens)",
                     "duration_ms": "\(Self.milliseconds(ContinuousClock.now - started))",
                 ]

@@ -8,8 +8,10 @@ import Synchronization
 /// The gateway's metrics, recorded through swift-metrics into a Prometheus registry of its own (not
 /// the process-global bootstrap, so several gateways can live in one test process).
 ///
-/// Label values are bounded: routes are fixed strings, keys and models come from the config (a model
-/// a key may not use is refused before anything is recorded under its name).
+/// Label values are bounded: routes are fixed strings, keys and models come from the config. The
+/// callers pass as `model` the config entry that routed the request (`gpt-4o`, or the pattern
+/// `gpt-4o*` for a name it matched), never a name a client sent; a model a key may not use is
+/// refused before anything is recorded under its name.
 public final class GatewayMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
     private let factory: PrometheusMetricsFactory

@@ -20,6 +20,13 @@ public struct GatewaySettings: Sendable {
         upstreams.first { $0.config.serves(model: model) }
     }
 
+    /// The `model` label of a request's metrics: the entry of the config that routed it (see
+    /// ``UpstreamRoute/metricLabel(forModel:)``), or ``UpstreamRoute/otherModelsLabel`` when no
+    /// upstream serves the name (any more: the config may have been reloaded meanwhile).
+    func metricLabel(forModel model: String) -> String {
+        upstream(forModel: model)?.metricLabel(forModel: model) ?? UpstreamRoute.otherModelsLabel
+    }
+
     /// Models listed by `GET /v1/models` for a key: the exact model names upstreams serve that the
     /// key may use (prefix rules cannot be enumerated).
     func listedModels(for key: APIKey) -> [String] {
@@ -48,6 +55,30 @@ struct UpstreamRoute: Sendable {
 
     var name: String { config.name }
     var apiKey: Secret? { config.apiKey }
+
+    /// The label of models no configured entry accounts for.
+    static let otherModelsLabel = "other"
+
+    /// The `model` label for a request this upstream serves: the name itself when it is listed
+    /// exactly, else the prefix pattern that matched it (`gpt-4o*`).
+    ///
+    /// Why not the name the client sent: under a prefix any name a client invents is served, and
+    /// every distinct label value is a series kept in memory for the life of the process and
+    /// exported on every scrape. Labels taken from the config are as many as its entries.
+    func metricLabel(forModel model: String) -> String {
+        var matchedPattern: ModelMatcher?
+        for matcher in config.models {
+            switch matcher {
+            case .exact(let name) where name == model:
+                return name
+            case .prefix where matchedPattern == nil && matcher.matches(model):
+                matchedPattern = matcher
+            default:
+                continue
+            }
+        }
+        return matchedPattern?.description ?? Self.otherModelsLabel
+    }
 
     func url(for endpoint: OpenAIEndpoint) -> String {
         switch endpoint {

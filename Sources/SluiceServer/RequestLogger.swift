@@ -25,6 +25,19 @@ struct RequestLogger: Sendable {
         base.error(message(), metadata: tagged(metadata()))
     }
 
+    /// The most bytes of a value a client chose (a model name) that a log line carries.
+    static let maxLoggedValueBytes = 256
+
+    /// `value` cut to at most ``maxLoggedValueBytes`` UTF-8 bytes, at a character boundary, with the
+    /// size of the whole: a client's 30 MB model name must not make a 30 MB line per request.
+    static func bounded(_ value: String) -> String {
+        let size = value.utf8.count
+        guard size > maxLoggedValueBytes else { return value }
+        var end = value.utf8.index(value.utf8.startIndex, offsetBy: maxLoggedValueBytes)
+        while String.Index(end, within: value.unicodeScalars) == nil { end = value.utf8.index(before: end) }
+        return String(value.unicodeScalars[..<end]) + "…(\(size) bytes)"
+    }
+
     private func tagged(_ metadata: Logger.Metadata) -> Logger.Metadata {
         var metadata = metadata
         metadata["request_id"] = .string(requestID)

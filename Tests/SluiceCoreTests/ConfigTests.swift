@@ -204,7 +204,52 @@ final class ConfigTests: XCTestCase {
     }
 
     func testBadKeyID() {
-        XCTAssertEqual(problems("bad_key_id"), [#"$.keys[0].id: "demo key!" is not a valid key id ([A-Za-z0-9_.-]{1,64})"#])
+        XCTAssertEqual(problems("bad_key_id"), ["$.keys[0].id: is not a valid key id ([A-Za-z0-9_.-]{1,64}), found 9 characters (the value is not shown: it may be a secret)"])
+    }
+
+    // MARK: a secret in the wrong field is never echoed
+
+    /// The problems of `name`, checked to contain none of `secrets`, in the form `check-config`
+    /// prints and the reload logs.
+    func problemsShowingNone(of secrets: [String], in name: String, file: StaticString = #filePath, line: UInt = #line) -> [String] {
+        let found = problems(name, file: file, line: line)
+        var printed = ""
+        do { _ = try load(name) } catch { printed = "\(error)" }
+        for secret in secrets {
+            XCTAssertFalse(found.joined(separator: "\n").contains(secret), "\(secret) echoed: \(found)", file: file, line: line)
+            XCTAssertFalse(printed.contains(secret), "\(secret) echoed: \(printed)", file: file, line: line)
+        }
+        return found
+    }
+
+    func testAKeyInAPIKeyEnvIsNotEchoed() {
+        XCTAssertEqual(problemsShowingNone(of: ["sk-proj-abc123XYZ789pastedSecretValue0000", "abc123XYZ789"], in: "api_key_env_holds_a_secret"), [
+            "$.upstreams[0].api_key_env: must name an environment variable (letters, digits and underscores, not starting with a digit, at most 128 characters); the value given looks like a secret and is not shown",
+        ])
+    }
+
+    /// A key that happens to be a valid variable name is not set as one: the "not set" problem
+    /// names only variables of the usual form.
+    func testAKeyShapedLikeAVariableNameIsNotEchoed() {
+        XCTAssertEqual(problemsShowingNone(of: ["sk_live_51HxYzAbCdEf0123456789pastedSecret", String(repeating: "a", count: 64)], in: "api_key_env_secret_shaped_name"), [
+            "$.upstreams[0].api_key_env: the environment variable it names is not set (or empty); the name is not shown: it is not in the usual form (A-Z, 0-9 and _, at most 64 characters) and may be a secret",
+            "$.upstreams[1].api_key_env: must name an environment variable (letters, digits and underscores, not starting with a digit, at most 128 characters); the value given looks like a secret and is not shown",
+        ])
+    }
+
+    /// A key's bearer secret used as an id would be written to every log line and metric.
+    func testAnIDThatIsASecretIsRefusedWithoutEchoingIt() {
+        XCTAssertEqual(problemsShowingNone(of: ["sk-sluice-pastedAsTheId0123456789", "sk-sluice-otherKeysSecret0123456789"], in: "key_id_is_a_secret"), [
+            "$.keys[0].id: is this key's own secret (its SHA-256 is that key's secret_sha256), and ids appear in logs and metrics: choose another id, and replace the secret, which is now in the file (the id is not shown)",
+            "$.keys[1].id: is the secret of $.keys[2] (its SHA-256 is that key's secret_sha256), and ids appear in logs and metrics: choose another id, and replace the secret, which is now in the file (the id is not shown)",
+        ])
+    }
+
+    func testABaseURLWithACredentialIsNotEchoed() {
+        XCTAssertEqual(problemsShowingNone(of: ["sk-live-querySecret0000", "sk-live-passwordSecret0000"], in: "base_url_with_a_secret"), [
+            #"$.upstreams[0].base_url: must not have a query or fragment (not shown: it may hold a key; name an environment variable in "api_key_env" instead)"#,
+            "$.upstreams[1].base_url: must be an http:// or https:// URL with a host, found a value not shown here (it may hold a credential)",
+        ])
     }
 
     func testKeyModelNotServed() {

@@ -13,7 +13,8 @@ import Glibc
 /// The HTTP front door over real sockets, with a handler that echoes the body it was given.
 final class HTTPServerTests: XCTestCase {
     /// Echoes the body. For `/linger` it then keeps running after its response until `release()`, the
-    /// way the gateway settles a reservation after the response has ended.
+    /// way the gateway settles a reservation after the response has ended; for `/hold` it answers
+    /// only after `release()`.
     final class EchoHandler: RequestHandling {
         private struct State {
             var released = false
@@ -26,10 +27,16 @@ final class HTTPServerTests: XCTestCase {
         var lingered: Int { state.withLock { $0.lingered } }
 
         func handle(_ request: HTTPRequest, writer: ResponseWriter) async {
+            if request.head.uri == "/hold" { await released() }
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "text/plain")
             try? await writer.writeResponse(status: .ok, headers: headers, body: request.body)
             guard request.head.uri == "/linger" else { return }
+            await released()
+            state.withLock { $0.lingered += 1 }
+        }
+
+        private func released() async {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let released = state.withLock { state -> Bool in
                     if !state.released { state.waiters.append(continuation) }
@@ -37,7 +44,6 @@ final class HTTPServerTests: XCTestCase {
                 }
                 if released { continuation.resume() }
             }
-            state.withLock { $0.lingered += 1 }
         }
 
         func release() {
@@ -160,6 +166,81 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertTrue(response.hasPrefix("HTTP/1.1 413"), response)
     }
 
+    // MARK: What the decoder cannot parse: OpenAI's error envelope, then a close
+
+    /// The status line, the `connection` header and the OpenAI error object of a response that is
+    /// followed by the end of the connection (not a reset).
+    private func refusal(after request: String, file: StaticString = #filePath, line: UInt = #line) throws -> (status: String, connection: String?, error: [String: Any]) {
+        let socket = try TestSocket(port: port)
+        try socket.send(request)
+        let response = try socket.readUntilClosed()
+        XCTAssertFalse(socket.closedByReset, "the answer is followed by an orderly close, not a reset", file: file, line: line)
+        let parts = response.components(separatedBy: "\r\n\r\n")
+        let headLines = parts[0].components(separatedBy: "\r\n")
+        let connection = headLines.first { $0.lowercased().hasPrefix("connection:") }.map { $0.dropFirst("connection:".count).trimmingCharacters(in: .whitespaces) }
+        let body = parts.dropFirst().joined(separator: "\r\n\r\n")
+        let object = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]
+        let error = try XCTUnwrap(object?["error"] as? [String: Any], "an OpenAI error body: \(response)", file: file, line: line)
+        XCTAssertEqual(Set(error.keys), ["message", "type", "param", "code"], file: file, line: line)
+        XCTAssertEqual(error["type"] as? String, "invalid_request_error", file: file, line: line)
+        XCTAssertTrue(error["param"] is NSNull, file: file, line: line)
+        return (headLines[0], connection, error)
+    }
+
+    func testMalformedRequestLineGetsAnOpenAIError400() throws {
+        for request in ["GARBAGE\r\n\r\n", "GET /x HTTX/1.1\r\nHost: t\r\n\r\n", "GET /a b c HTTP/1.1\r\n\r\n"] {
+            let refused = try refusal(after: request)
+            XCTAssertEqual(refused.status, "HTTP/1.1 400 Bad Request", request)
+            XCTAssertEqual(refused.connection, "close", request)
+            XCTAssertEqual(refused.error["code"] as? String, "malformed_http_request", request)
+        }
+    }
+
+    func testMalformedHeaderAndChunkedFramingGet400() throws {
+        let bad = [
+            "GET /x HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n",
+            "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 12x\r\n\r\n",
+            "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nabc\r\n0\r\n\r\n",
+        ]
+        for request in bad {
+            let refused = try refusal(after: request)
+            XCTAssertEqual(refused.status, "HTTP/1.1 400 Bad Request", request)
+            XCTAssertEqual(refused.error["code"] as? String, "malformed_http_request", request)
+        }
+    }
+
+    /// A client speaking HTTP/2 without negotiating it is told that Sluice speaks HTTP/1.1.
+    func testHTTP2PrefaceIsToldSluiceSpeaksHTTP11() throws {
+        let refused = try refusal(after: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        XCTAssertEqual(refused.status, "HTTP/1.1 505 HTTP Version Not Supported")
+        XCTAssertEqual(refused.connection, "close")
+        XCTAssertEqual(refused.error["code"] as? String, "http_version_not_supported")
+        XCTAssertTrue((refused.error["message"] as? String ?? "").contains("HTTP/1.1"))
+    }
+
+    /// A header section over the limit (64 KiB here) is 431, and the client gets it even though it
+    /// sent more than the server read.
+    func testHeaderSectionOverTheLimitIs431() throws {
+        let big = try refusal(after: "GET /x HTTP/1.1\r\nHost: t\r\nX-Big: " + String(repeating: "a", count: 70 * 1024) + "\r\n\r\n")
+        XCTAssertEqual(big.status, "HTTP/1.1 431 Request Header Fields Too Large")
+        XCTAssertEqual(big.connection, "close")
+        XCTAssertEqual(big.error["code"] as? String, "request_header_fields_too_large")
+        let manyFields = (0..<1100).map { "X-F\($0): v\r\n" }.joined()
+        let many = try refusal(after: "GET /x HTTP/1.1\r\nHost: t\r\n" + manyFields + "\r\n")
+        XCTAssertEqual(many.status, "HTTP/1.1 431 Request Header Fields Too Large")
+    }
+
+    /// Garbage after a complete request whose response is still being produced: no answer may be
+    /// written then (it would be taken for the first request's response).
+    func testNoErrorAnswerInterleavesWithAResponseInProgress() throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("POST /hold HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nokGARBAGE\r\n\r\n")
+        Thread.sleep(forTimeInterval: 0.2)
+        handler.release()
+        let response = try socket.readUntilClosed()
+        XCTAssertFalse(response.contains("400"), response)
+    }
+
     func testGracefulShutdownClosesIdleConnections() async throws {
         let socket = try TestSocket(port: port)
         try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok")
@@ -229,11 +310,15 @@ final class TestSocket {
         }
     }
 
+    /// Whether the last `readUntilClosed` ended with a reset instead of an orderly close.
+    private(set) var closedByReset = false
+
     func readUntilClosed() throws -> String {
         var data = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = recv(fd, &buffer, buffer.count, 0)
+            if n < 0 { closedByReset = errno == ECONNRESET }
             guard n > 0 else { return String(decoding: data, as: UTF8.self) }
             data.append(contentsOf: buffer[0..<n])
         }

@@ -50,6 +50,46 @@ final class LogLineHandlerTests: XCTestCase {
         XCTAssertTrue(line.contains("error.message=Broken() error.type="), line)
     }
 
+    /// A value a client chose (a model name) with a newline, NUL, ESC, a C1 control or a line
+    /// separator stays on its entry's one line, each character written as a visible escape.
+    func testControlCharactersInValuesAreEscapedOnOneLine() throws {
+        let captured = Captured()
+        let logger = Logger(label: "sluice") { LogLineHandler(label: $0, sink: captured.sink) }
+        let model = "gpt-4o\n2026-01-01T00:00:00+0000 critical sluice: key=admin FORGED LOG LINE\r\u{0}\u{1B}[31m\t\u{7F}\u{85}\u{2028}\u{202E}\\n"
+        logger.info("request", metadata: ["model": "\(model)", "status": "200"])
+        logger.warning("message with\na newline")
+        let lines = captured.lines.withLock { $0 }
+        XCTAssertEqual(lines.count, 2)
+        let first = try XCTUnwrap(lines.first)
+        XCTAssertEqual(first.filter { $0 == "\n" }.count, 1, first)
+        XCTAssertTrue(first.hasSuffix(#"info sluice: model=gpt-4o\n2026-01-01T00:00:00+0000 critical sluice: key=admin FORGED LOG LINE\r\0\u{1B}[31m\t\u{7F}\u{85}\u{2028}\u{202E}\\n status=200 [SluiceServerTests] request"# + "\n"), first)
+        XCTAssertFalse(first.unicodeScalars.contains { $0.value < 0x20 && $0 != "\n" || (0x7F...0x9F).contains($0.value) }, first)
+        XCTAssertTrue(lines[1].hasSuffix(#"[SluiceServerTests] message with\na newline"# + "\n"), lines[1])
+    }
+
+    /// Ordinary text, non-ASCII letters and punctuation included, is written as it is.
+    func testOrdinaryTextIsNotEscaped() {
+        for text in ["request", "model=gpt-4o-mini é ü ©°« — … “quoted” 日本語 🙂", "path /v1/chat/completions"] {
+            let needs = text.utf8.withContiguousStorageIfAvailable(LogLineHandler.needsEscaping)
+            XCTAssertEqual(needs, false, text)
+            XCTAssertEqual(LogLineHandler.escaped(text), text)
+        }
+        for text in ["a\nb", "\u{85}", "\u{2029}", "\u{2067}", "back\\slash", "\u{7F}"] {
+            XCTAssertEqual(text.utf8.withContiguousStorageIfAvailable(LogLineHandler.needsEscaping), true, text.debugDescription)
+        }
+    }
+
+    /// A client's value is cut to 256 bytes in a log line, at a character boundary, with its size.
+    func testLoggedClientValuesAreBounded() {
+        XCTAssertEqual(RequestLogger.bounded("gpt-4o"), "gpt-4o")
+        let exact = String(repeating: "m", count: 256)
+        XCTAssertEqual(RequestLogger.bounded(exact), exact)
+        XCTAssertEqual(RequestLogger.bounded(String(repeating: "m", count: 100_000)), String(repeating: "m", count: 256) + "…(100000 bytes)")
+        // "é" is two bytes: the cut does not split it.
+        let accented = String(repeating: "m", count: 255) + "é" + "tail"
+        XCTAssertEqual(RequestLogger.bounded(accented), String(repeating: "m", count: 255) + "…(261 bytes)")
+    }
+
     /// The access log's `duration_ms`: two decimals, truncated, without Foundation's formatter.
     func testAccessLogDurationFormat() {
         XCTAssertEqual(Gateway.milliseconds(.milliseconds(1234)), "1234.00")

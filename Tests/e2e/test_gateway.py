@@ -216,15 +216,14 @@ def test_oversized_headers_are_refused(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
         data = b""
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except ConnectionResetError:
-            pass
-    assert data == b"" or data.startswith(b"HTTP/1.1 4"), data[:200]
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 431"), data[:200]
+    error = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "request_header_fields_too_large"
     assert httpx.get(gateway.root_url + "/healthz").status_code == 200, "the node survived"
 
 
@@ -283,6 +282,49 @@ def test_health_ready_metrics(gateway):
     metrics = httpx.get(gateway.root_url + "/metrics").text
     assert "sluice_requests_total" in metrics
     assert "sluice_rate_limited_total" in metrics
+
+
+# ---------------------------------------------------------------- names a client makes up
+
+def test_invented_model_names_under_a_prefix_share_the_patterns_series(gateway):
+    """`gpt-4.1*` serves any name starting so: the names must not become label values."""
+    c = client(gateway)
+    c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1)
+    for i in range(40):
+        c.chat.completions.create(model=f"gpt-4.1-invented-{i}", messages=MESSAGES, max_tokens=1)
+    text = httpx.get(gateway.root_url + "/metrics").text
+    assert [line for line in text.splitlines() if "invented" in line] == []
+    assert metric_value(gateway, "sluice_requests_total", model="gpt-4.1*") >= 40
+    assert metric_value(gateway, "sluice_prompt_tokens_total", model="gpt-4.1*") > 0
+    assert metric_value(gateway, "sluice_requests_total", model="gpt-4o-mini") >= 1, "listed names keep their own"
+    models = {line.split('model="', 1)[1].split('"', 1)[0] for line in text.splitlines()
+              if line.startswith(("sluice_requests_total{", "sluice_prompt_tokens_total{")) and 'model="' in line}
+    configured = {"", "gpt-4o-mini", "gpt-4o", "gpt-4.1*", "text-embedding-3-small", "gpt-3.5-turbo-instruct"}
+    assert models <= configured, models - configured
+
+
+def test_a_model_name_cannot_forge_a_log_line(gateway):
+    forged = "gpt-4.1-x\n2026-01-01T00:00:00+0000 critical sluice: key=admin FORGED LOG LINE\u0000\u001b[31m"
+    client(gateway).chat.completions.create(model=forged, messages=MESSAGES, max_tokens=1)
+    deadline = time.time() + 5
+    while "FORGED" not in gateway.log_text() and time.time() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in gateway.log_text().splitlines() if "FORGED" in line]
+    assert len(lines) == 1, lines
+    assert "model=gpt-4.1-x\\n2026-01-01T00:00:00+0000 critical sluice: key=admin FORGED LOG LINE\\0\\u{1B}[31m" in lines[0], lines[0]
+    assert " info sluice: " in lines[0]
+    text = gateway.log_text()
+    assert "\x00" not in text and "\x1b" not in text
+
+
+def test_a_huge_model_name_makes_a_bounded_log_line(gateway):
+    client(gateway).chat.completions.create(model="gpt-4.1-HUGE" + "x" * 200_000, messages=MESSAGES, max_tokens=1)
+    deadline = time.time() + 5
+    while "gpt-4.1-HUGE" not in gateway.log_text() and time.time() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in gateway.log_text().splitlines() if "gpt-4.1-HUGE" in line]
+    assert len(lines) == 1 and len(lines[0]) < 1000, len(lines[0]) if lines else lines
+    assert "…(200012 bytes)" in lines[0]
 
 
 def test_upstream_connections_are_pooled(gateway, mock):

@@ -75,6 +75,31 @@ def test_sighup_reloads_a_valid_config_and_refuses_an_invalid_one(tmp_path, mock
         g.stop()
 
 
+def test_a_refused_reload_with_several_problems_is_one_log_line(tmp_path, mock):
+    key = "sk-e2e-reload-lines-0123456789"
+    config = gateway_config(free_port(), mock.port, [{"id": "k", "secret_sha256": sha256_hex(key), "tier": "t"}],
+                            {"t": {"requests_per_minute": 10000}})
+    g = Gateway(tmp_path, config)
+    try:
+        config["keys"][0]["tier"] = "no-such-tier"
+        config["keys"][0]["default_output_tokens"] = 0
+        g.config_path.write_text(json.dumps(config))
+        g.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and "config reload refused" not in g.log_text():
+            time.sleep(0.05)
+        lines = g.log_text().splitlines()
+        refused = [i for i, line in enumerate(lines) if "config reload refused" in line]
+        assert len(refused) == 1, lines
+        line = lines[refused[0]]
+        assert "problem_count=2" in line, line
+        assert "$.keys[0].tier: unknown tier" in line and "; $.keys[0].default_output_tokens: must be" in line, line
+        assert "\\n" not in line, "problems are joined with '; ', not newlines"
+        assert all("$.keys[0]" not in later for later in lines[refused[0] + 1:]), "no problem on a line of its own"
+    finally:
+        g.stop()
+
+
 def test_dead_upstream_opens_its_circuit(tmp_path, mock):
     key = "sk-e2e-breaker-0123456789"
     config = gateway_config(free_port(), mock.port, [{"id": "b", "secret_sha256": sha256_hex(key), "tier": "t"}],

@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 
 extension SluiceConfig {
@@ -209,13 +210,17 @@ struct ConfigDocumentReader {
 
         var apiKey: Secret?
         let apiKeyEnv = walker.optionalString(members, "api_key_env", at: path)
+        // The value is echoed only when it has the usual form of a variable name: a key pasted here
+        // by mistake must not end up in `check-config`'s output or the log.
         if let apiKeyEnv {
             if !Self.isEnvironmentVariableName(apiKeyEnv) {
-                walker.report("\(path).api_key_env", "\"\(apiKeyEnv)\" is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*); give the variable's name, not the key")
+                walker.report("\(path).api_key_env", "must name an environment variable (letters, digits and underscores, not starting with a digit, at most \(Self.maximumEnvironmentVariableNameLength) characters); the value given looks like a secret and is not shown")
             } else if let key = environment[apiKeyEnv], !key.isEmpty {
                 apiKey = Secret(key)
-            } else {
+            } else if Self.isConventionalEnvironmentVariableName(apiKeyEnv) {
                 walker.report("\(path).api_key_env", "environment variable \(apiKeyEnv) is not set (or empty)")
+            } else {
+                walker.report("\(path).api_key_env", "the environment variable it names is not set (or empty); the name is not shown: it is not in the usual form (A-Z, 0-9 and _, at most \(Self.maximumConventionalNameLength) characters) and may be a secret")
             }
         }
 
@@ -246,7 +251,9 @@ struct ConfigDocumentReader {
               let scheme = components.scheme?.lowercased(), scheme == "http" || scheme == "https",
               let host = components.host, !host.isEmpty
         else {
-            walker.report(path, "must be an http:// or https:// URL with a host, found \"\(string)\"")
+            // Shown only without the places a credential goes (user info, query, fragment).
+            let shown = string.contains(where: { "@?#".contains($0) }) ? "a value not shown here (it may hold a credential)" : "\"\(string)\""
+            walker.report(path, "must be an http:// or https:// URL with a host, found \(shown)")
             return nil
         }
         if components.user != nil || components.password != nil {
@@ -254,7 +261,7 @@ struct ConfigDocumentReader {
             return nil
         }
         if components.query != nil || components.fragment != nil {
-            walker.report(path, "must not have a query or fragment, found \"\(string)\"")
+            walker.report(path, "must not have a query or fragment (not shown: it may hold a key; name an environment variable in \"api_key_env\" instead)")
             return nil
         }
         var normalized = string
@@ -281,8 +288,16 @@ struct ConfigDocumentReader {
         return matchers
     }
 
+    /// Longer `api_key_env` values are refused as names (real names are short; a key is not).
+    static let maximumEnvironmentVariableNameLength = 128
+    /// Names echoed in problems are at most this long, and upper-case (see below).
+    static let maximumConventionalNameLength = 64
+
+    /// Whether `name` can name an environment variable: `[A-Za-z_][A-Za-z0-9_]*`, at most
+    /// ``maximumEnvironmentVariableNameLength`` bytes.
     static func isEnvironmentVariableName(_ name: String) -> Bool {
         let bytes = Array(name.utf8)
+        guard bytes.count <= maximumEnvironmentVariableNameLength else { return false }
         guard let first = bytes.first, !(UInt8(ascii: "0")...UInt8(ascii: "9")).contains(first) else { return false }
         return bytes.allSatisfy { byte in
             switch byte {
@@ -293,6 +308,14 @@ struct ConfigDocumentReader {
                 false
             }
         }
+    }
+
+    /// Whether `name` has the form variable names are given by convention, `[A-Z_][A-Z0-9_]*` of at
+    /// most ``maximumConventionalNameLength`` bytes (`OPENAI_API_KEY`), and can be shown in a
+    /// problem: a key pasted in its place is mixed- or lower-case (`sk_live_…`, hex) or longer.
+    static func isConventionalEnvironmentVariableName(_ name: String) -> Bool {
+        name.utf8.count <= maximumConventionalNameLength && isEnvironmentVariableName(name)
+            && !name.utf8.contains { (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) }
     }
 
     // MARK: limits
@@ -358,7 +381,23 @@ struct ConfigDocumentReader {
             }
             keys.append(key)
         }
+        reportIDsThatAreSecrets(keys, at: path)
         return keys
+    }
+
+    /// Reports every key whose id is a key's bearer secret itself (its SHA-256 is one of the
+    /// file's `secret_sha256`): ids are written to every access-log line and metric, and the
+    /// message must not repeat it either.
+    mutating func reportIDsThatAreSecrets(_ keys: [KeyConfig], at path: String) {
+        var indexOfDigest: [SecretDigest: Int] = [:]
+        for (index, key) in keys.enumerated() {
+            if let digest = SecretDigest(hex: key.secretSHA256), indexOfDigest[digest] == nil { indexOfDigest[digest] = index }
+        }
+        for (index, key) in keys.enumerated() where !key.id.isEmpty {
+            guard let owner = indexOfDigest[SecretDigest(SHA256.hash(data: Array(key.id.utf8)))] else { continue }
+            let whose = owner == index ? "this key's own secret" : "the secret of \(ConfigWalker.element(path, owner))"
+            walker.report("\(ConfigWalker.element(path, index)).id", "is \(whose) (its SHA-256 is that key's secret_sha256), and ids appear in logs and metrics: choose another id, and replace the secret, which is now in the file (the id is not shown)")
+        }
     }
 
     mutating func readKey(_ value: ConfigJSON, at path: String, tiers: [String: LimitSet], upstreams: [UpstreamConfig]) -> KeyConfig? {
@@ -367,7 +406,8 @@ struct ConfigDocumentReader {
 
         var id = walker.string(members, "id", at: path) ?? ""
         if !id.isEmpty && !KeyConfig.isValidID(id) {
-            walker.report("\(path).id", "\"\(id)\" is not a valid key id ([A-Za-z0-9_.-]{1,64})")
+            // Not echoed: a secret pasted into `id` would otherwise be printed.
+            walker.report("\(path).id", "is not a valid key id ([A-Za-z0-9_.-]{1,64}), found \(id.utf8.count) characters (the value is not shown: it may be a secret)")
             id = ""
         }
 

@@ -7,6 +7,7 @@ public struct GatewayError: Error, Sendable, Equatable, CustomStringConvertible 
     /// The closed set of things that can go wrong.
     public enum Kind: String, Sendable, Equatable, CaseIterable {
         case invalidRequest, invalidJSON, bodyTooLarge, requestTimeout
+        case malformedHTTP, headersTooLarge, httpVersionNotSupported
         case missingAPIKey, invalidAPIKey
         case modelNotFound, routeNotFound, methodNotAllowed
         case rateLimited, requestTooLarge, quotaExceeded, concurrencyLimited
@@ -125,6 +126,30 @@ extension GatewayError {
     public static func requestTimeout() -> GatewayError {
         GatewayError(kind: .requestTimeout, status: 408, type: invalidRequestType, code: "request_timeout",
                      message: "The request body was not received in time; the connection will be closed.")
+    }
+
+    /// 400: what the client sent is not a well-formed HTTP/1.1 request (the request line, a header,
+    /// the body's framing). The connection is closed after the answer: where the next request would
+    /// start cannot be known. `problem` says what was wrong, in a few words.
+    public static func malformedHTTP(_ problem: String) -> GatewayError {
+        GatewayError(kind: .malformedHTTP, status: 400, type: invalidRequestType, code: "malformed_http_request",
+                     message: "The request is not valid HTTP/1.1: \(problem). The connection will be closed.", shouldRetry: false)
+    }
+
+    /// 431: the request line and headers together are larger than `limitBytes`, or have more than
+    /// `maxFields` header fields. The connection is closed after the answer.
+    public static func headersTooLarge(limitBytes: Int, maxFields: Int) -> GatewayError {
+        GatewayError(kind: .headersTooLarge, status: 431, type: invalidRequestType, code: "request_header_fields_too_large",
+                     message: "The request's headers are too large: the limit is \(limitBytes) bytes and \(maxFields) header fields. The connection will be closed.",
+                     shouldRetry: false)
+    }
+
+    /// 505: the request is not HTTP/1.x, e.g. the HTTP/2 connection preface (`PRI * HTTP/2.0`) of a
+    /// client speaking HTTP/2 without negotiating it. The connection is closed after the answer.
+    public static func httpVersionNotSupported() -> GatewayError {
+        GatewayError(kind: .httpVersionNotSupported, status: 505, type: invalidRequestType, code: "http_version_not_supported",
+                     message: "Sluice speaks HTTP/1.1 (and HTTP/1.0) only; this connection used another HTTP version, such as HTTP/2. Connect with HTTP/1.1. The connection will be closed.",
+                     shouldRetry: false)
     }
 
     /// 401: no `Authorization: Bearer …` header (OpenAI's wording).

@@ -82,7 +82,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A protocol error (the codec's error handler already answered 400) or a reset connection.
+        // A protocol error `MalformedRequestResponder` did not answer, or a reset connection.
         // A client that resets its connection (closing it with our answer unread, as a client that
         // stopped reading a stream does) arrives here before `channelInactive`: the running request
         // must be told now, or it waits for ever for a socket that will never be writable again.

@@ -18,7 +18,7 @@ public final class HTTPServer: Sendable {
         public var host: String
         public var port: Int
         public var maxBodyBytes: Int
-        /// Largest request head (all header names and values) accepted; larger ones get 400 and a close.
+        /// Largest request head (all header names and values) accepted; larger ones get 431 and a close.
         public var maxHeaderBytes: Int
         public var idleTimeoutMs: Int
         public var bodyTimeoutMs: Int
@@ -63,7 +63,7 @@ public final class HTTPServer: Sendable {
         var decoderLimits = NIOHTTPDecoderLimitConfiguration()
         decoderLimits.maxHeaderFieldSize = configuration.maxHeaderBytes
         decoderLimits.maxHeaderListSize = configuration.maxHeaderBytes
-        decoderLimits.maxHeaderFieldCount = 1000
+        decoderLimits.maxHeaderFieldCount = Self.maxHeaderFields
         let limits = decoderLimits
         let connections = self.connections
         let handler = self.handler
@@ -85,13 +85,18 @@ public final class HTTPServer: Sendable {
                     // Pipelining assistance is off: the connection handler serves one request at a
                     // time and holds later ones itself. The assistance would stop and restart reading
                     // around every response (two epoll_ctl per request).
+                    // Decoder errors are answered by Sluice's own responder (OpenAI's error envelope,
+                    // 431 for oversized headers), not by NIO's empty 400.
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                         withPipeliningAssistance: false,
                         withServerUpgrade: nil,
-                        withErrorHandling: true,
+                        withErrorHandling: false,
                         withOutboundHeaderValidation: false,
                         withEncoderConfiguration: .init(),
                         withDecoderLimitConfiguration: limits
+                    )
+                    try channel.pipeline.syncOperations.addHandler(
+                        MalformedRequestResponder(maxHeaderBytes: configuration.maxHeaderBytes, maxHeaderFields: Self.maxHeaderFields, logger: logger)
                     )
                     try channel.pipeline.syncOperations.addHandler(
                         ConnectionDeadlineHandler(
@@ -129,6 +134,9 @@ public final class HTTPServer: Sendable {
                            metadata: ["tasks": "\(tasks.running)", "waited_seconds": "\(Self.taskDrainTimeout.components.seconds)"])
         }
     }
+
+    /// Most header fields a request may have; more get 431 and a close.
+    static let maxHeaderFields = 1000
 
     /// How long `run` waits, once every connection is closed, for request tasks still settling.
     static let taskDrainTimeout = Duration.seconds(10)

@@ -26,6 +26,7 @@ final class GatewayErrorTests: XCTestCase {
             .quotaExceeded(limit: .dailyTokens, limitValue: 1000, used: 1000), .concurrencyLimited(model: "m", limitValue: 4),
             .upstreamUnavailable(status: 503), .upstreamTimeout(), .upstreamConnectFailed(logDetail: "ECONNREFUSED"),
             .upstreamProtocolError(), .serviceUnavailable(), .internal(logDetail: "bug"), .requestTimeout(),
+            .malformedHTTP("invalid request line"), .headersTooLarge(limitBytes: 65_536, maxFields: 1000), .httpVersionNotSupported(),
         ]
         XCTAssertEqual(Set(samples.map(\.kind)), Set(GatewayError.Kind.allCases), "every kind is covered")
         for error in samples {

@@ -1,0 +1,27 @@
+import SluiceCore
+import XCTest
+@testable import SluiceServer
+
+final class GatewaySettingsTests: XCTestCase {
+    /// The metrics' `model` label is an entry of the config: the exact name when one is listed (even
+    /// after a prefix that also matches), else the first matching pattern; never the client's name.
+    func testModelLabelIsTheConfigEntryThatRoutedTheRequest() {
+        let config = SluiceConfig(
+            upstreams: [
+                UpstreamConfig(name: "a", baseURL: "http://127.0.0.1:1/v1", models: [.prefix("gpt-4o"), .exact("gpt-4o-mini"), .prefix("gpt-4")]),
+                UpstreamConfig(name: "b", baseURL: "http://127.0.0.1:2/v1", models: [.exact("o3"), .prefix("")]),
+            ],
+            keys: []
+        )
+        let settings = GatewaySettings(config: config)
+        XCTAssertEqual(settings.metricLabel(forModel: "gpt-4o-mini"), "gpt-4o-mini")
+        XCTAssertEqual(settings.metricLabel(forModel: "gpt-4o-made-up-\u{1B}[31m"), "gpt-4o*")
+        XCTAssertEqual(settings.metricLabel(forModel: "gpt-4.1"), "gpt-4*")
+        XCTAssertEqual(settings.metricLabel(forModel: "o3"), "o3")
+        XCTAssertEqual(settings.metricLabel(forModel: "anything else"), "*")
+        let exactOnly = GatewaySettings(config: SluiceConfig(
+            upstreams: [UpstreamConfig(name: "a", baseURL: "http://127.0.0.1:1/v1", models: [.exact("gpt-4o")])], keys: []
+        ))
+        XCTAssertEqual(exactOnly.metricLabel(forModel: "no longer served after a reload"), "other")
+    }
+}
