@@ -102,8 +102,13 @@ extension Gateway {
         // 8. settle: refund or charge the difference to the reservation, exactly once (what is
         // charged for each outcome: `RelayResult`).
         let chargedPromptTokens = relayed.chargesPrompt ? promptTokens : 0
+        // Usage is recorded under the client's model name when the model answered (an upstream
+        // refuses names it does not serve), else under the config entry that routed it: names a
+        // client invents under a wildcard must not grow the usage records without bound.
+        let answered = (200..<300).contains(relayed.status)
+        let settling = answered ? reservation : reservation.recordingUsage(as: upstream.metricLabel(forModel: model))
         do {
-            _ = try await limiter.settle(reservation, actualPromptTokens: chargedPromptTokens, actualCompletionTokens: relayed.completionTokens)
+            _ = try await limiter.settle(settling, actualPromptTokens: chargedPromptTokens, actualCompletionTokens: relayed.completionTokens)
         } catch let deferred as FailoverLimiterStore.SettlementDeferred {
             logger.warning("settling the reservation deferred: the shared limiter did not answer; retried in the background", metadata: ["error": "\(deferred.underlying)"])
         } catch {

@@ -146,6 +146,31 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertTrue(response.contains("\"error\""))
     }
 
+    /// `Expect: 100-continue` is answered before the body is sent: the client does not wait (curl
+    /// waits a second for it, then sends anyway).
+    func testExpectContinueIsAnsweredBeforeTheBody() throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        let interim = try socket.readSomeText()
+        XCTAssertTrue(interim.hasPrefix("HTTP/1.1 100 Continue\r\n"), interim)
+        try socket.send("hello")
+        let response = interim.count > 25 ? interim : try socket.readResponse()
+        XCTAssertTrue(response.contains("HTTP/1.1 200"), response)
+        XCTAssertTrue(response.hasSuffix("hello"), response)
+    }
+
+    /// CONNECT would turn the rest of the connection into an unparsed tunnel (a request pipelined
+    /// behind it was never answered): it is refused with 405 and the connection closed.
+    func testConnectIsRefusedAndTheConnectionClosed() throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\nGET /x HTTP/1.1\r\nHost: t\r\n\r\n")
+        let started = Date()
+        let response = try socket.readUntilClosed()
+        XCTAssertTrue(response.hasPrefix("HTTP/1.1 405"), response)
+        XCTAssertTrue(response.lowercased().contains("connection: close"), response)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 3, "the connection was left open")
+    }
+
     /// A client still sending a refused body gets the 413 and an orderly end, not a reset: the server
     /// shuts its output after the answer and discards the rest of the body.
     func testRefusedClientStillSendingGetsTheAnswerNotAReset() throws {
@@ -312,6 +337,14 @@ final class TestSocket {
 
     /// Whether the last `readUntilClosed` ended with a reset instead of an orderly close.
     private(set) var closedByReset = false
+
+    /// Reads what has arrived (at least one byte), as text.
+    func readSomeText() throws -> String {
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        guard n > 0 else { return "" }
+        return String(decoding: buffer[0..<n], as: UTF8.self)
+    }
 
     func readUntilClosed() throws -> String {
         var data = [UInt8]()

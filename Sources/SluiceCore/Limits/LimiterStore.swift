@@ -54,6 +54,14 @@ public struct Reservation: Sendable {
         self.holdsConcurrencySlot = holdsConcurrencySlot
     }
 
+    /// The same claim, with its usage recorded under `model` instead.
+    public func recordingUsage(as model: String) -> Reservation {
+        Reservation(
+            requestID: requestID, keyID: keyID, limits: limits, model: model, promptTokens: promptTokens,
+            reservedOutputTokens: reservedOutputTokens, holdsConcurrencySlot: holdsConcurrencySlot
+        )
+    }
+
     public init(admitting request: AdmissionRequest) {
         self.init(
             requestID: request.requestID, keyID: request.keyID, limits: request.limits, model: request.model,

@@ -109,10 +109,22 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         switch part {
         case .head(let head):
             guard case .idle = state else { return outOfOrder(context) }
+            // CONNECT turns the rest of the connection into a tunnel for the decoder: nothing the
+            // client sends after it would be parsed, so a request pipelined behind it would wait for
+            // ever. Sluice tunnels nothing: refuse, and close.
+            if head.method == .CONNECT {
+                refuse(.methodNotAllowed(method: "CONNECT", path: String(head.uri.prefix(256)), allowed: ["GET", "POST"]), context: context)
+                return
+            }
             // A declared length over the cap is refused before reading the body.
             if let declared = head.headers.first(name: "content-length").flatMap(Int.init), declared > maxBodyBytes {
                 refuse(.bodyTooLarge(limitBytes: maxBodyBytes), context: context)
                 return
+            }
+            // A client that asked to be told before it sends its body (`Expect: 100-continue`, curl
+            // does for bodies over 1 MiB) would otherwise wait a second for an answer that never comes.
+            if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
             }
             state = .reading(head: head, body: context.channel.allocator.buffer(capacity: 0), tooLarge: false)
         case .body(var chunk):
