@@ -16,12 +16,24 @@ public final class GatewayMetrics: Sendable {
     let registry: PrometheusCollectorRegistry
     private let factory: PrometheusMetricsFactory
     private let openConnections: @Sendable () -> Int
+    private let runningTasks: @Sendable () -> Int
+    private let pendingSettlements: @Sendable () -> Int
     private let connectionsGauge: CoreMetrics.Gauge
+    private let tasksGauge: CoreMetrics.Gauge
+    private let pendingSettlementsGauge: CoreMetrics.Gauge
     private let cache = Mutex<[String: AnyObject]>([:])
     /// The per-request handles, found again per thread without the shared lock (see ``HotHandles``).
     private let hot = ThreadSpecificVariable<HotHandles>()
 
-    public init(openConnections: @escaping @Sendable () -> Int = { 0 }) {
+    /// - Parameters:
+    ///   - runningTasks: request tasks not finished yet (a response may have ended before its task:
+    ///     it settles after). One that never comes down is a request that hangs.
+    ///   - pendingSettlements: settlements the shared limiter has not taken yet (retried).
+    public init(
+        openConnections: @escaping @Sendable () -> Int = { 0 },
+        runningTasks: @escaping @Sendable () -> Int = { 0 },
+        pendingSettlements: @escaping @Sendable () -> Int = { 0 }
+    ) {
         registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.defaultDurationHistogramBuckets = [
@@ -31,7 +43,11 @@ public final class GatewayMetrics: Sendable {
         ]
         self.factory = factory
         self.openConnections = openConnections
+        self.runningTasks = runningTasks
+        self.pendingSettlements = pendingSettlements
         connectionsGauge = CoreMetrics.Gauge(label: "sluice_open_connections", factory: factory)
+        tasksGauge = CoreMetrics.Gauge(label: "sluice_request_tasks", factory: factory)
+        pendingSettlementsGauge = CoreMetrics.Gauge(label: "sluice_limiter_pending_settlements", factory: factory)
     }
 
     func requestFinished(route: String, status: Int, model: String?, duration: Duration) {
@@ -90,6 +106,8 @@ public final class GatewayMetrics: Sendable {
     /// Prometheus text exposition of everything recorded so far.
     public func exposition() -> [UInt8] {
         connectionsGauge.record(openConnections())
+        tasksGauge.record(runningTasks())
+        pendingSettlementsGauge.record(pendingSettlements())
         return registry.emitToBuffer()
     }
 

@@ -42,12 +42,17 @@ public struct SluiceNode: Sendable {
         // The metrics read the connection count from the server, which needs the gateway: break the
         // cycle with a box filled right after.
         let serverBox = ServerBox()
-        let metrics = GatewayMetrics(openConnections: { serverBox.server?.openConnections ?? 0 })
+        let metrics = GatewayMetrics(
+            openConnections: { serverBox.server?.openConnections ?? 0 },
+            runningTasks: { serverBox.server?.runningTasks ?? 0 },
+            pendingSettlements: { serverBox.redis?.failover.pendingSettlements ?? 0 }
+        )
         let limiter: any LimiterStore
         let limiterMode: @Sendable () -> String
         if let redisConfig = config.redis {
             let redis = try RedisLimiting(config: redisConfig, metrics: metrics, eventLoopGroup: group, logger: logger)
             self.redis = redis
+            serverBox.redis = redis
             limiter = redis.failover
             limiterMode = { redis.modeName }
         } else {
@@ -96,8 +101,9 @@ public struct SluiceNode: Sendable {
 }
 
 private final class ServerBox: @unchecked Sendable {
-    // Written once during init, before any request can read it.
+    // Written once during init, before any request can read them.
     var server: HTTPServer?
+    var redis: RedisLimiting?
 }
 
 /// Starts the curl engine before the server and stops it after the server has drained.

@@ -56,6 +56,9 @@ public final class HTTPServer: Sendable {
     /// Number of client connections open now.
     public var openConnections: Int { connections.count }
 
+    /// Request tasks still running (some after their response ended: they settle after it).
+    public var runningTasks: Int { connections.tasks.running }
+
     /// Binds, then serves until `shutdownGracefully()` closes the listener and every connection has
     /// finished (or the grace period ran out and they were closed).
     public func run(onBound: @Sendable (SocketAddress) -> Void = { _ in }) async throws {
