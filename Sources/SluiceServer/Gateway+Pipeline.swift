@@ -55,12 +55,14 @@ extension Gateway {
         let reservedOutputTokens = endpoint == .embeddings ? 0 : (openAIRequest.maxOutputTokens ?? key.defaultOutputTokens) * openAIRequest.n
         let promptBytes = promptCounter.promptBytes(openAIRequest)
         let fewestPromptTokens = promptCounter.minimumTokens(promptBytes: promptBytes, model: model)
+        let largestPrompt = key.limits.largestAdmissiblePrompt(reservedOutputTokens: reservedOutputTokens)
         let promptTokens: Int
-        if let largest = key.limits.largestAdmissiblePrompt(reservedOutputTokens: reservedOutputTokens), fewestPromptTokens > largest {
+        if let largestPrompt, fewestPromptTokens > largestPrompt {
             promptTokens = fewestPromptTokens
         } else {
             do {
-                promptTokens = try await countPrompt(openAIRequest, promptBytes: promptBytes)
+                // Counting stops once the prompt is known not to fit: admit refuses it either way.
+                promptTokens = try await countPrompt(openAIRequest, promptBytes: promptBytes, stoppingAbove: largestPrompt)
             } catch {
                 return await refuse(error, key: key, model: model, requestID: requestID, writer: writer)
             }
@@ -138,11 +140,11 @@ extension Gateway {
     static let offLoopCountBytes = 256 * 1024
 
     /// Step 4's count, on the event loop for ordinary prompts and on NIO's thread pool for large ones.
-    func countPrompt(_ request: OpenAIRequest, promptBytes: Int) async throws(GatewayError) -> Int {
-        guard promptBytes > Self.offLoopCountBytes else { return try promptCounter.count(request) }
+    func countPrompt(_ request: OpenAIRequest, promptBytes: Int, stoppingAbove limit: Int?) async throws(GatewayError) -> Int {
+        guard promptBytes > Self.offLoopCountBytes else { return try promptCounter.count(request, stoppingAbove: limit) }
         let counter = promptCounter
         do {
-            return try await NIOThreadPool.singleton.runIfActive { try counter.count(request) }
+            return try await NIOThreadPool.singleton.runIfActive { try counter.count(request, stoppingAbove: limit) }
         } catch let error as GatewayError {
             throw error
         } catch {

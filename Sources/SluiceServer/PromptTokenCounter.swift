@@ -45,16 +45,28 @@ public struct PromptTokenCounter: Sendable {
 
     /// Exact prompt tokens of `request` for its model: OpenAI's chat framing for chat requests, the
     /// plain text (or the given token ids) for completions and embeddings.
-    public func count(_ request: OpenAIRequest) throws(GatewayError) -> Int {
+    ///
+    /// With `stoppingAbove`, the count stops once it passes that many tokens and returns some number
+    /// above it: enough to refuse a prompt that can never fit, at a bounded cost.
+    public func count(_ request: OpenAIRequest, stoppingAbove limit: Int? = nil) throws(GatewayError) -> Int {
         do {
             switch request.prompt {
             case .chat(let prompt):
                 let counter = tokenizers.chatPromptCounter(forModel: request.model, maxPromptBytes: maxPromptBytes)
-                return try counter.count(prompt, cache: cache(for: counter.encoding))
+                return try counter.count(prompt, cache: cache(for: counter.encoding), stoppingAbove: limit)
             case .texts(let texts):
                 let encoding = tokenizers.encoding(forModel: request.model)
+                let bytes = texts.reduce(0) { $0 + $1.utf8.count }
+                guard bytes <= maxPromptBytes else { throw TokenizerError.inputTooLarge(byteCount: bytes, limit: maxPromptBytes) }
                 var total = 0
-                for text in texts { total += try encoding.countOrdinary(text, limit: maxPromptBytes) }
+                for text in texts {
+                    if let limit {
+                        if total > limit { break }
+                        total += encoding.countOrdinary(text, stoppingAbove: limit - total)
+                    } else {
+                        total += encoding.countOrdinary(text)
+                    }
+                }
                 return total
             case .tokenCount(let count):
                 return count

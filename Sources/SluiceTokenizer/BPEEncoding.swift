@@ -91,6 +91,27 @@ public final class BPEEncoding: Sendable {
         return text.withUTF8 { count(validUTF8: $0, scratch: scratch) }
     }
 
+    /// `countOrdinary(text)` when it is at most `limit`; otherwise some number above `limit`,
+    /// found without tokenizing the rest of `text` (the work is bounded by `limit` tokens, not by
+    /// the text's size).
+    public func countOrdinary(_ text: String, stoppingAbove limit: Int) -> Int {
+        countOrdinary(text, stoppingAbove: limit, scratch: MergeScratch())
+    }
+
+    func countOrdinary(_ text: String, stoppingAbove limit: Int, scratch: MergeScratch) -> Int {
+        var text = text
+        return text.withUTF8 { bytes in
+            guard let base = bytes.baseAddress, !bytes.isEmpty else { return 0 }
+            let ranks = self.ranks
+            var total = 0
+            preTokenizer.forEachPieceWhile(in: bytes, { piece in
+                total += ranks.tokenCount(ofPiece: base + piece.lowerBound, count: piece.count, scratch: scratch)
+                return total <= limit
+            })
+            return total
+        }
+    }
+
     // MARK: Core loops over pre-tokenized pieces
 
     private func count(validUTF8 bytes: UnsafeBufferPointer<UInt8>, scratch: MergeScratch) -> Int {

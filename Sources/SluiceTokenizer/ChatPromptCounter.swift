@@ -45,7 +45,11 @@ public struct ChatPromptCounter: Sendable {
     /// its strings exceed `maxPromptBytes` UTF-8 bytes in total.
     ///
     /// With a `cache` (of this counter's encoding), texts counted recently are not counted again.
-    public func count(_ prompt: ChatPrompt, cache: TokenCountCache? = nil) throws(TokenizerError) -> Int {
+    ///
+    /// With `stoppingAbove`, counting stops as soon as the total passes it: the result is then some
+    /// number above it (a proof that the prompt exceeds it, at the cost of counting about that many
+    /// tokens, whatever the prompt's size).
+    public func count(_ prompt: ChatPrompt, cache: TokenCountCache? = nil, stoppingAbove limit: Int? = nil) throws(TokenizerError) -> Int {
         let byteCount = Self.utf8ByteCount(of: prompt)
         guard byteCount <= maxPromptBytes else {
             throw .inputTooLarge(byteCount: byteCount, limit: maxPromptBytes)
@@ -53,12 +57,17 @@ public struct ChatPromptCounter: Sendable {
         // A cache of another encoding would answer with its counts: not used.
         let cache = cache?.encoding === encoding ? cache : nil
         let scratch = cache?.scratch ?? MergeScratch()
-        func tokens(_ text: String) -> Int {
-            cache?.countOrdinary(text) ?? encoding.countOrdinary(text, scratch: scratch)
-        }
-
         var total = 0
+        func tokens(_ text: String) -> Int {
+            if let limit, text.utf8.count > Self.boundedCountBytes {
+                return encoding.countOrdinary(text, stoppingAbove: max(limit - total, 0), scratch: scratch)
+            }
+            return cache?.countOrdinary(text) ?? encoding.countOrdinary(text, scratch: scratch)
+        }
+        func over() -> Bool { limit.map { total > $0 } ?? false }
+
         for message in prompt.messages {
+            if over() { return total }
             total += Self.tokensPerMessage + tokens(message.role)
             for part in message.content {
                 switch part {
@@ -70,6 +79,7 @@ public struct ChatPromptCounter: Sendable {
             for other in message.otherStrings { total += tokens(other) }
         }
         total += Self.replyPrimerTokens
+        if over() { return total }
 
         if !prompt.tools.isEmpty {
             let framing = toolFraming
@@ -94,6 +104,10 @@ public struct ChatPromptCounter: Sendable {
         for text in prompt.extraText { total += tokens(text) }
         return total
     }
+
+    /// Texts larger than this are counted with a stop when the count has a limit (smaller ones
+    /// count in a few µs, and may come from the cache).
+    static let boundedCountBytes = 4096
 
     private static func droppingOneTrailingPeriod(_ text: String) -> String {
         text.utf8.last == UInt8(ascii: ".") ? String(text.dropLast()) : text

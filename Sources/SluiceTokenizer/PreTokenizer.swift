@@ -22,7 +22,16 @@ public struct PreTokenizer: Sendable {
     ///
     /// Invalid UTF-8 is not rejected (callers repair it first); it yields unspecified but still
     /// tiling pieces and never reads outside `utf8`.
+    @inline(__always)
     public func forEachPiece(in utf8: UnsafeBufferPointer<UInt8>, _ body: (Range<Int>) -> Void) {
+        forEachPieceWhile(in: utf8, { piece in
+            body(piece)
+            return true
+        })
+    }
+
+    /// Like `forEachPiece(in:_:)`, but stops after the first piece for which `body` returns false.
+    public func forEachPieceWhile(in utf8: UnsafeBufferPointer<UInt8>, _ body: (Range<Int>) -> Bool) {
         _ = ScalarClassReader.withReader(over: utf8) { reader in
             var start = 0
             switch kind {
@@ -30,14 +39,14 @@ public struct PreTokenizer: Sendable {
                 let scanner = CL100KPieceScanner(reader: reader)
                 while start < reader.count {
                     let end = scanner.pieceEnd(from: start)
-                    body(start..<end)
+                    guard body(start..<end) else { return }
                     start = end
                 }
             case .o200k:
                 let scanner = O200KPieceScanner(reader: reader)
                 while start < reader.count {
                     let end = scanner.pieceEnd(from: start)
-                    body(start..<end)
+                    guard body(start..<end) else { return }
                     start = end
                 }
             }

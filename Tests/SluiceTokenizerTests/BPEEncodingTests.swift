@@ -67,6 +67,21 @@ final class BPEEncodingTests: XCTestCase {
         }
     }
 
+    /// A count with a stop is exact up to its limit; above it, it returns as soon as the limit is
+    /// passed, so refusing a huge text costs about `limit` tokens of work, not the text's size.
+    func testCountStoppingAboveALimitIsExactBelowItAndStopsEarlyAboveIt() throws {
+        let encoding = try encoding(.o200k_base)
+        let text = (0..<5_000).map { "w\($0 % 977)x\($0 % 13)" }.joined(separator: " ")
+        let exact = encoding.countOrdinary(text)
+        XCTAssertEqual(encoding.countOrdinary(text, stoppingAbove: exact), exact)
+        XCTAssertEqual(encoding.countOrdinary(text, stoppingAbove: exact + 1_000), exact)
+        let stopped = encoding.countOrdinary(text, stoppingAbove: 100)
+        XCTAssertGreaterThan(stopped, 100)
+        // It stopped within one piece of the limit (a piece is at most a few tokens here).
+        XCTAssertLessThan(stopped, 110)
+        XCTAssertEqual(encoding.countOrdinary("", stoppingAbove: 0), 0)
+    }
+
     func testEmptyInput() throws {
         let encoding = try encoding(.cl100k_base)
         XCTAssertEqual(encoding.encodeOrdinary(""), [])

@@ -27,6 +27,23 @@ final class ChatPromptCounterTests: XCTestCase {
 
     /// Section 7: with the get_current_weather tool the API billed 105 prompt tokens on
     /// gpt-3.5-turbo / gpt-4 and 101 on gpt-4o / gpt-4o-mini.
+    /// With a stop, the count is exact when the prompt is within it, and otherwise some number
+    /// above it found without counting a huge message in full.
+    func testCountStoppingAboveALimit() throws {
+        let counter = try counter(.o200k_base)
+        let long = (0..<20_000).map { "w\($0 % 977)x\($0 % 13)" }.joined(separator: " ")
+        let prompt = ChatPrompt(messages: [
+            ChatMessage(role: "system", content: [.text("Be brief.")]),
+            ChatMessage(role: "user", content: [.text(long)]),
+            ChatMessage(role: "user", content: [.text("and one more")]),
+        ])
+        let exact = try counter.count(prompt)
+        XCTAssertEqual(try counter.count(prompt, stoppingAbove: exact), exact)
+        let stopped = try counter.count(prompt, stoppingAbove: 500)
+        XCTAssertGreaterThan(stopped, 500)
+        XCTAssertLessThan(stopped, 520)
+    }
+
     func testCookbookToolsExample() throws {
         let prompt = ChatPrompt(
             messages: [

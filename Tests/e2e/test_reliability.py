@@ -1,6 +1,7 @@
 """Failure modes that must neither hang nor mis-charge: clients that stop reading or leave, upstreams
 that fail or lie about usage. Each asserts what the key is charged through its rate-limit headers."""
 import json
+import re
 import socket
 import struct
 import time
@@ -181,12 +182,19 @@ def big_prompt_request(g, key, megabytes):
 
 def test_prompt_that_can_never_fit_is_refused_without_counting_and_costs_a_request(one_loop_gateway):
     g = one_loop_gateway
+    # 2 MB could still be 20,000 tokens by its size: it is counted, but only until it passes the
+    # key's 20,000 (the full count would be ~400,000).
+    r = big_prompt_request(g, SMALL_KEY, 2)
+    assert r.status_code == 429 and r.headers.get("x-should-retry") == "false", r.text
+    requested = int(re.search(r"Requested (\d+)", r.json()["error"]["message"]).group(1))
+    assert 20_000 < requested < 21_000, r.text
+    # 12 MB cannot be fewer than 12 MiB ÷ 128 bytes = 98,304 tokens: refused without counting.
     started = time.time()
     r = big_prompt_request(g, SMALL_KEY, 12)
     assert r.status_code == 429 and r.headers.get("x-should-retry") == "false", r.text
     assert time.time() - started < 5
     # Refused work is not free: each refusal took one of the key's 5 requests a minute.
-    for _ in range(4):
+    for _ in range(3):
         assert big_prompt_request(g, SMALL_KEY, 3).status_code == 429
     r = httpx.post(g.base_url + "/chat/completions", timeout=10, headers={"authorization": f"Bearer {SMALL_KEY}"},
                    json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
