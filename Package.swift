@@ -48,8 +48,8 @@ let package = Package(
             name: "SluiceUpstream",
             dependencies: [
                 "CCurl",
-                "SluiceCore",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -125,6 +125,9 @@ let package = Package(
             name: "SluiceServerTests",
             dependencies: [
                 "SluiceServer",
+                "SluiceCore",
+                "SluiceTokenizer",
+                "SluiceUpstream",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

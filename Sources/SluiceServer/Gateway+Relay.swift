@@ -87,13 +87,13 @@ extension Gateway {
         }
         let response: UpstreamResponse
         do {
-            response = try await executeRetryingRefusedConnects(upstreamRequest)
-            breaker.record(upstreamDown: [502, 503, 504].contains(response.status))
+            response = try await engine.executeRetryingSafeFailures(upstreamRequest)
+            breaker.record(upstreamDown: response.meansUpstreamDown)
         } catch where Self.clientWentAway(error) {
             breaker.record(upstreamDown: false)  // unknown: the client left first; don't punish the upstream
             return .clientGoneBeforeAnswer
         } catch {
-            breaker.record(upstreamDown: [.connectFailed, .connectTimeout, .firstByteTimeout].contains(error.kind))
+            breaker.record(upstreamDown: error.meansUpstreamDown)
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
             logger.warning("upstream request failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
@@ -108,20 +108,10 @@ extension Gateway {
         return await relayWhole(exchange, response: response, writer: writer, logger: logger)
     }
 
-    /// A refused or failed connect sent nothing, so one immediate retry (on a new connection) is
-    /// always safe; anything later may have reached the model and is never retried.
-    private func executeRetryingRefusedConnects(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
-        do {
-            return try await engine.execute(request)
-        } catch where error.kind == .connectFailed {
-            return try await engine.execute(request)
-        }
-    }
-
     /// A transfer cancelled because the client's connection closed (its task was cancelled) is the
     /// client's doing, not an upstream failure: no error response, no upstream-error metric.
     private static func clientWentAway(_ error: UpstreamError) -> Bool {
-        error.kind == .cancelled || Task.isCancelled
+        error.isCancellation || Task.isCancelled
     }
 
     private func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders) -> UpstreamRequest {
@@ -266,32 +256,4 @@ extension Gateway {
             return RelayResult(status: 499, chargesPrompt: true, completionTokens: produced)
         }
     }
-}
-
-/// The circuit breakers of the upstreams, created on first use by name.
-///
-/// Every request looks its upstream's breaker up: each thread keeps its own map of the (shared)
-/// breakers, so the lookup takes no lock all event loops share.
-final class UpstreamBreakers: Sendable {
-    private let breakers = Mutex<[String: UpstreamCircuitBreaker]>([:])
-    private let perThread = ThreadSpecificVariable<ThreadBreakers>()
-
-    func breaker(for upstream: String) -> UpstreamCircuitBreaker {
-        let local = perThread.valueForThisThread(orMake: ThreadBreakers.init)
-        if let breaker = local.byName[upstream] { return breaker }
-        let breaker = breakers.withLock { breakers in
-            if let breaker = breakers[upstream] { return breaker }
-            let breaker = UpstreamCircuitBreaker()
-            breakers[upstream] = breaker
-            return breaker
-        }
-        local.byName[upstream] = breaker
-        return breaker
-    }
-}
-
-/// One thread's view of `UpstreamBreakers`. `@unchecked Sendable`: only reached through its own
-/// thread's slot. Bounded by the upstream names the config ever had.
-private final class ThreadBreakers: @unchecked Sendable {
-    var byName: [String: UpstreamCircuitBreaker] = [:]
 }

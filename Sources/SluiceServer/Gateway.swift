@@ -29,7 +29,7 @@ public final class Gateway: RequestHandling {
     }
     let tokenizers: Tokenizers
     let limiter: any LimiterStore
-    let engine: CurlEngine
+    let engine: any UpstreamClient
     let metrics: GatewayMetrics
     let logger: Logger
     let promptCounter: PromptTokenCounter
@@ -47,7 +47,7 @@ public final class Gateway: RequestHandling {
         settings: GatewaySettings,
         tokenizers: Tokenizers,
         limiter: any LimiterStore,
-        engine: CurlEngine,
+        engine: any UpstreamClient,
         metrics: GatewayMetrics,
         limiterMode: @escaping @Sendable () -> String = { "embedded" },
         logger: Logger

@@ -17,26 +17,65 @@ public struct UpstreamBody: AsyncSequence, Sendable {
         ByteBuffer, any Error, BodyBytesWatermarkStrategy, UpstreamBodyDelegate
     >
 
-    let producer: Producer
-    let account: BodyBufferAccount
+    private enum Source: Sendable {
+        /// A curl transfer's body.
+        case transfer(Producer, BodyBufferAccount)
+        /// Chunks from elsewhere (a scripted upstream in tests).
+        case chunks(AsyncThrowingStream<ByteBuffer, any Error>)
+    }
+
+    private let source: Source
+
+    init(producer: Producer, account: BodyBufferAccount) {
+        source = .transfer(producer, account)
+    }
+
+    /// A body made of `chunks`: for an ``UpstreamClient`` other than the curl engine (tests script
+    /// their upstream this way). An error thrown by the stream is the body's failure.
+    public init(chunks: AsyncThrowingStream<ByteBuffer, any Error>) {
+        source = .chunks(chunks)
+    }
+
+    /// Bytes the engine buffered for this body that the consumer has not taken yet (0 for other sources).
+    var bufferedBytes: Int {
+        if case .transfer(_, let account) = source { return account.buffered }
+        return 0
+    }
 
     public func makeAsyncIterator() -> AsyncIterator {
-        AsyncIterator(inner: producer.makeAsyncIterator(), account: account)
+        switch source {
+        case .transfer(let producer, let account): AsyncIterator(inner: .transfer(producer.makeAsyncIterator(), account))
+        case .chunks(let stream): AsyncIterator(inner: .chunks(stream.makeAsyncIterator()))
+        }
     }
 
     public struct AsyncIterator: AsyncIteratorProtocol {
         public typealias Element = ByteBuffer
         public typealias Failure = UpstreamError
 
-        var inner: Producer.AsyncIterator
-        let account: BodyBufferAccount
+        enum Inner {
+            case transfer(Producer.AsyncIterator, BodyBufferAccount)
+            case chunks(AsyncThrowingStream<ByteBuffer, any Error>.AsyncIterator)
+        }
+
+        var inner: Inner
 
         /// The next chunk, or `nil` once the upstream's response is complete.
         public mutating func next() async throws(UpstreamError) -> ByteBuffer? {
             do {
-                guard let chunk = try await inner.next() else { return nil }
-                account.consumed(chunk.readableBytes)
-                return chunk
+                switch inner {
+                case .transfer(var iterator, let account):
+                    defer { inner = .transfer(iterator, account) }
+                    guard let chunk = try await iterator.next() else { return nil }
+                    account.consumed(chunk.readableBytes)
+                    return chunk
+                case .chunks(var iterator):
+                    defer { inner = .chunks(iterator) }
+                    // The stream ends (nil) when the task is cancelled: that is not the body's end.
+                    let chunk = try await iterator.next()
+                    if Task.isCancelled { throw CancellationError() }
+                    return chunk
+                }
             } catch let error as UpstreamError {
                 throw error
             } catch is CancellationError {

@@ -68,6 +68,12 @@ public struct UpstreamResponse: Sendable {
     /// The body chunks. Iterate it or drop it: dropping it cancels the transfer.
     public let body: UpstreamBody
 
+    public init(status: Int, headers: [(name: String, value: String)], body: UpstreamBody) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
     /// The first value of a header field, compared case-insensitively.
     public func headerValue(_ name: String) -> String? {
         headers.first { $0.name.caseInsensitiveEquals(name) }?.value

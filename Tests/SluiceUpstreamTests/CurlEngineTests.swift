@@ -126,7 +126,7 @@ final class CurlEngineTests: XCTestCase {
         try await withEngine(CurlEngine.Configuration(threads: 1, maxConnectionsPerHost: 1)) { engine in
             for _ in 0..<50 {
                 let response = try await engine.execute(get("/fixed?bytes=1000"))
-                XCTAssertEqual(response.body.account.buffered, 1000, "the body was not complete when the head arrived")
+                XCTAssertEqual(response.body.bufferedBytes, 1000, "the body was not complete when the head arrived")
                 XCTAssertEqual(engine.stats.activeTransfers, 0, "the transfer had not ended when the head arrived")
                 let bytes = try await collect(response.body)
                 XCTAssertEqual(bytes, fixedBody(1000))
