@@ -24,16 +24,8 @@ extension Gateway {
         case .failure(let error): return await writeError(writer, error, requestID: requestID)
         }
 
-        // 2. read: the fields that matter, parsed once from the body.
+        // 2. read: the fields that matter, parsed once from the body (UTF-8 checked).
         let body = Array(request.body.readableBytesView)
-        // JSON is UTF-8 (RFC 8259); an ill-formed body is refused rather than silently repaired, so
-        // what is counted and billed is exactly what the client meant.
-        guard body.withUnsafeBufferPointer(UTF8Validation.isValid) else {
-            return await refuse(
-                .invalidRequest(message: "The request body is not valid UTF-8. JSON bodies must be encoded as UTF-8.", param: nil),
-                key: key, model: nil, requestID: requestID, writer: writer
-            )
-        }
         let openAIRequest: OpenAIRequest
         do {
             openAIRequest = try OpenAIRequest.parse(body, endpoint: endpoint)
@@ -52,7 +44,7 @@ extension Gateway {
         // proves that it can never fit the key's buckets is not counted: its lower bound goes to
         // admit, which refuses it. A large prompt is counted off the event loop (which serves other
         // connections meanwhile).
-        let reservedOutputTokens = endpoint == .embeddings ? 0 : (openAIRequest.maxOutputTokens ?? key.defaultOutputTokens) * openAIRequest.n
+        let reservedOutputTokens = openAIRequest.reservedOutputTokens(defaultOutputTokens: key.defaultOutputTokens)
         let promptBytes = promptCounter.promptBytes(openAIRequest)
         let fewestPromptTokens = promptCounter.minimumTokens(promptBytes: promptBytes, model: model)
         let largestPrompt = key.limits.largestAdmissiblePrompt(reservedOutputTokens: reservedOutputTokens)
@@ -166,10 +158,10 @@ extension Gateway {
         _ = try? await limiter.settle(reservation, actualPromptTokens: 0, actualCompletionTokens: 0)
     }
 
-    /// Refuses a request after authentication: an error with the key's current rate-limit headers.
+    /// Refuses a request after authentication and before admission (400, 404). No rate-limit headers:
+    /// they would cost a limiter round trip (Redis) for every bad request.
     private func refuse(_ error: GatewayError, key: APIKey, model: String?, requestID: String, writer: ResponseWriter) async -> RequestOutcome {
-        let snapshot = try? await limiter.snapshot(keyID: key.id, limits: key.limits)
-        return await writeError(writer, error, requestID: requestID, keyID: key.id, model: model, extraHeaders: snapshot.map(RateLimitHeaders.render) ?? [])
+        await writeError(writer, error, requestID: requestID, keyID: key.id, model: model)
     }
 }
 

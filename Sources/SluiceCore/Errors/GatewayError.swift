@@ -220,6 +220,11 @@ extension GatewayError {
     /// 429 that no retry can fix: this one request costs more than the limit's whole burst.
     /// "Request too large for <model> on tokens per min (TPM): Limit 30000, Requested 34102. The
     /// input or output tokens must be reduced in order to run successfully." Sends `x-should-retry: false`.
+    /// 400: the body is not UTF-8 (JSON must be).
+    public static func bodyNotUTF8() -> GatewayError {
+        .invalidRequest(message: "The request body is not valid UTF-8. JSON bodies must be encoded as UTF-8.", param: nil)
+    }
+
     public static func requestTooLarge(limit: RateLimitKind, model: String, limitValue: Int, requested: Int) -> GatewayError {
         GatewayError(kind: .requestTooLarge, status: 429, type: limit.errorType, code: "rate_limit_exceeded",
                      message: "Request too large for \(model) on \(limit.openAILabel): Limit \(limitValue), Requested \(requested). The input or output tokens must be reduced in order to run successfully.",

@@ -41,14 +41,31 @@ public struct OpenAIRequest: Sendable {
     }
 }
 
+// MARK: - Costs
+
+extension OpenAIRequest {
+    /// The output tokens an admission reserves: the request's `max_completion_tokens` or
+    /// `max_tokens` (else `defaultOutputTokens`, the key's) for each of its `n` choices; nothing for
+    /// an endpoint that produces no completion (embeddings).
+    public func reservedOutputTokens(defaultOutputTokens: Int) -> Int {
+        guard endpoint.producesCompletion else { return 0 }
+        return (maxOutputTokens ?? defaultOutputTokens) * n
+    }
+}
+
 // MARK: - Parsing
 
 extension OpenAIRequest {
     /// Reads a request body for `endpoint`.
-    /// - Throws: `GatewayError.invalidJSON` when the body is not JSON, or
+    ///
+    /// JSON is UTF-8 (RFC 8259): an ill-formed body is refused rather than silently repaired, so
+    /// what is counted and billed is exactly what the client meant.
+    /// - Throws: `GatewayError.invalidRequest` for a body that is not UTF-8,
+    ///   `GatewayError.invalidJSON` when the body is not JSON, or
     ///   `GatewayError.invalidRequest` (400, OpenAI-worded, with `param`) when a field is missing,
     ///   of the wrong type or out of range.
     public static func parse(_ body: UnsafeRawBufferPointer, endpoint: OpenAIEndpoint) throws(GatewayError) -> OpenAIRequest {
+        guard UTF8Validation.isValid(body.assumingMemoryBound(to: UInt8.self)) else { throw GatewayError.bodyNotUTF8() }
         let root: JSONValue
         do {
             root = try JSONReader.parse(body)

@@ -8,9 +8,32 @@ final class OpenAIRequestTests: XCTestCase {
         try OpenAIRequest.parse(Array(json.utf8), endpoint: endpoint)
     }
 
-    private func chatPrompt(_ request: OpenAIRequest) throws -> ChatPrompt {
-        guard case .chat(let prompt) = request.prompt else { throw XCTSkip("not a chat prompt") }
+    private struct NotAChatPrompt: Error {}
+
+    /// The chat prompt of `request`; anything else is a parsing regression and fails the test.
+    private func chatPrompt(_ request: OpenAIRequest, file: StaticString = #filePath, line: UInt = #line) throws -> ChatPrompt {
+        guard case .chat(let prompt) = request.prompt else {
+            XCTFail("not a chat prompt: \(request.prompt)", file: file, line: line)
+            throw NotAChatPrompt()
+        }
         return prompt
+    }
+
+    /// The reader refuses a body that is not UTF-8 (so the gateway and `sluice tokens --chat`
+    /// refuse the same bodies), with OpenAI's 400.
+    func testBodyThatIsNotUTF8IsRefused() {
+        let body = Array(#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":""#.utf8) + [0xC3, 0x28] + Array(#""}]}"#.utf8)
+        XCTAssertThrowsError(try OpenAIRequest.parse(body, endpoint: .chatCompletions)) { error in
+            XCTAssertEqual((error as? GatewayError)?.status, 400)
+            XCTAssertTrue((error as? GatewayError)?.message.contains("UTF-8") ?? false)
+        }
+    }
+
+    func testReservedOutputIsMaxTokensTimesNAndNothingForEmbeddings() throws {
+        XCTAssertEqual(try parse(#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":10,"n":3}"#).reservedOutputTokens(defaultOutputTokens: 100), 30)
+        XCTAssertEqual(try parse(#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":4,"max_tokens":10}"#).reservedOutputTokens(defaultOutputTokens: 100), 4)
+        XCTAssertEqual(try parse(#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#).reservedOutputTokens(defaultOutputTokens: 100), 200)
+        XCTAssertEqual(try parse(#"{"model":"m","input":"hi"}"#, .embeddings).reservedOutputTokens(defaultOutputTokens: 100), 0)
     }
 
     // MARK: Chat
