@@ -107,13 +107,7 @@ final class ConnectionDeadlineHandler: ChannelDuplexHandler, RemovableChannelHan
             context.close(promise: nil)
         case .readingRequest:
             // The client started a request and did not finish it in time: tell it why, then close.
-            let error = GatewayError.requestTimeout()
-            let body = ByteBuffer(bytes: error.responseBody())
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "application/json")
-            headers.add(name: "content-length", value: String(body.readableBytes))
-            headers.add(name: "connection", value: "close")
-            let head = HTTPResponseHead(version: .http1_1, status: .requestTimeout, headers: headers)
+            let (head, body) = GatewayError.requestTimeout().rendered(requestID: nil, closing: true)
             context.write(wrapOutboundOut(.head(head)), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
             let bound = NIOLoopBound(context, eventLoop: context.eventLoop)

@@ -85,13 +85,7 @@ final class MalformedRequestResponder: ChannelDuplexHandler, RemovableChannelHan
         }
         logger.debug("malformed request answered", metadata: ["status": "\(answer.status)", "error": "\(error)"])
         answered = true
-        let body = ByteBuffer(bytes: answer.responseBody())
-        var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "application/json")
-        headers.add(name: "content-length", value: String(body.readableBytes))
-        headers.add(name: "connection", value: "close")
-        for (name, value) in answer.headers { headers.add(name: name, value: value) }
-        let head = HTTPResponseHead(version: .http1_1, status: HTTPResponseStatus(statusCode: answer.status), headers: headers)
+        let (head, body) = answer.rendered(requestID: nil, closing: true)
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         let channel = context.channel

@@ -1,6 +1,5 @@
 import NIOCore
 import NIOHTTP1
-import SluiceCore
 import Synchronization
 
 /// Writes the one response to a request: a whole body, an OpenAI-shaped error, or a stream of chunks.
@@ -50,25 +49,16 @@ public final class ResponseWriter: Sendable {
         writeWhole(status: status, headers: headers, body: body, forceClose: forceClose)
     }
 
-    /// Sends `error` as OpenAI's error envelope with its status and headers.
-    public func writeError(_ error: GatewayError, requestID: String?, extraHeaders: [(String, String)] = [], forceClose: Bool = false) async throws {
+    /// Sends `error` as rendered by itself (for Sluice, OpenAI's error envelope with its status and headers).
+    func writeError(_ error: some ErrorResponse, requestID: String?, extraHeaders: [(String, String)] = [], forceClose: Bool = false) async throws {
         try checkOpen()
         writeErrorNow(error, requestID: requestID, extraHeaders: extraHeaders, forceClose: forceClose)
     }
 
     /// `writeError` for the connection handler itself (on the event loop, nothing to wait for).
-    func writeErrorNow(_ error: GatewayError, requestID: String?, extraHeaders: [(String, String)] = [], forceClose: Bool = false) {
-        var headers = HTTPHeaders()
-        headers.add(name: "content-type", value: "application/json")
-        if let requestID { headers.add(name: "x-request-id", value: requestID) }
-        for (name, value) in extraHeaders { headers.add(name: name, value: value) }
-        for (name, value) in error.headers { headers.replaceOrAdd(name: name, value: value) }
-        writeWhole(
-            status: HTTPResponseStatus(statusCode: error.status),
-            headers: headers,
-            body: ByteBuffer(bytes: error.responseBody()),
-            forceClose: forceClose
-        )
+    func writeErrorNow(_ error: some ErrorResponse, requestID: String?, extraHeaders: [(String, String)] = [], forceClose: Bool = false) {
+        let (head, body) = error.rendered(requestID: requestID, extraHeaders: extraHeaders, closing: false)
+        writeWhole(status: head.status, headers: head.headers, body: body, forceClose: forceClose)
     }
 
     /// Starts a chunked response (streaming).
