@@ -101,7 +101,7 @@ public final class RedisLimiterStore: LimiterStore {
         var arguments = RedisArguments(capacity: 512)
         layout.appendLimiterKeys(requestID: request.requestID, to: &arguments)
         arguments.append(request.requestID)
-        for kind in Self.bucketKinds {
+        for kind in RateLimitKind.buckets {
             if let limit = limits.bucket(kind) {
                 arguments.append(limit.perMinute)
                 arguments.append(limit.burst)
@@ -119,6 +119,7 @@ public final class RedisLimiterStore: LimiterStore {
         arguments.append(options.leaseTTLMillis)
         arguments.append(options.reservationTTLMillis)
         arguments.append(Int(try await admissionDeadline()))
+        arguments.append(Int(RateLimitDenial.concurrencyRetryAfterSeconds * 1_000_000))
         let call = RedisScriptCall(keyCount: RedisKeyLayout.limiterKeyCount, arguments: arguments)
         let values = try Self.integers(try await client.call(scripts.admit, call), count: 14, script: "admit")
         clockOffsetMicros.store(values[13] - Self.wallClockMicros(), ordering: .relaxed)
@@ -134,7 +135,7 @@ public final class RedisLimiterStore: LimiterStore {
             }
             return .admitted(Reservation(admitting: request), snapshot)
         }
-        guard let kind = Self.kind(code: values[6]) else {
+        guard let kind = RateLimitKind(code: Int(values[6])) else {
             throw RedisError.unexpectedReply("admit.lua returned denial kind \(values[6])")
         }
         let denial = RateLimitDenial(
@@ -209,7 +210,7 @@ public final class RedisLimiterStore: LimiterStore {
         layout.appendLimiterKeys(requestID: reservation.requestID, to: &arguments)
         layout.appendUsageKeys(day: UTCDay(Date()).text, to: &arguments)
         arguments.append(reservation.requestID)
-        for kind in Self.bucketKinds {
+        for kind in RateLimitKind.buckets {
             if let limit = limits.bucket(kind) {
                 arguments.append(limit.perMinute)
                 arguments.append(limit.burst)
@@ -280,22 +281,6 @@ public final class RedisLimiterStore: LimiterStore {
 
     // MARK: helpers
 
-    private static let bucketKinds: [RateLimitKind] = [.requests, .tokens, .inputTokens, .outputTokens]
-
-    /// Kind codes of admit.lua's denials.
-    private static func kind(code: Int64) -> RateLimitKind? {
-        switch code {
-        case 1: .requests
-        case 2: .tokens
-        case 3: .inputTokens
-        case 4: .outputTokens
-        case 5: .concurrency
-        case 6: .dailyTokens
-        case 7: .monthlyTokens
-        default: nil
-        }
-    }
-
     /// Amounts sent to Lua stay below 2^52 (exact as doubles) and non-negative.
     private static func exact(_ amount: Int) -> Int {
         min(max(amount, 0), LimitSet.maximumQuota)
@@ -314,22 +299,14 @@ public final class RedisLimiterStore: LimiterStore {
         return values
     }
 
-    /// The header values (requests remaining, reset µs, tokens remaining, reset µs) of the
-    /// configured limits.
+    /// The snapshot from a script's four header values (requests remaining, reset µs, tokens
+    /// remaining, reset µs).
     private static func snapshot(_ limits: ResolvedLimits, _ values: ArraySlice<Int64>) -> RateLimitSnapshot {
-        let values = Array(values)
-        var snapshot = RateLimitSnapshot()
-        if let limit = limits.requests {
-            snapshot.limitRequests = limit.perMinute
-            snapshot.remainingRequests = Int(values[0])
-            snapshot.resetRequestsSeconds = Double(values[1]) / 1_000_000
-        }
-        if let limit = limits.tokens {
-            snapshot.limitTokens = limit.perMinute
-            snapshot.remainingTokens = Int(values[2])
-            snapshot.resetTokensSeconds = Double(values[3]) / 1_000_000
-        }
-        return snapshot
+        let start = values.startIndex
+        return RateLimitSnapshot(
+            limits: limits, requestsRemaining: values[start], requestsResetMicros: values[start + 1],
+            tokensRemaining: values[start + 2], tokensResetMicros: values[start + 3]
+        )
     }
 
     private func reportCorruption(_ flag: Int64, keyID: String, script: String) {

@@ -1,4 +1,5 @@
 import NIOPosix
+import SluiceCore
 import Synchronization
 
 /// The circuit breakers of the upstreams, created on first use by name.
@@ -6,13 +7,13 @@ import Synchronization
 /// Every request looks its upstream's breaker up: each thread keeps its own map of the (shared)
 /// breakers, so the lookup takes no lock all event loops share.
 public final class UpstreamBreakers: Sendable {
-    private let breakers = Mutex<[String: UpstreamCircuitBreaker]>([:])
+    private let breakers = Mutex<[String: CircuitBreaker]>([:])
     private let perThread = ThreadSpecificVariable<ThreadBreakers>()
 
     public init() {}
 
     /// The breaker of the upstream named `upstream` (made on first use).
-    public func breaker(for upstream: String) -> UpstreamCircuitBreaker {
+    public func breaker(for upstream: String) -> CircuitBreaker {
         let local = perThread.currentValue ?? {
             let made = ThreadBreakers()
             perThread.currentValue = made
@@ -21,7 +22,7 @@ public final class UpstreamBreakers: Sendable {
         if let breaker = local.byName[upstream] { return breaker }
         let breaker = breakers.withLock { breakers in
             if let breaker = breakers[upstream] { return breaker }
-            let breaker = UpstreamCircuitBreaker()
+            let breaker = CircuitBreaker()
             breakers[upstream] = breaker
             return breaker
         }
@@ -33,5 +34,5 @@ public final class UpstreamBreakers: Sendable {
 /// One thread's view of `UpstreamBreakers`. `@unchecked Sendable`: only reached through its own
 /// thread's slot. Bounded by the upstream names the config ever had.
 private final class ThreadBreakers: @unchecked Sendable {
-    var byName: [String: UpstreamCircuitBreaker] = [:]
+    var byName: [String: CircuitBreaker] = [:]
 }

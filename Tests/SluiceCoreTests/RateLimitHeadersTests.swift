@@ -62,4 +62,13 @@ final class RateLimitHeadersTests: XCTestCase {
         XCTAssertEqual(RateLimitHeaders.render(requestsOnly).map(\.0), ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"])
         XCTAssertTrue(RateLimitHeaders.render(.empty).isEmpty)
     }
+
+    /// The codes the limiter scripts report kinds with: one per kind, and back.
+    func testRateLimitKindCodesRoundTrip() {
+        XCTAssertEqual(Set(RateLimitKind.allCases.map(\.code)).count, RateLimitKind.allCases.count)
+        for kind in RateLimitKind.allCases { XCTAssertEqual(RateLimitKind(code: kind.code), kind) }
+        XCTAssertNil(RateLimitKind(code: 0))
+        // The buckets' codes are their positions: the Lua scripts rely on it.
+        XCTAssertEqual(RateLimitKind.buckets.map(\.code), [1, 2, 3, 4])
+    }
 }

@@ -42,3 +42,30 @@ public enum RateLimitKind: String, Sendable, Hashable, CaseIterable {
         }
     }
 }
+
+// MARK: - The limiter's vocabulary, shared by both stores and the Lua scripts
+
+extension RateLimitKind {
+    /// The per-minute buckets a key may have, in the order both stores check them (and the Redis
+    /// scripts take their keys and arguments).
+    public static let buckets: [RateLimitKind] = [.requests, .tokens, .inputTokens, .outputTokens]
+
+    /// The number a limiter script reports this kind with (`admit.lua`'s denial kinds).
+    public var code: Int {
+        switch self {
+        case .requests: 1
+        case .tokens: 2
+        case .inputTokens: 3
+        case .outputTokens: 4
+        case .concurrency: 5
+        case .dailyTokens: 6
+        case .monthlyTokens: 7
+        }
+    }
+
+    /// The kind a limiter script reported as `code`; nil for a code no kind has.
+    public init?(code: Int) {
+        guard let kind = Self.allCases.first(where: { $0.code == code }) else { return nil }
+        self = kind
+    }
+}

@@ -37,8 +37,6 @@ public final class FailoverLimiterStore: LimiterStore {
     private let onModeChange: @Sendable (Mode, String?) -> Void
 
     private struct State {
-        var circuitOpenUntil: Int64?  // nil: closed (use the shared store)
-        var probing = false
         var liveNodes: Int?
         var lastError: String?
         /// Reservations made without the shared store, by request id: settled here, not there.
@@ -73,6 +71,9 @@ public final class FailoverLimiterStore: LimiterStore {
     /// How long a settlement is retried: the shared store's reservation lifetime.
     public static let defaultMaximumPendingAgeMicros: Int64 = 900_000_000
     private let state = Mutex(State())
+    /// Open while the shared store is skipped: one failure opens it for the retry interval, then one
+    /// admission probes; any success (a heartbeat's too) closes it.
+    private let breaker: CircuitBreaker
 
     /// - Parameters:
     ///   - onModeChange: called when the node switches between the shared store and its failure
@@ -91,12 +92,16 @@ public final class FailoverLimiterStore: LimiterStore {
         self.retryIntervalMicros = retryIntervalMicros
         self.maximumPendingAgeMicros = maximumPendingAgeMicros
         self.clock = clock
+        self.breaker = CircuitBreaker(
+            configuration: .init(failureThreshold: 1, openMillis: Int(max(retryIntervalMicros / 1_000, 1))),
+            clock: { clock() / 1_000 }
+        )
         self.onModeChange = onModeChange
     }
 
     /// What this node enforces now.
     public var mode: Mode {
-        state.withLock { $0.circuitOpenUntil == nil } ? .shared : fallbackMode
+        breaker.isOpen ? fallbackMode : .shared
     }
 
     private var fallbackMode: Mode {
@@ -248,14 +253,12 @@ public final class FailoverLimiterStore: LimiterStore {
     // MARK: - Circuit breaker
 
     /// Whether to use the shared store for this call: always while the circuit is closed; once per
-    /// retry interval (one probe at a time) while it is open.
+    /// retry interval (one probe at a time) while it is open. A `probe: false` call never probes.
     private func shouldTryShared(probe: Bool = true) -> Bool {
-        let now = clock()
-        return state.withLock { state in
-            guard let openUntil = state.circuitOpenUntil else { return true }
-            guard probe, now >= openUntil, !state.probing else { return false }
-            state.probing = true
-            return true
+        guard probe else { return !breaker.isOpen }
+        switch breaker.acquire() {
+        case .allow, .probe: return true
+        case .reject: return false
         }
     }
 
@@ -268,26 +271,14 @@ public final class FailoverLimiterStore: LimiterStore {
     public func sharedStoreFailed(_ error: any Error) { sharedFailed(error) }
 
     private func sharedSucceeded() {
-        let recovered = state.withLock { state -> Bool in
-            state.probing = false
-            guard state.circuitOpenUntil != nil else { return false }
-            state.circuitOpenUntil = nil
-            state.lastError = nil
-            return true
-        }
-        if recovered { onModeChange(.shared, nil) }
+        guard breaker.record(upstreamDown: false) == .closed else { return }
+        state.withLock { $0.lastError = nil }
+        onModeChange(.shared, nil)
     }
 
     private func sharedFailed(_ error: any Error) {
-        let now = clock()
         let description = String(describing: error)
-        let opened = state.withLock { state -> Bool in
-            state.probing = false
-            state.lastError = description
-            let wasClosed = state.circuitOpenUntil == nil
-            state.circuitOpenUntil = now + retryIntervalMicros
-            return wasClosed
-        }
-        if opened { onModeChange(fallbackMode, description) }
+        state.withLock { $0.lastError = description }
+        if breaker.record(upstreamDown: true) == .opened { onModeChange(fallbackMode, description) }
     }
 }

@@ -28,10 +28,8 @@ public final class InMemoryLimiterStore: LimiterStore {
         self.clock = clock
     }
 
-    /// Microseconds of the system's monotonic clock (`CLOCK_MONOTONIC` uptime).
-    public static let monotonicMicroseconds: Clock = {
-        Int64(DispatchTime.now().uptimeNanoseconds / 1_000)
-    }
+    /// Microseconds of the monotonic clock.
+    public static let monotonicMicroseconds: Clock = MonotonicClock.microseconds
 
     // MARK: LimiterStore
 
@@ -130,8 +128,6 @@ private struct KeyEntry {
     /// Admitted, not yet settled: what makes settle exactly-once.
     var unsettled: Set<String> = []
 
-    static let bucketKinds: [RateLimitKind] = [.requests, .tokens, .inputTokens, .outputTokens]
-
     func tat(_ kind: RateLimitKind) -> Int64 {
         switch kind {
         case .requests: requestsTAT
@@ -168,7 +164,7 @@ private struct KeyEntry {
             denial = candidate
         }
 
-        for kind in Self.bucketKinds {
+        for kind in RateLimitKind.buckets {
             guard let limit = limits.bucket(kind) else { continue }
             let bucket = GCRABucket(limit)
             let cost = request.cost(kind)
@@ -235,19 +231,14 @@ private struct KeyEntry {
     }
 
     func snapshot(limits: ResolvedLimits, now: Int64) -> RateLimitSnapshot {
-        var snapshot = RateLimitSnapshot()
-        if let limit = limits.requests {
-            let bucket = GCRABucket(limit)
-            snapshot.limitRequests = limit.perMinute
-            snapshot.remainingRequests = Int(bucket.remaining(tat: requestsTAT, now: now))
-            snapshot.resetRequestsSeconds = Double(bucket.resetAfterMicros(tat: requestsTAT, now: now)) / 1_000_000
-        }
-        if let limit = limits.tokens {
-            let bucket = GCRABucket(limit)
-            snapshot.limitTokens = limit.perMinute
-            snapshot.remainingTokens = Int(bucket.remaining(tat: tokensTAT, now: now))
-            snapshot.resetTokensSeconds = Double(bucket.resetAfterMicros(tat: tokensTAT, now: now)) / 1_000_000
-        }
-        return snapshot
+        let requests = limits.requests.map(GCRABucket.init)
+        let tokens = limits.tokens.map(GCRABucket.init)
+        return RateLimitSnapshot(
+            limits: limits,
+            requestsRemaining: requests?.remaining(tat: requestsTAT, now: now) ?? 0,
+            requestsResetMicros: requests?.resetAfterMicros(tat: requestsTAT, now: now) ?? 0,
+            tokensRemaining: tokens?.remaining(tat: tokensTAT, now: now) ?? 0,
+            tokensResetMicros: tokens?.resetAfterMicros(tat: tokensTAT, now: now) ?? 0
+        )
     }
 }

@@ -126,6 +126,23 @@ public struct RateLimitSnapshot: Sendable, Hashable {
     /// No limits configured: no headers.
     public static let empty = RateLimitSnapshot()
 
+    /// The header values for `limits`: what is left in the requests and tokens buckets and how long
+    /// until each is full (µs); a limit that is not configured gets no values. Both stores build
+    /// their snapshots here.
+    public init(limits: ResolvedLimits, requestsRemaining: Int64, requestsResetMicros: Int64, tokensRemaining: Int64, tokensResetMicros: Int64) {
+        self.init()
+        if let limit = limits.requests {
+            limitRequests = limit.perMinute
+            remainingRequests = Int(requestsRemaining)
+            resetRequestsSeconds = Double(requestsResetMicros) / 1_000_000
+        }
+        if let limit = limits.tokens {
+            limitTokens = limit.perMinute
+            remainingTokens = Int(tokensRemaining)
+            resetTokensSeconds = Double(tokensResetMicros) / 1_000_000
+        }
+    }
+
     public init(limitRequests: Int? = nil, remainingRequests: Int? = nil, resetRequestsSeconds: Double? = nil, limitTokens: Int? = nil, remainingTokens: Int? = nil, resetTokensSeconds: Double? = nil) {
         self.limitRequests = limitRequests
         self.remainingRequests = remainingRequests

@@ -13,6 +13,8 @@
 --       20 lease TTL ms   21 reservation TTL ms
 --       22 deadline, µs of Redis' clock (0: none): the caller gives up then, so a call that runs
 --          later (it waited in a frozen server's socket) must change nothing
+--       23 retry-after of a concurrency denial, µs (RateLimitDenial.concurrencyRetryAfterSeconds)
+-- Denial kinds are RateLimitKind.code; buckets come in RateLimitKind.buckets' order.
 -- Returns {admitted 1|0|2 (2: past its deadline, nothing changed), corrupt 1|0,
 --          requests remaining, requests reset µs, tokens remaining, tokens reset µs,
 --          denial kind, limit, burst, used, requested, retry after µs, never fits 1|0,
@@ -81,7 +83,7 @@ if maxConcurrent > 0 then
     inFlight = redis.call('ZCOUNT', leases, '-inf', int(nowMillis + 2 * leaseTTL))
   end
   if inFlight >= maxConcurrent then
-    consider(5, maxConcurrent, maxConcurrent, inFlight, 1, 1000000, 0)
+    consider(5, maxConcurrent, maxConcurrent, inFlight, 1, tonumber(ARGV[23]), 0)
   end
 end
 

@@ -1,15 +1,15 @@
 import Synchronization
 import XCTest
-@testable import SluiceUpstream
+@testable import SluiceCore
 
-final class UpstreamCircuitBreakerTests: XCTestCase {
+final class CircuitBreakerTests: XCTestCase {
     private final class ManualClock: Sendable {
         let millis = Mutex<Int64>(10_000)
         func advance(_ ms: Int64) { millis.withLock { $0 += ms } }
     }
 
-    private func makeBreaker(_ clock: ManualClock) -> UpstreamCircuitBreaker {
-        UpstreamCircuitBreaker(configuration: .init(failureThreshold: 3, openMillis: 1_000)) { clock.millis.withLock { $0 } }
+    private func makeBreaker(_ clock: ManualClock) -> CircuitBreaker {
+        CircuitBreaker(configuration: .init(failureThreshold: 3, openMillis: 1_000)) { clock.millis.withLock { $0 } }
     }
 
     func testOpensAfterConsecutiveFailuresOnly() {
@@ -44,5 +44,17 @@ final class UpstreamCircuitBreakerTests: XCTestCase {
         breaker.record(upstreamDown: false)
         XCTAssertFalse(breaker.isOpen)
         XCTAssertEqual(breaker.acquire(), .allow)
+    }
+
+    /// `record` reports the changes it makes, which the failover turns into its mode changes.
+    func testRecordReportsWhenTheCircuitOpensAndCloses() {
+        let clock = ManualClock()
+        let breaker = makeBreaker(clock)
+        XCTAssertNil(breaker.record(upstreamDown: true))
+        XCTAssertNil(breaker.record(upstreamDown: true))
+        XCTAssertEqual(breaker.record(upstreamDown: true), .opened)
+        XCTAssertNil(breaker.record(upstreamDown: true), "already open")
+        XCTAssertEqual(breaker.record(upstreamDown: false), .closed)
+        XCTAssertNil(breaker.record(upstreamDown: false), "already closed")
     }
 }

@@ -1,13 +1,14 @@
-import Glibc
 import Synchronization
 
-/// Keeps a failing upstream from costing every request a connect timeout: after
-/// `failureThreshold` consecutive failures the circuit opens and requests are refused at once for
-/// `openMillis`; then one probe is let through, and its outcome closes or reopens the circuit.
+/// Keeps a failing dependency from costing every request a timeout: after `failureThreshold`
+/// consecutive failures the circuit opens and requests are refused at once for `openMillis`; then
+/// one probe is let through, and its outcome closes or reopens the circuit. Any success closes it.
 ///
-/// Only failures that say the upstream is down count (connect failures and timeouts, 502/503/504);
-/// a 400 or a 429 is the upstream working as designed.
-public final class UpstreamCircuitBreaker: Sendable {
+/// One type for both dependencies that can fail under Sluice: each upstream (5 failures that say it
+/// is down — connect failures and timeouts, 502/503/504 — open it for 5 s; a 400 or a 429 is the
+/// upstream working as designed) and the shared limiter store (`FailoverLimiterStore`: one failure
+/// opens it for a second, a heartbeat that answers closes it).
+public final class CircuitBreaker: Sendable {
     public struct Configuration: Sendable, Hashable {
         public static let defaultFailureThreshold = 5
         public static let defaultOpenMillis = 5_000
@@ -46,18 +47,12 @@ public final class UpstreamCircuitBreaker: Sendable {
     private let healthy = Atomic<Bool>(true)
 
     /// - Parameter clock: monotonic milliseconds (injectable for tests).
-    public init(configuration: Configuration = Configuration(), clock: @escaping @Sendable () -> Int64 = UpstreamCircuitBreaker.monotonicMillis) {
+    public init(configuration: Configuration = Configuration(), clock: @escaping @Sendable () -> Int64 = MonotonicClock.milliseconds) {
         self.configuration = configuration
         self.clock = clock
     }
 
-    public static let monotonicMillis: @Sendable () -> Int64 = {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
-    }
-
-    /// Whether the upstream is refusing work now (for metrics and readiness).
+    /// Whether the circuit is refusing work now (for metrics and readiness).
     public var isOpen: Bool {
         if healthy.load(ordering: .acquiring) { return false }
         return state.withLock { if case .closed = $0 { false } else { true } }
@@ -82,21 +77,35 @@ public final class UpstreamCircuitBreaker: Sendable {
         }
     }
 
-    /// Reports the outcome of a request that `acquire` allowed (or probed).
-    public func record(upstreamDown: Bool) {
-        if !upstreamDown && healthy.load(ordering: .acquiring) { return }
+    /// A change of the circuit that a `record` made.
+    public enum Transition: Sendable, Equatable {
+        /// It was closed and is open now.
+        case opened
+        /// It was open (or probing) and is closed now.
+        case closed
+    }
+
+    /// Reports an outcome: of a request that `acquire` allowed (or probed), or any other sign of
+    /// the dependency's health (a heartbeat). Returns the change it made to the circuit, if any.
+    @discardableResult
+    public func record(upstreamDown: Bool) -> Transition? {
+        if !upstreamDown && healthy.load(ordering: .acquiring) { return nil }
         let now = clock()
-        state.withLock { state in
+        return state.withLock { state -> Transition? in
             defer { healthy.store(state == .closed(consecutiveFailures: 0), ordering: .releasing) }
+            let wasClosed: Bool
+            if case .closed = state { wasClosed = true } else { wasClosed = false }
             switch (state, upstreamDown) {
             case (_, false):
                 state = .closed(consecutiveFailures: 0)
+                return wasClosed ? nil : .closed
             case (.closed(let failures), true):
-                state = failures + 1 >= configuration.failureThreshold
-                    ? .open(untilMillis: now + Int64(configuration.openMillis))
-                    : .closed(consecutiveFailures: failures + 1)
+                let opens = failures + 1 >= configuration.failureThreshold
+                state = opens ? .open(untilMillis: now + Int64(configuration.openMillis)) : .closed(consecutiveFailures: failures + 1)
+                return opens ? .opened : nil
             case (.halfOpen, true), (.open, true):
                 state = .open(untilMillis: now + Int64(configuration.openMillis))
+                return nil
             }
         }
     }
