@@ -35,7 +35,7 @@ extension Gateway {
         let model = openAIRequest.model
 
         // 3. authorize: the key may use the model, and an upstream serves it.
-        guard key.mayUse(model: model), let upstream = settings.upstream(forModel: model) else {
+        guard let upstream = settings.route(model: model, for: key) else {
             // No model label: an unknown name from a client must not become a metrics label value.
             return await refuse(.modelNotFound(model), key: key, model: nil, requestID: requestID, writer: writer)
         }

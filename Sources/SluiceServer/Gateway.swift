@@ -146,7 +146,7 @@ public final class Gateway: RequestHandling {
         }
         let body: String
         if let modelID {
-            guard models.contains(modelID) || (key.mayUse(model: modelID) && settings.upstream(forModel: modelID) != nil) else {
+            guard settings.route(model: modelID, for: key) != nil else {
                 return await writeError(writer, .modelNotFound(modelID), requestID: requestID, keyID: key.id)
             }
             body = Self.modelObject(modelID)

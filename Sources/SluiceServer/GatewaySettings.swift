@@ -20,6 +20,13 @@ public struct GatewaySettings: Sendable {
         upstreams.first { $0.config.serves(model: model) }
     }
 
+    /// Where `key`'s request for `model` goes: the upstream that serves it, if the key may use it
+    /// (the authorize step, and what `GET /v1/models/{id}` answers).
+    func route(model: String, for key: APIKey) -> UpstreamRoute? {
+        guard key.mayUse(model: model) else { return nil }
+        return upstream(forModel: model)
+    }
+
     /// The `model` label of a request's metrics: the entry of the config that routed it (see
     /// ``UpstreamRoute/metricLabel(forModel:)``), or ``UpstreamRoute/otherModelsLabel`` when no
     /// upstream serves the name (any more: the config may have been reloaded meanwhile).
@@ -81,11 +88,7 @@ struct UpstreamRoute: Sendable {
     }
 
     func url(for endpoint: OpenAIEndpoint) -> String {
-        switch endpoint {
-        case .chatCompletions: return base + "/chat/completions"
-        case .completions: return base + "/completions"
-        case .embeddings: return base + "/embeddings"
-        }
+        base + endpoint.pathBelowVersion
     }
 
     var timeouts: UpstreamTimeouts {

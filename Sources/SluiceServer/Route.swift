@@ -13,12 +13,7 @@ enum Route: Sendable, Equatable {
     case notFound
 
     init(method: HTTPMethod, path: String) {
-        let proxyPaths: [String: OpenAIEndpoint] = [
-            "/v1/chat/completions": .chatCompletions,
-            "/v1/completions": .completions,
-            "/v1/embeddings": .embeddings,
-        ]
-        if let endpoint = proxyPaths[path] {
+        if let endpoint = OpenAIEndpoint(path: path) {
             self = method == .POST ? .proxy(endpoint) : .methodNotAllowed(allowed: ["POST"])
             return
         }
@@ -45,9 +40,7 @@ enum Route: Sendable, Equatable {
     /// A bounded label for metrics (never the raw path: that would let clients mint label values).
     var metricLabel: String {
         switch self {
-        case .proxy(.chatCompletions): return "/v1/chat/completions"
-        case .proxy(.completions): return "/v1/completions"
-        case .proxy(.embeddings): return "/v1/embeddings"
+        case .proxy(let endpoint): return endpoint.path
         case .listModels, .retrieveModel: return "/v1/models"
         case .health: return "/healthz"
         case .ready: return "/readyz"

@@ -9,14 +9,18 @@ public enum OpenAIEndpoint: String, Sendable, Hashable, CaseIterable {
     /// `POST /v1/embeddings`: input tokens only, never streams.
     case embeddings
 
-    /// The request path, e.g. `/v1/chat/completions`.
-    public var path: String {
+    /// The path below the API version, e.g. `/chat/completions`: what an upstream's `base_url`
+    /// (which ends in the version, `…/v1`) is followed by. The one place the paths are spelled.
+    public var pathBelowVersion: String {
         switch self {
-        case .chatCompletions: "/v1/chat/completions"
-        case .completions: "/v1/completions"
-        case .embeddings: "/v1/embeddings"
+        case .chatCompletions: "/chat/completions"
+        case .completions: "/completions"
+        case .embeddings: "/embeddings"
         }
     }
+
+    /// The request path clients use, e.g. `/v1/chat/completions`.
+    public var path: String { "/v1" + pathBelowVersion }
 
     /// The endpoint served at `path` (exact match, no query string), or nil.
     public init?(path: String) {
