@@ -48,28 +48,16 @@ final class HTTPConnectionHandlerTests: XCTestCase {
     }
 
     private var handler: StreamingHandler!
-    private var group: MultiThreadedEventLoopGroup!
-    private var server: HTTPServer!
-    private var runTask: Task<Void, any Error>!
-    private var port = 0
+    private var running: RunningServer!
+    private var port: Int { running.port }
 
     override func setUp() async throws {
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         handler = StreamingHandler()
-        server = HTTPServer(
-            configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: 1024, idleTimeoutMs: 5000, bodyTimeoutMs: 500, shutdownGraceSeconds: 1),
-            group: group, handler: handler, logger: Logger(label: "test")
-        )
-        let server = self.server!
-        runTask = Task { try await server.run() }
-        for _ in 0..<200 where server.localAddress == nil { try await Task.sleep(for: .milliseconds(10)) }
-        port = try XCTUnwrap(server.localAddress?.port)
+        running = try await RunningServer(handler: handler)
     }
 
     override func tearDown() async throws {
-        server.shutdownGracefully()
-        _ = try? await runTask.value
-        try await group.shutdownGracefully()
+        try await running.stop()
     }
 
     private func waitForEndings(_ count: Int, within seconds: Double) async -> [StreamingHandler.Ending] {

@@ -57,29 +57,19 @@ final class HTTPServerTests: XCTestCase {
     }
 
     private var handler: EchoHandler!
-    private var group: MultiThreadedEventLoopGroup!
-    private var server: HTTPServer!
-    private var runTask: Task<Void, any Error>!
-    private var port = 0
+    private var running: RunningServer!
+    private var server: HTTPServer { running.server }
+    private var runTask: Task<Void, any Error>! { running.runTask }
+    private var port: Int { running.port }
 
     override func setUp() async throws {
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         handler = EchoHandler()
-        server = HTTPServer(
-            configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: 1024, idleTimeoutMs: 5000, bodyTimeoutMs: 500, shutdownGraceSeconds: 1),
-            group: group, handler: handler, logger: Logger(label: "test")
-        )
-        let server = self.server!
-        runTask = Task { try await server.run() }
-        for _ in 0..<200 where server.localAddress == nil { try await Task.sleep(for: .milliseconds(10)) }
-        port = try XCTUnwrap(server.localAddress?.port)
+        running = try await RunningServer(handler: handler)
     }
 
     override func tearDown() async throws {
         handler.release()
-        server.shutdownGracefully()
-        _ = try? await runTask.value
-        try await group.shutdownGracefully()
+        try await running.stop()
     }
 
     func testKeepAliveServesSeveralRequestsOnOneConnection() throws {
@@ -274,6 +264,31 @@ final class HTTPServerTests: XCTestCase {
         // The idle keep-alive connection is closed by the server, and run() returns.
         XCTAssertEqual(try socket.readUntilClosed(), "")
         _ = try await runTask.value
+    }
+}
+
+/// An `HTTPServer` on a free loopback port, one event loop, small limits, running until `stop()`.
+final class RunningServer {
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let server: HTTPServer
+    let runTask: Task<Void, any Error>
+    let port: Int
+
+    init(handler: any RequestHandling) async throws {
+        let server = HTTPServer(
+            configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: 1024, idleTimeoutMs: 5000, bodyTimeoutMs: 500, shutdownGraceSeconds: 1),
+            group: group, handler: handler, logger: Logger(label: "test")
+        )
+        self.server = server
+        runTask = Task { try await server.run() }
+        for _ in 0..<200 where server.localAddress == nil { try await Task.sleep(for: .milliseconds(10)) }
+        port = try XCTUnwrap(server.localAddress?.port)
+    }
+
+    func stop() async throws {
+        server.shutdownGracefully()
+        _ = try? await runTask.value
+        try await group.shutdownGracefully()
     }
 }
 
