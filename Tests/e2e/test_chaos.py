@@ -19,7 +19,7 @@ import time
 import httpx
 import pytest
 
-from conftest import MOCK_BIN, ROOT, SLUICE_BIN, TOKENIZER_DIR, sha256_hex
+from conftest import MOCK_BIN, ROOT, SLUICE_BIN, TOKENIZER_DIR, read_until_closed, sha256_hex
 from test_cluster import REQUIRED, free_base_port, wait_until
 
 pytestmark = pytest.mark.skipif(not all(REQUIRED.values()),
@@ -176,12 +176,7 @@ def test_nothing_is_left_behind_after_a_series_of_faults(chaos):
         # 4. The upstream stalls mid-stream: Sluice gives up after its stall timeout and cuts the stream.
         stalled = [raw_stream(c, i % NODES, "x-mock-stall-after: 3\r\n") for i in range(2)]
         for s in stalled:
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_until_closed(s)
             fault_statuses.setdefault("stalled", []).append(data.split(b"\r\n", 1)[0].decode())
             assert b"data: [DONE]" not in data, "a stalled stream must be cut, never completed"
             s.close()

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Gateway, free_port, gateway_config, sha256_hex
+from conftest import Gateway, free_port, gateway_config, read_until_closed, sha256_hex
 
 DEMO = "sk-e2e-demo-0123456789"
 RETRY = "sk-e2e-retry-0123456789"
@@ -202,12 +202,7 @@ def test_half_a_body_then_a_stall_gets_408_and_a_closed_connection(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
         s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + DEMO.encode()
                   + b"\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"model\":")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until_closed(s)
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
     assert b'"error"' in data
 
@@ -215,12 +210,7 @@ def test_half_a_body_then_a_stall_gets_408_and_a_closed_connection(gateway):
 def test_oversized_headers_are_refused(gateway):
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_until_closed(s)
     assert data.startswith(b"HTTP/1.1 431"), data[:200]
     error = json.loads(data.split(b"\r\n\r\n", 1)[1])["error"]
     assert error["type"] == "invalid_request_error" and error["code"] == "request_header_fields_too_large"
