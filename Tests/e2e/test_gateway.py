@@ -364,3 +364,35 @@ def test_cli_counts_a_chat_body_like_the_cookbook(tmp_path):
     out = subprocess.run([SLUICE_BIN, "tokens", "--chat", str(tmp_path / "gpt-4o.json"), str(tmp_path / "gpt-4-0613.json")],
                          capture_output=True, text=True, env={**os.environ, "SLUICE_TOKENIZER_DIR": TOKENIZER_DIR}, check=True)
     assert out.stdout.split() == [str(expected["gpt-4o"]), str(expected["gpt-4-0613"])]
+
+
+def test_cli_usage_refuses_a_day_that_is_not_on_the_calendar(tmp_path):
+    """`sluice usage --day` names a UTC day; one that does not exist is refused, not shown as zeros."""
+    import subprocess
+    from conftest import SLUICE_BIN, wait_for_port
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, redis)
+        config = gateway_config(free_port(), free_port(), [{"id": "demo", "secret_sha256": sha256_hex(DEMO), "tier": "any"}],
+                                {"any": {"requests_per_minute": 60}})
+        config["redis"] = {"url": f"redis://127.0.0.1:{port}"}
+        (tmp_path / "sluice.json").write_text(json.dumps(config))
+
+        def usage(day):
+            return subprocess.run([SLUICE_BIN, "usage", "--config", str(tmp_path / "sluice.json"), "--key", "demo", "--day", day],
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+
+        for day in ("2026-02-28", "2024-02-29"):
+            out = usage(day)
+            assert out.returncode == 0, out.stderr
+            assert f"usage of key demo on {day} (UTC)" in out.stdout
+        for day in ("2026-13-04", "2026-00-04", "2026-01-32", "2026-02-30", "2026-02-29", "2026-04-31", "2026-1-04"):
+            out = usage(day)
+            assert out.returncode != 0, (day, out.stdout)
+            assert out.stdout == "", (day, out.stdout)
+            assert f'--day "{day}" is not a day of the calendar' in out.stderr, (day, out.stderr)
+    finally:
+        redis.kill()
+        redis.wait()
