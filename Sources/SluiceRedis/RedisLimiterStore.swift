@@ -233,7 +233,7 @@ public final class RedisLimiterStore: LimiterStore {
         reportCorruption(values[1], keyID: reservation.keyID, script: "settle")
         guard values[0] == 1 else {
             logger.debug("settle found no reservation (already settled, expired or flushed)", metadata: [
-                "key_id": "\(reservation.keyID)", "request_id": "\(reservation.requestID)",
+                "key_id": "\(reservation.keyID)", "reservation_id": "\(reservation.requestID)",
             ])
             return nil
         }

@@ -26,6 +26,37 @@ public struct UTCDay: Sendable, Hashable, CustomStringConvertible {
         self.year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
     }
 
+    /// The day `text` names as `YYYY-MM-DD` (the shape ``text`` writes, years 0000–9999), or nil when
+    /// `text` has another shape or names no day of the calendar: month 13, day 32, February 30,
+    /// February 29 of a common year.
+    public init?(parsing text: String) {
+        let bytes = Array(text.utf8)
+        guard bytes.count == 10, bytes[4] == UInt8(ascii: "-"), bytes[7] == UInt8(ascii: "-") else { return nil }
+        func number(_ range: Range<Int>) -> Int? {
+            var value = 0
+            for byte in bytes[range] {
+                guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { return nil }
+                value = value * 10 + Int(byte - UInt8(ascii: "0"))
+            }
+            return value
+        }
+        guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10),
+              (1...12).contains(month), (1...Self.daysIn(month: month, year: year)).contains(day)
+        else { return nil }
+        self.year = year
+        self.month = month
+        self.day = day
+    }
+
+    /// How many days `month` (1–12) of `year` has (proleptic Gregorian leap years).
+    static func daysIn(month: Int, year: Int) -> Int {
+        switch month {
+        case 2: year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) ? 29 : 28
+        case 4, 6, 9, 11: 30
+        default: 31
+        }
+    }
+
     /// `YYYY-MM-DD`. Ten bytes, so Swift stores it inline (no allocation).
     public var text: String {
         guard (0...9999).contains(year) else {

@@ -14,7 +14,9 @@ import SluiceUpstream
 /// From `admit` on, the reservation is settled exactly once, whatever happens: upstream failure,
 /// client disconnect, or success.
 extension Gateway {
-    func proxy(_ endpoint: OpenAIEndpoint, request: HTTPRequest, requestID: String, writer: ResponseWriter, logger: RequestLogger) async -> RequestOutcome {
+    /// `requestID` is the id the client meets (its own `x-request-id` when well-formed);
+    /// `reservationID` is Sluice's own, unique per request: the limiter's name for the reservation.
+    func proxy(_ endpoint: OpenAIEndpoint, request: HTTPRequest, requestID: String, reservationID: String, writer: ResponseWriter, logger: RequestLogger) async -> RequestOutcome {
         // One snapshot of the key table and routing for the whole walk, even across a reload.
         let settings = self.settings
         // 1. authenticate: Bearer secret → SHA-256 → key table.
@@ -60,9 +62,10 @@ extension Gateway {
             }
         }
 
-        // 5. admit: one atomic step over all of the key's limits.
+        // 5. admit: one atomic step over all of the key's limits. The reservation is named by
+        // Sluice's own id, never the client's (a retry repeats that one).
         let admission = AdmissionRequest(
-            requestID: requestID, keyID: key.id, limits: key.limits, model: model,
+            requestID: reservationID, keyID: key.id, limits: key.limits, model: model,
             promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens
         )
         let reservation: Reservation

@@ -9,6 +9,7 @@ import Synchronization
 
 /// One admitted request on its way upstream and back.
 struct ProxyExchange: Sendable {
+    /// The id the client meets, sent upstream and back as `x-request-id` (not the reservation's).
     let requestID: String
     let key: APIKey
     let request: OpenAIRequest

@@ -78,15 +78,19 @@ public final class Gateway: RequestHandling {
 
     public func handle(_ request: HTTPRequest, writer: ResponseWriter) async {
         let started = ContinuousClock.now
-        let requestID = requestIDs.next()
+        // Two ids: `reservationID` is Sluice's own, unique, and names the limiter's reservation;
+        // `requestID` is the one the client meets (response header, upstream header, log lines): its
+        // own `x-request-id` when well-formed, else the same as `reservationID`.
+        let reservationID = requestIDs.next()
+        let requestID = ClientRequestID.accepted(from: request.head.headers) ?? reservationID
         let path = request.head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.head.uri
         let route = Route(method: request.head.method, path: path)
-        let logger = RequestLogger(base: self.logger, requestID: requestID)
+        let logger = RequestLogger(base: self.logger, requestID: requestID, reservationID: reservationID)
 
         let outcome: RequestOutcome
         switch route {
         case .proxy(let endpoint):
-            outcome = await proxy(endpoint, request: request, requestID: requestID, writer: writer, logger: logger)
+            outcome = await proxy(endpoint, request: request, requestID: requestID, reservationID: reservationID, writer: writer, logger: logger)
         case .listModels:
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: nil)
         case .retrieveModel(let id):

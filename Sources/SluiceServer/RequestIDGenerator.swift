@@ -1,7 +1,8 @@
 import Synchronization
 
 /// Request ids unique across nodes and restarts: a random 64-bit prefix drawn at start, then a counter.
-/// They key reservations (settled exactly once per id), so they are never taken from the client.
+/// They key reservations (settled exactly once per id), so they are never taken from the client: a
+/// client's own `x-request-id` only replaces the id the client meets (`ClientRequestID`).
 final class RequestIDGenerator: Sendable {
     private let prefix: String
     private let counter = Atomic<UInt64>(0)

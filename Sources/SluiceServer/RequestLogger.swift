@@ -1,6 +1,8 @@
 import Logging
 
-/// The gateway's logger for one request: every line carries the request's id.
+/// The gateway's logger for one request: every line carries the request's id (`request_id`: the
+/// client's own `x-request-id` when it sent a well-formed one, else Sluice's), and, when the two
+/// differ, Sluice's own id (`reservation_id`, the one the limiter's Redis keys and usage records use).
 ///
 /// Why not `logger[metadataKey: "request_id"] = …` on a copy of the logger: that copies the logger's
 /// storage and builds a metadata dictionary for every request, logged or not. Here the id is added
@@ -8,6 +10,7 @@ import Logging
 struct RequestLogger: Sendable {
     let base: Logger
     let requestID: String
+    let reservationID: String
 
     func debug(_ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata = [:]) {
         base.debug(message(), metadata: tagged(metadata()))
@@ -41,6 +44,7 @@ struct RequestLogger: Sendable {
     private func tagged(_ metadata: Logger.Metadata) -> Logger.Metadata {
         var metadata = metadata
         metadata["request_id"] = .string(requestID)
+        if reservationID != requestID { metadata["reservation_id"] = .string(reservationID) }
         return metadata
     }
 }

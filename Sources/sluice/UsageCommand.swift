@@ -22,8 +22,10 @@ struct UsageCommand: AsyncParsableCommand {
     var day: String?
 
     func validate() throws {
-        if let day, day.range(of: #"^\d{4}-\d{2}-\d{2}$"#, options: .regularExpression) == nil {
-            throw ValidationError("--day must look like 2026-12-03.")
+        // A day that is not on the calendar (2026-13-04) would name usage keys nothing ever wrote:
+        // refused here, instead of printing a table of zeros.
+        if let day, UTCDay(parsing: day) == nil {
+            throw ValidationError("--day \"\(day)\" is not a day of the calendar; give one as YYYY-MM-DD, e.g. 2026-12-03.")
         }
     }
 

@@ -15,6 +15,7 @@ RETRY = "sk-e2e-retry-0123456789"
 TIGHT = "sk-e2e-tight-0123456789"
 MINI_ONLY = "sk-e2e-mini-only-0123456789"
 CHARGE = "sk-e2e-charge-0123456789"
+PAIR = "sk-e2e-pair-0123456789"
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello to the tests."}]
 
 
@@ -24,6 +25,7 @@ def gateway(tmp_module, mock):
         "unlimited": {"requests_per_minute": 1_000_000, "tokens_per_minute": 100_000_000},
         "one-per-second": {"requests_per_minute": 60, "requests_burst": 1, "tokens_per_minute": 1_000_000},
         "tight-tokens": {"requests_per_minute": 1000, "tokens_per_minute": 600},
+        "two-at-a-time": {"requests_per_minute": 1_000_000, "tokens_per_minute": 100_000_000, "max_concurrent_requests": 2},
     }
     keys = [
         {"id": "demo", "secret_sha256": sha256_hex(DEMO), "tier": "unlimited"},
@@ -31,6 +33,7 @@ def gateway(tmp_module, mock):
         {"id": "tight", "secret_sha256": sha256_hex(TIGHT), "tier": "tight-tokens", "default_output_tokens": 50},
         {"id": "mini-only", "secret_sha256": sha256_hex(MINI_ONLY), "tier": "unlimited", "models": ["gpt-4o-mini"]},
         {"id": "charge", "secret_sha256": sha256_hex(CHARGE), "tier": "unlimited"},
+        {"id": "pair", "secret_sha256": sha256_hex(PAIR), "tier": "two-at-a-time"},
     ]
     config = gateway_config(free_port(), mock.port, keys, tiers,
                             server={"max_body_bytes": 1_048_576, "body_timeout_ms": 1500})
@@ -56,7 +59,7 @@ def test_chat_non_stream_sync(gateway, mock):
     assert int(raw.headers["x-ratelimit-remaining-requests"]) < 1_000_000
     assert raw.headers["x-ratelimit-reset-tokens"].endswith("s")
     # The upstream saw the request id Sluice assigned.
-    assert any(r.get("request_id") == raw.headers["x-request-id"] for r in mock.requests())
+    assert len(upstream_records(mock, raw.headers["x-request-id"])) == 1
 
 
 def test_chat_non_stream_async(gateway):
@@ -317,6 +320,108 @@ def test_a_huge_model_name_makes_a_bounded_log_line(gateway):
     assert "…(200012 bytes)" in lines[0]
 
 
+# ---------------------------------------------------------------- request ids
+
+def access_log_line(gateway, request_id, timeout=5.0):
+    """The access-log line ("request", with a status) of the request whose `request_id` is given."""
+    deadline = time.time() + timeout
+    while True:
+        lines = [line for line in gateway.log_text().splitlines()
+                 if f" request_id={request_id} " in line + " " and " status=" in line]
+        if lines or time.time() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def upstream_records(mock, request_id, count=1, timeout=5.0):
+    """The mock's records of requests that reached it with this `x-request-id`, once `count` are
+    there (the mock writes a record when its response is done, which may be after the client read it)."""
+    deadline = time.time() + timeout
+    while True:
+        records = [r for r in mock.requests() if r.get("request_id") == request_id]
+        if len(records) >= count or time.time() > deadline:
+            return records
+        time.sleep(0.05)
+
+
+def test_a_clients_request_id_is_echoed_sent_upstream_and_logged(gateway, mock):
+    request_id = f"client-{time.time_ns()}:retry/1+b64=="
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=2, extra_headers={"x-request-id": request_id})
+    assert raw.headers["x-request-id"] == request_id
+    assert raw.parse()._request_id == request_id, "the SDK reports the client's own id"
+    assert len(upstream_records(mock, request_id)) == 1
+    [line] = access_log_line(gateway, request_id)
+    assert " status=200 " in line + " "
+    # Sluice's own id (the reservation's) is logged next to it.
+    assert " reservation_id=req_" in line, line
+
+    # Streamed, and on error responses (before and after authentication) too.
+    streamed_id = request_id + "-stream"
+    with client(gateway).chat.completions.with_streaming_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, max_tokens=2, stream=True,
+            extra_headers={"x-request-id": streamed_id}) as streamed:
+        assert streamed.headers["x-request-id"] == streamed_id
+        assert "[DONE]" in streamed.read().decode()
+    headers = {"x-request-id": request_id + "-error"}
+    for url, key, body, status in [
+        ("/chat/completions", "sk-not-a-real-key-123456", {"model": "gpt-4o-mini", "messages": MESSAGES}, 401),
+        ("/chat/completions", DEMO, {"model": "no-such-model", "messages": MESSAGES}, 404),
+        ("/chat/completions", DEMO, {"model": "gpt-4o-mini"}, 400),
+        ("/no/such/route", DEMO, {}, 404),
+    ]:
+        r = httpx.post(gateway.base_url + url, json=body, headers={**headers, "authorization": f"Bearer {key}"})
+        assert (r.status_code, r.headers["x-request-id"]) == (status, headers["x-request-id"]), (url, body)
+    r = httpx.post(gateway.base_url + "/chat/completions",
+                   json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1},
+                   headers={**headers, "authorization": f"Bearer {DEMO}", "x-mock-status": "503"})
+    assert (r.status_code, r.headers["x-request-id"]) == (503, headers["x-request-id"])
+    # Of these, only the last one was forwarded, with the client's id.
+    assert [rec["status"] for rec in upstream_records(mock, headers["x-request-id"])] == [503]
+
+
+@pytest.mark.parametrize("sent", ["two words", "x" * 129, "semi;colon", "quote\"d", "percent%20", ""])
+def test_a_malformed_request_id_is_replaced_by_sluices_own(gateway, mock, sent):
+    r = httpx.post(gateway.base_url + "/chat/completions",
+                   json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1},
+                   headers={"authorization": f"Bearer {DEMO}", "x-request-id": sent})
+    assert r.status_code == 200
+    own = r.headers["x-request-id"]
+    assert own.startswith("req_") and own != sent
+    assert len(upstream_records(mock, own)) == 1
+    assert not [rec for rec in mock.requests() if sent and rec.get("request_id") == sent]
+    [line] = access_log_line(gateway, own)
+    assert "reservation_id=" not in line, "one id only: Sluice's"
+
+
+def test_requests_repeating_a_clients_id_are_still_reserved_apart(gateway):
+    """The limiter never uses the client's id: two requests in flight with the same id hold two
+    concurrency slots, and both give them back (one reservation shared by the two would leak a slot)."""
+    c = client(gateway, PAIR)
+    slow = {"x-request-id": "the-same-id", "x-mock-completion-tokens": "5", "x-mock-token-delay-ms": "40"}
+
+    def open_stream():
+        return c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5, stream=True, extra_headers=slow)
+
+    for _ in range(3):
+        # Settles run right after a response has ended: a slot may take a moment to come back.
+        deadline = time.time() + 5
+        while True:
+            first = open_stream()
+            try:
+                second = open_stream()
+                break
+            except openai.RateLimitError:
+                first.close()
+                assert time.time() < deadline, "a concurrency slot was never given back"
+                time.sleep(0.05)
+        assert first.response.headers["x-request-id"] == second.response.headers["x-request-id"] == "the-same-id"
+        with pytest.raises(openai.RateLimitError):
+            open_stream()
+        for stream in (first, second):
+            assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].delta.content) == 5
+
+
 def test_upstream_connections_are_pooled(gateway, mock):
     before = len(mock.requests())
     c = client(gateway)
@@ -354,3 +459,35 @@ def test_cli_counts_a_chat_body_like_the_cookbook(tmp_path):
     out = subprocess.run([SLUICE_BIN, "tokens", "--chat", str(tmp_path / "gpt-4o.json"), str(tmp_path / "gpt-4-0613.json")],
                          capture_output=True, text=True, env={**os.environ, "SLUICE_TOKENIZER_DIR": TOKENIZER_DIR}, check=True)
     assert out.stdout.split() == [str(expected["gpt-4o"]), str(expected["gpt-4-0613"])]
+
+
+def test_cli_usage_refuses_a_day_that_is_not_on_the_calendar(tmp_path):
+    """`sluice usage --day` names a UTC day; one that does not exist is refused, not shown as zeros."""
+    import subprocess
+    from conftest import SLUICE_BIN, wait_for_port
+    port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, redis)
+        config = gateway_config(free_port(), free_port(), [{"id": "demo", "secret_sha256": sha256_hex(DEMO), "tier": "any"}],
+                                {"any": {"requests_per_minute": 60}})
+        config["redis"] = {"url": f"redis://127.0.0.1:{port}"}
+        (tmp_path / "sluice.json").write_text(json.dumps(config))
+
+        def usage(day):
+            return subprocess.run([SLUICE_BIN, "usage", "--config", str(tmp_path / "sluice.json"), "--key", "demo", "--day", day],
+                                  capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+
+        for day in ("2026-02-28", "2024-02-29"):
+            out = usage(day)
+            assert out.returncode == 0, out.stderr
+            assert f"usage of key demo on {day} (UTC)" in out.stdout
+        for day in ("2026-13-04", "2026-00-04", "2026-01-32", "2026-02-30", "2026-02-29", "2026-04-31", "2026-1-04"):
+            out = usage(day)
+            assert out.returncode != 0, (day, out.stdout)
+            assert out.stdout == "", (day, out.stdout)
+            assert f'--day "{day}" is not a day of the calendar' in out.stderr, (day, out.stderr)
+    finally:
+        redis.kill()
+        redis.wait()

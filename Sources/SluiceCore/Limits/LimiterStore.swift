@@ -1,6 +1,7 @@
 /// What the pipeline asks the limiter for one request (step 6, "admit").
 public struct AdmissionRequest: Sendable {
-    /// Unique per request; settles are idempotent per id.
+    /// Unique per request; settles are idempotent per id. Sluice's own id, never a client's
+    /// `x-request-id` (a client may repeat one).
     public var requestID: String
     public var keyID: String
     public var limits: ResolvedLimits
