@@ -85,7 +85,7 @@ extension Gateway {
             }
         } catch {
             logger.error("limiter unavailable", metadata: ["error": "\(error)"])
-            return await writeError(writer, .serviceUnavailable(message: "The rate limiter is unavailable. Please retry shortly."), requestID: requestID, keyID: key.id, model: model)
+            return await writeError(writer, .limiterUnavailable(), requestID: requestID, keyID: key.id, model: model)
         }
 
         // 6–7. forward and relay. Never throws: every failure is answered (or the stream cut) inside.
@@ -143,7 +143,7 @@ extension Gateway {
         } catch let error as GatewayError {
             throw error
         } catch {
-            throw .serviceUnavailable(message: "The server is shutting down. Please retry shortly.")
+            throw .shuttingDown()
         }
     }
 

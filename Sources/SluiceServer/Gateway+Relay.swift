@@ -79,10 +79,7 @@ extension Gateway {
         let breaker = breakers.breaker(for: exchange.upstream.name)
         if case .reject(let retryAfter) = breaker.acquire() {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "circuit_open")
-            let refusal = GatewayError.serviceUnavailable(
-                message: "The upstream model provider is unavailable. Please try again later.",
-                retryAfterSeconds: max(retryAfter, 0.001), logDetail: "upstream \(exchange.upstream.name): circuit open"
-            )
+            let refusal = GatewayError.upstreamCircuitOpen(upstream: exchange.upstream.name, retryAfterSeconds: retryAfter)
             _ = await writeError(writer, refusal, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
             return .notAnswered(status: refusal.status)
         }

@@ -72,7 +72,7 @@ public struct PromptTokenCounter: Sendable {
                 return count
             }
         } catch {
-            throw .invalidRequest(message: "The prompt is too large to process (limit \(maxPromptBytes) bytes).", param: nil)
+            throw .promptTooLarge(limitBytes: maxPromptBytes)
         }
     }
 }

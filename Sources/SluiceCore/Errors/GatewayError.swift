@@ -300,6 +300,27 @@ extension GatewayError {
                      retryAfterSeconds: retryAfterSeconds, logDetail: logDetail)
     }
 
+    /// 503: the upstream's circuit is open; a probe may go through after `retryAfterSeconds`.
+    public static func upstreamCircuitOpen(upstream: String, retryAfterSeconds: Double) -> GatewayError {
+        .serviceUnavailable(message: "The upstream model provider is unavailable. Please try again later.",
+                            retryAfterSeconds: max(retryAfterSeconds, 0.001), logDetail: "upstream \(upstream): circuit open")
+    }
+
+    /// 503: the rate limiter cannot decide (the `closed` failure policy while Redis is unreachable).
+    public static func limiterUnavailable() -> GatewayError {
+        .serviceUnavailable(message: "The rate limiter is unavailable. Please retry shortly.")
+    }
+
+    /// 503: the node is stopping and no longer takes this work.
+    public static func shuttingDown() -> GatewayError {
+        .serviceUnavailable(message: "The server is shutting down. Please retry shortly.")
+    }
+
+    /// 400: the prompt's text is larger than Sluice counts (`tokenizer.max_prompt_bytes`).
+    public static func promptTooLarge(limitBytes: Int) -> GatewayError {
+        .invalidRequest(message: "The prompt is too large to process (limit \(limitBytes) bytes).", param: nil)
+    }
+
     /// 500: a bug or an impossible state. The client sees OpenAI's generic wording; the detail goes to logs.
     public static func `internal`(logDetail: String? = nil) -> GatewayError {
         GatewayError(kind: .internal, status: 500, type: serverErrorType,
