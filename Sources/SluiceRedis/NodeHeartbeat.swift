@@ -3,8 +3,6 @@ import Logging
 /// Announces this node in Redis every `interval` and learns how many nodes are live, so that under
 /// the `local` failure policy each node can enforce its share (limit ÷ live nodes) of every limit.
 public final class NodeHeartbeat: Sendable {
-    /// The sorted set of live nodes (member: node id, score: expiry in ms of Redis time).
-    public static let nodesKey = "sluice:nodes"
     public static let defaultIntervalMillis = 2_000
 
     public let nodeID: String
@@ -22,7 +20,7 @@ public final class NodeHeartbeat: Sendable {
     /// One heartbeat: returns the number of live nodes (this one included).
     public func beat() async throws(RedisError) -> Int {
         // A node counts as live for three intervals, so one lost heartbeat does not shrink the cluster.
-        let reply = try await client.evalScript(script, keys: [Self.nodesKey], arguments: [nodeID, String(intervalMillis * 3)])
+        let reply = try await client.evalScript(script, keys: [RedisKeyLayout.nodes], arguments: [nodeID, String(intervalMillis * 3)])
         guard let count = reply.integer, count > 0 else {
             throw .unexpectedReply("heartbeat returned \(reply)")
         }

@@ -1,6 +1,7 @@
-/// The names of a key's limiter state in Redis. Every name carries the API key id as hash tag
-/// (`sluice:{<keyId>}:…`), so one script touches one slot and works on Redis Cluster too. Key ids
-/// are `[A-Za-z0-9_.-]{1,64}` (validated by the config), so they never contain braces.
+/// The names of Sluice's state in Redis. Every name of a key's limiter state carries the API key id
+/// as hash tag (`sluice:{<keyId>}:…`), so one script touches one slot and works on Redis Cluster too.
+/// Key ids are `[A-Za-z0-9_.-]{1,64}` (validated by the config), so they never contain braces. Names
+/// tied to no API key are statics (``nodes``); a script that takes one takes no other key.
 ///
 /// | name | type | content | expires |
 /// |---|---|---|---|
@@ -10,10 +11,14 @@
 /// | `sluice:{k}:res:<requestId>` | string | six integers: prompt, output, lease 1\|0, quota cost, quota day, quota month | reservation TTL; taken by settle (`GETDEL`) |
 /// | `sluice:{k}:usage:<YYYY-MM-DD>` | hash | `<model>:prompt`, `<model>:completion`, `<model>:requests` | usage TTL (40 days) |
 /// | `sluice:{k}:usage-stream` | stream | one entry per settled request | usage TTL after the last entry |
+/// | `sluice:nodes` | zset | member node id, score its expiry (ms of Redis' clock: three heartbeat intervals after its beat; expired members go at the next heartbeat) | ten times that after the last heartbeat |
 public struct RedisKeyLayout: Sendable {
     public let keyID: String
-    /// `sluice:{<keyId>}:`, the start of every name.
+    /// `sluice:{<keyId>}:`, the start of every name of the key's state.
     let prefix: String
+
+    /// The live nodes' heartbeats (heartbeat.lua, ``NodeHeartbeat``).
+    static let nodes = "sluice:nodes"
 
     public init(keyID: String) {
         self.keyID = keyID

@@ -145,7 +145,7 @@ final class StreamRelayFilterTests: XCTestCase {
     }
 
     func testTableByteByByteAndRandomChunks() throws {
-        var generator = SeededGenerator(seed: 0x5eed)
+        var generator = SplitMix64(seed: 0x5eed)
         for testCase in Self.table {
             let stream = Array(testCase.events.joined().utf8)
             let expected = try expectation(testCase)
@@ -181,18 +181,5 @@ final class StreamRelayFilterTests: XCTestCase {
         XCTAssertEqual(filter.consume([UInt8(ascii: "\n")]), Array(Self.chatEvents[2].utf8))
         XCTAssertEqual(filter.consume(Array(Self.usageEvent.utf8)), [], "the usage event is dropped")
         XCTAssertEqual(filter.finish(), [])
-    }
-}
-
-/// A deterministic generator (SplitMix64) so random chunkings are reproducible.
-struct SeededGenerator: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
