@@ -1,6 +1,7 @@
 // curl's timer: its timer callback, kept on one timerfd with as few re-arms as possible.
 
 import CCurl
+import SluiceCore
 import Glibc
 
 extension CurlEventLoop {
@@ -20,7 +21,7 @@ extension CurlEventLoop {
             curlTimeoutWantedNs = nil
             return
         }
-        let wanted = monotonicNanoseconds() + UInt64(timeoutMs) * 1_000_000
+        let wanted = MonotonicClock.nanoseconds() + UInt64(timeoutMs) * 1_000_000
         curlTimeoutWantedNs = wanted
         if let armed = curlTimerArmedNs, armed <= wanted { return }
         setCurlTimerFD(to: wanted)
@@ -29,7 +30,7 @@ extension CurlEventLoop {
     func curlTimerFired() {
         curlTimerArmedNs = nil
         guard let wanted = curlTimeoutWantedNs else { return }
-        if monotonicNanoseconds() >= wanted {
+        if MonotonicClock.nanoseconds() >= wanted {
             curlTimeoutWantedNs = nil
             curlTimeoutDue = true
         } else {

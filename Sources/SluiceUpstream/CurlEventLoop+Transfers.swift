@@ -2,6 +2,7 @@
 // completion messages from curl, and the first-byte and stall deadlines.
 
 import CCurl
+import SluiceCore
 import Glibc
 
 extension CurlEventLoop {
@@ -18,7 +19,7 @@ extension CurlEventLoop {
         else { return }
         guard transfer.machine.consumerCaughtUp() == .resume, let handle = transfer.handle else { return }
         // Time spent paused for a slow consumer is not an upstream stall.
-        transfer.lastByteAtNs = monotonicNanoseconds()
+        transfer.lastByteAtNs = MonotonicClock.nanoseconds()
         _ = curl_easy_pause(handle, CURLPAUSE_CONT)
     }
 
@@ -38,7 +39,7 @@ extension CurlEventLoop {
         counters.started.add(1, ordering: .relaxed)
         counters.active.add(1, ordering: .relaxed)
         transfers[ObjectIdentifier(transfer)] = transfer
-        let now = monotonicNanoseconds()
+        let now = MonotonicClock.nanoseconds()
         transfer.startedAtNs = now
         transfer.lastByteAtNs = now
 
@@ -160,7 +161,7 @@ extension CurlEventLoop {
             return UpstreamError(kind: .connectFailed, detail: detail)
         case CURLE_OPERATION_TIMEDOUT:
             // curl times out for exactly two reasons here: the connect timeout or the total timeout.
-            let elapsedMs = Int((monotonicNanoseconds() - transfer.startedAtNs) / 1_000_000)
+            let elapsedMs = Int((MonotonicClock.nanoseconds() - transfer.startedAtNs) / 1_000_000)
             if let totalMs = transfer.request.timeouts.totalMs, elapsedMs >= totalMs {
                 return UpstreamError(kind: .totalTimeout, detail: detail)
             }
@@ -200,7 +201,7 @@ extension CurlEventLoop {
             disarmDeadlineTimer()
             return
         }
-        let now = monotonicNanoseconds()
+        let now = MonotonicClock.nanoseconds()
         var expired: [(UpstreamTransfer, UpstreamError)] = []
         for transfer in transfers.values {
             let timeouts = transfer.request.timeouts

@@ -282,12 +282,6 @@ final class CurlEventLoop: @unchecked Sendable {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds (the clock of the engine's deadlines).
-func monotonicNanoseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
-}
 
 /// Sets the calling thread's name (what `/proc/<pid>/task/<tid>/comm` shows). Glibc's
 /// `pthread_setname_np` is not visible to Swift without `_GNU_SOURCE`; the kernel's own interface for the

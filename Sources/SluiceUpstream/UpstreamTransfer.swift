@@ -1,4 +1,5 @@
 import CCurl
+import SluiceCore
 import NIOCore
 import Synchronization
 
@@ -63,7 +64,7 @@ final class UpstreamTransfer: @unchecked Sendable {
 
     /// One response header line including its line ending. Returns false to make curl abort.
     func receiveHeaderLine(_ line: UnsafeRawBufferPointer) -> Bool {
-        let now = monotonicNanoseconds()
+        let now = MonotonicClock.nanoseconds()
         if firstByteAtNs == nil { firstByteAtNs = now }
         lastByteAtNs = now
         // Trailers of a chunked body also come through here: only the head matters.
@@ -148,7 +149,7 @@ final class UpstreamTransfer: @unchecked Sendable {
     /// Body bytes (at most `CURL_MAX_WRITE_SIZE`, 16 KiB). Returns the count accepted; anything else
     /// makes curl abort the transfer with `CURLE_WRITE_ERROR`.
     func receiveBody(_ bytes: UnsafeRawBufferPointer) -> Int {
-        lastByteAtNs = monotonicNanoseconds()
+        lastByteAtNs = MonotonicClock.nanoseconds()
         switch machine.bodyReceived() {
         case .deliver:
             break
