@@ -19,6 +19,7 @@ import time
 import httpx
 import pytest
 
+from test_reliability import ABSURD_COMPLETION_TOKENS
 from conftest import MOCK_BIN, ROOT, SLUICE_BIN, TOKENIZER_DIR, read_until_closed, sha256_hex
 from test_cluster import REQUIRED, free_base_port, wait_until
 
@@ -181,11 +182,11 @@ def test_nothing_is_left_behind_after_a_series_of_faults(chaos):
             assert b"data: [DONE]" not in data, "a stalled stream must be cut, never completed"
             s.close()
 
-        # 5. The upstream reports absurd usage (10^15 completion tokens for max_tokens 20).
+        # 5. The upstream reports absurd usage (2·10^9 completion tokens for max_tokens 20).
         for index in range(NODES):
             r = httpx.post(c.url(index) + "/v1/chat/completions", timeout=10,
                            headers={"authorization": f"Bearer {FAULT_SECRET}",
-                                    "x-mock-reported-completion-tokens": str(10**15)},
+                                    "x-mock-reported-completion-tokens": str(ABSURD_COMPLETION_TOKENS)},
                            json={"model": MODEL, "max_tokens": 20, "messages": [{"role": "user", "content": "lie"}]})
             fault_statuses.setdefault("lying", []).append(r.status_code)
         time.sleep(1.0)
