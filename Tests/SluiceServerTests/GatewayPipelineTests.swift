@@ -219,6 +219,45 @@ final class GatewayPipelineTests: XCTestCase {
     }
 }
 
+// MARK: - Requests OpenAI's API accepts (issue 22)
+
+extension GatewayPipelineTests {
+    /// Valid requests Sluice used to refuse itself reach the upstream byte for byte, with the
+    /// reservation they ask for.
+    func testValuesTheSpecAllowsAreForwardedAsTheyAre() async throws {
+        let cases: [(path: String, body: String, reservedOutput: Int)] = [
+            ("/v1/chat/completions", #"{"model":"gpt-4o-mini","messages":[{"role":"function","name":"f","content":null}]}"#, 500),
+            ("/v1/completions", #"{"model":"gpt-4o-mini","prompt":null,"max_tokens":1}"#, 1),
+            ("/v1/completions", #"{"model":"gpt-4o-mini","prompt":"Say this","max_tokens":0,"echo":true,"logprobs":0}"#, 0),
+            ("/v1/chat/completions", chat(#","n":2.0,"max_tokens":228.0"#), 456),
+            ("/v1/completions", #"{"model":"gpt-4o-mini","prompt":[[1,-2],[3]],"max_completion_tokens":1e1}"#, 10),
+        ]
+        for (path, body, _) in cases {
+            harness.upstream.script(.ok(completionTokens: 0))
+            let response = try await harness.send(path: path, body: body)
+            XCTAssertEqual(response.status, 200, "\(body): \(response.body)")
+        }
+        XCTAssertEqual(harness.upstream.requests.map { String(decoding: $0.body, as: UTF8.self) }, cases.map(\.body))
+        XCTAssertEqual(harness.limiter.admissions.map(\.reservedOutputTokens), cases.map(\.reservedOutput))
+        XCTAssertEqual(harness.limiter.admissions.dropFirst().first?.promptTokens, 1, "a null prompt is `<|endoftext|>`: one token")
+    }
+
+    /// A `max_tokens` beyond what a reservation uses is reserved at the bound: forwarded for a key
+    /// without token limits, "Request too large" (never worth a retry) for one with them.
+    func testOutputLimitAboveTheBoundIsReservedAtTheBound() async throws {
+        let body = #"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}],"max_tokens":99999999999}"#
+        harness.upstream.script(.ok())
+        let forwarded = try await harness.send(body: body, secret: Self.narrowSecret)
+        XCTAssertEqual(forwarded.status, 200, forwarded.body)
+        XCTAssertEqual(harness.limiter.admissions.map(\.reservedOutputTokens), [Int(Int32.max)])
+        let limited = try await harness.send(body: body)
+        XCTAssertEqual(limited.status, 429, limited.body)
+        XCTAssertTrue(limited.body.contains("Request too large"), limited.body)
+        XCTAssertEqual(limited.headers.first(name: "x-should-retry"), "false")
+        XCTAssertEqual(harness.upstream.requestCount, 1)
+    }
+}
+
 // MARK: - The harness
 
 /// A gateway wired to the in-memory limiter and a scripted upstream.
