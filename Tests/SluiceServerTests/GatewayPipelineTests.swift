@@ -256,6 +256,36 @@ extension GatewayPipelineTests {
         XCTAssertEqual(limited.headers.first(name: "x-should-retry"), "false")
         XCTAssertEqual(harness.upstream.requestCount, 1)
     }
+
+    /// On the API's paths a request needs a valid key before "no such route" (as from OpenAI's own
+    /// endpoints Sluice does not serve); elsewhere no key is asked for.
+    func testUnroutableAPIPathsCheckTheKeyFirst() async throws {
+        let table: [(HTTPMethod, String, String?, Int)] = [
+            (.POST, "/v1/responses", nil, 401), (.POST, "/v1/responses", "sk-not-a-key-0123456789", 401),
+            (.POST, "/v1/responses", Self.secret, 404), (.GET, "/v1/chat/completions", nil, 401),
+            (.GET, "/v1/chat/completions", Self.secret, 405), (.GET, "/v1", nil, 401), (.GET, "/nowhere", nil, 404),
+        ]
+        for (method, path, secret, status) in table {
+            let response = try await harness.send(method, path: path, secret: secret)
+            XCTAssertEqual(response.status, status, "\(method) \(path) key \(secret ?? "none"): \(response.body)")
+        }
+    }
+
+    /// `/v1/models/{id}` decodes the id, and answers HEAD like `/v1/models` does.
+    func testRetrieveModelDecodesTheIDAndAnswersHEAD() async throws {
+        let found = try await harness.send(.GET, path: "/v1/models/gpt-4o%2Dmini")
+        XCTAssertEqual(found.status, 200, found.body)
+        XCTAssertTrue(found.body.contains(#""id":"gpt-4o-mini""#), found.body)
+        let missing = try await harness.send(.GET, path: "/v1/models/no%2Dsuch%2Dmodel")
+        XCTAssertEqual(missing.status, 404)
+        XCTAssertTrue(missing.body.contains("`no-such-model`"), missing.body)
+        for path in ["/v1/models", "/v1/models/gpt-4o-mini"] {
+            let head = try await harness.send(.HEAD, path: path)
+            XCTAssertEqual(head.status, 200, path)
+        }
+        let headWithoutKey = try await harness.send(.HEAD, path: "/v1/models/gpt-4o-mini", secret: nil)
+        XCTAssertEqual(headWithoutKey.status, 401)
+    }
 }
 
 // MARK: - The harness
@@ -299,19 +329,19 @@ final class PipelineHarness: Sendable {
             .deletingLastPathComponent().appendingPathComponent(".cache/tokenizer").path
     }
 
-    func send(path: String = "/v1/chat/completions", body: String, secret: String? = GatewayPipelineTests.secret,
+    func send(_ method: HTTPMethod = .POST, path: String = "/v1/chat/completions", body: String = "", secret: String? = GatewayPipelineTests.secret,
               leaveAfterFirstChunk: Bool = false, leaveWhenUpstreamAsked: Bool = false) async throws -> CapturedResponse {
-        try await send(path: path, bytes: Array(body.utf8), secret: secret, leaveAfterFirstChunk: leaveAfterFirstChunk, leaveWhenUpstreamAsked: leaveWhenUpstreamAsked)
+        try await send(method, path: path, bytes: Array(body.utf8), secret: secret, leaveAfterFirstChunk: leaveAfterFirstChunk, leaveWhenUpstreamAsked: leaveWhenUpstreamAsked)
     }
 
     /// Runs one request through the gateway and captures every response part written. With one of
     /// the `leave…` flags, the client goes away at that point (as the connection handler reports it:
     /// the task is cancelled and the writer told the channel closed).
-    func send(path: String = "/v1/chat/completions", bytes: [UInt8], secret: String? = GatewayPipelineTests.secret,
+    func send(_ method: HTTPMethod = .POST, path: String = "/v1/chat/completions", bytes: [UInt8], secret: String? = GatewayPipelineTests.secret,
               leaveAfterFirstChunk: Bool = false, leaveWhenUpstreamAsked: Bool = false) async throws -> CapturedResponse {
         let channel = NIOAsyncTestingChannel()
         try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
-        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers.add(name: "content-type", value: "application/json")
         if let secret { head.headers.add(name: "authorization", value: "Bearer \(secret)") }
         let request = HTTPRequest(head: head, body: ByteBuffer(bytes: bytes))
