@@ -110,9 +110,11 @@ public final class Gateway: RequestHandling {
                 try await writer.writeResponse(status: .ok, headers: headers, body: body)
             }
         case .methodNotAllowed(let allowed):
-            outcome = await writeError(writer, .methodNotAllowed(method: request.head.method.rawValue, path: path, allowed: allowed), requestID: requestID)
+            let error = GatewayError.methodNotAllowed(method: request.head.method.rawValue, path: path, allowed: allowed)
+            outcome = await refuseUnroutable(error, path: path, request: request, requestID: requestID, writer: writer)
         case .notFound:
-            outcome = await writeError(writer, .routeNotFound(method: request.head.method.rawValue, path: path), requestID: requestID)
+            let error = GatewayError.routeNotFound(method: request.head.method.rawValue, path: path)
+            outcome = await refuseUnroutable(error, path: path, request: request, requestID: requestID, writer: writer)
         }
 
         // The model label comes from the config, never from the client (see `metricLabel(forModel:)`).
@@ -161,6 +163,19 @@ public final class Gateway: RequestHandling {
         return await write(writer, requestID: requestID, keyID: key.id) {
             try await writer.writeResponse(status: .ok, headers: headers, body: buffer)
         }
+    }
+
+    /// A request no route takes (404), or not with its method (405). On the API's paths the key is
+    /// checked first (see `Route.isAPIPath`): without a valid one the answer is its 401.
+    private func refuseUnroutable(_ error: GatewayError, path: String, request: HTTPRequest, requestID: String, writer: ResponseWriter) async -> RequestOutcome {
+        var keyID: String?
+        if Route.isAPIPath(path) {
+            switch authenticate(request.head, keys: settings.keys) {
+            case .success(let key): keyID = key.id
+            case .failure(let keyError): return await writeError(writer, keyError, requestID: requestID)
+            }
+        }
+        return await writeError(writer, error, requestID: requestID, keyID: keyID)
     }
 
     private static func modelObject(_ id: String) -> String {

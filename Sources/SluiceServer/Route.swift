@@ -26,10 +26,47 @@ enum Route: Sendable, Equatable {
         }
         let modelPrefix = "/v1/models/"
         if path.hasPrefix(modelPrefix), path.count > modelPrefix.count {
-            self = method == .GET ? .retrieveModel(String(path.dropFirst(modelPrefix.count))) : .methodNotAllowed(allowed: ["GET"])
+            let id = String(path.dropFirst(modelPrefix.count))
+            self = (method == .GET || method == .HEAD)
+                ? .retrieveModel(Self.percentDecoded(id) ?? id) : .methodNotAllowed(allowed: ["GET", "HEAD"])
             return
         }
         self = .notFound
+    }
+
+    /// True for the API's paths (`/v1` and below), where a request needs a valid key before it
+    /// learns anything, "no such route" included: a caller without a key gets 401 there, as from
+    /// OpenAI's own endpoints that Sluice does not serve (`/v1/responses`). Elsewhere (`/`,
+    /// `/healthz`, …) nothing needs a key.
+    static func isAPIPath(_ path: String) -> Bool {
+        path == "/v1" || path.hasPrefix("/v1/")
+    }
+
+    /// `text` with its `%XX` escapes decoded (RFC 3986; `+` stays `+` in a path), or nil when an
+    /// escape is malformed or the result is not UTF-8.
+    static func percentDecoded(_ text: String) -> String? {
+        guard text.utf8.contains(UInt8(ascii: "%")) else { return text }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(text.utf8.count)
+        var iterator = text.utf8.makeIterator()
+        while let byte = iterator.next() {
+            guard byte == UInt8(ascii: "%") else {
+                bytes.append(byte)
+                continue
+            }
+            guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else { return nil }
+            bytes.append(high << 4 | low)
+        }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
     }
 
     var isProxy: Bool {

@@ -74,8 +74,8 @@ extension MockRequestFields {
         guard model != nil else {
             throw MockRequestError(message: "you must provide a model parameter", param: "model")
         }
-        if let maxTokens, maxTokens < 1 {
-            throw MockRequestError(message: "max_tokens must be at least 1, got \(maxTokens).", param: "max_tokens")
+        if let maxTokens, maxTokens < 0 {
+            throw MockRequestError(message: "max_tokens must be at least 0, got \(maxTokens).", param: "max_tokens")
         }
         guard (1...MockLimits.maximumChoices).contains(choiceCount) else {
             throw MockRequestError(
@@ -153,6 +153,12 @@ extension MockRequestFields {
             estimatedPromptTokens = Self.tokensEstimate(utf8Bytes: textBytes)
         case Key.prompt where endpoint == .completions, Key.input where endpoint == .embeddings:
             seen.prompt = true
+            if endpoint == .completions, try scanner.peekKind() == .null {
+                // Nullable, defaulting to the one token `<|endoftext|>`.
+                try scanner.readNull()
+                estimatedPromptTokens = 1
+                return
+            }
             let estimate = try Self.promptEstimate(&scanner, field: endpoint == .completions ? "prompt" : "input")
             estimatedPromptTokens = estimate.tokens
             embeddingInputCount = estimate.inputs

@@ -119,7 +119,8 @@ struct RequestBodyScanner: ~Copyable {
         guard try readLiteral("null") else { throw .syntax }
     }
 
-    /// Reads a number; returns it when it is an integer that fits an `Int`, nil for any other number.
+    /// Reads a number; returns it when it is a whole number (`12`, `12.0`, `1.2e1`: JSON Schema's `integer`,
+    /// as OpenAI reads it), saturated to `Int`'s range, nil for a number with a fraction.
     mutating func readNumber() throws(Failure) -> Int? {
         let start = index
         var isInteger = true
@@ -142,7 +143,14 @@ struct RequestBodyScanner: ~Copyable {
             guard let digit = peek(), isDigit(digit) else { throw .syntax }
             while let digit = peek(), isDigit(digit) { index += 1 }
         }
-        guard isInteger, index - start <= 18 else { return nil }
+        guard isInteger, index - start <= 18 else {
+            // Like Python's `float.is_integer()` on the parsed value: exact enough for a fake upstream.
+            let literal = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<index]), as: UTF8.self)
+            guard let value = Double(literal), value == value.rounded() else { return nil }
+            if value >= 0x1p63 { return Int.max }
+            if value <= -0x1p63 { return Int.min }
+            return Int(value)
+        }
         var value = 0
         var position = start
         let negative = bytes[position] == UInt8(ascii: "-")

@@ -219,6 +219,75 @@ final class GatewayPipelineTests: XCTestCase {
     }
 }
 
+// MARK: - Requests OpenAI's API accepts (issue 22)
+
+extension GatewayPipelineTests {
+    /// Valid requests Sluice used to refuse itself reach the upstream byte for byte, with the
+    /// reservation they ask for.
+    func testValuesTheSpecAllowsAreForwardedAsTheyAre() async throws {
+        let cases: [(path: String, body: String, reservedOutput: Int)] = [
+            ("/v1/chat/completions", #"{"model":"gpt-4o-mini","messages":[{"role":"function","name":"f","content":null}]}"#, 500),
+            ("/v1/completions", #"{"model":"gpt-4o-mini","prompt":null,"max_tokens":1}"#, 1),
+            ("/v1/completions", #"{"model":"gpt-4o-mini","prompt":"Say this","max_tokens":0,"echo":true,"logprobs":0}"#, 0),
+            ("/v1/chat/completions", chat(#","n":2.0,"max_tokens":228.0"#), 456),
+            ("/v1/completions", #"{"model":"gpt-4o-mini","prompt":[[1,-2],[3]],"max_completion_tokens":1e1}"#, 10),
+        ]
+        for (path, body, _) in cases {
+            harness.upstream.script(.ok(completionTokens: 0))
+            let response = try await harness.send(path: path, body: body)
+            XCTAssertEqual(response.status, 200, "\(body): \(response.body)")
+        }
+        XCTAssertEqual(harness.upstream.requests.map { String(decoding: $0.body, as: UTF8.self) }, cases.map(\.body))
+        XCTAssertEqual(harness.limiter.admissions.map(\.reservedOutputTokens), cases.map(\.reservedOutput))
+        XCTAssertEqual(harness.limiter.admissions.dropFirst().first?.promptTokens, 1, "a null prompt is `<|endoftext|>`: one token")
+    }
+
+    /// A `max_tokens` beyond what a reservation uses is reserved at the bound: forwarded for a key
+    /// without token limits, "Request too large" (never worth a retry) for one with them.
+    func testOutputLimitAboveTheBoundIsReservedAtTheBound() async throws {
+        let body = #"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}],"max_tokens":99999999999}"#
+        harness.upstream.script(.ok())
+        let forwarded = try await harness.send(body: body, secret: Self.narrowSecret)
+        XCTAssertEqual(forwarded.status, 200, forwarded.body)
+        XCTAssertEqual(harness.limiter.admissions.map(\.reservedOutputTokens), [Int(Int32.max)])
+        let limited = try await harness.send(body: body)
+        XCTAssertEqual(limited.status, 429, limited.body)
+        XCTAssertTrue(limited.body.contains("Request too large"), limited.body)
+        XCTAssertEqual(limited.headers.first(name: "x-should-retry"), "false")
+        XCTAssertEqual(harness.upstream.requestCount, 1)
+    }
+
+    /// On the API's paths a request needs a valid key before "no such route" (as from OpenAI's own
+    /// endpoints Sluice does not serve); elsewhere no key is asked for.
+    func testUnroutableAPIPathsCheckTheKeyFirst() async throws {
+        let table: [(HTTPMethod, String, String?, Int)] = [
+            (.POST, "/v1/responses", nil, 401), (.POST, "/v1/responses", "sk-not-a-key-0123456789", 401),
+            (.POST, "/v1/responses", Self.secret, 404), (.GET, "/v1/chat/completions", nil, 401),
+            (.GET, "/v1/chat/completions", Self.secret, 405), (.GET, "/v1", nil, 401), (.GET, "/nowhere", nil, 404),
+        ]
+        for (method, path, secret, status) in table {
+            let response = try await harness.send(method, path: path, secret: secret)
+            XCTAssertEqual(response.status, status, "\(method) \(path) key \(secret ?? "none"): \(response.body)")
+        }
+    }
+
+    /// `/v1/models/{id}` decodes the id, and answers HEAD like `/v1/models` does.
+    func testRetrieveModelDecodesTheIDAndAnswersHEAD() async throws {
+        let found = try await harness.send(.GET, path: "/v1/models/gpt-4o%2Dmini")
+        XCTAssertEqual(found.status, 200, found.body)
+        XCTAssertTrue(found.body.contains(#""id":"gpt-4o-mini""#), found.body)
+        let missing = try await harness.send(.GET, path: "/v1/models/no%2Dsuch%2Dmodel")
+        XCTAssertEqual(missing.status, 404)
+        XCTAssertTrue(missing.body.contains("`no-such-model`"), missing.body)
+        for path in ["/v1/models", "/v1/models/gpt-4o-mini"] {
+            let head = try await harness.send(.HEAD, path: path)
+            XCTAssertEqual(head.status, 200, path)
+        }
+        let headWithoutKey = try await harness.send(.HEAD, path: "/v1/models/gpt-4o-mini", secret: nil)
+        XCTAssertEqual(headWithoutKey.status, 401)
+    }
+}
+
 // MARK: - The harness
 
 /// A gateway wired to the in-memory limiter and a scripted upstream.
@@ -260,19 +329,19 @@ final class PipelineHarness: Sendable {
             .deletingLastPathComponent().appendingPathComponent(".cache/tokenizer").path
     }
 
-    func send(path: String = "/v1/chat/completions", body: String, secret: String? = GatewayPipelineTests.secret,
+    func send(_ method: HTTPMethod = .POST, path: String = "/v1/chat/completions", body: String = "", secret: String? = GatewayPipelineTests.secret,
               leaveAfterFirstChunk: Bool = false, leaveWhenUpstreamAsked: Bool = false) async throws -> CapturedResponse {
-        try await send(path: path, bytes: Array(body.utf8), secret: secret, leaveAfterFirstChunk: leaveAfterFirstChunk, leaveWhenUpstreamAsked: leaveWhenUpstreamAsked)
+        try await send(method, path: path, bytes: Array(body.utf8), secret: secret, leaveAfterFirstChunk: leaveAfterFirstChunk, leaveWhenUpstreamAsked: leaveWhenUpstreamAsked)
     }
 
     /// Runs one request through the gateway and captures every response part written. With one of
     /// the `leave…` flags, the client goes away at that point (as the connection handler reports it:
     /// the task is cancelled and the writer told the channel closed).
-    func send(path: String = "/v1/chat/completions", bytes: [UInt8], secret: String? = GatewayPipelineTests.secret,
+    func send(_ method: HTTPMethod = .POST, path: String = "/v1/chat/completions", bytes: [UInt8], secret: String? = GatewayPipelineTests.secret,
               leaveAfterFirstChunk: Bool = false, leaveWhenUpstreamAsked: Bool = false) async throws -> CapturedResponse {
         let channel = NIOAsyncTestingChannel()
         try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
-        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers.add(name: "content-type", value: "application/json")
         if let secret { head.headers.add(name: "authorization", value: "Bearer \(secret)") }
         let request = HTTPRequest(head: head, body: ByteBuffer(bytes: bytes))

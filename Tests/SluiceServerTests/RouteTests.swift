@@ -11,7 +11,8 @@ final class RouteTests: XCTestCase {
             (.GET, "/v1/chat/completions", .methodNotAllowed(allowed: ["POST"])),
             (.GET, "/v1/models", .listModels),
             (.GET, "/v1/models/gpt-4o", .retrieveModel("gpt-4o")),
-            (.DELETE, "/v1/models/gpt-4o", .methodNotAllowed(allowed: ["GET"])),
+            (.HEAD, "/v1/models/gpt-4o", .retrieveModel("gpt-4o")),
+            (.DELETE, "/v1/models/gpt-4o", .methodNotAllowed(allowed: ["GET", "HEAD"])),
             (.GET, "/v1/models/", .notFound),
             (.GET, "/healthz", .health),
             (.GET, "/readyz", .ready),
@@ -23,6 +24,28 @@ final class RouteTests: XCTestCase {
         for (method, path, expected) in table {
             XCTAssertEqual(Route(method: method, path: path), expected, "\(method) \(path)")
         }
+    }
+
+    /// The model id in `/v1/models/{id}` is percent-decoded (RFC 3986) before it is looked up; an
+    /// escape that cannot be decoded leaves the id as it came.
+    func testModelIDIsPercentDecoded() {
+        let table: [(String, String)] = [
+            ("/v1/models/gpt-4o%2Dmini", "gpt-4o-mini"),
+            ("/v1/models/ft%3Agpt-4o-mini%3Aacme%3A%3Aabc", "ft:gpt-4o-mini:acme::abc"),
+            ("/v1/models/org%2Fmodel", "org/model"),
+            ("/v1/models/caf%C3%A9+x", "café+x"),
+            ("/v1/models/bad%2", "bad%2"),
+            ("/v1/models/bad%zz", "bad%zz"),
+            ("/v1/models/not-utf8%FF", "not-utf8%FF"),
+        ]
+        for (path, id) in table {
+            XCTAssertEqual(Route(method: .GET, path: path), .retrieveModel(id), path)
+        }
+    }
+
+    func testAPIPathsAreV1AndBelow() {
+        for path in ["/v1", "/v1/", "/v1/responses", "/v1/models/x"] { XCTAssertTrue(Route.isAPIPath(path), path) }
+        for path in ["/", "/v10", "/healthz", "/metrics", "/v2/models"] { XCTAssertFalse(Route.isAPIPath(path), path) }
     }
 
     func testMetricLabelsAreBounded() {

@@ -76,8 +76,10 @@ enum ChatRequestReader {
             default:
                 throw RequestFields.invalidType(param + ".content", expected: "one of a string or array of objects", got: contentValue)
             }
-        } else if role != "assistant" {
-            // Assistant messages may carry only tool calls; every other role needs content.
+        } else if role != "assistant" && !(role == "function" && object["content"] != nil) {
+            // As OpenAI's spec has it: an assistant message may leave content out or null (it may
+            // carry only tool calls); a function message must give it but may give null (the
+            // function returned nothing); system, developer, user and tool messages need it.
             throw RequestFields.missing(param + ".content")
         }
 

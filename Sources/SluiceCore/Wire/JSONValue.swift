@@ -67,6 +67,51 @@ public struct JSONNumber: Sendable, Hashable, CustomStringConvertible {
     /// The value as an `Int` when the literal is an integer literal that fits; nil otherwise.
     public var intValue: Int? { isIntegerLiteral ? Int(literal) : nil }
 
+    /// The value when it is a whole number, whatever its spelling (`12`, `12.0`, `1.2e1`, `-0.0`):
+    /// JSON Schema's `integer`, which OpenAI's API follows. Exact (decided on the digits, never
+    /// through a `Double`); values beyond `Int`'s range saturate to `Int.min` / `Int.max`. Nil when
+    /// the number has a non-zero fraction (`1.5`, `1e-3`).
+    public var wholeValue: Int? {
+        if let exact = intValue { return exact }
+        let bytes = Array(literal.utf8)
+        let zero = UInt8(ascii: "0")
+        func isDigit(_ byte: UInt8) -> Bool { byte >= zero && byte <= UInt8(ascii: "9") }
+        var index = 0
+        let negative = bytes.first == UInt8(ascii: "-")
+        if negative { index += 1 }
+        var digits: [UInt8] = []
+        while index < bytes.count, isDigit(bytes[index]) { digits.append(bytes[index] - zero); index += 1 }
+        var integerDigits = digits.count
+        if index < bytes.count, bytes[index] == UInt8(ascii: ".") {
+            index += 1
+            while index < bytes.count, isDigit(bytes[index]) { digits.append(bytes[index] - zero); index += 1 }
+        }
+        if index < bytes.count, bytes[index] == UInt8(ascii: "e") || bytes[index] == UInt8(ascii: "E") {
+            index += 1
+            let negativeExponent = index < bytes.count && bytes[index] == UInt8(ascii: "-")
+            if index < bytes.count, bytes[index] == UInt8(ascii: "-") || bytes[index] == UInt8(ascii: "+") { index += 1 }
+            // Capped: a longer shift than the literal has digits decides nothing more.
+            var exponent = 0
+            while index < bytes.count, isDigit(bytes[index]) {
+                exponent = min(exponent * 10 + Int(bytes[index] - zero), 1 << 20)
+                index += 1
+            }
+            integerDigits += negativeExponent ? -exponent : exponent
+        }
+        // Whole when no non-zero digit lies after the decimal point (as shifted by the exponent).
+        guard let lastNonZero = digits.lastIndex(where: { $0 != 0 }) else { return 0 }
+        guard lastNonZero < integerDigits else { return nil }
+        var magnitude = 0
+        for position in 0..<integerDigits {
+            let digit = position < digits.count ? Int(digits[position]) : 0
+            let (shifted, overflowA) = magnitude.multipliedReportingOverflow(by: 10)
+            let (sum, overflowB) = shifted.addingReportingOverflow(digit)
+            if overflowA || overflowB { return negative ? Int.min : Int.max }
+            magnitude = sum
+        }
+        return negative ? -magnitude : magnitude
+    }
+
     /// The value as a `Double` (may be ±infinity for out-of-range literals).
     public var doubleValue: Double { Double(literal) ?? .nan }
 

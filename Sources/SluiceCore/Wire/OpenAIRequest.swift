@@ -11,7 +11,8 @@ public struct OpenAIRequest: Sendable {
     public let stream: Bool
     /// The client itself set `stream_options.include_usage: true`.
     public let clientRequestedUsage: Bool
-    /// `max_completion_tokens`, else `max_tokens`; nil when neither is given (or for embeddings).
+    /// `max_completion_tokens`, else `max_tokens` (0 and up), at most `maximumOutputTokens`; nil
+    /// when neither is given (or for embeddings).
     public let maxOutputTokens: Int?
     /// Number of choices to generate (`n`, default 1, 1...128; always 1 for embeddings).
     public let n: Int
@@ -27,9 +28,13 @@ public struct OpenAIRequest: Sendable {
 
     /// The largest `n` OpenAI accepts.
     public static let maximumChoices = 128
-    /// The largest output-token value accepted (larger ones are surely mistakes or attacks on
-    /// the reservation arithmetic).
+    /// The largest output-token value a reservation uses: a larger `max_tokens` is forwarded as
+    /// it is (the upstream judges it) but reserved as this, which is already more than any bucket
+    /// holds (`LimitSet.maximumValue`), so the reservation arithmetic stays finite.
     public static let maximumOutputTokens = Int(Int32.max)
+    /// What `/v1/completions` reads when `prompt` is null or absent: OpenAI's documented default,
+    /// the one special token `<|endoftext|>`.
+    static let defaultCompletionsPrompt = PromptInput.tokenCount(1)
 
     enum StreamOptionsEdit: Sendable {
         /// Forward the body unchanged.
@@ -124,18 +129,24 @@ extension OpenAIRequest {
                     streamOptionsEdit = .insert(openBraceOffset: openBraceOffset, objectIsEmpty: root.isEmpty)
                 }
             }
-            // Both are validated even when both are given, as OpenAI does; the newer name wins.
-            let maxTokens = try fields.positiveInteger("max_tokens", maximum: maximumOutputTokens)
-            let maxCompletionTokens = try fields.positiveInteger("max_completion_tokens", maximum: maximumOutputTokens)
-            maxOutputTokens = maxCompletionTokens ?? maxTokens
-            n = try fields.positiveInteger("n", maximum: maximumChoices) ?? 1
+            // Both are validated even when both are given, as OpenAI does; the newer name wins. 0 is
+            // valid (with `echo`, how clients get prompt logprobs) and reserves nothing.
+            let maxTokens = try fields.integer("max_tokens", minimum: 0)
+            let maxCompletionTokens = try fields.integer("max_completion_tokens", minimum: 0)
+            maxOutputTokens = (maxCompletionTokens ?? maxTokens).map { min($0, maximumOutputTokens) }
+            n = try fields.integer("n", minimum: 1, maximum: maximumChoices) ?? 1
         }
 
         switch endpoint {
         case .chatCompletions:
             prompt = .chat(try ChatRequestReader.chatPrompt(root))
         case .completions:
-            prompt = try textsOrTokens(root, field: "prompt")
+            // `prompt` is nullable and has a default; absent is read the same way (the upstream judges it).
+            if let value = root["prompt"], !value.isNull {
+                prompt = try textsOrTokens(root, field: "prompt")
+            } else {
+                prompt = defaultCompletionsPrompt
+            }
         case .embeddings:
             prompt = try textsOrTokens(root, field: "input")
         }
@@ -145,7 +156,8 @@ extension OpenAIRequest {
     }
 
     /// `prompt` / `input`: a string, an array of strings, an array of token ids, or an array of
-    /// arrays of token ids.
+    /// arrays of token ids. The ids are counted, not judged: their values are the upstream's
+    /// business (its tokenizer knows which exist).
     private static func textsOrTokens(_ root: JSONObject, field: String) throws(GatewayError) -> PromptInput {
         guard let value = root[field], !value.isNull else { throw RequestFields.missing(field) }
         let expected = "a string, an array of strings, an array of integers, or an array of arrays of integers"
@@ -186,8 +198,8 @@ extension OpenAIRequest {
 
     private static func tokenIDCount(_ ids: [JSONValue], param: String) throws(GatewayError) -> Int {
         for (index, id) in ids.enumerated() {
-            guard case .number(let number) = id, let token = number.intValue, token >= 0 else {
-                throw RequestFields.invalidType("\(param)[\(index)]", expected: "a non-negative integer (token id)", got: id)
+            guard case .number(let number) = id, number.wholeValue != nil else {
+                throw RequestFields.invalidType("\(param)[\(index)]", expected: "an integer (token id)", got: id)
             }
         }
         return ids.count

@@ -45,21 +45,21 @@ struct RequestFields {
         return elements
     }
 
-    /// An integer in `1...maximum`, or nil when absent/null.
-    func positiveInteger(_ name: String, maximum: Int) throws(GatewayError) -> Int? {
+    /// A whole number (JSON Schema's `integer`: `2`, `2.0` and `2e0` alike) of at least `minimum`
+    /// and, when `maximum` is given, at most `maximum`; nil when absent/null. Values beyond `Int`'s
+    /// range saturate (see `JSONNumber.wholeValue`).
+    func integer(_ name: String, minimum: Int, maximum: Int? = nil) throws(GatewayError) -> Int? {
         guard let value = value(name) else { return nil }
         let param = path + name
-        guard case .number(let number) = value, number.isIntegerLiteral else {
+        guard case .number(let number) = value, let integer = number.wholeValue else {
             throw Self.invalidType(param, expected: "an integer", got: value)
         }
-        let negative = number.literal.hasPrefix("-")
-        guard let integer = number.intValue, integer <= maximum else {
-            if negative { throw Self.belowMinimum(param, minimum: 1, got: number.literal) }
+        guard integer >= minimum else { throw Self.belowMinimum(param, minimum: minimum, got: number.literal) }
+        if let maximum, integer > maximum {
             throw GatewayError.invalidRequest(
                 message: "Invalid '\(param)': integer above maximum value. Expected a value <= \(maximum), but got \(number.literal) instead.",
                 param: param, code: "integer_above_max_value")
         }
-        guard integer >= 1 else { throw Self.belowMinimum(param, minimum: 1, got: number.literal) }
         return integer
     }
 

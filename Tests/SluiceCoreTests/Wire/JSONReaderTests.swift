@@ -58,6 +58,21 @@ final class JSONReaderTests: XCTestCase {
         XCTAssertEqual(numbers[3].doubleValue, 100)
     }
 
+    /// Whole numbers in any spelling are integers (JSON Schema's `integer`, which OpenAI follows),
+    /// decided exactly on the digits; beyond `Int`'s range they saturate.
+    func testWholeValueTakesEverySpellingOfAWholeNumber() {
+        let cases: [(String, Int?)] = [
+            ("0", 0), ("-0", 0), ("-0.0", 0), ("0e5", 0), ("1.0", 1), ("228.0", 228), ("1e2", 100), ("1E+2", 100),
+            ("1.25e2", 125), ("12500e-2", 125), ("-3.000", -3), ("0.0000e-999999999999", 0),
+            ("1.5", nil), ("1e-3", nil), ("12501e-2", nil), ("1.0000000000000001", nil), ("-0.5", nil),
+            ("9223372036854775807", Int.max), ("9223372036854775808", Int.max), ("123456789012345678901234567890", Int.max),
+            ("1e19", Int.max), ("1e999999999999", Int.max), ("-1e19", Int.min), ("2147483648.0", 2_147_483_648),
+        ]
+        for (literal, expected) in cases {
+            XCTAssertEqual(JSONNumber(validatedLiteral: literal).wholeValue, expected, literal)
+        }
+    }
+
     // MARK: Strings: surrogates and invalid UTF-8 never fail
 
     func testLoneSurrogatesBecomeReplacementCharacter() throws {

@@ -138,6 +138,77 @@ final class OpenAIRequestTests: XCTestCase {
         XCTAssertEqual(try parse(#"{"model":"m","input":[[5,6,7]]}"#, .embeddings).prompt, .tokenCount(3))
     }
 
+    // MARK: Values OpenAI's API accepts (issue 22)
+
+    /// Each role's `content` as OpenAI's spec has it: assistant may leave it out or null, function
+    /// must give it but may give null; system, developer, user and tool need it.
+    func testContentNullabilityFollowsEachRole() throws {
+        let function = try parse(#"{"model":"m","messages":[{"role":"function","name":"f","content":null}]}"#)
+        XCTAssertEqual(try chatPrompt(function).messages, [ChatMessage(role: "function", name: "f", content: [])])
+        for assistant in [#"{"role":"assistant","content":null,"tool_calls":[]}"#, #"{"role":"assistant","function_call":{"name":"f","arguments":"{}"}}"#] {
+            XCTAssertNoThrow(try parse(#"{"model":"m","messages":[\#(assistant)]}"#), assistant)
+        }
+        assertInvalid(#"{"model":"m","messages":[{"role":"function","name":"f"}]}"#, param: "messages[0].content",
+                      message: "Missing required parameter: 'messages[0].content'.", code: "missing_required_parameter")
+        for role in ["system", "developer", "user", "tool"] {
+            assertInvalid(#"{"model":"m","messages":[{"role":"\#(role)","content":null,"tool_call_id":"c"}]}"#, param: "messages[0].content",
+                          message: "Missing required parameter: 'messages[0].content'.")
+        }
+    }
+
+    /// `/v1/completions`' `prompt` is nullable and defaults to `<|endoftext|>`: one token.
+    func testCompletionsPromptNullIsTheEndOfTextToken() throws {
+        for json in [#"{"model":"m","prompt":null}"#, #"{"model":"m"}"#] {
+            let request = try parse(json, .completions)
+            XCTAssertEqual(request.prompt, .tokenCount(1), json)
+            XCTAssertEqual(request.upstreamBody(original: Array(json.utf8)), Array(json.utf8))
+        }
+        assertInvalid(#"{"model":"m","input":null}"#, .embeddings, param: "input", message: "Missing required parameter: 'input'.")
+    }
+
+    /// `max_tokens: 0` (the completions spec's minimum; with `echo`, how clients get prompt
+    /// logprobs) is accepted and reserves nothing, not the key's default.
+    func testMaxTokensZeroReservesNothing() throws {
+        let completions = try parse(#"{"model":"m","prompt":"x","max_tokens":0,"echo":true,"logprobs":0,"n":3}"#, .completions)
+        XCTAssertEqual(completions.maxOutputTokens, 0)
+        XCTAssertEqual(completions.reservedOutputTokens(defaultOutputTokens: 1024), 0)
+        let chat = try parse(#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_completion_tokens":0,"max_tokens":5}"#)
+        XCTAssertEqual(chat.reservedOutputTokens(defaultOutputTokens: 1024), 0)
+    }
+
+    /// Whole-number floats are integers (JSON Schema's and OpenAI's reading): `n`, the output
+    /// limits and token ids.
+    func testWholeNumberFloatsAreIntegers() throws {
+        let chat = try parse(#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2.0,"max_tokens":228.0}"#)
+        XCTAssertEqual(chat.n, 2)
+        XCTAssertEqual(chat.maxOutputTokens, 228)
+        XCTAssertEqual(chat.reservedOutputTokens(defaultOutputTokens: 1), 456)
+        XCTAssertEqual(try parse(#"{"model":"m","prompt":"x","max_completion_tokens":1.5e1,"n":1E0}"#, .completions).maxOutputTokens, 15)
+        XCTAssertEqual(try parse(#"{"model":"m","prompt":[1.0,2e0,30e-1]}"#, .completions).prompt, .tokenCount(3))
+        XCTAssertEqual(try parse(#"{"model":"m","input":[[1.0],[2,3.0]]}"#, .embeddings).prompt, .tokenCount(3))
+    }
+
+    /// Token ids are counted, not judged: a negative id is the upstream's to refuse (the spec sets
+    /// no minimum), and the count (the number of ids) is right whatever their values.
+    func testTokenIDsAreCountedWhateverTheirValues() throws {
+        XCTAssertEqual(try parse(#"{"model":"m","input":[1,-2]}"#, .embeddings).prompt, .tokenCount(2))
+        XCTAssertEqual(try parse(#"{"model":"m","prompt":[[-1],[99999999999999999999]]}"#, .completions).prompt, .tokenCount(2))
+    }
+
+    /// An output limit above what a reservation uses is forwarded unchanged and reserved at the
+    /// bound (more than any bucket holds), never refused with a limit OpenAI does not have.
+    func testOutputLimitAboveTheBoundIsReservedAtTheBound() throws {
+        let bound = OpenAIRequest.maximumOutputTokens
+        for literal in ["2147483648", "99999999999", "1e30", "123456789012345678901234567890"] {
+            let json = #"{"model":"m","messages":[{"role":"user","content":"x"}],"n":128,"max_tokens":\#(literal)}"#
+            let request = try parse(json)
+            XCTAssertEqual(request.maxOutputTokens, bound, literal)
+            XCTAssertEqual(request.reservedOutputTokens(defaultOutputTokens: 1), bound * 128, literal)
+            XCTAssertEqual(request.upstreamBody(original: Array(json.utf8)), Array(json.utf8), "forwarded as it is")
+        }
+        XCTAssertEqual(try parse(#"{"model":"m","prompt":"x","max_tokens":2147483647}"#, .completions).maxOutputTokens, bound)
+    }
+
     // MARK: Errors
 
     private func assertInvalid(_ json: String, _ endpoint: OpenAIEndpoint = .chatCompletions, param: String?, message: String,
@@ -210,17 +281,23 @@ final class OpenAIRequestTests: XCTestCase {
                       message: "Invalid type for 'max_tokens': expected an integer, but got a string instead.", code: "invalid_type")
         assertInvalid("{\(base),\"max_tokens\":10.5}", param: "max_tokens",
                       message: "Invalid type for 'max_tokens': expected an integer, but got a decimal number instead.")
-        assertInvalid("{\(base),\"max_tokens\":0}", param: "max_tokens",
-                      message: "Invalid 'max_tokens': integer below minimum value. Expected a value >= 1, but got 0 instead.", code: "integer_below_min_value")
+        assertInvalid("{\(base),\"max_tokens\":-1}", param: "max_tokens",
+                      message: "Invalid 'max_tokens': integer below minimum value. Expected a value >= 0, but got -1 instead.", code: "integer_below_min_value")
+        assertInvalid("{\(base),\"max_tokens\":-1.0}", param: "max_tokens",
+                      message: "Invalid 'max_tokens': integer below minimum value. Expected a value >= 0, but got -1.0 instead.")
         assertInvalid("{\(base),\"max_completion_tokens\":-99999999999999999999}", param: "max_completion_tokens",
-                      message: "Invalid 'max_completion_tokens': integer below minimum value. Expected a value >= 1, but got -99999999999999999999 instead.")
-        assertInvalid("{\(base),\"max_tokens\":99999999999}", param: "max_tokens",
-                      message: "Invalid 'max_tokens': integer above maximum value. Expected a value <= 2147483647, but got 99999999999 instead.",
-                      code: "integer_above_max_value")
+                      message: "Invalid 'max_completion_tokens': integer below minimum value. Expected a value >= 0, but got -99999999999999999999 instead.")
+        assertInvalid("{\(base),\"max_completion_tokens\":1e-1}", param: "max_completion_tokens",
+                      message: "Invalid type for 'max_completion_tokens': expected an integer, but got a decimal number instead.")
         assertInvalid("{\(base),\"n\":129}", param: "n",
-                      message: "Invalid 'n': integer above maximum value. Expected a value <= 128, but got 129 instead.")
+                      message: "Invalid 'n': integer above maximum value. Expected a value <= 128, but got 129 instead.", code: "integer_above_max_value")
+        assertInvalid("{\(base),\"n\":1.29e2}", param: "n", message: "Invalid 'n': integer above maximum value. Expected a value <= 128, but got 1.29e2 instead.")
+        assertInvalid("{\(base),\"n\":1e999}", param: "n", message: "Invalid 'n': integer above maximum value. Expected a value <= 128, but got 1e999 instead.")
         assertInvalid("{\(base),\"n\":0}", param: "n",
                       message: "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0 instead.")
+        assertInvalid("{\(base),\"n\":-2}", param: "n",
+                      message: "Invalid 'n': integer below minimum value. Expected a value >= 1, but got -2 instead.")
+        assertInvalid("{\(base),\"n\":1.5}", param: "n", message: "Invalid type for 'n': expected an integer, but got a decimal number instead.")
         assertInvalid("{\(base),\"stream\":\"yes\"}", param: "stream",
                       message: "Invalid type for 'stream': expected a boolean, but got a string instead.")
         assertInvalid("{\(base),\"stream\":true,\"stream_options\":[]}", param: "stream_options",
@@ -231,14 +308,13 @@ final class OpenAIRequestTests: XCTestCase {
     }
 
     func testPromptAndInputValidationErrors() {
-        assertInvalid(#"{"model":"m"}"#, .completions, param: "prompt", message: "Missing required parameter: 'prompt'.")
         assertInvalid(#"{"model":"m","input":null}"#, .embeddings, param: "input", message: "Missing required parameter: 'input'.")
         assertInvalid(#"{"model":"m","prompt":["a",1]}"#, .completions, param: "prompt[1]",
                       message: "Invalid type for 'prompt[1]': expected a string, but got an integer instead.")
-        assertInvalid(#"{"model":"m","input":[1,-2]}"#, .embeddings, param: "input[1]",
-                      message: "Invalid type for 'input[1]': expected a non-negative integer (token id), but got an integer instead.")
+        assertInvalid(#"{"model":"m","input":[1,"2"]}"#, .embeddings, param: "input[1]",
+                      message: "Invalid type for 'input[1]': expected an integer (token id), but got a string instead.")
         assertInvalid(#"{"model":"m","input":[[1],[2.5]]}"#, .embeddings, param: "input[1][0]",
-                      message: "Invalid type for 'input[1][0]': expected a non-negative integer (token id), but got a decimal number instead.")
+                      message: "Invalid type for 'input[1][0]': expected an integer (token id), but got a decimal number instead.")
         assertInvalid(#"{"model":"m","input":{}}"#, .embeddings, param: "input",
                       message: "Invalid type for 'input': expected a string, an array of strings, an array of integers, or an array of arrays of integers, but got an object instead.")
         assertInvalid(#"{"model":"m","prompt":[true]}"#, .completions, param: "prompt[0]",
