@@ -221,3 +221,62 @@ def test_large_count_does_not_stall_the_event_loop(one_loop_gateway):
     assert result["r"].status_code == 200, result["r"].text
     assert result["r"].json()["usage"]["prompt_tokens"] > 0
     assert slowest < 0.3, f"/healthz waited {slowest:.2f} s behind a count"
+
+
+WILDCARD_KEY = "sk-e2e-wildcard-0123456789"
+
+
+@pytest.fixture(scope="module")
+def redis_gateway(tmp_module, mock):
+    """A node on a private Redis, its upstream serving a prefix (`gpt-4o*`)."""
+    import shutil
+    import subprocess
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server is not installed")
+    redis_port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = gateway_config(free_port(), mock.port,
+                            [{"id": "wild", "secret_sha256": sha256_hex(WILDCARD_KEY), "tier": "t"}],
+                            {"t": {"requests_per_minute": 100_000}})
+    config["redis"] = {"url": f"redis://127.0.0.1:{redis_port}"}
+    d = tmp_module / "redis-node"
+    d.mkdir()
+    try:
+        g = Gateway(d, config)
+        deadline = time.time() + 10
+        while httpx.get(g.root_url + "/readyz", timeout=2).json().get("limiter") != "redis":
+            assert time.time() < deadline, "the node did not reach Redis"
+            time.sleep(0.1)
+        g.redis_port = redis_port
+        yield g
+        g.stop()
+    finally:
+        redis.kill()
+        redis.wait()
+
+
+def test_usage_records_name_invented_models_by_the_config_entry(redis_gateway):
+    import subprocess
+    g = redis_gateway
+    headers = {"authorization": f"Bearer {WILDCARD_KEY}"}
+    # The upstream refuses names it does not serve (here: 404 from the mock).
+    for n in range(5):
+        r = httpx.post(g.base_url + "/chat/completions", timeout=10, headers={**headers, "x-mock-status": "404"},
+                       json={"model": f"gpt-4.1-invented-{n}", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 404
+    # A name the upstream answered is recorded as the client sent it.
+    r = httpx.post(g.base_url + "/chat/completions", timeout=10, headers=headers,
+                   json={"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    deadline = time.time() + 5
+    while True:
+        fields = subprocess.run(["redis-cli", "-p", str(g.redis_port), "HKEYS", f"sluice:{{wild}}:usage:{day}"],
+                                capture_output=True, text=True).stdout.split()
+        if "gpt-4.1-mini:requests" in fields or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert "gpt-4.1*:requests" in fields, fields
+    assert "gpt-4.1-mini:requests" in fields, fields
+    assert not [f for f in fields if "invented" in f], f"invented names grew the usage records: {fields}"
