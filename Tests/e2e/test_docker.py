@@ -1,13 +1,22 @@
-"""The Docker files against the code: what compose gives a node to stop must cover its drain."""
+"""The Docker and Kubernetes files against the code: what compose or Kubernetes gives a node to stop
+must cover its drain, the probes must ask Sluice's own endpoints, and the config in the ConfigMaps must
+be one that Sluice accepts."""
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker/docker-compose.yml"
+DOCKERFILE = ROOT / "docker/Dockerfile"
+KUBERNETES = ROOT / "docker/kubernetes"
 CONFIG_IN_CONTAINER = "/etc/sluice/sluice.json"
+SLUICE_BIN = os.environ.get("SLUICE_BIN", str(ROOT / ".build/debug/sluice"))
 
 
 def swift_constant(path: str, pattern: str) -> int:
@@ -59,3 +68,187 @@ def test_duration_parsing():
     assert duration_seconds("1m30s") == 90
     assert duration_seconds("1h") == 3600
     assert duration_seconds("1500ms") == 1.5
+
+
+# ---------------------------------------------------------------- Kubernetes (docker/kubernetes)
+
+def settlement_seconds() -> int:
+    return swift_constant("Sources/SluiceServer/HTTP/HTTPServer.swift",
+                          r"static let taskDrainTimeout\s*=\s*Duration\.seconds\((\d+)\)")
+
+
+def default_grace_seconds() -> int:
+    return swift_constant("Sources/SluiceCore/Config/SluiceConfig.swift",
+                          r"static let defaultShutdownGraceSeconds\s*=\s*(\d+)")
+
+
+def k8s_documents() -> list:
+    """(file, resource) for every resource of the manifests (kustomization files are not resources)."""
+    documents = []
+    for path in sorted(KUBERNETES.rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in yaml.safe_load_all(path.read_text()):
+            if document:
+                documents.append((path.relative_to(ROOT), document))
+    return documents
+
+
+def k8s_resources(kind: str, name: str | None = None) -> list:
+    return [(path, doc) for path, doc in k8s_documents()
+            if doc["kind"] == kind and (name is None or doc["metadata"]["name"] == name)]
+
+
+def sluice_deployment() -> dict:
+    [(_, deployment)] = k8s_resources("Deployment", "sluice")
+    return deployment
+
+
+def sluice_container(deployment: dict) -> dict:
+    [container] = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "sluice"]
+    return container
+
+
+def sluice_configs() -> list:
+    """(file, config) of every ConfigMap the Deployment mounts: the base's and the demo's replacement."""
+    deployment = sluice_deployment()
+    names = {volume["configMap"]["name"] for volume in deployment["spec"]["template"]["spec"]["volumes"]
+             if "configMap" in volume}
+    configs = [(path, json.loads(doc["data"][Path(CONFIG_IN_CONTAINER).name]))
+               for name in sorted(names) for path, doc in k8s_resources("ConfigMap", name)]
+    assert len(configs) >= 2, f"expected the base and the demo ConfigMap, found {[str(p) for p, _ in configs]}"
+    return configs
+
+
+def prestop_sleep_seconds(container: dict) -> int:
+    """The preStop hook's sleep: `sleep N` run in the container, or Kubernetes' own sleep action."""
+    pre_stop = container.get("lifecycle", {}).get("preStop")
+    assert pre_stop, "no preStop hook: the Service would still route new connections to a node whose listener is closed"
+    if "sleep" in pre_stop:
+        return int(pre_stop["sleep"]["seconds"])
+    command = pre_stop["exec"]["command"]
+    assert len(command) == 2 and command[0] in ("sleep", "/bin/sleep"), f"preStop is not a plain sleep: {command}"
+    return int(command[1])
+
+
+def container_port(container: dict, port) -> int:
+    if isinstance(port, int):
+        return port
+    [number] = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
+    return number
+
+
+def test_kubernetes_gives_every_node_the_time_to_drain():
+    deployment = sluice_deployment()
+    container = sluice_container(deployment)
+    period = deployment["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+    sleep = prestop_sleep_seconds(container)
+    assert sleep > 0
+    for path, config in sluice_configs():
+        grace = config.get("server", {}).get("shutdown_grace_seconds", default_grace_seconds())
+        # The grace period runs from the start of preStop: the sleep, then SIGTERM and the drain.
+        needed = sleep + grace + settlement_seconds()
+        assert period > needed, (
+            f"terminationGracePeriodSeconds {period} does not cover the preStop sleep {sleep} s + "
+            f"shutdown_grace_seconds {grace} of {path} + {settlement_seconds()} s of settlements")
+
+
+def test_kubernetes_probes_ask_sluice_on_its_port():
+    container = sluice_container(sluice_deployment())
+    readiness = container["readinessProbe"]["httpGet"]
+    liveness = container["livenessProbe"]["httpGet"]
+    assert readiness["path"] == "/readyz", "readiness must follow /readyz (503 while draining)"
+    assert liveness["path"] == "/healthz"
+    for path, config in sluice_configs():
+        port = config["server"]["port"]
+        assert config["server"]["host"] in ("0.0.0.0", "::"), f"{path}: the node must listen on all addresses"
+        assert container_port(container, readiness["port"]) == port, f"readiness probe asks another port than {path}"
+        assert container_port(container, liveness["port"]) == port, f"liveness probe asks another port than {path}"
+    annotations = sluice_deployment()["spec"]["template"]["metadata"].get("annotations", {})
+    if "prometheus.io/port" in annotations:
+        assert annotations["prometheus.io/path"] == "/metrics"
+        assert all(int(annotations["prometheus.io/port"]) == config["server"]["port"] for _, config in sluice_configs())
+    routes = (ROOT / "Sources/SluiceServer/Route.swift").read_text()
+    assert all(f'"{route}": .{case}' in routes for route, case in
+               [("/readyz", "ready"), ("/healthz", "health"), ("/metrics", "metrics")]), "Sluice's routes moved"
+
+
+def test_kubernetes_mounts_the_config_where_the_node_reads_it():
+    deployment = sluice_deployment()
+    container = sluice_container(deployment)
+    # The command line the node runs: the container's args, else the image's CMD.
+    args = container.get("args") or json.loads(re.search(r"^CMD (\[.*\])$", DOCKERFILE.read_text(), re.M).group(1))
+    assert args[args.index("--config") + 1] == CONFIG_IN_CONTAINER
+    mounts = [m for m in container["volumeMounts"] if m["mountPath"] == str(Path(CONFIG_IN_CONTAINER).parent)]
+    assert len(mounts) == 1, f"nothing mounted at {Path(CONFIG_IN_CONTAINER).parent}"
+    # A subPath mount never sees a ConfigMap update.
+    assert "subPath" not in mounts[0]
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mounts[0]["name"]]
+    assert "configMap" in volume
+
+
+def test_kubernetes_passes_every_upstream_key_from_a_secret():
+    container = sluice_container(sluice_deployment())
+    from_secrets = {e["name"] for e in container.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    for path, config in sluice_configs():
+        for upstream in config["upstreams"]:
+            if "api_key_env" in upstream:
+                assert upstream["api_key_env"] in from_secrets, (
+                    f"{path}: {upstream['name']}'s api_key_env {upstream['api_key_env']} is not set from a Secret")
+
+
+def test_kubernetes_services_match_the_config():
+    services = {doc["metadata"]["name"]: doc for _, doc in k8s_resources("Service")}
+    for path, config in sluice_configs():
+        redis = urlsplit(config["redis"]["url"])
+        assert redis.hostname in services, f"{path}: redis.url names no Service of the manifests"
+        assert (redis.port or 6379) in [p["port"] for p in services[redis.hostname]["spec"]["ports"]], (
+            f"{path}: the Service {redis.hostname} has no port {redis.port or 6379}")
+        for upstream in config["upstreams"]:
+            host = urlsplit(upstream["base_url"]).hostname
+            if "." not in host:  # a name inside the cluster: one of the manifests' Services
+                assert host in services, f"{path}: {upstream['name']} points at {host}, which is no Service here"
+        [(_, hpa)] = k8s_resources("HorizontalPodAutoscaler", "sluice")
+        assert config["redis"].get("fallback_node_count") == hpa["spec"]["minReplicas"], (
+            f"{path}: redis.fallback_node_count differs from the HPA's minReplicas")
+
+
+def test_kubernetes_runs_every_container_unprivileged():
+    uid = int(re.search(r"useradd [^\n]*--uid (\d+)", DOCKERFILE.read_text()).group(1))
+    assert re.search(rf"^USER {uid}(:\d+)?$", DOCKERFILE.read_text(), re.M), "the image's USER is not sluice's uid"
+    workloads = k8s_resources("Deployment") + k8s_resources("StatefulSet")
+    assert len(workloads) >= 3
+    for path, workload in workloads:
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, f"{path}: runAsNonRoot"
+        for container in pod["containers"]:
+            if container["image"].split(":")[0] == "sluice":
+                assert pod["securityContext"]["runAsUser"] == uid, f"{path}: not the image's user sluice ({uid})"
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, f"{path}: {container['name']}"
+            assert context["readOnlyRootFilesystem"] is True, f"{path}: {container['name']}"
+            assert context["capabilities"]["drop"] == ["ALL"], f"{path}: {container['name']}"
+
+
+def test_kustomizations_name_existing_files():
+    kustomizations = sorted(KUBERNETES.rglob("kustomization.yaml"))
+    assert len(kustomizations) == 2
+    for kustomization in kustomizations:
+        spec = yaml.safe_load(kustomization.read_text())
+        for entry in spec.get("resources", []) + [p["path"] for p in spec.get("patches", [])]:
+            assert (kustomization.parent / entry).exists(), f"{kustomization.relative_to(ROOT)}: {entry} does not exist"
+
+
+def test_kubernetes_configs_pass_check_config(tmp_path):
+    if not Path(SLUICE_BIN).exists():
+        pytest.skip(f"no sluice binary at {SLUICE_BIN} (build it, or set SLUICE_BIN): the configs were not checked")
+    for path, config in sluice_configs():
+        file = tmp_path / "sluice.json"
+        file.write_text(json.dumps(config))
+        # check-config resolves api_key_env from the environment, as the Deployment's env does.
+        env = dict(os.environ)
+        env.update({u["api_key_env"]: "sk-test-not-a-key" for u in config["upstreams"] if "api_key_env" in u})
+        result = subprocess.run([SLUICE_BIN, "check-config", str(file)], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{path}: sluice check-config refused it:\n{result.stdout}{result.stderr}"
+        assert result.stdout.startswith("ok:"), result.stdout
