@@ -1,4 +1,5 @@
 import Foundation
+import SluiceCore
 
 /// A calendar day in UTC, named `YYYY-MM-DD` as in the usage keys (`sluice:{k}:usage:<day>`).
 public struct UTCDay: Sendable, Hashable, CustomStringConvertible {
@@ -11,19 +12,10 @@ public struct UTCDay: Sendable, Hashable, CustomStringConvertible {
         self.init(daysSinceEpoch: Int((date.timeIntervalSince1970 / 86_400).rounded(.down)))
     }
 
-    /// The day `days` after 1970-01-01 (proleptic Gregorian; Howard Hinnant's civil_from_days,
-    /// the same algorithm as `civilFromDays` in gcra.lua).
+    /// The day `days` after 1970-01-01 (proleptic Gregorian; the same algorithm as
+    /// `civilFromDays` in gcra.lua).
     public init(daysSinceEpoch days: Int) {
-        let z = days + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let dayOfEra = z - era * 146_097
-        let yearOfEra = (dayOfEra - dayOfEra / 1_460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
-        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
-        let monthIndex = (5 * dayOfYear + 2) / 153
-        let month = monthIndex < 10 ? monthIndex + 3 : monthIndex - 9
-        self.day = dayOfYear - (153 * monthIndex + 2) / 5 + 1
-        self.month = month
-        self.year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        (year, month, day) = CivilCalendar.date(daysSinceEpoch: days)
     }
 
     /// The day `text` names as `YYYY-MM-DD` (the shape ``text`` writes, years 0000–9999), or nil when
@@ -41,20 +33,11 @@ public struct UTCDay: Sendable, Hashable, CustomStringConvertible {
             return value
         }
         guard let year = number(0..<4), let month = number(5..<7), let day = number(8..<10),
-              (1...12).contains(month), (1...Self.daysIn(month: month, year: year)).contains(day)
+              (1...12).contains(month), (1...CivilCalendar.daysIn(month: month, year: year)).contains(day)
         else { return nil }
         self.year = year
         self.month = month
         self.day = day
-    }
-
-    /// How many days `month` (1–12) of `year` has (proleptic Gregorian leap years).
-    static func daysIn(month: Int, year: Int) -> Int {
-        switch month {
-        case 2: year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) ? 29 : 28
-        case 4, 6, 9, 11: 30
-        default: 31
-        }
     }
 
     /// `YYYY-MM-DD`. Ten bytes, so Swift stores it inline (no allocation).

@@ -42,13 +42,8 @@ struct ConfigReloadService: Service {
             )
             return current
         }
-        var needsRestart: [String] = []
-        if next.server != current.server { needsRestart.append("server") }
-        if next.tokenizer != current.tokenizer { needsRestart.append("tokenizer") }
-        if (next.redis == nil) != (current.redis == nil) || next.redis?.redactedURL != current.redis?.redactedURL
-            || next.redis?.onFailure != current.redis?.onFailure {
-            needsRestart.append("redis")
-        }
+        // Against the config the node started with (`initial`): those sections are never swapped.
+        let needsRestart = next.sectionsNeedingRestart(running: initial)
         gateway.replaceSettings(GatewaySettings(config: next))
         logger.notice(
             "config reloaded",

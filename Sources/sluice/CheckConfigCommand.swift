@@ -1,16 +1,26 @@
 import ArgumentParser
 import SluiceCore
 
-/// `sluice check-config FILE`: validates a configuration file the way `serve` loads it.
+/// `sluice check-config FILE`: validates a configuration file the way `serve` loads it, then checks
+/// what the loader does not (see `SluiceConfig.deploymentFindings`).
 struct CheckConfigCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check-config",
         abstract: "Validate a configuration file and print every problem with its JSON path.",
         discussion: """
-            Upstream API keys are resolved from the environment as at start-up, so a missing \
-            variable is reported too. Exits 0 when the file is valid, 1 otherwise.
+            Each problem is one line, "error: PATH: MESSAGE" or "warning: PATH: MESSAGE". Errors: \
+            the file does not load as serve loads it (upstream API keys are resolved from the \
+            environment as at start-up, so a missing variable is reported too), or serve would not \
+            start with it (a missing tokenizer directory or rank file). Warnings: it would run, but \
+            not as the file says: daily or monthly quotas without a "redis" section (not enforced), \
+            an upstream model entry that an earlier upstream's entry always wins over (never used), \
+            a burst more than 10 times its per-minute value.
+            Exit status: 0 ok, 1 errors (warnings may be printed too), 2 warnings only.
             """
     )
+
+    /// The exit status when the file has warnings but no errors.
+    static let warningsOnlyStatus: Int32 = 2
 
     @Argument(help: "The JSON configuration file.")
     var file: String
@@ -20,9 +30,12 @@ struct CheckConfigCommand: ParsableCommand {
         do {
             config = try SluiceConfig.load(path: file)
         } catch {
-            // ConfigError.description: one problem per line, or the one reason the file could
-            // not be read or parsed.
-            print(error.description)
+            for problem in error.problems { print("error: \(problem)") }
+            throw ExitCode.failure
+        }
+        let findings = config.deploymentFindings()
+        for finding in findings { print(finding) }
+        if findings.contains(where: { $0.severity == .error }) {
             throw ExitCode.failure
         }
         let limiter: String
@@ -31,6 +44,12 @@ struct CheckConfigCommand: ParsableCommand {
         } else {
             limiter = "embedded limiter"
         }
-        print("ok: \(config.keys.count) keys, \(config.upstreams.count) upstreams, \(config.tiers.count) tiers (\(limiter))")
+        let summary = "\(config.keys.count) keys, \(config.upstreams.count) upstreams, \(config.tiers.count) tiers (\(limiter))"
+        if findings.isEmpty {
+            print("ok: \(summary)")
+        } else {
+            print("ok with \(findings.count) warning\(findings.count == 1 ? "" : "s"): \(summary)")
+            throw ExitCode(Self.warningsOnlyStatus)
+        }
     }
 }

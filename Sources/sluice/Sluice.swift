@@ -5,6 +5,7 @@ struct Sluice: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sluice",
         abstract: "An OpenAI-compatible rate-limiting gateway.",
+        version: SluiceVersion.current,
         subcommands: [ServeCommand.self, CheckConfigCommand.self, KeysCommand.self, TokensCommand.self, UsageCommand.self]
     )
 }

@@ -66,3 +66,30 @@ final class KeyTableTests: XCTestCase {
         XCTAssertTrue(try XCTUnwrap(table.key(id: "demo")).mayUse(model: "anything"))
     }
 }
+
+/// Expiry: a key's `expires_at` and its previous secrets' (a rotation's old secret).
+final class KeyTableExpiryTests: XCTestCase {
+    func testExpiredSecretsAreRefusedLikeUnknownOnes() throws {
+        let url = ConfigTests.fixtures.appendingPathComponent("valid_key_expiry.json")
+        let table = KeyTable(config: try SluiceConfig.load(path: url.path, environment: ConfigTests.environment))
+        let beforeAll = UTCTimestamp(rfc3339: "2026-11-30T00:00:00Z")!
+        let oldSecretEnd = UTCTimestamp(rfc3339: "2026-12-01T00:00:00.250Z")!
+        let keyEnd = UTCTimestamp(rfc3339: "2027-01-31T12:00:00Z")!
+
+        // the current secret and both previous ones authenticate as the same key
+        for secret in ["sk-sluice-demo", "sk-sluice-old", "sk-sluice-older"] {
+            XCTAssertEqual(table.authenticate(bearerSecret: secret, at: beforeAll)?.id, "demo", secret)
+        }
+        // the first old secret ends at its own expiry, to the millisecond
+        XCTAssertEqual(table.authenticate(bearerSecret: "sk-sluice-old", at: UTCTimestamp(unixMilliseconds: oldSecretEnd.unixMilliseconds - 1))?.id, "demo")
+        XCTAssertNil(table.authenticate(bearerSecret: "sk-sluice-old", at: oldSecretEnd))
+        XCTAssertEqual(table.authenticate(bearerSecret: "sk-sluice-demo", at: oldSecretEnd)?.id, "demo")
+        // the key's expiry ends every secret, also the one whose own expiry is later
+        XCTAssertNil(table.authenticate(bearerSecret: "sk-sluice-demo", at: keyEnd))
+        XCTAssertNil(table.authenticate(bearerSecret: Array("sk-sluice-older".utf8), at: keyEnd))
+        // a key without expiry never expires; the wall clock is the default
+        XCTAssertEqual(table.authenticate(bearerSecret: "sk-sluice-small", at: UTCTimestamp(rfc3339: "2999-01-01T00:00:00Z"))?.id, "small")
+        XCTAssertEqual(table.authenticate(bearerSecret: "sk-sluice-small")?.id, "small")
+        XCTAssertNil(table.authenticate(bearerSecret: "sk-sluice-old"), "expired in 2026 by the wall clock")
+    }
+}

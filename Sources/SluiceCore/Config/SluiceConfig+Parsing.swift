@@ -8,9 +8,11 @@ extension SluiceConfig {
     /// Reads and validates the configuration file at `path`.
     ///
     /// Upstream API keys are read from `environment` (the process environment by default), and
-    /// `SLUICE_TOKENIZER_DIR` there replaces `tokenizer.directory`.
+    /// `SLUICE_TOKENIZER_DIR` there replaces `tokenizer.directory`. With `requireUpstreamKeys`
+    /// false, a variable that is not set is no problem (the upstream gets no key): for commands that
+    /// only edit the file, on a machine that does not hold the upstream keys.
     /// - Throws: `ConfigError.unreadable`, `.malformedJSON`, or `.invalid` with every problem.
-    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> SluiceConfig {
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment, requireUpstreamKeys: Bool = true) throws(ConfigError) -> SluiceConfig {
         let url = URL(fileURLWithPath: path)
         let size: Int
         do {
@@ -28,11 +30,11 @@ extension SluiceConfig {
         } catch {
             throw .unreadable(path: path, reason: error.localizedDescription)
         }
-        return try parse(bytes: data, environment: environment)
+        return try parse(bytes: data, environment: environment, requireUpstreamKeys: requireUpstreamKeys)
     }
 
-    /// Validates a configuration document. See `load(path:environment:)`.
-    public static func parse(bytes: some Collection<UInt8>, environment: [String: String] = ProcessInfo.processInfo.environment) throws(ConfigError) -> SluiceConfig {
+    /// Validates a configuration document. See `load(path:environment:requireUpstreamKeys:)`.
+    public static func parse(bytes: some Collection<UInt8>, environment: [String: String] = ProcessInfo.processInfo.environment, requireUpstreamKeys: Bool = true) throws(ConfigError) -> SluiceConfig {
         guard bytes.count <= maximumFileBytes else {
             throw .malformedJSON(reason: "document larger than \(maximumFileBytes) bytes")
         }
@@ -45,7 +47,7 @@ extension SluiceConfig {
         guard case .object(let root) = ConfigJSON(foundation: foundationValue) else {
             throw .malformedJSON(reason: "the top level must be an object")
         }
-        var reader = ConfigDocumentReader(environment: environment)
+        var reader = ConfigDocumentReader(environment: environment, requireUpstreamKeys: requireUpstreamKeys)
         let config = reader.read(root)
         if let config, reader.walker.problems.isEmpty { return config }
         throw .invalid(reader.walker.problems)
@@ -64,12 +66,15 @@ extension SluiceConfig {
 struct ConfigDocumentReader {
     var walker = ConfigWalker()
     let environment: [String: String]
+    /// False: an `api_key_env` naming an unset variable is not reported.
+    let requireUpstreamKeys: Bool
     /// False once some upstream's model list had a problem: checking keys' models against
     /// incomplete lists would report problems that are only echoes of that one.
     var upstreamModelsComplete = true
 
-    init(environment: [String: String]) {
+    init(environment: [String: String], requireUpstreamKeys: Bool = true) {
         self.environment = environment
+        self.requireUpstreamKeys = requireUpstreamKeys
     }
 
     static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis"]
@@ -77,7 +82,8 @@ struct ConfigDocumentReader {
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections"]
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month"]
-    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens"]
+    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "expires_at", "previous_secrets"]
+    static let previousSecretFields = ["secret_sha256", "expires_at"]
     static let redisFields = ["url", "on_failure", "fallback_node_count"]
 
     /// Field names that would put a secret into the file, with what to do instead.
@@ -217,6 +223,8 @@ struct ConfigDocumentReader {
                 walker.report("\(path).api_key_env", "must name an environment variable (letters, digits and underscores, not starting with a digit, at most \(Self.maximumEnvironmentVariableNameLength) characters); the value given looks like a secret and is not shown")
             } else if let key = environment[apiKeyEnv], !key.isEmpty {
                 apiKey = Secret(key)
+            } else if !requireUpstreamKeys {
+                // The file is only being edited here; `serve` and `check-config` report it.
             } else if Self.isConventionalEnvironmentVariableName(apiKeyEnv) {
                 walker.report("\(path).api_key_env", "environment variable \(apiKeyEnv) is not set (or empty)")
             } else {
@@ -372,11 +380,13 @@ struct ConfigDocumentReader {
                     firstPathOfID[key.id] = "\(elementPath).id"
                 }
             }
-            if !key.secretSHA256.isEmpty {
-                if let earlier = firstPathOfHash[key.secretSHA256] {
-                    walker.report("\(elementPath).secret_sha256", "duplicate secret hash (also at \(earlier)): two keys would share one secret")
+            let hashes = [(key.secretSHA256, "\(elementPath).secret_sha256")]
+                + key.previousSecrets.enumerated().map { ($1.secretSHA256, "\(ConfigWalker.element("\(elementPath).previous_secrets", $0)).secret_sha256") }
+            for (hash, hashPath) in hashes where !hash.isEmpty {
+                if let earlier = firstPathOfHash[hash] {
+                    walker.report(hashPath, "duplicate secret hash (also at \(earlier)): two keys would share one secret")
                 } else {
-                    firstPathOfHash[key.secretSHA256] = "\(elementPath).secret_sha256"
+                    firstPathOfHash[hash] = hashPath
                 }
             }
             keys.append(key)
@@ -391,7 +401,9 @@ struct ConfigDocumentReader {
     mutating func reportIDsThatAreSecrets(_ keys: [KeyConfig], at path: String) {
         var indexOfDigest: [SecretDigest: Int] = [:]
         for (index, key) in keys.enumerated() {
-            if let digest = SecretDigest(hex: key.secretSHA256), indexOfDigest[digest] == nil { indexOfDigest[digest] = index }
+            for hash in [key.secretSHA256] + key.previousSecrets.map(\.secretSHA256) {
+                if let digest = SecretDigest(hex: hash), indexOfDigest[digest] == nil { indexOfDigest[digest] = index }
+            }
         }
         for (index, key) in keys.enumerated() where !key.id.isEmpty {
             guard let owner = indexOfDigest[SecretDigest(SHA256.hash(data: Array(key.id.utf8)))] else { continue }
@@ -450,7 +462,45 @@ struct ConfigDocumentReader {
         }
 
         let defaultOutputTokens = walker.integer(members, "default_output_tokens", at: path, default: KeyConfig.defaultDefaultOutputTokens, range: 1...LimitSet.maximumValue)
-        return KeyConfig(id: id, secretSHA256: hash, tier: tier, limits: ownLimits, models: models, defaultOutputTokens: defaultOutputTokens)
+        let expiresAt = readTimestamp(members, "expires_at", at: path)
+        var previousSecrets: [KeyConfig.PreviousSecret] = []
+        if let value = members["previous_secrets"], !value.isNull, let elements = walker.array(value, at: "\(path).previous_secrets") {
+            for (index, element) in elements.enumerated() {
+                if let previous = readPreviousSecret(element, at: ConfigWalker.element("\(path).previous_secrets", index)) {
+                    previousSecrets.append(previous)
+                }
+            }
+        }
+        return KeyConfig(
+            id: id, secretSHA256: hash, tier: tier, limits: ownLimits, models: models, defaultOutputTokens: defaultOutputTokens,
+            expiresAt: expiresAt, previousSecrets: previousSecrets
+        )
+    }
+
+    /// One `previous_secrets` entry: a hash and its (required) expiry.
+    mutating func readPreviousSecret(_ value: ConfigJSON, at path: String) -> KeyConfig.PreviousSecret? {
+        guard let members = walker.object(value, at: path) else { return nil }
+        walker.rejectUnknownFields(members, known: Self.previousSecretFields, forbidden: Self.inlineKeySecretFields, at: path)
+        var hash = walker.string(members, "secret_sha256", at: path)
+        if let found = hash, !Self.isLowercaseSHA256Hex(found) {
+            walker.report("\(path).secret_sha256", "must be the SHA-256 of the secret as 64 lowercase hex characters, found \(found.utf8.count) characters")
+            hash = nil
+        }
+        if members["expires_at"]?.isNull ?? true {
+            walker.report("\(path).expires_at", "missing (required): when this old secret stops authenticating")
+        }
+        guard let hash, let expiresAt = readTimestamp(members, "expires_at", at: path) else { return nil }
+        return KeyConfig.PreviousSecret(secretSHA256: hash, expiresAt: expiresAt)
+    }
+
+    /// An optional RFC 3339 UTC time: absent or `null` → `nil`.
+    mutating func readTimestamp(_ members: [String: ConfigJSON], _ name: String, at path: String) -> UTCTimestamp? {
+        guard let text = walker.optionalString(members, name, at: path) else { return nil }
+        guard let timestamp = UTCTimestamp(rfc3339: text) else {
+            walker.report(ConfigWalker.member(path, name), "expected an RFC 3339 UTC time such as \"2027-01-31T00:00:00Z\", found \"\(text)\"")
+            return nil
+        }
+        return timestamp
     }
 
     static func isLowercaseSHA256Hex(_ string: String) -> Bool {

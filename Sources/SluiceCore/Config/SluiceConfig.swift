@@ -261,14 +261,37 @@ public struct KeyConfig: Sendable, Equatable {
     /// `nil`: every model an upstream serves.
     public var models: [ModelMatcher]?
     public var defaultOutputTokens: Int = KeyConfig.defaultDefaultOutputTokens
+    /// When every secret of the key stops authenticating; `nil`: never.
+    public var expiresAt: UTCTimestamp?
+    /// Secrets the key had before a rotation: each authenticates as this key until its own expiry
+    /// (and the key's), so a client can switch to the new secret with no downtime.
+    public var previousSecrets: [PreviousSecret] = []
 
-    public init(id: String, secretSHA256: String, tier: String? = nil, limits: LimitSet? = nil, models: [ModelMatcher]? = nil, defaultOutputTokens: Int = KeyConfig.defaultDefaultOutputTokens) {
+    /// A secret replaced by a rotation, still valid for a while.
+    public struct PreviousSecret: Sendable, Equatable {
+        /// 64 lowercase hex characters.
+        public var secretSHA256: String
+        /// Required: an old secret must not stay valid by being forgotten.
+        public var expiresAt: UTCTimestamp
+
+        public init(secretSHA256: String, expiresAt: UTCTimestamp) {
+            self.secretSHA256 = secretSHA256
+            self.expiresAt = expiresAt
+        }
+    }
+
+    public init(
+        id: String, secretSHA256: String, tier: String? = nil, limits: LimitSet? = nil, models: [ModelMatcher]? = nil,
+        defaultOutputTokens: Int = KeyConfig.defaultDefaultOutputTokens, expiresAt: UTCTimestamp? = nil, previousSecrets: [PreviousSecret] = []
+    ) {
         self.id = id
         self.secretSHA256 = secretSHA256
         self.tier = tier
         self.limits = limits
         self.models = models
         self.defaultOutputTokens = defaultOutputTokens
+        self.expiresAt = expiresAt
+        self.previousSecrets = previousSecrets
     }
 
     /// Whether `id` has the allowed form `[A-Za-z0-9_.-]{1,64}`.

@@ -81,11 +81,24 @@ struct SecretDigest: Hashable, Sendable {
 /// (SHA-256 is preimage resistant), so no secret-dependent timing leaks. The final comparison of the
 /// full 256-bit digest is nevertheless done in constant time, so that no step of the check ever
 /// exits early on a partial match, whatever the dictionary's equality does.
+///
+/// ## Expiry
+/// A key's `expires_at` ends all its secrets; a previous secret (kept by a rotation) ends at its own
+/// `expires_at` or the key's, whichever is first. An expired secret is refused like an unknown one
+/// (401), after the same lookup and comparison; the clock is read only for a secret that expires.
 public struct KeyTable: Sendable {
+    /// One secret's digest, the key it authenticates, and until when.
+    private struct Entry: Sendable {
+        let digest: SecretDigest
+        let key: APIKey
+        /// `nil`: never expires.
+        let expiresAt: UTCTimestamp?
+    }
+
     /// Longer bearer tokens are rejected without hashing (bounded work per request).
     public static let maximumSecretBytes = 512
 
-    private let keysByDigest: [SecretDigest: (digest: SecretDigest, key: APIKey)]
+    private let keysByDigest: [SecretDigest: Entry]
     private let keysByID: [String: APIKey]
     /// Every key, in file order.
     public let keys: [APIKey]
@@ -93,14 +106,19 @@ public struct KeyTable: Sendable {
     /// Builds the table of `config`'s keys (validated configs have unique ids and hashes; should
     /// two entries share a hash anyway, the first wins).
     public init(config: SluiceConfig) {
-        var byDigest: [SecretDigest: (digest: SecretDigest, key: APIKey)] = [:]
+        var byDigest: [SecretDigest: Entry] = [:]
         var keys: [APIKey] = []
         for keyConfig in config.keys {
             let limits = ResolvedLimits(tier: keyConfig.tier.flatMap { config.tiers[$0] }, own: keyConfig.limits)
             let key = APIKey(id: keyConfig.id, limits: limits, allowedModels: keyConfig.models, defaultOutputTokens: keyConfig.defaultOutputTokens)
             keys.append(key)
             if let digest = SecretDigest(hex: keyConfig.secretSHA256), byDigest[digest] == nil {
-                byDigest[digest] = (digest, key)
+                byDigest[digest] = Entry(digest: digest, key: key, expiresAt: keyConfig.expiresAt)
+            }
+            for previous in keyConfig.previousSecrets {
+                guard let digest = SecretDigest(hex: previous.secretSHA256), byDigest[digest] == nil else { continue }
+                let expiresAt = keyConfig.expiresAt.map { min($0, previous.expiresAt) } ?? previous.expiresAt
+                byDigest[digest] = Entry(digest: digest, key: key, expiresAt: expiresAt)
             }
         }
         self.keysByDigest = byDigest
@@ -109,27 +127,29 @@ public struct KeyTable: Sendable {
     }
 
     /// The key whose secret is `bearerSecret` (the bytes after `Bearer `), or `nil` for an
-    /// unknown, empty or oversized secret.
-    public func authenticate(bearerSecret: UnsafeRawBufferPointer) -> APIKey? {
+    /// unknown, empty, oversized or expired secret. `now` (default: the wall clock, read only when
+    /// the secret has an expiry) is the instant expiries are compared with.
+    public func authenticate(bearerSecret: UnsafeRawBufferPointer, at now: UTCTimestamp? = nil) -> APIKey? {
         guard !bearerSecret.isEmpty, bearerSecret.count <= Self.maximumSecretBytes else { return nil }
         let presented = SecretDigest(SHA256.hash(data: bearerSecret))
         guard let entry = keysByDigest[presented], entry.digest.constantTimeEquals(presented) else { return nil }
+        if let expiresAt = entry.expiresAt, (now ?? .now()) >= expiresAt { return nil }
         return entry.key
     }
 
-    /// The key whose secret is `bearerSecret`; see `authenticate(bearerSecret:)`.
-    public func authenticate(bearerSecret: some Collection<UInt8>) -> APIKey? {
-        if let result = bearerSecret.withContiguousStorageIfAvailable({ authenticate(bearerSecret: UnsafeRawBufferPointer($0)) }) {
+    /// The key whose secret is `bearerSecret`; see `authenticate(bearerSecret:at:)`.
+    public func authenticate(bearerSecret: some Collection<UInt8>, at now: UTCTimestamp? = nil) -> APIKey? {
+        if let result = bearerSecret.withContiguousStorageIfAvailable({ authenticate(bearerSecret: UnsafeRawBufferPointer($0), at: now) }) {
             return result
         }
         let bytes = Array(bearerSecret.prefix(Self.maximumSecretBytes + 1))
-        return bytes.withUnsafeBytes { authenticate(bearerSecret: $0) }
+        return bytes.withUnsafeBytes { authenticate(bearerSecret: $0, at: now) }
     }
 
-    /// The key whose secret is `bearerSecret`; see `authenticate(bearerSecret:)`.
-    public func authenticate(bearerSecret: String) -> APIKey? {
+    /// The key whose secret is `bearerSecret`; see `authenticate(bearerSecret:at:)`.
+    public func authenticate(bearerSecret: String, at now: UTCTimestamp? = nil) -> APIKey? {
         var secret = bearerSecret
-        return secret.withUTF8 { authenticate(bearerSecret: UnsafeRawBufferPointer($0)) }
+        return secret.withUTF8 { authenticate(bearerSecret: UnsafeRawBufferPointer($0), at: now) }
     }
 
     /// The key with this id, or `nil`.

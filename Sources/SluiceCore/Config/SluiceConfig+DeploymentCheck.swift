@@ -1,0 +1,138 @@
+import Foundation
+import SluiceTokenizer
+
+/// Something `sluice check-config` reports about a config that loads: an error (the node would
+/// not start, or not as configured) or a warning (it starts, but part of the file has no effect or
+/// is surely a mistake).
+public struct ConfigFinding: Sendable, Hashable, CustomStringConvertible {
+    public enum Severity: String, Sendable, Hashable {
+        case error
+        case warning
+    }
+
+    public let severity: Severity
+    public let problem: ConfigProblem
+
+    public init(_ severity: Severity, _ path: String, _ message: String) {
+        self.severity = severity
+        self.problem = ConfigProblem(path: path, message: message)
+    }
+
+    /// `warning: $.path: message`, the form `check-config` prints.
+    public var description: String { "\(severity.rawValue): \(problem)" }
+}
+
+/// The checks `check-config` runs beyond the format, which the loader does not: they depend on the
+/// machine (the tokenizer files), or they are warnings, which must not make a reload refuse a file.
+extension SluiceConfig {
+    /// A burst more than this many times its per-minute value is reported: a bucket that holds more
+    /// than ten minutes of its rate is surely a typo (a burst is normally at most the rate).
+    public static let suspiciousBurstFactor = 10
+
+    /// Every finding, in the order of the sections: tokenizer, upstreams, tiers, keys.
+    /// `environment` tells whether `SLUICE_TOKENIZER_DIR` chose the tokenizer directory.
+    public func deploymentFindings(environment: [String: String] = ProcessInfo.processInfo.environment) -> [ConfigFinding] {
+        tokenizerFindings(environment: environment) + unreachableUpstreamEntries() + quotaAndBurstFindings()
+    }
+
+    // MARK: tokenizer
+
+    /// Errors for a tokenizer directory or rank file that is missing: `serve` would exit at start.
+    /// (Whether a file present is the right one, its SHA-256, is checked when `serve` loads it.)
+    func tokenizerFindings(environment: [String: String]) -> [ConfigFinding] {
+        let directory = tokenizer.directory
+        let path = "$.tokenizer.directory"
+        let origin = (environment[TokenizerConfig.directoryEnvironmentVariable].map { !$0.isEmpty } ?? false)
+            ? " (from \(TokenizerConfig.directoryEnvironmentVariable))" : ""
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            return [ConfigFinding(.error, path, "directory \"\(directory)\"\(origin) does not exist: serve would not start (scripts/setup fetches the rank files into .cache/tokenizer)")]
+        }
+        var findings: [ConfigFinding] = []
+        for name in EncodingName.allCases {
+            let file = (directory as NSString).appendingPathComponent(name.fileName)
+            if !FileManager.default.isReadableFile(atPath: file) {
+                findings.append(ConfigFinding(.error, path, "rank file \(name.fileName) is missing or unreadable in \"\(directory)\"\(origin): serve would not start"))
+            }
+        }
+        return findings
+    }
+
+    // MARK: upstreams
+
+    /// Warnings for model entries no request can reach: an earlier upstream's entry matches every
+    /// model this one does, and the first upstream that matches serves the model.
+    func unreachableUpstreamEntries() -> [ConfigFinding] {
+        var findings: [ConfigFinding] = []
+        for (index, upstream) in upstreams.enumerated() {
+            for (modelIndex, matcher) in upstream.models.enumerated() {
+                let earlier = upstreams[..<index].enumerated().lazy.compactMap { earlierIndex, candidate in
+                    candidate.models.firstIndex { Self.covers($0, matcher) }.map { (earlierIndex, $0) }
+                }.first
+                guard let (earlierIndex, earlierModel) = earlier else { continue }
+                let path = "$.upstreams[\(index)].models[\(modelIndex)]"
+                let earlierPath = "$.upstreams[\(earlierIndex)].models[\(earlierModel)]"
+                findings.append(ConfigFinding(.warning, path, "\"\(matcher)\" is never used: every model it matches is served by \(earlierPath) (\"\(upstreams[earlierIndex].models[earlierModel])\" on upstream \"\(upstreams[earlierIndex].name)\"), the first upstream that matches"))
+            }
+        }
+        return findings
+    }
+
+    /// Whether every model `later` matches is matched by `earlier`.
+    static func covers(_ earlier: ModelMatcher, _ later: ModelMatcher) -> Bool {
+        switch (earlier, later) {
+        case (.exact(let a), .exact(let b)): a == b
+        case (.prefix(let stem), .exact(let name)): name.hasPrefix(stem)
+        case (.prefix(let stem), .prefix(let laterStem)): laterStem.hasPrefix(stem)
+        case (.exact, .prefix): false
+        }
+    }
+
+    // MARK: limits
+
+    /// Warnings for quotas without Redis (not enforced) and for bursts above
+    /// `suspiciousBurstFactor` times their rate, in tiers (by name) and in keys' own limits (where
+    /// the key sets the burst or the rate; a tier's own problem is reported at the tier only).
+    func quotaAndBurstFindings() -> [ConfigFinding] {
+        var findings: [ConfigFinding] = []
+        for name in tiers.keys.sorted() {
+            let limits = tiers[name]!
+            let path = ConfigWalker.member("$.tiers", name)
+            findings += quotaFindings(limits, at: path)
+            findings += burstFindings(limits, own: limits, at: path)
+        }
+        for (index, key) in keys.enumerated() {
+            guard let own = key.limits else { continue }
+            let path = "$.keys[\(index)].limits"
+            findings += quotaFindings(own, at: path)
+            let merged = (key.tier.flatMap { tiers[$0] } ?? LimitSet()).overridden(by: own)
+            findings += burstFindings(merged, own: own, at: path)
+        }
+        return findings
+    }
+
+    private func quotaFindings(_ limits: LimitSet, at path: String) -> [ConfigFinding] {
+        guard redis == nil else { return [] }
+        return [("tokens_per_day", limits.tokensPerDay), ("tokens_per_month", limits.tokensPerMonth)].compactMap { name, value in
+            value.map { _ in
+                ConfigFinding(.warning, "\(path).\(name)", "not enforced: quotas need the shared Redis store (a \"redis\" section); the embedded limiter keeps no calendar counters")
+            }
+        }
+    }
+
+    private func burstFindings(_ merged: LimitSet, own: LimitSet, at path: String) -> [ConfigFinding] {
+        let pairs: [(burst: Int?, ownBurst: Int?, rate: Int?, ownRate: Int?, burstName: String, rateName: String)] = [
+            (merged.requestsBurst, own.requestsBurst, merged.requestsPerMinute, own.requestsPerMinute, "requests_burst", "requests_per_minute"),
+            (merged.tokensBurst, own.tokensBurst, merged.tokensPerMinute, own.tokensPerMinute, "tokens_burst", "tokens_per_minute"),
+            (merged.inputTokensBurst, own.inputTokensBurst, merged.inputTokensPerMinute, own.inputTokensPerMinute, "input_tokens_burst", "input_tokens_per_minute"),
+            (merged.outputTokensBurst, own.outputTokensBurst, merged.outputTokensPerMinute, own.outputTokensPerMinute, "output_tokens_burst", "output_tokens_per_minute"),
+        ]
+        return pairs.compactMap { pair in
+            guard let burst = pair.burst, let rate = pair.rate, burst > Self.suspiciousBurstFactor * rate,
+                  pair.ownBurst != nil || pair.ownRate != nil
+            else { return nil }
+            let name = pair.ownBurst != nil ? pair.burstName : pair.rateName
+            return ConfigFinding(.warning, "\(path).\(name)", "\(pair.burstName) \(burst) is more than \(Self.suspiciousBurstFactor) × \(pair.rateName) \(rate): that much may be spent at once (a burst is normally at most the per-minute value)")
+        }
+    }
+}

@@ -1,0 +1,16 @@
+extension SluiceConfig {
+    /// The sections that shape running machinery (`server`, `tokenizer`, `redis`) in which this
+    /// config differs from `running`, the config the node started with: a reload applies
+    /// everything else and reports these as needing a restart. Compared with what runs, not with
+    /// the previous file, so a value set back to the running one needs nothing.
+    public func sectionsNeedingRestart(running: SluiceConfig) -> [String] {
+        var sections: [String] = []
+        if server != running.server { sections.append("server") }
+        if tokenizer != running.tokenizer { sections.append("tokenizer") }
+        if (redis == nil) != (running.redis == nil) || redis?.redactedURL != running.redis?.redactedURL
+            || redis?.onFailure != running.redis?.onFailure {
+            sections.append("redis")
+        }
+        return sections
+    }
+}
