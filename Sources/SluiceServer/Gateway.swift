@@ -40,6 +40,8 @@ public final class Gateway: RequestHandling {
     /// One circuit breaker per upstream name; kept across config reloads.
     let breakers = UpstreamBreakers()
     private let readiness = Mutex<Readiness>(.ready)
+    /// The config in force and the last reload, for `/readyz`; nil until the node records it.
+    private let configStatus = Mutex<ConfigStatus?>(nil)
 
     enum Readiness: Sendable { case ready, draining }
 
@@ -69,6 +71,11 @@ public final class Gateway: RequestHandling {
             box = (settings, box.generation + 1)
             settingsGeneration.store(box.generation, ordering: .releasing)
         }
+    }
+
+    /// Records which config is in force and how the last reload went (shown by `/readyz`).
+    public func recordConfigStatus(_ status: ConfigStatus) {
+        configStatus.withLock { $0 = status }
     }
 
     /// Marks the node as draining: `/readyz` answers 503 so load balancers stop sending traffic.
@@ -101,7 +108,7 @@ public final class Gateway: RequestHandling {
             let draining = readiness.withLock { $0 == .draining }
             outcome = draining
                 ? await writePlain(writer, status: .serviceUnavailable, json: #"{"status":"draining"}"#, requestID: requestID)
-                : await writePlain(writer, status: .ok, json: #"{"status":"ready","limiter":"\#(limiterMode())"}"#, requestID: requestID)
+                : await writePlain(writer, status: .ok, json: readyJSON(), requestID: requestID)
         case .metrics:
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "text/plain; version=0.0.4; charset=utf-8")
@@ -176,6 +183,13 @@ public final class Gateway: RequestHandling {
             }
         }
         return await writeError(writer, error, requestID: requestID, keyID: keyID)
+    }
+
+    /// `/readyz` when ready: `status` and `limiter` first (scripts and probes read them), then the
+    /// config in force when the node has recorded it.
+    private func readyJSON() -> String {
+        let config = configStatus.withLock { $0 }.map { #","config":"# + $0.json } ?? ""
+        return #"{"status":"ready","limiter":"\#(limiterMode())""# + config + "}"
     }
 
     private static func modelObject(_ id: String) -> String {

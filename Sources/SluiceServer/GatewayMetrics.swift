@@ -22,6 +22,8 @@ public final class GatewayMetrics: Sendable {
     private let tasksGauge: CoreMetrics.Gauge
     private let pendingSettlementsGauge: CoreMetrics.Gauge
     private let cache = Mutex<[String: AnyObject]>([:])
+    /// `sluice_config_info{sha256="…"} 1` for the config in force; replaced, not added to, by a reload.
+    private let configInfo = Mutex<Prometheus.Gauge?>(nil)
     /// The per-request handles, found again per thread without the shared lock (see ``HotHandles``).
     private let hot = ThreadSpecificVariable<HotHandles>()
 
@@ -48,6 +50,10 @@ public final class GatewayMetrics: Sendable {
         connectionsGauge = CoreMetrics.Gauge(label: "sluice_open_connections", factory: factory)
         tasksGauge = CoreMetrics.Gauge(label: "sluice_request_tasks", factory: factory)
         pendingSettlementsGauge = CoreMetrics.Gauge(label: "sluice_limiter_pending_settlements", factory: factory)
+        // Both results from the start, at 0: a rate over a series that appears late misses its first count.
+        for result in [ConfigStatus.LastReload.ok, .refused] {
+            counter("sluice_config_reloads_total", [("result", result.rawValue)]).increment(by: 0)
+        }
     }
 
     func requestFinished(route: String, status: Int, model: String?, duration: Duration) {
@@ -101,6 +107,29 @@ public final class GatewayMetrics: Sendable {
             CoreMetrics.Gauge(label: "sluice_limiter_mode", dimensions: [("mode", mode)], factory: factory)
                 .record(mode == current ? 1 : 0)
         }
+    }
+
+    /// A config reload finished: `ok` (applied) or `refused` (the file was not valid; nothing changed).
+    func configReloaded(_ result: ConfigStatus.LastReload) {
+        counter("sluice_config_reloads_total", [("result", result.rawValue)]).increment()
+    }
+
+    /// The config in force is now the file with this SHA-256: `sluice_config_info` holds this hash
+    /// alone (its first 12 hex digits, as `/readyz` shows them), so comparing nodes is one query.
+    func configInForce(sha256: String) {
+        configInfo.withLock { gauge in
+            if let gauge { registry.unregisterGauge(gauge) }
+            let next = registry.makeGauge(descriptor: Self.configInfo, labels: [("sha256", String(sha256.prefix(12)))])
+            next.set(to: 1.0)
+            gauge = next
+        }
+    }
+
+    private static var configInfo: MetricNameDescriptor {
+        MetricNameDescriptor(
+            namespace: "sluice", metricName: "config", unitName: "info",
+            helpText: "1 for the config in force, labelled with the first 12 hex digits of its file's SHA-256."
+        )
     }
 
     /// Prometheus text exposition of everything recorded so far.

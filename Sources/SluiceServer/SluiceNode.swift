@@ -19,13 +19,18 @@ public struct SluiceNode: Sendable {
     /// Present when the config has a `redis` section: the shared store and this node's heartbeat.
     let redis: RedisLimiting?
 
-    /// Builds a node from a validated config. Loading the tokenizer files is the slow part (~100 ms).
-    /// Where the config came from, for reloads on SIGHUP (nil: no reloads).
+    /// Where the config came from, for reloads on SIGHUP and when the file changes (nil: no reloads).
     let configPath: String?
+    /// The hash of the file's bytes the config was parsed from, and when (nil: not from a file).
+    let configStatus: ConfigStatus?
 
-    public init(config: SluiceConfig, configPath: String? = nil, logger: Logger) throws {
+    /// Builds a node from a validated config. Loading the tokenizer files is the slow part (~100 ms).
+    /// - Parameter configFile: the bytes `config` was parsed from, whose hash `/readyz` and the
+    ///   metrics report; needed for reloads (with `configPath`).
+    public init(config: SluiceConfig, configPath: String? = nil, configFile: ConfigFileContents? = nil, logger: Logger) throws {
         self.config = config
         self.configPath = configPath
+        self.configStatus = configFile.map { ConfigStatus(sha256: $0.sha256) }
         let directory = ProcessInfo.processInfo.environment["SLUICE_TOKENIZER_DIR"] ?? config.tokenizer.directory
         var overrides: [String: EncodingName] = [:]
         for (model, name) in config.tokenizer.modelEncodings {
@@ -72,6 +77,10 @@ public struct SluiceNode: Sendable {
             settings: settings, tokenizers: tokenizers, limiter: limiter, engine: engine, metrics: metrics,
             limiterMode: limiterMode, logger: logger
         )
+        if let configStatus {
+            gateway.recordConfigStatus(configStatus)
+            metrics.configInForce(sha256: configStatus.sha256)
+        }
         server = HTTPServer(
             configuration: .init(
                 host: config.server.host, port: config.server.port, maxBodyBytes: config.server.maxBodyBytes,
@@ -89,8 +98,13 @@ public struct SluiceNode: Sendable {
         var services: [any Service] = [CurlEngineService(engine: engine)]
         if let redis { services.append(redis) }
         services.append(HTTPServerService(server: server, gateway: gateway))
-        if let configPath {
-            services.append(ConfigReloadService(path: configPath, initial: config, gateway: gateway, logger: logger))
+        if let configPath, let configStatus {
+            services.append(
+                ConfigReloadService(
+                    path: configPath, initial: config, initialStatus: configStatus, gateway: gateway,
+                    watch: config.server.watchConfig, logger: logger
+                )
+            )
         }
         let group = ServiceGroup(
             configuration: .init(services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)

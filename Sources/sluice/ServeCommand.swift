@@ -24,10 +24,10 @@ struct ServeCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "sluice")
-        let loaded = try loadConfigOrExit(config)
+        let loaded = try loadConfigFileOrExit(config)
         let node: SluiceNode
         do {
-            node = try SluiceNode(config: loaded, configPath: config, logger: logger)
+            node = try SluiceNode(config: loaded.config, configPath: config, configFile: loaded.file, logger: logger)
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)

@@ -35,6 +35,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(config.server.maxBodyBytes, 1_048_576)
         XCTAssertEqual(config.server.eventLoopThreads, 2)
         XCTAssertEqual(config.server.upstreamThreads, 3)
+        XCTAssertFalse(config.server.watchConfig)
         XCTAssertEqual(config.server.headerTimeoutMs, ServerConfig.defaultHeaderTimeoutMs)
         XCTAssertEqual(config.tokenizer.directory, "/opt/rank-files")
         XCTAssertEqual(config.tokenizer.modelEncodings, ["my-model": "cl100k_base"])
@@ -94,6 +95,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(config.server, ServerConfig())
         XCTAssertEqual(config.server.port, 8080)
         XCTAssertEqual(config.server.maxBodyBytes, 32 * 1024 * 1024)
+        XCTAssertTrue(config.server.watchConfig, "the file is watched unless turned off")
         XCTAssertEqual(config.tokenizer.directory, ".cache/tokenizer")
         XCTAssertTrue(config.upstreams[0].serves(model: "anything"))
         XCTAssertTrue(config.keys.isEmpty)
@@ -154,6 +156,24 @@ final class ConfigTests: XCTestCase {
 
     func testUpstreamThreadsOutOfRange() {
         XCTAssertEqual(problems("upstream_threads_out_of_range"), ["$.server.upstream_threads: must be between 0 and 256, found 257"])
+    }
+
+    func testWatchConfigNotABoolean() {
+        XCTAssertEqual(problems("watch_config_not_a_boolean"), [#"$.server.watch_config: expected true or false, found a string"#])
+    }
+
+    /// The hash a node reports is `sha256sum`'s, of the bytes behind any symlinks.
+    func testConfigFileContentsHashTheFileThroughItsSymlink() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("sluice-contents-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        try Data("abc".utf8).write(to: directory.appendingPathComponent("target.json"))
+        let link = directory.appendingPathComponent("sluice.json")
+        try FileManager.default.createSymbolicLink(atPath: link.path, withDestinationPath: "target.json")
+        let contents = try ConfigFileContents.read(path: link.path)
+        XCTAssertEqual(contents.bytes, Array("abc".utf8))
+        XCTAssertEqual(contents.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertThrowsError(try ConfigFileContents.read(path: directory.appendingPathComponent("missing.json").path))
     }
 
     func testBadBaseURLs() {

@@ -107,9 +107,13 @@ def gateway_config(port: int, mock_port: int, keys: list, tiers: dict, server: d
 
 
 class Gateway(Process):
-    def __init__(self, tmp: Path, config: dict, env_extra=None):
-        self.config_path = tmp / "sluice.json"
-        self.config_path.write_text(json.dumps(config, indent=2))
+    def __init__(self, tmp: Path, config: dict, env_extra=None, config_path: Path | None = None):
+        """Serves `config`, written to tmp/sluice.json; or, given `config_path`, the file already
+        there (which must hold `config`)."""
+        if config_path is None:
+            config_path = tmp / "sluice.json"
+            config_path.write_text(json.dumps(config, indent=2))
+        self.config_path = config_path
         port = config["server"]["port"]
         env = dict(os.environ)
         env.setdefault("SLUICE_TOKENIZER_DIR", TOKENIZER_DIR)

@@ -1,5 +1,9 @@
-"""Graceful shutdown: SIGTERM lets in-flight streams finish, refuses new work, exits 0."""
+"""Graceful shutdown (SIGTERM lets in-flight streams finish, refuses new work, exits 0) and config
+reloads (on SIGHUP, and when the file changes)."""
+import hashlib
 import json
+import os
+import shutil
 import signal
 import time
 
@@ -119,5 +123,163 @@ def test_dead_upstream_opens_its_circuit(tmp_path, mock):
         assert statuses[5][0] == 503 and statuses[5][1] is not None
         metrics = httpx.get(g.root_url + "/metrics").text
         assert 'kind="circuit_open"' in metrics
+    finally:
+        g.stop()
+
+
+# Config that follows its file: no signal, the node notices the content change (checked every
+# second, applied once stable for 500 ms) and reports it in /readyz and the metrics.
+
+def _status(g, key):
+    return httpx.get(g.base_url + "/models", headers={"authorization": f"Bearer {key}"}, timeout=5).status_code
+
+
+def _ready_config(g):
+    body = httpx.get(g.root_url + "/readyz", timeout=5).json()
+    assert body["status"] == "ready" and body["limiter"] == "embedded", body
+    return body["config"]
+
+
+def _reloads(g, result):
+    for line in httpx.get(g.root_url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith(f'sluice_config_reloads_total{{result="{result}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _config_info(g):
+    return [line for line in httpx.get(g.root_url + "/metrics", timeout=5).text.splitlines()
+            if line.startswith("sluice_config_info{")]
+
+
+def _wait(predicate, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not predicate():
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_an_edited_config_file_is_reloaded_without_a_signal(tmp_path, mock):
+    old_key, new_key = "sk-e2e-watch-old-0123456789", "sk-e2e-watch-new-0123456789"
+    tiers = {"t": {"requests_per_minute": 10000}}
+    config = gateway_config(free_port(), mock.port, [{"id": "old", "secret_sha256": sha256_hex(old_key), "tier": "t"}], tiers)
+    g = Gateway(tmp_path, config)
+    try:
+        before = _ready_config(g)
+        assert before["sha256"] == hashlib.sha256(g.config_path.read_bytes()).hexdigest()[:12]
+        assert before["last_reload"] == "none"
+        assert _config_info(g) == [f'sluice_config_info{{sha256="{before["sha256"]}"}} 1.0']
+        assert _status(g, old_key) == 200 and _status(g, new_key) == 401
+
+        # (a) In place (open, truncate, write): the new key works within ~2 s, no signal sent.
+        config["keys"].append({"id": "new", "secret_sha256": sha256_hex(new_key), "tier": "t"})
+        g.config_path.write_text(json.dumps(config))
+        started = time.time()
+        assert _wait(lambda: _status(g, new_key) == 200, 5)
+        assert time.time() - started < 2.5, f"reloaded after {time.time() - started:.2f} s"
+        after = _ready_config(g)
+        # (e) The hash is the sha256 of the file's bytes; the info gauge holds only the new one.
+        assert after["sha256"] == hashlib.sha256(g.config_path.read_bytes()).hexdigest()[:12] != before["sha256"]
+        assert after["last_reload"] == "ok" and after["loaded_at"] > before["loaded_at"]
+        assert _config_info(g) == [f'sluice_config_info{{sha256="{after["sha256"]}"}} 1.0']
+        assert _reloads(g, "ok") == 1
+        assert "config file changed; reloading" in g.log_text()
+
+        # (d) The same content written again (in place, then by rename): no reload.
+        g.config_path.write_text(json.dumps(config))
+        replacement = tmp_path / "sluice.json.tmp"
+        replacement.write_text(json.dumps(config))
+        os.replace(replacement, g.config_path)
+        time.sleep(2.5)
+        assert _reloads(g, "ok") == 1 and _reloads(g, "refused") == 0
+        assert _ready_config(g) == after
+
+        # An editor's save: a new file renamed over the old one.
+        config["keys"] = [{"id": "new", "secret_sha256": sha256_hex(new_key), "tier": "t"}]
+        replacement.write_text(json.dumps(config))
+        os.replace(replacement, g.config_path)
+        assert _wait(lambda: _status(g, old_key) == 401, 5)
+        assert _status(g, new_key) == 200 and _reloads(g, "ok") == 2
+        assert g.proc.poll() is None
+    finally:
+        g.stop()
+
+
+def test_a_kubernetes_configmap_symlink_swap_is_reloaded(tmp_path, mock):
+    """(b) The layout a ConfigMap volume has: sluice.json -> ..data/sluice.json, ..data -> ..<stamp>;
+    an update writes a new stamped directory and retargets ..data with one rename."""
+    old_key, new_key = "sk-e2e-k8s-old-0123456789", "sk-e2e-k8s-new-0123456789"
+    tiers = {"t": {"requests_per_minute": 10000}}
+    config = gateway_config(free_port(), mock.port, [{"id": "old", "secret_sha256": sha256_hex(old_key), "tier": "t"}], tiers)
+    mount = tmp_path / "mount"
+    mount.mkdir()
+
+    def publish(stamp):
+        version = mount / f"..2026_01_01_00_00_{stamp}.{stamp}"
+        version.mkdir()
+        (version / "sluice.json").write_text(json.dumps(config, indent=2))
+        link = mount / "..data_tmp"
+        os.symlink(version.name, link)
+        os.replace(link, mount / "..data")
+        return version
+
+    first = publish("01")
+    os.symlink("..data/sluice.json", mount / "sluice.json")
+    g = Gateway(tmp_path, config, config_path=mount / "sluice.json")
+    try:
+        assert _status(g, old_key) == 200 and _status(g, new_key) == 401
+        before = _ready_config(g)
+        config["keys"] = [{"id": "new", "secret_sha256": sha256_hex(new_key), "tier": "t"}]
+        publish("02")
+        shutil.rmtree(first)
+        assert _wait(lambda: _status(g, new_key) == 200, 5)
+        assert _status(g, old_key) == 401
+        after = _ready_config(g)
+        assert after["last_reload"] == "ok" and after["sha256"] != before["sha256"]
+        assert after["sha256"] == hashlib.sha256((mount / "sluice.json").read_bytes()).hexdigest()[:12]
+    finally:
+        g.stop()
+
+
+def test_an_invalid_config_file_is_refused_and_reported(tmp_path, mock):
+    """(c) Refused: logged with the JSON path, the old config stays, /readyz and the metric say so."""
+    key = "sk-e2e-watch-invalid-0123456789"
+    config = gateway_config(free_port(), mock.port, [{"id": "k", "secret_sha256": sha256_hex(key), "tier": "t"}],
+                            {"t": {"requests_per_minute": 10000}})
+    g = Gateway(tmp_path, config)
+    try:
+        before = _ready_config(g)
+        config["keys"][0]["tier"] = "no-such-tier"
+        g.config_path.write_text(json.dumps(config))
+        assert _wait(lambda: _reloads(g, "refused") == 1, 5)
+        assert "config reload refused" in g.log_text() and "$.keys[0].tier" in g.log_text()
+        refused = _ready_config(g)
+        assert refused == {**before, "last_reload": "refused"}, "the hash and time of the config still in force"
+        assert _config_info(g) == [f'sluice_config_info{{sha256="{before["sha256"]}"}} 1.0']
+        assert _status(g, key) == 200
+        # The same invalid content again is not another refusal.
+        g.config_path.write_text(json.dumps(config))
+        time.sleep(2.5)
+        assert _reloads(g, "refused") == 1 and _reloads(g, "ok") == 0
+        assert g.log_text().count("config reload refused") == 1
+        assert g.proc.poll() is None
+    finally:
+        g.stop()
+
+
+def test_watch_config_false_leaves_reloads_to_sighup(tmp_path, mock):
+    old_key, new_key = "sk-e2e-nowatch-old-0123456789", "sk-e2e-nowatch-new-0123456789"
+    tiers = {"t": {"requests_per_minute": 10000}}
+    config = gateway_config(free_port(), mock.port, [{"id": "old", "secret_sha256": sha256_hex(old_key), "tier": "t"}], tiers,
+                            server={"watch_config": False})
+    g = Gateway(tmp_path, config)
+    try:
+        config["keys"] = [{"id": "new", "secret_sha256": sha256_hex(new_key), "tier": "t"}]
+        g.config_path.write_text(json.dumps(config))
+        time.sleep(2.5)
+        assert _status(g, old_key) == 200 and _status(g, new_key) == 401, "not watched"
+        g.proc.send_signal(signal.SIGHUP)
+        assert _wait(lambda: _status(g, new_key) == 200, 10)
+        assert _ready_config(g)["last_reload"] == "ok" and _reloads(g, "ok") == 1
     finally:
         g.stop()

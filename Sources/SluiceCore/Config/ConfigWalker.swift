@@ -89,6 +89,17 @@ struct ConfigWalker {
         return string(members, name, at: path)
     }
 
+    /// A defaulted boolean. Absent → `defaultValue`; another type → reported, and `defaultValue`
+    /// returned so the walk can go on.
+    mutating func boolean(_ members: [String: ConfigJSON], _ name: String, at path: String, default defaultValue: Bool) -> Bool {
+        guard let value = members[name] else { return defaultValue }
+        guard case .bool(let bool) = value else {
+            report(Self.member(path, name), "expected true or false, found \(value.kindDescription)")
+            return defaultValue
+        }
+        return bool
+    }
+
     /// A defaulted integer within `range`. Absent → `defaultValue`; wrong type or out of range →
     /// reported, and `defaultValue` returned so the walk can go on.
     mutating func integer(_ members: [String: ConfigJSON], _ name: String, at path: String, default defaultValue: Int, range: ClosedRange<Int>) -> Int {

@@ -13,24 +13,7 @@ extension SluiceConfig {
     /// only edit the file, on a machine that does not hold the upstream keys.
     /// - Throws: `ConfigError.unreadable`, `.malformedJSON`, or `.invalid` with every problem.
     public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment, requireUpstreamKeys: Bool = true) throws(ConfigError) -> SluiceConfig {
-        let url = URL(fileURLWithPath: path)
-        let size: Int
-        do {
-            let attributes = try FileManager.default.attributesOfItem(atPath: url.path)
-            size = (attributes[.size] as? NSNumber)?.intValue ?? 0
-        } catch {
-            throw .unreadable(path: path, reason: "no such file or not accessible")
-        }
-        guard size <= maximumFileBytes else {
-            throw .unreadable(path: path, reason: "\(size) bytes, larger than the \(maximumFileBytes)-byte limit")
-        }
-        let data: Data
-        do {
-            data = try Data(contentsOf: url)
-        } catch {
-            throw .unreadable(path: path, reason: error.localizedDescription)
-        }
-        return try parse(bytes: data, environment: environment, requireUpstreamKeys: requireUpstreamKeys)
+        try parse(bytes: ConfigFileContents.read(path: path).bytes, environment: environment, requireUpstreamKeys: requireUpstreamKeys)
     }
 
     /// Validates a configuration document. See `load(path:environment:requireUpstreamKeys:)`.
@@ -78,7 +61,7 @@ struct ConfigDocumentReader {
     }
 
     static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis"]
-    static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads"]
+    static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections"]
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month"]
@@ -156,6 +139,7 @@ struct ConfigDocumentReader {
         server.shutdownGraceSeconds = walker.integer(members, "shutdown_grace_seconds", at: path, default: ServerConfig.defaultShutdownGraceSeconds, range: 0...3600)
         server.eventLoopThreads = walker.integer(members, "event_loop_threads", at: path, default: ServerConfig.defaultEventLoopThreads, range: 0...1024)
         server.upstreamThreads = walker.integer(members, "upstream_threads", at: path, default: ServerConfig.defaultUpstreamThreads, range: 0...256)
+        server.watchConfig = walker.boolean(members, "watch_config", at: path, default: ServerConfig.defaultWatchConfig)
         return server
     }
 

@@ -56,6 +56,8 @@ public struct ServerConfig: Sendable, Equatable {
     public static let defaultEventLoopThreads = 0
     /// 0 means half the cores, rounded up (see `CurlEngine.Configuration.defaultThreads`).
     public static let defaultUpstreamThreads = 0
+    /// Reload when the config file's content changes (checked every second), besides on SIGHUP.
+    public static let defaultWatchConfig = true
 
     public var host: String = ServerConfig.defaultHost
     public var port: Int = ServerConfig.defaultPort
@@ -69,6 +71,8 @@ public struct ServerConfig: Sendable, Equatable {
     public var eventLoopThreads: Int = ServerConfig.defaultEventLoopThreads
     /// Curl engine threads, which own the upstream connections; 0 means half the cores, rounded up.
     public var upstreamThreads: Int = ServerConfig.defaultUpstreamThreads
+    /// Reload when the config file's content changes; read at start (a change needs a restart).
+    public var watchConfig: Bool = ServerConfig.defaultWatchConfig
 
     public init() {}
 }
