@@ -68,7 +68,8 @@ private func checkStructured(_ input: UnsafeRawBufferPointer) {
 
 /// `Usage`'s documented rules, applied to a parsed tree: a non-negative integer `prompt_tokens`
 /// is required; `completion_tokens` defaults to 0 and `total_tokens` to the sum; null counts as
-/// absent; anything else that is not a non-negative integer makes the whole usage invalid.
+/// absent; anything else that is not an integer in `0...Usage.maximumTokenCount` makes the whole
+/// usage invalid.
 private func usageFromTree(_ value: JSONValue) -> Usage? {
     guard case .object(let object) = value else { return nil }
     enum Count { case absent, value(Int), invalid }
@@ -76,7 +77,7 @@ private func usageFromTree(_ value: JSONValue) -> Usage? {
         switch object[name] {
         case nil, .null?: return .absent
         case .number(let number)?:
-            guard let integer = number.intValue, integer >= 0 else { return .invalid }
+            guard let integer = number.intValue, (0...Usage.maximumTokenCount).contains(integer) else { return .invalid }
             return .value(integer)
         default: return .invalid
         }
@@ -91,9 +92,6 @@ private func usageFromTree(_ value: JSONValue) -> Usage? {
     switch count("total_tokens") {
     case .invalid: return nil
     case .value(let total): return Usage(promptTokens: prompt, completionTokens: completion, totalTokens: total)
-    case .absent:
-        let (sum, overflow) = prompt.addingReportingOverflow(completion)
-        require(!overflow, "prompt + completion overflows: \(prompt) + \(completion)")
-        return Usage(promptTokens: prompt, completionTokens: completion, totalTokens: sum)
+    case .absent: return Usage(promptTokens: prompt, completionTokens: completion, totalTokens: prompt + completion)
     }
 }
