@@ -1,3 +1,3 @@
-// Declarations only (see include/CLibFuzzer.h); the definitions are in libFuzzer, linked by
-// `-sanitize=fuzzer`.
+// Declarations only (see include/CLibFuzzer.h): libFuzzer, linked by `-sanitize=fuzzer`, defines
+// LLVMFuzzerRunDriver, and each fuzz target defines LLVMFuzzerTestOneInput.
 #include "CLibFuzzer.h"

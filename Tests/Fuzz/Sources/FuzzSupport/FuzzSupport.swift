@@ -72,13 +72,10 @@ public func isSubsequence(_ needle: [UInt8], of haystack: some Collection<UInt8>
     return index == needle.endIndex
 }
 
-/// The signature of `LLVMFuzzerTestOneInput`.
-public typealias FuzzTest = @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
-
-/// Hands the process to libFuzzer (its flags and inputs come from the command line), with `test`
-/// as the function called for each input. Called from each target's `main.swift`.
-public func runLibFuzzer(_ test: FuzzTest) -> Never {
+/// Hands the process to libFuzzer (its flags and inputs come from the command line), which calls
+/// the target's `LLVMFuzzerTestOneInput` once per input. Called from each target's `main.swift`.
+public func runLibFuzzer() -> Never {
     var argc = CommandLine.argc
     var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-    exit(LLVMFuzzerRunDriver(&argc, &argv, test))
+    exit(LLVMFuzzerRunDriver(&argc, &argv, LLVMFuzzerTestOneInput))
 }

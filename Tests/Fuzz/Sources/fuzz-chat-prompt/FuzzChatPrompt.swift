@@ -55,7 +55,7 @@ enum Loaded {
         do {
             return try Tokenizers.load(directory: directory)
         } catch {
-            FileHandle.standardError.write(Data("fuzz-chat-prompt: cannot load the tokenizer from \(directory): \(error) (run scripts/setup)\n".utf8))
+            FileHandle.standardError.write(Data("fuzz-chat-prompt: cannot load the tokenizer from \(directory): \(error)\n".utf8))
             exit(2)
         }
     }()

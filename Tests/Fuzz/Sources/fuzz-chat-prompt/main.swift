@@ -2,4 +2,4 @@ import FuzzSupport
 
 // Load the rank files before libFuzzer starts timing inputs.
 _ = Loaded.tokenizers
-runLibFuzzer(fuzzTestOneInput)
+runLibFuzzer()

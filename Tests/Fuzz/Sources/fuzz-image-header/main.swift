@@ -1,3 +1,3 @@
 import FuzzSupport
 
-runLibFuzzer(fuzzTestOneInput)
+runLibFuzzer()
