@@ -25,7 +25,7 @@ let package = Package(
     dependencies: [.package(path: "../..")],
     targets: [
         .target(name: "CLibFuzzer"),
-        .target(name: "FuzzSupport", dependencies: ["CLibFuzzer"]),
+        .target(name: "FuzzSupport", dependencies: ["CLibFuzzer", .product(name: "SluiceCore", package: sluice)]),
         fuzzTarget("json", ["SluiceCore"]),
         fuzzTarget("request", ["SluiceCore"]),
         fuzzTarget("sse-relay", ["SluiceCore"]),

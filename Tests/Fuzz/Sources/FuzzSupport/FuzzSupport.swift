@@ -65,13 +65,6 @@ public func splitRanges(count: Int, seed: UInt8) -> [Range<Int>] {
     return ranges
 }
 
-/// True when `needle` can be obtained from `haystack` by deleting elements.
-public func isSubsequence(_ needle: [UInt8], of haystack: some Collection<UInt8>) -> Bool {
-    var index = needle.startIndex
-    for byte in haystack where index < needle.endIndex && needle[index] == byte { index += 1 }
-    return index == needle.endIndex
-}
-
 /// Hands the process to libFuzzer (its flags and inputs come from the command line), which calls
 /// the target's `LLVMFuzzerTestOneInput` once per input. Called from each target's `main.swift`.
 public func runLibFuzzer() -> Never {

@@ -12,9 +12,11 @@ import SluiceCore
 ///   events tile the stream exactly unless it gave up on an oversize event;
 /// - the filter's output, usage, generated text and flags do not depend on where the stream was
 ///   cut, nor on which `consume` (array or buffer) was used;
-/// - nothing but a dropped usage chunk is ever removed: the output is the input when nothing was
-///   dropped, and a subsequence of it otherwise;
-/// - reported usage counts are non-negative.
+/// - the filter does what its rules say with each event the parser framed (`ExpectedStreamChunk`
+///   reads every `data` payload with `JSONReader` instead of the scanner): the output is the
+///   input without the usage-only events (when asked to drop them), the rest forwarded verbatim
+///   after an oversize event; the usage is the last valid one reported; the generated text, the
+///   `[DONE]` and error flags are the ones the payloads carry.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let input = fuzzInput(data, size)
@@ -41,17 +43,43 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt
     let cutArrays = relay(pieces, of: stream, dropsUsage: dropsUsage, maxEventBytes: maxEventBytes, arrays: true)
     require(whole == cut, "filter: cutting the stream changed the outcome\nwhole: \(whole)\ncut:   \(cut)")
     require(cut == cutArrays, "filter: array and buffer consume differ\nbuffer: \(cut)\narray:  \(cutArrays)")
-    if !whole.droppedUsageChunk {
-        require(whole.output == stream, "filter: output differs from the input although nothing was dropped")
-    } else {
-        require(dropsUsage, "filter: dropped a chunk without being asked to")
-        require(whole.output.count < stream.count && isSubsequence(whole.output, of: stream),
-                "filter: output is not the input minus dropped events")
-    }
-    if let usage = whole.usage {
-        require(usage.promptTokens >= 0 && usage.completionTokens >= 0 && usage.totalTokens >= 0, "negative usage \(usage)")
-    }
+    checkAgainstRules(whole, events: wholeEvents.events, stream: stream, dropsUsage: dropsUsage)
     return 0
+}
+
+/// The outcome the filter's rules give for `events` (framed by the parser; when it gave up on an
+/// oversize event, the bytes after the framed ones are forwarded unread).
+private func checkAgainstRules(_ outcome: RelayOutcome, events: [ParsedEvent], stream: [UInt8], dropsUsage: Bool) {
+    var expected = RelayOutcome()
+    var text = ""
+    var offset = 0
+    for event in events {
+        let raw = stream[offset..<(offset + event.rawByteCount)]
+        offset += event.rawByteCount
+        guard event.hasData, let chunk = ExpectedStreamChunk(payload: event.data) else {
+            expected.output += raw
+            continue
+        }
+        text += chunk.text
+        if let usage = chunk.usage { expected.usage = usage }
+        if chunk.isDone { expected.sawDone = true }
+        if chunk.isError { expected.sawErrorEvent = true }
+        if dropsUsage && chunk.isUsageOnly {
+            expected.droppedUsageChunk = true
+        } else {
+            expected.output += raw
+        }
+    }
+    expected.output += stream[offset...]
+    require(outcome.output == expected.output, "filter: output differs from the rules' (\(outcome.output.count) vs \(expected.output.count) bytes)")
+    require(outcome.usage == expected.usage && outcome.sawDone == expected.sawDone && outcome.sawErrorEvent == expected.sawErrorEvent
+            && outcome.droppedUsageChunk == expected.droppedUsageChunk,
+            "filter: \(outcome)\nrules:  \(expected)")
+    // Text is compared as strings when the stream is valid UTF-8: the filter keeps a string's raw
+    // bytes (repaired once, when counted), the tree repairs each string on its own.
+    if String(validating: stream, as: UTF8.self) != nil {
+        require(String(decoding: outcome.text, as: UTF8.self) == text, "filter: generated text differs from the rules'")
+    }
 }
 
 private struct ParsedEvent: Equatable {
