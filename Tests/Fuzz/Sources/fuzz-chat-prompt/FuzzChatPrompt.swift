@@ -12,6 +12,7 @@ import SluiceTokenizer
 /// - a prompt's count is at least what its messages' framing costs, and the same with and
 ///   without a `TokenCountCache` (one cache per encoding lives for the whole run, so entries of
 ///   earlier inputs are there to be confused with);
+/// - the size guard (`maxPromptBytes`) refuses a prompt exactly when its strings hold more bytes;
 /// - for any bytes, counting gives as many tokens as encoding, on the buffer and on the repaired
 ///   string alike.
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -33,6 +34,13 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt
                 fatalError("property violated: \(encoding.name): a \(input.count)-byte body is too large to count: \(error)")
             }
         }
+        // The size guard counts every string the count encodes: refused one byte below the total,
+        // counted at the total.
+        let bytes = promptBytes(prompt)
+        let below = Result { () throws(TokenizerError) in try ChatPromptCounter(encoding: tokenizers.o200k, maxPromptBytes: bytes - 1).count(prompt) }
+        require(below == .failure(.inputTooLarge(byteCount: bytes, limit: bytes - 1)), "\(bytes) prompt bytes, limit \(bytes - 1): \(below)")
+        let at = Result { () throws(TokenizerError) in try ChatPromptCounter(encoding: tokenizers.o200k, maxPromptBytes: bytes).count(prompt) }
+        require((try? at.get()) != nil, "\(bytes) prompt bytes, limit \(bytes): \(at)")
     }
 
     let bytes = input.assumingMemoryBound(to: UInt8.self)
@@ -45,6 +53,23 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt
                 "\(encoding.name): \(counted) counted, \(encoded) encoded, \(ofString) counted from the repaired string")
     }
     return 0
+}
+
+/// The UTF-8 bytes of every string in `prompt` that the counter encodes.
+private func promptBytes(_ prompt: ChatPrompt) -> Int {
+    var total = prompt.extraText.reduce(0) { $0 + $1.utf8.count }
+    for message in prompt.messages {
+        total += message.role.utf8.count + (message.name?.utf8.count ?? 0) + message.otherStrings.reduce(0) { $0 + $1.utf8.count }
+        for case .text(let text) in message.content { total += text.utf8.count }
+    }
+    for tool in prompt.tools {
+        total += tool.name.utf8.count + tool.description.utf8.count + (tool.unmodelledSchemaJSON?.utf8.count ?? 0)
+        for property in tool.properties {
+            total += property.name.utf8.count + property.type.utf8.count + property.description.utf8.count
+                + property.enumValues.reduce(0) { $0 + $1.utf8.count }
+        }
+    }
+    return total
 }
 
 /// Loaded once per process, before the first input (see main.swift).
