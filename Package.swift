@@ -7,6 +7,9 @@ let package = Package(
     products: [
         .executable(name: "sluice", targets: ["sluice"]),
         .executable(name: "sluice-mock", targets: ["sluice-mock"]),
+        // For the fuzz package (Tests/Fuzz), which depends on this one by path.
+        .library(name: "SluiceCore", targets: ["SluiceCore"]),
+        .library(name: "SluiceTokenizer", targets: ["SluiceTokenizer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

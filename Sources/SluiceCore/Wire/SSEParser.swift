@@ -85,7 +85,7 @@ public struct SSEParser: Sendable {
             var terminatorLength = 1
             if byte == UInt8(ascii: "\r") {
                 if index + 1 == chunk.count {
-                    try remember(UnsafeRawBufferPointer(rebasing: chunk[lineStart..<index]))
+                    try remember(UnsafeRawBufferPointer(rebasing: chunk[lineStart..<index]), consumedTerminator: 1)
                     pendingCR = true
                     offset = chunk.count
                     return nil
@@ -138,8 +138,11 @@ public struct SSEParser: Sendable {
         eventBytes = 0
     }
 
-    private mutating func remember(_ partialLine: UnsafeRawBufferPointer) throws(SSEParseError) {
-        guard eventBytes + lineBuffer.count + partialLine.count <= maxEventBytes else {
+    /// Keeps the start of a line that continues in the next chunk. `consumedTerminator` is 1 when
+    /// the line's CR was consumed already (an LF may follow in the next chunk): it counts now, as
+    /// for a complete line, so that `finish()` cannot take the event past the limit.
+    private mutating func remember(_ partialLine: UnsafeRawBufferPointer, consumedTerminator: Int = 0) throws(SSEParseError) {
+        guard eventBytes + lineBuffer.count + partialLine.count + consumedTerminator <= maxEventBytes else {
             failed = true
             throw .eventTooLarge(limit: maxEventBytes)
         }

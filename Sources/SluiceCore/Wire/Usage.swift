@@ -5,6 +5,11 @@ public struct Usage: Sendable, Equatable, Hashable {
     public var completionTokens: Int
     public var totalTokens: Int
 
+    /// The largest count read from a response (as `OpenAIRequest.maximumOutputTokens`): a larger
+    /// one is not a real report, and it would overflow the sums made from it (the default total
+    /// here, prompt + completion when settling).
+    public static let maximumTokenCount = Int(Int32.max)
+
     /// `totalTokens` defaults to the sum of the other two.
     public init(promptTokens: Int, completionTokens: Int, totalTokens: Int? = nil) {
         self.promptTokens = promptTokens
@@ -37,8 +42,9 @@ public struct Usage: Sendable, Equatable, Hashable {
     /// Reads the `usage` object at the scanner (which must be at its `{`) and consumes all of it,
     /// also when it does not look like usage (then nil). Needs a non-negative integer
     /// `prompt_tokens`; `completion_tokens` defaults to 0 (embeddings have none), `total_tokens` to
-    /// the sum; null counts as absent; of duplicate members the last counts. Nothing is built:
-    /// other members (the detail objects) are skipped.
+    /// the sum; null counts as absent; of duplicate members the last counts; a count above
+    /// `maximumTokenCount` makes the usage invalid. Nothing is built: other members (the detail
+    /// objects) are skipped.
     static func read(_ scanner: inout JSONScanner) throws(JSONParseError) -> Usage? {
         try scanner.enterObject()
         var prompt = Count.absent, completion = Count.absent, total = Count.absent
@@ -87,10 +93,9 @@ public struct Usage: Sendable, Equatable, Hashable {
             var value = 0
             for byte in scanner.bytes[digits] {
                 guard JSONScanner.isDigit(byte) else { return .invalid }
-                let (times10, overflow1) = value.multipliedReportingOverflow(by: 10)
-                let (sum, overflow2) = times10.addingReportingOverflow(Int(byte &- UInt8(ascii: "0")))
-                guard !overflow1, !overflow2 else { return .invalid }
-                value = sum
+                value = value * 10 + Int(byte &- UInt8(ascii: "0"))
+                // Checked per digit, so the arithmetic above cannot overflow either.
+                guard value <= maximumTokenCount else { return .invalid }
             }
             return negative && value != 0 ? .invalid : .value(value)
         case UInt8(ascii: "n"), UInt8(ascii: "t"), UInt8(ascii: "f"):

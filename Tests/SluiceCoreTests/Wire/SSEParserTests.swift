@@ -63,4 +63,21 @@ final class SSEParserTests: XCTestCase {
         XCTAssertThrowsError(try frame(stride(from: 0, to: big.count, by: 8).map { Array(big[$0..<min($0 + 8, big.count)]) }, maxEventBytes: 64))
         XCTAssertEqual(try frame([big], maxEventBytes: big.count).count, 1)
     }
+
+    /// Found with fuzz-sse-relay's tiling property: a last line ending in a lone CR that took its
+    /// event one byte past the limit made `finish()` fail silently (nil, as on an event boundary),
+    /// so the events no longer covered the stream. The CR now counts when it is consumed.
+    func testCRAtTheEndCountsTowardsTheLimit() throws {
+        let line = "data: " + String(repeating: "x", count: 58) // 64 bytes
+        let stream = Array((line + "\r").utf8)
+        XCTAssertThrowsError(try frame([stream], maxEventBytes: 64)) { error in
+            XCTAssertEqual(error as? SSEParseError, .eventTooLarge(limit: 64))
+        }
+        XCTAssertThrowsError(try frame(stream.map { [$0] }, maxEventBytes: 64), "byte by byte")
+        let oneMore = Framed(rawByteCount: 65, data: String(repeating: "x", count: 58))
+        XCTAssertEqual(try frame([stream], maxEventBytes: 65), [oneMore])
+        XCTAssertEqual(try frame(stream.map { [$0] }, maxEventBytes: 65), [oneMore], "byte by byte")
+        // Split CRLF: the LF is the byte that does not fit.
+        XCTAssertThrowsError(try frame([stream, [0x0A, 0x0A]], maxEventBytes: 65))
+    }
 }

@@ -48,7 +48,8 @@ final class UsageTests: XCTestCase {
             (#"{"prompt_tokens":-0}"#, Usage(promptTokens: 0, completionTokens: 0)),
             (#"{"prompt_tokens":-2}"#, nil),
             (#"{"prompt_tokens":0}"#, Usage(promptTokens: 0, completionTokens: 0)),
-            (#"{"prompt_tokens":9223372036854775807}"#, Usage(promptTokens: Int.max, completionTokens: 0, totalTokens: Int.max)),
+            (#"{"prompt_tokens":2147483647}"#, Usage(promptTokens: Int(Int32.max), completionTokens: 0)),
+            (#"{"prompt_tokens":2147483648}"#, nil),
             (#"{"prompt_tokens":9223372036854775808}"#, nil),
             (#"{"prompt_tokens":4,"completion_tokens":[1],"total_tokens":4}"#, nil),
             (#"{"prompt_tokens":4,"completion_tokens":{"x":1}}"#, nil),
@@ -65,6 +66,27 @@ final class UsageTests: XCTestCase {
             XCTAssertEqual(chunk.usage, expected, object)
             XCTAssertTrue(chunk.hasUsageObject, object)
             XCTAssertEqual(chunk.choiceCount, 0, "the member after usage was read: \(object)")
+        }
+    }
+
+    /// Found by fuzzing (Tests/Fuzz, fuzz-usage): counts near `Int.max` trapped on the default
+    /// total's overflow, or passed an `Int.max` completion count on to settling (prompt +
+    /// completion overflowed there). Counts above `maximumTokenCount` now make the usage invalid.
+    func testCountsAboveTheMaximumAreInvalid() {
+        let maximum = Usage.maximumTokenCount
+        let cases: [(String, Usage?)] = [
+            (#"{"prompt_tokens":9223372036854775807,"completion_tokens":1}"#, nil),
+            (#"{"prompt_tokens":5,"completion_tokens":9223372036854775807,"total_tokens":5}"#, nil),
+            (#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":2147483648}"#, nil),
+            (#"{"prompt_tokens":-9223372036854775808}"#, nil),
+            (#"{"prompt_tokens":\#(maximum),"completion_tokens":\#(maximum)}"#,
+             Usage(promptTokens: maximum, completionTokens: maximum, totalTokens: 2 * maximum)),
+        ]
+        for (object, expected) in cases {
+            XCTAssertEqual(usage(#"{"usage":\#(object)}"#), expected, object)
+            var filter = StreamRelayFilter(dropsUsageChunk: true)
+            _ = filter.consume(Array("data: {\"choices\":[],\"usage\":\(object)}\n\n".utf8))
+            XCTAssertEqual(filter.usage, expected, "stream: \(object)")
         }
     }
 }
