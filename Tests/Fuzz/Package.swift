@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "CLibFuzzer"),
         .target(name: "FuzzSupport", dependencies: ["CLibFuzzer", .product(name: "SluiceCore", package: sluice)]),
         fuzzTarget("json", ["SluiceCore"]),
-        fuzzTarget("request", ["SluiceCore"]),
+        fuzzTarget("request", ["SluiceCore", "SluiceTokenizer"]),
         fuzzTarget("sse-relay", ["SluiceCore"]),
         fuzzTarget("usage", ["SluiceCore"]),
         fuzzTarget("image-header", ["SluiceCore", "SluiceTokenizer"]),

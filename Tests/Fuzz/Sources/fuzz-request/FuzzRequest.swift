@@ -1,27 +1,31 @@
 import FuzzSupport
 import SluiceCore
+import SluiceTokenizer
 
 /// `OpenAIRequest.parse` (with `ChatRequestReader`, `RequestFields` and the image header reader
 /// behind it) and `upstreamBody(original:)`, for each endpoint, on arbitrary bodies.
 ///
 /// Properties:
-/// - a body is refused as `invalidJSON` exactly when `JSONReader` refuses it, else (if refused)
-///   as `invalidRequest`; the error's OpenAI body is valid JSON carrying its message;
+/// - a body that is not UTF-8 is refused as `invalidRequest` saying so (JSON is UTF-8, checked
+///   first); otherwise it is refused as `invalidJSON` exactly when `JSONReader` refuses it, else (if
+///   refused) as `invalidRequest`; the error's OpenAI body is valid JSON carrying its message;
 /// - an accepted request reports what the body says, within the documented ranges (`model`,
-///   `n` in 1...128, output tokens in 1...Int32.max, no streaming for embeddings);
+///   `n` in 1...128, output tokens in 0...Int32.max, no streaming for embeddings);
 /// - the upstream body is the client's body unchanged unless Sluice adds usage, and then it is
 ///   a valid request that reads the same, with `include_usage` on and every other top-level
 ///   member (and every other `stream_options` member) unchanged.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     let body = fuzzInput(data, size)
+    let isUTF8 = UTF8Validation.isValid(body.assumingMemoryBound(to: UInt8.self))
     let document = Result { () throws(JSONParseError) in try JSONReader.parse(body) }
     for endpoint in OpenAIEndpoint.allCases {
         let parsed = Result { () throws(GatewayError) in try OpenAIRequest.parse(body, endpoint: endpoint) }
         switch parsed {
         case .failure(let error):
-            checkRefusal(error, documentParsed: (try? document.get()) != nil)
+            checkRefusal(error, isUTF8: isUTF8, documentParsed: (try? document.get()) != nil)
         case .success(let request):
+            require(isUTF8, "a body that is not UTF-8 was accepted")
             guard case .success(.object(let root)) = document else {
                 fatalError("property violated: \(endpoint) accepted a body that is not a JSON object")
             }
@@ -31,8 +35,10 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt
     return 0
 }
 
-private func checkRefusal(_ error: GatewayError, documentParsed: Bool) {
-    if documentParsed {
+private func checkRefusal(_ error: GatewayError, isUTF8: Bool, documentParsed: Bool) {
+    if !isUTF8 {
+        require(error.kind == .invalidRequest && error.message.contains("UTF-8"), "a body that is not UTF-8 refused with \(error.kind): \(error.message)")
+    } else if documentParsed {
         require(error.kind == .invalidRequest, "a JSON body refused with \(error.kind)")
     } else {
         require(error.kind == .invalidJSON, "a non-JSON body refused with \(error.kind)")
@@ -49,7 +55,7 @@ private func checkAccepted(_ request: OpenAIRequest, root: JSONObject, body: [UI
     require(root["model"] == .string(request.model), "model \(request.model) is not the body's")
     require((1...OpenAIRequest.maximumChoices).contains(request.n), "n = \(request.n)")
     if let tokens = request.maxOutputTokens {
-        require((1...OpenAIRequest.maximumOutputTokens).contains(tokens), "max output tokens = \(tokens)")
+        require((0...OpenAIRequest.maximumOutputTokens).contains(tokens), "max output tokens = \(tokens)")
     }
     switch (request.endpoint, request.prompt) {
     case (.chatCompletions, .chat):
