@@ -100,6 +100,10 @@ let package = Package(
                 "SluiceRedis",
                 "SluiceTokenizer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // `sluice load`'s HTTP client.
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ]
         ),
         .executableTarget(

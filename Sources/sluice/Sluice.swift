@@ -6,6 +6,6 @@ struct Sluice: AsyncParsableCommand {
         commandName: "sluice",
         abstract: "An OpenAI-compatible rate-limiting gateway.",
         version: SluiceVersion.current,
-        subcommands: [ServeCommand.self, CheckConfigCommand.self, KeysCommand.self, TokensCommand.self, UsageCommand.self]
+        subcommands: [ServeCommand.self, CheckConfigCommand.self, KeysCommand.self, TokensCommand.self, UsageCommand.self, LoadCommand.self]
     )
 }
