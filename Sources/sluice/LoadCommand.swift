@@ -1,4 +1,5 @@
 import ArgumentParser
+import SluiceCore
 import Foundation
 import NIOPosix
 
@@ -61,6 +62,9 @@ struct LoadCommand: AsyncParsableCommand {
     @Option(name: .customLong("burst"), help: "The requests burst of each key, in --key order (one value: every key). Default: the limit.")
     var bursts: [Int] = []
 
+    @Option(help: "A Sluice config to read each key's limits and bursts from (its keys are found by their secrets' hashes), instead of the answers' headers.")
+    var config: String?
+
     @Option(help: "The error rate over which the run fails: 1%, 0.5%, 0 (default 1%).")
     var maxErrorRate = "1%"
 
@@ -99,6 +103,7 @@ struct LoadCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let configuredLimits = try limitsFromConfig()
         let loadTargets = targets.compactMap(LoadTarget.init)
         let durationSeconds = Self.parseDuration(duration)!
         let ratePerSecond = rate.flatMap(Self.parseRate)
@@ -133,10 +138,30 @@ struct LoadCommand: AsyncParsableCommand {
         let report = LoadReport(
             tallies: tallies, secrets: keys,
             bursts: keys.indices.map { bursts.isEmpty ? nil : bursts[bursts.count == 1 ? 0 : $0] },
+            configured: configuredLimits,
             durationSeconds: durationSeconds, targets: targets, concurrency: concurrency, rate: ratePerSecond,
             stream: stream, maxErrorRate: Self.parseErrorRate(maxErrorRate)!)
         print(format == "json" ? report.json() : report.table())
         if !report.passed { throw ExitCode(Self.failedExitCode) }
+    }
+
+    /// Each `--key`'s limits from `--config` (nil for each without one); a key the config does not
+    /// know is an error, not a silent fallback.
+    private func limitsFromConfig() throws -> [ResolvedLimits?] {
+        guard let config else { return keys.map { _ in nil } }
+        let loaded: SluiceConfig
+        do {
+            loaded = try SluiceConfig.load(path: config, requireUpstreamKeys: false)
+        } catch {
+            throw ValidationError("--config \(config) is not a valid config:\n\(error)")
+        }
+        let table = KeyTable(config: loaded)
+        return try keys.enumerated().map { index, secret in
+            guard let key = table.authenticate(bearerSecret: secret) else {
+                throw ValidationError("--key number \(index + 1) is not a key of \(config) (or it has expired).")
+            }
+            return key.limits
+        }
     }
 
     // MARK: - Option values

@@ -68,14 +68,22 @@ struct LoadReport: Encodable {
 
     var passed: Bool { !limitExceeded && !errorsOverThreshold }
 
-    init(tallies: [LoadKeyTally], secrets: [String], bursts: [Int?], durationSeconds: Double, targets: [String],
+    /// - Parameter configured: each key's limits from `--config` (nil: from the answers' headers, the
+    ///   bursts defaulting to the limits unless `bursts` gives them).
+    init(tallies: [LoadKeyTally], secrets: [String], bursts: [Int?], configured: [ResolvedLimits?], durationSeconds: Double, targets: [String],
          concurrency: Int, rate: Double?, stream: Bool, maxErrorRate: Double) {
         let minutes = durationSeconds / 60
         keys = tallies.indices.map { index in
             let tally = tallies[index]
-            let limits = Limits(requestsPerMinute: tally.limitRequests, tokensPerMinute: tally.limitTokens,
+            let limits: Limits
+            if let known = configured[index] {
+                limits = Limits(requestsPerMinute: known.requests?.perMinute, tokensPerMinute: known.tokens?.perMinute,
+                                requestsBurst: bursts[index] ?? known.requests?.burst, tokensBurst: known.tokens?.burst)
+            } else {
+                limits = Limits(requestsPerMinute: tally.limitRequests, tokensPerMinute: tally.limitTokens,
                                 requestsBurst: tally.limitRequests.map { bursts[index] ?? $0 },
                                 tokensBurst: tally.limitTokens)
+            }
             var windows: [Window] = []
             for (measure, timeline, perMinute, burst, slack) in [
                 ("requests", tally.admittedRequests, limits.requestsPerMinute, limits.requestsBurst, 1),

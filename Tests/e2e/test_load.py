@@ -110,3 +110,19 @@ def test_bad_options_are_refused():
     proc = subprocess.run([SLUICE_BIN, "load", "--target", "http://127.0.0.1:1", "--key", "k",
                            "--concurrency", "10001"], capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "--concurrency" in proc.stderr
+
+
+def test_limits_and_bursts_come_from_the_config_when_given(gateway):
+    # The config says burst 10 for the limited tier; no --burst needed, and the headers are not used.
+    code, report, stderr = run_load(
+        "--target", gateway.root_url, "--key", HIGH, "--config", str(gateway.config_path),
+        "--concurrency", "1", "--duration", "500ms")
+    assert code == 0, (stderr, report)
+    (high,) = report["keys"]
+    assert high["limits"]["requests_per_minute"] == 1_000_000
+    assert high["limits"]["tokens_per_minute"] == 100_000_000
+    # A key the config does not know is refused, not silently read from the headers.
+    proc = subprocess.run([SLUICE_BIN, "load", "--target", gateway.root_url, "--key", "sk-not-in-the-config-0123",
+                           "--config", str(gateway.config_path), "--duration", "1s"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and "is not a key of" in proc.stderr
