@@ -6,7 +6,7 @@
 /// | name | type | content | expires |
 /// |---|---|---|---|
 /// | `sluice:{k}:rpm`, `:tpm`, `:itpm`, `:otpm` | string | GCRA TAT, µs of Redis' clock | when the bucket is full again |
-/// | `sluice:{k}:leases` | zset | member request id, score lease expiry (ms) | lease TTL + 1 s after the last admission |
+/// | `sluice:{k}:leases` | zset | member request id, score lease expiry (ms; renewed by the node while the request runs) | lease TTL + 1 s after the last admission or renewal |
 /// | `sluice:{k}:quota` | hash | `day`, `day_used`, `month`, `month_used` (UTC day index, year·12+month−1) | a day after the period ends |
 /// | `sluice:{k}:res:<requestId>` | string | six integers: prompt, output, lease 1\|0, quota cost, quota day, quota month | reservation TTL; taken by settle (`GETDEL`) |
 /// | `sluice:{k}:usage:<YYYY-MM-DD>` | hash | `<model>:prompt`, `<model>:completion`, `<model>:requests` | usage TTL (40 days) |
