@@ -48,7 +48,7 @@ extension Gateway {
         // connections meanwhile).
         let reservedOutputTokens = openAIRequest.reservedOutputTokens(defaultOutputTokens: key.defaultOutputTokens)
         let promptBytes = promptCounter.promptBytes(openAIRequest)
-        let fewestPromptTokens = promptCounter.minimumTokens(promptBytes: promptBytes, model: model)
+        let fewestPromptTokens = promptCounter.minimumTokens(promptBytes: promptBytes)
         let largestPrompt = key.limits.largestAdmissiblePrompt(reservedOutputTokens: reservedOutputTokens)
         let promptTokens: Int
         if let largestPrompt, fewestPromptTokens > largestPrompt {

@@ -11,11 +11,15 @@ public struct PromptTokenCounter: Sendable {
     /// loop thread, so each loop reuses the counts of the conversations it serves, with no lock.
     private let caches = ThreadSpecificVariable<ThreadCaches>()
     private let cacheBudgetBytes: Int
+    /// The longest token of either encoding (128 bytes for both): fixed at load, so the bound takes
+    /// no lookup per request.
+    let longestTokenBytes: Int
 
     public init(tokenizers: Tokenizers, maxPromptBytes: Int = ChatPromptCounter.defaultMaxPromptBytes, cacheBudgetBytes: Int = TokenCountCache.defaultBudgetBytes) {
         self.tokenizers = tokenizers
         self.maxPromptBytes = maxPromptBytes
         self.cacheBudgetBytes = cacheBudgetBytes
+        longestTokenBytes = max(tokenizers.encoding(.cl100k_base).longestTokenBytes, tokenizers.encoding(.o200k_base).longestTokenBytes)
     }
 
     /// This thread's cache for `encoding` (created on first use).
@@ -36,11 +40,10 @@ public struct PromptTokenCounter: Sendable {
         }
     }
 
-    /// The fewest tokens a prompt of `promptBytes` bytes can have for `model`: no token is longer
-    /// than the encoding's longest.
-    public func minimumTokens(promptBytes: Int, model: String) -> Int {
-        let longest = tokenizers.encoding(forModel: model).longestTokenBytes
-        return (promptBytes + longest - 1) / longest
+    /// The fewest tokens a prompt of `promptBytes` bytes can have, whatever its model: no token of
+    /// any loaded encoding is longer than ``longestTokenBytes``.
+    public func minimumTokens(promptBytes: Int) -> Int {
+        (promptBytes + longestTokenBytes - 1) / longestTokenBytes
     }
 
     /// Exact prompt tokens of `request` for its model: OpenAI's chat framing for chat requests, the
