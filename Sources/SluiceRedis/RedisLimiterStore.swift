@@ -5,56 +5,75 @@ import Synchronization
 
 /// The shared limiter: every key's limits live in Redis, so any number of Sluice nodes enforce
 /// one limit together. Same semantics as `InMemoryLimiterStore` (see `LimiterStore`), plus the
-/// daily and monthly token quotas, usage aggregates and a per-request usage stream.
+/// daily and monthly token quotas, usage aggregates and an optional per-request usage stream.
 ///
-/// Each operation is one Lua function (`Scripts/admit.lua`, `settle.lua`, `snapshot.lua` in one
-/// library with the shared `gcra.lua`, see `RedisFunction`) run with `FCALL` on Redis' clock
-/// (`EVALSHA` of the same code on Redis < 7); see `RedisKeyLayout` for the
-/// keys. Errors are `RedisError`s from the client (bounded in time); what to do when Redis is
+/// Each key's whole limiter state is one hash (``RedisKeyLayout``), changed only by batch.lua, in
+/// one function library with the shared `gcra.lua` (see `RedisFunction`), on Redis' clock. Each
+/// key's admissions and settlements made on this node go through its ``KeyLane``: batched, at most
+/// one call in flight per key, and — for hot keys (``LeaseMode``) — admitted locally against slices
+/// of the buckets the lane holds. Usage records are counted here and flushed by ``maintain()``.
+/// Errors are `RedisError`s from the client (bounded in time); what to do when Redis is
 /// unreachable is the caller's policy.
 public final class RedisLimiterStore: LimiterStore {
-    /// Lifetimes and sizes of what the scripts write.
+    /// Lifetimes, sizes and delays.
     public struct Options: Sendable, Hashable {
         /// How long a concurrency slot is held if its request is never settled and its node stops
-        /// renewing it (the node died): the node renews the leases of its requests in flight every
-        /// third of this (``RedisLimiterStore/renewLeases()``).
+        /// renewing it (the node died): ``maintain()`` renews the slots of requests in flight every
+        /// third of this.
         public static let defaultLeaseTTLMillis = 30_000
-        /// How long an unsettled reservation can still be settled; longer than the lease.
-        public static let defaultReservationTTLMillis = 900_000
+        /// How long a key's state hash outlives its last call at least (and so how long a node's
+        /// sequence number is remembered: a lost call is resolved well within it).
+        public static let defaultStateTTLMillis = 900_000
         public static let defaultUsageTTLDays = 40
         public static let defaultUsageStreamMaxLength = 10_000
 
         public var leaseTTLMillis: Int
-        public var reservationTTLMillis: Int
+        public var stateTTLMillis: Int
         /// How long the daily usage hashes and the usage stream are kept.
         public var usageTTLDays: Int
         /// Approximate length the usage stream is trimmed to (`XADD MAXLEN ~`).
         public var usageStreamMaxLength: Int
+        /// Whether each settled request is also appended to the key's usage stream (one `XADD`
+        /// per request, at the usage flush); the daily aggregates are always kept.
+        public var usageStream: Bool
+        /// How long a settlement waits for an admission of its key to ride with.
+        public var settleDelayMicros: Int64
+        /// A lease no request used for this long is given back.
+        public var leaseIdleMicros: Int64
+        /// How often a lane retries what Redis did not take.
+        public var retryIntervalMicros: Int64
 
         public init(
             leaseTTLMillis: Int = Options.defaultLeaseTTLMillis,
-            reservationTTLMillis: Int = Options.defaultReservationTTLMillis,
+            stateTTLMillis: Int = Options.defaultStateTTLMillis,
             usageTTLDays: Int = Options.defaultUsageTTLDays,
-            usageStreamMaxLength: Int = Options.defaultUsageStreamMaxLength
+            usageStreamMaxLength: Int = Options.defaultUsageStreamMaxLength,
+            usageStream: Bool = false,
+            settleDelayMicros: Int64 = 2_000,
+            leaseIdleMicros: Int64 = 200_000,
+            retryIntervalMicros: Int64 = 1_000_000
         ) {
             self.leaseTTLMillis = max(leaseTTLMillis, 1_000)
-            self.reservationTTLMillis = max(reservationTTLMillis, self.leaseTTLMillis)
+            self.stateTTLMillis = max(stateTTLMillis, self.leaseTTLMillis)
             self.usageTTLDays = max(usageTTLDays, 1)
             self.usageStreamMaxLength = max(usageStreamMaxLength, 1)
+            self.usageStream = usageStream
+            self.settleDelayMicros = max(settleDelayMicros, 0)
+            self.leaseIdleMicros = max(leaseIdleMicros, 1_000)
+            self.retryIntervalMicros = max(retryIntervalMicros, 1_000)
         }
     }
 
-    /// The three limiter entry points, loaded from the module's `Scripts` resources as one
-    /// function library (see ``RedisFunction``).
+    /// The limiter's entry points, loaded from the module's `Scripts` resources as one function
+    /// library (see ``RedisFunction``).
     public struct Scripts: Sendable {
-        public let admit: RedisFunction
-        public let settle: RedisFunction
+        public let batch: RedisFunction
         public let snapshot: RedisFunction
-        public let renew: RedisFunction
+        public let usage: RedisFunction
 
         public static func load() throws(RedisScriptLoadError) -> Scripts {
-            let functions = try RedisScriptFiles.limiterFunctions(named: ["admit", "settle", "snapshot", "renew"])
-            return Scripts(admit: functions["admit"]!, settle: functions["settle"]!, snapshot: functions["snapshot"]!, renew: functions["renew"]!)
+            let functions = try RedisScriptFiles.limiterFunctions(named: ["batch", "snapshot", "usage"])
+            return Scripts(batch: functions["batch"]!, snapshot: functions["snapshot"]!, usage: functions["usage"]!)
         }
     }
 
@@ -74,107 +93,126 @@ public final class RedisLimiterStore: LimiterStore {
     /// Model names longer than this are cut in usage records (they come from client requests).
     static let maximumModelNameBytes = 256
 
+    public let nodeID: String
     private let client: RedisClient
     private let scripts: Scripts
     private let options: Options
     private let logger: Logger
-    /// Redis' clock minus this node's wall clock, in µs, as last seen in an admission's reply
-    /// (`Int64.min` before the first): what turns "the caller gives up in 250 ms" into a deadline
-    /// on Redis' clock, whatever the skew between the two.
+    /// Redis' clock minus this node's wall clock, in µs, as last seen in a reply (`Int64.min`
+    /// before the first): what turns "the caller gives up in 250 ms" into a deadline on Redis'
+    /// clock, whatever the skew between the two.
     private let clockOffsetMicros = Atomic<Int64>(.min)
-    /// The requests admitted here that hold a concurrency lease, by API key: renewed until settled.
-    private let leased = Mutex<[String: Set<String>]>([:])
+    private let lanes = Mutex<[String: KeyLane]>([:])
+    private let ledger = Mutex(UsageLedger())
 
+    /// - Parameter nodeID: names this node's entries in the keys' state (random by default; two
+    ///   live processes must never share one).
     /// - Throws: `RedisScriptLoadError` when the Lua resources are missing (a broken install).
-    public init(client: RedisClient, options: Options = Options(), logger: Logger = Logger(label: "sluice.redis.limiter")) throws(RedisScriptLoadError) {
+    public init(
+        client: RedisClient, options: Options = Options(), nodeID: String? = nil,
+        logger: Logger = Logger(label: "sluice.redis.limiter")
+    ) throws(RedisScriptLoadError) {
         self.client = client
         self.scripts = try Scripts.load()
         self.options = options
         self.logger = logger
+        var generator = SystemRandomNumberGenerator()
+        self.nodeID = nodeID ?? "node-" + String(generator.next(), radix: 36)
+    }
+
+    private func lane(_ keyID: String) -> KeyLane {
+        lanes.withLock { lanes in
+            if let lane = lanes[keyID] { return lane }
+            let context = KeyLane.Context(
+                client: client, function: scripts.batch, options: options, nodeID: nodeID, logger: logger,
+                deadline: { [weak self] in
+                    guard let self else { throw RedisError.shutDown }
+                    return try await self.admissionDeadline()
+                },
+                observeRedisClock: { [weak self] redisMicros in
+                    self?.clockOffsetMicros.store(redisMicros - Self.wallClockMicros(), ordering: .relaxed)
+                }
+            )
+            let lane = KeyLane(keyID: keyID, context: context)
+            lanes[keyID] = lane
+            return lane
+        }
     }
 
     // MARK: LimiterStore
 
     public func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
-        let layout = RedisKeyLayout(keyID: request.keyID)
-        let limits = request.limits
-        var arguments = RedisArguments(capacity: 512)
-        layout.appendLimiterKeys(requestID: request.requestID, to: &arguments)
-        arguments.append(request.requestID)
-        for kind in RateLimitKind.buckets {
-            if let limit = limits.bucket(kind) {
-                arguments.append(limit.perMinute)
-                arguments.append(limit.burst)
-                arguments.append(Self.exact(request.cost(kind)))
-            } else {
-                for _ in 0..<3 { arguments.append(0) }
-            }
+        try await lane(request.keyID).admit(request)
+    }
+
+    /// Settles through the key's lane: carried by the next call for the key, or sent after
+    /// `settleDelayMicros`. Returns the key's state afterwards; nil when the reservation is not
+    /// held here (already settled, or its admission failed) or when Redis did not take it yet —
+    /// then the lane keeps it and retries: it is never lost and never applied twice.
+    public func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
+        let lane = lane(reservation.keyID)
+        guard let held = lane.release(reservation) else {
+            logger.debug("settle found no reservation (already settled, or its admission failed)", metadata: [
+                "key_id": "\(reservation.keyID)", "reservation_id": "\(reservation.requestID)",
+            ])
+            return nil
         }
-        arguments.append(limits.maxConcurrentRequests ?? 0)
-        arguments.append(limits.tokensPerDay ?? 0)
-        arguments.append(limits.tokensPerMonth ?? 0)
-        arguments.append(Self.exact(request.cost(.dailyTokens)))
-        arguments.append(Self.exact(request.promptTokens))
-        arguments.append(Self.exact(request.reservedOutputTokens))
-        arguments.append(options.leaseTTLMillis)
-        arguments.append(options.reservationTTLMillis)
-        arguments.append(Int(try await admissionDeadline()))
-        arguments.append(Int(RateLimitDenial.concurrencyRetryAfterSeconds * 1_000_000))
-        let call = RedisScriptCall(keyCount: RedisKeyLayout.limiterKeyCount, arguments: arguments)
-        let values = try Self.integers(try await client.call(scripts.admit, call), count: 14, script: "admit")
-        clockOffsetMicros.store(values[13] - Self.wallClockMicros(), ordering: .relaxed)
-        if values[0] == 2 {
-            // Ran after its deadline (it waited in a stalled server): it changed nothing.
-            throw RedisError.timedOut
-        }
-        reportCorruption(values[1], keyID: request.keyID, script: "admit")
-        let snapshot = Self.snapshot(limits, values[2...5])
-        if values[0] == 1 {
-            if limits.maxConcurrentRequests != nil {
-                leased.withLock { _ = $0[request.keyID, default: []].insert(request.requestID) }
-            }
-            return .admitted(Reservation(admitting: request), snapshot)
-        }
-        guard let kind = RateLimitKind(code: Int(values[6])) else {
-            throw RedisError.unexpectedReply("admit.lua returned denial kind \(values[6])")
-        }
-        let denial = RateLimitDenial(
-            kind: kind, limit: Int(values[7]), burst: Int(values[8]), used: Int(values[9]), requested: Int(values[10]),
-            retryAfterSeconds: Double(values[11]) / 1_000_000, neverFits: values[12] == 1
+        let prompt = max(actualPromptTokens, 0)
+        let completion = max(actualCompletionTokens, 0)
+        recordUsage(reservation, promptTokens: prompt, completionTokens: completion)
+        let values = SettlementValues(
+            reservedPrompt: reservation.promptTokens, reservedOutput: reservation.reservedOutputTokens,
+            actualPrompt: prompt, actualCompletion: completion,
+            quotaDay: held.quotaDay, quotaMonth: held.quotaMonth, slotEpoch: held.slotEpoch
         )
-        return .denied(denial, snapshot)
+        return await lane.settle(values, limits: reservation.limits)
     }
 
-    /// Requests in flight here that hold a concurrency lease.
-    public var leasesInFlight: Int { leased.withLock { $0.values.reduce(0) { $0 + $1.count } } }
-
-    /// Extends the leases of this node's requests in flight by the lease TTL, one call per API key.
-    /// A lease therefore outlives its request only if its node stops (died, or cut off from Redis),
-    /// and then by one TTL at most. Call it at least every third of the TTL. Returns the leases
-    /// renewed; throws the first Redis error (the rest wait for the next call).
-    @discardableResult
-    public func renewLeases() async throws -> Int {
-        let byKey = leased.withLock { $0 }
-        var renewed = 0
-        for (keyID, requestIDs) in byKey where !requestIDs.isEmpty {
-            var arguments = RedisArguments(capacity: 64 + requestIDs.count * 40)
-            arguments.append(RedisKeyLayout(keyID: keyID).leases)
-            arguments.append(options.leaseTTLMillis)
-            for requestID in requestIDs { arguments.append(requestID) }
-            let reply = try await client.call(scripts.renew, RedisScriptCall(keyCount: 1, arguments: arguments))
-            renewed += Int(reply.integer ?? 0)
+    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        guard limits.requests != nil || limits.tokens != nil else { return .empty }
+        var arguments: [String] = []
+        for limit in [limits.requests, limits.tokens] {
+            if let limit { arguments += [String(limit.perMinute), String(limit.burst)] } else { arguments += ["0", "0"] }
         }
-        return renewed
+        let reply = try await client.call(scripts.snapshot, keys: [RedisKeyLayout(keyID: keyID).state], arguments: arguments)
+        let values = try Self.integers(reply, count: 5, script: "snapshot")
+        if values[0] != 0 {
+            logger.warning("corrupt limiter state in Redis was discarded and reset", metadata: ["key_id": "\(keyID)", "script": "snapshot"])
+        }
+        return RateLimitSnapshot(
+            limits: limits, requestsRemaining: values[1], requestsResetMicros: values[2],
+            tokensRemaining: values[3], tokensResetMicros: values[4]
+        )
     }
 
-    /// How often ``renewLeases()`` must run.
-    public var leaseRenewalIntervalMillis: Int { options.leaseTTLMillis / 3 }
+    // MARK: upkeep
+
+    /// Concurrency slots held by requests running here.
+    public var leasesInFlight: Int { lanes.withLock { $0.values.reduce(0) { $0 + $1.slotsHeld } } }
+
+    /// Settlements Redis has not taken yet: queued, or in a call whose reply was lost.
+    public var owedSettlements: Int { lanes.withLock { $0.values.reduce(0) { $0 + $1.owedSettlements } } }
+
+    /// How often ``maintain()`` should run.
+    public static let maintenanceIntervalMillis = 100
+
+    /// Periodic upkeep of every lane: leases no request used lately are given back, the slots of
+    /// requests still running renewed (every third of the lease TTL), calls that failed retried;
+    /// lanes that hold nothing are forgotten. Run it every ``maintenanceIntervalMillis``.
+    public func maintain() {
+        let now = MonotonicClock.microseconds()
+        let current = lanes.withLock { lanes in
+            lanes = lanes.filter { !$0.value.isIdle }
+            return Array(lanes.values)
+        }
+        for lane in current { lane.maintain(now: now) }
+    }
 
     /// When an admission sent now stops mattering, on Redis' clock: the caller stops waiting for its
-    /// reply after the command timeout, and answers the request without it (the failure policy). An
-    /// admission Redis runs later — it sat in the socket of a frozen or overloaded server — must
-    /// not take a concurrency slot or a reservation for a request long answered, so the script
-    /// refuses to run past this deadline. The first admission learns the clock offset with `TIME`.
+    /// reply after the command timeout, and answers the request without it (the failure policy). A
+    /// call Redis runs later — it sat in the socket of a frozen or overloaded server — must not
+    /// take a concurrency slot for a request long answered, so batch.lua refuses to run past this
+    /// deadline. The first call learns the clock offset with `TIME`.
     func admissionDeadline() async throws -> Int64 {
         var offset = clockOffsetMicros.load(ordering: .relaxed)
         if offset == .min {
@@ -195,65 +233,69 @@ public final class RedisLimiterStore: LimiterStore {
         return Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1_000
     }
 
-    public func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
-        if reservation.limits.maxConcurrentRequests != nil {
-            // Not renewed any more, whatever the outcome: a settle that fails is the caller's to retry,
-            // and the lease expires within its TTL if it never lands.
-            leased.withLock { leased in
-                leased[reservation.keyID]?.remove(reservation.requestID)
-                if leased[reservation.keyID]?.isEmpty == true { leased[reservation.keyID] = nil }
-            }
-        }
-        let layout = RedisKeyLayout(keyID: reservation.keyID)
-        let limits = reservation.limits
-        var arguments = RedisArguments(capacity: 512)
-        layout.appendLimiterKeys(requestID: reservation.requestID, to: &arguments)
-        layout.appendUsageKeys(day: UTCDay(Date()).text, to: &arguments)
-        arguments.append(reservation.requestID)
-        for kind in RateLimitKind.buckets {
-            if let limit = limits.bucket(kind) {
-                arguments.append(limit.perMinute)
-                arguments.append(limit.burst)
-            } else {
-                arguments.append(0)
-                arguments.append(0)
-            }
-        }
-        arguments.append(Self.exact(actualPromptTokens))
-        arguments.append(Self.exact(actualCompletionTokens))
-        if reservation.model.utf8.count <= Self.maximumModelNameBytes {
-            arguments.append(reservation.model)
-        } else {
-            arguments.append(String(decoding: reservation.model.utf8.prefix(Self.maximumModelNameBytes), as: UTF8.self))
-        }
-        arguments.append(options.usageTTLDays * 86_400_000)
-        arguments.append(options.usageStreamMaxLength)
-        let call = RedisScriptCall(keyCount: RedisKeyLayout.limiterKeyCount + RedisKeyLayout.usageKeyCount, arguments: arguments)
-        let values = try Self.integers(try await client.call(scripts.settle, call), count: 6, script: "settle")
-        reportCorruption(values[1], keyID: reservation.keyID, script: "settle")
-        guard values[0] == 1 else {
-            logger.debug("settle found no reservation (already settled, expired or flushed)", metadata: [
-                "key_id": "\(reservation.keyID)", "reservation_id": "\(reservation.requestID)",
-            ])
-            return nil
-        }
-        return Self.snapshot(limits, values[2...5])
-    }
-
-    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
-        guard limits.requests != nil || limits.tokens != nil else { return .empty }
-        let layout = RedisKeyLayout(keyID: keyID)
-        var arguments: [String] = []
-        for limit in [limits.requests, limits.tokens] {
-            if let limit { arguments += [String(limit.perMinute), String(limit.burst)] } else { arguments += ["0", "0"] }
-        }
-        let reply = try await client.call(scripts.snapshot, keys: [layout.requests, layout.tokens], arguments: arguments)
-        let values = try Self.integers(reply, count: 5, script: "snapshot")
-        reportCorruption(values[0], keyID: keyID, script: "snapshot")
-        return Self.snapshot(limits, values[1...4])
-    }
-
     // MARK: usage
+
+    private func recordUsage(_ reservation: Reservation, promptTokens: Int, completionTokens: Int) {
+        let model = reservation.model.utf8.count <= Self.maximumModelNameBytes
+            ? reservation.model
+            : String(decoding: reservation.model.utf8.prefix(Self.maximumModelNameBytes), as: UTF8.self)
+        let day = UsageLedger.Day(keyID: reservation.keyID, day: UTCDay(Date()).text)
+        let entry = options.usageStream ? UsageLedger.StreamEntry(
+            requestID: reservation.requestID, model: model, promptTokens: promptTokens, completionTokens: completionTokens,
+            reservedPromptTokens: reservation.promptTokens, reservedOutputTokens: reservation.reservedOutputTokens
+        ) : nil
+        let usage = ModelUsage(promptTokens: promptTokens, completionTokens: completionTokens, requests: 1)
+        ledger.withLock { $0.record(day, model: model, usage: usage, entry: entry) }
+    }
+
+    /// Usage records dropped because Redis did not take them for too long.
+    public var droppedUsageRecords: Int { ledger.withLock { $0.dropped } }
+
+    /// Writes the usage recorded since the last flush: one call per key and day (`HINCRBY` per
+    /// model and field, `XADD` per request when the stream is on). What Redis does not take is kept
+    /// for the next flush. Returns the calls that failed (0: all flushed).
+    @discardableResult
+    public func flushUsage() async -> Int {
+        let taken = ledger.withLock { $0.take() }
+        guard !taken.isEmpty else { return 0 }
+        var failed = 0
+        for day in Set(taken.totals.keys).union(taken.entries.keys) {
+            let totals = taken.totals[day] ?? [:]
+            let entries = taken.entries[day] ?? []
+            let layout = RedisKeyLayout(keyID: day.keyID)
+            var arguments = RedisArguments(capacity: 256 + totals.count * 64 + entries.count * 128)
+            arguments.append(layout.usage(day: day.day))
+            arguments.append(layout.usageStream)
+            arguments.append(options.usageTTLDays * 86_400_000)
+            arguments.append(options.usageStreamMaxLength)
+            arguments.append(entries.count)
+            arguments.append(totals.count)
+            for (model, usage) in totals {
+                arguments.append(model)
+                arguments.append(usage.promptTokens)
+                arguments.append(usage.completionTokens)
+                arguments.append(usage.requests)
+            }
+            for entry in entries {
+                arguments.append(entry.requestID)
+                arguments.append(entry.model)
+                arguments.append(entry.promptTokens)
+                arguments.append(entry.completionTokens)
+                arguments.append(entry.reservedPromptTokens)
+                arguments.append(entry.reservedOutputTokens)
+            }
+            do {
+                let reply = try await client.call(scripts.usage, RedisScriptCall(keyCount: 2, arguments: arguments))
+                if reply.integer == 1 {
+                    logger.warning("corrupt usage record in Redis was replaced", metadata: ["key_id": "\(day.keyID)"])
+                }
+            } catch {
+                failed += 1
+                ledger.withLock { $0.restore(day, totals: totals, entries: entries) }
+            }
+        }
+        return failed
+    }
 
     /// The usage recorded for a key on one UTC day, by model (empty when nothing was recorded or
     /// the record expired).
@@ -281,11 +323,6 @@ public final class RedisLimiterStore: LimiterStore {
 
     // MARK: helpers
 
-    /// Amounts sent to Lua stay below 2^52 (exact as doubles) and non-negative.
-    private static func exact(_ amount: Int) -> Int {
-        min(max(amount, 0), LimitSet.maximumQuota)
-    }
-
     private static func integers(_ reply: RedisReply, count: Int, script: String) throws(RedisError) -> [Int64] {
         guard let elements = reply.array, elements.count == count else {
             throw .unexpectedReply("\(script).lua returned \(reply)")
@@ -297,20 +334,5 @@ public final class RedisLimiterStore: LimiterStore {
             values.append(value)
         }
         return values
-    }
-
-    /// The snapshot from a script's four header values (requests remaining, reset µs, tokens
-    /// remaining, reset µs).
-    private static func snapshot(_ limits: ResolvedLimits, _ values: ArraySlice<Int64>) -> RateLimitSnapshot {
-        let start = values.startIndex
-        return RateLimitSnapshot(
-            limits: limits, requestsRemaining: values[start], requestsResetMicros: values[start + 1],
-            tokensRemaining: values[start + 2], tokensResetMicros: values[start + 3]
-        )
-    }
-
-    private func reportCorruption(_ flag: Int64, keyID: String, script: String) {
-        guard flag != 0 else { return }
-        logger.warning("corrupt limiter state in Redis was discarded and reset", metadata: ["key_id": "\(keyID)", "script": "\(script)"])
     }
 }

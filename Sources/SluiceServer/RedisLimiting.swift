@@ -19,7 +19,9 @@ final class RedisLimiting: Service, Sendable {
     init(config: RedisConfig, metrics: GatewayMetrics, eventLoopGroup: any EventLoopGroup, logger: Logger) throws {
         self.logger = logger
         client = RedisClient(config: config, eventLoopGroup: eventLoopGroup, logger: logger)
-        let store = try RedisLimiterStore(client: client, logger: logger)
+        var rng = SystemRandomNumberGenerator()
+        let nodeID = "node-" + String(rng.next(), radix: 36)
+        let store = try RedisLimiterStore(client: client, options: .init(usageStream: config.usageStream), nodeID: nodeID, logger: logger)
         self.store = store
         let redacted = config.redactedURL
         let policy = config.onFailure
@@ -35,8 +37,7 @@ final class RedisLimiting: Service, Sendable {
                 )
             }
         })
-        var rng = SystemRandomNumberGenerator()
-        heartbeat = try NodeHeartbeat(client: client, nodeID: "node-" + String(rng.next(), radix: 36))
+        heartbeat = try NodeHeartbeat(client: client, nodeID: nodeID)
     }
 
     /// `redis` while Redis answers, else the failure policy in force (`local`, `open`, `closed`).
@@ -52,34 +53,50 @@ final class RedisLimiting: Service, Sendable {
         let store = self.store
         let logger = self.logger
         await cancelWhenGracefulShutdown {
-            var lastRenewal = ContinuousClock.now
-            while !Task.isCancelled {
-                do {
-                    let live = try await heartbeat.beat()
-                    failover.updateLiveNodeCount(live)
-                    failover.sharedStoreAnswered()
-                    await failover.retryPendingSettlements()
-                    // The concurrency leases of requests still running here: they expire by
-                    // themselves one TTL after this node stops renewing them.
-                    if ContinuousClock.now - lastRenewal >= .milliseconds(store.leaseRenewalIntervalMillis) {
-                        lastRenewal = ContinuousClock.now
+            await withTaskGroup(of: Void.self) { group in
+                // The heartbeat: live nodes (for the `local` policy) and whether Redis answers.
+                group.addTask {
+                    while !Task.isCancelled {
                         do {
-                            try await store.renewLeases()
+                            let live = try await heartbeat.beat()
+                            failover.updateLiveNodeCount(live)
+                            failover.sharedStoreAnswered()
+                            await failover.retryPendingSettlements()
                         } catch {
-                            logger.warning("renewing concurrency leases failed; retried at the next heartbeat", metadata: ["error": "\(error)"])
+                            failover.sharedStoreFailed(error)
                         }
+                        try? await Task.sleep(for: .milliseconds(NodeHeartbeat.defaultIntervalMillis))
                     }
-                } catch {
-                    failover.sharedStoreFailed(error)
                 }
-                try? await Task.sleep(for: .milliseconds(NodeHeartbeat.defaultIntervalMillis))
+                // The limiter's upkeep: idle leases given back, the concurrency slots of requests
+                // still running renewed (they expire one TTL after this node stops), failed calls
+                // retried; the usage records flushed every second.
+                group.addTask {
+                    var lastFlush = ContinuousClock.now
+                    while !Task.isCancelled {
+                        store.maintain()
+                        if ContinuousClock.now - lastFlush >= .seconds(1) {
+                            lastFlush = ContinuousClock.now
+                            let failed = await store.flushUsage()
+                            if failed > 0 {
+                                logger.warning("flushing usage records to redis failed; kept for the next flush", metadata: ["calls": "\(failed)"])
+                            }
+                        }
+                        try? await Task.sleep(for: .milliseconds(RedisLimiterStore.maintenanceIntervalMillis))
+                    }
+                }
             }
         }
-        // The last requests' settlements that Redis missed get one more chance before the connections close.
+        // The last requests' settlements and usage that Redis missed get one more chance before the
+        // connections close.
+        store.maintain()
         await failover.retryPendingSettlements()
-        if failover.pendingSettlements > 0 {
-            logger.warning("shutdown: settlements Redis did not take are lost; their reservations expire by themselves",
-                           metadata: ["settlements": "\(failover.pendingSettlements)"])
+        try? await Task.sleep(for: .milliseconds(50))
+        await store.flushUsage()
+        let owed = failover.pendingSettlements + store.owedSettlements
+        if owed > 0 {
+            logger.warning("shutdown: settlements Redis did not take are lost; the slots they hold expire by themselves",
+                           metadata: ["settlements": "\(owed)"])
         }
         client.shutdown()
     }

@@ -50,7 +50,7 @@ public struct SluiceNode: Sendable {
         let metrics = GatewayMetrics(
             openConnections: { serverBox.server?.openConnections ?? 0 },
             runningTasks: { serverBox.server?.runningTasks ?? 0 },
-            pendingSettlements: { serverBox.redis?.failover.pendingSettlements ?? 0 }
+            pendingSettlements: { serverBox.redis.map { $0.failover.pendingSettlements + $0.store.owedSettlements } ?? 0 }
         )
         let limiter: any LimiterStore
         let limiterMode: @Sendable () -> String

@@ -139,15 +139,15 @@ final class LimiterScriptMathTests: XCTestCase {
 
     func testScriptFilesAreLoadedAndHashed() throws {
         let scripts = try RedisLimiterStore.Scripts.load()
-        for function in [scripts.admit, scripts.settle, scripts.snapshot] {
+        for function in [scripts.batch, scripts.snapshot, scripts.usage] {
             XCTAssertEqual(function.script.sha1.count, 40)
             XCTAssertTrue(String(decoding: function.script.source, as: UTF8.self).hasPrefix("-- Shared library of the limiter scripts"))
             let library = String(decoding: function.librarySource, as: UTF8.self)
             XCTAssertTrue(library.hasPrefix("#!lua name=sluice_"))
             XCTAssertTrue(library.contains("redis.register_function('\(function.name)'"))
         }
-        XCTAssertEqual(Set([scripts.admit.script.sha1, scripts.settle.script.sha1, scripts.snapshot.script.sha1]).count, 3)
-        XCTAssertEqual(Set([scripts.admit.name, scripts.settle.name, scripts.snapshot.name]).count, 3)
+        XCTAssertEqual(Set([scripts.batch.script.sha1, scripts.snapshot.script.sha1, scripts.usage.script.sha1]).count, 3)
+        XCTAssertEqual(Set([scripts.batch.name, scripts.snapshot.name, scripts.usage.name]).count, 3)
         // A known vector: SHA-1 of the empty string.
         XCTAssertEqual(RedisScript(name: "empty", source: "").sha1, "da39a3ee5e6b4b0d3255bfef95601890afd80709")
         XCTAssertThrowsError(try RedisScriptFiles.read("missing.lua"))

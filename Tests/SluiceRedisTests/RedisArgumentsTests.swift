@@ -1,4 +1,5 @@
 import NIOCore
+import SluiceCore
 import XCTest
 
 @testable import SluiceRedis
@@ -46,16 +47,32 @@ final class RedisArgumentsTests: XCTestCase {
         XCTAssertEqual(call.command("FCALL", name: "f".utf8), RedisArguments(["FCALL", "f", "2", "k1", "k2", "a"]))
     }
 
-    func testLimiterKeysFollowTheLayout() {
+    func testEveryNameOfAKeyCarriesItsHashTag() {
         let layout = RedisKeyLayout(keyID: "team-a")
-        var arguments = RedisArguments()
-        layout.appendLimiterKeys(requestID: "req_9", to: &arguments)
-        XCTAssertEqual(arguments.count, RedisKeyLayout.limiterKeyCount)
-        layout.appendUsageKeys(day: "2026-12-03", to: &arguments)
-        XCTAssertEqual(arguments.count, RedisKeyLayout.limiterKeyCount + RedisKeyLayout.usageKeyCount)
-        XCTAssertEqual(arguments, RedisArguments([
-            layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens, layout.leases, layout.quota,
-            layout.reservation(requestID: "req_9"), layout.usage(day: "2026-12-03"), layout.usageStream,
-        ]))
+        for name in [layout.state, layout.usage(day: "2026-12-03"), layout.usageStream] {
+            XCTAssertTrue(name.hasPrefix("sluice:{team-a}:"), name)
+        }
+    }
+
+    /// The positions batch.lua reads its arguments from (its header comment): the state key, then
+    /// ARGV 1…35 fixed, then lost admissions, lost and new settlements, admissions.
+    func testBatchCallArgumentsFollowBatchLua() {
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 60, burst: 10), tokens: BucketLimit(perMinute: 1_000), maxConcurrentRequests: 3, tokensPerDay: 500)
+        let settlement = SettlementValues(reservedPrompt: 1, reservedOutput: 2, actualPrompt: 3, actualCompletion: 4, quotaDay: 5, quotaMonth: -1, slotEpoch: 6)
+        let request = AdmissionRequest(requestID: "r", keyID: "team-a", limits: limits, model: "m", promptTokens: 7, reservedOutputTokens: 8)
+        let lost = LostCall(sequence: 4, admissions: [(prompt: 9, output: 10)], settlements: [settlement], firstResolution: nil)
+        var call = LaneCall(sequence: 5, limits: limits, admissions: [request], settlements: [settlement], lost: lost)
+        call.leaseWanted = [11, 12, 0, 0]
+        call.leaseReturned[1] = (end: 13, cursor: 14)
+        let arguments = call.arguments(stateKey: "sluice:{team-a}:state", nodeID: "node-x", deadline: 99, options: .init(leaseTTLMillis: 30_000, stateTTLMillis: 900_000))
+        var expected = ["sluice:{team-a}:state", "node-x", "5", "99", "60", "10", "1000", "1000", "0", "0", "0", "0", "3", "500", "0", "30000", "900000", "1000000"]
+        expected += ["4", "5", "1", "1", "1", "1"]            // lost seq, first resolution (this call), counts
+        expected += ["11", "12", "0", "0"]                    // lease wanted
+        expected += ["0", "0", "13", "14", "0", "0", "0", "0"] // lease returned
+        expected += ["9", "10"]                               // the lost admission
+        expected += ["1", "2", "3", "4", "5", "-1", "6"]      // the lost settlement
+        expected += ["1", "2", "3", "4", "5", "-1", "6"]      // the settlement
+        expected += ["7", "8"]                                // the admission
+        XCTAssertEqual(arguments, RedisArguments(expected))
     }
 }

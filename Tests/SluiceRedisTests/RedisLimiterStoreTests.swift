@@ -31,8 +31,8 @@ final class RedisLimiterStoreTests: XCTestCase {
     }
 
     @discardableResult
-    private func admitted(_ request: AdmissionRequest, file: StaticString = #filePath, line: UInt = #line) async throws -> (Reservation, RateLimitSnapshot) {
-        switch try await limiter.admit(request) {
+    private func admitted(_ request: AdmissionRequest, on store: RedisLimiterStore? = nil, file: StaticString = #filePath, line: UInt = #line) async throws -> (Reservation, RateLimitSnapshot) {
+        switch try await (store ?? limiter).admit(request) {
         case .admitted(let reservation, let snapshot): return (reservation, snapshot)
         case .denied(let denial, _):
             XCTFail("denied: \(denial)", file: file, line: line)
@@ -77,11 +77,9 @@ final class RedisLimiterStoreTests: XCTestCase {
         server.thaw()
         try await Task.sleep(for: .milliseconds(300))
 
-        let layout = RedisKeyLayout(keyID: key)
-        let leases = try await redis.send(["ZCARD", layout.leases]).integer
-        XCTAssertEqual(leases, 0, "the late admission took a concurrency slot")
-        let reservation = try await redis.send(["EXISTS", layout.reservation(requestID: late.requestID)]).integer
-        XCTAssertEqual(reservation, 0, "the late admission left a reservation")
+        // The late call was refused by its deadline, and the next call resolved it as never run.
+        let entry = try await redis.send(["HGET", RedisKeyLayout(keyID: key).state, "n:" + limiter.nodeID]).string
+        XCTAssertEqual(entry?.split(separator: " ").first, "0", "the late admission took a concurrency slot")
         // The bucket was not charged either: the full burst minus the first request is left.
         let (_, snapshot) = try await admitted(request(key, limits))
         XCTAssertEqual(snapshot.remainingRequests, 8)
@@ -97,10 +95,9 @@ final class RedisLimiterStoreTests: XCTestCase {
         let key = "renew-\(UUID().uuidString.prefix(8))"
         guard case .admitted(let running, _) = try await shortLeases.admit(request(key, limits)) else { return XCTFail("denied") }
         XCTAssertEqual(shortLeases.leasesInFlight, 1)
-        for _ in 0..<5 {
-            try await Task.sleep(for: .milliseconds(300))
-            let renewed = try await shortLeases.renewLeases()
-            XCTAssertEqual(renewed, 1)
+        for _ in 0..<15 {
+            try await Task.sleep(for: .milliseconds(100))
+            shortLeases.maintain()
         }
         // 1.5 s after the admission, the renewed lease still holds the only slot.
         guard case .denied(let denial, _) = try await shortLeases.admit(request(key, limits)) else { return XCTFail("the renewed lease was lost") }
@@ -112,8 +109,6 @@ final class RedisLimiterStoreTests: XCTestCase {
         _ = try await shortLeases.settle(next, actualPromptTokens: 0, actualCompletionTokens: 0)
         _ = try await shortLeases.settle(running, actualPromptTokens: 0, actualCompletionTokens: 0)
         XCTAssertEqual(shortLeases.leasesInFlight, 0, "settled requests are not renewed")
-        let renewedAfter = try await shortLeases.renewLeases()
-        XCTAssertEqual(renewedAfter, 0)
     }
 
     func testDefaultLeaseLifetimeIsSeconds() {
@@ -173,15 +168,20 @@ final class RedisLimiterStoreTests: XCTestCase {
     // MARK: usage
 
     func testSettleRecordsDailyUsageAndTheStream() async throws {
+        let limiter = try RedisLimiterStore(client: redis, options: .init(usageStream: true))
         let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 10_000))
-        let (first, _) = try await admitted(request("usage", limits, prompt: 100, output: 50, model: "gpt-4o"))
-        let (second, _) = try await admitted(request("usage", limits, prompt: 30, output: 50, model: "gpt-4o"))
-        let (third, _) = try await admitted(request("usage", limits, prompt: 7, output: 5, model: "o3:mini"))
+        let (first, _) = try await admitted(request("usage", limits, prompt: 100, output: 50, model: "gpt-4o"), on: limiter)
+        let (second, _) = try await admitted(request("usage", limits, prompt: 30, output: 50, model: "gpt-4o"), on: limiter)
+        let (third, _) = try await admitted(request("usage", limits, prompt: 7, output: 5, model: "o3:mini"), on: limiter)
         _ = try await limiter.settle(first, actualPromptTokens: 100, actualCompletionTokens: 20)
         _ = try await limiter.settle(second, actualPromptTokens: 30, actualCompletionTokens: 70)
         _ = try await limiter.settle(third, actualPromptTokens: 7, actualCompletionTokens: 1)
         let replay = try await limiter.settle(first, actualPromptTokens: 100, actualCompletionTokens: 20)
         XCTAssertNil(replay)
+        let before = try await limiter.usage(keyID: "usage", day: UTCDay(Date()).text)
+        XCTAssertTrue(before.isEmpty, "usage is counted on the node until it is flushed")
+        let failed = await limiter.flushUsage()
+        XCTAssertEqual(failed, 0)
 
         let usage = try await limiter.usage(keyID: "usage", day: UTCDay(Date()).text)
         XCTAssertEqual(usage, [
@@ -203,26 +203,30 @@ final class RedisLimiterStoreTests: XCTestCase {
     }
 
     func testEveryKeyExpires() async throws {
+        let limiter = try RedisLimiterStore(client: redis, options: .init(usageStream: true))
         let limits = ResolvedLimits(
             requests: BucketLimit(perMinute: 10), tokens: BucketLimit(perMinute: 1_000),
             inputTokens: BucketLimit(perMinute: 1_000), outputTokens: BucketLimit(perMinute: 1_000),
             maxConcurrentRequests: 5, tokensPerDay: 10_000, tokensPerMonth: 100_000
         )
-        let (settledOne, _) = try await admitted(request("ttl", limits, prompt: 100, output: 100))
-        let (open, _) = try await admitted(request("ttl", limits, prompt: 100, output: 100))
+        let (settledOne, _) = try await admitted(request("ttl", limits, prompt: 100, output: 100), on: limiter)
+        try await admitted(request("ttl", limits, prompt: 100, output: 100), on: limiter)
         _ = try await limiter.settle(settledOne, actualPromptTokens: 100, actualCompletionTokens: 10)
+        await (try limiter).flushUsage()
         let listed = try await redis.send(["KEYS", "sluice:{ttl}:*"])
         let keys = try XCTUnwrap(listed.array).compactMap(\.string)
         let layout = RedisKeyLayout(keyID: "ttl")
-        XCTAssertEqual(Set(keys), [
-            layout.requests, layout.tokens, layout.inputTokens, layout.outputTokens, layout.leases, layout.quota,
-            layout.usage(day: UTCDay(Date()).text), layout.usageStream,
-            layout.reservation(requestID: open.requestID),
-        ])
+        XCTAssertEqual(Set(keys), [layout.state, layout.usage(day: UTCDay(Date()).text), layout.usageStream])
         for key in keys {
             let ttl = try await redis.send(["PTTL", key]).integer ?? -3
             XCTAssertGreaterThan(ttl, 0, "\(key) must expire")
         }
+        // The state lives past the month's quota period (a day after it ends).
+        let stateTTL = try await redis.send(["PTTL", layout.state]).integer ?? 0
+        var calendar = Calendar(identifier: .gregorian)
+        calendar.timeZone = TimeZone(identifier: "UTC")!
+        let month = calendar.dateInterval(of: .month, for: Date())!
+        XCTAssertGreaterThan(Double(stateTTL) / 1_000, month.end.timeIntervalSinceNow + 86_000)
     }
 
     // MARK: state the scripts did not write
@@ -234,20 +238,23 @@ final class RedisLimiterStoreTests: XCTestCase {
             maxConcurrentRequests: 2, tokensPerDay: 1_000
         )
         let layout = RedisKeyLayout(keyID: "junk")
-        _ = try await redis.send(["SET", layout.requests, "not a number"])
-        _ = try await redis.send(["SET", layout.tokens, "nan"])
-        _ = try await redis.send(["SET", layout.inputTokens, "1e300"])  // a TAT centuries ahead: a debt that never ends
-        _ = try await redis.send(["RPUSH", layout.outputTokens, "wrong type"])
-        _ = try await redis.send(["SET", layout.leases, "wrong type"])
-        _ = try await redis.send(["HSET", layout.quota, "day", "x", "day_used", "-5"])
+        _ = try await redis.send([
+            "HSET", layout.state, "r", "not a number", "t", "nan",
+            "i", "1e300",  // a TAT centuries ahead: a debt that never ends
+            "o", "-7", "qd", "x", "qdu", "-5", "exp", "soon", "n:other", "garbage", "n:\(limiter.nodeID)", "1 2 3",
+        ])
         let (reservation, snapshot) = try await admitted(request("junk", limits, prompt: 10, output: 10))
         XCTAssertEqual(snapshot.remainingRequests, 9, "the garbage TAT counts as a full bucket")
         XCTAssertEqual(snapshot.remainingTokens, 80)
+        let forgotten = try await redis.send(["HEXISTS", layout.state, "n:other"]).integer
+        XCTAssertEqual(forgotten, 0, "an unreadable node entry is dropped")
+        let ttl = try await redis.send(["PTTL", layout.state]).integer ?? -3
+        XCTAssertGreaterThan(ttl, 0)
 
         _ = try await redis.send(["SET", layout.usage(day: UTCDay(Date()).text), "wrong type"])
-        _ = try await redis.send(["SET", layout.usageStream, "wrong type"])
         let afterSettle = try await limiter.settle(reservation, actualPromptTokens: 10, actualCompletionTokens: 0)
         XCTAssertEqual(afterSettle?.remainingTokens, 90)
+        await (try limiter).flushUsage()
         let usage = try await limiter.usage(keyID: "junk", day: UTCDay(Date()).text)
         XCTAssertEqual(usage["gpt-4o"], .init(promptTokens: 10, completionTokens: 0, requests: 1))
 
@@ -255,34 +262,24 @@ final class RedisLimiterStoreTests: XCTestCase {
         let (next, _) = try await admitted(request("junk", limits, prompt: 1))
         _ = try await redis.send(["HSET", layout.usage(day: UTCDay(Date()).text), "gpt-4o:prompt", "abc"])
         _ = try await limiter.settle(next, actualPromptTokens: 1, actualCompletionTokens: 0)
+        await (try limiter).flushUsage()
         let replaced = try await limiter.usage(keyID: "junk", day: UTCDay(Date()).text)
         XCTAssertEqual(replaced["gpt-4o"]?.promptTokens, 1)
         XCTAssertEqual(replaced["gpt-4o"]?.requests, 2)
+
+        // The state key of another type: reset, not fatal.
+        _ = try await redis.send(["DEL", layout.state])
+        _ = try await redis.send(["RPUSH", layout.state, "wrong type"])
+        let (_, fresh) = try await admitted(request("junk", limits, prompt: 1))
+        XCTAssertEqual(fresh.remainingRequests, 9)
     }
 
-    func testCorruptReservationIsNotSettled() async throws {
-        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 100), maxConcurrentRequests: 1)
-        let (reservation, _) = try await admitted(request("res", limits, prompt: 10, output: 50))
-        let key = RedisKeyLayout(keyID: "res").reservation(requestID: reservation.requestID)
-        // The reservation's fields: prompt, output, lease, quota cost, quota day, quota month.
-        _ = try await redis.send(["SET", key, "garbage NaN 1 x y z", "PX", "60000"])
-        let snapshot = try await limiter.settle(reservation, actualPromptTokens: 10, actualCompletionTokens: 0)
-        XCTAssertEqual(snapshot?.remainingTokens, 40, "amounts unreadable: no refund, but the settle happens")
-        try await admitted(request("res", limits))  // the lease was released
-
-        let (other, _) = try await admitted(request("res-2", limits, prompt: 10))
-        _ = try await redis.send(["DEL", RedisKeyLayout(keyID: "res-2").reservation(requestID: other.requestID)])
-        _ = try await redis.send(["RPUSH", RedisKeyLayout(keyID: "res-2").reservation(requestID: other.requestID), "wrong type"])
-        let none = try await limiter.settle(other, actualPromptTokens: 10, actualCompletionTokens: 0)
-        XCTAssertNil(none)
-    }
-
-    func testALeaseScoredBeyondAnyTTLDoesNotHoldASlot() async throws {
+    func testANodeEntryWithAnExpiryBeyondAnyTTLDoesNotHoldASlot() async throws {
         let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 1_000), maxConcurrentRequests: 1)
-        _ = try await redis.send(["ZADD", RedisKeyLayout(keyID: "far").leases, "99999999999999", "stuck"])
+        _ = try await redis.send(["HSET", RedisKeyLayout(keyID: "far").state, "n:stuck", "1 99999999999999 1 1 99999999999999 -"])
         let (first, _) = try await admitted(request("far", limits))
         guard case .denied = try await limiter.admit(request("far", limits)) else {
-            return XCTFail("the one real lease holds the only slot")
+            return XCTFail("the one real slot holds the only slot")
         }
         _ = try await limiter.settle(first, actualPromptTokens: 1, actualCompletionTokens: 0)
         try await admitted(request("far", limits))
@@ -293,8 +290,9 @@ final class RedisLimiterStoreTests: XCTestCase {
         let (reservation, _) = try await admitted(request("flush", limits, prompt: 90))
         _ = try await redis.send(["FLUSHALL"])
         _ = try await redis.send(["FUNCTION", "FLUSH"])
+        // The node still holds the reservation: settling it against an empty state changes nothing.
         let settled = try await limiter.settle(reservation, actualPromptTokens: 90, actualCompletionTokens: 0)
-        XCTAssertNil(settled, "no reservation left: nothing to settle")
+        XCTAssertEqual(settled?.remainingTokens, 100)
         // The functions are gone too (the client loads the library again) and every limit starts over.
         let (_, snapshot) = try await admitted(request("flush", limits, prompt: 90))
         XCTAssertEqual(snapshot.remainingRequests, 1)

@@ -64,10 +64,10 @@ struct ConfigDocumentReader {
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections"]
-    static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month"]
+    static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
     static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "expires_at", "previous_secrets"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
-    static let redisFields = ["url", "on_failure", "fallback_node_count"]
+    static let redisFields = ["url", "on_failure", "fallback_node_count", "usage_stream"]
 
     /// Field names that would put a secret into the file, with what to do instead.
     static let inlineUpstreamSecretFields: [String: String] = {
@@ -329,8 +329,19 @@ struct ConfigDocumentReader {
             inputTokensBurst: walker.optionalInteger(members, "input_tokens_burst", at: path, range: rate, zeroHint: hint),
             outputTokensBurst: walker.optionalInteger(members, "output_tokens_burst", at: path, range: rate, zeroHint: hint),
             tokensPerDay: walker.optionalInteger(members, "tokens_per_day", at: path, range: quota, zeroHint: hint),
-            tokensPerMonth: walker.optionalInteger(members, "tokens_per_month", at: path, range: quota, zeroHint: hint)
+            tokensPerMonth: walker.optionalInteger(members, "tokens_per_month", at: path, range: quota, zeroHint: hint),
+            lease: readLeaseMode(members, at: path)
         )
+    }
+
+    mutating func readLeaseMode(_ members: [String: ConfigJSON], at path: String) -> LeaseMode? {
+        guard let name = walker.optionalString(members, "lease", at: path) else { return nil }
+        guard let mode = LeaseMode(rawValue: name) else {
+            let known = LeaseMode.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
+            walker.report("\(path).lease", "unknown lease mode \"\(name.prefix(64))\" (known: \(known))")
+            return nil
+        }
+        return mode
     }
 
     /// A burst only sizes a bucket that has a rate: reports bursts of `merged` without their rate,
@@ -517,6 +528,7 @@ struct ConfigDocumentReader {
         let fallbackNodeCount = walker.integer(members, "fallback_node_count", at: path, default: RedisConfig.defaultFallbackNodeCount, range: 1...1024)
         redis?.onFailure = onFailure
         redis?.fallbackNodeCount = fallbackNodeCount
+        redis?.usageStream = walker.boolean(members, "usage_stream", at: path, default: false)
         return redis
     }
 }

@@ -207,6 +207,9 @@ public struct LimitSet: Sendable, Hashable {
     /// Quotas, enforced by the Redis limiter.
     public var tokensPerDay: Int?
     public var tokensPerMonth: Int?
+    /// Whether the Redis limiter may admit this key's requests against slices of its buckets held
+    /// by the node (`nil`: as the tier says, else ``LeaseMode/auto``).
+    public var lease: LeaseMode?
 
     public init(
         requestsPerMinute: Int? = nil, tokensPerMinute: Int? = nil,
@@ -214,8 +217,10 @@ public struct LimitSet: Sendable, Hashable {
         maxConcurrentRequests: Int? = nil,
         requestsBurst: Int? = nil, tokensBurst: Int? = nil,
         inputTokensBurst: Int? = nil, outputTokensBurst: Int? = nil,
-        tokensPerDay: Int? = nil, tokensPerMonth: Int? = nil
+        tokensPerDay: Int? = nil, tokensPerMonth: Int? = nil,
+        lease: LeaseMode? = nil
     ) {
+        self.lease = lease
         self.requestsPerMinute = requestsPerMinute
         self.tokensPerMinute = tokensPerMinute
         self.inputTokensPerMinute = inputTokensPerMinute
@@ -242,9 +247,26 @@ public struct LimitSet: Sendable, Hashable {
             inputTokensBurst: overrides.inputTokensBurst ?? inputTokensBurst,
             outputTokensBurst: overrides.outputTokensBurst ?? outputTokensBurst,
             tokensPerDay: overrides.tokensPerDay ?? tokensPerDay,
-            tokensPerMonth: overrides.tokensPerMonth ?? tokensPerMonth
+            tokensPerMonth: overrides.tokensPerMonth ?? tokensPerMonth,
+            lease: overrides.lease ?? lease
         )
     }
+}
+
+/// How the Redis limiter admits a key's requests (`limits.lease`).
+///
+/// Exact mode costs one Redis call per admission (several admissions of one key from one node share
+/// a call). Leased mode takes a slice of each per-minute bucket in one call and admits locally
+/// against it: never beyond the slice, so what every node admits together stays within the bucket
+/// exactly as in exact mode; what it costs is capacity parked on a node that does not use it.
+public enum LeaseMode: String, Sendable, Hashable, CaseIterable {
+    /// Leased while this node's rate for the key makes a round trip per request wasteful and the
+    /// slices stay small next to the buckets; exact otherwise. The default.
+    case auto
+    /// Always exact.
+    case off
+    /// Leased whenever the key can be (for tests and benchmarks, or a key known to be hot).
+    case always
 }
 
 // MARK: - keys
@@ -342,6 +364,9 @@ public struct RedisConfig: Sendable, Equatable {
     public var password: Secret?
     public var onFailure: FailurePolicy = RedisConfig.defaultFailurePolicy
     public var fallbackNodeCount: Int = RedisConfig.defaultFallbackNodeCount
+    /// `usage_stream`: also append one entry per settled request to each key's usage stream in
+    /// Redis (an `XADD` per request); the daily usage totals are kept either way.
+    public var usageStream = false
 
     public init(host: String, port: Int = RedisConfig.defaultPort, database: Int = RedisConfig.defaultDatabase, username: String? = nil, password: Secret? = nil) {
         self.host = host

@@ -27,6 +27,8 @@ public struct ResolvedLimits: Sendable, Hashable {
     /// Quotas (enforced by the Redis limiter).
     public var tokensPerDay: Int?
     public var tokensPerMonth: Int?
+    /// Whether the Redis limiter may lease this key's buckets (``LeaseMode``).
+    public var lease: LeaseMode
 
     /// No limit at all.
     public static let unlimited = ResolvedLimits()
@@ -34,8 +36,10 @@ public struct ResolvedLimits: Sendable, Hashable {
     public init(
         requests: BucketLimit? = nil, tokens: BucketLimit? = nil,
         inputTokens: BucketLimit? = nil, outputTokens: BucketLimit? = nil,
-        maxConcurrentRequests: Int? = nil, tokensPerDay: Int? = nil, tokensPerMonth: Int? = nil
+        maxConcurrentRequests: Int? = nil, tokensPerDay: Int? = nil, tokensPerMonth: Int? = nil,
+        lease: LeaseMode = .auto
     ) {
+        self.lease = lease
         self.requests = requests
         self.tokens = tokens
         self.inputTokens = inputTokens
@@ -66,8 +70,17 @@ public struct ResolvedLimits: Sendable, Hashable {
             outputTokens: merged.outputTokensPerMinute.map { BucketLimit(perMinute: $0, burst: merged.outputTokensBurst) },
             maxConcurrentRequests: merged.maxConcurrentRequests,
             tokensPerDay: merged.tokensPerDay,
-            tokensPerMonth: merged.tokensPerMonth
+            tokensPerMonth: merged.tokensPerMonth,
+            lease: merged.lease ?? .auto
         )
+    }
+
+    /// Whether leasing can apply at all: only per-minute buckets can be leased. A concurrency limit
+    /// takes a slot per request and a quota slice would stay charged for its whole period if its
+    /// node died, so keys with either are always exact.
+    public var isLeasable: Bool {
+        lease != .off && maxConcurrentRequests == nil && tokensPerDay == nil && tokensPerMonth == nil
+            && (requests != nil || tokens != nil || inputTokens != nil || outputTokens != nil)
     }
 
     /// The configured bucket of a per-minute kind (`nil` for unlimited and for the kinds that are

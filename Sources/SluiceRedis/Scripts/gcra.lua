@@ -1,5 +1,5 @@
--- Shared library of the limiter scripts: prepended to admit.lua, settle.lua and snapshot.lua when
--- they are loaded (RedisScriptFiles.limiterScript), so the bucket math exists once in Lua.
+-- Shared library of the limiter scripts: the prelude of the function library that holds batch.lua,
+-- snapshot.lua and usage.lua (RedisScriptFiles.limiterFunctions), so the bucket math exists once in Lua.
 --
 -- The bucket math mirrors GCRABucket.swift formula by formula. It works on d = tat - now, the
 -- time in microseconds until a bucket is full again, never on sums of absolute timestamps with
@@ -99,35 +99,6 @@ local function isInteger(n)
   return n ~= nil and n == n and n ~= math.huge and n ~= -math.huge and n == math.floor(n)
 end
 
--- d = tat - now of the bucket stored at key (0: absent, i.e. full). A wrong type, a value that
--- is not an integer, or a TAT beyond tau + DEBT_HORIZON is deleted (full bucket) and flagged.
-local function readDelta(key, bucket, now)
-  local raw = redis.pcall('GET', key)
-  if type(raw) == 'table' then
-    redis.call('DEL', key)
-    corrupt = 1
-    return 0
-  end
-  if not raw then return 0 end
-  local tat = tonumber(raw)
-  if not isInteger(tat) or tat - now > bucket.tau + DEBT_HORIZON then
-    redis.call('DEL', key)
-    corrupt = 1
-    return 0
-  end
-  return tat - now
-end
-
--- Stores the bucket state; a full bucket is simply absent. The key expires when the bucket is
--- full again, so idle keys vanish.
-local function writeDelta(key, d, now)
-  if d <= 0 then
-    redis.call('DEL', key)
-    return
-  end
-  redis.call('SET', key, int(now + d), 'PX', int(math.floor(d / 1000) + 1))
-end
-
 -- The rate and burst at ARGV[index], ARGV[index + 1]; nil when the limit is not configured (0).
 local function bucketAt(index)
   local rate = tonumber(ARGV[index])
@@ -176,41 +147,58 @@ local function quotaPeriods(seconds)
   return today, year * 12 + month - 1, today + 1, daysFromCivil(nextYear, nextMonth, 1)
 end
 
--- The quota hash {day, day_used, month, month_used}: the usage of the current day and month
--- (0 when the stored period is another one). Unreadable values count as 0 and are flagged.
-local function readQuota(key, today, thisMonth)
-  local raw = redis.pcall('HMGET', key, 'day', 'day_used', 'month', 'month_used')
-  if raw.err then
+-- A key's limiter state is one hash, sluice:{k}:state (RedisKeyLayout), read whole with one HGETALL
+-- and written with one HSET per call. Its fields:
+--   r t i o          the TAT of the requests, tokens, input and output tokens buckets (µs of Redis'
+--                    clock; absent, or in the past: the bucket is full)
+--   qd qdu qm qmu    the quota periods (UTC day index, year * 12 + month - 1) and their usage
+--   exp              the hash's expiry (ms) as last set, so PEXPIRE runs only when it must move
+--   n:<node>         one per node: "slots leaseExpiryMs epoch ack seenMs" (see batch.lua)
+local BUCKET_FIELDS = { 'r', 't', 'i', 'o' }
+
+-- The hash at key as a table of fields (empty when absent). A key of another type is deleted
+-- and flagged: the limiter starts over rather than fail every request of that API key.
+local function readState(key)
+  local raw = redis.pcall('HGETALL', key)
+  if type(raw) == 'table' and raw.err then
     redis.call('DEL', key)
     corrupt = 1
-    return 0, 0
+    return {}
   end
-  local function field(i)
-    if not raw[i] then return nil end
-    local n = tonumber(raw[i])
-    if not isInteger(n) or n < 0 then
-      corrupt = 1
-      return nil
-    end
-    return n
-  end
-  local dayUsed, monthUsed = 0, 0
-  if field(1) == today then dayUsed = field(2) or 0 end
-  if field(3) == thisMonth then monthUsed = field(4) or 0 end
-  return dayUsed, monthUsed
+  local fields = {}
+  for index = 1, #raw, 2 do fields[raw[index]] = raw[index + 1] end
+  return fields
 end
 
--- Stores the usage of the configured quota periods (nil: leave that period alone) and lets the
--- hash expire a day after the last period it holds has ended (never shortening its TTL).
-local function writeQuota(key, today, dayUsed, thisMonth, monthUsed, endDay, now)
-  if dayUsed ~= nil then
-    redis.call('HSET', key, 'day', int(today), 'day_used', int(math.max(dayUsed, 0)))
+-- A field holding a non-negative integer; nil when absent, flagged when it holds anything else.
+local function stateInteger(fields, name)
+  local raw = fields[name]
+  if raw == nil then return nil end
+  local n = tonumber(raw)
+  if not isInteger(n) or n < 0 then
+    corrupt = 1
+    return nil
   end
-  if monthUsed ~= nil then
-    redis.call('HSET', key, 'month', int(thisMonth), 'month_used', int(math.max(monthUsed, 0)))
+  return n
+end
+
+-- d = tat - now of a bucket's field (0: absent, i.e. full). A value that is not an integer, or a
+-- TAT beyond tau + DEBT_HORIZON, counts as a full bucket and is flagged (the next write replaces it).
+local function stateDelta(fields, name, bucket, now)
+  local tat = stateInteger(fields, name)
+  if tat == nil then return 0 end
+  if tat - now > bucket.tau + DEBT_HORIZON then
+    corrupt = 1
+    return 0
   end
-  local ttl = math.max(math.floor(((endDay + 1) * DAY_SECONDS * 1000000 - now) / 1000), 1)
-  if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, int(ttl))
-  end
+  return tat - now
+end
+
+-- The usage of the current day and month in the state's quota fields (0 when the stored period
+-- is another one).
+local function stateQuota(fields, today, thisMonth)
+  local dayUsed, monthUsed = 0, 0
+  if stateInteger(fields, 'qd') == today then dayUsed = stateInteger(fields, 'qdu') or 0 end
+  if stateInteger(fields, 'qm') == thisMonth then monthUsed = stateInteger(fields, 'qmu') or 0 end
+  return dayUsed, monthUsed
 end

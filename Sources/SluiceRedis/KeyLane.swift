@@ -1,0 +1,376 @@
+import Logging
+import SluiceCore
+import Synchronization
+
+/// This node's road to Redis for one API key: every admission and settlement of the key made here
+/// goes through it, and it sends them in batch.lua calls, at most one at a time.
+///
+/// - **Batching.** While a call is in flight, whatever arrives waits and goes in the next one, so a
+///   key's calls cost Redis four commands however many requests they carry. Settlements wait up to
+///   `settleDelayMicros` for an admission to ride with.
+/// - **Leasing.** When the key is leased (``LeaseMode``), a call also takes a slice of each bucket
+///   (``LimiterLease``) and the lane admits against it locally, with no call at all, until it runs
+///   out; then the request goes to Redis exactly and the next slice comes with it.
+/// - **Exactly once.** A call whose reply is lost (timeout, connection reset) may or may not have
+///   run. The lane keeps it (``LostCall``) and, before anything else, sends a call that resolves it
+///   in Redis. Settlements are never lost, admissions never counted twice.
+final class KeyLane: Sendable {
+    struct Context: Sendable {
+        let client: RedisClient
+        let function: RedisFunction
+        let options: RedisLimiterStore.Options
+        let nodeID: String
+        let logger: Logger
+        /// When an admission sent now stops mattering, on Redis' clock.
+        let deadline: @Sendable () async throws -> Int64
+        /// Every reply's reading of Redis' clock.
+        let observeRedisClock: @Sendable (Int64) -> Void
+    }
+
+    struct QueuedAdmission {
+        var request: AdmissionRequest
+        var continuation: CheckedContinuation<AdmissionDecision, any Error>
+    }
+
+    struct QueuedSettlement {
+        var values: SettlementValues
+        var limits: ResolvedLimits
+        /// Resumed with the key's state once Redis took it, or with nil when the call failed (the
+        /// settlement stays queued and is retried; its caller need not wait for Redis to come back).
+        var continuation: CheckedContinuation<RateLimitSnapshot?, Never>?
+    }
+
+    struct State {
+        var admissions: [QueuedAdmission] = []
+        var settlements: [QueuedSettlement] = []
+        var draining = false
+        var sequence: Int64 = 0
+        var lost: (call: LostCall, limits: ResolvedLimits)?
+        var held: [String: HeldReservation] = [:]
+        var slotsHeld = 0
+        var lease: LimiterLease?
+        var returnLease = false
+        var renew = false
+        var demand = DemandEstimate()
+        var clock: RedisClockBound?
+        var lastCallMonotonic: Int64 = 0
+        var lastFailureMonotonic: Int64 = .min / 2
+        var lastAdmissionMonotonic: Int64 = 0
+        var sharedHeaders: [Int64] = [0, 0, 0, 0]
+        var limits: ResolvedLimits?
+        var droppedSettlements = 0
+
+        /// Marks the lane busy if it was idle: the caller then starts the drain.
+        mutating func startDraining() -> Bool {
+            guard !draining else { return false }
+            draining = true
+            return true
+        }
+    }
+
+    /// Settlements kept per lane while Redis does not take them; beyond, the oldest are dropped
+    /// (their differences never applied, their slots freed when their lease expires).
+    static let maximumQueuedSettlements = 10_000
+
+    let keyID: String
+    let stateKey: String
+    private let context: Context
+    private let state = Mutex(State())
+
+    init(keyID: String, context: Context) {
+        self.keyID = keyID
+        self.stateKey = RedisKeyLayout(keyID: keyID).state
+        self.context = context
+    }
+
+    // MARK: admit and settle
+
+    func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
+        let now = MonotonicClock.microseconds()
+        let local: AdmissionDecision? = state.withLock { state in
+            state.limits = request.limits
+            state.lastAdmissionMonotonic = now
+            state.demand.record(request, at: now)
+            guard state.lost == nil, var lease = state.lease, let clock = state.clock,
+                  lease.admit(request, now: clock.now(monotonicMicros: now)) else { return nil }
+            state.lease = lease
+            state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: 0)
+            return .admitted(Reservation(admitting: request), Self.leasedSnapshot(state, request.limits, now: clock.now(monotonicMicros: now)))
+        }
+        if let local { return local }
+        return try await withCheckedThrowingContinuation { continuation in
+            let start = state.withLock { state in
+                state.admissions.append(QueuedAdmission(request: request, continuation: continuation))
+                return state.startDraining()
+            }
+            if start { Task { await self.drain() } }
+        }
+    }
+
+    /// Takes the reservation out of the lane: nil when it is not (or no longer) held here — already
+    /// settled, or its admission failed. What it returns is then settled exactly once.
+    func release(_ reservation: Reservation) -> HeldReservation? {
+        state.withLock { state in
+            guard let held = state.held.removeValue(forKey: reservation.requestID) else { return nil }
+            if held.slotEpoch != 0 { state.slotsHeld = max(state.slotsHeld - 1, 0) }
+            return held
+        }
+    }
+
+    /// Settles what ``release(_:)`` returned: the key's state once Redis took it, or nil when it did
+    /// not yet (then the lane keeps it and retries it).
+    func settle(_ values: SettlementValues, limits: ResolvedLimits) async -> RateLimitSnapshot? {
+        await withCheckedContinuation { continuation in
+            let start = state.withLock { state in
+                state.settlements.append(QueuedSettlement(values: values, limits: limits, continuation: continuation))
+                return state.startDraining()
+            }
+            if start { Task { await self.drain() } }
+        }
+    }
+
+    // MARK: upkeep
+
+    /// Concurrency slots held by requests running here.
+    var slotsHeld: Int { state.withLock { $0.slotsHeld } }
+
+    /// Settlements Redis has not taken yet (queued or in a lost call).
+    var owedSettlements: Int { state.withLock { $0.settlements.count + ($0.lost?.call.settlements.count ?? 0) } }
+
+    /// Whether the lane holds nothing: it can be forgotten.
+    var isIdle: Bool {
+        state.withLock { $0.held.isEmpty && $0.settlements.isEmpty && $0.admissions.isEmpty && $0.lost == nil && $0.lease == nil && !$0.draining }
+    }
+
+    /// Periodic upkeep (``RedisLimiterStore/maintain()``): gives back a lease no request used for
+    /// `leaseIdleMicros`, renews the slots of requests still running, retries what failed.
+    func maintain(now: Int64 = MonotonicClock.microseconds()) {
+        let options = context.options
+        let start = state.withLock { state -> Bool in
+            if let lease = state.lease, now - state.lastAdmissionMonotonic >= options.leaseIdleMicros {
+                if let clock = state.clock, lease.isSpent(now: clock.now(monotonicMicros: now)) {
+                    state.lease = nil
+                } else {
+                    state.returnLease = true
+                }
+            }
+            if state.slotsHeld > 0, now - state.lastCallMonotonic >= Int64(options.leaseTTLMillis) * 1_000 / 3 {
+                state.renew = true
+            }
+            let owed = state.lost != nil || !state.settlements.isEmpty
+            let due = state.returnLease || state.renew || (owed && now - state.lastFailureMonotonic >= options.retryIntervalMicros)
+            return due && state.startDraining()
+        }
+        if start { Task { await self.drain() } }
+    }
+
+    // MARK: the calls
+
+    private func drain() async {
+        while true {
+            let onlySettlements = state.withLock {
+                $0.admissions.isEmpty && $0.lost == nil && !$0.settlements.isEmpty && !$0.renew && !$0.returnLease
+            }
+            if onlySettlements { try? await Task.sleep(for: .microseconds(context.options.settleDelayMicros)) }
+            let deadline: Int64
+            do {
+                deadline = try await context.deadline()
+            } catch {
+                finish(failing: nil, error: error, applied: false)
+                return
+            }
+            guard let (call, admissions, settlements) = state.withLock({ nextCall(&$0) }) else { return }
+            let sent = MonotonicClock.microseconds()
+            let arguments = call.arguments(stateKey: stateKey, nodeID: context.nodeID, deadline: deadline, options: context.options)
+            do {
+                let raw = try await context.client.call(context.function, RedisScriptCall(keyCount: 1, arguments: arguments))
+                let reply = try LaneReply(raw, admissions: admissions.count)
+                context.observeRedisClock(reply.redisMicros)
+                guard reply.status == .applied else {
+                    context.logger.warning("redis refused a limiter call", metadata: [
+                        "key_id": "\(keyID)", "reason": "\(reply.status == .stale ? "stale sequence number" : "past its deadline")",
+                    ])
+                    finish(failing: (call, admissions, settlements), error: RedisError.timedOut, applied: false)
+                    return
+                }
+                finish(call, admissions, settlements, reply, sent: sent)
+            } catch {
+                // Not sent, or refused by the server before it changed anything: nothing applied.
+                // Lost on the way back (timeout, reset, an unreadable reply): perhaps applied.
+                let applied: Bool?
+                switch error {
+                case .connectFailed, .handshakeFailed, .notConnected, .invalidCommand, .shutDown, .server: applied = false
+                default: applied = nil
+                }
+                finish(failing: (call, admissions, settlements), error: error, applied: applied)
+                return
+            }
+        }
+    }
+
+    /// The next call from what is queued, or nil (and the lane idle) when there is nothing to send.
+    private func nextCall(_ state: inout State) -> (LaneCall, [QueuedAdmission], [QueuedSettlement])? {
+        if var lost = state.lost {
+            // Nothing else goes before the lost call is resolved.
+            state.sequence += 1
+            lost.call.firstResolution = lost.call.firstResolution ?? state.sequence
+            state.lost = lost
+            let call = LaneCall(sequence: state.sequence, limits: lost.limits, admissions: [], settlements: [], lost: lost.call)
+            return (call, [], [])
+        }
+        let admissions = Array(state.admissions.prefix(LaneCall.maximumAdmissions))
+        let settlements = Array(state.settlements.prefix(LaneCall.maximumSettlements))
+        guard !admissions.isEmpty || !settlements.isEmpty || state.renew || state.returnLease else {
+            state.draining = false
+            return nil
+        }
+        state.admissions.removeFirst(admissions.count)
+        state.settlements.removeFirst(settlements.count)
+        guard let limits = admissions.last?.request.limits ?? settlements.last?.limits ?? state.limits ?? state.lease?.limits else {
+            state.draining = false
+            return nil
+        }
+        var call = LaneCall(
+            sequence: state.sequence + 1, limits: limits, admissions: admissions.map(\.request),
+            settlements: settlements.map(\.values), lost: nil
+        )
+        state.sequence += 1
+        if let lease = state.lease, state.returnLease || !admissions.isEmpty || lease.limits != limits {
+            // Given back before a new one is taken: what it still holds returns to the bucket if
+            // nothing was handed out after it.
+            for (index, slice) in lease.slices.enumerated() {
+                if let slice { call.leaseReturned[index] = (slice.end, slice.cursor) }
+            }
+            state.lease = nil
+        }
+        if !admissions.isEmpty, let wanted = Self.leaseWanted(limits, state.demand, admissions.last!.request) {
+            call.leaseWanted = wanted
+        }
+        state.renew = false
+        state.returnLease = false
+        return (call, admissions, settlements)
+    }
+
+    /// The units of each bucket a new slice should hold, or nil when the key is not leased now:
+    /// twice this node's demand over one window, and only for `auto` keys whose slices stay small
+    /// next to their buckets and whose demand makes a call per request wasteful (two requests or
+    /// more per window).
+    static func leaseWanted(_ limits: ResolvedLimits, _ demand: DemandEstimate, _ request: AdmissionRequest) -> [Int]? {
+        guard limits.isLeasable else { return nil }
+        var wanted = [0, 0, 0, 0]
+        for (index, kind) in RateLimitKind.buckets.enumerated() {
+            guard let bucket = limits.bucket(kind) else { continue }
+            wanted[index] = min(max(demand.units(bucket: index), request.cost(kind)) * 2, bucket.burst)
+            if limits.lease == .auto, wanted[index] * 8 > bucket.burst { return nil }
+        }
+        if limits.lease == .auto, demand.requests < 2 { return nil }
+        return wanted
+    }
+
+    private func finish(_ call: LaneCall, _ admissions: [QueuedAdmission], _ settlements: [QueuedSettlement], _ reply: LaneReply, sent: Int64) {
+        if reply.corrupt {
+            context.logger.warning("corrupt limiter state in Redis was discarded and reset", metadata: ["key_id": "\(keyID)"])
+        }
+        if reply.lostResolution == 1 {
+            context.logger.notice("a limiter call whose reply was lost had run: its admissions were released", metadata: ["key_id": "\(keyID)"])
+        }
+        let limits = call.limits
+        var decisions: [AdmissionDecision] = []
+        state.withLock { state in
+            state.clock = RedisClockBound(redisMicros: reply.redisMicros, sentMonotonicMicros: sent)
+            state.lastCallMonotonic = sent
+            if call.lost != nil { state.lost = nil }
+            state.sharedHeaders = Array(reply.headerValues)
+            for (queued, outcome) in zip(admissions, reply.admissions) {
+                let request = queued.request
+                let snapshot = Self.snapshot(request.limits, outcome.headerValues)
+                if outcome.admitted {
+                    let slot = request.limits.maxConcurrentRequests != nil ? reply.slotEpoch : 0
+                    state.held[request.requestID] = HeldReservation(quotaDay: reply.quotaDay, quotaMonth: reply.quotaMonth, slotEpoch: slot)
+                    if slot != 0 { state.slotsHeld += 1 }
+                    decisions.append(.admitted(Reservation(admitting: request), snapshot))
+                } else if let denial = outcome.denial {
+                    decisions.append(.denied(denial, snapshot))
+                }
+            }
+            if reply.slices.contains(where: { $0.end > 0 }) {
+                var slices: [BucketSlice?] = []
+                for (index, kind) in RateLimitKind.buckets.enumerated() {
+                    let granted = reply.slices[index]
+                    if let limit = limits.bucket(kind), granted.end > 0 {
+                        slices.append(BucketSlice(limit: limit, start: granted.start, end: granted.end))
+                    } else {
+                        slices.append(nil)
+                    }
+                }
+                state.lease = LimiterLease(limits: limits, slices: slices)
+            }
+        }
+        for (queued, decision) in zip(admissions, decisions) { queued.continuation.resume(returning: decision) }
+        let snapshot = Self.snapshot(limits, reply.headerValues[...])
+        for settlement in settlements { settlement.continuation?.resume(returning: snapshot) }
+    }
+
+    /// A call failed. Its admissions fail (the caller applies its failure policy) and so does
+    /// everything queued behind it; its settlements are kept: queued again if the call certainly
+    /// did not run (`applied` false), else kept with the lost call for its resolution.
+    private func finish(failing failed: (LaneCall, [QueuedAdmission], [QueuedSettlement])?, error: any Error, applied: Bool?) {
+        let (admissions, settlements) = state.withLock { state -> ([QueuedAdmission], [QueuedSettlement]) in
+            var admissions = state.admissions
+            state.admissions = []
+            state.lastFailureMonotonic = MonotonicClock.microseconds()
+            var resumed: [QueuedSettlement] = []
+            if let (call, calledAdmissions, calledSettlements) = failed {
+                admissions = calledAdmissions + admissions
+                resumed = calledSettlements
+                if call.lost != nil {
+                    // A resolution that failed: the lost call stays, with its first resolution.
+                } else if applied == false {
+                    state.settlements.insert(contentsOf: calledSettlements.map { QueuedSettlement(values: $0.values, limits: $0.limits) }, at: 0)
+                } else {
+                    state.lost = (LostCall(
+                        sequence: call.sequence, admissions: call.admissions.map { ($0.promptTokens, $0.reservedOutputTokens) },
+                        settlements: call.settlements, firstResolution: nil
+                    ), call.limits)
+                }
+            }
+            // Callers stop waiting; their settlements stay queued for the next attempt.
+            for index in state.settlements.indices where state.settlements[index].continuation != nil {
+                resumed.append(state.settlements[index])
+                state.settlements[index].continuation = nil
+            }
+            let excess = state.settlements.count - Self.maximumQueuedSettlements
+            if excess > 0 {
+                state.settlements.removeFirst(excess)
+                state.droppedSettlements += excess
+            }
+            state.draining = false
+            return (admissions, resumed)
+        }
+        for admission in admissions { admission.continuation.resume(throwing: error) }
+        for settlement in settlements { settlement.continuation?.resume(returning: nil) }
+    }
+
+    // MARK: snapshots
+
+    private static func snapshot(_ limits: ResolvedLimits, _ values: ArraySlice<Int64>) -> RateLimitSnapshot {
+        let start = values.startIndex
+        guard values.count == 4 else { return .empty }
+        return RateLimitSnapshot(
+            limits: limits, requestsRemaining: values[start], requestsResetMicros: values[start + 1],
+            tokensRemaining: values[start + 2], tokensResetMicros: values[start + 3]
+        )
+    }
+
+    /// The headers of a request admitted against a lease: what the bucket had left at the last call
+    /// plus what this node's slice still holds.
+    private static func leasedSnapshot(_ state: State, _ limits: ResolvedLimits, now: Int64) -> RateLimitSnapshot {
+        let headers = state.sharedHeaders
+        let requestsLeft = state.lease?.slices[0]?.remaining(now: now) ?? 0
+        let tokensLeft = state.lease?.slices[1]?.remaining(now: now) ?? 0
+        return RateLimitSnapshot(
+            limits: limits, requestsRemaining: headers[0] + requestsLeft, requestsResetMicros: headers[1],
+            tokensRemaining: headers[2] + tokensLeft, tokensResetMicros: headers[3]
+        )
+    }
+}

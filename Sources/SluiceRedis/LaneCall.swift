@@ -1,0 +1,180 @@
+import SluiceCore
+
+/// What a settlement sends to batch.lua: the reservation, what was used, and where the reservation
+/// was charged (its quota periods, its concurrency slot's epoch).
+struct SettlementValues: Sendable, Hashable {
+    var reservedPrompt: Int
+    var reservedOutput: Int
+    var actualPrompt: Int
+    var actualCompletion: Int
+    var quotaDay: Int64
+    var quotaMonth: Int64
+    /// The epoch of the concurrency slot to release (0: the request holds none).
+    var slotEpoch: Int64
+}
+
+/// Where an admitted request's reservation was charged, kept by its lane until it is settled.
+struct HeldReservation: Sendable, Hashable {
+    var quotaDay: Int64
+    var quotaMonth: Int64
+    var slotEpoch: Int64
+}
+
+/// A call whose reply never came: batch.lua may or may not have run it. The lane's next call
+/// resolves it (batch.lua's lost-call section): if it ran, the admissions it made are released;
+/// if not, its settlements are applied then — and it can never run afterwards, because that call
+/// moves the node's sequence number past it.
+struct LostCall: Sendable {
+    var sequence: Int64
+    /// Prompt and output of each admission it carried, in order.
+    var admissions: [(prompt: Int, output: Int)]
+    var settlements: [SettlementValues]
+    /// The first call that tried to resolve it (its resolution may itself have been lost).
+    var firstResolution: Int64?
+}
+
+/// One batch.lua call: its arguments and how to read its reply.
+struct LaneCall {
+    /// Most admissions and settlements one call carries (bounds the arguments and the script's run).
+    static let maximumAdmissions = 128
+    static let maximumSettlements = 512
+
+    var sequence: Int64
+    var limits: ResolvedLimits
+    var admissions: [AdmissionRequest]
+    var settlements: [SettlementValues]
+    var lost: LostCall?
+    /// Units wanted of each bucket's slice (RateLimitKind.buckets order; 0: none).
+    var leaseWanted: [Int] = [0, 0, 0, 0]
+    /// The slices given back: (end, cursor) per bucket.
+    var leaseReturned: [(end: Int64, cursor: Int64)] = Array(repeating: (0, 0), count: 4)
+
+    func arguments(stateKey: String, nodeID: String, deadline: Int64, options: RedisLimiterStore.Options) -> RedisArguments {
+        var arguments = RedisArguments(capacity: 256 + admissions.count * 16 + settlements.count * 48)
+        arguments.append(stateKey)
+        arguments.append(nodeID)
+        arguments.append(Int(sequence))
+        arguments.append(Int(deadline))
+        for kind in RateLimitKind.buckets {
+            if let limit = limits.bucket(kind) {
+                arguments.append(limit.perMinute)
+                arguments.append(limit.burst)
+            } else {
+                arguments.append(0)
+                arguments.append(0)
+            }
+        }
+        arguments.append(limits.maxConcurrentRequests ?? 0)
+        arguments.append(limits.tokensPerDay ?? 0)
+        arguments.append(limits.tokensPerMonth ?? 0)
+        arguments.append(options.leaseTTLMillis)
+        arguments.append(options.stateTTLMillis)
+        arguments.append(Int(RateLimitDenial.concurrencyRetryAfterSeconds * 1_000_000))
+        arguments.append(Int(lost?.sequence ?? 0))
+        arguments.append(Int(lost.map { $0.firstResolution ?? sequence } ?? 0))
+        arguments.append(lost?.admissions.count ?? 0)
+        arguments.append(lost?.settlements.count ?? 0)
+        arguments.append(settlements.count)
+        arguments.append(admissions.count)
+        for units in leaseWanted { arguments.append(units) }
+        for returned in leaseReturned {
+            arguments.append(Int(returned.end))
+            arguments.append(Int(returned.cursor))
+        }
+        for admission in lost?.admissions ?? [] {
+            arguments.append(Self.exact(admission.prompt))
+            arguments.append(Self.exact(admission.output))
+        }
+        for settlement in (lost?.settlements ?? []) + settlements {
+            arguments.append(Self.exact(settlement.reservedPrompt))
+            arguments.append(Self.exact(settlement.reservedOutput))
+            arguments.append(Self.exact(settlement.actualPrompt))
+            arguments.append(Self.exact(settlement.actualCompletion))
+            arguments.append(Int(settlement.quotaDay))
+            arguments.append(Int(settlement.quotaMonth))
+            arguments.append(Int(settlement.slotEpoch))
+        }
+        for admission in admissions {
+            arguments.append(Self.exact(admission.promptTokens))
+            arguments.append(Self.exact(admission.reservedOutputTokens))
+        }
+        return arguments
+    }
+
+    /// Amounts sent to Lua stay below 2^52 (exact as doubles) and non-negative.
+    static func exact(_ amount: Int) -> Int {
+        min(max(amount, 0), LimitSet.maximumQuota)
+    }
+}
+
+/// batch.lua's reply.
+struct LaneReply: Sendable {
+    enum Status: Int64, Sendable {
+        case applied = 1
+        /// It reached Redis after its deadline: nothing changed.
+        case pastDeadline = 2
+        /// Its sequence number was already used: nothing changed.
+        case stale = 3
+    }
+
+    struct Admission: Sendable {
+        var admitted: Bool
+        var denial: RateLimitDenial?
+        var headerValues: ArraySlice<Int64>
+    }
+
+    var status: Status
+    var corrupt: Bool
+    var redisMicros: Int64
+    var slotEpoch: Int64 = 0
+    var lostResolution: Int64 = -1
+    var quotaDay: Int64 = -1
+    var quotaMonth: Int64 = -1
+    var headerValues: ArraySlice<Int64> = []
+    /// (start, end) of each bucket's new slice; (0, 0): none.
+    var slices: [(start: Int64, end: Int64)] = []
+    var admissions: [Admission] = []
+
+    static let headerCount = 19
+    static let perAdmission = 12
+
+    init(_ reply: RedisReply, admissions count: Int) throws(RedisError) {
+        guard let elements = reply.array, elements.count >= 3 else { throw .unexpectedReply("batch.lua returned \(reply)") }
+        var values: [Int64] = []
+        values.reserveCapacity(elements.count)
+        for element in elements {
+            guard case .integer(let value) = element else { throw .unexpectedReply("batch.lua returned \(reply)") }
+            values.append(value)
+        }
+        guard let status = Status(rawValue: values[0]) else { throw .unexpectedReply("batch.lua status \(values[0])") }
+        self.status = status
+        corrupt = values[1] != 0
+        redisMicros = values[2]
+        guard status == .applied else { return }
+        guard values.count == Self.headerCount + count * Self.perAdmission else {
+            throw .unexpectedReply("batch.lua returned \(values.count) values for \(count) admissions")
+        }
+        slotEpoch = values[3]
+        lostResolution = values[4]
+        quotaDay = values[5]
+        quotaMonth = values[6]
+        headerValues = values[7..<11]
+        slices = (0..<4).map { (values[11 + $0 * 2], values[12 + $0 * 2]) }
+        for index in 0..<count {
+            let base = Self.headerCount + index * Self.perAdmission
+            let admitted = values[base] == 1
+            var denial: RateLimitDenial?
+            if !admitted {
+                guard let kind = RateLimitKind(code: Int(values[base + 1])) else {
+                    throw .unexpectedReply("batch.lua returned denial kind \(values[base + 1])")
+                }
+                denial = RateLimitDenial(
+                    kind: kind, limit: Int(values[base + 2]), burst: Int(values[base + 3]), used: Int(values[base + 4]),
+                    requested: Int(values[base + 5]), retryAfterSeconds: Double(values[base + 6]) / 1_000_000,
+                    neverFits: values[base + 7] == 1
+                )
+            }
+            admissions.append(Admission(admitted: admitted, denial: denial, headerValues: values[(base + 8)..<(base + 12)]))
+        }
+    }
+}

@@ -1,0 +1,335 @@
+-- batch.lua: one call of a node's lane for one API key (RedisLimiterStore.KeyLane). It carries
+-- everything the node has for that key since its last call, applied in this order: the resolution
+-- of a call whose reply was lost, a lease returned, settlements, admissions (each all-or-nothing,
+-- in order), a lease taken. Requires gcra.lua before it.
+--
+-- Cost to Redis: this FCALL, TIME, HGETALL and one HSET, whatever the number of requests carried;
+-- PEXPIRE only when the hash's expiry must move, HDEL only to forget a node gone for good.
+--
+-- KEYS  1 the key's state hash (gcra.lua: readState)
+-- ARGV  1 node id   2 call sequence number (increasing per node and key)
+--       3 deadline, µs of Redis' clock (0: none): the caller gives up then, so a call that runs
+--         later (it waited in a frozen server's socket) must change nothing
+--       4..11 rate, burst of the requests, tokens, input, output buckets (rate 0: not configured)
+--       12 max concurrent requests   13 tokens per day   14 tokens per month   (0: none)
+--       15 slot lease TTL ms   16 state TTL ms (how long the hash outlives its last call, at least)
+--       17 retry-after of a concurrency denial, µs
+--       18 lost call's sequence number (0: none)   19 first sequence number that tried to resolve it
+--       20 lost admissions   21 lost settlements   22 settlements   23 admissions   (counts)
+--       24..27 lease wanted: units of the requests, tokens, input, output buckets (0: none)
+--       28..35 lease returned: end and cursor (µs) of each bucket's slice (0 0: none)
+--       36..  lost admissions (2 each: prompt, output), lost settlements and settlements (7 each:
+--             reserved prompt, reserved output, actual prompt, actual completion, quota day,
+--             quota month (-1: not charged), slot epoch (0: no slot)), admissions (2 each: prompt,
+--             output)
+--
+-- Node entries n:<node> = "slots leaseExpiryMs epoch ack seenMs admitted": the concurrency slots the
+-- node's requests hold (counted while leaseExpiryMs is ahead: a dead node's slots free one TTL
+-- after its last call), the epoch those slots belong to (a release from an earlier epoch, whose
+-- slots already expired, is ignored), the last sequence number applied (a call at or below it is
+-- stale and changes nothing), when the node was last seen, and which admissions of that last
+-- call were admitted (a string of 1 and 0, '-' for none): what a lost call's resolution undoes.
+--
+-- Returns {status 1 applied | 2 past its deadline | 3 stale, corrupt, Redis' clock µs, slot epoch,
+--          lost call 1 applied (its admissions released) | 0 not applied (its settlements applied
+--                    now) | 2 already resolved | -1 none,
+--          quota day, quota month (of the admissions; -1: no quota),
+--          requests remaining, reset µs, tokens remaining, reset µs (after everything),
+--          lease granted: start, end µs of each bucket (0 0: none),
+--          then 12 per admission: admitted 1|0, denial kind, limit, burst, used, requested,
+--          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs}
+--   denial kinds: 1 requests 2 tokens 3 input tokens 4 output tokens 5 concurrency
+--                 6 daily tokens 7 monthly tokens
+
+local node = ARGV[1]
+local sequence = tonumber(ARGV[2])
+local now, seconds = redisNow()
+local nowMillis = math.floor(now / 1000)
+
+local deadline = tonumber(ARGV[3]) or 0
+if deadline > 0 and now > deadline then return { 2, 0, now } end
+
+local fields = readState(KEYS[1])
+local changed = {}
+
+-- This node's entry and everyone's slots.
+local leaseTTL, stateTTL = tonumber(ARGV[15]), tonumber(ARGV[16])
+local function parseEntry(raw)
+  local values = {}
+  for part in string.gmatch(raw or '', '%S+') do values[#values + 1] = tonumber(part) end
+  for index = 1, 5 do
+    if not isInteger(values[index]) or values[index] < 0 then return nil end
+  end
+  local admitted = string.match(raw, '%S+%s+%S+%s+%S+%s+%S+%s+%S+%s+([01]+)$') or '-'
+  return { slots = values[1], expiry = values[2], epoch = values[3], ack = values[4], seen = values[5], admitted = admitted }
+end
+local mineName = 'n:' .. node
+local mine = { slots = 0, expiry = 0, epoch = 0, ack = 0, seen = 0, admitted = '-' }
+if fields[mineName] ~= nil then
+  local parsed = parseEntry(fields[mineName])
+  if parsed == nil then corrupt = 1 else mine = parsed end
+end
+if sequence <= mine.ack then return { 3, corrupt, now } end
+-- Slots count while their lease runs; an expiry beyond any this script writes is not ours.
+local function live(entry)
+  return entry.slots > 0 and entry.expiry > nowMillis and entry.expiry <= nowMillis + 2 * leaseTTL
+end
+if not live(mine) then mine.slots = 0 end
+local othersInFlight = 0
+local forgotten = {}
+for name, raw in pairs(fields) do
+  if string.sub(name, 1, 2) == 'n:' and name ~= mineName then
+    local entry = parseEntry(raw)
+    if entry == nil then
+      corrupt = 1
+      forgotten[#forgotten + 1] = name
+    elseif live(entry) then
+      othersInFlight = othersInFlight + entry.slots
+    elseif entry.seen + stateTTL < nowMillis then
+      forgotten[#forgotten + 1] = name
+    end
+  end
+end
+
+-- Buckets and quotas as they stand.
+local buckets, deltas = {}, {}
+for index = 1, 4 do
+  local bucket = bucketAt(4 + (index - 1) * 2)
+  if bucket ~= nil then
+    buckets[index] = bucket
+    deltas[index] = stateDelta(fields, BUCKET_FIELDS[index], bucket, now)
+  end
+end
+local bucketsChanged = false
+local maxConcurrent = tonumber(ARGV[12])
+local perDay, perMonth = tonumber(ARGV[13]), tonumber(ARGV[14])
+local hasQuota = perDay > 0 or perMonth > 0
+local today, thisMonth, nextDay, nextMonthDay = quotaPeriods(seconds)
+local dayUsed, monthUsed = stateQuota(fields, today, thisMonth)
+local quotaChanged = false
+
+-- The differences a settlement applies (refund what was reserved and not used, charge what was
+-- used beyond), and the admission a lost call may have made, undone.
+local function reconcile(index, reserved, actual)
+  local bucket = buckets[index]
+  if bucket == nil or actual == reserved then return end
+  if actual < reserved then
+    deltas[index] = bucketRefund(bucket, reserved - actual, deltas[index])
+  else
+    deltas[index] = bucketCharge(bucket, actual - reserved, deltas[index])
+  end
+  bucketsChanged = true
+end
+local function addQuota(day, month, amount)
+  if day == today then dayUsed = math.max(dayUsed + amount, 0) quotaChanged = true end
+  if month == thisMonth then monthUsed = math.max(monthUsed + amount, 0) quotaChanged = true end
+end
+local function settle(at)
+  local reservedPrompt, reservedOutput = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local actualPrompt, actualCompletion = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+  reconcile(2, reservedPrompt + reservedOutput, actualPrompt + actualCompletion)
+  reconcile(3, reservedPrompt, actualPrompt)
+  reconcile(4, reservedOutput, actualCompletion)
+  addQuota(tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), actualPrompt + actualCompletion - reservedPrompt - reservedOutput)
+  local epoch = tonumber(ARGV[at + 6])
+  if epoch ~= 0 and epoch == mine.epoch and mine.slots > 0 then mine.slots = mine.slots - 1 end
+end
+local function release(at)
+  local prompt, output = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  if buckets[1] ~= nil then
+    deltas[1] = bucketRefund(buckets[1], 1, deltas[1])
+    bucketsChanged = true
+  end
+  reconcile(2, prompt + output, 0)
+  reconcile(3, prompt, 0)
+  reconcile(4, output, 0)
+  if hasQuota then addQuota(today, thisMonth, -(prompt + output)) end
+  if maxConcurrent > 0 and mine.slots > 0 then mine.slots = mine.slots - 1 end
+end
+
+local lostSeq, firstResolution = tonumber(ARGV[18]), tonumber(ARGV[19])
+local lostAdmissions, lostSettlements = tonumber(ARGV[20]), tonumber(ARGV[21])
+local settlements, admissions = tonumber(ARGV[22]), tonumber(ARGV[23])
+local at = 36
+local lost = -1
+if lostSeq > 0 then
+  if mine.ack >= firstResolution then
+    lost = 2
+  elseif mine.ack >= lostSeq then
+    lost = 1
+    for index = 0, lostAdmissions - 1 do
+      if string.sub(mine.admitted, index + 1, index + 1) == '1' then release(at + index * 2) end
+    end
+  else
+    lost = 0
+    for index = 0, lostSettlements - 1 do settle(at + lostAdmissions * 2 + index * 7) end
+  end
+end
+at = at + lostAdmissions * 2 + lostSettlements * 7
+
+-- A lease comes back: a slice that is still the last thing its bucket handed out returns what
+-- was not used (exactly: nothing was handed out after it); one with slices after it stays
+-- charged until time passes it.
+for index = 1, 4 do
+  local sliceEnd, cursor = tonumber(ARGV[28 + (index - 1) * 2]), tonumber(ARGV[29 + (index - 1) * 2])
+  if buckets[index] ~= nil and sliceEnd > 0 and now + deltas[index] == sliceEnd then
+    deltas[index] = math.max(cursor - now, 0)
+    bucketsChanged = true
+  end
+end
+
+for index = 0, settlements - 1 do settle(at + index * 7) end
+at = at + settlements * 7
+
+-- Admissions, each against everything the previous ones left.
+local function snapshotValues(out)
+  local requestsRemaining, requestsReset = headerValues(buckets[1], deltas[1] or 0)
+  local tokensRemaining, tokensReset = headerValues(buckets[2], deltas[2] or 0)
+  out[#out + 1] = requestsRemaining
+  out[#out + 1] = requestsReset
+  out[#out + 1] = tokensRemaining
+  out[#out + 1] = tokensReset
+end
+local results = {}
+local admittedFlags = {}
+if admissions > 0 and maxConcurrent > 0 and mine.slots == 0 and not live({ slots = 1, expiry = mine.expiry }) then
+  -- A new epoch: slots of an earlier one (expired) can never be released into this one.
+  mine.epoch = now
+end
+for index = 0, admissions - 1 do
+  local prompt, output = tonumber(ARGV[at + index * 2]), tonumber(ARGV[at + index * 2 + 1])
+  local costs = { 1, prompt + output, prompt, output }
+  local denial = nil
+  -- RateLimitDenial.outranks: a request that never fits wins, then the longest wait.
+  local function consider(kind, limit, burst, used, requested, retryAfter, neverFits)
+    if denial ~= nil then
+      local wins
+      if neverFits ~= denial[7] then wins = neverFits == 1 else wins = retryAfter > denial[6] end
+      if not wins then return end
+    end
+    denial = { kind, limit, burst, used, requested, retryAfter, neverFits }
+  end
+  local newDeltas = {}
+  for b = 1, 4 do
+    local bucket = buckets[b]
+    if bucket ~= nil then
+      local limit, burst = tonumber(ARGV[4 + (b - 1) * 2]), tonumber(ARGV[5 + (b - 1) * 2])
+      local verdict, value = bucketAdmit(bucket, costs[b], deltas[b])
+      if verdict == 'allowed' then
+        newDeltas[b] = value
+      elseif verdict == 'denied' then
+        consider(b, limit, burst, bucketUsed(bucket, deltas[b]), costs[b], value, 0)
+      else
+        consider(b, limit, burst, bucketUsed(bucket, deltas[b]), costs[b], 0, 1)
+      end
+    end
+  end
+  if maxConcurrent > 0 then
+    local inFlight = othersInFlight + mine.slots
+    if inFlight >= maxConcurrent then consider(5, maxConcurrent, maxConcurrent, inFlight, 1, tonumber(ARGV[17]), 0) end
+  end
+  local quotaCost = prompt + output
+  if perDay > 0 and dayUsed + quotaCost > perDay then
+    if quotaCost > perDay then consider(6, perDay, perDay, dayUsed, quotaCost, 0, 1)
+    else consider(6, perDay, perDay, dayUsed, quotaCost, nextDay * DAY_SECONDS * 1000000 - now, 0) end
+  end
+  if perMonth > 0 and monthUsed + quotaCost > perMonth then
+    if quotaCost > perMonth then consider(7, perMonth, perMonth, monthUsed, quotaCost, 0, 1)
+    else consider(7, perMonth, perMonth, monthUsed, quotaCost, nextMonthDay * DAY_SECONDS * 1000000 - now, 0) end
+  end
+  if denial == nil then
+    for b = 1, 4 do
+      if buckets[b] ~= nil then deltas[b] = newDeltas[b] end
+    end
+    bucketsChanged = bucketsChanged or buckets[1] ~= nil or buckets[2] ~= nil or buckets[3] ~= nil or buckets[4] ~= nil
+    if hasQuota then
+      dayUsed = dayUsed + quotaCost
+      monthUsed = monthUsed + quotaCost
+      quotaChanged = true
+    end
+    if maxConcurrent > 0 then mine.slots = mine.slots + 1 end
+    admittedFlags[#admittedFlags + 1] = '1'
+    for _, v in ipairs({ 1, 0, 0, 0, 0, 0, 0, 0 }) do results[#results + 1] = v end
+  else
+    admittedFlags[#admittedFlags + 1] = '0'
+    results[#results + 1] = 0
+    for k = 1, 7 do results[#results + 1] = denial[k] end
+  end
+  snapshotValues(results)
+end
+
+-- A lease taken: of each bucket, what the node asked for or what is left if less, as an interval
+-- of the bucket's timeline [start, end) that the node admits against by itself (batch.lua's twin
+-- in Swift: LimiterLease). Keys with quotas or a concurrency limit are never leased.
+local granted = { 0, 0, 0, 0, 0, 0, 0, 0 }
+for index = 1, 4 do
+  local wanted = tonumber(ARGV[24 + index - 1])
+  local bucket = buckets[index]
+  if bucket ~= nil and wanted > 0 then
+    local units = math.min(wanted, bucketRemaining(bucket, deltas[index]))
+    if units > 0 then
+      local start = now + math.max(deltas[index], 0)
+      deltas[index] = math.max(deltas[index], 0) + refillMicros(bucket, units)
+      granted[(index - 1) * 2 + 1] = start
+      granted[(index - 1) * 2 + 2] = now + deltas[index]
+      bucketsChanged = true
+    end
+  end
+end
+
+-- Write what changed, in one HSET.
+local writes = {}
+local function put(name, value)
+  writes[#writes + 1] = name
+  writes[#writes + 1] = value
+end
+local expiresAt = nowMillis + stateTTL
+if bucketsChanged then
+  for index = 1, 4 do
+    if buckets[index] ~= nil then
+      if deltas[index] > 0 then
+        put(BUCKET_FIELDS[index], int(now + deltas[index]))
+        expiresAt = math.max(expiresAt, math.floor((now + deltas[index]) / 1000) + 1)
+      else
+        put(BUCKET_FIELDS[index], '0')
+      end
+    end
+  end
+end
+if quotaChanged then
+  if perDay > 0 then
+    put('qd', int(today))
+    put('qdu', int(dayUsed))
+  end
+  if perMonth > 0 then
+    put('qm', int(thisMonth))
+    put('qmu', int(monthUsed))
+  end
+end
+if hasQuota then
+  local endDay = nextDay
+  if perMonth > 0 then endDay = nextMonthDay end
+  expiresAt = math.max(expiresAt, (endDay + 1) * DAY_SECONDS * 1000)
+end
+local admittedText = table.concat(admittedFlags)
+if admittedText == '' then admittedText = '-' end
+put(mineName, table.concat({ int(mine.slots), int(nowMillis + leaseTTL), int(mine.epoch), int(sequence), int(nowMillis), admittedText }, ' '))
+-- The hash lives until its last TAT, quota period and node entry no longer matter; PEXPIRE runs
+-- only when that moves past the expiry last set, which is then set a state TTL further.
+local expiry = stateInteger(fields, 'exp') or 0
+if expiresAt > expiry then
+  expiry = expiresAt + stateTTL
+  put('exp', int(expiry))
+end
+redis.call('HSET', KEYS[1], unpack(writes))
+if #forgotten > 0 then redis.call('HDEL', KEYS[1], unpack(forgotten)) end
+if expiry ~= (stateInteger(fields, 'exp') or 0) then redis.call('PEXPIRE', KEYS[1], int(expiry - nowMillis)) end
+
+local quotaDay, quotaMonth = -1, -1
+if perDay > 0 then quotaDay = today end
+if perMonth > 0 then quotaMonth = thisMonth end
+local out = { 1, corrupt, now, mine.epoch, lost, quotaDay, quotaMonth }
+snapshotValues(out)
+for _, v in ipairs(granted) do out[#out + 1] = v end
+for _, v in ipairs(results) do out[#out + 1] = v end
+return out
