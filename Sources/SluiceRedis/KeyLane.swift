@@ -92,9 +92,9 @@ final class KeyLane: Sendable {
             state.lastAdmissionMonotonic = now
             state.demand.record(request, at: now)
             guard state.lost == nil, var lease = state.lease, let clock = state.clock,
-                  lease.admit(request, now: clock.now(monotonicMicros: now)) else { return nil }
+                  let taken = lease.admit(request, now: clock.now(monotonicMicros: now)) else { return nil }
             state.lease = lease
-            state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: 0)
+            state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: 0, leased: taken)
             return .admitted(Reservation(admitting: request), Self.leasedSnapshot(state, request.limits, now: clock.now(monotonicMicros: now)))
         }
         if let local { return local }
@@ -115,6 +115,52 @@ final class KeyLane: Sendable {
             if held.slotEpoch != 0 { state.slotsHeld = max(state.slotsHeld - 1, 0) }
             return held
         }
+    }
+
+    /// Settles against this node's lease, for a request of a leased key while the lane holds a
+    /// lease: the unused reservation goes back into the slices as the µs the request took (those
+    /// still ahead and inside the slice), and usage beyond the reservation is taken from the slices
+    /// first. Returns what must still be charged in Redis (nil: nothing), or `.none` wrapped when
+    /// there is no lease to settle against (the caller settles in Redis as usual).
+    func settleAgainstLease(_ taken: [[BucketSlice.Interval]], _ reservation: Reservation, prompt: Int, completion: Int) -> SettlementValues?? {
+        let reserved = [1, reservation.promptTokens + reservation.reservedOutputTokens, reservation.promptTokens, reservation.reservedOutputTokens]
+        let actual = [1, prompt + completion, prompt, completion]
+        return state.withLock { state -> SettlementValues?? in
+            guard var lease = state.lease, lease.limits == reservation.limits, let clock = state.clock else { return .none }
+            let now = clock.now()
+            var residual = [0, 0, 0, 0]
+            for (index, kind) in RateLimitKind.buckets.enumerated().dropFirst() where lease.limits.bucket(kind) != nil {
+                guard var slice = lease.slices[index] else {
+                    residual[index] = max(actual[index] - reserved[index], 0)
+                    continue
+                }
+                if actual[index] < reserved[index] {
+                    let back = slice.bucket.refillMicros(forCost: Int64(reserved[index])) - slice.bucket.refillMicros(forCost: Int64(actual[index]))
+                    slice.giveBack(back, of: taken[index], now: now)
+                } else if actual[index] > reserved[index] {
+                    let extra = actual[index] - reserved[index]
+                    let covered = Int(min(Int64(extra), slice.remaining(now: now)))
+                    if covered > 0 { _ = slice.take(covered, now: now) }
+                    residual[index] = extra - covered
+                }
+                lease.slices[index] = slice
+            }
+            state.lease = lease
+            guard residual[1] + residual[2] + residual[3] > 0 else { return .some(nil) }
+            // batch.lua charges tokens prompt + completion, input prompt, output completion: enough
+            // for every bucket's residual (never less than it).
+            let output = residual[3]
+            let input = max(residual[2], residual[1] - output)
+            return .some(SettlementValues(
+                reservedPrompt: 0, reservedOutput: 0, actualPrompt: input, actualCompletion: output,
+                quotaDay: -1, quotaMonth: -1, slotEpoch: 0
+            ))
+        }
+    }
+
+    /// The key's state as this node sees it, without a call (a settlement done locally).
+    func localSnapshot(_ limits: ResolvedLimits) -> RateLimitSnapshot {
+        state.withLock { Self.leasedSnapshot($0, limits, now: $0.clock?.now() ?? 0) }
     }
 
     /// Settles what ``release(_:)`` returned: the key's state once Redis took it, or nil when it did
@@ -238,8 +284,9 @@ final class KeyLane: Sendable {
         if let lease = state.lease, state.returnLease || !admissions.isEmpty || lease.limits != limits {
             // Given back before a new one is taken: what it still holds returns to the bucket if
             // nothing was handed out after it.
+            let now = state.clock?.now() ?? 0
             for (index, slice) in lease.slices.enumerated() {
-                if let slice { call.leaseReturned[index] = (slice.end, slice.cursor) }
+                if let slice, let tailStart = slice.tailStart(now: now) { call.leaseReturned[index] = (slice.end, tailStart) }
             }
             state.lease = nil
         }
@@ -286,7 +333,11 @@ final class KeyLane: Sendable {
                 let snapshot = Self.snapshot(request.limits, outcome.headerValues)
                 if outcome.admitted {
                     let slot = request.limits.maxConcurrentRequests != nil ? reply.slotEpoch : 0
-                    state.held[request.requestID] = HeldReservation(quotaDay: reply.quotaDay, quotaMonth: reply.quotaMonth, slotEpoch: slot)
+                    var held = HeldReservation(quotaDay: reply.quotaDay, quotaMonth: reply.quotaMonth, slotEpoch: slot)
+                    if request.limits.isLeasable {
+                        held.leased = Self.charged(request, outcome.chargeStarts)
+                    }
+                    state.held[request.requestID] = held
                     if slot != 0 { state.slotsHeld += 1 }
                     decisions.append(.admitted(Reservation(admitting: request), snapshot))
                 } else if let denial = outcome.denial {
@@ -307,7 +358,7 @@ final class KeyLane: Sendable {
             }
         }
         for (queued, decision) in zip(admissions, decisions) { queued.continuation.resume(returning: decision) }
-        let snapshot = Self.snapshot(limits, reply.headerValues[...])
+        let snapshot = state.withLock { Self.leasedSnapshot($0, limits, now: $0.clock?.now() ?? 0) }
         for settlement in settlements { settlement.continuation?.resume(returning: snapshot) }
     }
 
@@ -351,7 +402,31 @@ final class KeyLane: Sendable {
         for settlement in settlements { settlement.continuation?.resume(returning: nil) }
     }
 
+    /// The µs an exactly admitted request was charged in each bucket's timeline.
+    private static func charged(_ request: AdmissionRequest, _ starts: [Int64]) -> [[BucketSlice.Interval]] {
+        var taken: [[BucketSlice.Interval]] = [[], [], [], []]
+        for (index, kind) in RateLimitKind.buckets.enumerated().dropFirst() {
+            guard let limit = request.limits.bucket(kind), starts[index - 1] > 0 else { continue }
+            let length = GCRABucket(limit).refillMicros(forCost: Int64(request.cost(kind)))
+            taken[index] = [BucketSlice.Interval(start: starts[index - 1], end: starts[index - 1] + length)]
+        }
+        return taken
+    }
+
     // MARK: snapshots
+
+    /// What this node's slices of the requests and tokens buckets still hold (0 without a lease):
+    /// added to the bucket's own state in the headers, as capacity this node can still admit.
+    func leasedRemaining() -> (requests: Int64, tokens: Int64, requestsMicros: Int64, tokensMicros: Int64) {
+        state.withLock { state in
+            guard let lease = state.lease, let clock = state.clock else { return (0, 0, 0, 0) }
+            let now = clock.now()
+            return (
+                lease.slices[0]?.remaining(now: now) ?? 0, lease.slices[1]?.remaining(now: now) ?? 0,
+                lease.slices[0]?.freeMicros(now: now) ?? 0, lease.slices[1]?.freeMicros(now: now) ?? 0
+            )
+        }
+    }
 
     private static func snapshot(_ limits: ResolvedLimits, _ values: ArraySlice<Int64>) -> RateLimitSnapshot {
         let start = values.startIndex
@@ -366,11 +441,15 @@ final class KeyLane: Sendable {
     /// plus what this node's slice still holds.
     private static func leasedSnapshot(_ state: State, _ limits: ResolvedLimits, now: Int64) -> RateLimitSnapshot {
         let headers = state.sharedHeaders
-        let requestsLeft = state.lease?.slices[0]?.remaining(now: now) ?? 0
-        let tokensLeft = state.lease?.slices[1]?.remaining(now: now) ?? 0
+        let requests = state.lease?.slices[0]
+        let tokens = state.lease?.slices[1]
+        // The slice's free µs are capacity this node still has: they shorten the time until full.
         return RateLimitSnapshot(
-            limits: limits, requestsRemaining: headers[0] + requestsLeft, requestsResetMicros: headers[1],
-            tokensRemaining: headers[2] + tokensLeft, tokensResetMicros: headers[3]
+            limits: limits,
+            requestsRemaining: min(headers[0] + (requests?.remaining(now: now) ?? 0), Int64(limits.requests?.burst ?? 0)),
+            requestsResetMicros: max(headers[1] - (requests?.freeMicros(now: now) ?? 0), 0),
+            tokensRemaining: min(headers[2] + (tokens?.remaining(now: now) ?? 0), Int64(limits.tokens?.burst ?? 0)),
+            tokensResetMicros: max(headers[3] - (tokens?.freeMicros(now: now) ?? 0), 0)
         )
     }
 }

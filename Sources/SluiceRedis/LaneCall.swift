@@ -18,6 +18,10 @@ struct HeldReservation: Sendable, Hashable {
     var quotaDay: Int64
     var quotaMonth: Int64
     var slotEpoch: Int64
+    /// For a request of a leasable key: the µs it took of each bucket's timeline (from a slice or
+    /// from the bucket itself), where its unused reservation goes back while this node holds a
+    /// lease.
+    var leased: [[BucketSlice.Interval]]? = nil
 }
 
 /// A call whose reply never came: batch.lua may or may not have run it. The lane's next call
@@ -46,8 +50,8 @@ struct LaneCall {
     var lost: LostCall?
     /// Units wanted of each bucket's slice (RateLimitKind.buckets order; 0: none).
     var leaseWanted: [Int] = [0, 0, 0, 0]
-    /// The slices given back: (end, cursor) per bucket.
-    var leaseReturned: [(end: Int64, cursor: Int64)] = Array(repeating: (0, 0), count: 4)
+    /// The slices given back: the slice's end and the start of its unused tail, per bucket.
+    var leaseReturned: [(end: Int64, tailStart: Int64)] = Array(repeating: (0, 0), count: 4)
 
     func arguments(stateKey: String, nodeID: String, deadline: Int64, options: RedisLimiterStore.Options) -> RedisArguments {
         var arguments = RedisArguments(capacity: 256 + admissions.count * 16 + settlements.count * 48)
@@ -79,7 +83,7 @@ struct LaneCall {
         for units in leaseWanted { arguments.append(units) }
         for returned in leaseReturned {
             arguments.append(Int(returned.end))
-            arguments.append(Int(returned.cursor))
+            arguments.append(Int(returned.tailStart))
         }
         for admission in lost?.admissions ?? [] {
             arguments.append(Self.exact(admission.prompt))
@@ -121,6 +125,8 @@ struct LaneReply: Sendable {
         var admitted: Bool
         var denial: RateLimitDenial?
         var headerValues: ArraySlice<Int64>
+        /// Where its charge starts in the tokens, input and output buckets (0: not configured).
+        var chargeStarts: [Int64]
     }
 
     var status: Status
@@ -136,7 +142,7 @@ struct LaneReply: Sendable {
     var admissions: [Admission] = []
 
     static let headerCount = 19
-    static let perAdmission = 12
+    static let perAdmission = 15
 
     init(_ reply: RedisReply, admissions count: Int) throws(RedisError) {
         guard let elements = reply.array, elements.count >= 3 else { throw .unexpectedReply("batch.lua returned \(reply)") }
@@ -174,7 +180,10 @@ struct LaneReply: Sendable {
                     neverFits: values[base + 7] == 1
                 )
             }
-            admissions.append(Admission(admitted: admitted, denial: denial, headerValues: values[(base + 8)..<(base + 12)]))
+            admissions.append(Admission(
+                admitted: admitted, denial: denial, headerValues: values[(base + 8)..<(base + 12)],
+                chargeStarts: Array(values[(base + 12)..<(base + 15)])
+            ))
         }
     }
 }

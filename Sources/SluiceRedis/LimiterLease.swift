@@ -1,44 +1,113 @@
 import SluiceCore
 
-/// A node's slice of one shared bucket: the interval `[cursor, end)` of the bucket's timeline (µs of
-/// Redis' clock) that batch.lua charged to this node. The node admits against it by itself, by the
-/// bucket's own GCRA rule on that interval: a request of `c` units needs `cost(c)` µs of it from
-/// `max(cursor, now)` on.
+/// A node's slice of one shared bucket: µs of the bucket's timeline (Redis' clock) that batch.lua
+/// charged to this node, kept as the free intervals not used yet. The node admits against it by
+/// itself: a request of `c` units takes `cost(c)` µs of it, from the earliest free µs at or after
+/// `now`.
 ///
-/// Why that is exact: the shared bucket handed out `[start, end)` as if the units were used then;
-/// a unit used later than its place in the timeline would let the bucket refill behind it and hand
-/// the same capacity out twice. Starting each admission at `max(cursor, now)` lets time pass over
-/// the slice as it passes over the bucket, so what all nodes admit together never exceeds what
-/// the one bucket would have admitted (burst + rate × Δt over any window). `now` must be an upper
-/// bound of Redis' clock (``RedisClockBound``): a late `now` only wastes capacity.
+/// Why that is exact: each unit of a bucket owns `P / R` µs of its timeline, and the bucket only
+/// hands out µs between now and `now + τ`. A µs used later than its place in time would let the
+/// bucket refill behind it and hand the same capacity out twice, so free µs that time has passed
+/// are never used: time passes over a slice as it passes over the bucket, and what all nodes admit
+/// together never exceeds what the one bucket would have admitted (burst + rate × Δt over any
+/// window). A request's unused reservation goes back into the slice as the µs it had taken (those
+/// still ahead), never to Redis, whose refunds stop at the end of the last slice handed out (the
+/// lease mark). `now` must be an upper bound of Redis' clock (``RedisClockBound``): a late `now`
+/// only wastes capacity.
 struct BucketSlice: Sendable, Hashable {
+    struct Interval: Sendable, Hashable {
+        var start: Int64
+        var end: Int64
+    }
+
     let bucket: GCRABucket
     /// Where the slice ends: the bucket's TAT right after it was taken.
     let end: Int64
-    /// The next unused µs of the slice.
-    private(set) var cursor: Int64
+    /// The µs not used yet, sorted and disjoint.
+    private(set) var free: [Interval]
 
     init(limit: BucketLimit, start: Int64, end: Int64) {
         bucket = GCRABucket(limit)
         self.end = end
-        cursor = start
+        free = start < end ? [Interval(start: start, end: end)] : []
+    }
+
+    /// Free µs at or after `now`.
+    func freeMicros(now: Int64) -> Int64 {
+        free.reduce(0) { $0 + max($1.end - max($1.start, now), 0) }
     }
 
     /// Whether `units` fit at `now`, without taking them.
     func fits(_ units: Int, now: Int64) -> Bool {
-        max(cursor, now) + bucket.refillMicros(forCost: Int64(units)) <= end
+        freeMicros(now: now) >= bucket.refillMicros(forCost: Int64(units))
     }
 
-    /// Takes `units` at `now`; the caller checked ``fits(_:now:)`` for every bucket first.
-    mutating func take(_ units: Int, now: Int64) {
-        cursor = max(cursor, now) + bucket.refillMicros(forCost: Int64(units))
+    /// Takes `units` at `now` (the caller checked ``fits(_:now:)`` for every bucket first): the
+    /// intervals taken, earliest first. Free µs before `now` are dropped.
+    mutating func take(_ units: Int, now: Int64) -> [Interval] {
+        var needed = bucket.refillMicros(forCost: Int64(units))
+        var taken: [Interval] = []
+        var index = 0
+        while index < free.count, needed > 0 {
+            let start = max(free[index].start, now)
+            if start >= free[index].end {
+                free.remove(at: index)
+                continue
+            }
+            let length = min(free[index].end - start, needed)
+            taken.append(Interval(start: start, end: start + length))
+            needed -= length
+            if start + length == free[index].end {
+                free.remove(at: index)
+            } else {
+                free[index].start = start + length
+                index += 1
+            }
+        }
+        return taken
+    }
+
+    /// Gives back `micros` of what a request took (`taken`, as ``take(_:now:)`` returned it), the
+    /// latest µs first and only those still ahead of `now`.
+    mutating func giveBack(_ micros: Int64, of taken: [Interval], now: Int64) {
+        var left = micros
+        for interval in taken.reversed() where left > 0 {
+            let start = max(interval.start, interval.end - left, now)
+            guard start < interval.end else { continue }
+            insert(Interval(start: start, end: interval.end))
+            left -= interval.end - start
+        }
+        free.removeAll { $0.end <= now }
+    }
+
+    private mutating func insert(_ interval: Interval) {
+        var merged = interval
+        var result: [Interval] = []
+        var placed = false
+        for current in free {
+            if current.end < merged.start {
+                result.append(current)
+            } else if merged.end < current.start {
+                if !placed { result.append(merged); placed = true }
+                result.append(current)
+            } else {
+                merged = Interval(start: min(merged.start, current.start), end: max(merged.end, current.end))
+            }
+        }
+        if !placed { result.append(merged) }
+        free = result
     }
 
     /// Whole units still usable at `now`.
     func remaining(now: Int64) -> Int64 {
-        let left = end - max(cursor, now)
-        guard left > 0 else { return 0 }
-        return left * bucket.ratePerMinute / GCRABucket.periodMicros
+        freeMicros(now: now) * bucket.ratePerMinute / GCRABucket.periodMicros
+    }
+
+    /// The start of the free tail that reaches the slice's end (what can go back to the bucket), or
+    /// nil when the end was used.
+    func tailStart(now: Int64) -> Int64? {
+        guard let last = free.last, last.end == end else { return nil }
+        return max(last.start, now)
     }
 }
 
@@ -49,16 +118,17 @@ struct LimiterLease: Sendable {
     var slices: [BucketSlice?]
 
     /// Admits `request` at `now` (an upper bound of Redis' clock) if every configured bucket's slice
-    /// covers its cost; all-or-nothing.
-    mutating func admit(_ request: AdmissionRequest, now: Int64) -> Bool {
-        guard request.limits == limits else { return false }
+    /// covers its cost; all-or-nothing. Returns what it took of each bucket (for refunds).
+    mutating func admit(_ request: AdmissionRequest, now: Int64) -> [[BucketSlice.Interval]]? {
+        guard request.limits == limits else { return nil }
         for (index, kind) in RateLimitKind.buckets.enumerated() where limits.bucket(kind) != nil {
-            guard let slice = slices[index], slice.fits(request.cost(kind), now: now) else { return false }
+            guard let slice = slices[index], slice.fits(request.cost(kind), now: now) else { return nil }
         }
+        var taken: [[BucketSlice.Interval]] = [[], [], [], []]
         for (index, kind) in RateLimitKind.buckets.enumerated() where limits.bucket(kind) != nil {
-            slices[index]?.take(request.cost(kind), now: now)
+            taken[index] = slices[index]?.take(request.cost(kind), now: now) ?? []
         }
-        return true
+        return taken
     }
 
     /// Whether time or use has emptied every slice (nothing left to give back).

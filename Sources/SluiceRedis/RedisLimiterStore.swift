@@ -160,6 +160,11 @@ public final class RedisLimiterStore: LimiterStore {
         let prompt = max(actualPromptTokens, 0)
         let completion = max(actualCompletionTokens, 0)
         recordUsage(reservation, promptTokens: prompt, completionTokens: completion)
+        if let taken = held.leased, let againstLease = lane.settleAgainstLease(taken, reservation, prompt: prompt, completion: completion) {
+            // Settled against this node's lease: only usage beyond what it holds goes to Redis.
+            guard let extra = againstLease else { return lane.localSnapshot(reservation.limits) }
+            return await lane.settle(extra, limits: reservation.limits)
+        }
         let values = SettlementValues(
             reservedPrompt: reservation.promptTokens, reservedOutput: reservation.reservedOutputTokens,
             actualPrompt: prompt, actualCompletion: completion,
@@ -179,9 +184,14 @@ public final class RedisLimiterStore: LimiterStore {
         if values[0] != 0 {
             logger.warning("corrupt limiter state in Redis was discarded and reset", metadata: ["key_id": "\(keyID)", "script": "snapshot"])
         }
+        // Capacity this node holds in a lease is still this key's to use.
+        let leased = lanes.withLock { $0[keyID] }?.leasedRemaining() ?? (requests: 0, tokens: 0, requestsMicros: 0, tokensMicros: 0)
         return RateLimitSnapshot(
-            limits: limits, requestsRemaining: values[1], requestsResetMicros: values[2],
-            tokensRemaining: values[3], tokensResetMicros: values[4]
+            limits: limits,
+            requestsRemaining: min(values[1] + leased.requests, Int64(limits.requests?.burst ?? 0)),
+            requestsResetMicros: max(values[2] - leased.requestsMicros, 0),
+            tokensRemaining: min(values[3] + leased.tokens, Int64(limits.tokens?.burst ?? 0)),
+            tokensResetMicros: max(values[4] - leased.tokensMicros, 0)
         )
     }
 

@@ -297,3 +297,66 @@ final class RedisLimiterStoreConformanceTests: XCTestCase {
     func testKeysAreIndependent() async throws { try await run.keysAreIndependent() }
     func testRetryAfterIsWhenTheRequestPasses() async throws { try await run.retryAfterIsWhenTheRequestPasses() }
 }
+
+/// The Redis store with every key leased (`lease: always`): the node admits against slices of the
+/// buckets it holds, and the semantics must not change.
+final class LeasedRedisLimiterStoreConformanceTests: XCTestCase {
+    var server: RedisServerProcess?
+    var client: RedisClient?
+    var checks: LimiterStoreConformance?
+
+    override func setUpWithError() throws {
+        let server = try RedisServerProcess()
+        let client = RedisClient(config: server.config, options: testClientOptions)
+        self.server = server
+        self.client = client
+        checks = LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client)))
+    }
+
+    override func tearDown() {
+        client?.shutdown()
+        server?.stop()
+    }
+
+    private var run: LimiterStoreConformance {
+        get throws {
+            guard let checks else { throw RedisTestError("no store") }
+            return checks
+        }
+    }
+
+    func testAdmitChargesEveryBucketAndReportsHeaders() async throws { try await run.admitChargesEveryBucketAndReportsHeaders() }
+    func testDenialIsAllOrNothing() async throws { try await run.denialIsAllOrNothing() }
+    func testEachBucketChargesItsOwnCost() async throws { try await run.eachBucketChargesItsOwnCost() }
+    func testNeverFitsOutranksLongerWaits() async throws { try await run.neverFitsOutranksLongerWaits() }
+    func testLongestWaitIsReported() async throws { try await run.longestWaitIsReported() }
+    func testSettleRefundsUnusedReservation() async throws { try await run.settleRefundsUnusedReservation() }
+    func testSettleChargesUsageBeyondReservation() async throws { try await run.settleChargesUsageBeyondReservation() }
+    func testConcurrencySlotsAreReleasedOnSettle() async throws { try await run.concurrencySlotsAreReleasedOnSettle() }
+    func testSettleHappensExactlyOnce() async throws { try await run.settleHappensExactlyOnce() }
+    func testSnapshotChargesNothing() async throws { try await run.snapshotChargesNothing() }
+    func testUnlimitedKeyIsAlwaysAdmitted() async throws { try await run.unlimitedKeyIsAlwaysAdmitted() }
+    func testKeysAreIndependent() async throws { try await run.keysAreIndependent() }
+    func testRetryAfterIsWhenTheRequestPasses() async throws { try await run.retryAfterIsWhenTheRequestPasses() }
+}
+
+/// A store whose requests all ask for leasing.
+struct AlwaysLeased: LimiterStore {
+    let store: RedisLimiterStore
+
+    init(_ store: RedisLimiterStore) { self.store = store }
+
+    func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
+        var leased = request
+        leased.limits.lease = .always
+        return try await store.admit(leased)
+    }
+
+    func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
+        try await store.settle(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
+    }
+
+    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        try await store.snapshot(keyID: keyID, limits: limits)
+    }
+}

@@ -63,7 +63,7 @@ final class RedisArgumentsTests: XCTestCase {
         let lost = LostCall(sequence: 4, admissions: [(prompt: 9, output: 10)], settlements: [settlement], firstResolution: nil)
         var call = LaneCall(sequence: 5, limits: limits, admissions: [request], settlements: [settlement], lost: lost)
         call.leaseWanted = [11, 12, 0, 0]
-        call.leaseReturned[1] = (end: 13, cursor: 14)
+        call.leaseReturned[1] = (end: 13, tailStart: 14)
         let arguments = call.arguments(stateKey: "sluice:{team-a}:state", nodeID: "node-x", deadline: 99, options: .init(leaseTTLMillis: 30_000, stateTTLMillis: 900_000))
         var expected = ["sluice:{team-a}:state", "node-x", "5", "99", "60", "10", "1000", "1000", "0", "0", "0", "0", "3", "500", "0", "30000", "900000", "1000000"]
         expected += ["4", "5", "1", "1", "1", "1"]            // lost seq, first resolution (this call), counts

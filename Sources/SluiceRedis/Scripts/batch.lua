@@ -17,7 +17,7 @@
 --       18 lost call's sequence number (0: none)   19 first sequence number that tried to resolve it
 --       20 lost admissions   21 lost settlements   22 settlements   23 admissions   (counts)
 --       24..27 lease wanted: units of the requests, tokens, input, output buckets (0: none)
---       28..35 lease returned: end and cursor (µs) of each bucket's slice (0 0: none)
+--       28..35 lease returned: end and start of the unused tail (µs) of each bucket's slice (0 0: none)
 --       36..  lost admissions (2 each: prompt, output), lost settlements and settlements (7 each:
 --             reserved prompt, reserved output, actual prompt, actual completion, quota day,
 --             quota month (-1: not charged), slot epoch (0: no slot)), admissions (2 each: prompt,
@@ -36,8 +36,9 @@
 --          quota day, quota month (of the admissions; -1: no quota),
 --          requests remaining, reset µs, tokens remaining, reset µs (after everything),
 --          lease granted: start, end µs of each bucket (0 0: none),
---          then 12 per admission: admitted 1|0, denial kind, limit, burst, used, requested,
---          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs}
+--          then 15 per admission: admitted 1|0, denial kind, limit, burst, used, requested,
+--          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs,
+--          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none)}
 --   denial kinds: 1 requests 2 tokens 3 input tokens 4 output tokens 5 concurrency
 --                 6 daily tokens 7 monthly tokens
 
@@ -92,13 +93,22 @@ for name, raw in pairs(fields) do
 end
 
 -- Buckets and quotas as they stand.
-local buckets, deltas = {}, {}
+local buckets, deltas, marks = {}, {}, {}
 for index = 1, 4 do
   local bucket = bucketAt(4 + (index - 1) * 2)
   if bucket ~= nil then
     buckets[index] = bucket
     deltas[index] = stateDelta(fields, BUCKET_FIELDS[index], bucket, now)
+    marks[index] = stateInteger(fields, LEASE_MARKS[index]) or 0
   end
+end
+local marksChanged = false
+
+-- A refund moves the TAT back, but never below the end of a slice some node may still hold (the
+-- mark): the nodes' slices must stay inside [now, TAT], or the bucket would refill behind them and
+-- hand their capacity out twice.
+local function refund(index, amount)
+  deltas[index] = math.max(bucketRefund(buckets[index], amount, deltas[index]), marks[index] - now)
 end
 local bucketsChanged = false
 local maxConcurrent = tonumber(ARGV[12])
@@ -114,7 +124,7 @@ local function reconcile(index, reserved, actual)
   local bucket = buckets[index]
   if bucket == nil or actual == reserved then return end
   if actual < reserved then
-    deltas[index] = bucketRefund(bucket, reserved - actual, deltas[index])
+    refund(index, reserved - actual)
   else
     deltas[index] = bucketCharge(bucket, actual - reserved, deltas[index])
   end
@@ -137,7 +147,7 @@ end
 local function release(at)
   local prompt, output = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   if buckets[1] ~= nil then
-    deltas[1] = bucketRefund(buckets[1], 1, deltas[1])
+    refund(1, 1)
     bucketsChanged = true
   end
   reconcile(2, prompt + output, 0)
@@ -167,14 +177,18 @@ if lostSeq > 0 then
 end
 at = at + lostAdmissions * 2 + lostSettlements * 7
 
--- A lease comes back: a slice that is still the last thing its bucket handed out returns what
--- was not used (exactly: nothing was handed out after it); one with slices after it stays
--- charged until time passes it.
+-- A lease comes back: the unused tail [tailStart, end) of a slice that is still the last thing its
+-- bucket handed out returns to the bucket (exactly: nothing was handed out after it); a slice with
+-- others after it stays charged until time passes it.
 for index = 1, 4 do
-  local sliceEnd, cursor = tonumber(ARGV[28 + (index - 1) * 2]), tonumber(ARGV[29 + (index - 1) * 2])
+  local sliceEnd, tailStart = tonumber(ARGV[28 + (index - 1) * 2]), tonumber(ARGV[29 + (index - 1) * 2])
   if buckets[index] ~= nil and sliceEnd > 0 and now + deltas[index] == sliceEnd then
-    deltas[index] = math.max(cursor - now, 0)
+    deltas[index] = math.max(tailStart - now, 0)
     bucketsChanged = true
+    if marks[index] == sliceEnd then
+      marks[index] = tailStart
+      marksChanged = true
+    end
   end
 end
 
@@ -237,9 +251,13 @@ for index = 0, admissions - 1 do
     if quotaCost > perMonth then consider(7, perMonth, perMonth, monthUsed, quotaCost, 0, 1)
     else consider(7, perMonth, perMonth, monthUsed, quotaCost, nextMonthDay * DAY_SECONDS * 1000000 - now, 0) end
   end
+  local starts = { 0, 0, 0 }
   if denial == nil then
     for b = 1, 4 do
-      if buckets[b] ~= nil then deltas[b] = newDeltas[b] end
+      if buckets[b] ~= nil then
+        if b > 1 then starts[b - 1] = now + math.max(deltas[b], 0) end
+        deltas[b] = newDeltas[b]
+      end
     end
     bucketsChanged = bucketsChanged or buckets[1] ~= nil or buckets[2] ~= nil or buckets[3] ~= nil or buckets[4] ~= nil
     if hasQuota then
@@ -256,6 +274,7 @@ for index = 0, admissions - 1 do
     for k = 1, 7 do results[#results + 1] = denial[k] end
   end
   snapshotValues(results)
+  for k = 1, 3 do results[#results + 1] = starts[k] end
 end
 
 -- A lease taken: of each bucket, what the node asked for or what is left if less, as an interval
@@ -272,6 +291,8 @@ for index = 1, 4 do
       deltas[index] = math.max(deltas[index], 0) + refillMicros(bucket, units)
       granted[(index - 1) * 2 + 1] = start
       granted[(index - 1) * 2 + 2] = now + deltas[index]
+      marks[index] = now + deltas[index]
+      marksChanged = true
       bucketsChanged = true
     end
   end
@@ -294,6 +315,11 @@ if bucketsChanged then
         put(BUCKET_FIELDS[index], '0')
       end
     end
+  end
+end
+if marksChanged then
+  for index = 1, 4 do
+    if buckets[index] ~= nil then put(LEASE_MARKS[index], int(marks[index])) end
   end
 end
 if quotaChanged then

@@ -152,9 +152,12 @@ end
 --   r t i o          the TAT of the requests, tokens, input and output tokens buckets (µs of Redis'
 --                    clock; absent, or in the past: the bucket is full)
 --   qd qdu qm qmu    the quota periods (UTC day index, year * 12 + month - 1) and their usage
+--   lr lt li lo      the lease marks: the end of the last slice of each bucket handed to a node
+--                    (batch.lua): refunds never move a TAT below it
 --   exp              the hash's expiry (ms) as last set, so PEXPIRE runs only when it must move
 --   n:<node>         one per node: "slots leaseExpiryMs epoch ack seenMs" (see batch.lua)
 local BUCKET_FIELDS = { 'r', 't', 'i', 'o' }
+local LEASE_MARKS = { 'lr', 'lt', 'li', 'lo' }
 
 -- The hash at key as a table of fields (empty when absent). A key of another type is deleted
 -- and flagged: the limiter starts over rather than fail every request of that API key.
