@@ -59,6 +59,8 @@ final class KeyLane: Sendable {
         var sharedHeaders: [Int64] = [0, 0, 0, 0]
         var limits: ResolvedLimits?
         var droppedSettlements = 0
+        /// The last denial by a bucket or quota, while it holds (see ``DenialMemory``).
+        var denied: DenialMemory?
 
         /// Marks the lane busy if it was idle: the caller then starts the drain.
         mutating func startDraining() -> Bool {
@@ -91,6 +93,9 @@ final class KeyLane: Sendable {
             state.limits = request.limits
             state.lastAdmissionMonotonic = now
             state.demand.record(request, at: now)
+            if let memory = state.denied, let denial = memory.denial(for: request, at: now) {
+                return .denied(denial, memory.snapshot)
+            }
             guard state.lost == nil, var lease = state.lease, let clock = state.clock,
                   let taken = lease.admit(request, now: clock.now(monotonicMicros: now)) else { return nil }
             state.lease = lease
@@ -113,6 +118,8 @@ final class KeyLane: Sendable {
         state.withLock { state in
             guard let held = state.held.removeValue(forKey: reservation.requestID) else { return nil }
             if held.slotEpoch != 0 { state.slotsHeld = max(state.slotsHeld - 1, 0) }
+            // A settlement may give capacity back: what was denied may pass now.
+            state.denied = nil
             return held
         }
     }
@@ -342,6 +349,7 @@ final class KeyLane: Sendable {
                     decisions.append(.admitted(Reservation(admitting: request), snapshot))
                 } else if let denial = outcome.denial {
                     decisions.append(.denied(denial, snapshot))
+                    if let memory = DenialMemory(denial, request: request, snapshot: snapshot, at: sent) { state.denied = memory }
                 }
             }
             if reply.slices.contains(where: { $0.end > 0 }) {
@@ -451,5 +459,43 @@ final class KeyLane: Sendable {
             tokensRemaining: min(headers[2] + (tokens?.remaining(now: now) ?? 0), Int64(limits.tokens?.burst ?? 0)),
             tokensResetMicros: max(headers[3] - (tokens?.freeMicros(now: now) ?? 0), 0)
         )
+    }
+}
+
+/// A denial remembered for a moment, so that a client hammering a key past its limit costs Redis
+/// a few calls a second instead of one per request. Only what cannot pass sooner is denied from
+/// memory: the same limits, and at least the remembered cost in the bucket (or quota) that denied,
+/// before its retry-after (capped at ``maximumMicros``, as settlements elsewhere may free capacity
+/// earlier). Concurrency denials are never remembered: a slot frees whenever a request ends.
+struct DenialMemory: Sendable {
+    static let maximumMicros: Int64 = 250_000
+
+    let denial: RateLimitDenial
+    let limits: ResolvedLimits
+    let cost: Int
+    let snapshot: RateLimitSnapshot
+    let deniedAt: Int64
+    let until: Int64
+
+    init?(_ denial: RateLimitDenial, request: AdmissionRequest, snapshot: RateLimitSnapshot, at now: Int64) {
+        guard denial.kind != .concurrency else { return nil }
+        self.denial = denial
+        limits = request.limits
+        cost = request.cost(denial.kind)
+        self.snapshot = snapshot
+        deniedAt = now
+        let wait = denial.neverFits ? Self.maximumMicros : min(Int64(denial.retryAfterSeconds * 1_000_000), Self.maximumMicros)
+        until = now + wait
+    }
+
+    /// The denial `request` gets from memory at `now`, or nil (ask Redis).
+    func denial(for request: AdmissionRequest, at now: Int64) -> RateLimitDenial? {
+        guard now < until, request.limits == limits, request.cost(denial.kind) >= cost else { return nil }
+        var repeated = denial
+        repeated.requested = request.cost(denial.kind)
+        if !denial.neverFits {
+            repeated.retryAfterSeconds = max(denial.retryAfterSeconds - Double(now - deniedAt) / 1_000_000, 0.001)
+        }
+        return repeated
     }
 }

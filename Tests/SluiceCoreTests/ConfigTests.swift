@@ -102,6 +102,27 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(config.tiers.isEmpty)
     }
 
+    func testLeaseModeAndUsageStream() throws {
+        let json = #"""
+        {"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}],
+         "redis": {"url": "redis://127.0.0.1:6379", "usage_stream": true},
+         "tiers": {"hot": {"requests_per_minute": 1000, "lease": "always"}, "plain": {"requests_per_minute": 10}},
+         "keys": []}
+        """#
+        let config = try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+        XCTAssertEqual(config.tiers["hot"]?.lease, .always)
+        XCTAssertNil(config.tiers["plain"]?.lease)
+        XCTAssertEqual(ResolvedLimits(tier: config.tiers["plain"], own: nil).lease, .auto, "auto unless set")
+        XCTAssertEqual(ResolvedLimits(tier: config.tiers["hot"], own: LimitSet(lease: .off)).lease, .off, "a key overrides its tier")
+        XCTAssertEqual(config.redis?.usageStream, true)
+
+        let wrong = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "tiers": {"t": {"lease": "sometimes"}}, "keys": []}"#
+        XCTAssertThrowsError(try SluiceConfig.parse(bytes: Array(wrong.utf8), environment: [:])) { error in
+            XCTAssertEqual((error as? ConfigError)?.problems.map(\.description),
+                           [#"$.tiers.t.lease: unknown lease mode "sometimes" (known: "auto", "off", "always")"#])
+        }
+    }
+
     func testSecretNeverPrints() throws {
         let config = try load("valid")
         let key = try XCTUnwrap(config.upstreams[0].apiKey)

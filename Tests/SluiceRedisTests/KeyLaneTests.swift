@@ -1,0 +1,210 @@
+import Foundation
+import XCTest
+import SluiceCore
+@testable import SluiceRedis
+
+/// The lanes' promises, checked against a real redis-server: a call whose reply is lost is resolved
+/// exactly once, requests of one key share calls, and leased admissions never exceed the bucket.
+final class KeyLaneTests: XCTestCase {
+    var server: RedisServerProcess?
+    var client: RedisClient?
+
+    override func setUpWithError() throws {
+        let server = try RedisServerProcess()
+        self.server = server
+        client = RedisClient(config: server.config, options: testClientOptions)
+    }
+
+    override func tearDown() {
+        client?.shutdown()
+        server?.stop()
+    }
+
+    private var redis: RedisClient { get throws { try XCTUnwrap(client) } }
+
+    private func request(_ key: String, _ limits: ResolvedLimits, prompt: Int = 0, output: Int = 0) -> AdmissionRequest {
+        Self.makeRequest(key, limits, prompt: prompt, output: output)
+    }
+
+    private static func makeRequest(_ key: String, _ limits: ResolvedLimits, prompt: Int = 0, output: Int = 0) -> AdmissionRequest {
+        AdmissionRequest(requestID: UUID().uuidString, keyID: key, limits: limits, model: "gpt-4o", promptTokens: prompt, reservedOutputTokens: output)
+    }
+
+    /// Redis' own count of the commands it ran (scripts' commands included).
+    private func commandsRun() async throws -> (total: Int, fcall: Int) {
+        let info = try await redis.send(["INFO", "commandstats"]).string ?? ""
+        var total = 0
+        var fcall = 0
+        for line in info.split(whereSeparator: \.isNewline) where line.hasPrefix("cmdstat_") {
+            guard let calls = line.split(separator: ",").first?.split(separator: "=").last, let count = Int(calls) else { continue }
+            total += count
+            if line.hasPrefix("cmdstat_fcall:") { fcall = count }
+        }
+        return (total, fcall)
+    }
+
+    // MARK: lost calls, in batch.lua
+
+    private func call(_ call: LaneCall, key: String, node: String = "node-test") async throws -> LaneReply {
+        let scripts = try RedisLimiterStore.Scripts.load()
+        let arguments = call.arguments(stateKey: RedisKeyLayout(keyID: key).state, nodeID: node, deadline: 0, options: .init())
+        return try LaneReply(try await redis.call(scripts.batch, RedisScriptCall(keyCount: 1, arguments: arguments)), admissions: call.admissions.count)
+    }
+
+    /// A call that ran but whose reply was lost: the next call releases what it admitted, once.
+    func testALostCallThatRanIsReleasedOnce() async throws {
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 10), tokens: BucketLimit(perMinute: 10, burst: 100), maxConcurrentRequests: 1)
+        let admitting = LaneCall(sequence: 1, limits: limits, admissions: [request("lost", limits, prompt: 30), request("lost", limits, prompt: 30)], settlements: [], lost: nil)
+        let ran = try await call(admitting, key: "lost")
+        XCTAssertEqual(ran.admissions.map(\.admitted), [true, false], "one slot: the second is denied")
+        XCTAssertEqual(Array(ran.headerValues), [9, ran.headerValues[ran.headerValues.startIndex + 1], 70, ran.headerValues[ran.headerValues.startIndex + 3]])
+
+        let lost = LostCall(sequence: 1, admissions: [(30, 0), (30, 0)], settlements: [], firstResolution: nil)
+        let resolution = try await call(LaneCall(sequence: 2, limits: limits, admissions: [], settlements: [], lost: lost), key: "lost")
+        XCTAssertEqual(resolution.lostResolution, 1, "it ran")
+        XCTAssertEqual(resolution.headerValues.first, 10, "its admission was released")
+        XCTAssertEqual(resolution.headerValues[resolution.headerValues.startIndex + 2], 100, "only the admitted one was refunded")
+        let entry = try await redis.send(["HGET", RedisKeyLayout(keyID: "lost").state, "n:node-test"]).string
+        XCTAssertEqual(entry?.split(separator: " ").first, "0", "its slot was released")
+
+        // The resolution's own reply lost too: the retry finds it applied and changes nothing.
+        var retried = lost
+        retried.firstResolution = 2
+        let again = try await call(LaneCall(sequence: 3, limits: limits, admissions: [], settlements: [], lost: retried), key: "lost")
+        XCTAssertEqual(again.lostResolution, 2)
+        XCTAssertEqual(again.headerValues.first, 10)
+        XCTAssertEqual(again.headerValues[again.headerValues.startIndex + 2], 100)
+    }
+
+    /// A call that never ran: the next call applies its settlements, and the lost call can never
+    /// run afterwards (it arrives stale).
+    func testALostCallThatNeverRanHasItsSettlementsAppliedOnce() async throws {
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 10, burst: 100))
+        let admitted = try await call(LaneCall(sequence: 1, limits: limits, admissions: [request("never", limits, prompt: 10, output: 40)], settlements: [], lost: nil), key: "never")
+        XCTAssertEqual(admitted.headerValues[admitted.headerValues.startIndex + 2], 50)
+        let settlement = SettlementValues(reservedPrompt: 10, reservedOutput: 40, actualPrompt: 10, actualCompletion: 0, quotaDay: -1, quotaMonth: -1, slotEpoch: 0)
+        let lostCall = LaneCall(sequence: 2, limits: limits, admissions: [], settlements: [settlement], lost: nil)
+        // Call 2 is lost on the way: call 3 resolves it.
+        let lost = LostCall(sequence: 2, admissions: [], settlements: [settlement], firstResolution: nil)
+        let resolution = try await call(LaneCall(sequence: 3, limits: limits, admissions: [], settlements: [], lost: lost), key: "never")
+        XCTAssertEqual(resolution.lostResolution, 0, "it never ran")
+        XCTAssertEqual(resolution.headerValues[resolution.headerValues.startIndex + 2], 90, "its refund applied now")
+        let late = try await call(lostCall, key: "never")
+        XCTAssertEqual(late.status, .stale, "the lost call arrives after its resolution: refused")
+        let after = try await call(LaneCall(sequence: 4, limits: limits, admissions: [], settlements: [], lost: nil), key: "never")
+        XCTAssertEqual(after.headerValues[after.headerValues.startIndex + 2], 90, "the refund applied once")
+    }
+
+    /// Through the store: a settlement sent to a frozen Redis is lost, and applied exactly once
+    /// when Redis is back, ahead of the next admission.
+    func testASettlementLostToAFrozenRedisIsAppliedOnceAfterwards() async throws {
+        let server = try XCTUnwrap(self.server)
+        let store = try RedisLimiterStore(client: redis, options: .init(settleDelayMicros: 0))
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 10, burst: 100), maxConcurrentRequests: 1)
+        guard case .admitted(let reservation, let snapshot) = try await store.admit(request("frozen", limits, prompt: 10, output: 40)) else {
+            return XCTFail("denied")
+        }
+        XCTAssertEqual(snapshot.remainingTokens, 50)
+        server.freeze()
+        let settled = try await store.settle(reservation, actualPromptTokens: 10, actualCompletionTokens: 5)
+        XCTAssertNil(settled, "Redis did not answer: the settlement is owed")
+        XCTAssertEqual(store.owedSettlements, 1)
+        server.thaw()
+        try await Task.sleep(for: .milliseconds(100))
+        guard case .admitted(let next, let after) = try await store.admit(request("frozen", limits, prompt: 1)) else {
+            return XCTFail("the slot of the settled request is still held")
+        }
+        XCTAssertEqual(after.remainingTokens, 84, "35 unused tokens came back once, 1 taken")
+        XCTAssertEqual(store.owedSettlements, 0)
+        _ = try await store.settle(next, actualPromptTokens: 1, actualCompletionTokens: 0)
+    }
+
+    // MARK: batching
+
+    /// Requests of one key that arrive together share calls: Redis runs far fewer than four
+    /// commands per request (counted by Redis itself), every limit kind configured.
+    func testConcurrentRequestsOfAKeyShareCalls() async throws {
+        let store = try RedisLimiterStore(client: redis)
+        let limits = ResolvedLimits(
+            requests: BucketLimit(perMinute: 100_000), tokens: BucketLimit(perMinute: 1_000_000),
+            inputTokens: BucketLimit(perMinute: 1_000_000), outputTokens: BucketLimit(perMinute: 1_000_000),
+            maxConcurrentRequests: 1_000, tokensPerDay: 10_000_000, tokensPerMonth: 100_000_000
+        )
+        _ = try await store.snapshot(keyID: "batch", limits: limits)  // loads the functions
+        let before = try await commandsRun()
+        let requests = 64
+        let reservations = try await withThrowingTaskGroup(of: Reservation?.self) { group in
+            for _ in 0..<requests {
+                group.addTask {
+                    guard case .admitted(let reservation, _) = try await store.admit(Self.makeRequest("batch", limits, prompt: 10, output: 10)) else { return nil }
+                    return reservation
+                }
+            }
+            return try await group.reduce(into: [Reservation]()) { list, element in if let element { list.append(element) } }
+        }
+        XCTAssertEqual(reservations.count, requests)
+        await withTaskGroup(of: Void.self) { group in
+            for reservation in reservations {
+                group.addTask { _ = try? await store.settle(reservation, actualPromptTokens: 10, actualCompletionTokens: 5) }
+            }
+        }
+        let after = try await commandsRun()
+        let perRequest = Double(after.total - before.total - 1) / Double(requests)  // INFO itself counts
+        XCTAssertLessThanOrEqual(perRequest, 4, "commands per request")
+        XCTAssertLessThan(after.fcall - before.fcall, requests / 4, "calls were shared")
+        XCTAssertEqual(store.leasesInFlight, 0)
+    }
+
+    // MARK: leasing
+
+    /// Two nodes leasing one key admit, together, never more than the bucket allows, and most
+    /// admissions need no call at all.
+    func testLeasedNodesNeverAdmitBeyondTheBucket() async throws {
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 600, burst: 20), lease: .always)
+        let nodes = [try RedisLimiterStore(client: redis, nodeID: "a"), try RedisLimiterStore(client: redis, nodeID: "b")]
+        _ = try await nodes[0].snapshot(keyID: "leased", limits: limits)
+        let before = try await commandsRun()
+        let started = Date()
+        let seconds = 2.0
+        let admitted = try await withThrowingTaskGroup(of: Int.self) { group in
+            for node in nodes {
+                group.addTask {
+                    var count = 0
+                    while Date().timeIntervalSince(started) < seconds {
+                        if case .admitted(let reservation, _) = try await node.admit(Self.makeRequest("leased", limits)) {
+                            count += 1
+                            _ = try await node.settle(reservation, actualPromptTokens: 0, actualCompletionTokens: 0)
+                        }
+                    }
+                    return count
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        let elapsed = Date().timeIntervalSince(started)
+        let allowed = 20 + 600.0 / 60 * elapsed
+        XCTAssertLessThanOrEqual(Double(admitted), allowed + 1, "admitted beyond burst + rate × time")
+        XCTAssertGreaterThanOrEqual(Double(admitted), 0.8 * allowed, "leases parked most of the capacity")
+        let after = try await commandsRun()
+        XCTAssertLessThan(after.fcall - before.fcall, 200, "denials and slices only")
+    }
+
+    /// A lease nobody uses goes back to the bucket; admissions against it make no call.
+    func testAnIdleLeaseIsGivenBack() async throws {
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 60, burst: 20), lease: .always)
+        let node = try RedisLimiterStore(client: redis, options: .init(leaseIdleMicros: 50_000), nodeID: "a")
+        let other = try RedisLimiterStore(client: redis, nodeID: "b")
+        guard case .admitted = try await node.admit(request("idle", limits)) else { return XCTFail("denied") }
+        let before = try await commandsRun()
+        guard case .admitted = try await node.admit(request("idle", limits)) else { return XCTFail("denied") }
+        let after = try await commandsRun()
+        XCTAssertEqual(after.fcall, before.fcall, "admitted against the lease, without a call")
+        let held = try await other.snapshot(keyID: "idle", limits: limits)
+        XCTAssertLessThan(held.remainingRequests ?? 0, 18, "the rest of the slice is parked on the first node")
+        try await Task.sleep(for: .milliseconds(80))
+        node.maintain()
+        try await Task.sleep(for: .milliseconds(100))
+        let returned = try await other.snapshot(keyID: "idle", limits: limits)
+        XCTAssertEqual(returned.remainingRequests, 18, "two used, the rest given back")
+    }
+}
