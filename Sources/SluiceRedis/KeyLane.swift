@@ -25,6 +25,10 @@ final class KeyLane: Sendable {
         let deadline: @Sendable () async throws -> Int64
         /// Every reply's reading of Redis' clock.
         let observeRedisClock: @Sendable (Int64) -> Void
+        let statistics: LimiterStatistics
+        /// The node's call sequence numbers: increasing across all its lanes, so a lane created
+        /// again for a key (after it was forgotten) never reuses one Redis has seen.
+        let nextSequence: @Sendable () -> Int64
     }
 
     struct QueuedAdmission {
@@ -44,7 +48,6 @@ final class KeyLane: Sendable {
         var admissions: [QueuedAdmission] = []
         var settlements: [QueuedSettlement] = []
         var draining = false
-        var sequence: Int64 = 0
         var lost: (call: LostCall, limits: ResolvedLimits)?
         var held: [String: HeldReservation] = [:]
         var slotsHeld = 0
@@ -94,11 +97,13 @@ final class KeyLane: Sendable {
             state.lastAdmissionMonotonic = now
             state.demand.record(request, at: now)
             if let memory = state.denied, let denial = memory.denial(for: request, at: now) {
+                context.statistics.count(.rememberedDenials)
                 return .denied(denial, memory.snapshot)
             }
             guard state.lost == nil, var lease = state.lease, let clock = state.clock,
                   let taken = lease.admit(request, now: clock.now(monotonicMicros: now)) else { return nil }
             state.lease = lease
+            context.statistics.count(.leasedAdmissions)
             state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: 0, leased: taken)
             return .admitted(Reservation(admitting: request), Self.leasedSnapshot(state, request.limits, now: clock.now(monotonicMicros: now)))
         }
@@ -190,9 +195,12 @@ final class KeyLane: Sendable {
     /// Settlements Redis has not taken yet (queued or in a lost call).
     var owedSettlements: Int { state.withLock { $0.settlements.count + ($0.lost?.call.settlements.count ?? 0) } }
 
-    /// Whether the lane holds nothing: it can be forgotten.
-    var isIdle: Bool {
-        state.withLock { $0.held.isEmpty && $0.settlements.isEmpty && $0.admissions.isEmpty && $0.lost == nil && $0.lease == nil && !$0.draining }
+    /// Whether the lane has held nothing since `since` (monotonic µs): it can be forgotten.
+    func isIdle(since: Int64) -> Bool {
+        state.withLock {
+            $0.held.isEmpty && $0.settlements.isEmpty && $0.admissions.isEmpty && $0.lost == nil && $0.lease == nil && !$0.draining
+                && $0.lastAdmissionMonotonic < since && $0.lastCallMonotonic < since
+        }
     }
 
     /// Periodic upkeep (``RedisLimiterStore/maintain()``): gives back a lease no request used for
@@ -213,6 +221,20 @@ final class KeyLane: Sendable {
             let owed = state.lost != nil || !state.settlements.isEmpty
             let due = state.returnLease || state.renew || (owed && now - state.lastFailureMonotonic >= options.retryIntervalMicros)
             return due && state.startDraining()
+        }
+        if start { Task { await self.drain() } }
+    }
+
+    /// Whether something waits for Redis: queued work, a lost call, a call in flight.
+    var isBusy: Bool {
+        state.withLock { !$0.settlements.isEmpty || !$0.admissions.isEmpty || $0.lost != nil || $0.draining }
+    }
+
+    /// Sends what is owed now, whatever the retry interval (at shutdown).
+    func flushNow() {
+        let start = state.withLock { state -> Bool in
+            guard state.lost != nil || !state.settlements.isEmpty else { return false }
+            return state.startDraining()
         }
         if start { Task { await self.drain() } }
     }
@@ -239,6 +261,8 @@ final class KeyLane: Sendable {
                 let raw = try await context.client.call(context.function, RedisScriptCall(keyCount: 1, arguments: arguments))
                 let reply = try LaneReply(raw, admissions: admissions.count)
                 context.observeRedisClock(reply.redisMicros)
+                context.statistics.count(.calls)
+                context.statistics.count(.redisAdmissions, by: admissions.count)
                 guard reply.status == .applied else {
                     context.logger.warning("redis refused a limiter call", metadata: [
                         "key_id": "\(keyID)", "reason": "\(reply.status == .stale ? "stale sequence number" : "past its deadline")",
@@ -255,6 +279,7 @@ final class KeyLane: Sendable {
                 case .connectFailed, .handshakeFailed, .notConnected, .invalidCommand, .shutDown, .server: applied = false
                 default: applied = nil
                 }
+                context.statistics.count(applied == nil ? .lostCalls : .failedCalls)
                 finish(failing: (call, admissions, settlements), error: error, applied: applied)
                 return
             }
@@ -265,10 +290,10 @@ final class KeyLane: Sendable {
     private func nextCall(_ state: inout State) -> (LaneCall, [QueuedAdmission], [QueuedSettlement])? {
         if var lost = state.lost {
             // Nothing else goes before the lost call is resolved.
-            state.sequence += 1
-            lost.call.firstResolution = lost.call.firstResolution ?? state.sequence
+            let sequence = context.nextSequence()
+            lost.call.firstResolution = lost.call.firstResolution ?? sequence
             state.lost = lost
-            let call = LaneCall(sequence: state.sequence, limits: lost.limits, admissions: [], settlements: [], lost: lost.call)
+            let call = LaneCall(sequence: sequence, limits: lost.limits, admissions: [], settlements: [], lost: lost.call)
             return (call, [], [])
         }
         let admissions = Array(state.admissions.prefix(LaneCall.maximumAdmissions))
@@ -284,10 +309,9 @@ final class KeyLane: Sendable {
             return nil
         }
         var call = LaneCall(
-            sequence: state.sequence + 1, limits: limits, admissions: admissions.map(\.request),
+            sequence: context.nextSequence(), limits: limits, admissions: admissions.map(\.request),
             settlements: settlements.map(\.values), lost: nil
         )
-        state.sequence += 1
         if let lease = state.lease, state.returnLease || !admissions.isEmpty || lease.limits != limits {
             // Given back before a new one is taken: what it still holds returns to the bucket if
             // nothing was handed out after it.
@@ -497,5 +521,50 @@ struct DenialMemory: Sendable {
             repeated.retryAfterSeconds = max(denial.retryAfterSeconds - Double(now - deniedAt) / 1_000_000, 0.001)
         }
         return repeated
+    }
+}
+
+/// What the lanes did, since the store started: read by the metrics at each scrape.
+public final class LimiterStatistics: Sendable {
+    public enum Event: Int, Sendable, CaseIterable {
+        /// Admitted against a lease held by this node, without a call.
+        case leasedAdmissions
+        /// Decided by Redis (admitted or denied), in batch.lua calls.
+        case redisAdmissions
+        /// Denied from a denial remembered for a moment, without a call.
+        case rememberedDenials
+        /// batch.lua calls answered.
+        case calls
+        /// Calls whose reply never came (resolved by the lane's next call).
+        case lostCalls
+        /// Calls that certainly did not run (not sent, refused).
+        case failedCalls
+    }
+
+    private let leased = Atomic(0), redis = Atomic(0), remembered = Atomic(0)
+    private let calls = Atomic(0), lost = Atomic(0), failed = Atomic(0)
+
+    public init() {}
+
+    func count(_ event: Event, by amount: Int = 1) {
+        switch event {
+        case .leasedAdmissions: leased.add(amount, ordering: .relaxed)
+        case .redisAdmissions: redis.add(amount, ordering: .relaxed)
+        case .rememberedDenials: remembered.add(amount, ordering: .relaxed)
+        case .calls: calls.add(amount, ordering: .relaxed)
+        case .lostCalls: lost.add(amount, ordering: .relaxed)
+        case .failedCalls: failed.add(amount, ordering: .relaxed)
+        }
+    }
+
+    public subscript(_ event: Event) -> Int {
+        switch event {
+        case .leasedAdmissions: leased.load(ordering: .relaxed)
+        case .redisAdmissions: redis.load(ordering: .relaxed)
+        case .rememberedDenials: remembered.load(ordering: .relaxed)
+        case .calls: calls.load(ordering: .relaxed)
+        case .lostCalls: lost.load(ordering: .relaxed)
+        case .failedCalls: failed.load(ordering: .relaxed)
+        }
     }
 }

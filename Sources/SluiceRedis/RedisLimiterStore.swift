@@ -102,8 +102,12 @@ public final class RedisLimiterStore: LimiterStore {
     /// before the first): what turns "the caller gives up in 250 ms" into a deadline on Redis'
     /// clock, whatever the skew between the two.
     private let clockOffsetMicros = Atomic<Int64>(.min)
+    /// The last call sequence number used (see ``KeyLane/Context/nextSequence``).
+    private let sequence = Atomic<Int64>(0)
     private let lanes = Mutex<[String: KeyLane]>([:])
     private let ledger = Mutex(UsageLedger())
+    /// What the lanes did (for the metrics).
+    public let statistics = LimiterStatistics()
 
     /// - Parameter nodeID: names this node's entries in the keys' state (random by default; two
     ///   live processes must never share one).
@@ -131,7 +135,9 @@ public final class RedisLimiterStore: LimiterStore {
                 },
                 observeRedisClock: { [weak self] redisMicros in
                     self?.clockOffsetMicros.store(redisMicros - Self.wallClockMicros(), ordering: .relaxed)
-                }
+                },
+                statistics: statistics,
+                nextSequence: { [weak self] in (self?.sequence.add(1, ordering: .relaxed).newValue) ?? .max }
             )
             let lane = KeyLane(keyID: keyID, context: context)
             lanes[keyID] = lane
@@ -200,8 +206,14 @@ public final class RedisLimiterStore: LimiterStore {
     /// Concurrency slots held by requests running here.
     public var leasesInFlight: Int { lanes.withLock { $0.values.reduce(0) { $0 + $1.slotsHeld } } }
 
+    /// Lanes alive (one per key used lately).
+    var laneCount: Int { lanes.withLock { $0.count } }
+
     /// Settlements Redis has not taken yet: queued, or in a call whose reply was lost.
     public var owedSettlements: Int { lanes.withLock { $0.values.reduce(0) { $0 + $1.owedSettlements } } }
+
+    /// A lane that held nothing for this long is forgotten (it is created again when needed).
+    static let laneIdleMicros: Int64 = 60_000_000
 
     /// How often ``maintain()`` should run.
     public static let maintenanceIntervalMillis = 100
@@ -210,12 +222,29 @@ public final class RedisLimiterStore: LimiterStore {
     /// requests still running renewed (every third of the lease TTL), calls that failed retried;
     /// lanes that hold nothing are forgotten. Run it every ``maintenanceIntervalMillis``.
     public func maintain() {
-        let now = MonotonicClock.microseconds()
+        maintain(now: MonotonicClock.microseconds())
+    }
+
+    func maintain(now: Int64) {
         let current = lanes.withLock { lanes in
-            lanes = lanes.filter { !$0.value.isIdle }
+            lanes = lanes.filter { !$0.value.isIdle(since: now - Self.laneIdleMicros) }
             return Array(lanes.values)
         }
         for lane in current { lane.maintain(now: now) }
+    }
+
+    /// At shutdown: sends every settlement still owed and waits until Redis took them, or until
+    /// `timeout` (Redis unreachable: the slots they hold expire by themselves). Returns the
+    /// settlements still owed.
+    public func finishOutstanding(timeout: Duration = .seconds(2)) async -> Int {
+        let deadline = ContinuousClock.now + timeout
+        let current = lanes.withLock { Array($0.values) }
+        for lane in current { lane.flushNow() }
+        while ContinuousClock.now < deadline, current.contains(where: \.isBusy) {
+            try? await Task.sleep(for: .milliseconds(5))
+            for lane in current { lane.flushNow() }
+        }
+        return owedSettlements
     }
 
     /// When an admission sent now stops mattering, on Redis' clock: the caller stops waiting for its

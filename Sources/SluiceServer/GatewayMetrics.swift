@@ -3,6 +3,7 @@ import Metrics
 import NIOPosix
 import Prometheus
 import SluiceCore
+import SluiceRedis
 import Synchronization
 
 /// The gateway's metrics, recorded through swift-metrics into a Prometheus registry of its own (not
@@ -18,6 +19,9 @@ public final class GatewayMetrics: Sendable {
     private let openConnections: @Sendable () -> Int
     private let runningTasks: @Sendable () -> Int
     private let pendingSettlements: @Sendable () -> Int
+    private let limiterStatistics: @Sendable () -> LimiterStatistics?
+    /// The statistics' values at the last scrape: counters advance by the difference.
+    private let lastLimiterCounts = Mutex<[LimiterStatistics.Event: Int]>([:])
     private let connectionsGauge: CoreMetrics.Gauge
     private let tasksGauge: CoreMetrics.Gauge
     private let pendingSettlementsGauge: CoreMetrics.Gauge
@@ -31,10 +35,12 @@ public final class GatewayMetrics: Sendable {
     ///   - runningTasks: request tasks not finished yet (a response may have ended before its task:
     ///     it settles after). One that never comes down is a request that hangs.
     ///   - pendingSettlements: settlements the shared limiter has not taken yet (retried).
+    ///   - limiterStatistics: what the Redis limiter's lanes did (nil without Redis).
     public init(
         openConnections: @escaping @Sendable () -> Int = { 0 },
         runningTasks: @escaping @Sendable () -> Int = { 0 },
-        pendingSettlements: @escaping @Sendable () -> Int = { 0 }
+        pendingSettlements: @escaping @Sendable () -> Int = { 0 },
+        limiterStatistics: @escaping @Sendable () -> LimiterStatistics? = { nil }
     ) {
         registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
@@ -47,6 +53,7 @@ public final class GatewayMetrics: Sendable {
         self.openConnections = openConnections
         self.runningTasks = runningTasks
         self.pendingSettlements = pendingSettlements
+        self.limiterStatistics = limiterStatistics
         connectionsGauge = CoreMetrics.Gauge(label: "sluice_open_connections", factory: factory)
         tasksGauge = CoreMetrics.Gauge(label: "sluice_request_tasks", factory: factory)
         pendingSettlementsGauge = CoreMetrics.Gauge(label: "sluice_limiter_pending_settlements", factory: factory)
@@ -137,7 +144,33 @@ public final class GatewayMetrics: Sendable {
         connectionsGauge.record(openConnections())
         tasksGauge.record(runningTasks())
         pendingSettlementsGauge.record(pendingSettlements())
+        if let statistics = limiterStatistics() { recordLimiter(statistics) }
         return registry.emitToBuffer()
+    }
+
+    /// `sluice_limiter_admissions_total{path}` (leased: against this node's lease, no call; redis:
+    /// decided in a call; remembered_denial: denied from a recent denial, no call) and
+    /// `sluice_limiter_calls_total{result}` (ok, lost: reply never came, resolved by the next call;
+    /// failed: certainly not run).
+    private func recordLimiter(_ statistics: LimiterStatistics) {
+        let series: [(LimiterStatistics.Event, String, (String, String))] = [
+            (.leasedAdmissions, "sluice_limiter_admissions_total", ("path", "leased")),
+            (.redisAdmissions, "sluice_limiter_admissions_total", ("path", "redis")),
+            (.rememberedDenials, "sluice_limiter_admissions_total", ("path", "remembered_denial")),
+            (.calls, "sluice_limiter_calls_total", ("result", "ok")),
+            (.lostCalls, "sluice_limiter_calls_total", ("result", "lost")),
+            (.failedCalls, "sluice_limiter_calls_total", ("result", "failed")),
+        ]
+        let deltas = lastLimiterCounts.withLock { last in
+            series.map { event, _, _ in
+                let now = statistics[event]
+                defer { last[event] = now }
+                return max(now - (last[event] ?? 0), 0)
+            }
+        }
+        for ((_, label, dimension), delta) in zip(series, deltas) {
+            counter(label, [dimension]).increment(by: delta)
+        }
     }
 
     /// Metric handles are looked up once per label set and kept: creating one per request would go

@@ -89,9 +89,8 @@ final class RedisLimiting: Service, Sendable {
         }
         // The last requests' settlements and usage that Redis missed get one more chance before the
         // connections close.
-        store.maintain()
         await failover.retryPendingSettlements()
-        try? await Task.sleep(for: .milliseconds(50))
+        _ = await store.finishOutstanding()
         await store.flushUsage()
         let owed = failover.pendingSettlements + store.owedSettlements
         if owed > 0 {

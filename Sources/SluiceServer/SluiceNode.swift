@@ -50,7 +50,8 @@ public struct SluiceNode: Sendable {
         let metrics = GatewayMetrics(
             openConnections: { serverBox.server?.openConnections ?? 0 },
             runningTasks: { serverBox.server?.runningTasks ?? 0 },
-            pendingSettlements: { serverBox.redis.map { $0.failover.pendingSettlements + $0.store.owedSettlements } ?? 0 }
+            pendingSettlements: { serverBox.redis.map { $0.failover.pendingSettlements + $0.store.owedSettlements } ?? 0 },
+            limiterStatistics: { serverBox.redis?.store.statistics }
         )
         let limiter: any LimiterStore
         let limiterMode: @Sendable () -> String

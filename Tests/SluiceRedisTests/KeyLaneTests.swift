@@ -119,6 +119,25 @@ final class KeyLaneTests: XCTestCase {
         _ = try await store.settle(next, actualPromptTokens: 1, actualCompletionTokens: 0)
     }
 
+    /// A lane forgotten after a quiet minute is created again: its calls continue the node's
+    /// sequence, so Redis does not take them for stale ones.
+    func testAForgottenLaneComesBackWithoutStaleCalls() async throws {
+        let store = try RedisLimiterStore(client: redis)
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 100), maxConcurrentRequests: 5)
+        for _ in 0..<3 {
+            guard case .admitted(let reservation, _) = try await store.admit(request("forgotten", limits)) else { return XCTFail("denied") }
+            _ = try await store.settle(reservation, actualPromptTokens: 0, actualCompletionTokens: 0)
+        }
+        XCTAssertEqual(store.laneCount, 1)
+        try await Task.sleep(for: .milliseconds(20))  // the lane's last call ends
+        store.maintain(now: MonotonicClock.microseconds() + 2 * RedisLimiterStore.laneIdleMicros)
+        XCTAssertEqual(store.laneCount, 0, "the idle lane is forgotten")
+        guard case .admitted(let reservation, let snapshot) = try await store.admit(request("forgotten", limits)) else { return XCTFail("denied") }
+        XCTAssertEqual(snapshot.remainingRequests, 96)
+        let settled = try await store.settle(reservation, actualPromptTokens: 0, actualCompletionTokens: 0)
+        XCTAssertNotNil(settled)
+    }
+
     // MARK: batching
 
     /// Requests of one key that arrive together share calls: Redis runs far fewer than four
