@@ -96,6 +96,11 @@ final class KeyLane: Sendable {
             state.limits = request.limits
             state.lastAdmissionMonotonic = now
             state.demand.record(request, at: now)
+            if request.limits.isUnlimited {
+                // Nothing to charge: no call. Held all the same, so that its usage is recorded once.
+                state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: 0)
+                return .admitted(Reservation(admitting: request), .empty)
+            }
             if let memory = state.denied, let denial = memory.denial(for: request, at: now) {
                 context.statistics.count(.rememberedDenials)
                 return .denied(denial, memory.snapshot)

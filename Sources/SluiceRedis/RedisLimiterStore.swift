@@ -166,6 +166,7 @@ public final class RedisLimiterStore: LimiterStore {
         let prompt = max(actualPromptTokens, 0)
         let completion = max(actualCompletionTokens, 0)
         recordUsage(reservation, promptTokens: prompt, completionTokens: completion)
+        if reservation.limits.isUnlimited { return .empty }
         if let taken = held.leased, let againstLease = lane.settleAgainstLease(taken, reservation, prompt: prompt, completion: completion) {
             // Settled against this node's lease: only usage beyond what it holds goes to Redis.
             guard let extra = againstLease else { return lane.localSnapshot(reservation.limits) }

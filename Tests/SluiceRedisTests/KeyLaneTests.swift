@@ -138,6 +138,25 @@ final class KeyLaneTests: XCTestCase {
         XCTAssertNotNil(settled)
     }
 
+    /// A key without limits costs Redis nothing per request; its usage is still recorded.
+    func testAnUnlimitedKeyMakesNoCalls() async throws {
+        let store = try RedisLimiterStore(client: redis)
+        let before = try await commandsRun()
+        for _ in 0..<3 {
+            guard case .admitted(let reservation, let snapshot) = try await store.admit(request("free", .unlimited, prompt: 5)) else { return XCTFail("denied") }
+            XCTAssertEqual(snapshot, .empty)
+            let settled = try await store.settle(reservation, actualPromptTokens: 5, actualCompletionTokens: 2)
+            XCTAssertEqual(settled, .empty)
+            let again = try await store.settle(reservation, actualPromptTokens: 5, actualCompletionTokens: 2)
+            XCTAssertNil(again, "settled once")
+        }
+        let after = try await commandsRun()
+        XCTAssertEqual(after.total - before.total, 1, "only the INFO that counts")
+        await store.flushUsage()
+        let usage = try await store.usage(keyID: "free", day: UTCDay(Date()).text)
+        XCTAssertEqual(usage["gpt-4o"], .init(promptTokens: 15, completionTokens: 6, requests: 3))
+    }
+
     // MARK: batching
 
     /// Requests of one key that arrive together share calls: Redis runs far fewer than four

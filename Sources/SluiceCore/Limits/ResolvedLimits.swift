@@ -75,6 +75,12 @@ public struct ResolvedLimits: Sendable, Hashable {
         )
     }
 
+    /// Whether no limit at all is configured (nothing to charge anywhere).
+    public var isUnlimited: Bool {
+        requests == nil && tokens == nil && inputTokens == nil && outputTokens == nil
+            && maxConcurrentRequests == nil && tokensPerDay == nil && tokensPerMonth == nil
+    }
+
     /// Whether leasing can apply at all: only per-minute buckets can be leased. A concurrency limit
     /// takes a slot per request and a quota slice would stay charged for its whole period if its
     /// node died, so keys with either are always exact.
