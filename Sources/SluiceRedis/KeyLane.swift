@@ -109,7 +109,9 @@ final class KeyLane: Sendable {
                   let taken = lease.admit(request, now: clock.now(monotonicMicros: now)) else { return nil }
             state.lease = lease
             context.statistics.count(.leasedAdmissions)
-            state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: 0, leased: taken)
+            let slot = request.limits.maxConcurrentRequests != nil ? lease.slotEpoch : 0
+            if slot != 0 { state.slotsHeld += 1 }
+            state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: slot, leased: taken)
             return .admitted(Reservation(admitting: request), Self.leasedSnapshot(state, request.limits, now: clock.now(monotonicMicros: now)))
         }
         if let local { return local }
@@ -139,7 +141,7 @@ final class KeyLane: Sendable {
     /// still ahead and inside the slice), and usage beyond the reservation is taken from the slices
     /// first. Returns what must still be charged in Redis (nil: nothing), or `.none` wrapped when
     /// there is no lease to settle against (the caller settles in Redis as usual).
-    func settleAgainstLease(_ taken: [[BucketSlice.Interval]], _ reservation: Reservation, prompt: Int, completion: Int) -> SettlementValues?? {
+    func settleAgainstLease(_ taken: [[BucketSlice.Interval]], _ reservation: Reservation, slotEpoch: Int64, prompt: Int, completion: Int) -> SettlementValues?? {
         let reserved = [1, reservation.promptTokens + reservation.reservedOutputTokens, reservation.promptTokens, reservation.reservedOutputTokens]
         let actual = [1, prompt + completion, prompt, completion]
         return state.withLock { state -> SettlementValues?? in
@@ -162,15 +164,21 @@ final class KeyLane: Sendable {
                 }
                 lease.slices[index] = slice
             }
+            // A slot of the epoch the lease's parked slots belong to is parked again: it stays
+            // counted for this node in Redis, and the next request here uses it without a call.
+            var slotToRelease: Int64 = 0
+            if slotEpoch != 0 {
+                if slotEpoch == lease.slotEpoch { lease.parkedSlots += 1 } else { slotToRelease = slotEpoch }
+            }
             state.lease = lease
-            guard residual[1] + residual[2] + residual[3] > 0 else { return .some(nil) }
+            guard residual[1] + residual[2] + residual[3] > 0 || slotToRelease != 0 else { return .some(nil) }
             // batch.lua charges tokens prompt + completion, input prompt, output completion: enough
             // for every bucket's residual (never less than it).
             let output = residual[3]
             let input = max(residual[2], residual[1] - output)
             return .some(SettlementValues(
                 reservedPrompt: 0, reservedOutput: 0, actualPrompt: input, actualCompletion: output,
-                quotaDay: -1, quotaMonth: -1, slotEpoch: 0
+                quotaDay: -1, quotaMonth: -1, slotEpoch: slotToRelease
             ))
         }
     }
@@ -220,7 +228,7 @@ final class KeyLane: Sendable {
                     state.returnLease = true
                 }
             }
-            if state.slotsHeld > 0, now - state.lastCallMonotonic >= Int64(options.leaseTTLMillis) * 1_000 / 3 {
+            if state.slotsHeld > 0 || (state.lease?.parkedSlots ?? 0) > 0, now - state.lastCallMonotonic >= Int64(options.leaseTTLMillis) * 1_000 / 3 {
                 state.renew = true
             }
             let owed = state.lost != nil || !state.settlements.isEmpty
@@ -324,27 +332,40 @@ final class KeyLane: Sendable {
             for (index, slice) in lease.slices.enumerated() {
                 if let slice, let tailStart = slice.tailStart(now: now) { call.leaseReturned[index] = (slice.end, tailStart) }
             }
+            call.slotsReturned = lease.parkedSlots
+            call.slotsEpoch = lease.slotEpoch
             state.lease = nil
         }
-        if !admissions.isEmpty, let wanted = Self.leaseWanted(limits, state.demand, admissions.last!.request) {
-            call.leaseWanted = wanted
+        if !admissions.isEmpty, let wanted = Self.leaseWanted(limits, state.demand, admissions.last!.request, slotsInUse: state.slotsHeld) {
+            call.leaseWanted = wanted.units
+            call.slotsWanted = wanted.slots
         }
         state.renew = false
         state.returnLease = false
         return (call, admissions, settlements)
     }
 
-    /// The units of each bucket a new slice should hold, or nil when the key is not leased now:
-    /// twice this node's demand over one window, and only for `auto` keys whose slices stay small
-    /// next to their buckets and whose demand makes a call per request wasteful (two requests or
-    /// more per window).
-    static func leaseWanted(_ limits: ResolvedLimits, _ demand: DemandEstimate, _ request: AdmissionRequest) -> [Int]? {
+    /// What a new lease should hold: of each bucket, twice this node's demand over one window; with
+    /// a concurrency limit, a quarter of the slots this node's requests use now (at least two).
+    struct LeaseWant: Sendable, Hashable {
+        var units: [Int]
+        var slots: Int
+    }
+
+    /// The lease to take with a call, or nil when the key is not leased now: `auto` keys lease when
+    /// their demand makes a call per request wasteful (two requests or more per window) and the
+    /// lease stays small next to their limits (⅛ at most).
+    static func leaseWanted(_ limits: ResolvedLimits, _ demand: DemandEstimate, _ request: AdmissionRequest, slotsInUse: Int = 0) -> LeaseWant? {
         guard limits.isLeasable else { return nil }
-        var wanted = [0, 0, 0, 0]
+        var wanted = LeaseWant(units: [0, 0, 0, 0], slots: 0)
         for (index, kind) in RateLimitKind.buckets.enumerated() {
             guard let bucket = limits.bucket(kind) else { continue }
-            wanted[index] = min(max(demand.units(bucket: index), request.cost(kind)) * 2, bucket.burst)
-            if limits.lease == .auto, wanted[index] * 8 > bucket.burst { return nil }
+            wanted.units[index] = min(max(demand.units(bucket: index), request.cost(kind)) * 2, bucket.burst)
+            if limits.lease == .auto, wanted.units[index] * 8 > bucket.burst { return nil }
+        }
+        if let maximum = limits.maxConcurrentRequests {
+            wanted.slots = min(max(slotsInUse / 4, 2), maximum)
+            if limits.lease == .auto, wanted.slots * 8 > maximum { return nil }
         }
         if limits.lease == .auto, demand.requests < 2 { return nil }
         return wanted
@@ -381,7 +402,13 @@ final class KeyLane: Sendable {
                     if let memory = DenialMemory(denial, request: request, snapshot: snapshot, at: sent) { state.denied = memory }
                 }
             }
-            if reply.slices.contains(where: { $0.end > 0 }) {
+            if var lease = state.lease, lease.parkedSlots > 0, lease.slotEpoch != reply.slotEpoch {
+                // The node's slots in Redis expired (it was cut off for a lease TTL): those parked
+                // are not counted any more.
+                lease.parkedSlots = 0
+                state.lease = lease
+            }
+            if reply.slices.contains(where: { $0.end > 0 }) || reply.slotsGranted > 0 {
                 var slices: [BucketSlice?] = []
                 for (index, kind) in RateLimitKind.buckets.enumerated() {
                     let granted = reply.slices[index]
@@ -391,7 +418,7 @@ final class KeyLane: Sendable {
                         slices.append(nil)
                     }
                 }
-                state.lease = LimiterLease(limits: limits, slices: slices)
+                state.lease = LimiterLease(limits: limits, slices: slices, parkedSlots: reply.slotsGranted, slotEpoch: reply.slotEpoch)
             }
         }
         for (queued, decision) in zip(admissions, decisions) { queued.continuation.resume(returning: decision) }

@@ -52,6 +52,10 @@ struct LaneCall {
     var leaseWanted: [Int] = [0, 0, 0, 0]
     /// The slices given back: the slice's end and the start of its unused tail, per bucket.
     var leaseReturned: [(end: Int64, tailStart: Int64)] = Array(repeating: (0, 0), count: 4)
+    /// Concurrency slots wanted for the lease; parked slots given back, and their epoch.
+    var slotsWanted = 0
+    var slotsReturned = 0
+    var slotsEpoch: Int64 = 0
 
     func arguments(stateKey: String, nodeID: String, deadline: Int64, options: RedisLimiterStore.Options) -> RedisArguments {
         var arguments = RedisArguments(capacity: 256 + admissions.count * 16 + settlements.count * 48)
@@ -85,6 +89,9 @@ struct LaneCall {
             arguments.append(Int(returned.end))
             arguments.append(Int(returned.tailStart))
         }
+        arguments.append(slotsWanted)
+        arguments.append(slotsReturned)
+        arguments.append(Int(slotsEpoch))
         for admission in lost?.admissions ?? [] {
             arguments.append(Self.exact(admission.prompt))
             arguments.append(Self.exact(admission.output))
@@ -139,9 +146,11 @@ struct LaneReply: Sendable {
     var headerValues: ArraySlice<Int64> = []
     /// (start, end) of each bucket's new slice; (0, 0): none.
     var slices: [(start: Int64, end: Int64)] = []
+    /// Concurrency slots granted to park on this node.
+    var slotsGranted = 0
     var admissions: [Admission] = []
 
-    static let headerCount = 19
+    static let headerCount = 20
     static let perAdmission = 15
 
     init(_ reply: RedisReply, admissions count: Int) throws(RedisError) {
@@ -166,6 +175,7 @@ struct LaneReply: Sendable {
         quotaMonth = values[6]
         headerValues = values[7..<11]
         slices = (0..<4).map { (values[11 + $0 * 2], values[12 + $0 * 2]) }
+        slotsGranted = Int(values[19])
         for index in 0..<count {
             let base = Self.headerCount + index * Self.perAdmission
             let admitted = values[base] == 1

@@ -112,10 +112,15 @@ struct BucketSlice: Sendable, Hashable {
 }
 
 /// The slices a node holds of one key's buckets, in `RateLimitKind.buckets` order, all taken under
-/// the same limits. A request is admitted locally only if every configured bucket's slice covers it.
+/// the same limits, and the free concurrency slots parked on it. A request is admitted locally only
+/// if every configured bucket's slice covers it and, with a concurrency limit, a slot is parked.
 struct LimiterLease: Sendable {
     let limits: ResolvedLimits
     var slices: [BucketSlice?]
+    /// Concurrency slots counted for this node in Redis and not used by a request now.
+    var parkedSlots = 0
+    /// The epoch of the node's slots in Redis those parked slots belong to.
+    var slotEpoch: Int64 = 0
 
     /// Admits `request` at `now` (an upper bound of Redis' clock) if every configured bucket's slice
     /// covers its cost; all-or-nothing. Returns what it took of each bucket (for refunds).
@@ -123,6 +128,10 @@ struct LimiterLease: Sendable {
         guard request.limits == limits else { return nil }
         for (index, kind) in RateLimitKind.buckets.enumerated() where limits.bucket(kind) != nil {
             guard let slice = slices[index], slice.fits(request.cost(kind), now: now) else { return nil }
+        }
+        if limits.maxConcurrentRequests != nil {
+            guard parkedSlots > 0 else { return nil }
+            parkedSlots -= 1
         }
         var taken: [[BucketSlice.Interval]] = [[], [], [], []]
         for (index, kind) in RateLimitKind.buckets.enumerated() where limits.bucket(kind) != nil {
@@ -133,7 +142,7 @@ struct LimiterLease: Sendable {
 
     /// Whether time or use has emptied every slice (nothing left to give back).
     func isSpent(now: Int64) -> Bool {
-        slices.allSatisfy { ($0?.remaining(now: now) ?? 0) == 0 }
+        parkedSlots == 0 && slices.allSatisfy { ($0?.remaining(now: now) ?? 0) == 0 }
     }
 }
 

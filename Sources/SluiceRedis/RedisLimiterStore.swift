@@ -167,7 +167,7 @@ public final class RedisLimiterStore: LimiterStore {
         let completion = max(actualCompletionTokens, 0)
         recordUsage(reservation, promptTokens: prompt, completionTokens: completion)
         if reservation.limits.isUnlimited { return .empty }
-        if let taken = held.leased, let againstLease = lane.settleAgainstLease(taken, reservation, prompt: prompt, completion: completion) {
+        if let taken = held.leased, let againstLease = lane.settleAgainstLease(taken, reservation, slotEpoch: held.slotEpoch, prompt: prompt, completion: completion) {
             // Settled against this node's lease: only usage beyond what it holds goes to Redis.
             guard let extra = againstLease else { return lane.localSnapshot(reservation.limits) }
             return await lane.settle(extra, limits: reservation.limits)

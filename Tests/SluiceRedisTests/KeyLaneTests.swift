@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 import SluiceCore
 @testable import SluiceRedis
@@ -227,6 +228,44 @@ final class KeyLaneTests: XCTestCase {
         XCTAssertLessThan(after.fcall - before.fcall, 200, "denials and slices only")
     }
 
+    /// Concurrency leased as parked slots: never more requests in flight across the nodes than the
+    /// limit, and most admissions and releases need no call.
+    func testLeasedSlotsNeverExceedTheConcurrencyLimit() async throws {
+        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 1_000_000), maxConcurrentRequests: 16, lease: .always)
+        let nodes = [try RedisLimiterStore(client: redis, nodeID: "a"), try RedisLimiterStore(client: redis, nodeID: "b")]
+        _ = try await nodes[0].snapshot(keyID: "slots", limits: limits)
+        let before = try await commandsRun()
+        let inFlight = InFlightCounter()
+        let started = Date()
+        let admitted = try await withThrowingTaskGroup(of: Int.self) { group in
+            for index in 0..<24 {
+                let node = nodes[index % 2]
+                group.addTask {
+                    var count = 0
+                    while Date().timeIntervalSince(started) < 1.5 {
+                        guard case .admitted(let reservation, _) = try await node.admit(Self.makeRequest("slots", limits)) else {
+                            try await Task.sleep(for: .milliseconds(1))
+                            continue
+                        }
+                        inFlight.enter()
+                        count += 1
+                        try await Task.sleep(for: .milliseconds(2))
+                        inFlight.leave()
+                        _ = try await node.settle(reservation, actualPromptTokens: 0, actualCompletionTokens: 0)
+                    }
+                    return count
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        XCTAssertLessThanOrEqual(inFlight.maximum, 16, "more requests in flight than the limit")
+        XCTAssertGreaterThanOrEqual(inFlight.maximum, 8, "parked slots kept the requests out")
+        let after = try await commandsRun()
+        XCTAssertLessThan(after.fcall - before.fcall, admitted / 2, "admitted and released mostly without a call")
+        for node in nodes { _ = await node.finishOutstanding() }
+        XCTAssertEqual(nodes[0].leasesInFlight + nodes[1].leasesInFlight, 0)
+    }
+
     /// A lease nobody uses goes back to the bucket; admissions against it make no call.
     func testAnIdleLeaseIsGivenBack() async throws {
         let limits = ResolvedLimits(requests: BucketLimit(perMinute: 60, burst: 20), lease: .always)
@@ -245,4 +284,13 @@ final class KeyLaneTests: XCTestCase {
         let returned = try await other.snapshot(keyID: "idle", limits: limits)
         XCTAssertEqual(returned.remainingRequests, 18, "two used, the rest given back")
     }
+}
+
+/// How many requests are between admission and settlement, and the most there ever were.
+final class InFlightCounter: Sendable {
+    private let state = Mutex((now: 0, maximum: 0))
+
+    func enter() { state.withLock { $0.now += 1; $0.maximum = max($0.maximum, $0.now) } }
+    func leave() { state.withLock { $0.now -= 1 } }
+    var maximum: Int { state.withLock { $0.maximum } }
 }

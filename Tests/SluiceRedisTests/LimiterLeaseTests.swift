@@ -83,7 +83,7 @@ final class LimiterLeaseTests: XCTestCase {
         demand.record(request, at: 0)
         XCTAssertNil(KeyLane.leaseWanted(limits, demand, request), "one request per window: exact")
         for _ in 0..<20 { demand.record(request, at: 10) }
-        XCTAssertEqual(KeyLane.leaseWanted(limits, demand, request), [42, 0, 0, 0], "twice the window's demand")
+        XCTAssertEqual(KeyLane.leaseWanted(limits, demand, request)?.units, [42, 0, 0, 0], "twice the window's demand")
         demand.roll(to: 10 * DemandEstimate.windowMicros)
         XCTAssertLessThan(demand.requests, 1, "idle windows halve the estimate")
 
@@ -93,7 +93,12 @@ final class LimiterLeaseTests: XCTestCase {
         XCTAssertNil(KeyLane.leaseWanted(small, demand, request), "a slice would be large next to the bucket: exact")
         var concurrent = limits
         concurrent.maxConcurrentRequests = 10
-        XCTAssertNil(KeyLane.leaseWanted(concurrent, demand, request), "concurrency is always exact")
+        XCTAssertNil(KeyLane.leaseWanted(concurrent, demand, request), "two slots would be a fifth of ten: exact")
+        concurrent.maxConcurrentRequests = 1_000
+        XCTAssertEqual(KeyLane.leaseWanted(concurrent, demand, request, slotsInUse: 40)?.slots, 10, "a quarter of the slots in use")
+        var quota = limits
+        quota.tokensPerDay = 1_000_000
+        XCTAssertNil(KeyLane.leaseWanted(quota, demand, request), "quotas are always exact")
         var off = limits
         off.lease = .off
         XCTAssertNil(KeyLane.leaseWanted(off, demand, request))

@@ -81,12 +81,12 @@ public struct ResolvedLimits: Sendable, Hashable {
             && maxConcurrentRequests == nil && tokensPerDay == nil && tokensPerMonth == nil
     }
 
-    /// Whether leasing can apply at all: only per-minute buckets can be leased. A concurrency limit
-    /// takes a slot per request and a quota slice would stay charged for its whole period if its
-    /// node died, so keys with either are always exact.
+    /// Whether leasing can apply at all: per-minute buckets (slices of their timelines) and the
+    /// concurrency limit (free slots parked on a node) can be leased; a quota slice would stay
+    /// charged for its whole period if its node died, so keys with quotas are always exact.
     public var isLeasable: Bool {
-        lease != .off && maxConcurrentRequests == nil && tokensPerDay == nil && tokensPerMonth == nil
-            && (requests != nil || tokens != nil || inputTokens != nil || outputTokens != nil)
+        lease != .off && tokensPerDay == nil && tokensPerMonth == nil
+            && (requests != nil || tokens != nil || inputTokens != nil || outputTokens != nil || maxConcurrentRequests != nil)
     }
 
     /// The configured bucket of a per-minute kind (`nil` for unlimited and for the kinds that are

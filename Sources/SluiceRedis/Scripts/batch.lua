@@ -18,7 +18,8 @@
 --       20 lost admissions   21 lost settlements   22 settlements   23 admissions   (counts)
 --       24..27 lease wanted: units of the requests, tokens, input, output buckets (0: none)
 --       28..35 lease returned: end and start of the unused tail (µs) of each bucket's slice (0 0: none)
---       36..  lost admissions (2 each: prompt, output), lost settlements and settlements (7 each:
+--       36 concurrency slots wanted for the lease   37 parked slots returned   38 their epoch
+--       39..  lost admissions (2 each: prompt, output), lost settlements and settlements (7 each:
 --             reserved prompt, reserved output, actual prompt, actual completion, quota day,
 --             quota month (-1: not charged), slot epoch (0: no slot)), admissions (2 each: prompt,
 --             output)
@@ -35,7 +36,7 @@
 --                    now) | 2 already resolved | -1 none,
 --          quota day, quota month (of the admissions; -1: no quota),
 --          requests remaining, reset µs, tokens remaining, reset µs (after everything),
---          lease granted: start, end µs of each bucket (0 0: none),
+--          lease granted: start, end µs of each bucket (0 0: none), concurrency slots,
 --          then 15 per admission: admitted 1|0, denial kind, limit, burst, used, requested,
 --          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs,
 --          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none)}
@@ -160,7 +161,7 @@ end
 local lostSeq, firstResolution = tonumber(ARGV[18]), tonumber(ARGV[19])
 local lostAdmissions, lostSettlements = tonumber(ARGV[20]), tonumber(ARGV[21])
 local settlements, admissions = tonumber(ARGV[22]), tonumber(ARGV[23])
-local at = 36
+local at = 39
 local lost = -1
 if lostSeq > 0 then
   if mine.ack >= firstResolution then
@@ -192,6 +193,10 @@ for index = 1, 4 do
   end
 end
 
+-- Parked concurrency slots come back (those of the current epoch: older ones already expired).
+local slotsReturned, slotsEpoch = tonumber(ARGV[37]), tonumber(ARGV[38])
+if slotsReturned > 0 and slotsEpoch == mine.epoch then mine.slots = math.max(mine.slots - slotsReturned, 0) end
+
 for index = 0, settlements - 1 do settle(at + index * 7) end
 at = at + settlements * 7
 
@@ -206,7 +211,8 @@ local function snapshotValues(out)
 end
 local results = {}
 local admittedFlags = {}
-if admissions > 0 and maxConcurrent > 0 and mine.slots == 0 and not live({ slots = 1, expiry = mine.expiry }) then
+local slotsWanted = tonumber(ARGV[36])
+if (admissions > 0 or slotsWanted > 0) and maxConcurrent > 0 and mine.slots == 0 and not live({ slots = 1, expiry = mine.expiry }) then
   -- A new epoch: slots of an earlier one (expired) can never be released into this one.
   mine.epoch = now
 end
@@ -279,8 +285,10 @@ end
 
 -- A lease taken: of each bucket, what the node asked for or what is left if less, as an interval
 -- of the bucket's timeline [start, end) that the node admits against by itself (batch.lua's twin
--- in Swift: LimiterLease). Keys with quotas or a concurrency limit are never leased.
-local granted = { 0, 0, 0, 0, 0, 0, 0, 0 }
+-- in Swift: LimiterLease); and free concurrency slots, parked on the node (counted in its entry
+-- like the slots in use, so never more than the limit in flight across nodes). Keys with quotas
+-- are never leased.
+local granted = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 for index = 1, 4 do
   local wanted = tonumber(ARGV[24 + index - 1])
   local bucket = buckets[index]
@@ -295,6 +303,14 @@ for index = 1, 4 do
       marksChanged = true
       bucketsChanged = true
     end
+  end
+end
+
+if slotsWanted > 0 and maxConcurrent > 0 then
+  local free = maxConcurrent - othersInFlight - mine.slots
+  if free > 0 then
+    granted[9] = math.min(slotsWanted, free)
+    mine.slots = mine.slots + granted[9]
   end
 end
 
