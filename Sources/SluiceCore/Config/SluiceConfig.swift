@@ -256,9 +256,10 @@ public struct LimitSet: Sendable, Hashable {
 /// How the Redis limiter admits a key's requests (`limits.lease`).
 ///
 /// Exact mode costs one Redis call per admission (several admissions of one key from one node share
-/// a call). Leased mode takes a slice of each per-minute bucket in one call and admits locally
-/// against it: never beyond the slice, so what every node admits together stays within the bucket
-/// exactly as in exact mode; what it costs is capacity parked on a node that does not use it.
+/// a call). Leased mode takes a slice of each per-minute bucket (and free concurrency slots) in one
+/// call and admits locally against it: never beyond the slice, so what every node admits together
+/// stays within the limits exactly as in exact mode; what it costs is capacity parked on a node that
+/// does not use it. Keys with quotas are never leased.
 public enum LeaseMode: String, Sendable, Hashable, CaseIterable {
     /// Leased while this node's rate for the key makes a round trip per request wasteful and the
     /// slices stay small next to the buckets; exact otherwise. The default.
