@@ -106,6 +106,7 @@ public final class RedisLimiterStore: LimiterStore {
     private let sequence = Atomic<Int64>(0)
     private let lanes = Mutex<[String: KeyLane]>([:])
     private let ledger = Mutex(UsageLedger())
+    private let currentDay = Mutex((days: -1, text: ""))
     /// What the lanes did (for the metrics).
     public let statistics = LimiterStatistics()
 
@@ -279,13 +280,24 @@ public final class RedisLimiterStore: LimiterStore {
         let model = reservation.model.utf8.count <= Self.maximumModelNameBytes
             ? reservation.model
             : String(decoding: reservation.model.utf8.prefix(Self.maximumModelNameBytes), as: UTF8.self)
-        let day = UsageLedger.Day(keyID: reservation.keyID, day: UTCDay(Date()).text)
+        let day = UsageLedger.Day(keyID: reservation.keyID, day: today())
         let entry = options.usageStream ? UsageLedger.StreamEntry(
             requestID: reservation.requestID, model: model, promptTokens: promptTokens, completionTokens: completionTokens,
             reservedPromptTokens: reservation.promptTokens, reservedOutputTokens: reservation.reservedOutputTokens
         ) : nil
         let usage = ModelUsage(promptTokens: promptTokens, completionTokens: completionTokens, requests: 1)
         ledger.withLock { $0.record(day, model: model, usage: usage, entry: entry) }
+    }
+
+    /// Today's `YYYY-MM-DD` (UTC), formatted once a day rather than once per settlement.
+    private func today() -> String {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let days = Int(now.tv_sec) / 86_400
+        return currentDay.withLock { current in
+            if current.days != days { current = (days, UTCDay(daysSinceEpoch: days).text) }
+            return current.text
+        }
     }
 
     /// Usage records dropped because Redis did not take them for too long.
