@@ -345,23 +345,33 @@ final class KeyLane: Sendable {
         return (call, admissions, settlements)
     }
 
-    /// What a new lease should hold: of each bucket, twice this node's demand over one window; with
-    /// a concurrency limit, a quarter of the slots this node's requests use now (at least two).
+    /// What a new lease should hold: of each bucket, twice this node's demand over one window, and
+    /// at least the bucket's own rate over ``leaseSpanMicros`` (a slice is a stretch of the bucket's
+    /// timeline: while the bucket has room, time passes over it as soon as it is taken, so a slice
+    /// shorter than that would be gone before it is used); with a concurrency limit, a quarter of
+    /// the slots this node's requests use now (at least two).
     struct LeaseWant: Sendable, Hashable {
         var units: [Int]
         var slots: Int
     }
 
+    /// How much of a bucket's timeline a slice spans at least.
+    static let leaseSpanMicros: Int64 = 100_000
+
     /// The lease to take with a call, or nil when the key is not leased now: `auto` keys lease when
-    /// their demand makes a call per request wasteful (two requests or more per window) and the
-    /// lease stays small next to their limits (⅛ at most).
+    /// their demand makes a call per request wasteful (two requests or more per window) and stays
+    /// small next to their limits (twice a window's demand under ⅛ of each); an `auto` slice is cut
+    /// at ⅛ of its bucket.
     static func leaseWanted(_ limits: ResolvedLimits, _ demand: DemandEstimate, _ request: AdmissionRequest, slotsInUse: Int = 0) -> LeaseWant? {
         guard limits.isLeasable else { return nil }
         var wanted = LeaseWant(units: [0, 0, 0, 0], slots: 0)
         for (index, kind) in RateLimitKind.buckets.enumerated() {
             guard let bucket = limits.bucket(kind) else { continue }
-            wanted.units[index] = min(max(demand.units(bucket: index), request.cost(kind)) * 2, bucket.burst)
-            if limits.lease == .auto, wanted.units[index] * 8 > bucket.burst { return nil }
+            let demanded = max(demand.units(bucket: index), request.cost(kind)) * 2
+            if limits.lease == .auto, demanded * 8 > bucket.burst { return nil }
+            let span = Int(Int64(bucket.perMinute) * leaseSpanMicros / GCRABucket.periodMicros)
+            let cap = limits.lease == .auto ? max(bucket.burst / 8, demanded) : bucket.burst
+            wanted.units[index] = min(max(demanded, span), cap)
         }
         if let maximum = limits.maxConcurrentRequests {
             wanted.slots = min(max(slotsInUse / 4, 2), maximum)

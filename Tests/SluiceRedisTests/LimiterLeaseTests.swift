@@ -83,7 +83,13 @@ final class LimiterLeaseTests: XCTestCase {
         demand.record(request, at: 0)
         XCTAssertNil(KeyLane.leaseWanted(limits, demand, request), "one request per window: exact")
         for _ in 0..<20 { demand.record(request, at: 10) }
-        XCTAssertEqual(KeyLane.leaseWanted(limits, demand, request)?.units, [42, 0, 0, 0], "twice the window's demand")
+        XCTAssertEqual(KeyLane.leaseWanted(limits, demand, request)?.units, [1_000, 0, 0, 0], "the bucket's rate over 100 ms")
+        var slow = limits
+        slow.requests = BucketLimit(perMinute: 6_000)
+        XCTAssertEqual(KeyLane.leaseWanted(slow, demand, request)?.units, [42, 0, 0, 0], "twice the window's demand")
+        var narrow = limits
+        narrow.requests = BucketLimit(perMinute: 600_000, burst: 4_000)
+        XCTAssertEqual(KeyLane.leaseWanted(narrow, demand, request)?.units, [500, 0, 0, 0], "at most ⅛ of the bucket")
         demand.roll(to: 10 * DemandEstimate.windowMicros)
         XCTAssertLessThan(demand.requests, 1, "idle windows halve the estimate")
 
