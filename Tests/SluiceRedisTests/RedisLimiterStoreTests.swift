@@ -248,6 +248,10 @@ final class RedisLimiterStoreTests: XCTestCase {
         XCTAssertEqual(snapshot.remainingTokens, 80)
         let forgotten = try await redis.send(["HEXISTS", layout.state, "n:other"]).integer
         XCTAssertEqual(forgotten, 0, "an unreadable node entry is dropped")
+        for field in ["r", "t", "i", "o", "qdu"] {
+            let value = try await redis.send(["HGET", layout.state, field]).string
+            XCTAssertNotNil(value.flatMap { Int($0) }, "\(field) was rewritten: \(value ?? "nil")")
+        }
         let ttl = try await redis.send(["PTTL", layout.state]).integer ?? -3
         XCTAssertGreaterThan(ttl, 0)
 

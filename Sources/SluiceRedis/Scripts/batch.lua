@@ -57,13 +57,10 @@ local changed = {}
 -- This node's entry and everyone's slots.
 local leaseTTL, stateTTL = tonumber(ARGV[15]), tonumber(ARGV[16])
 local function parseEntry(raw)
-  local values = {}
-  for part in string.gmatch(raw or '', '%S+') do values[#values + 1] = tonumber(part) end
-  for index = 1, 5 do
-    if not isInteger(values[index]) or values[index] < 0 then return nil end
-  end
-  local admitted = string.match(raw, '%S+%s+%S+%s+%S+%s+%S+%s+%S+%s+([01]+)$') or '-'
-  return { slots = values[1], expiry = values[2], epoch = values[3], ack = values[4], seen = values[5], admitted = admitted }
+  local slots, expiry, epoch, ack, seen, admitted = string.match(raw, '^(%d+) (%d+) (%d+) (%d+) (%d+) ([01%-]+)$')
+  if slots == nil then return nil end
+  return { slots = tonumber(slots), expiry = tonumber(expiry), epoch = tonumber(epoch), ack = tonumber(ack),
+           seen = tonumber(seen), admitted = admitted }
 end
 local mineName = 'n:' .. node
 local mine = { slots = 0, expiry = 0, epoch = 0, ack = 0, seen = 0, admitted = '-' }
@@ -79,8 +76,12 @@ end
 if not live(mine) then mine.slots = 0 end
 local othersInFlight = 0
 local forgotten = {}
+-- Other nodes' entries matter for the concurrency count; without a concurrency limit they are
+-- looked at one call in 64, to forget nodes gone for good.
+local maxConcurrent = tonumber(ARGV[12])
+local scanEntries = maxConcurrent > 0 or sequence % 64 == 0
 for name, raw in pairs(fields) do
-  if string.sub(name, 1, 2) == 'n:' and name ~= mineName then
+  if scanEntries and string.sub(name, 1, 2) == 'n:' and name ~= mineName then
     local entry = parseEntry(raw)
     if entry == nil then
       corrupt = 1
@@ -94,12 +95,17 @@ for name, raw in pairs(fields) do
 end
 
 -- Buckets and quotas as they stand.
-local buckets, deltas, marks = {}, {}, {}
+local buckets, deltas, marks, readDeltas = {}, {}, {}, {}
 for index = 1, 4 do
   local bucket = bucketAt(4 + (index - 1) * 2)
   if bucket ~= nil then
     buckets[index] = bucket
+    local corruptBefore = corrupt
+    corrupt = 0
     deltas[index] = stateDelta(fields, BUCKET_FIELDS[index], bucket, now)
+    -- An unreadable field is rewritten whatever happens (NaN never equals the delta).
+    if corrupt == 1 then readDeltas[index] = 0 / 0 else readDeltas[index] = deltas[index] end
+    corrupt = math.max(corrupt, corruptBefore)
     marks[index] = stateInteger(fields, LEASE_MARKS[index]) or 0
   end
 end
@@ -111,12 +117,15 @@ local marksChanged = false
 local function refund(index, amount)
   deltas[index] = math.max(bucketRefund(buckets[index], amount, deltas[index]), marks[index] - now)
 end
-local bucketsChanged = false
-local maxConcurrent = tonumber(ARGV[12])
 local perDay, perMonth = tonumber(ARGV[13]), tonumber(ARGV[14])
 local hasQuota = perDay > 0 or perMonth > 0
-local today, thisMonth, nextDay, nextMonthDay = quotaPeriods(seconds)
-local dayUsed, monthUsed = stateQuota(fields, today, thisMonth)
+-- (Keys without quotas skip the calendar: no settlement's period matches -2.)
+local today, thisMonth, nextDay, nextMonthDay = -2, -2, -2, -2
+local dayUsed, monthUsed = 0, 0
+if hasQuota then
+  today, thisMonth, nextDay, nextMonthDay = quotaPeriods(seconds)
+  dayUsed, monthUsed = stateQuota(fields, today, thisMonth)
+end
 local quotaChanged = false
 
 -- The differences a settlement applies (refund what was reserved and not used, charge what was
@@ -129,7 +138,6 @@ local function reconcile(index, reserved, actual)
   else
     deltas[index] = bucketCharge(bucket, actual - reserved, deltas[index])
   end
-  bucketsChanged = true
 end
 local function addQuota(day, month, amount)
   if day == today then dayUsed = math.max(dayUsed + amount, 0) quotaChanged = true end
@@ -149,7 +157,6 @@ local function release(at)
   local prompt, output = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   if buckets[1] ~= nil then
     refund(1, 1)
-    bucketsChanged = true
   end
   reconcile(2, prompt + output, 0)
   reconcile(3, prompt, 0)
@@ -185,7 +192,6 @@ for index = 1, 4 do
   local sliceEnd, tailStart = tonumber(ARGV[28 + (index - 1) * 2]), tonumber(ARGV[29 + (index - 1) * 2])
   if buckets[index] ~= nil and sliceEnd > 0 and now + deltas[index] == sliceEnd then
     deltas[index] = math.max(tailStart - now, 0)
-    bucketsChanged = true
     if marks[index] == sliceEnd then
       marks[index] = tailStart
       marksChanged = true
@@ -265,7 +271,6 @@ for index = 0, admissions - 1 do
         deltas[b] = newDeltas[b]
       end
     end
-    bucketsChanged = bucketsChanged or buckets[1] ~= nil or buckets[2] ~= nil or buckets[3] ~= nil or buckets[4] ~= nil
     if hasQuota then
       dayUsed = dayUsed + quotaCost
       monthUsed = monthUsed + quotaCost
@@ -301,7 +306,6 @@ for index = 1, 4 do
       granted[(index - 1) * 2 + 2] = now + deltas[index]
       marks[index] = now + deltas[index]
       marksChanged = true
-      bucketsChanged = true
     end
   end
 end
@@ -321,15 +325,14 @@ local function put(name, value)
   writes[#writes + 1] = value
 end
 local expiresAt = nowMillis + stateTTL
-if bucketsChanged then
-  for index = 1, 4 do
-    if buckets[index] ~= nil then
-      if deltas[index] > 0 then
-        put(BUCKET_FIELDS[index], int(now + deltas[index]))
-        expiresAt = math.max(expiresAt, math.floor((now + deltas[index]) / 1000) + 1)
-      else
-        put(BUCKET_FIELDS[index], '0')
-      end
+for index = 1, 4 do
+  -- Only what moved: a bucket left as read keeps its field (and the expiry it was given).
+  if buckets[index] ~= nil and deltas[index] ~= readDeltas[index] then
+    if deltas[index] > 0 then
+      put(BUCKET_FIELDS[index], int(now + deltas[index]))
+      expiresAt = math.max(expiresAt, math.floor((now + deltas[index]) / 1000) + 1)
+    elseif fields[BUCKET_FIELDS[index]] ~= nil then
+      put(BUCKET_FIELDS[index], '0')
     end
   end
 end

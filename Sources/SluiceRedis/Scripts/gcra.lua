@@ -42,11 +42,25 @@ local function clampUnits(c)
   return c
 end
 
--- GCRABucket.init: rate and burst clamped into 1...MAX_VALUE; tau = cost(burst).
+-- GCRABucket.init: rate and burst clamped into 1...MAX_VALUE; tau = cost(burst). Buckets are kept
+-- by rate and burst for the library's life (a key's limits rarely change): not rebuilt per call.
+local bucketsByLimits = {}
+local bucketsKept = 0
 local function newBucket(rate, burst)
   local r = math.min(math.max(rate, 1), MAX_VALUE)
   local b = math.min(math.max(burst, 1), MAX_VALUE)
-  return { rate = r, burst = b, tau = cdiv(b * PERIOD, r) }
+  local byBurst = bucketsByLimits[r]
+  local bucket = byBurst and byBurst[b]
+  if bucket then return bucket end
+  bucket = { rate = r, burst = b, tau = cdiv(b * PERIOD, r) }
+  if bucketsKept >= 10000 then
+    bucketsByLimits = {}
+    bucketsKept = 0
+  end
+  if not bucketsByLimits[r] then bucketsByLimits[r] = {} end
+  bucketsByLimits[r][b] = bucket
+  bucketsKept = bucketsKept + 1
+  return bucket
 end
 
 -- cost(c) = ceil(c * P / R)
