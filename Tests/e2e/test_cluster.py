@@ -53,6 +53,7 @@ RETRY_SLEEP_CAP = 0.25           # poll at least this often, in case a refund ma
 ARRIVAL_JITTER = 0.1             # seconds between admission in Sluice and arrival at the mock, at most
 LONG_RUN_MINIMUM = 0.97
 WINDOWS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0)
+USAGE_FLUSH_WAIT = 5.0           # nodes flush usage totals to Redis every second: give them a few
 
 
 @dataclass(frozen=True)
@@ -361,9 +362,16 @@ def test_usage_cli_reports_what_was_settled(cluster):
                        headers={"authorization": f"Bearer {LOAD_SECRET}", "x-mock-completion-tokens": "3"},
                        json={"model": MODEL, "messages": [{"role": "user", "content": "count me"}]}, timeout=30)
         assert r.status_code == 200, r.text
-    after = sluice_usage(cluster, "load")[MODEL]
     prompt = chat_prompt_tokens([{"role": "user", "content": "count me"}])
-    assert (after[0] - before[0], after[1] - before[1], after[2] - before[2]) == (6, 6 * prompt, 6 * 3)
+    expected = (6, 6 * prompt, 6 * 3)
+
+    # Each node flushes its usage totals to Redis once a second: wait for the flushes (the counts
+    # only grow, so the first reading that is not short is the one to judge).
+    def difference():
+        after = sluice_usage(cluster, "load").get(MODEL, (0, 0, 0))
+        return tuple(a - b for a, b in zip(after, before))
+    wait_until(lambda: difference()[0] >= expected[0], USAGE_FLUSH_WAIT)
+    assert difference() == expected
 
 
 def max_concurrency(intervals: list) -> int:
