@@ -338,6 +338,7 @@ final class KeyLane: Sendable {
         }
         if !admissions.isEmpty, let wanted = Self.leaseWanted(limits, state.demand, admissions.last!.request, slotsInUse: state.slotsHeld) {
             call.leaseWanted = wanted.units
+            call.leaseLeast = RateLimitKind.buckets.map { admissions.last!.request.cost($0) }
             call.slotsWanted = wanted.slots
         }
         state.renew = false

@@ -48,8 +48,10 @@ struct LaneCall {
     var admissions: [AdmissionRequest]
     var settlements: [SettlementValues]
     var lost: LostCall?
-    /// Units wanted of each bucket's slice (RateLimitKind.buckets order; 0: none).
+    /// Units wanted of each bucket's slice (RateLimitKind.buckets order; 0: none), and the least
+    /// worth taking (a request's cost).
     var leaseWanted: [Int] = [0, 0, 0, 0]
+    var leaseLeast: [Int] = [0, 0, 0, 0]
     /// The slices given back: the slice's end and the start of its unused tail, per bucket.
     var leaseReturned: [(end: Int64, tailStart: Int64)] = Array(repeating: (0, 0), count: 4)
     /// Concurrency slots wanted for the lease; parked slots given back, and their epoch.
@@ -92,6 +94,7 @@ struct LaneCall {
         arguments.append(slotsWanted)
         arguments.append(slotsReturned)
         arguments.append(Int(slotsEpoch))
+        for units in leaseLeast { arguments.append(units) }
         for admission in lost?.admissions ?? [] {
             arguments.append(Self.exact(admission.prompt))
             arguments.append(Self.exact(admission.output))

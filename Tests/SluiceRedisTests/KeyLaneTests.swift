@@ -266,6 +266,36 @@ final class KeyLaneTests: XCTestCase {
         XCTAssertEqual(nodes[0].leasesInFlight + nodes[1].leasesInFlight, 0)
     }
 
+    /// Two leased nodes saturating a token bucket both keep getting its rate: a slice smaller than
+    /// a request (the crumbs a saturated bucket has left) is never taken, since it would admit
+    /// nothing and keep the capacity from the other node.
+    func testLeasedNodesDoNotStarveASaturatedTokenBucket() async throws {
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 6_000, burst: 300), lease: .always)
+        let nodes = [try RedisLimiterStore(client: redis, nodeID: "a"), try RedisLimiterStore(client: redis, nodeID: "b")]
+        let started = Date()
+        let seconds = 3.0
+        let admitted = try await withThrowingTaskGroup(of: Int.self) { group in
+            for node in nodes {
+                group.addTask {
+                    var count = 0
+                    while Date().timeIntervalSince(started) < seconds {
+                        if case .admitted(let reservation, _) = try await node.admit(Self.makeRequest("saturated", limits, prompt: 40, output: 10)) {
+                            count += 1
+                            _ = try await node.settle(reservation, actualPromptTokens: 40, actualCompletionTokens: 10)
+                        } else {
+                            try await Task.sleep(for: .milliseconds(5))
+                        }
+                    }
+                    return count
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        let allowed = (300 + 100 * Date().timeIntervalSince(started)) / 50
+        XCTAssertLessThanOrEqual(Double(admitted), allowed + 1, "admitted beyond the bucket")
+        XCTAssertGreaterThanOrEqual(Double(admitted), 0.7 * allowed, "the bucket was starved by slices too small to use")
+    }
+
     /// A lease nobody uses goes back to the bucket; admissions against it make no call.
     func testAnIdleLeaseIsGivenBack() async throws {
         let limits = ResolvedLimits(requests: BucketLimit(perMinute: 60, burst: 20), lease: .always)

@@ -19,7 +19,9 @@
 --       24..27 lease wanted: units of the requests, tokens, input, output buckets (0: none)
 --       28..35 lease returned: end and start of the unused tail (µs) of each bucket's slice (0 0: none)
 --       36 concurrency slots wanted for the lease   37 parked slots returned   38 their epoch
---       39..  lost admissions (2 each: prompt, output), lost settlements and settlements (7 each:
+--       39..42 the least worth taking of each bucket's slice: a request's cost (a smaller slice
+--             admits nothing and only keeps the capacity from the other nodes)
+--       43..  lost admissions (2 each: prompt, output), lost settlements and settlements (7 each:
 --             reserved prompt, reserved output, actual prompt, actual completion, quota day,
 --             quota month (-1: not charged), slot epoch (0: no slot)), admissions (2 each: prompt,
 --             output)
@@ -168,7 +170,7 @@ end
 local lostSeq, firstResolution = tonumber(ARGV[18]), tonumber(ARGV[19])
 local lostAdmissions, lostSettlements = tonumber(ARGV[20]), tonumber(ARGV[21])
 local settlements, admissions = tonumber(ARGV[22]), tonumber(ARGV[23])
-local at = 39
+local at = 43
 local lost = -1
 if lostSeq > 0 then
   if mine.ack >= firstResolution then
@@ -294,12 +296,27 @@ end
 -- like the slots in use, so never more than the limit in flight across nodes). Keys with quotas
 -- are never leased.
 local granted = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+-- All or nothing: a lease is only of use if every configured bucket gives at least a request's
+-- worth (a lease admits a request only when all its buckets cover it).
+local sliceUnits = {}
+local leasing = false
 for index = 1, 4 do
   local wanted = tonumber(ARGV[24 + index - 1])
-  local bucket = buckets[index]
-  if bucket ~= nil and wanted > 0 then
-    local units = math.min(wanted, bucketRemaining(bucket, deltas[index]))
-    if units > 0 then
+  if buckets[index] ~= nil and wanted > 0 then
+    leasing = true
+    local units = math.min(wanted, bucketRemaining(buckets[index], deltas[index]))
+    if units < math.max(tonumber(ARGV[39 + index - 1]), 1) then
+      leasing = false
+      break
+    end
+    sliceUnits[index] = units
+  end
+end
+if leasing then
+  for index = 1, 4 do
+    local units = sliceUnits[index]
+    if units ~= nil then
+      local bucket = buckets[index]
       local start = now + math.max(deltas[index], 0)
       deltas[index] = math.max(deltas[index], 0) + refillMicros(bucket, units)
       granted[(index - 1) * 2 + 1] = start
