@@ -35,6 +35,9 @@ struct LostCall: Sendable {
     var settlements: [SettlementValues]
     /// The first call that tried to resolve it (its resolution may itself have been lost).
     var firstResolution: Int64?
+    /// Parked concurrency slots it gave back, and their epoch: given back again if it never ran.
+    var slotsReturned = 0
+    var slotsEpoch: Int64 = 0
 }
 
 /// One batch.lua call: its arguments and how to read its reply.
@@ -95,6 +98,8 @@ struct LaneCall {
         arguments.append(slotsReturned)
         arguments.append(Int(slotsEpoch))
         for units in leaseLeast { arguments.append(units) }
+        arguments.append(lost?.slotsReturned ?? 0)
+        arguments.append(Int(lost?.slotsEpoch ?? 0))
         for admission in lost?.admissions ?? [] {
             arguments.append(Self.exact(admission.prompt))
             arguments.append(Self.exact(admission.output))

@@ -55,7 +55,7 @@ final class RedisArgumentsTests: XCTestCase {
     }
 
     /// The positions batch.lua reads its arguments from (its header comment): the state key, then
-    /// ARGV 1…42 fixed, then lost admissions, lost and new settlements, admissions.
+    /// ARGV 1…44 fixed, then lost admissions, lost and new settlements, admissions.
     func testBatchCallArgumentsFollowBatchLua() {
         let limits = ResolvedLimits(requests: BucketLimit(perMinute: 60, burst: 10), tokens: BucketLimit(perMinute: 1_000), maxConcurrentRequests: 3, tokensPerDay: 500)
         let settlement = SettlementValues(reservedPrompt: 1, reservedOutput: 2, actualPrompt: 3, actualCompletion: 4, quotaDay: 5, quotaMonth: -1, slotEpoch: 6)
@@ -75,6 +75,7 @@ final class RedisArgumentsTests: XCTestCase {
         expected += ["0", "0", "13", "14", "0", "0", "0", "0"] // lease returned
         expected += ["2", "1", "77"]                          // slots wanted, returned, their epoch
         expected += ["1", "15", "0", "0"]                     // the least worth taking
+        expected += ["0", "0"]                                // slots the lost call gave back
         expected += ["9", "10"]                               // the lost admission
         expected += ["1", "2", "3", "4", "5", "-1", "6"]      // the lost settlement
         expected += ["1", "2", "3", "4", "5", "-1", "6"]      // the settlement
