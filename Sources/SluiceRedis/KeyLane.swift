@@ -365,8 +365,9 @@ final class KeyLane: Sendable {
     /// What a new lease should hold: of each bucket, twice this node's demand over one window, and
     /// at least the bucket's own rate over ``leaseSpanMicros`` (a slice is a stretch of the bucket's
     /// timeline: while the bucket has room, time passes over it as soon as it is taken, so a slice
-    /// shorter than that would be gone before it is used); with a concurrency limit, a quarter of
-    /// the slots this node's requests use now (at least two).
+    /// shorter than that would be gone before it is used); with a concurrency limit, as many free
+    /// slots as this node's requests use now (at least four): fewer, and every burst above them
+    /// would wait for a call.
     struct LeaseWant: Sendable, Hashable {
         var units: [Int]
         var slots: Int
@@ -391,7 +392,7 @@ final class KeyLane: Sendable {
             wanted.units[index] = min(max(demanded, span), cap)
         }
         if let maximum = limits.maxConcurrentRequests {
-            wanted.slots = min(max(slotsInUse / 4, 2), maximum)
+            wanted.slots = min(max(slotsInUse, 4), maximum)
             if limits.lease == .auto, wanted.slots * 8 > maximum { return nil }
         }
         if limits.lease == .auto, demand.requests < 2 { return nil }

@@ -99,9 +99,10 @@ final class LimiterLeaseTests: XCTestCase {
         XCTAssertNil(KeyLane.leaseWanted(small, demand, request), "a slice would be large next to the bucket: exact")
         var concurrent = limits
         concurrent.maxConcurrentRequests = 10
-        XCTAssertNil(KeyLane.leaseWanted(concurrent, demand, request), "two slots would be a fifth of ten: exact")
+        XCTAssertNil(KeyLane.leaseWanted(concurrent, demand, request), "four slots would be more than ⅛ of ten: exact")
         concurrent.maxConcurrentRequests = 1_000
-        XCTAssertEqual(KeyLane.leaseWanted(concurrent, demand, request, slotsInUse: 40)?.slots, 10, "a quarter of the slots in use")
+        XCTAssertEqual(KeyLane.leaseWanted(concurrent, demand, request, slotsInUse: 40)?.slots, 40, "as many as in use")
+        XCTAssertEqual(KeyLane.leaseWanted(concurrent, demand, request, slotsInUse: 1)?.slots, 4, "at least four")
         var quota = limits
         quota.tokensPerDay = 1_000_000
         XCTAssertNil(KeyLane.leaseWanted(quota, demand, request), "quotas are always exact")
