@@ -129,6 +129,22 @@ final class KeyLaneTests: XCTestCase {
         XCTAssertEqual(empty?.split(separator: " ").first, "0", "the settled slot and the two parked ones are free")
     }
 
+    /// Slots taken after a call without admissions created the node's entry (a settlement first,
+    /// e.g. after Redis came back empty) carry a real epoch, so they are released: before, they got
+    /// epoch 0 — "no slot" to the node — and were never given back.
+    func testSlotsTakenAfterASettlementFirstAreReleased() async throws {
+        let limits = ResolvedLimits(maxConcurrentRequests: 2, lease: .off)
+        let settlement = SettlementValues(reservedPrompt: 0, reservedOutput: 0, actualPrompt: 0, actualCompletion: 0, quotaDay: -1, quotaMonth: -1, slotEpoch: 12345)
+        _ = try await call(LaneCall(sequence: 1, limits: limits, admissions: [], settlements: [settlement], lost: nil), key: "epoch")
+        let admitted = try await call(LaneCall(sequence: 2, limits: limits, admissions: [request("epoch", limits)], settlements: [], lost: nil), key: "epoch")
+        XCTAssertEqual(admitted.admissions.first?.admitted, true)
+        XCTAssertNotEqual(admitted.slotEpoch, 0, "a slot under epoch 0 could never be released")
+        let release = SettlementValues(reservedPrompt: 0, reservedOutput: 0, actualPrompt: 0, actualCompletion: 0, quotaDay: -1, quotaMonth: -1, slotEpoch: admitted.slotEpoch)
+        _ = try await call(LaneCall(sequence: 3, limits: limits, admissions: [], settlements: [release], lost: nil), key: "epoch")
+        let entry = try await redis.send(["HGET", RedisKeyLayout(keyID: "epoch").state, "n:node-test"]).string
+        XCTAssertEqual(entry?.split(separator: " ").first, "0", "the slot was released")
+    }
+
     /// Through the store: a settlement sent to a frozen Redis is lost, and applied exactly once
     /// when Redis is back, ahead of the next admission.
     func testASettlementLostToAFrozenRedisIsAppliedOnceAfterwards() async throws {

@@ -227,8 +227,11 @@ end
 local results = {}
 local admittedFlags = {}
 local slotsWanted = tonumber(ARGV[36])
-if (admissions > 0 or slotsWanted > 0) and maxConcurrent > 0 and mine.slots == 0 and not live({ slots = 1, expiry = mine.expiry }) then
-  -- A new epoch: slots of an earlier one (expired) can never be released into this one.
+if (admissions > 0 or slotsWanted > 0) and maxConcurrent > 0
+    and (mine.epoch == 0 or (mine.slots == 0 and not live({ slots = 1, expiry = mine.expiry }))) then
+  -- A new epoch: slots of an earlier one (expired) can never be released into this one. Epoch 0
+  -- means "no slot" to the node: an entry first written by a call without admissions (a settlement
+  -- after Redis came back empty) gets its epoch here, never slots under 0.
   mine.epoch = now
 end
 for index = 0, admissions - 1 do
