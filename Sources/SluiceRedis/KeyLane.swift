@@ -61,7 +61,6 @@ final class KeyLane: Sendable {
         var lastAdmissionMonotonic: Int64 = 0
         var sharedHeaders: [Int64] = [0, 0, 0, 0]
         var limits: ResolvedLimits?
-        var droppedSettlements = 0
         /// The last denial by a bucket or quota, while it holds (see ``DenialMemory``).
         var denied: DenialMemory?
         /// Parked slots to give back with the next call (a call that gave them back did not run),
@@ -116,7 +115,7 @@ final class KeyLane: Sendable {
             let slot = request.limits.maxConcurrentRequests != nil ? lease.slotEpoch : 0
             if slot != 0 { state.slotsHeld += 1 }
             state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: slot, leased: taken)
-            return .admitted(Reservation(admitting: request), Self.leasedSnapshot(state, request.limits, now: clock.now(monotonicMicros: now)))
+            return .admitted(Reservation(admitting: request), Self.snapshot(request.limits, state.sharedHeaders[...], adding: lease, now: clock.now(monotonicMicros: now)))
         }
         if let local { return local }
         return try await withCheckedThrowingContinuation { continuation in
@@ -140,16 +139,25 @@ final class KeyLane: Sendable {
         }
     }
 
+    /// What settling against the node's lease left to do.
+    enum LeaseSettlement {
+        /// No lease of these limits: settle in Redis as usual.
+        case noLease
+        /// Settled here; the key's state as this node sees it.
+        case settled(RateLimitSnapshot)
+        /// Usage beyond what the lease held (or a slot of another epoch) still goes to Redis.
+        case charge(SettlementValues)
+    }
+
     /// Settles against this node's lease, for a request of a leased key while the lane holds a
     /// lease: the unused reservation goes back into the slices as the µs the request took (those
     /// still ahead and inside the slice), and usage beyond the reservation is taken from the slices
-    /// first. Returns what must still be charged in Redis (nil: nothing), or `.none` wrapped when
-    /// there is no lease to settle against (the caller settles in Redis as usual).
-    func settleAgainstLease(_ taken: [[BucketSlice.Interval]], _ reservation: Reservation, slotEpoch: Int64, prompt: Int, completion: Int) -> SettlementValues?? {
+    /// first; what they cannot cover is charged in Redis.
+    func settleAgainstLease(_ taken: [[BucketSlice.Interval]], _ reservation: Reservation, slotEpoch: Int64, prompt: Int, completion: Int) -> LeaseSettlement {
         let reserved = [1, reservation.promptTokens + reservation.reservedOutputTokens, reservation.promptTokens, reservation.reservedOutputTokens]
         let actual = [1, prompt + completion, prompt, completion]
-        return state.withLock { state -> SettlementValues?? in
-            guard var lease = state.lease, lease.limits == reservation.limits, let clock = state.clock else { return .none }
+        return state.withLock { state -> LeaseSettlement in
+            guard var lease = state.lease, lease.limits == reservation.limits, let clock = state.clock else { return .noLease }
             let now = clock.now()
             var residual = [0, 0, 0, 0]
             for (index, kind) in RateLimitKind.buckets.enumerated().dropFirst() where lease.limits.bucket(kind) != nil {
@@ -175,21 +183,18 @@ final class KeyLane: Sendable {
                 if slotEpoch == lease.slotEpoch { lease.parkedSlots += 1 } else { slotToRelease = slotEpoch }
             }
             state.lease = lease
-            guard residual[1] + residual[2] + residual[3] > 0 || slotToRelease != 0 else { return .some(nil) }
+            guard residual[1] + residual[2] + residual[3] > 0 || slotToRelease != 0 else {
+                return .settled(Self.snapshot(reservation.limits, state.sharedHeaders[...], adding: lease, now: now))
+            }
             // batch.lua charges tokens prompt + completion, input prompt, output completion: enough
             // for every bucket's residual (never less than it).
             let output = residual[3]
             let input = max(residual[2], residual[1] - output)
-            return .some(SettlementValues(
+            return .charge(SettlementValues(
                 reservedPrompt: 0, reservedOutput: 0, actualPrompt: input, actualCompletion: output,
                 quotaDay: -1, quotaMonth: -1, slotEpoch: slotToRelease
             ))
         }
-    }
-
-    /// The key's state as this node sees it, without a call (a settlement done locally).
-    func localSnapshot(_ limits: ResolvedLimits) -> RateLimitSnapshot {
-        state.withLock { Self.leasedSnapshot($0, limits, now: $0.clock?.now() ?? 0) }
     }
 
     /// Settles what ``release(_:)`` returned: the key's state once Redis took it, or nil when it did
@@ -408,7 +413,7 @@ final class KeyLane: Sendable {
         }
         let limits = call.limits
         var decisions: [AdmissionDecision] = []
-        state.withLock { state in
+        let snapshot = state.withLock { state -> RateLimitSnapshot in
             state.clock = RedisClockBound(redisMicros: reply.redisMicros, sentMonotonicMicros: sent)
             state.lastCallMonotonic = sent
             if call.lost != nil { state.lost = nil }
@@ -448,9 +453,9 @@ final class KeyLane: Sendable {
                 }
                 state.lease = LimiterLease(limits: limits, slices: slices, parkedSlots: reply.slotsGranted, slotEpoch: reply.slotEpoch)
             }
+            return Self.snapshot(limits, reply.headerValues, adding: state.lease, now: reply.redisMicros)
         }
         for (queued, decision) in zip(admissions, decisions) { queued.continuation.resume(returning: decision) }
-        let snapshot = state.withLock { Self.leasedSnapshot($0, limits, now: $0.clock?.now() ?? 0) }
         for settlement in settlements { settlement.continuation?.resume(returning: snapshot) }
     }
 
@@ -458,7 +463,7 @@ final class KeyLane: Sendable {
     /// everything queued behind it; its settlements are kept: queued again if the call certainly
     /// did not run (`applied` false), else kept with the lost call for its resolution.
     private func finish(failing failed: (LaneCall, [QueuedAdmission], [QueuedSettlement])?, error: any Error, applied: Bool?) {
-        let (admissions, settlements) = state.withLock { state -> ([QueuedAdmission], [QueuedSettlement]) in
+        let (admissions, settlements, dropped) = state.withLock { state -> ([QueuedAdmission], [QueuedSettlement], Int) in
             var admissions = state.admissions
             state.admissions = []
             state.lastFailureMonotonic = MonotonicClock.microseconds()
@@ -489,13 +494,15 @@ final class KeyLane: Sendable {
                 resumed.append(state.settlements[index])
                 state.settlements[index].continuation = nil
             }
-            let excess = state.settlements.count - Self.maximumQueuedSettlements
-            if excess > 0 {
-                state.settlements.removeFirst(excess)
-                state.droppedSettlements += excess
-            }
+            let excess = max(state.settlements.count - Self.maximumQueuedSettlements, 0)
+            state.settlements.removeFirst(excess)
             state.draining = false
-            return (admissions, resumed)
+            return (admissions, resumed, excess)
+        }
+        if dropped > 0 {
+            context.logger.warning("settlements Redis did not take were dropped (too many kept); their slots free when their lease expires", metadata: [
+                "key_id": "\(keyID)", "dropped": "\(dropped)", "kept": "\(Self.maximumQueuedSettlements)",
+            ])
         }
         for admission in admissions { admission.continuation.resume(throwing: error) }
         for settlement in settlements { settlement.continuation?.resume(returning: nil) }
@@ -514,41 +521,25 @@ final class KeyLane: Sendable {
 
     // MARK: snapshots
 
-    /// What this node's slices of the requests and tokens buckets still hold (0 without a lease):
-    /// added to the bucket's own state in the headers, as capacity this node can still admit.
-    func leasedRemaining() -> (requests: Int64, tokens: Int64, requestsMicros: Int64, tokensMicros: Int64) {
-        state.withLock { state in
-            guard let lease = state.lease, let clock = state.clock else { return (0, 0, 0, 0) }
-            let now = clock.now()
-            return (
-                lease.slices[0]?.remaining(now: now) ?? 0, lease.slices[1]?.remaining(now: now) ?? 0,
-                lease.slices[0]?.freeMicros(now: now) ?? 0, lease.slices[1]?.freeMicros(now: now) ?? 0
-            )
-        }
+    /// The key's state as this node sees it: Redis' values (requests remaining, reset µs, tokens
+    /// remaining, reset µs, as of the last call or `values`) with what this node's lease still
+    /// holds added.
+    func snapshot(_ limits: ResolvedLimits, redisValues values: ArraySlice<Int64>) -> RateLimitSnapshot {
+        state.withLock { state in Self.snapshot(limits, values, adding: state.lease, now: state.clock?.now() ?? 0) }
     }
 
-    private static func snapshot(_ limits: ResolvedLimits, _ values: ArraySlice<Int64>) -> RateLimitSnapshot {
-        let start = values.startIndex
+    /// Redis' four header values, plus what `lease` still holds of the requests and tokens buckets:
+    /// capacity this node can still admit, which also shortens the time until they are full.
+    private static func snapshot(_ limits: ResolvedLimits, _ values: ArraySlice<Int64>, adding lease: LimiterLease? = nil, now: Int64 = 0) -> RateLimitSnapshot {
         guard values.count == 4 else { return .empty }
-        return RateLimitSnapshot(
-            limits: limits, requestsRemaining: values[start], requestsResetMicros: values[start + 1],
-            tokensRemaining: values[start + 2], tokensResetMicros: values[start + 3]
-        )
-    }
-
-    /// The headers of a request admitted against a lease: what the bucket had left at the last call
-    /// plus what this node's slice still holds.
-    private static func leasedSnapshot(_ state: State, _ limits: ResolvedLimits, now: Int64) -> RateLimitSnapshot {
-        let headers = state.sharedHeaders
-        let requests = state.lease?.slices[0]
-        let tokens = state.lease?.slices[1]
-        // The slice's free µs are capacity this node still has: they shorten the time until full.
+        let start = values.startIndex
+        let requests = lease?.slices[0], tokens = lease?.slices[1]
         return RateLimitSnapshot(
             limits: limits,
-            requestsRemaining: min(headers[0] + (requests?.remaining(now: now) ?? 0), Int64(limits.requests?.burst ?? 0)),
-            requestsResetMicros: max(headers[1] - (requests?.freeMicros(now: now) ?? 0), 0),
-            tokensRemaining: min(headers[2] + (tokens?.remaining(now: now) ?? 0), Int64(limits.tokens?.burst ?? 0)),
-            tokensResetMicros: max(headers[3] - (tokens?.freeMicros(now: now) ?? 0), 0)
+            requestsRemaining: min(values[start] + (requests?.remaining(now: now) ?? 0), Int64(limits.requests?.burst ?? 0)),
+            requestsResetMicros: max(values[start + 1] - (requests?.freeMicros(now: now) ?? 0), 0),
+            tokensRemaining: min(values[start + 2] + (tokens?.remaining(now: now) ?? 0), Int64(limits.tokens?.burst ?? 0)),
+            tokensResetMicros: max(values[start + 3] - (tokens?.freeMicros(now: now) ?? 0), 0)
         )
     }
 }

@@ -168,10 +168,13 @@ public final class RedisLimiterStore: LimiterStore {
         let completion = max(actualCompletionTokens, 0)
         recordUsage(reservation, promptTokens: prompt, completionTokens: completion)
         if reservation.limits.isUnlimited { return .empty }
-        if let taken = held.leased, let againstLease = lane.settleAgainstLease(taken, reservation, slotEpoch: held.slotEpoch, prompt: prompt, completion: completion) {
-            // Settled against this node's lease: only usage beyond what it holds goes to Redis.
-            guard let extra = againstLease else { return lane.localSnapshot(reservation.limits) }
-            return await lane.settle(extra, limits: reservation.limits)
+        if let taken = held.leased {
+            // Against this node's lease when it holds one: only usage beyond it goes to Redis.
+            switch lane.settleAgainstLease(taken, reservation, slotEpoch: held.slotEpoch, prompt: prompt, completion: completion) {
+            case .settled(let snapshot): return snapshot
+            case .charge(let extra): return await lane.settle(extra, limits: reservation.limits)
+            case .noLease: break
+            }
         }
         let values = SettlementValues(
             reservedPrompt: reservation.promptTokens, reservedOutput: reservation.reservedOutputTokens,
@@ -193,13 +196,10 @@ public final class RedisLimiterStore: LimiterStore {
             logger.warning("corrupt limiter state in Redis was discarded and reset", metadata: ["key_id": "\(keyID)", "script": "snapshot"])
         }
         // Capacity this node holds in a lease is still this key's to use.
-        let leased = lanes.withLock { $0[keyID] }?.leasedRemaining() ?? (requests: 0, tokens: 0, requestsMicros: 0, tokensMicros: 0)
+        if let lane = lanes.withLock({ $0[keyID] }) { return lane.snapshot(limits, redisValues: values[1...4]) }
         return RateLimitSnapshot(
-            limits: limits,
-            requestsRemaining: min(values[1] + leased.requests, Int64(limits.requests?.burst ?? 0)),
-            requestsResetMicros: max(values[2] - leased.requestsMicros, 0),
-            tokensRemaining: min(values[3] + leased.tokens, Int64(limits.tokens?.burst ?? 0)),
-            tokensResetMicros: max(values[4] - leased.tokensMicros, 0)
+            limits: limits, requestsRemaining: values[1], requestsResetMicros: values[2],
+            tokensRemaining: values[3], tokensResetMicros: values[4]
         )
     }
 
@@ -228,11 +228,19 @@ public final class RedisLimiterStore: LimiterStore {
     }
 
     func maintain(now: Int64) {
-        let current = lanes.withLock { lanes in
-            lanes = lanes.filter { !$0.value.isIdle(since: now - Self.laneIdleMicros) }
-            return Array(lanes.values)
+        // The lanes' own locks are taken outside the store's, which every admission takes.
+        let current = lanes.withLock { Array($0.values) }
+        var idle: [KeyLane] = []
+        for lane in current {
+            if lane.isIdle(since: now - Self.laneIdleMicros) { idle.append(lane) } else { lane.maintain(now: now) }
         }
-        for lane in current { lane.maintain(now: now) }
+        guard !idle.isEmpty else { return }
+        lanes.withLock { lanes in
+            // Checked again under the store's lock: no admission can reach a lane once it is gone.
+            for lane in idle where lanes[lane.keyID] === lane && lane.isIdle(since: now - Self.laneIdleMicros) {
+                lanes[lane.keyID] = nil
+            }
+        }
     }
 
     /// At shutdown: sends every settlement still owed and waits until Redis took them, or until

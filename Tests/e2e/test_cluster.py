@@ -302,6 +302,21 @@ def long_run_rate(events: list, saturated_from: float) -> tuple:
     return sum(c for _, c in period[:-1]) / span, len(period)
 
 
+def admitted_upstream_records(cluster, attempts: list, mock_before: int) -> list:
+    """The mock's log records (since `mock_before`) of the admitted attempts; checks that every admitted
+    request, and only those, reached the upstream, once."""
+    time.sleep(0.5)  # the mock writes its log line when a request finishes
+    upstream = cluster.mock_requests()[mock_before:]
+    admitted = {a.request_id for a in attempts if a.status == 200}
+    denied = {a.request_id for a in attempts if a.status == 429}
+    seen = [r for r in upstream if r.get("request_id") in admitted]
+    seen_ids = [r["request_id"] for r in seen]
+    assert len(seen_ids) == len(set(seen_ids)), "a request reached the upstream twice"
+    assert set(seen_ids) == admitted, "every admitted request, and only those, reached the upstream"
+    assert not denied & {r.get("request_id") for r in upstream}, "a rate-limited request reached the upstream"
+    return seen
+
+
 @pytest.mark.parametrize("lease", LEASE_MODES)
 def test_limits_hold_across_four_nodes(cluster, lease):
     # The load test of the fault test below, and any other traffic, must not be in the way.
@@ -309,18 +324,11 @@ def test_limits_hold_across_four_nodes(cluster, lease):
     prompt_tokens = {k.key_id: chat_prompt_tokens(k.messages) for k in keys}
     mock_before = len(cluster.mock_requests())
     attempts = saturate(cluster, ACCURACY_SECONDS, keys)
-    time.sleep(0.5)  # the mock writes its log line when a request finishes
-    upstream = cluster.mock_requests()[mock_before:]
 
     failures = [a for a in attempts if a.status not in (200, 429)]
     assert not failures, f"{len(failures)} requests neither admitted nor rate-limited, e.g. {failures[:5]}"
     key_of = {a.request_id: a.key_id for a in attempts if a.status == 200}
-    denied = {a.request_id for a in attempts if a.status == 429}
-    seen = [r for r in upstream if r.get("request_id") in key_of]
-    seen_ids = [r["request_id"] for r in seen]
-    assert len(seen_ids) == len(set(seen_ids)), "a request reached the upstream twice"
-    assert set(seen_ids) == set(key_of), "every admitted request, and only those, reached the upstream"
-    assert not denied & {r.get("request_id") for r in upstream}, "a rate-limited request reached the upstream"
+    seen = admitted_upstream_records(cluster, attempts, mock_before)
     assert all(r["status"] == 200 and r["outcome"] == "complete" for r in seen)
 
     rows, problems = [], []

@@ -42,7 +42,8 @@ import httpx
 import pytest
 
 from conftest import sha256_hex
-from test_cluster import ARRIVAL_JITTER, MODEL, NODE_COUNT, REQUIRED, format_table, start_cluster
+from test_cluster import (ARRIVAL_JITTER, MODEL, NODE_COUNT, REQUIRED, admitted_upstream_records, format_table,
+                          start_cluster)
 
 pytestmark = pytest.mark.skipif(not all(REQUIRED.values()) or NODE_COUNT < 2,
                                 reason="missing: " + ", ".join(k for k, v in REQUIRED.items() if not v)
@@ -136,15 +137,8 @@ def run_clients(cluster, phase: str, nodes: list, seconds: float, during=None, o
 def admitted_times(cluster, attempts: list, mock_before: int) -> list:
     """The mock's arrival times of the admitted attempts, sorted, with (time, node); checks that every
     admitted request, and only those, reached the upstream, once."""
-    time.sleep(0.5)  # the mock writes its log line when a request finishes
-    upstream = cluster.mock_requests()[mock_before:]
     node_of = {a.request_id: a.node for a in attempts if a.status == 200}
-    denied = {a.request_id for a in attempts if a.status == 429}
-    seen = [r for r in upstream if r.get("request_id") in node_of]
-    ids = [r["request_id"] for r in seen]
-    assert len(ids) == len(set(ids)), "a request reached the upstream twice"
-    assert set(ids) == set(node_of), "every admitted request, and only those, reached the upstream"
-    assert not denied & {r.get("request_id") for r in upstream}, "a rate-limited request reached the upstream"
+    seen = admitted_upstream_records(cluster, attempts, mock_before)
     return sorted((r["ts"], node_of[r["request_id"]]) for r in seen)
 
 

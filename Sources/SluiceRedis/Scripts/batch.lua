@@ -56,7 +56,6 @@ local deadline = tonumber(ARGV[3]) or 0
 if deadline > 0 and now > deadline then return { 2, 0, now } end
 
 local fields = readState(KEYS[1])
-local changed = {}
 
 -- This node's entry and everyone's slots.
 local leaseTTL, stateTTL = tonumber(ARGV[15]), tonumber(ARGV[16])

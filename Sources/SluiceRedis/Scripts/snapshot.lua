@@ -11,9 +11,7 @@ local fields = {}
 if type(raw) == 'table' and raw.err then
   corrupt = 1
 else
-  fields = { r = raw[1] or nil, t = raw[2] or nil }
-  if fields.r == false then fields.r = nil end
-  if fields.t == false then fields.t = nil end
+  fields = { r = raw[1] or nil, t = raw[2] or nil }  -- HMGET answers false for a missing field
 end
 local values = { 0 }
 for i = 1, 2 do
