@@ -13,9 +13,10 @@ of Sluice's tokenizer). From that, for each key and limit:
   (b) under saturation the long-run admitted rate is at least 97 % of the configured rate;
   (c) the request limits hold the same way (one request of slack).
 
-Then the fault test: under load Redis is killed (SIGKILL) and restarted on the same port; with
-`on_failure: local` no request may fail with a 5xx, every node stays ready, and `/readyz` reports
-the limiter mode: `redis` before, `local` during the outage, `redis` again after.
+Then the fault test: under load Redis is killed (SIGKILL) and restarted on the same port (from its
+append-only file: scripts/cluster's Redis persists); with `on_failure: local` no request may fail
+with a 5xx, every node stays ready, and `/readyz` reports the limiter mode: `redis` before, `local`
+during the outage, `redis` again after.
 
 Takes about 75 s. Skipped only when a binary it needs is missing.
 """
