@@ -64,6 +64,10 @@ final class KeyLane: Sendable {
         var droppedSettlements = 0
         /// The last denial by a bucket or quota, while it holds (see ``DenialMemory``).
         var denied: DenialMemory?
+        /// Parked slots to give back with the next call (a call that gave them back did not run),
+        /// and their epoch.
+        var slotsToReturn = 0
+        var slotsToReturnEpoch: Int64 = 0
 
         /// Marks the lane busy if it was idle: the caller then starts the drain.
         mutating func startDraining() -> Bool {
@@ -212,6 +216,7 @@ final class KeyLane: Sendable {
     func isIdle(since: Int64) -> Bool {
         state.withLock {
             $0.held.isEmpty && $0.settlements.isEmpty && $0.admissions.isEmpty && $0.lost == nil && $0.lease == nil && !$0.draining
+                && $0.slotsToReturn == 0
                 && $0.lastAdmissionMonotonic < since && $0.lastCallMonotonic < since
         }
     }
@@ -231,7 +236,7 @@ final class KeyLane: Sendable {
             if state.slotsHeld > 0 || (state.lease?.parkedSlots ?? 0) > 0, now - state.lastCallMonotonic >= Int64(options.leaseTTLMillis) * 1_000 / 3 {
                 state.renew = true
             }
-            let owed = state.lost != nil || !state.settlements.isEmpty
+            let owed = state.lost != nil || !state.settlements.isEmpty || state.slotsToReturn > 0
             let due = state.returnLease || state.renew || (owed && now - state.lastFailureMonotonic >= options.retryIntervalMicros)
             return due && state.startDraining()
         }
@@ -240,13 +245,16 @@ final class KeyLane: Sendable {
 
     /// Whether something waits for Redis: queued work, a lost call, a call in flight.
     var isBusy: Bool {
-        state.withLock { !$0.settlements.isEmpty || !$0.admissions.isEmpty || $0.lost != nil || $0.draining }
+        state.withLock {
+            !$0.settlements.isEmpty || !$0.admissions.isEmpty || $0.lost != nil || $0.draining || $0.returnLease || $0.slotsToReturn > 0
+        }
     }
 
-    /// Sends what is owed now, whatever the retry interval (at shutdown).
+    /// Sends what is owed now, whatever the retry interval, and gives the lease back (at shutdown).
     func flushNow() {
         let start = state.withLock { state -> Bool in
-            guard state.lost != nil || !state.settlements.isEmpty else { return false }
+            if state.lease != nil { state.returnLease = true }
+            guard state.lost != nil || !state.settlements.isEmpty || state.returnLease || state.slotsToReturn > 0 else { return false }
             return state.startDraining()
         }
         if start { Task { await self.drain() } }
@@ -311,7 +319,7 @@ final class KeyLane: Sendable {
         }
         let admissions = Array(state.admissions.prefix(LaneCall.maximumAdmissions))
         let settlements = Array(state.settlements.prefix(LaneCall.maximumSettlements))
-        guard !admissions.isEmpty || !settlements.isEmpty || state.renew || state.returnLease else {
+        guard !admissions.isEmpty || !settlements.isEmpty || state.renew || state.returnLease || state.slotsToReturn > 0 else {
             state.draining = false
             return nil
         }
@@ -332,12 +340,21 @@ final class KeyLane: Sendable {
             for (index, slice) in lease.slices.enumerated() {
                 if let slice, let tailStart = slice.tailStart(now: now) { call.leaseReturned[index] = (slice.end, tailStart) }
             }
-            call.slotsReturned = lease.parkedSlots
-            call.slotsEpoch = lease.slotEpoch
+            if lease.parkedSlots > 0 {
+                if state.slotsToReturn > 0, state.slotsToReturnEpoch != lease.slotEpoch { state.slotsToReturn = 0 }
+                state.slotsToReturn += lease.parkedSlots
+                state.slotsToReturnEpoch = lease.slotEpoch
+            }
             state.lease = nil
+        }
+        if state.slotsToReturn > 0 {
+            call.slotsReturned = state.slotsToReturn
+            call.slotsEpoch = state.slotsToReturnEpoch
+            state.slotsToReturn = 0
         }
         if !admissions.isEmpty, let wanted = Self.leaseWanted(limits, state.demand, admissions.last!.request, slotsInUse: state.slotsHeld) {
             call.leaseWanted = wanted.units
+            call.leaseLeast = RateLimitKind.buckets.map { admissions.last!.request.cost($0) }
             call.slotsWanted = wanted.slots
         }
         state.renew = false
@@ -452,10 +469,17 @@ final class KeyLane: Sendable {
                     // A resolution that failed: the lost call stays, with its first resolution.
                 } else if applied == false {
                     state.settlements.insert(contentsOf: calledSettlements.map { QueuedSettlement(values: $0.values, limits: $0.limits) }, at: 0)
+                    if call.slotsReturned > 0 {
+                        // Given back with the next call (unless their epoch is over by then).
+                        if state.slotsToReturn > 0, state.slotsToReturnEpoch != call.slotsEpoch { state.slotsToReturn = 0 }
+                        state.slotsToReturn += call.slotsReturned
+                        state.slotsToReturnEpoch = call.slotsEpoch
+                    }
                 } else {
                     state.lost = (LostCall(
                         sequence: call.sequence, admissions: call.admissions.map { ($0.promptTokens, $0.reservedOutputTokens) },
-                        settlements: call.settlements, firstResolution: nil
+                        settlements: call.settlements, firstResolution: nil,
+                        slotsReturned: call.slotsReturned, slotsEpoch: call.slotsEpoch
                     ), call.limits)
                 }
             }

@@ -35,6 +35,9 @@ struct LostCall: Sendable {
     var settlements: [SettlementValues]
     /// The first call that tried to resolve it (its resolution may itself have been lost).
     var firstResolution: Int64?
+    /// Parked concurrency slots it gave back, and their epoch: given back again if it never ran.
+    var slotsReturned = 0
+    var slotsEpoch: Int64 = 0
 }
 
 /// One batch.lua call: its arguments and how to read its reply.
@@ -48,8 +51,10 @@ struct LaneCall {
     var admissions: [AdmissionRequest]
     var settlements: [SettlementValues]
     var lost: LostCall?
-    /// Units wanted of each bucket's slice (RateLimitKind.buckets order; 0: none).
+    /// Units wanted of each bucket's slice (RateLimitKind.buckets order; 0: none), and the least
+    /// worth taking (a request's cost).
     var leaseWanted: [Int] = [0, 0, 0, 0]
+    var leaseLeast: [Int] = [0, 0, 0, 0]
     /// The slices given back: the slice's end and the start of its unused tail, per bucket.
     var leaseReturned: [(end: Int64, tailStart: Int64)] = Array(repeating: (0, 0), count: 4)
     /// Concurrency slots wanted for the lease; parked slots given back, and their epoch.
@@ -92,6 +97,9 @@ struct LaneCall {
         arguments.append(slotsWanted)
         arguments.append(slotsReturned)
         arguments.append(Int(slotsEpoch))
+        for units in leaseLeast { arguments.append(units) }
+        arguments.append(lost?.slotsReturned ?? 0)
+        arguments.append(Int(lost?.slotsEpoch ?? 0))
         for admission in lost?.admissions ?? [] {
             arguments.append(Self.exact(admission.prompt))
             arguments.append(Self.exact(admission.output))

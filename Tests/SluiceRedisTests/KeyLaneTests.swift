@@ -96,6 +96,39 @@ final class KeyLaneTests: XCTestCase {
         XCTAssertEqual(after.headerValues[after.headerValues.startIndex + 2], 90, "the refund applied once")
     }
 
+    /// Parked slots are never leaked by a lost call: slots a lost call parked on the node are taken
+    /// back if it ran, slots it gave back are given back again if it did not.
+    func testALostCallNeverLeaksParkedSlots() async throws {
+        let limits = ResolvedLimits(maxConcurrentRequests: 10, lease: .always)
+        let entry = { () async throws -> String? in
+            try await self.redis.send(["HGET", RedisKeyLayout(keyID: "parked").state, "n:node-test"]).string
+        }
+        var granting = LaneCall(sequence: 1, limits: limits, admissions: [request("parked", limits)], settlements: [], lost: nil)
+        granting.slotsWanted = 3
+        let ran = try await call(granting, key: "parked")
+        XCTAssertEqual(ran.slotsGranted, 3)
+        let held = try await entry()
+        XCTAssertEqual(held?.split(separator: " ").first, "4", "one in use, three parked")
+        // Its reply was lost: the resolution takes back the admission's slot and the parked ones.
+        let lost = LostCall(sequence: 1, admissions: [(0, 0)], settlements: [], firstResolution: nil)
+        let resolution = try await call(LaneCall(sequence: 2, limits: limits, admissions: [], settlements: [], lost: lost), key: "parked")
+        XCTAssertEqual(resolution.lostResolution, 1)
+        let released = try await entry()
+        XCTAssertEqual(released?.split(separator: " ").first, "0")
+
+        // Two slots parked, then a call giving them back is lost without running: given back once.
+        var parking = LaneCall(sequence: 3, limits: limits, admissions: [request("parked", limits)], settlements: [], lost: nil)
+        parking.slotsWanted = 2
+        let parked = try await call(parking, key: "parked")
+        let epoch = parked.slotEpoch
+        let settlement = SettlementValues(reservedPrompt: 0, reservedOutput: 0, actualPrompt: 0, actualCompletion: 0, quotaDay: -1, quotaMonth: -1, slotEpoch: epoch)
+        let neverRan = LostCall(sequence: 4, admissions: [], settlements: [settlement], firstResolution: nil, slotsReturned: 2, slotsEpoch: epoch)
+        let resolved = try await call(LaneCall(sequence: 5, limits: limits, admissions: [], settlements: [], lost: neverRan), key: "parked")
+        XCTAssertEqual(resolved.lostResolution, 0)
+        let empty = try await entry()
+        XCTAssertEqual(empty?.split(separator: " ").first, "0", "the settled slot and the two parked ones are free")
+    }
+
     /// Through the store: a settlement sent to a frozen Redis is lost, and applied exactly once
     /// when Redis is back, ahead of the next admission.
     func testASettlementLostToAFrozenRedisIsAppliedOnceAfterwards() async throws {
@@ -264,6 +297,36 @@ final class KeyLaneTests: XCTestCase {
         XCTAssertLessThan(after.fcall - before.fcall, admitted / 2, "admitted and released mostly without a call")
         for node in nodes { _ = await node.finishOutstanding() }
         XCTAssertEqual(nodes[0].leasesInFlight + nodes[1].leasesInFlight, 0)
+    }
+
+    /// Two leased nodes saturating a token bucket both keep getting its rate: a slice smaller than
+    /// a request (the crumbs a saturated bucket has left) is never taken, since it would admit
+    /// nothing and keep the capacity from the other node.
+    func testLeasedNodesDoNotStarveASaturatedTokenBucket() async throws {
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 6_000, burst: 300), lease: .always)
+        let nodes = [try RedisLimiterStore(client: redis, nodeID: "a"), try RedisLimiterStore(client: redis, nodeID: "b")]
+        let started = Date()
+        let seconds = 3.0
+        let admitted = try await withThrowingTaskGroup(of: Int.self) { group in
+            for node in nodes {
+                group.addTask {
+                    var count = 0
+                    while Date().timeIntervalSince(started) < seconds {
+                        if case .admitted(let reservation, _) = try await node.admit(Self.makeRequest("saturated", limits, prompt: 40, output: 10)) {
+                            count += 1
+                            _ = try await node.settle(reservation, actualPromptTokens: 40, actualCompletionTokens: 10)
+                        } else {
+                            try await Task.sleep(for: .milliseconds(5))
+                        }
+                    }
+                    return count
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        let allowed = (300 + 100 * Date().timeIntervalSince(started)) / 50
+        XCTAssertLessThanOrEqual(Double(admitted), allowed + 1, "admitted beyond the bucket")
+        XCTAssertGreaterThanOrEqual(Double(admitted), 0.7 * allowed, "the bucket was starved by slices too small to use")
     }
 
     /// A lease nobody uses goes back to the bucket; admissions against it make no call.

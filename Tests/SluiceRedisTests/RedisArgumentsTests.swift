@@ -55,7 +55,7 @@ final class RedisArgumentsTests: XCTestCase {
     }
 
     /// The positions batch.lua reads its arguments from (its header comment): the state key, then
-    /// ARGV 1…38 fixed, then lost admissions, lost and new settlements, admissions.
+    /// ARGV 1…44 fixed, then lost admissions, lost and new settlements, admissions.
     func testBatchCallArgumentsFollowBatchLua() {
         let limits = ResolvedLimits(requests: BucketLimit(perMinute: 60, burst: 10), tokens: BucketLimit(perMinute: 1_000), maxConcurrentRequests: 3, tokensPerDay: 500)
         let settlement = SettlementValues(reservedPrompt: 1, reservedOutput: 2, actualPrompt: 3, actualCompletion: 4, quotaDay: 5, quotaMonth: -1, slotEpoch: 6)
@@ -67,12 +67,15 @@ final class RedisArgumentsTests: XCTestCase {
         call.slotsWanted = 2
         call.slotsReturned = 1
         call.slotsEpoch = 77
+        call.leaseLeast = [1, 15, 0, 0]
         let arguments = call.arguments(stateKey: "sluice:{team-a}:state", nodeID: "node-x", deadline: 99, options: .init(leaseTTLMillis: 30_000, stateTTLMillis: 900_000))
         var expected = ["sluice:{team-a}:state", "node-x", "5", "99", "60", "10", "1000", "1000", "0", "0", "0", "0", "3", "500", "0", "30000", "900000", "1000000"]
         expected += ["4", "5", "1", "1", "1", "1"]            // lost seq, first resolution (this call), counts
         expected += ["11", "12", "0", "0"]                    // lease wanted
         expected += ["0", "0", "13", "14", "0", "0", "0", "0"] // lease returned
         expected += ["2", "1", "77"]                          // slots wanted, returned, their epoch
+        expected += ["1", "15", "0", "0"]                     // the least worth taking
+        expected += ["0", "0"]                                // slots the lost call gave back
         expected += ["9", "10"]                               // the lost admission
         expected += ["1", "2", "3", "4", "5", "-1", "6"]      // the lost settlement
         expected += ["1", "2", "3", "4", "5", "-1", "6"]      // the settlement

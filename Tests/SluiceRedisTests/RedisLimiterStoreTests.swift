@@ -280,7 +280,7 @@ final class RedisLimiterStoreTests: XCTestCase {
 
     func testANodeEntryWithAnExpiryBeyondAnyTTLDoesNotHoldASlot() async throws {
         let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 1_000), maxConcurrentRequests: 1)
-        _ = try await redis.send(["HSET", RedisKeyLayout(keyID: "far").state, "n:stuck", "1 99999999999999 1 1 99999999999999 -"])
+        _ = try await redis.send(["HSET", RedisKeyLayout(keyID: "far").state, "n:stuck", "1 99999999999999 1 1 99999999999999 - 0"])
         let (first, _) = try await admitted(request("far", limits))
         guard case .denied = try await limiter.admit(request("far", limits)) else {
             return XCTFail("the one real slot holds the only slot")

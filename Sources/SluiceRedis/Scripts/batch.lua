@@ -19,17 +19,21 @@
 --       24..27 lease wanted: units of the requests, tokens, input, output buckets (0: none)
 --       28..35 lease returned: end and start of the unused tail (µs) of each bucket's slice (0 0: none)
 --       36 concurrency slots wanted for the lease   37 parked slots returned   38 their epoch
---       39..  lost admissions (2 each: prompt, output), lost settlements and settlements (7 each:
+--       39..42 the least worth taking of each bucket's slice: a request's cost (a smaller slice
+--             admits nothing and only keeps the capacity from the other nodes)
+--       43 parked slots the lost call gave back   44 their epoch
+--       45..  lost admissions (2 each: prompt, output), lost settlements and settlements (7 each:
 --             reserved prompt, reserved output, actual prompt, actual completion, quota day,
 --             quota month (-1: not charged), slot epoch (0: no slot)), admissions (2 each: prompt,
 --             output)
 --
--- Node entries n:<node> = "slots leaseExpiryMs epoch ack seenMs admitted": the concurrency slots the
--- node's requests hold (counted while leaseExpiryMs is ahead: a dead node's slots free one TTL
+-- Node entries n:<node> = "slots leaseExpiryMs epoch ack seenMs admitted granted": the concurrency
+-- slots the node's requests hold or it keeps parked (counted while leaseExpiryMs is ahead: a dead node's slots free one TTL
 -- after its last call), the epoch those slots belong to (a release from an earlier epoch, whose
 -- slots already expired, is ignored), the last sequence number applied (a call at or below it is
 -- stale and changes nothing), when the node was last seen, and which admissions of that last
--- call were admitted (a string of 1 and 0, '-' for none): what a lost call's resolution undoes.
+-- call were admitted (a string of 1 and 0, '-' for none) and how many slots it granted to park:
+-- what a lost call's resolution undoes.
 --
 -- Returns {status 1 applied | 2 past its deadline | 3 stale, corrupt, Redis' clock µs, slot epoch,
 --          lost call 1 applied (its admissions released) | 0 not applied (its settlements applied
@@ -57,13 +61,13 @@ local changed = {}
 -- This node's entry and everyone's slots.
 local leaseTTL, stateTTL = tonumber(ARGV[15]), tonumber(ARGV[16])
 local function parseEntry(raw)
-  local slots, expiry, epoch, ack, seen, admitted = string.match(raw, '^(%d+) (%d+) (%d+) (%d+) (%d+) ([01%-]+)$')
+  local slots, expiry, epoch, ack, seen, admitted, granted = string.match(raw, '^(%d+) (%d+) (%d+) (%d+) (%d+) ([01%-]+) (%d+)$')
   if slots == nil then return nil end
   return { slots = tonumber(slots), expiry = tonumber(expiry), epoch = tonumber(epoch), ack = tonumber(ack),
-           seen = tonumber(seen), admitted = admitted }
+           seen = tonumber(seen), admitted = admitted, granted = tonumber(granted) }
 end
 local mineName = 'n:' .. node
-local mine = { slots = 0, expiry = 0, epoch = 0, ack = 0, seen = 0, admitted = '-' }
+local mine = { slots = 0, expiry = 0, epoch = 0, ack = 0, seen = 0, admitted = '-', granted = 0 }
 if fields[mineName] ~= nil then
   local parsed = parseEntry(fields[mineName])
   if parsed == nil then corrupt = 1 else mine = parsed end
@@ -168,7 +172,7 @@ end
 local lostSeq, firstResolution = tonumber(ARGV[18]), tonumber(ARGV[19])
 local lostAdmissions, lostSettlements = tonumber(ARGV[20]), tonumber(ARGV[21])
 local settlements, admissions = tonumber(ARGV[22]), tonumber(ARGV[23])
-local at = 39
+local at = 45
 local lost = -1
 if lostSeq > 0 then
   if mine.ack >= firstResolution then
@@ -178,9 +182,14 @@ if lostSeq > 0 then
     for index = 0, lostAdmissions - 1 do
       if string.sub(mine.admitted, index + 1, index + 1) == '1' then release(at + index * 2) end
     end
+    -- The slots it parked on the node never reached it.
+    mine.slots = math.max(mine.slots - mine.granted, 0)
   else
     lost = 0
     for index = 0, lostSettlements - 1 do settle(at + lostAdmissions * 2 + index * 7) end
+    if tonumber(ARGV[43]) > 0 and tonumber(ARGV[44]) == mine.epoch then
+      mine.slots = math.max(mine.slots - tonumber(ARGV[43]), 0)
+    end
   end
 end
 at = at + lostAdmissions * 2 + lostSettlements * 7
@@ -294,12 +303,27 @@ end
 -- like the slots in use, so never more than the limit in flight across nodes). Keys with quotas
 -- are never leased.
 local granted = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+-- All or nothing: a lease is only of use if every configured bucket gives at least a request's
+-- worth (a lease admits a request only when all its buckets cover it).
+local sliceUnits = {}
+local leasing = false
 for index = 1, 4 do
   local wanted = tonumber(ARGV[24 + index - 1])
-  local bucket = buckets[index]
-  if bucket ~= nil and wanted > 0 then
-    local units = math.min(wanted, bucketRemaining(bucket, deltas[index]))
-    if units > 0 then
+  if buckets[index] ~= nil and wanted > 0 then
+    leasing = true
+    local units = math.min(wanted, bucketRemaining(buckets[index], deltas[index]))
+    if units < math.max(tonumber(ARGV[39 + index - 1]), 1) then
+      leasing = false
+      break
+    end
+    sliceUnits[index] = units
+  end
+end
+if leasing then
+  for index = 1, 4 do
+    local units = sliceUnits[index]
+    if units ~= nil then
+      local bucket = buckets[index]
       local start = now + math.max(deltas[index], 0)
       deltas[index] = math.max(deltas[index], 0) + refillMicros(bucket, units)
       granted[(index - 1) * 2 + 1] = start
@@ -358,7 +382,7 @@ if hasQuota then
 end
 local admittedText = table.concat(admittedFlags)
 if admittedText == '' then admittedText = '-' end
-put(mineName, table.concat({ int(mine.slots), int(nowMillis + leaseTTL), int(mine.epoch), int(sequence), int(nowMillis), admittedText }, ' '))
+put(mineName, table.concat({ int(mine.slots), int(nowMillis + leaseTTL), int(mine.epoch), int(sequence), int(nowMillis), admittedText, int(granted[9]) }, ' '))
 -- The hash lives until its last TAT, quota period and node entry no longer matter; PEXPIRE runs
 -- only when that moves past the expiry last set, which is then set a state TTL further.
 local expiry = stateInteger(fields, 'exp') or 0
