@@ -16,7 +16,15 @@ import Synchronization
 /// Failures: a command in flight when the connection breaks (reset, EOF, command timeout) fails with
 /// an error whose `outcomeUnknown` is true; the connection reconnects at once, then with exponential
 /// backoff. While backing off, new commands fail immediately with `.notConnected` instead of
-/// waiting, so a dead Redis costs callers nothing but the check.
+/// waiting, so a dead Redis costs callers nothing but the check. A connection closed by the other
+/// side before it answered anything (a proxy or load balancer with no Redis behind it accepts, then
+/// closes) counts as a failed connect, with the backoff: reconnecting at once would spin.
+///
+/// Failover: the address may lead to another server after a failover (a managed endpoint, a DNS
+/// name, a proxy in front of a Sentinel-managed pair), while an open connection still reaches the
+/// old primary, now a replica that refuses writes with `READONLY`. Such a reply makes the connection
+/// stop writing, wait for the replies in flight, and reconnect; the commands meanwhile wait for the
+/// new connection.
 ///
 /// Threading: every `var` below is touched on `eventLoop` only; other threads call `start`, `send`
 /// and `shutdown`, which hop onto it. `isConnected` and `lastError` are mirrored behind a lock for
@@ -60,6 +68,12 @@ final class RedisConnection: @unchecked Sendable {
     private var flushScheduled = false
     private var backoffMillis: Int
     private var failuresInARow = 0
+    /// Whether a command has been answered on the current connection (the backoff and the failure
+    /// count are reset then, not when the socket opens).
+    private var answered = false
+    /// The server of the current connection answered `READONLY` (it is a replica now): nothing more
+    /// is written on it; it is closed once the commands in flight are answered, then opened again.
+    private var leavingReplica = false
 
     init(config: RedisConfig, options: RedisClientOptions, logger: Logger, name: String, eventLoop: any EventLoop) {
         self.config = config
@@ -139,7 +153,11 @@ final class RedisConnection: @unchecked Sendable {
         case .connecting, .handshaking:
             queued.append((command, handler))
         case .connected(let channel):
-            write(command, handler, on: channel)
+            if leavingReplica {
+                queued.append((command, handler))  // for the next connection
+            } else {
+                write(command, handler, on: channel)
+            }
         }
     }
 
@@ -167,7 +185,22 @@ final class RedisConnection: @unchecked Sendable {
             channel.close(promise: nil)
             return
         }
+        if !answered {
+            answered = true
+            if failuresInARow > 0 {
+                logger.info("redis reconnected", metadata: ["connection": "\(name)", "failed_attempts": "\(failuresInARow)"])
+            }
+            failuresInARow = 0
+            backoffMillis = options.initialBackoffMillis
+        }
         handler(.success(reply))
+        if case .error(let message) = reply, message.hasPrefix("READONLY"), !leavingReplica {
+            leavingReplica = true
+            logger.warning("redis answered READONLY: this address reaches a replica now (a failover); reconnecting", metadata: ["connection": "\(name)", "in_flight": "\(inFlight.count)"])
+        }
+        if leavingReplica, inFlight.isEmpty, case .connected(let current) = phase, current === channel {
+            channel.close(promise: nil)  // closed(_:reason:) reconnects; the queued commands go there
+        }
     }
 
     /// The connection broke or closed: commands in flight have an unknown outcome.
@@ -180,6 +213,14 @@ final class RedisConnection: @unchecked Sendable {
         }
         guard case .connected(let current) = phase, current === channel else { return }
         let error = RedisError.connectionLost(reason)
+        if !answered {
+            // Accepted, then closed before answering anything: nothing behind the address (a proxy
+            // without a backend), or a server refusing clients. A failed connect, with the backoff.
+            while let (handler, _) = inFlight.popFirst() { handler(.failure(error)) }
+            phase = .connecting
+            connectFailed(.connectFailed("closed before answering anything: \(reason)"))
+            return
+        }
         if !inFlight.isEmpty {
             logger.warning("redis connection lost; reconnecting", metadata: ["connection": "\(name)", "error": "\(error)", "in_flight": "\(inFlight.count)"])
         } else {
@@ -264,6 +305,8 @@ final class RedisConnection: @unchecked Sendable {
         }
         // Commands keep queueing until the handshake is over.
         phase = .handshaking(channel)
+        answered = false
+        leavingReplica = false
         runHandshake(commands[...], on: channel)
     }
 
@@ -295,11 +338,8 @@ final class RedisConnection: @unchecked Sendable {
     private func opened(_ channel: any Channel) {
         guard case .handshaking(let current) = phase, current === channel else { return }
         phase = .connected(channel)
-        backoffMillis = options.initialBackoffMillis
-        if failuresInARow > 0 {
-            logger.info("redis reconnected", metadata: ["connection": "\(name)", "failed_attempts": "\(failuresInARow)"])
-        }
-        failuresInARow = 0
+        // The backoff and the failure count are reset by the first reply (`received`): a socket
+        // that opens and closes again without an answer is no reconnection.
         mirror.withLock { $0.connected = true }
         let waiting = queued
         queued = []

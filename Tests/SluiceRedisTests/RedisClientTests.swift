@@ -165,6 +165,45 @@ final class RedisClientTests: XCTestCase {
         await eventually(5) { client.connectedCount == testClientOptions.connectionCount }
     }
 
+    func testAConnectionClosedBeforeAnyReplyBacksOff() async throws {
+        // A proxy with no Redis behind it: every connection is accepted, then closed at once.
+        let closing = try ClosingListener()
+        let options = RedisClientOptions(connectionCount: 1, initialBackoffMillis: 10, maximumBackoffMillis: 100)
+        let client = makeClient(RedisConfig(host: "127.0.0.1", port: closing.port), options: options)
+        let started = Date()
+        while Date().timeIntervalSince(started) < 1.0 {
+            let error = await expectError { () throws(RedisError) in _ = try await client.send(["PING"]) }
+            XCTAssertNotNil(error)
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        // With the backoff (10, 20, 40, 80, then 100 ms) about 13 connections in a second; without
+        // it, the connection reconnected as soon as it was closed: thousands.
+        let accepted = closing.stop()
+        XCTAssertGreaterThan(accepted, 3)
+        XCTAssertLessThan(accepted, 40, "reconnects without backoff to a server that closes at once")
+    }
+
+    func testAReadOnlyReplyMakesTheConnectionReconnect() async throws {
+        // The server the connection reaches becomes a replica (a failover demoted it): writes get
+        // READONLY, and the connection is opened again (a managed endpoint would now lead to the
+        // new primary; here it is the same server, promoted again below).
+        let primary = try startServer()
+        let other = try RedisServerProcess()
+        defer { other.stop() }
+        let options = RedisClientOptions(connectionCount: 1, initialBackoffMillis: 10, maximumBackoffMillis: 100)
+        let client = makeClient(primary.config, options: options)
+        let before = try await client.send(["CLIENT", "ID"])
+        _ = try await client.send(["REPLICAOF", "127.0.0.1", String(other.port)])
+        let error = await expectError { () throws(RedisError) in _ = try await client.send(["SET", "k", "v"]) }
+        guard case .server(let message)? = error else { return XCTFail("expected READONLY, got \(String(describing: error))") }
+        XCTAssertTrue(message.hasPrefix("READONLY"), message)
+        let after = try await client.send(["CLIENT", "ID"])
+        XCTAssertNotEqual(after, before, "the connection was not opened again after READONLY")
+        _ = try await client.send(["REPLICAOF", "NO", "ONE"])
+        let written = try await client.send(["SET", "k", "v"])
+        XCTAssertEqual(written, .status("OK"))
+    }
+
     func testEvalScriptFallsBackToEvalAfterScriptFlush() async throws {
         let client = makeClient(try startServer().config)
         let script = RedisScript(name: "echo", source: "return {KEYS[1], ARGV[1]}")

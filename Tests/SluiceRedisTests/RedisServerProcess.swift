@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 @testable import SluiceRedis
 import SluiceCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -116,6 +117,58 @@ final class LoopbackListener {
         address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
         return address
     }
+}
+
+/// A loopback socket that accepts every connection and closes it at once, counting them: a proxy
+/// or load balancer with no Redis behind it.
+final class ClosingListener: @unchecked Sendable {
+    let port: Int
+    private let fd: Int32
+    private let accepted = Mutex(0)
+    private let done = DispatchSemaphore(value: 0)
+    private let stopped = Mutex(false)
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RedisTestError("socket() failed") }
+        var address = LoopbackListener.loopback(port: 0)
+        let bound = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 128) == 0 else {
+            close(fd)
+            throw RedisTestError("bind/listen failed")
+        }
+        var assigned = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &assigned) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        self.fd = fd
+        self.port = Int(UInt16(bigEndian: assigned.sin_port))
+        Thread.detachNewThread { [self] in
+            while true {
+                let connection = accept(fd, nil, nil)
+                guard connection >= 0 else { break }  // the listener was shut down
+                accepted.withLock { $0 += 1 }
+                close(connection)
+            }
+            done.signal()
+        }
+    }
+
+    /// Stops accepting; returns how many connections were accepted.
+    @discardableResult
+    func stop() -> Int {
+        if !stopped.withLock({ was in defer { was = true }; return was }) {
+            shutdown(fd, Int32(SHUT_RDWR))
+            done.wait()
+            close(fd)
+        }
+        return accepted.withLock { $0 }
+    }
+
+    deinit { stop() }
 }
 
 struct RedisTestError: Error, CustomStringConvertible {

@@ -17,9 +17,10 @@ of Sluice's tokenizer). From that, for each key and limit:
 The accuracy test runs once per lease mode of the keys (`limits.lease`: `off`, exact; `auto`, the
 default; `always`, every node admitting against leased slices of the buckets), same assertions.
 
-Then the fault test: under load Redis is killed (SIGKILL) and restarted on the same port; with
-`on_failure: local` no request may fail with a 5xx, every node stays ready, and `/readyz` reports
-the limiter mode: `redis` before, `local` during the outage, `redis` again after.
+Then the fault test: under load Redis is killed (SIGKILL) and restarted on the same port (from its
+append-only file: scripts/cluster's Redis persists); with `on_failure: local` no request may fail
+with a 5xx, every node stays ready, and `/readyz` reports the limiter mode: `redis` before, `local`
+during the outage, `redis` again after.
 
 Takes about three minutes. Skipped only when a binary it needs is missing.
 """

@@ -252,3 +252,50 @@ def test_kubernetes_configs_pass_check_config(tmp_path):
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, f"{path}: sluice check-config refused it:\n{result.stdout}{result.stderr}"
         assert result.stdout.startswith("ok:"), result.stdout
+
+
+# ---------------------------------------------------------------- Redis persistence
+
+def redis_server_options(command: list) -> dict:
+    """The `--name value` options of a redis-server command line (`--save ""` gives `save: ""`)."""
+    assert command and command[0] == "redis-server", f"not a redis-server command line: {command}"
+    options, words = {}, list(command[1:])
+    while words:
+        name = words.pop(0)
+        assert name.startswith("--"), f"redis-server: {name} is not an option (a config file is not checked here)"
+        options[name[2:]] = words.pop(0) if words and not words[0].startswith("--") else ""
+    return options
+
+
+def assert_persistent(where: str, options: dict, mounts: dict):
+    """Append-only file, fsynced every second, in a directory whose volume outlives the container.
+    `mounts`: mount path → whether its volume persists."""
+    assert options.get("appendonly") == "yes", f"{where}: no append-only file (quotas and usage would not survive a restart)"
+    assert options.get("appendfsync") == "everysec", f"{where}: appendfsync is {options.get('appendfsync')!r}, not everysec"
+    directory = options.get("dir")
+    assert directory, f"{where}: no --dir: the AOF would land wherever the image's working directory is"
+    assert mounts.get(directory), f"{where}: {directory} is not on a volume that survives the container"
+
+
+def test_compose_redis_keeps_its_data_on_a_volume():
+    spec = yaml.safe_load(COMPOSE.read_text())
+    redis = spec["services"]["redis"]
+    named = set(spec.get("volumes") or {})
+    mounts = {}
+    for volume in redis.get("volumes", []):
+        source, target = str(volume).split(":")[:2]
+        mounts[target] = source in named  # a named volume: `docker compose down` keeps it
+    assert_persistent("docker-compose.yml redis", redis_server_options(redis["command"]), mounts)
+
+
+def test_kubernetes_redis_keeps_its_data_on_a_persistent_volume():
+    statefulsets = [(path, s) for path, s in k8s_resources("StatefulSet")
+                    if any("redis-server" in (c.get("args") or c.get("command") or [""])[0]
+                           for c in s["spec"]["template"]["spec"]["containers"])]
+    assert statefulsets, "no StatefulSet runs redis-server"
+    for path, statefulset in statefulsets:
+        claims = {t["metadata"]["name"] for t in statefulset["spec"].get("volumeClaimTemplates", [])}
+        for container in statefulset["spec"]["template"]["spec"]["containers"]:
+            command = (container.get("command") or []) + (container.get("args") or [])
+            mounts = {m["mountPath"]: m["name"] in claims for m in container.get("volumeMounts", [])}
+            assert_persistent(f"{path} {container['name']}", redis_server_options(command), mounts)
