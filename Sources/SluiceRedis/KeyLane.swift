@@ -284,7 +284,7 @@ final class KeyLane: Sendable {
             let sent = MonotonicClock.microseconds()
             let arguments = call.arguments(stateKey: stateKey, nodeID: context.nodeID, deadline: deadline, options: context.options)
             do {
-                let raw = try await context.client.call(context.function, RedisScriptCall(keyCount: 1, arguments: arguments))
+                let raw = try await context.client.call(context.function, RedisScriptCall(keyCount: 1, arguments: arguments, routingKey: stateKey))
                 let reply = try LaneReply(raw, admissions: admissions.count)
                 context.observeRedisClock(reply.redisMicros)
                 context.statistics.count(.calls)

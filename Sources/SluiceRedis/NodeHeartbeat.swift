@@ -17,6 +17,10 @@ public final class NodeHeartbeat: Sendable {
         script = RedisScript(name: "heartbeat", source: try RedisScriptFiles.read("heartbeat.lua"))
     }
 
+    /// The failure domain (`RedisClient.failureDomain(ofKey:)`) the heartbeats go to: what a beat's
+    /// success or failure tells about.
+    public var failureDomain: Int { client.failureDomain(ofKey: RedisKeyLayout.nodes) }
+
     /// One heartbeat: returns the number of live nodes (this one included).
     public func beat() async throws(RedisError) -> Int {
         // A node counts as live for three intervals, so one lost heartbeat does not shrink the cluster.

@@ -9,32 +9,35 @@ import NIOPosix
 import SluiceCore
 import Synchronization
 
-/// Pipelining Redis connections (`RedisConnection`), one per event loop of a group.
+/// Sluice's Redis client: pipelining connections (`RedisConnection`), one per event loop of a
+/// group, to one Redis server, or to each primary of a Redis Cluster (`RedisClusterRouter`; with
+/// `redis.cluster_nodes`), where a command goes to the primary of its key's slot.
 ///
 /// A call made on one of the group's event loops (the gateway's requests run there) goes to that
-/// loop's connection: no thread hop. Other callers take the connections round-robin, preferring a
-/// connected one, so one broken socket does not fail every n-th call.
-///
-/// Every call is bounded in time by `RedisClientOptions` (connect and command timeouts); while a
-/// connection is down and backing off, calls on it fail at once with `.notConnected`.
+/// loop's connection: no thread hop. Every call is bounded in time by `RedisClientOptions` (connect
+/// and command timeouts); while a connection is down and backing off, calls on it fail at once with
+/// `.notConnected`.
 ///
 /// Creating a client starts its connections, which connect immediately; call `shutdown()` when done
 /// (also done on deinit).
 public final class RedisClient: Sendable {
-    private let connections: [RedisConnection]
-    private let connectionOfLoop: [ObjectIdentifier: RedisConnection]
+    private enum Servers {
+        case single(RedisServerPool)
+        case cluster(RedisClusterRouter)
+    }
+
+    private let servers: Servers
     /// The group the client made for itself (none given), shut down with the client.
     private let ownGroup: MultiThreadedEventLoopGroup?
     private let isShutDown = Atomic<Bool>(false)
-    private let nextConnection = Atomic<Int>(0)
     /// Set once the server answered `FCALL` with "unknown command" (Redis < 7).
     private let functionsUnsupported = Atomic<Bool>(false)
     private let logger: Logger
     /// Timeouts, backoff and connection count the client was made with.
     public let options: RedisClientOptions
 
-    /// - Parameter eventLoopGroup: the loops to put one connection each on (the gateway passes its
-    ///   own); without one, the client runs `options.connectionCount` loops of its own.
+    /// - Parameter eventLoopGroup: the loops to put one connection each on (per server); without
+    ///   one, the client runs `options.connectionCount` loops of its own.
     public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), eventLoopGroup: (any EventLoopGroup)? = nil, logger: Logger = Logger(label: "sluice.redis")) {
         self.logger = logger
         self.options = options
@@ -47,40 +50,75 @@ public final class RedisClient: Sendable {
             group = own
             ownGroup = own
         }
-        var connections: [RedisConnection] = []
-        for (index, loop) in group.makeIterator().enumerated() {
-            connections.append(RedisConnection(config: config, options: options, logger: logger, name: "sluice-redis-\(index)", eventLoop: loop))
+        if config.clusterNodes.isEmpty {
+            servers = .single(RedisServerPool(config: config, options: options, group: group, logger: logger, name: "sluice-redis"))
+        } else {
+            servers = .cluster(RedisClusterRouter(seeds: config.clusterNodes, options: options, group: group, logger: logger))
         }
-        self.connections = connections
-        connectionOfLoop = Dictionary(connections.map { (ObjectIdentifier($0.eventLoop), $0) }, uniquingKeysWith: { first, _ in first })
-        for connection in connections { connection.start() }
     }
 
     deinit {
         shutdown()
     }
 
-    /// Whether at least one connection is open.
-    public var isConnected: Bool {
-        !isShutDown.load(ordering: .relaxed) && connections.contains { $0.isConnected }
+    /// Whether it talks to a Redis Cluster.
+    public var isCluster: Bool {
+        if case .cluster = servers { return true }
+        return false
     }
 
-    /// Number of open connections (one per event loop).
+    /// Whether a connection is open to the server (to every primary of a cluster).
+    public var isConnected: Bool {
+        guard !isShutDown.load(ordering: .relaxed) else { return false }
+        switch servers {
+        case .single(let pool): return pool.isConnected
+        case .cluster(let router):
+            let primaries = router.primaries
+            return !primaries.isEmpty && primaries.allSatisfy(\.isConnected)
+        }
+    }
+
+    /// Number of open connections (one per event loop and server).
     public var connectedCount: Int {
         if isShutDown.load(ordering: .relaxed) { return 0 }
-        return connections.reduce(0) { $0 + ($1.isConnected ? 1 : 0) }
+        switch servers {
+        case .single(let pool): return pool.connectedCount
+        case .cluster(let router): return router.primaries.reduce(0) { $0 + $1.connectedCount }
+        }
     }
 
     /// The last connection error of the first connection that had one, for health reports; `nil`
     /// if none ever failed. Kept after a successful reconnect (check `isConnected` for the present).
     public var lastError: RedisError? {
-        connections.lazy.compactMap(\.lastError).first
+        switch servers {
+        case .single(let pool): return pool.lastError
+        case .cluster(let router): return router.primaries.lazy.compactMap(\.lastError).first
+        }
+    }
+
+    /// Which part of Redis holds `key` and fails on its own: its slot in a cluster, else 0 (one
+    /// server fails as one).
+    public func failureDomain(ofKey key: String) -> Int {
+        switch servers {
+        case .single: return 0
+        case .cluster: return RedisClusterSlot.of(key)
+        }
+    }
+
+    /// The slot map of a cluster (`nil` for a single server or before it was read), for tests and
+    /// diagnostics.
+    var clusterTopology: RedisClusterTopology? {
+        if case .cluster(let router) = servers { return router.topology }
+        return nil
     }
 
     /// Closes every connection; later calls fail with `.shutDown`.
     public func shutdown() {
         guard !isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        for connection in connections { connection.shutdown() }
+        switch servers {
+        case .single(let pool): pool.shutdown()
+        case .cluster(let router): router.shutdown()
+        }
         ownGroup?.shutdownGracefully { _ in }
     }
 
@@ -88,22 +126,28 @@ public final class RedisClient: Sendable {
     /// the connect and command timeouts.
     /// - Throws: `RedisError.server` for an error reply; connection errors as described by
     ///   `RedisError` (check `outcomeUnknown` before retrying a non-idempotent command).
-    public func send(_ command: RedisArguments) async throws(RedisError) -> RedisReply {
+    /// - Parameter key: the key the command works on: in a cluster it goes to the primary of the
+    ///   key's slot (without one, to any primary). Ignored with a single server.
+    public func send(_ command: RedisArguments, routedBy key: String? = nil) async throws(RedisError) -> RedisReply {
         guard command.count > 0 else { throw .invalidCommand("no arguments") }
         guard !isShutDown.load(ordering: .relaxed) else { throw .shutDown }
-        let reply = try await pickConnection().send(command).get()
+        let reply: RedisReply
+        switch servers {
+        case .single(let pool): reply = try await pool.send(command).get()
+        case .cluster(let router): reply = try await router.send(command, key: key).get()
+        }
         if case .error(let message) = reply { throw .server(message) }
         return reply
     }
 
     /// Sends one command given as binary-safe arguments.
-    public func send(_ arguments: [[UInt8]]) async throws(RedisError) -> RedisReply {
-        try await send(RedisArguments(arguments))
+    public func send(_ arguments: [[UInt8]], routedBy key: String? = nil) async throws(RedisError) -> RedisReply {
+        try await send(RedisArguments(arguments), routedBy: key)
     }
 
     /// Sends one command given as text arguments.
-    public func send(_ arguments: [String]) async throws(RedisError) -> RedisReply {
-        try await send(RedisArguments(arguments))
+    public func send(_ arguments: [String], routedBy key: String? = nil) async throws(RedisError) -> RedisReply {
+        try await send(RedisArguments(arguments), routedBy: key)
     }
 
     /// Runs a script by `EVALSHA`; if the server does not know it (`NOSCRIPT`: restarted,
@@ -116,11 +160,11 @@ public final class RedisClient: Sendable {
     /// `evalScript(_:keys:arguments:)` with keys and arguments already encoded.
     public func evalScript(_ script: RedisScript, _ call: RedisScriptCall) async throws(RedisError) -> RedisReply {
         do throws(RedisError) {
-            return try await send(call.command("EVALSHA", name: script.sha1.utf8))
+            return try await send(call.command("EVALSHA", name: script.sha1.utf8), routedBy: call.routingKey)
         } catch {
             guard case .server(let message) = error, message.hasPrefix("NOSCRIPT") else { throw error }
             logger.debug("redis script not cached; sending it with EVAL", metadata: ["script": "\(script.name)"])
-            return try await send(call.command("EVAL", name: script.source))
+            return try await send(call.command("EVAL", name: script.source), routedBy: call.routingKey)
         }
     }
 
@@ -137,13 +181,14 @@ public final class RedisClient: Sendable {
         if !functionsUnsupported.load(ordering: .relaxed) {
             let command = call.command("FCALL", name: function.name.utf8)
             do throws(RedisError) {
-                return try await send(command)
+                return try await send(command, routedBy: call.routingKey)
             } catch {
                 guard case .server(let message) = error else { throw error }
                 if message.hasPrefix("ERR Function not found") {
                     logger.debug("redis function not loaded; loading its library", metadata: ["function": "\(function.name)"])
-                    _ = try await send([Array("FUNCTION".utf8), Array("LOAD".utf8), Array("REPLACE".utf8), function.librarySource])
-                    return try await send(command)
+                    // Loaded where the call went: in a cluster, on that primary (each has its own).
+                    _ = try await send([Array("FUNCTION".utf8), Array("LOAD".utf8), Array("REPLACE".utf8), function.librarySource], routedBy: call.routingKey)
+                    return try await send(command, routedBy: call.routingKey)
                 }
                 guard message.lowercased().contains("unknown command") else { throw error }
                 functionsUnsupported.store(true, ordering: .relaxed)
@@ -151,21 +196,6 @@ public final class RedisClient: Sendable {
             }
         }
         return try await evalScript(function.script, call)
-    }
-
-    private func pickConnection() -> RedisConnection {
-        if let loop = MultiThreadedEventLoopGroup.currentEventLoop,
-            let own = connectionOfLoop[ObjectIdentifier(loop)], own.isConnected
-        {
-            return own
-        }
-        let start = UInt(bitPattern: nextConnection.wrappingAdd(1, ordering: .relaxed).oldValue)
-        let count = UInt(connections.count)
-        for offset in 0..<count {
-            let candidate = connections[Int((start &+ offset) % count)]
-            if candidate.isConnected { return candidate }
-        }
-        return connections[Int(start % count)]
     }
 }
 
@@ -175,17 +205,20 @@ public struct RedisScriptCall: Sendable {
     /// How many of the arguments, from the first, are keys.
     public var keyCount: Int
     public var arguments: RedisArguments
+    /// The key that decides where the call goes in a cluster (all its keys share one slot).
+    public var routingKey: String?
 
-    public init(keyCount: Int, arguments: RedisArguments) {
+    public init(keyCount: Int, arguments: RedisArguments, routingKey: String?) {
         self.keyCount = keyCount
         self.arguments = arguments
+        self.routingKey = routingKey
     }
 
     public init(keys: [String], arguments: [String]) {
         var encoded = RedisArguments()
         for key in keys { encoded.append(key) }
         for argument in arguments { encoded.append(argument) }
-        self.init(keyCount: keys.count, arguments: encoded)
+        self.init(keyCount: keys.count, arguments: encoded, routingKey: keys.first)
     }
 
     /// `<verb> <name> <number of keys> <keys…> <arguments…>`; the name is a function's, a script's

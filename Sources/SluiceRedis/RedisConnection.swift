@@ -99,9 +99,26 @@ final class RedisConnection: @unchecked Sendable {
     var lastError: RedisError? { mirror.withLock { $0.lastError } }
 
     /// Sends one command and waits for its reply (bounded by the connect and command timeouts).
-    func send(_ command: RedisArguments) async -> Result<RedisReply, RedisError> {
+    /// - Parameter prefix: a command written right before it on the same connection, with nothing
+    ///   between them (Redis Cluster's `ASKING`); its reply is dropped, but an error in it is returned
+    ///   instead of the command's.
+    func send(_ command: RedisArguments, precededBy prefix: RedisArguments? = nil) async -> Result<RedisReply, RedisError> {
         await withCheckedContinuation { (completion: Completion) in
-            onLoop { self.submit(command) { completion.resume(returning: $0) } }
+            onLoop {
+                guard let prefix else {
+                    self.submit(command) { completion.resume(returning: $0) }
+                    return
+                }
+                // Both submitted in one turn of the loop, so they are queued or written together.
+                var prefixFailure: Result<RedisReply, RedisError>?
+                self.submit(prefix) { result in
+                    switch result {
+                    case .success(.error), .failure: prefixFailure = result
+                    case .success: break
+                    }
+                }
+                self.submit(command) { completion.resume(returning: prefixFailure ?? $0) }
+            }
         }
     }
 

@@ -184,6 +184,11 @@ public final class RedisLimiterStore: LimiterStore {
         return await lane.settle(values, limits: reservation.limits)
     }
 
+    /// The key's slot in a Redis Cluster (its state lives on that slot's primary), else 0.
+    public func failureDomain(keyID: String) -> Int {
+        client.failureDomain(ofKey: RedisKeyLayout(keyID: keyID).state)
+    }
+
     public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         guard limits.requests != nil || limits.tokens != nil else { return .empty }
         var arguments: [String] = []
@@ -345,7 +350,7 @@ public final class RedisLimiterStore: LimiterStore {
                 arguments.append(entry.reservedOutputTokens)
             }
             do {
-                let reply = try await client.call(scripts.usage, RedisScriptCall(keyCount: 2, arguments: arguments))
+                let reply = try await client.call(scripts.usage, RedisScriptCall(keyCount: 2, arguments: arguments, routingKey: layout.usageStream))
                 if reply.integer == 1 {
                     logger.warning("corrupt usage record in Redis was replaced", metadata: ["key_id": "\(day.keyID)"])
                 }
@@ -361,7 +366,8 @@ public final class RedisLimiterStore: LimiterStore {
     /// the record expired).
     /// - Parameter day: `YYYY-MM-DD`, e.g. `UTCDay(Date()).text`.
     public func usage(keyID: String, day: String) async throws(RedisError) -> [String: ModelUsage] {
-        let reply = try await client.send(["HGETALL", RedisKeyLayout(keyID: keyID).usage(day: day)])
+        let key = RedisKeyLayout(keyID: keyID).usage(day: day)
+        let reply = try await client.send(["HGETALL", key], routedBy: key)
         guard let elements = reply.array, elements.count % 2 == 0 else {
             throw .unexpectedReply("HGETALL of a usage hash: \(reply)")
         }

@@ -23,8 +23,9 @@ final class RedisLimiting: Service, Sendable {
         let nodeID = "node-" + String(rng.next(), radix: 36)
         let store = try RedisLimiterStore(client: client, options: .init(usageStream: config.usageStream), nodeID: nodeID, logger: logger)
         self.store = store
-        let redacted = config.redactedURL
+        let redacted = config.redactedTarget
         let policy = config.onFailure
+        let isCluster = !config.clusterNodes.isEmpty
         failover = FailoverLimiterStore(shared: store, policy: policy, fallbackNodeCount: config.fallbackNodeCount, onModeChange: { mode, error in
             let name = Self.modeName(mode)
             metrics.limiterMode(name)
@@ -32,7 +33,9 @@ final class RedisLimiting: Service, Sendable {
                 logger.notice("redis is back: limits are shared again", metadata: ["redis": "\(redacted)", "limiter": "redis"])
             } else {
                 logger.warning(
-                    "redis unreachable: enforcing the failure policy until it answers again",
+                    isCluster
+                        ? "a redis cluster shard is unreachable: enforcing the failure policy for its keys until it answers again (keys on other shards stay shared)"
+                        : "redis unreachable: enforcing the failure policy until it answers again",
                     metadata: ["redis": "\(redacted)", "limiter": "\(name)", "policy": "\(policy.rawValue)", "error": "\(error ?? "-")"]
                 )
             }
@@ -55,15 +58,17 @@ final class RedisLimiting: Service, Sendable {
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 // The heartbeat: live nodes (for the `local` policy) and whether Redis answers.
+                // In a cluster it tells about the heartbeat's shard only (its failure domain).
                 group.addTask {
+                    let domain = heartbeat.failureDomain
                     while !Task.isCancelled {
                         do {
                             let live = try await heartbeat.beat()
                             failover.updateLiveNodeCount(live)
-                            failover.sharedStoreAnswered()
+                            failover.sharedStoreAnswered(domain: domain)
                             await failover.retryPendingSettlements()
                         } catch {
-                            failover.sharedStoreFailed(error)
+                            failover.sharedStoreFailed(error, domain: domain)
                         }
                         try? await Task.sleep(for: .milliseconds(NodeHeartbeat.defaultIntervalMillis))
                     }

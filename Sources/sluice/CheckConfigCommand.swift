@@ -40,7 +40,7 @@ struct CheckConfigCommand: ParsableCommand {
         }
         let limiter: String
         if let redis = config.redis {
-            limiter = "redis \(redis.redactedURL), on failure: \(redis.onFailure.rawValue)"
+            limiter = "redis \(redis.redactedTarget), on failure: \(redis.onFailure.rawValue)"
         } else {
             limiter = "embedded limiter"
         }

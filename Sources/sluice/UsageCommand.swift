@@ -47,7 +47,7 @@ struct UsageCommand: AsyncParsableCommand {
         do {
             usage = try await store.usage(keyID: key, day: dayText)
         } catch {
-            FileHandle.standardError.write(Data("sluice: cannot read usage from \(redisConfig.redactedURL): \(error)\n".utf8))
+            FileHandle.standardError.write(Data("sluice: cannot read usage from \(redisConfig.redactedTarget): \(error)\n".utf8))
             throw ExitCode(1)
         }
         print("usage of key \(key) on \(dayText) (UTC)")

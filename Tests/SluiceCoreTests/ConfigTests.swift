@@ -102,6 +102,42 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(config.tiers.isEmpty)
     }
 
+    func testRedisClusterSeeds() throws {
+        func parse(_ redis: String) throws -> SluiceConfig {
+            let json = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "keys": [], "redis": "# + redis + "}"
+            return try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+        }
+        func problems(_ redis: String) -> [String] {
+            do {
+                _ = try parse(redis)
+                return []
+            } catch {
+                return (error as? ConfigError)?.problems.map(\.description) ?? ["\(error)"]
+            }
+        }
+        let redis = try XCTUnwrap(try parse(#"{"cluster_nodes": ["redis://app:pw@10.0.0.1:7000", "redis://app:pw@10.0.0.2:7000"], "on_failure": "closed"}"#).redis)
+        XCTAssertEqual(redis.clusterNodes.map { "\($0.host):\($0.port)" }, ["10.0.0.1:7000", "10.0.0.2:7000"])
+        XCTAssertEqual(redis.host, "10.0.0.1", "the first seed stands for the cluster")
+        XCTAssertEqual(redis.clusterNodes[1].username, "app")
+        XCTAssertEqual(redis.onFailure, .closed)
+        XCTAssertEqual(redis.redactedTarget, "cluster redis://app:<redacted>@10.0.0.1:7000/0,redis://app:<redacted>@10.0.0.2:7000/0")
+
+        XCTAssertEqual(problems(#"{"url": "redis://h", "cluster_nodes": ["redis://h:7000"]}"#),
+                       ["$.redis.url: give either url (one Redis) or cluster_nodes (a Redis Cluster), not both"])
+        XCTAssertEqual(problems(#"{"cluster_nodes": []}"#),
+                       ["$.redis.cluster_nodes: list 1 to 64 seed URLs (any nodes of the cluster; Sluice finds the rest), found 0"])
+        XCTAssertEqual(problems(#"{"cluster_nodes": ["redis://h:7000/1"]}"#),
+                       ["$.redis.cluster_nodes[0]: a Redis Cluster has only database 0; remove /1"])
+        XCTAssertEqual(problems(#"{"cluster_nodes": ["redis://a:1@h:7000", "redis://b:2@h:7001"]}"#),
+                       ["$.redis.cluster_nodes[1]: every seed must use the same scheme and credentials as the first (they are one cluster)"])
+        XCTAssertEqual(problems(#"{"cluster_nodes": ["redis://h:7000", "redis://h:7000"]}"#), ["$.redis.cluster_nodes[1]: listed twice"])
+        XCTAssertEqual(problems(#"{"cluster_nodes": [7000, "http://h"]}"#), [
+            "$.redis.cluster_nodes[0]: expected a redis:// URL string, found an integer",
+            "$.redis.cluster_nodes[1]: must look like redis://[:password@]host[:port][/db]",
+        ])
+        XCTAssertEqual(problems(#"{"cluster_nodes": "redis://h"}"#), ["$.redis.cluster_nodes: expected an array, found a string"])
+    }
+
     func testLeaseModeAndUsageStream() throws {
         let json = #"""
         {"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}],

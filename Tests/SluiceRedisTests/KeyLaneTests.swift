@@ -49,7 +49,7 @@ final class KeyLaneTests: XCTestCase {
     private func call(_ call: LaneCall, key: String, node: String = "node-test") async throws -> LaneReply {
         let scripts = try RedisLimiterStore.Scripts.load()
         let arguments = call.arguments(stateKey: RedisKeyLayout(keyID: key).state, nodeID: node, deadline: 0, options: .init())
-        return try LaneReply(try await redis.call(scripts.batch, RedisScriptCall(keyCount: 1, arguments: arguments)), admissions: call.admissions.count)
+        return try LaneReply(try await redis.call(scripts.batch, RedisScriptCall(keyCount: 1, arguments: arguments, routingKey: nil)), admissions: call.admissions.count)
     }
 
     /// A call that ran but whose reply was lost: the next call releases what it admitted, once.

@@ -48,6 +48,8 @@ final class RedisServerProcess {
 
     deinit { stop() }
 
+    var isRunning: Bool { process.isRunning }
+
     /// Kills the server and waits for it to exit. SIGKILL, because a child spawned from a
     /// Dispatch or Swift-concurrency thread inherits that thread's blocked signals, SIGTERM
     /// included, and would never see a terminate().

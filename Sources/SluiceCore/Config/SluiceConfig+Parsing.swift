@@ -67,7 +67,9 @@ struct ConfigDocumentReader {
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
     static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "expires_at", "previous_secrets"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
-    static let redisFields = ["url", "on_failure", "fallback_node_count", "usage_stream"]
+    static let redisFields = ["url", "cluster_nodes", "on_failure", "fallback_node_count", "usage_stream"]
+    /// Seeds of a Redis Cluster: enough to find the others, bounded so a typo cannot make many.
+    static let maximumClusterSeeds = 64
 
     /// Field names that would put a secret into the file, with what to do instead.
     static let inlineUpstreamSecretFields: [String: String] = {
@@ -510,7 +512,12 @@ struct ConfigDocumentReader {
         guard let members = walker.object(value, at: path) else { return nil }
         walker.rejectUnknownFields(members, known: Self.redisFields, at: path)
         var redis: RedisConfig?
-        if let url = walker.string(members, "url", at: path) {
+        if let seeds = members["cluster_nodes"] {
+            if members["url"] != nil {
+                walker.report("\(path).url", "give either url (one Redis) or cluster_nodes (a Redis Cluster), not both")
+            }
+            redis = readClusterSeeds(seeds, at: "\(path).cluster_nodes")
+        } else if let url = walker.string(members, "url", at: path) {
             switch RedisURL.parse(url) {
             case .success(let parsed): redis = parsed
             case .failure(let problem): walker.report("\(path).url", problem.message)
@@ -530,5 +537,40 @@ struct ConfigDocumentReader {
         redis?.fallbackNodeCount = fallbackNodeCount
         redis?.usageStream = walker.boolean(members, "usage_stream", at: path, default: false)
         return redis
+    }
+
+    /// `cluster_nodes`: seed URLs of one cluster, so they must agree on everything but the address;
+    /// the first one, with the list, becomes the config.
+    private mutating func readClusterSeeds(_ value: ConfigJSON, at path: String) -> RedisConfig? {
+        guard let elements = walker.array(value, at: path) else { return nil }
+        guard (1...Self.maximumClusterSeeds).contains(elements.count) else {
+            walker.report(path, "list 1 to \(Self.maximumClusterSeeds) seed URLs (any nodes of the cluster; Sluice finds the rest), found \(elements.count)")
+            return nil
+        }
+        var seeds: [RedisConfig] = []
+        for (index, element) in elements.enumerated() {
+            let elementPath = "\(path)[\(index)]"
+            guard case .string(let url) = element else {
+                walker.report(elementPath, "expected a redis:// URL string, found \(element.kindDescription)")
+                continue
+            }
+            switch RedisURL.parse(url) {
+            case .success(let seed):
+                if seed.database != 0 {
+                    walker.report(elementPath, "a Redis Cluster has only database 0; remove /\(seed.database)")
+                } else if let first = seeds.first, !first.sameServerSettings(as: seed) {
+                    walker.report(elementPath, "every seed must use the same scheme and credentials as the first (they are one cluster)")
+                } else if seeds.contains(where: { $0.host == seed.host && $0.port == seed.port }) {
+                    walker.report(elementPath, "listed twice")
+                } else {
+                    seeds.append(seed)
+                }
+            case .failure(let problem):
+                walker.report(elementPath, problem.message)
+            }
+        }
+        guard var config = seeds.first else { return nil }
+        config.clusterNodes = seeds
+        return config
     }
 }

@@ -7,7 +7,7 @@ extension SluiceConfig {
         var sections: [String] = []
         if server != running.server { sections.append("server") }
         if tokenizer != running.tokenizer { sections.append("tokenizer") }
-        if (redis == nil) != (running.redis == nil) || redis?.redactedURL != running.redis?.redactedURL
+        if (redis == nil) != (running.redis == nil) || redis?.redactedTarget != running.redis?.redactedTarget
             || redis?.onFailure != running.redis?.onFailure {
             sections.append("redis")
         }

@@ -368,6 +368,10 @@ public struct RedisConfig: Sendable, Equatable {
     /// `usage_stream`: also append one entry per settled request to each key's usage stream in
     /// Redis (an `XADD` per request); the daily usage totals are kept either way.
     public var usageStream = false
+    /// `cluster_nodes`: the seeds of a Redis Cluster (host, port and credentials each; the rest of
+    /// the cluster is found with `CLUSTER SLOTS`). Empty for a single Redis (`url`); when given,
+    /// `host` and `port` are the first seed's.
+    public var clusterNodes: [RedisConfig] = []
 
     public init(host: String, port: Int = RedisConfig.defaultPort, database: Int = RedisConfig.defaultDatabase, username: String? = nil, password: Secret? = nil) {
         self.host = host
@@ -375,6 +379,22 @@ public struct RedisConfig: Sendable, Equatable {
         self.database = database
         self.username = username
         self.password = password
+    }
+
+    /// Whether two servers are reached the same way (credentials, database; everything but the
+    /// address): the seeds of one cluster must be.
+    func sameServerSettings(as other: RedisConfig) -> Bool {
+        var other = other
+        other.host = host
+        other.port = port
+        other.clusterNodes = clusterNodes
+        return other == self
+    }
+
+    /// Where it connects, without secrets: the URL for one Redis, the seeds for a cluster.
+    public var redactedTarget: String {
+        guard !clusterNodes.isEmpty else { return redactedURL }
+        return "cluster " + clusterNodes.map(\.redactedURL).joined(separator: ",")
     }
 
     /// The URL with the password replaced by `<redacted>`, for logs and `check-config`.

@@ -10,8 +10,11 @@ import Synchronization
 /// - `closed`: admissions fail, and the server answers 503.
 ///
 /// A circuit breaker keeps a dead store from adding latency to every request: after a failure the
-/// shared store is skipped for `retryIntervalMicros`, then one admission probes it again.
-/// Reservations are settled where they were made (a local one locally), exactly once.
+/// shared store is skipped for `retryIntervalMicros`, then one admission probes it again. There is
+/// one breaker per failure domain of the shared store (`LimiterStore.failureDomain(keyID:)`: a
+/// Redis Cluster's slot; a single Redis is one domain), so keys on a healthy shard keep the shared,
+/// exact limits while another shard is down. Reservations are settled where they were made (a
+/// local one locally), exactly once.
 public final class FailoverLimiterStore: LimiterStore {
     public enum Mode: String, Sendable {
         /// The shared store answers.
@@ -45,6 +48,10 @@ public final class FailoverLimiterStore: LimiterStore {
         /// Settlements the shared store did not take, oldest first: retried until it does.
         var pending: [PendingSettlement] = []
         var droppedSettlements = 0
+        /// One breaker per failure domain, made on first use.
+        var breakers: [Int: CircuitBreaker] = [:]
+        /// The domains whose breaker is open (the node is under its failure policy for their keys).
+        var failedDomains: Set<Int> = []
     }
 
     /// A settlement owed to the shared store: a reservation to reconcile with what was used, or to
@@ -71,9 +78,8 @@ public final class FailoverLimiterStore: LimiterStore {
     /// How long a settlement is retried: the shared store's reservation lifetime.
     public static let defaultMaximumPendingAgeMicros: Int64 = 900_000_000
     private let state = Mutex(State())
-    /// Open while the shared store is skipped: one failure opens it for the retry interval, then one
-    /// admission probes; any success (a heartbeat's too) closes it.
-    private let breaker: CircuitBreaker
+    /// Domain 0's breaker (every key's, with a single Redis), kept out of `State.breakers`.
+    private let domainZeroBreaker: CircuitBreaker
 
     /// - Parameters:
     ///   - onModeChange: called when the node switches between the shared store and its failure
@@ -92,16 +98,18 @@ public final class FailoverLimiterStore: LimiterStore {
         self.retryIntervalMicros = retryIntervalMicros
         self.maximumPendingAgeMicros = maximumPendingAgeMicros
         self.clock = clock
-        self.breaker = CircuitBreaker(
-            configuration: .init(failureThreshold: 1, openMillis: Int(max(retryIntervalMicros / 1_000, 1))),
-            clock: { clock() / 1_000 }
-        )
         self.onModeChange = onModeChange
+        self.domainZeroBreaker = Self.makeBreaker(retryIntervalMicros: retryIntervalMicros, clock: clock)
     }
 
-    /// What this node enforces now.
+    /// What this node enforces now: the failure policy as soon as one domain is under it.
     public var mode: Mode {
-        breaker.isOpen ? fallbackMode : .shared
+        domainZeroBreaker.isOpen || state.withLock { $0.breakers.values.contains(where: \.isOpen) } ? fallbackMode : .shared
+    }
+
+    /// Failure domains (Redis Cluster slots; 1 for a single Redis) under the failure policy now.
+    public var failedDomainCount: Int {
+        (domainZeroBreaker.isOpen ? 1 : 0) + state.withLock { $0.breakers.values.reduce(0) { $0 + ($1.isOpen ? 1 : 0) } }
     }
 
     private var fallbackMode: Mode {
@@ -123,13 +131,14 @@ public final class FailoverLimiterStore: LimiterStore {
     }
 
     public func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
-        if shouldTryShared() {
+        let domain = shared.failureDomain(keyID: request.keyID)
+        if shouldTryShared(domain) {
             do {
                 let decision = try await shared.admit(request)
-                sharedSucceeded()
+                sharedSucceeded(domain)
                 return decision
             } catch {
-                sharedFailed(error)
+                sharedFailed(error, domain)
                 // The shared admission may have run before the failure (its reply lost): release
                 // it, or its reservation and concurrency slot would outlive a request the failure
                 // policy answers. Releasing one that never ran changes nothing.
@@ -147,14 +156,15 @@ public final class FailoverLimiterStore: LimiterStore {
             return local.settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
         }
         if wasUnenforced { return nil }
+        let domain = shared.failureDomain(keyID: reservation.keyID)
         do {
             let snapshot = try await shared.settle(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
-            sharedSucceeded()
+            sharedSucceeded(domain)
             return snapshot
         } catch {
             // Kept and retried: the difference between reservation and usage is applied, and the
             // concurrency slot freed, as soon as the shared store answers again.
-            sharedFailed(error)
+            sharedFailed(error, domain)
             owe(PendingSettlement(reservation: reservation, promptTokens: actualPromptTokens, completionTokens: actualCompletionTokens, owedSince: clock()))
             throw SettlementDeferred(underlying: String(describing: error))
         }
@@ -204,11 +214,12 @@ public final class FailoverLimiterStore: LimiterStore {
     }
 
     public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
-        if shouldTryShared(probe: false) {
+        let domain = shared.failureDomain(keyID: keyID)
+        if shouldTryShared(domain, probe: false) {
             do {
                 return try await shared.snapshot(keyID: keyID, limits: limits)
             } catch {
-                sharedFailed(error)
+                sharedFailed(error, domain)
             }
         }
         return local.snapshotNow(keyID: keyID, limits: localLimits(limits))
@@ -250,11 +261,35 @@ public final class FailoverLimiterStore: LimiterStore {
         return scaled
     }
 
-    // MARK: - Circuit breaker
+    public func failureDomain(keyID: String) -> Int { shared.failureDomain(keyID: keyID) }
+
+    // MARK: - Circuit breakers
+
+    /// The breaker of a failure domain: open while the shared store is skipped for its keys; one
+    /// failure opens it for the retry interval, then one admission probes; any success (a
+    /// heartbeat's too, for the heartbeat's domain) closes it.
+    private func breaker(_ domain: Int) -> CircuitBreaker {
+        // A single Redis is domain 0 only: no lock on the request's path.
+        if domain == 0 { return domainZeroBreaker }
+        return state.withLock { state in
+            if let breaker = state.breakers[domain] { return breaker }
+            let breaker = Self.makeBreaker(retryIntervalMicros: retryIntervalMicros, clock: clock)
+            state.breakers[domain] = breaker
+            return breaker
+        }
+    }
+
+    private static func makeBreaker(retryIntervalMicros: Int64, clock: @escaping InMemoryLimiterStore.Clock) -> CircuitBreaker {
+        CircuitBreaker(
+            configuration: .init(failureThreshold: 1, openMillis: Int(max(retryIntervalMicros / 1_000, 1))),
+            clock: { clock() / 1_000 }
+        )
+    }
 
     /// Whether to use the shared store for this call: always while the circuit is closed; once per
     /// retry interval (one probe at a time) while it is open. A `probe: false` call never probes.
-    private func shouldTryShared(probe: Bool = true) -> Bool {
+    private func shouldTryShared(_ domain: Int, probe: Bool = true) -> Bool {
+        let breaker = breaker(domain)
         guard probe else { return !breaker.isOpen }
         switch breaker.acquire() {
         case .allow, .probe: return true
@@ -262,23 +297,30 @@ public final class FailoverLimiterStore: LimiterStore {
         }
     }
 
-    /// Tells the breaker the shared store answered (a heartbeat, say): a node that had switched to
-    /// its failure policy returns to the shared store at once instead of waiting for the next probe.
-    public func sharedStoreAnswered() { sharedSucceeded() }
+    /// Tells the breaker of `domain` the shared store answered (a heartbeat, say): a node that had
+    /// switched to its failure policy returns to the shared store at once instead of waiting for
+    /// the next probe.
+    public func sharedStoreAnswered(domain: Int = 0) { sharedSucceeded(domain) }
 
-    /// Tells the breaker the shared store failed outside an admission (a heartbeat, say), so the node
-    /// switches to its failure policy before a request has to pay for the timeout.
-    public func sharedStoreFailed(_ error: any Error) { sharedFailed(error) }
+    /// Tells the breaker of `domain` the shared store failed outside an admission (a heartbeat,
+    /// say), so the node switches to its failure policy before a request has to pay for the timeout.
+    public func sharedStoreFailed(_ error: any Error, domain: Int = 0) { sharedFailed(error, domain) }
 
-    private func sharedSucceeded() {
-        guard breaker.record(upstreamDown: false) == .closed else { return }
-        state.withLock { $0.lastError = nil }
-        onModeChange(.shared, nil)
+    private func sharedSucceeded(_ domain: Int) {
+        guard breaker(domain).record(upstreamDown: false) == .closed else { return }
+        let allBack = state.withLock { state -> Bool in
+            guard state.failedDomains.remove(domain) != nil else { return false }
+            if state.failedDomains.isEmpty { state.lastError = nil }
+            return state.failedDomains.isEmpty
+        }
+        if allBack { onModeChange(.shared, nil) }
     }
 
-    private func sharedFailed(_ error: any Error) {
+    private func sharedFailed(_ error: any Error, _ domain: Int) {
         let description = String(describing: error)
         state.withLock { $0.lastError = description }
-        if breaker.record(upstreamDown: true) == .opened { onModeChange(fallbackMode, description) }
+        guard breaker(domain).record(upstreamDown: true) == .opened else { return }
+        let first = state.withLock { state in state.failedDomains.insert(domain).inserted && state.failedDomains.count == 1 }
+        if first { onModeChange(fallbackMode, description) }
     }
 }

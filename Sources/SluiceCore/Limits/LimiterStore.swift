@@ -183,4 +183,13 @@ public protocol LimiterStore: Sendable {
 
     /// The key's current state, charging nothing (for responses that skip admission).
     func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot
+
+    /// Which part of the store holds the key's state and fails on its own (a Redis Cluster slot):
+    /// the failure policy applies per part, so keys elsewhere keep exact limits.
+    func failureDomain(keyID: String) -> Int
+}
+
+extension LimiterStore {
+    /// A store that fails as one.
+    public func failureDomain(keyID: String) -> Int { 0 }
 }
