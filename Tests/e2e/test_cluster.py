@@ -122,14 +122,18 @@ def chat_prompt_tokens(messages) -> int:
     return total
 
 
-def free_base_port(count: int) -> int:
-    """A port P with P … P+count-1 all free on 127.0.0.1."""
+def free_base_port(count: int, also_free_at: int = None) -> int:
+    """A port P with P … P+count-1 all free on 127.0.0.1 (and, with `also_free_at` = d, P+d … too:
+    a Redis Cluster's bus ports)."""
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20000, 60000)
+        base = rng.randrange(20000, 50000)
         sockets = []
+        ports = list(range(base, base + count))
+        if also_free_at:
+            ports += [p + also_free_at for p in ports]
         try:
-            for p in range(base, base + count):
+            for p in ports:
                 s = socket.socket()
                 sockets.append(s)
                 s.bind(("127.0.0.1", p))
@@ -168,8 +172,9 @@ class Cluster:
         return int((self.run_dir / "redis.pid").read_text().strip())
 
 
-def cluster_config(node_port: int, mock_port: int, redis_port: int, keys: list) -> dict:
-    """The config every node of a test cluster runs (scripts/cluster gives each its own port)."""
+def cluster_config(node_port: int, mock_port: int, redis_port: int, keys: list, redis_cluster: bool = False) -> dict:
+    """The config every node of a test cluster runs (scripts/cluster gives each its own port); with
+    `redis_cluster`, the seeds of a Redis Cluster on redis_port … redis_port + 5 (two of them)."""
     return {
         "server": {"host": "127.0.0.1", "port": node_port, "event_loop_threads": 1, "shutdown_grace_seconds": 2},
         "tokenizer": {"directory": TOKENIZER_DIR},
@@ -178,23 +183,28 @@ def cluster_config(node_port: int, mock_port: int, redis_port: int, keys: list) 
                        "request_timeout_ms": 30000, "max_connections": 32}],
         "tiers": {},
         "keys": keys,
-        "redis": {"url": f"redis://127.0.0.1:{redis_port}", "on_failure": "local", "fallback_node_count": NODE_COUNT},
+        "redis": {**({"cluster_nodes": [f"redis://127.0.0.1:{redis_port}", f"redis://127.0.0.1:{redis_port + 1}"]}
+                     if redis_cluster else {"url": f"redis://127.0.0.1:{redis_port}"}),
+                  "on_failure": "local", "fallback_node_count": NODE_COUNT},
     }
 
 
-def start_cluster(tmp: Path, keys: list, nodes: int = NODE_COUNT):
+def start_cluster(tmp: Path, keys: list, nodes: int = NODE_COUNT, redis_cluster: bool = False):
     """`scripts/cluster --background` with `keys` (config entries) on `nodes` nodes, the mock logging
-    every request; a generator for a fixture: yields the Cluster, stops everything afterwards."""
-    base = free_base_port(nodes + 3)
+    every request; with `redis_cluster`, over a Redis Cluster (3 primaries, 3 replicas). A generator
+    for a fixture: yields the Cluster, stops everything afterwards."""
+    redis_count = 6 if redis_cluster else 1
+    base = free_base_port(nodes + 2 + redis_count, also_free_at=10_000 if redis_cluster else None)
     lb_port, node_ports = base, [base + 1 + k for k in range(nodes)]
     mock_port, redis_port = base + nodes + 1, base + nodes + 2
     config_path = tmp / "cluster.json"
-    config_path.write_text(json.dumps(cluster_config(node_ports[0], mock_port, redis_port, keys), indent=2))
+    config_path.write_text(json.dumps(cluster_config(node_ports[0], mock_port, redis_port, keys, redis_cluster), indent=2))
     run_dir, mock_log = tmp / "run", tmp / "mock-requests.jsonl"
     env = dict(os.environ, SLUICE_BIN=SLUICE_BIN, SLUICE_MOCK_BIN=MOCK_BIN, SLUICE_TOKENIZER_DIR=TOKENIZER_DIR)
     start = subprocess.run(
         [str(ROOT / "scripts/cluster"), "--background", "--config", str(config_path), "--run-dir", str(run_dir),
-         "--base-port", str(base), "--nodes", str(nodes), "--mock-log", str(mock_log)],
+         "--base-port", str(base), "--nodes", str(nodes), "--mock-log", str(mock_log)]
+        + (["--redis-cluster"] if redis_cluster else []),
         env=env, capture_output=True, text=True, timeout=180)
     c = Cluster(run_dir, mock_log, lb_port, node_ports, redis_port, env)
     try:
@@ -322,10 +332,18 @@ def admitted_upstream_records(cluster, attempts: list, mock_before: int) -> list
 def test_limits_hold_across_four_nodes(cluster, lease):
     # The load test of the fault test below, and any other traffic, must not be in the way.
     keys = leased_keys(lease)
-    prompt_tokens = {k.key_id: chat_prompt_tokens(k.messages) for k in keys}
     mock_before = len(cluster.mock_requests())
     attempts = saturate(cluster, ACCURACY_SECONDS, keys)
+    table, problems = accuracy_report(cluster, keys, attempts, mock_before)
+    print(f"\nlease {lease}:\n" + table)
+    (cluster.run_dir / f"accuracy-{lease}.txt").write_text(table + "\n")
+    assert not problems, "\n" + table + "\n\n" + "\n".join(problems)
 
+
+def accuracy_report(cluster, keys: list, attempts: list, mock_before: int) -> tuple:
+    """The accuracy checks (a)–(c) of the module's description over one saturating run: a table (one
+    row per key and limit) and the problems found (empty: every limit held)."""
+    prompt_tokens = {k.key_id: chat_prompt_tokens(k.messages) for k in keys}
     failures = [a for a in attempts if a.status not in (200, 429)]
     assert not failures, f"{len(failures)} requests neither admitted nor rate-limited, e.g. {failures[:5]}"
     key_of = {a.request_id: a.key_id for a in attempts if a.status == 200}
@@ -389,10 +407,7 @@ def test_limits_hold_across_four_nodes(cluster, lease):
             problems.append(f"{key.key_id}: saturated, yet nothing was admitted in the last {tail:.1f}s of the run "
                             f"(each bucket refills a request within {refill:.1f}s)")
 
-    table = format_table(("key", "limit", "configured", "highest in any window", "long-run rate"), rows)
-    print(f"\nlease {lease}:\n" + table)
-    (cluster.run_dir / f"accuracy-{lease}.txt").write_text(table + "\n")
-    assert not problems, "\n" + table + "\n\n" + "\n".join(problems)
+    return format_table(("key", "limit", "configured", "highest in any window", "long-run rate"), rows), problems
 
 
 def sluice_usage(cluster: Cluster, key: str) -> dict:

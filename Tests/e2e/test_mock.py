@@ -464,7 +464,9 @@ def test_token_delays_keep_a_timetable(mock):
     assert len(arrivals) == tokens
     span_ms = (arrivals[-1] - arrivals[0]) * 1000
     scheduled_ms = (tokens - 1) * delay_ms
-    assert span_ms >= scheduled_ms - 1, "no token comes before its time"
+    # The client may see the first token late (descheduled while the machine is busy), which shortens
+    # the span it measures by that much: up to one delay of it is the client's, not the mock's.
+    assert span_ms >= scheduled_ms - delay_ms, f"{tokens} tokens {delay_ms} ms apart took only {span_ms:.1f} ms: tokens came early"
     assert span_ms <= scheduled_ms + 15, f"{tokens} tokens {delay_ms} ms apart took {span_ms:.1f} ms: the delays drift"
 
 
