@@ -71,6 +71,7 @@ class AccuracyKey:
     messages: list
     completion_tokens: tuple      # x-mock-completion-tokens drawn uniformly from this closed range
     stream_every: int = 0         # every n-th request of a client streams (0: never)
+    upstream_delay_ms: int = 0    # the mock waits this long before answering (x-mock-first-byte-delay-ms)
 
     def request_cost_bounds(self, prompt_tokens: int) -> tuple:
         return prompt_tokens + self.completion_tokens[0], prompt_tokens + self.completion_tokens[1]
@@ -259,6 +260,8 @@ def saturate(cluster: Cluster, seconds: float, keys: list) -> list:
                 body = {"model": MODEL, "messages": key.messages, "stream": stream}
                 headers = {"authorization": f"Bearer {key.secret}",
                            "x-mock-completion-tokens": str(rng.randint(*key.completion_tokens))}
+                if key.upstream_delay_ms:
+                    headers["x-mock-first-byte-delay-ms"] = str(key.upstream_delay_ms)
                 sent = time.time()
                 try:
                     if stream:

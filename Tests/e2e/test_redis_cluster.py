@@ -83,8 +83,12 @@ FAILOVER_KEYS = [keys_with_slots("fo", lambda slot, lo=lo, hi=hi: lo <= slot <= 
                  for i, (lo, hi) in enumerate([(0, 5460), (5461, 10922), (10923, 16383)])]
 RESHARD_KEYS = keys_with_slots("rs", lambda slot: slot < RESHARD_SLOTS)
 CONCURRENCY_LIMIT = 3
+# Each request holds its slot for the mock's 150 ms at least: long against the client's view of a
+# request's edges (sent before admission, received after the slot is freed), so overlapping requests
+# seen by the client are requests Sluice let run together.
 RESHARD_CONCURRENCY_KEY = replace(keys_with_slots("rs-conc", lambda slot: slot < RESHARD_SLOTS)[0],
-                                  limits={"requests_per_minute": 100_000, "max_concurrent_requests": CONCURRENCY_LIMIT})
+                                  limits={"requests_per_minute": 100_000, "max_concurrent_requests": CONCURRENCY_LIMIT},
+                                  upstream_delay_ms=150, stream_every=0)
 
 
 @pytest.fixture(scope="module")
