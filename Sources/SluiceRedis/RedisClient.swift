@@ -19,7 +19,8 @@ import Synchronization
 /// connection is down and backing off, calls on it fail at once with `.notConnected`.
 ///
 /// Creating a client starts its connections, which connect immediately; call `shutdown()` when done
-/// (also done on deinit).
+/// (also done on deinit). For a `rediss://` address (`config.tls` set) the client reads its TLS
+/// files and builds the one TLS context its connections share first.
 public final class RedisClient: Sendable {
     private let connections: [RedisConnection]
     private let connectionOfLoop: [ObjectIdentifier: RedisConnection]
@@ -35,9 +36,17 @@ public final class RedisClient: Sendable {
 
     /// - Parameter eventLoopGroup: the loops to put one connection each on (the gateway passes its
     ///   own); without one, the client runs `options.connectionCount` loops of its own.
-    public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), eventLoopGroup: (any EventLoopGroup)? = nil, logger: Logger = Logger(label: "sluice.redis")) {
+    /// - Throws: `RedisError.tlsSetupFailed` when the TLS files of `config.tls` cannot be used
+    ///   (the message names the file, never shows its content). Nothing else: a server that cannot
+    ///   be reached fails the calls, not the client's creation.
+    public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), eventLoopGroup: (any EventLoopGroup)? = nil, logger: Logger = Logger(label: "sluice.redis")) throws(RedisError) {
         self.logger = logger
         self.options = options
+        var tls: RedisTLS?
+        if let tlsConfig = config.tls {
+            tls = try RedisTLS(config: tlsConfig, server: config, closeTimeoutMillis: options.connectTimeoutMillis)
+            RedisTLS.warnAboutVerification(tlsConfig, server: config, logger: logger)
+        }
         let group: any EventLoopGroup
         if let eventLoopGroup {
             group = eventLoopGroup
@@ -49,7 +58,7 @@ public final class RedisClient: Sendable {
         }
         var connections: [RedisConnection] = []
         for (index, loop) in group.makeIterator().enumerated() {
-            connections.append(RedisConnection(config: config, options: options, logger: logger, name: "sluice-redis-\(index)", eventLoop: loop))
+            connections.append(RedisConnection(config: config, tls: tls, options: options, logger: logger, name: "sluice-redis-\(index)", eventLoop: loop))
         }
         self.connections = connections
         connectionOfLoop = Dictionary(connections.map { (ObjectIdentifier($0.eventLoop), $0) }, uniquingKeysWith: { first, _ in first })
@@ -58,6 +67,14 @@ public final class RedisClient: Sendable {
 
     deinit {
         shutdown()
+    }
+
+    /// Reads and parses the TLS files of `config` (a `rediss://` address) as a client does when it
+    /// starts, without connecting: for `check-config`. Nothing to check without TLS.
+    /// - Throws: `RedisError.tlsSetupFailed`, naming the file that cannot be used.
+    public static func checkTLSSetup(_ config: RedisConfig) throws(RedisError) {
+        guard let tlsConfig = config.tls else { return }
+        _ = try RedisTLS(config: tlsConfig, server: config, closeTimeoutMillis: RedisClientOptions.defaultConnectTimeoutMillis)
     }
 
     /// Whether at least one connection is open.

@@ -224,7 +224,7 @@ final class ConfigTests: XCTestCase {
     }
 
     func testBadRedisURL() {
-        XCTAssertEqual(problems("bad_redis_url"), ["$.redis.url: must look like redis://[:password@]host[:port][/db]"])
+        XCTAssertEqual(problems("bad_redis_url"), ["$.redis.url: must look like redis://[[user]:password@]host[:port][/db] (rediss:// for TLS)"])
         XCTAssertEqual(problems("bad_redis_port"), [#"$.redis.url: port must be between 1 and 65535, found "99999""#])
     }
 
@@ -361,8 +361,16 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(acl.username, "app")
         XCTAssertEqual(acl.password?.revealed, "pw")
         XCTAssertEqual(acl.redactedURL, "redis://app:<redacted>@[::1]:7000/3")
-        XCTAssertThrowsError(try RedisURL.parse("rediss://h").get())
-        XCTAssertThrowsError(try RedisURL.parse("redis://pw@h").get())
+        let tls = try RedisURL.parse("rediss://app:pw@h:6380/2").get()
+        XCTAssertEqual(tls.tls, RedisTLSConfig(), "rediss://: TLS with the defaults until redis.tls says otherwise")
+        XCTAssertEqual([tls.host, "\(tls.port)", "\(tls.database)", tls.username], ["h", "6380", "2", "app"])
+        XCTAssertEqual(tls.redactedURL, "rediss://app:<redacted>@h:6380/2")
+        XCTAssertNil(acl.tls)
+        let userOnly = try RedisURL.parse("redis://app@h").get()
+        XCTAssertEqual(userOnly.username, "app", "a user whose password comes from password_env")
+        XCTAssertNil(userOnly.password)
+        XCTAssertThrowsError(try RedisURL.parse("redis:/h").get())
+        XCTAssertThrowsError(try RedisURL.parse("redisss://h").get())
         XCTAssertThrowsError(try RedisURL.parse("redis://h/x").get())
         XCTAssertThrowsError(try RedisURL.parse("redis://h?timeout=1").get())
     }
