@@ -123,6 +123,7 @@ final class RedisConnection: @unchecked Sendable {
     func shutdown() {
         onLoop {
             if case .shutDown = self.phase { return }
+            if case .securing(_, let timeout) = self.phase { timeout.cancel() }
             let channel = self.openChannel
             self.phase = .shutDown
             self.failEverything(.shutDown)
@@ -131,7 +132,7 @@ final class RedisConnection: @unchecked Sendable {
         }
     }
 
-    /// The channel of the current connection (handshaking or open), if any.
+    /// The channel of the current connection (securing, handshaking or open), if any.
     private var openChannel: (any Channel)? {
         switch phase {
         case .securing(let channel, _), .handshaking(let channel), .connected(let channel): return channel
