@@ -302,7 +302,7 @@ final class KeyLane: Sendable {
                 // Lost on the way back (timeout, reset, an unreadable reply): perhaps applied.
                 let applied: Bool?
                 switch error {
-                case .connectFailed, .handshakeFailed, .notConnected, .invalidCommand, .shutDown, .server: applied = false
+                case .connectFailed, .handshakeFailed, .tlsSetupFailed, .notConnected, .invalidCommand, .shutDown, .server: applied = false
                 default: applied = nil
                 }
                 context.statistics.count(applied == nil ? .lostCalls : .failedCalls)

@@ -19,7 +19,8 @@ import Synchronization
 /// `.notConnected`.
 ///
 /// Creating a client starts its connections, which connect immediately; call `shutdown()` when done
-/// (also done on deinit).
+/// (also done on deinit). For a `rediss://` address (`config.tls` set) the client reads its TLS
+/// files and builds the one TLS context its connections share first.
 public final class RedisClient: Sendable {
     private enum Servers {
         case single(RedisServerPool)
@@ -38,9 +39,17 @@ public final class RedisClient: Sendable {
 
     /// - Parameter eventLoopGroup: the loops to put one connection each on (per server); without
     ///   one, the client runs `options.connectionCount` loops of its own.
-    public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), eventLoopGroup: (any EventLoopGroup)? = nil, logger: Logger = Logger(label: "sluice.redis")) {
+    /// - Throws: `RedisError.tlsSetupFailed` when the TLS files of `config.tls` cannot be used
+    ///   (the message names the file, never shows its content). Nothing else: a server that cannot
+    ///   be reached fails the calls, not the client's creation.
+    public init(config: RedisConfig, options: RedisClientOptions = RedisClientOptions(), eventLoopGroup: (any EventLoopGroup)? = nil, logger: Logger = Logger(label: "sluice.redis")) throws(RedisError) {
         self.logger = logger
         self.options = options
+        var tls: RedisTLS?
+        if let tlsConfig = config.tls {
+            tls = try RedisTLS(config: tlsConfig, server: config, closeTimeoutMillis: options.connectTimeoutMillis)
+            RedisTLS.warnAboutVerification(tlsConfig, server: config, logger: logger)
+        }
         let group: any EventLoopGroup
         if let eventLoopGroup {
             group = eventLoopGroup
@@ -51,14 +60,22 @@ public final class RedisClient: Sendable {
             ownGroup = own
         }
         if config.clusterNodes.isEmpty {
-            servers = .single(RedisServerPool(config: config, options: options, group: group, logger: logger, name: "sluice-redis"))
+            servers = .single(RedisServerPool(config: config, tls: tls, options: options, group: group, logger: logger, name: "sluice-redis"))
         } else {
-            servers = .cluster(RedisClusterRouter(seeds: config.clusterNodes, options: options, group: group, logger: logger))
+            servers = .cluster(RedisClusterRouter(seeds: config.clusterNodes, tls: tls, options: options, group: group, logger: logger))
         }
     }
 
     deinit {
         shutdown()
+    }
+
+    /// Reads and parses the TLS files of `config` (a `rediss://` address) as a client does when it
+    /// starts, without connecting: for `check-config`. Nothing to check without TLS.
+    /// - Throws: `RedisError.tlsSetupFailed`, naming the file that cannot be used.
+    public static func checkTLSSetup(_ config: RedisConfig) throws(RedisError) {
+        guard let tlsConfig = config.tls else { return }
+        _ = try RedisTLS(config: tlsConfig, server: config, closeTimeoutMillis: RedisClientOptions.defaultConnectTimeoutMillis)
     }
 
     /// Whether it talks to a Redis Cluster.

@@ -9,8 +9,9 @@ public struct RedisClientOptions: Sendable, Hashable {
     /// Connections (each on its own event loop) when the client is given no event loop group; with
     /// a group, there is one connection per loop of the group.
     public var connectionCount: Int
-    /// Bound on opening a TCP connection (hiredis `redisConnectWithTimeout`). DNS resolution of
-    /// a host name is not covered by it; use an address or a name the resolver answers at once.
+    /// Bound on opening a connection: TCP and, for `rediss://`, the TLS handshake, together.
+    /// DNS resolution of a host name is not covered by it; use an address or a name the resolver
+    /// answers at once.
     public var connectTimeoutMillis: Int
     /// Bound on each socket read and write (hiredis `redisSetTimeout`): a command whose reply
     /// does not start arriving within it fails with `RedisError.timedOut`.

@@ -105,15 +105,18 @@ final class RedisClusterRouter: Sendable {
     /// only in host and port).
     private let template: RedisConfig
     private let seedAddresses: Set<String>
+    /// The client's TLS context (`rediss://` seeds), shared by every server's connections.
+    private let tls: RedisTLS?
     private let options: RedisClientOptions
     private let group: any EventLoopGroup
     private let logger: Logger
     private let state = Mutex(State())
     private let periodicRefresh = Mutex<RepeatedTask?>(nil)
 
-    init(seeds: [RedisConfig], options: RedisClientOptions, group: any EventLoopGroup, logger: Logger) {
+    init(seeds: [RedisConfig], tls: RedisTLS?, options: RedisClientOptions, group: any EventLoopGroup, logger: Logger) {
         precondition(!seeds.isEmpty, "a cluster needs at least one seed")
         template = seeds[0]
+        self.tls = tls
         seedAddresses = Set(seeds.map { RedisServerPool.address(host: $0.host, port: $0.port) })
         self.options = options
         self.group = group
@@ -136,7 +139,7 @@ final class RedisClusterRouter: Sendable {
             var config = template
             config.host = host
             config.port = port
-            let pool = RedisServerPool(config: config, options: options, group: group, logger: logger, name: "sluice-redis-\(address)")
+            let pool = RedisServerPool(config: config, tls: tls, options: options, group: group, logger: logger, name: "sluice-redis-\(address)")
             if state.shutDown { pool.shutdown() } else { state.pools[address] = pool }
             return pool
         }

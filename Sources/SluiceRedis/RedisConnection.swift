@@ -2,6 +2,8 @@ import CHiredis
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 import SluiceCore
 import Synchronization
 
@@ -12,6 +14,11 @@ import Synchronization
 /// connection thread cost a wake-up per command and one per reply). Commands written during one turn
 /// of the loop go out in one flush: automatic pipelining whose batch size follows the load. Replies
 /// are parsed by hiredis' reader (`redisReader`), so the protocol parser is hiredis' own.
+///
+/// TLS (`rediss://`): a `NIOSSLClientHandler` first in the pipeline, from the client's one
+/// `NIOSSLContext`; AUTH/SELECT wait for the TLS handshake, and the connect timeout bounds TCP and
+/// the handshake together, so a server that accepts TCP but never finishes TLS is a failed connect
+/// (with the backoff) after that time, as is a handshake that fails (bad certificate, wrong name).
 ///
 /// Failures: a command in flight when the connection breaks (reset, EOF, command timeout) fails with
 /// an error whose `outcomeUnknown` is true; the connection reconnects at once, then with exponential
@@ -37,6 +44,9 @@ final class RedisConnection: @unchecked Sendable {
         case notStarted
         /// Opening a connection (TCP, then AUTH/SELECT); commands queue and wait for the outcome.
         case connecting
+        /// TCP is open; the TLS handshake runs until it completes or `timeout` fires (commands
+        /// still queue).
+        case securing(any Channel, timeout: Scheduled<Void>)
         /// Connected; AUTH/SELECT under way (commands still queue).
         case handshaking(any Channel)
         case connected(any Channel)
@@ -52,6 +62,8 @@ final class RedisConnection: @unchecked Sendable {
 
     let eventLoop: any EventLoop
     private let config: RedisConfig
+    /// Set for a `rediss://` address (shared by all connections of the client).
+    private let tls: RedisTLS?
     private let options: RedisClientOptions
     private let logger: Logger
     private let name: String
@@ -75,8 +87,9 @@ final class RedisConnection: @unchecked Sendable {
     /// is written on it; it is closed once the commands in flight are answered, then opened again.
     private var leavingReplica = false
 
-    init(config: RedisConfig, options: RedisClientOptions, logger: Logger, name: String, eventLoop: any EventLoop) {
+    init(config: RedisConfig, tls: RedisTLS?, options: RedisClientOptions, logger: Logger, name: String, eventLoop: any EventLoop) {
         self.config = config
+        self.tls = tls
         self.options = options
         self.logger = logger
         self.name = name
@@ -127,6 +140,7 @@ final class RedisConnection: @unchecked Sendable {
     func shutdown() {
         onLoop {
             if case .shutDown = self.phase { return }
+            if case .securing(_, let timeout) = self.phase { timeout.cancel() }
             let channel = self.openChannel
             self.phase = .shutDown
             self.failEverything(.shutDown)
@@ -135,10 +149,10 @@ final class RedisConnection: @unchecked Sendable {
         }
     }
 
-    /// The channel of the current connection (handshaking or open), if any.
+    /// The channel of the current connection (securing, handshaking or open), if any.
     private var openChannel: (any Channel)? {
         switch phase {
-        case .handshaking(let channel), .connected(let channel): return channel
+        case .securing(let channel, _), .handshaking(let channel), .connected(let channel): return channel
         case .notStarted, .connecting, .backingOff, .shutDown: return nil
         }
     }
@@ -167,7 +181,7 @@ final class RedisConnection: @unchecked Sendable {
         case .notStarted:
             queued.append((command, handler))
             connect()
-        case .connecting, .handshaking:
+        case .connecting, .securing, .handshaking:
             queued.append((command, handler))
         case .connected(let channel):
             if leavingReplica {
@@ -222,10 +236,16 @@ final class RedisConnection: @unchecked Sendable {
 
     /// The connection broke or closed: commands in flight have an unknown outcome.
     fileprivate func closed(_ channel: any Channel, reason: String) {
+        if case .securing(let current, let timeout) = phase, current === channel {
+            timeout.cancel()
+            phase = .connecting
+            connectFailed(.connectFailed("TLS handshake with \(tls?.serverDescription ?? "the server") failed: \(reason)"))
+            return
+        }
         if case .handshaking(let current) = phase, current === channel {
             phase = .connecting
             while let (handler, _) = inFlight.popFirst() { handler(.failure(.connectionLost(reason))) }
-            connectFailed(.connectFailed("closed during AUTH/SELECT: \(reason)"))
+            connectFailed(.connectFailed("closed during \(tls == nil ? "AUTH/SELECT" : "the handshake after TLS (AUTH/SELECT or PING)"): \(reason)"))
             return
         }
         guard case .connected(let current) = phase, current === channel else { return }
@@ -283,23 +303,61 @@ final class RedisConnection: @unchecked Sendable {
 
     private func connect() {
         phase = .connecting
+        let connectTimeout = TimeAmount.milliseconds(Int64(options.connectTimeoutMillis))
+        // TCP and the TLS handshake share one connect timeout.
+        let deadline = eventLoop.now + connectTimeout
         let reader = RedisReplyReader(connection: self)
+        let tls = self.tls
         ClientBootstrap(group: eventLoop)
-            .connectTimeout(.milliseconds(Int64(options.connectTimeoutMillis)))
+            .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(reader) }
+                channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(tls.makeHandler()) }
+                    try channel.pipeline.syncOperations.addHandler(reader)
+                }
             }
             .connect(host: config.host, port: config.port)
             .whenComplete { result in
                 switch result {
+                case .success(let channel) where tls != nil:
+                    self.secure(channel, deadline: deadline)
                 case .success(let channel):
                     self.handshake(on: channel)
                 case .failure(let error):
                     self.connectFailed(.connectFailed("\(error)"))
                 }
             }
+    }
+
+    /// TCP is open and the TLS handler is handshaking: wait for `secured(_:)` (or a failure, in
+    /// `closed(_:reason:)`) until `deadline`.
+    private func secure(_ channel: any Channel, deadline: NIODeadline) {
+        guard case .connecting = phase else {
+            channel.close(promise: nil)  // shut down meanwhile
+            return
+        }
+        guard channel.isActive else {
+            // Closed before this callback ran (its `closed` found the phase still `.connecting`).
+            connectFailed(.connectFailed("TLS handshake with \(tls?.serverDescription ?? "the server") failed: closed by the server or the network"))
+            return
+        }
+        let timeout = eventLoop.scheduleTask(deadline: deadline) {
+            guard case .securing(let current, _) = self.phase, current === channel else { return }
+            self.phase = .connecting
+            channel.close(promise: nil)
+            self.connectFailed(.connectFailed("TLS handshake with \(self.tls?.serverDescription ?? "the server") not finished within the connect timeout (\(self.options.connectTimeoutMillis) ms)"))
+        }
+        phase = .securing(channel, timeout: timeout)
+    }
+
+    /// The TLS handshake on `channel` completed (the server's certificate was accepted).
+    fileprivate func secured(_ channel: any Channel) {
+        guard case .securing(let current, let timeout) = phase, current === channel else { return }
+        timeout.cancel()
+        phase = .connecting
+        handshake(on: channel)
     }
 
     /// AUTH and SELECT, then the connection is open.
@@ -320,25 +378,31 @@ final class RedisConnection: @unchecked Sendable {
             select.append(config.database)
             commands.append(select)
         }
+        // Over TLS the handshake always waits for one reply: a server that refuses this client's
+        // certificate does so after the client's side of the TLS handshake is done (TLS 1.3), and
+        // that must fail the connect, not the first command. Any reply to the PING will do
+        // (NOAUTH too: commands then get it, as without TLS).
+        let probe = commands.isEmpty && tls != nil
+        if probe { commands.append(RedisArguments(["PING"])) }
         // Commands keep queueing until the handshake is over.
         phase = .handshaking(channel)
         answered = false
         leavingReplica = false
-        runHandshake(commands[...], on: channel)
+        runHandshake(commands[...], acceptingErrorReplies: probe, on: channel)
     }
 
-    private func runHandshake(_ commands: ArraySlice<RedisArguments>, on channel: any Channel) {
+    private func runHandshake(_ commands: ArraySlice<RedisArguments>, acceptingErrorReplies: Bool, on channel: any Channel) {
         guard let command = commands.first else {
             opened(channel)
             return
         }
         write(command, { result in
             switch result {
-            case .success(.error(let message)):
+            case .success(.error(let message)) where !acceptingErrorReplies:
                 // Never echo the command: it may hold the password.
                 self.abandonHandshake(channel, .handshakeFailed(message))
             case .success:
-                self.runHandshake(commands.dropFirst(), on: channel)
+                self.runHandshake(commands.dropFirst(), acceptingErrorReplies: acceptingErrorReplies, on: channel)
             case .failure(let error):
                 self.abandonHandshake(channel, .connectFailed("during AUTH/SELECT: \(error)"))
             }
@@ -431,6 +495,13 @@ private final class RedisReplyReader: ChannelInboundHandler, @unchecked Sendable
     func channelInactive(context: ChannelHandlerContext) {
         connection.closed(context.channel, reason: "closed by the server or the network")
         context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .handshakeCompleted? = event as? TLSUserEvent {
+            connection.secured(context.channel)
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

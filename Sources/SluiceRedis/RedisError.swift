@@ -3,11 +3,14 @@
 /// `outcomeUnknown` tells whether the command may have run on the server anyway: a command that
 /// was written before the connection failed may or may not have been executed.
 public enum RedisError: Error, Sendable, Hashable, CustomStringConvertible {
-    /// No connection could be opened (refused, unreachable, connect timeout, DNS). The command
-    /// was not sent.
+    /// No connection could be opened (refused, unreachable, connect timeout, DNS, a TLS handshake
+    /// that failed or did not finish within the connect timeout). The command was not sent.
     case connectFailed(String)
     /// The server refused `AUTH` or `SELECT` on connect. The command was not sent.
     case handshakeFailed(String)
+    /// The client's TLS setup could not be built from its files (a CA bundle, certificate or key
+    /// that is missing or not PEM): thrown by `RedisClient.init`, never by a command.
+    case tlsSetupFailed(String)
     /// The connection is down and waiting to reconnect (backoff); the command failed fast without
     /// being sent. Carries the error that brought the connection down.
     case notConnected(String)
@@ -28,7 +31,7 @@ public enum RedisError: Error, Sendable, Hashable, CustomStringConvertible {
     public var outcomeUnknown: Bool {
         switch self {
         case .connectionLost, .timedOut: true
-        case .connectFailed, .handshakeFailed, .notConnected, .server, .unexpectedReply, .invalidCommand, .shutDown: false
+        case .connectFailed, .handshakeFailed, .tlsSetupFailed, .notConnected, .server, .unexpectedReply, .invalidCommand, .shutDown: false
         }
     }
 
@@ -36,6 +39,7 @@ public enum RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .connectFailed(let message): "redis connect failed: \(message)"
         case .handshakeFailed(let message): "redis AUTH/SELECT failed: \(message)"
+        case .tlsSetupFailed(let message): "redis TLS setup failed: \(message)"
         case .notConnected(let message): "redis not connected (reconnecting): \(message)"
         case .connectionLost(let message): "redis connection lost with command in flight: \(message)"
         case .timedOut: "redis command timed out"

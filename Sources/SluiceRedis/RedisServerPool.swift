@@ -18,12 +18,14 @@ final class RedisServerPool: Sendable {
     private let connectionOfLoop: [ObjectIdentifier: RedisConnection]
     private let nextConnection = Atomic<Int>(0)
 
-    init(config: RedisConfig, options: RedisClientOptions, group: any EventLoopGroup, logger: Logger, name: String) {
+    /// - Parameter tls: the client's TLS context (`rediss://`), for this server's name.
+    init(config: RedisConfig, tls: RedisTLS?, options: RedisClientOptions, group: any EventLoopGroup, logger: Logger, name: String) {
         self.config = config
         address = Self.address(host: config.host, port: config.port)
+        let tls = tls?.forServer(config)
         var connections: [RedisConnection] = []
         for (index, loop) in group.makeIterator().enumerated() {
-            connections.append(RedisConnection(config: config, options: options, logger: logger, name: "\(name)-\(index)", eventLoop: loop))
+            connections.append(RedisConnection(config: config, tls: tls, options: options, logger: logger, name: "\(name)-\(index)", eventLoop: loop))
         }
         self.connections = connections
         connectionOfLoop = Dictionary(connections.map { (ObjectIdentifier($0.eventLoop), $0) }, uniquingKeysWith: { first, _ in first })

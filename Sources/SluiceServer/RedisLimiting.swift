@@ -18,7 +18,7 @@ final class RedisLimiting: Service, Sendable {
     ///   request's limiter calls never leave its thread.
     init(config: RedisConfig, metrics: GatewayMetrics, eventLoopGroup: any EventLoopGroup, logger: Logger) throws {
         self.logger = logger
-        client = RedisClient(config: config, eventLoopGroup: eventLoopGroup, logger: logger)
+        client = try RedisClient(config: config, eventLoopGroup: eventLoopGroup, logger: logger)
         var rng = SystemRandomNumberGenerator()
         let nodeID = "node-" + String(rng.next(), radix: 36)
         let store = try RedisLimiterStore(client: client, options: .init(usageStream: config.usageStream), nodeID: nodeID, logger: logger)

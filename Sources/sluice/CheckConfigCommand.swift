@@ -1,5 +1,6 @@
 import ArgumentParser
 import SluiceCore
+import SluiceRedis
 
 /// `sluice check-config FILE`: validates a configuration file the way `serve` loads it, then checks
 /// what the loader does not (see `SluiceConfig.deploymentFindings`).
@@ -10,11 +11,13 @@ struct CheckConfigCommand: ParsableCommand {
         discussion: """
             Each problem is one line, "error: PATH: MESSAGE" or "warning: PATH: MESSAGE". Errors: \
             the file does not load as serve loads it (upstream API keys are resolved from the \
-            environment as at start-up, so a missing variable is reported too), or serve would not \
-            start with it (a missing tokenizer directory or rank file). Warnings: it would run, but \
-            not as the file says: daily or monthly quotas without a "redis" section (not enforced), \
-            an upstream model entry that an earlier upstream's entry always wins over (never used), \
-            a burst more than 10 times its per-minute value.
+            environment as at start-up, so a missing variable is reported too, as is the Redis \
+            password's password_env), or serve would not start with it (a missing tokenizer \
+            directory or rank file; a Redis TLS CA, certificate or key file that is missing or not \
+            PEM). Warnings: it would run, but not as the file says: daily or monthly quotas without \
+            a "redis" section (not enforced), an upstream model entry that an earlier upstream's \
+            entry always wins over (never used), a burst more than 10 times its per-minute value, \
+            Redis TLS without certificate verification (redis.tls.verify false).
             Exit status: 0 ok, 1 errors (warnings may be printed too), 2 warnings only.
             """
     )
@@ -33,7 +36,14 @@ struct CheckConfigCommand: ParsableCommand {
             for problem in error.problems { print("error: \(problem)") }
             throw ExitCode.failure
         }
-        let findings = config.deploymentFindings()
+        var findings = config.deploymentFindings()
+        if let redis = config.redis {
+            do {
+                try RedisClient.checkTLSSetup(redis)
+            } catch {
+                findings.append(ConfigFinding(.error, "$.redis.tls", "\(error): serve would not start"))
+            }
+        }
         for finding in findings { print(finding) }
         if findings.contains(where: { $0.severity == .error }) {
             throw ExitCode.failure

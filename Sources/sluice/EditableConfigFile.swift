@@ -22,7 +22,7 @@ struct EditableConfigFile {
         }
         text = Array(data)
         do {
-            config = try SluiceConfig.parse(bytes: text, requireUpstreamKeys: false)
+            config = try SluiceConfig.parse(bytes: text, requireMachineSecrets: false)
         } catch {
             FileHandle.standardError.write(Data("sluice: \(path) is not a valid config:\n\(error)\n".utf8))
             throw ExitCode(2)
@@ -43,7 +43,7 @@ struct EditableConfigFile {
     /// not a valid config (the file is left unchanged).
     func replace(with newText: [UInt8]) throws {
         do {
-            _ = try SluiceConfig.parse(bytes: newText, requireUpstreamKeys: false)
+            _ = try SluiceConfig.parse(bytes: newText, requireMachineSecrets: false)
         } catch {
             fail("the edited config would not be valid; \(path) is unchanged:\n\(error)")
         }

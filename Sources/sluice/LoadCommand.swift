@@ -151,7 +151,7 @@ struct LoadCommand: AsyncParsableCommand {
         guard let config else { return keys.map { _ in nil } }
         let loaded: SluiceConfig
         do {
-            loaded = try SluiceConfig.load(path: config, requireUpstreamKeys: false)
+            loaded = try SluiceConfig.load(path: config, requireMachineSecrets: false)
         } catch {
             throw ValidationError("--config \(config) is not a valid config:\n\(error)")
         }

@@ -39,7 +39,7 @@ struct UsageCommand: AsyncParsableCommand {
         }
         var logger = Logger(label: "sluice.usage")
         logger.logLevel = .error
-        let client = RedisClient(config: redisConfig, logger: logger)
+        let client = try RedisClient(config: redisConfig, logger: logger)
         defer { client.shutdown() }
         let store = try RedisLimiterStore(client: client, logger: logger)
         let dayText = day ?? UTCDay(Date()).text

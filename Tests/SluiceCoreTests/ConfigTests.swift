@@ -132,10 +132,26 @@ final class ConfigTests: XCTestCase {
                        ["$.redis.cluster_nodes[1]: every seed must use the same scheme and credentials as the first (they are one cluster)"])
         XCTAssertEqual(problems(#"{"cluster_nodes": ["redis://h:7000", "redis://h:7000"]}"#), ["$.redis.cluster_nodes[1]: listed twice"])
         XCTAssertEqual(problems(#"{"cluster_nodes": [7000, "http://h"]}"#), [
-            "$.redis.cluster_nodes[0]: expected a redis:// URL string, found an integer",
-            "$.redis.cluster_nodes[1]: must look like redis://[:password@]host[:port][/db]",
+            "$.redis.cluster_nodes[0]: expected a redis:// or rediss:// URL string, found an integer",
+            "$.redis.cluster_nodes[1]: must look like redis://[[user]:password@]host[:port][/db] (rediss:// for TLS)",
         ])
         XCTAssertEqual(problems(#"{"cluster_nodes": "redis://h"}"#), ["$.redis.cluster_nodes: expected an array, found a string"])
+        XCTAssertEqual(problems(#"{"cluster_nodes": ["rediss://h:7000", "redis://h:7001"]}"#),
+                       ["$.redis.cluster_nodes[1]: every seed must use the same scheme and credentials as the first (they are one cluster)"])
+
+        // TLS settings and a password from the environment reach every seed (and so every node).
+        let json = #"""
+        {"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "keys": [],
+         "redis": {"cluster_nodes": ["rediss://app@h1:7000", "rediss://app@h2:7000"], "password_env": "REDIS_PW",
+                   "tls": {"server_name": "redis.internal", "verify": false}}}
+        """#
+        let secured = try XCTUnwrap(try SluiceConfig.parse(bytes: Array(json.utf8), environment: ["REDIS_PW": "s3cret"]).redis)
+        for seed in secured.clusterNodes {
+            XCTAssertEqual(seed.password?.revealed, "s3cret")
+            XCTAssertEqual(seed.username, "app")
+            XCTAssertEqual(seed.tls?.serverName, "redis.internal")
+            XCTAssertEqual(seed.tls?.verifyCertificate, false)
+        }
     }
 
     func testLeaseModeAndUsageStream() throws {
@@ -260,7 +276,7 @@ final class ConfigTests: XCTestCase {
     }
 
     func testBadRedisURL() {
-        XCTAssertEqual(problems("bad_redis_url"), ["$.redis.url: must look like redis://[:password@]host[:port][/db]"])
+        XCTAssertEqual(problems("bad_redis_url"), ["$.redis.url: must look like redis://[[user]:password@]host[:port][/db] (rediss:// for TLS)"])
         XCTAssertEqual(problems("bad_redis_port"), [#"$.redis.url: port must be between 1 and 65535, found "99999""#])
     }
 
@@ -397,8 +413,16 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(acl.username, "app")
         XCTAssertEqual(acl.password?.revealed, "pw")
         XCTAssertEqual(acl.redactedURL, "redis://app:<redacted>@[::1]:7000/3")
-        XCTAssertThrowsError(try RedisURL.parse("rediss://h").get())
-        XCTAssertThrowsError(try RedisURL.parse("redis://pw@h").get())
+        let tls = try RedisURL.parse("rediss://app:pw@h:6380/2").get()
+        XCTAssertEqual(tls.tls, RedisTLSConfig(), "rediss://: TLS with the defaults until redis.tls says otherwise")
+        XCTAssertEqual([tls.host, "\(tls.port)", "\(tls.database)", tls.username], ["h", "6380", "2", "app"])
+        XCTAssertEqual(tls.redactedURL, "rediss://app:<redacted>@h:6380/2")
+        XCTAssertNil(acl.tls)
+        let userOnly = try RedisURL.parse("redis://app@h").get()
+        XCTAssertEqual(userOnly.username, "app", "a user whose password comes from password_env")
+        XCTAssertNil(userOnly.password)
+        XCTAssertThrowsError(try RedisURL.parse("redis:/h").get())
+        XCTAssertThrowsError(try RedisURL.parse("redisss://h").get())
         XCTAssertThrowsError(try RedisURL.parse("redis://h/x").get())
         XCTAssertThrowsError(try RedisURL.parse("redis://h?timeout=1").get())
     }

@@ -12,7 +12,7 @@ final class LimiterScriptMathTests: XCTestCase {
     override func setUpWithError() throws {
         let server = try RedisServerProcess()
         self.server = server
-        client = RedisClient(config: server.config, options: testClientOptions)
+        client = try RedisClient(config: server.config, options: testClientOptions)
     }
 
     override func tearDown() {

@@ -265,7 +265,7 @@ final class RedisLimiterStoreConformanceTests: XCTestCase {
 
     override func setUpWithError() throws {
         let server = try RedisServerProcess()
-        let client = RedisClient(config: server.config, options: testClientOptions)
+        let client = try RedisClient(config: server.config, options: testClientOptions)
         self.server = server
         self.client = client
         checks = LimiterStoreConformance(store: try RedisLimiterStore(client: client))
@@ -307,7 +307,7 @@ final class LeasedRedisLimiterStoreConformanceTests: XCTestCase {
 
     override func setUpWithError() throws {
         let server = try RedisServerProcess()
-        let client = RedisClient(config: server.config, options: testClientOptions)
+        let client = try RedisClient(config: server.config, options: testClientOptions)
         self.server = server
         self.client = client
         checks = LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client)))

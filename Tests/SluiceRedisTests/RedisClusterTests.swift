@@ -64,7 +64,7 @@ final class RedisClusterTests: XCTestCase {
     override func setUpWithError() throws {
         let cluster = try RedisClusterProcess()
         self.cluster = cluster
-        client = RedisClient(config: cluster.config, options: testClientOptions)
+        client = try RedisClient(config: cluster.config, options: testClientOptions)
     }
 
     override func tearDown() {

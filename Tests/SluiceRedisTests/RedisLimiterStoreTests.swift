@@ -12,7 +12,7 @@ final class RedisLimiterStoreTests: XCTestCase {
 
     override func setUpWithError() throws {
         let server = try RedisServerProcess()
-        let client = RedisClient(config: server.config, options: testClientOptions)
+        let client = try RedisClient(config: server.config, options: testClientOptions)
         self.server = server
         self.client = client
         store = try RedisLimiterStore(client: client)

@@ -24,15 +24,19 @@ final class RedisServerProcess {
     }
 
     /// Starts a server and waits until it accepts connections.
-    /// - Parameter port: reuse a port (to restart a server); by default a free one.
-    init(port: Int? = nil, extraArguments: [String] = []) throws {
+    /// - Parameters:
+    ///   - port: reuse a port (to restart a server); by default a free one.
+    ///   - tlsOnly: serve TLS only, on `port` (`--port 0 --tls-port`); `extraArguments` name the
+    ///     certificate files. Readiness is then a plain TCP connect to the TLS port.
+    init(port: Int? = nil, tlsOnly: Bool = false, extraArguments: [String] = []) throws {
         guard let executable = Self.executable else {
             throw XCTSkip("redis-server is not installed (apt-get install redis-server); skipping the Redis tests")
         }
         self.port = try port ?? Self.freePort()
         process = Process()
         process.executableURL = executable
-        process.arguments = ["--port", String(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"] + extraArguments
+        let listening = tlsOnly ? ["--port", "0", "--tls-port", String(self.port)] : ["--port", String(self.port)]
+        process.arguments = listening + ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"] + extraArguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

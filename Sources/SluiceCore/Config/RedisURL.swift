@@ -1,23 +1,32 @@
 import Foundation
 
-/// Parses `redis://[[user]:password@]host[:port][/db]` into a `RedisConfig`.
+/// Parses `redis://[[user]:password@]host[:port][/db]` (or `rediss://…` for TLS) into a
+/// `RedisConfig`: one URL, one server address.
 ///
 /// Hand-written rather than `URLComponents` so that every rejection has a precise message and a
-/// password never appears in one.
+/// password never appears in one. A `rediss://` address gets the default TLS settings here
+/// (system trust roots, the URL's host as the name); the section's `redis.tls` object replaces
+/// them afterwards (`ConfigDocumentReader.readRedis`).
 enum RedisURL {
     struct Problem: Error {
         let message: String
     }
 
+    static let plainScheme = "redis://"
+    static let tlsScheme = "rediss://"
+
     static func parse(_ url: String) -> Result<RedisConfig, Problem> {
-        let schemePrefix = "redis://"
-        guard url.hasPrefix(schemePrefix) else {
-            if url.hasPrefix("rediss://") {
-                return .failure(Problem(message: "TLS (rediss://) is not supported; use redis:// on a private network or a TLS sidecar"))
-            }
-            return .failure(Problem(message: "must look like redis://[:password@]host[:port][/db]"))
+        let tls: RedisTLSConfig?
+        var rest: Substring
+        if url.hasPrefix(plainScheme) {
+            tls = nil
+            rest = url.dropFirst(plainScheme.count)
+        } else if url.hasPrefix(tlsScheme) {
+            tls = RedisTLSConfig()
+            rest = url.dropFirst(tlsScheme.count)
+        } else {
+            return .failure(Problem(message: "must look like redis://[[user]:password@]host[:port][/db] (rediss:// for TLS)"))
         }
-        var rest = Substring(url.dropFirst(schemePrefix.count))
         if rest.contains("?") || rest.contains("#") {
             return .failure(Problem(message: "query parameters and fragments are not supported"))
         }
@@ -27,11 +36,10 @@ enum RedisURL {
         if let at = rest.lastIndex(of: "@") {
             let credentials = rest[..<at]
             rest = rest[rest.index(after: at)...]
-            guard let colon = credentials.firstIndex(of: ":") else {
-                return .failure(Problem(message: "credentials must be written \":password@\" or \"user:password@\""))
-            }
+            // "user@" alone names an ACL user whose password comes from `password_env`.
+            let colon = credentials.firstIndex(of: ":") ?? credentials.endIndex
             let user = String(credentials[..<colon])
-            let rawPassword = String(credentials[credentials.index(after: colon)...])
+            let rawPassword = colon == credentials.endIndex ? "" : String(credentials[credentials.index(after: colon)...])
             guard let decodedUser = user.removingPercentEncoding, let decodedPassword = rawPassword.removingPercentEncoding else {
                 return .failure(Problem(message: "credentials contain an invalid percent-escape"))
             }
@@ -80,6 +88,6 @@ enum RedisURL {
             }
             port = number
         }
-        return .success(RedisConfig(host: String(host), port: port, database: database, username: username, password: password))
+        return .success(RedisConfig(host: String(host), port: port, database: database, username: username, password: password, tls: tls))
     }
 }

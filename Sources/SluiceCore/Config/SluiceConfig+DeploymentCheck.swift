@@ -29,10 +29,10 @@ extension SluiceConfig {
     /// than ten minutes of its rate is surely a typo (a burst is normally at most the rate).
     public static let suspiciousBurstFactor = 10
 
-    /// Every finding, in the order of the sections: tokenizer, upstreams, tiers, keys.
+    /// Every finding, in the order of the sections: tokenizer, upstreams, tiers, keys, redis.
     /// `environment` tells whether `SLUICE_TOKENIZER_DIR` chose the tokenizer directory.
     public func deploymentFindings(environment: [String: String] = ProcessInfo.processInfo.environment) -> [ConfigFinding] {
-        tokenizerFindings(environment: environment) + unreachableUpstreamEntries() + quotaAndBurstFindings()
+        tokenizerFindings(environment: environment) + unreachableUpstreamEntries() + quotaAndBurstFindings() + redisTLSFindings()
     }
 
     // MARK: tokenizer
@@ -134,5 +134,16 @@ extension SluiceConfig {
             let name = pair.ownBurst != nil ? pair.burstName : pair.rateName
             return ConfigFinding(.warning, "\(path).\(name)", "\(pair.burstName) \(burst) is more than \(Self.suspiciousBurstFactor) × \(pair.rateName) \(rate): that much may be spent at once (a burst is normally at most the per-minute value)")
         }
+    }
+
+    // MARK: redis
+
+    /// A warning for TLS without certificate verification (`redis.tls.verify: false`): the
+    /// connection is encrypted, but the server is not authenticated. (Whether the TLS files hold
+    /// what they should is checked by `check-config` through the Redis client, which parses them.)
+    func redisTLSFindings() -> [ConfigFinding] {
+        guard let tls = redis?.tls, !tls.verifyCertificate else { return [] }
+        let ignored = tls.caFile != nil ? "; ca_file is not used" : ""
+        return [ConfigFinding(.warning, "$.redis.tls.verify", "false: the server's certificate is not checked, so anyone on the path can pose as Redis (and receive its password)\(ignored)")]
     }
 }

@@ -7,17 +7,19 @@ extension SluiceConfig {
 
     /// Reads and validates the configuration file at `path`.
     ///
-    /// Upstream API keys are read from `environment` (the process environment by default), and
-    /// `SLUICE_TOKENIZER_DIR` there replaces `tokenizer.directory`. With `requireUpstreamKeys`
-    /// false, a variable that is not set is no problem (the upstream gets no key): for commands that
-    /// only edit the file, on a machine that does not hold the upstream keys.
+    /// Upstream API keys and the Redis password (`password_env`) are read from `environment` (the
+    /// process environment by default), and `SLUICE_TOKENIZER_DIR` there replaces
+    /// `tokenizer.directory`; the Redis TLS files must be readable files. With
+    /// `requireMachineSecrets` false, a variable that is not set or a TLS file that is not there is
+    /// no problem (the upstream gets no key, Redis no password): for commands that only edit the
+    /// file, on a machine that does not hold the deployment's secrets.
     /// - Throws: `ConfigError.unreadable`, `.malformedJSON`, or `.invalid` with every problem.
-    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment, requireUpstreamKeys: Bool = true) throws(ConfigError) -> SluiceConfig {
-        try parse(bytes: ConfigFileContents.read(path: path).bytes, environment: environment, requireUpstreamKeys: requireUpstreamKeys)
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment, requireMachineSecrets: Bool = true) throws(ConfigError) -> SluiceConfig {
+        try parse(bytes: ConfigFileContents.read(path: path).bytes, environment: environment, requireMachineSecrets: requireMachineSecrets)
     }
 
-    /// Validates a configuration document. See `load(path:environment:requireUpstreamKeys:)`.
-    public static func parse(bytes: some Collection<UInt8>, environment: [String: String] = ProcessInfo.processInfo.environment, requireUpstreamKeys: Bool = true) throws(ConfigError) -> SluiceConfig {
+    /// Validates a configuration document. See `load(path:environment:requireMachineSecrets:)`.
+    public static func parse(bytes: some Collection<UInt8>, environment: [String: String] = ProcessInfo.processInfo.environment, requireMachineSecrets: Bool = true) throws(ConfigError) -> SluiceConfig {
         guard bytes.count <= maximumFileBytes else {
             throw .malformedJSON(reason: "document larger than \(maximumFileBytes) bytes")
         }
@@ -30,7 +32,7 @@ extension SluiceConfig {
         guard case .object(let root) = ConfigJSON(foundation: foundationValue) else {
             throw .malformedJSON(reason: "the top level must be an object")
         }
-        var reader = ConfigDocumentReader(environment: environment, requireUpstreamKeys: requireUpstreamKeys)
+        var reader = ConfigDocumentReader(environment: environment, requireMachineSecrets: requireMachineSecrets)
         let config = reader.read(root)
         if let config, reader.walker.problems.isEmpty { return config }
         throw .invalid(reader.walker.problems)
@@ -49,15 +51,16 @@ extension SluiceConfig {
 struct ConfigDocumentReader {
     var walker = ConfigWalker()
     let environment: [String: String]
-    /// False: an `api_key_env` naming an unset variable is not reported.
-    let requireUpstreamKeys: Bool
+    /// False: an `api_key_env` or `password_env` naming an unset variable, or a Redis TLS file that
+    /// is not there, is not reported.
+    let requireMachineSecrets: Bool
     /// False once some upstream's model list had a problem: checking keys' models against
     /// incomplete lists would report problems that are only echoes of that one.
     var upstreamModelsComplete = true
 
-    init(environment: [String: String], requireUpstreamKeys: Bool = true) {
+    init(environment: [String: String], requireMachineSecrets: Bool = true) {
         self.environment = environment
-        self.requireUpstreamKeys = requireUpstreamKeys
+        self.requireMachineSecrets = requireMachineSecrets
     }
 
     static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis"]
@@ -67,7 +70,8 @@ struct ConfigDocumentReader {
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
     static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "expires_at", "previous_secrets"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
-    static let redisFields = ["url", "cluster_nodes", "on_failure", "fallback_node_count", "usage_stream"]
+    static let redisFields = ["url", "cluster_nodes", "password_env", "tls", "on_failure", "fallback_node_count", "usage_stream"]
+    static let redisTLSFields = ["ca_file", "cert_file", "key_file", "server_name", "verify"]
     /// Seeds of a Redis Cluster: enough to find the others, bounded so a typo cannot make many.
     static let maximumClusterSeeds = 64
 
@@ -200,23 +204,8 @@ struct ConfigDocumentReader {
         let name = walker.string(members, "name", at: path)
         let baseURL = walker.string(members, "base_url", at: path).flatMap { readBaseURL($0, at: "\(path).base_url") }
 
-        var apiKey: Secret?
         let apiKeyEnv = walker.optionalString(members, "api_key_env", at: path)
-        // The value is echoed only when it has the usual form of a variable name: a key pasted here
-        // by mistake must not end up in `check-config`'s output or the log.
-        if let apiKeyEnv {
-            if !Self.isEnvironmentVariableName(apiKeyEnv) {
-                walker.report("\(path).api_key_env", "must name an environment variable (letters, digits and underscores, not starting with a digit, at most \(Self.maximumEnvironmentVariableNameLength) characters); the value given looks like a secret and is not shown")
-            } else if let key = environment[apiKeyEnv], !key.isEmpty {
-                apiKey = Secret(key)
-            } else if !requireUpstreamKeys {
-                // The file is only being edited here; `serve` and `check-config` report it.
-            } else if Self.isConventionalEnvironmentVariableName(apiKeyEnv) {
-                walker.report("\(path).api_key_env", "environment variable \(apiKeyEnv) is not set (or empty)")
-            } else {
-                walker.report("\(path).api_key_env", "the environment variable it names is not set (or empty); the name is not shown: it is not in the usual form (A-Z, 0-9 and _, at most \(Self.maximumConventionalNameLength) characters) and may be a secret")
-            }
-        }
+        let apiKey = apiKeyEnv.flatMap { secretFromEnvironment(named: $0, at: "\(path).api_key_env") }
 
         var models: [ModelMatcher] = []
         let problemsBeforeModels = walker.problems.count
@@ -284,6 +273,25 @@ struct ConfigDocumentReader {
 
     /// Longer `api_key_env` values are refused as names (real names are short; a key is not).
     static let maximumEnvironmentVariableNameLength = 128
+    /// The value of the environment variable `name` (given at `fieldPath`), or `nil` (reported
+    /// unless `requireMachineSecrets` is false). The name is echoed only when it has the usual form
+    /// of a variable name: a secret pasted here by mistake must not end up in `check-config`'s
+    /// output or the log. The value is never echoed.
+    mutating func secretFromEnvironment(named name: String, at fieldPath: String) -> Secret? {
+        if !Self.isEnvironmentVariableName(name) {
+            walker.report(fieldPath, "must name an environment variable (letters, digits and underscores, not starting with a digit, at most \(Self.maximumEnvironmentVariableNameLength) characters); the value given looks like a secret and is not shown")
+        } else if let value = environment[name], !value.isEmpty {
+            return Secret(value)
+        } else if !requireMachineSecrets {
+            // The file is only being edited here; `serve` and `check-config` report it.
+        } else if Self.isConventionalEnvironmentVariableName(name) {
+            walker.report(fieldPath, "environment variable \(name) is not set (or empty)")
+        } else {
+            walker.report(fieldPath, "the environment variable it names is not set (or empty); the name is not shown: it is not in the usual form (A-Z, 0-9 and _, at most \(Self.maximumConventionalNameLength) characters) and may be a secret")
+        }
+        return nil
+    }
+
     /// Names echoed in problems are at most this long, and upper-case (see below).
     static let maximumConventionalNameLength = 64
 
@@ -510,7 +518,7 @@ struct ConfigDocumentReader {
 
     mutating func readRedis(_ value: ConfigJSON, at path: String) -> RedisConfig? {
         guard let members = walker.object(value, at: path) else { return nil }
-        walker.rejectUnknownFields(members, known: Self.redisFields, at: path)
+        walker.rejectUnknownFields(members, known: Self.redisFields, forbidden: Self.inlineRedisSecretFields, at: path)
         var redis: RedisConfig?
         if let seeds = members["cluster_nodes"] {
             if members["url"] != nil {
@@ -523,6 +531,40 @@ struct ConfigDocumentReader {
             case .failure(let problem): walker.report("\(path).url", problem.message)
             }
         }
+
+        let urlField = members["cluster_nodes"] != nil ? "\(path).cluster_nodes" : "\(path).url"
+        let tlsSettings = members["tls"].flatMap { $0.isNull ? nil : readRedisTLS($0, at: "\(path).tls") }
+        if let tlsSettings, var server = redis {
+            if server.tls == nil {
+                walker.report("\(path).tls", "TLS settings given, but \(urlField) is a plain redis:// URL: write rediss:// to connect with TLS, or remove \"tls\"")
+            } else {
+                server.tls = tlsSettings
+                redis = server
+            }
+        }
+
+        if let passwordEnv = walker.optionalString(members, "password_env", at: path) {
+            let password = secretFromEnvironment(named: passwordEnv, at: "\(path).password_env")
+            if redis?.password != nil {
+                walker.report("\(path).password_env", "\(urlField) holds a password too: give the password in one place only (the URL's is not shown)")
+            } else if let password {
+                redis?.password = password
+            }
+        } else if let server = redis, server.username != nil, server.password == nil {
+            // The user name is not echoed: a password written without its colon ("pw@host") looks the same.
+            walker.report(urlField, "names an ACL user but no password: write user:password@, or name the environment variable holding the password in \"password_env\"")
+        }
+        // Every seed of a cluster is reached like the first (the seeds agree on scheme and user).
+        if var server = redis, !server.clusterNodes.isEmpty {
+            server.clusterNodes = server.clusterNodes.map { seed in
+                var seed = seed
+                seed.tls = server.tls
+                seed.password = server.password
+                return seed
+            }
+            redis = server
+        }
+
         var onFailure = RedisConfig.defaultFailurePolicy
         if let policyName = walker.string(members, "on_failure", at: path, default: RedisConfig.defaultFailurePolicy.rawValue) {
             if let policy = RedisConfig.FailurePolicy(rawValue: policyName) {
@@ -551,7 +593,7 @@ struct ConfigDocumentReader {
         for (index, element) in elements.enumerated() {
             let elementPath = "\(path)[\(index)]"
             guard case .string(let url) = element else {
-                walker.report(elementPath, "expected a redis:// URL string, found \(element.kindDescription)")
+                walker.report(elementPath, "expected a redis:// or rediss:// URL string, found \(element.kindDescription)")
                 continue
             }
             switch RedisURL.parse(url) {
@@ -572,5 +614,80 @@ struct ConfigDocumentReader {
         guard var config = seeds.first else { return nil }
         config.clusterNodes = seeds
         return config
+    }
+
+    /// Field names that would put the Redis password into the file.
+    static let inlineRedisSecretFields: [String: String] = {
+        let message = "the password must not be a field of its own: name the environment variable holding it in \"password_env\" (or put it in the URL)"
+        return Dictionary(uniqueKeysWithValues: ["password", "pass", "auth", "secret"].map { ($0, message) })
+    }()
+
+    /// The `redis.tls` object: the settings every `rediss://` address of the section is reached
+    /// with. `nil` when it is not an object (reported).
+    mutating func readRedisTLS(_ value: ConfigJSON, at path: String) -> RedisTLSConfig? {
+        guard let members = walker.object(value, at: path) else { return nil }
+        walker.rejectUnknownFields(members, known: Self.redisTLSFields, at: path)
+        var tls = RedisTLSConfig()
+        tls.caFile = readTLSFile(members, "ca_file", at: path)
+        tls.certificateFile = readTLSFile(members, "cert_file", at: path)
+        tls.keyFile = readTLSFile(members, "key_file", at: path)
+        let certificateGiven = members["cert_file"].map { !$0.isNull } ?? false
+        let keyGiven = members["key_file"].map { !$0.isNull } ?? false
+        if certificateGiven != keyGiven {
+            let (missing, given) = certificateGiven ? ("key_file", "cert_file") : ("cert_file", "key_file")
+            walker.report(ConfigWalker.member(path, missing), "missing: \(given) and \(missing) go together (the client certificate for mutual TLS and its private key)")
+        }
+        if let serverName = walker.optionalString(members, "server_name", at: path) {
+            if Self.isIPAddress(serverName) {
+                walker.report("\(path).server_name", "must be a host name, found the IP address \"\(serverName)\": to check a certificate for an IP address, put that address in the URL and leave server_name out")
+            } else if !Self.isHostName(serverName) {
+                walker.report("\(path).server_name", "must be a host name (letters, digits, '-' and '.', at most 253 characters), found \"\(serverName)\"")
+            } else {
+                tls.serverName = serverName
+            }
+        }
+        tls.verifyCertificate = walker.boolean(members, "verify", at: path, default: true)
+        return tls
+    }
+
+    /// An optional PEM file path of `redis.tls`, reported when it names no readable file (with the
+    /// path, never the content).
+    mutating func readTLSFile(_ members: [String: ConfigJSON], _ name: String, at path: String) -> String? {
+        guard let file = walker.optionalString(members, name, at: path) else { return nil }
+        guard requireMachineSecrets else { return file }
+        let fieldPath = ConfigWalker.member(path, name)
+        var isDirectory: ObjCBool = false
+        if !FileManager.default.fileExists(atPath: file, isDirectory: &isDirectory) {
+            walker.report(fieldPath, "file \"\(file)\" does not exist")
+        } else if isDirectory.boolValue {
+            walker.report(fieldPath, "\"\(file)\" is a directory, not a PEM file")
+        } else if !FileManager.default.isReadableFile(atPath: file) {
+            walker.report(fieldPath, "file \"\(file)\" is not readable by this process")
+        }
+        return file
+    }
+
+    /// Whether `text` is an IPv4 or IPv6 address (which TLS cannot send as a server name).
+    static func isIPAddress(_ text: String) -> Bool {
+        var ipv4 = in_addr()
+        var ipv6 = in6_addr()
+        return inet_pton(AF_INET, text, &ipv4) == 1 || inet_pton(AF_INET6, text, &ipv6) == 1
+    }
+
+    /// Whether `text` is a DNS host name: labels of letters, digits and `-` (and `_`, which some
+    /// internal names carry) separated by dots, at most 253 bytes.
+    static func isHostName(_ text: String) -> Bool {
+        guard (1...253).contains(text.utf8.count) else { return false }
+        return text.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { label in
+            (1...63).contains(label.utf8.count) && label.utf8.allSatisfy { byte in
+                switch byte {
+                case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+                     UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "_"):
+                    true
+                default:
+                    false
+                }
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ extension SluiceConfig {
         if server != running.server { sections.append("server") }
         if tokenizer != running.tokenizer { sections.append("tokenizer") }
         if (redis == nil) != (running.redis == nil) || redis?.redactedTarget != running.redis?.redactedTarget
-            || redis?.onFailure != running.redis?.onFailure {
+            || redis?.onFailure != running.redis?.onFailure || redis?.tls != running.redis?.tls {
             sections.append("redis")
         }
         return sections

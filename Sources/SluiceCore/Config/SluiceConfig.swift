@@ -372,13 +372,18 @@ public struct RedisConfig: Sendable, Equatable {
     /// the cluster is found with `CLUSTER SLOTS`). Empty for a single Redis (`url`); when given,
     /// `host` and `port` are the first seed's.
     public var clusterNodes: [RedisConfig] = []
+    /// TLS for this address: set exactly when its URL is `rediss://` (then with the `redis.tls`
+    /// settings, or the defaults), `nil` for a plain `redis://` one. Carried per address so that
+    /// every server a node talks to says for itself whether it is reached over TLS.
+    public var tls: RedisTLSConfig?
 
-    public init(host: String, port: Int = RedisConfig.defaultPort, database: Int = RedisConfig.defaultDatabase, username: String? = nil, password: Secret? = nil) {
+    public init(host: String, port: Int = RedisConfig.defaultPort, database: Int = RedisConfig.defaultDatabase, username: String? = nil, password: Secret? = nil, tls: RedisTLSConfig? = nil) {
         self.host = host
         self.port = port
         self.database = database
         self.username = username
         self.password = password
+        self.tls = tls
     }
 
     /// Whether two servers are reached the same way (credentials, database; everything but the
@@ -397,11 +402,47 @@ public struct RedisConfig: Sendable, Equatable {
         return "cluster " + clusterNodes.map(\.redactedURL).joined(separator: ",")
     }
 
-    /// The URL with the password replaced by `<redacted>`, for logs and `check-config`.
+    /// The URL with the password replaced by `<redacted>`, for logs and `check-config`
+    /// (`rediss://` for an address reached over TLS).
     public var redactedURL: String {
         var credentials = ""
         if password != nil { credentials = "\(username ?? ""):<redacted>@" }
         let hostPart = host.contains(":") ? "[\(host)]" : host
-        return "redis://\(credentials)\(hostPart):\(port)/\(database)"
+        return "\(tls == nil ? "redis" : "rediss")://\(credentials)\(hostPart):\(port)/\(database)"
+    }
+
+    /// The name the server's certificate must carry, and the one sent as SNI (unless it is an IP
+    /// address, which SNI cannot carry): `redis.tls.server_name`, else the URL's host. `nil`
+    /// without TLS.
+    public var tlsServerName: String? {
+        guard let tls else { return nil }
+        return tls.serverName ?? host
+    }
+}
+
+/// How a `rediss://` address is reached: the `redis.tls` object. The files are PEM, read when the
+/// Redis client starts (their presence is checked when the config loads).
+public struct RedisTLSConfig: Sendable, Hashable {
+    /// `ca_file`: the CA certificates a server's certificate must chain to; `nil`: the system's
+    /// trust roots.
+    public var caFile: String?
+    /// `cert_file`: this node's certificate (and its chain) for mutual TLS; set together with
+    /// `keyFile`.
+    public var certificateFile: String?
+    /// `key_file`: the private key of `certificateFile` (unencrypted PEM).
+    public var keyFile: String?
+    /// `server_name`: the host name checked against the server's certificate and sent as SNI;
+    /// `nil`: the URL's host.
+    public var serverName: String?
+    /// `verify`: whether the server's certificate is checked at all (chain and name). False
+    /// encrypts without authenticating the server, and is logged as a warning at start.
+    public var verifyCertificate = true
+
+    public init(caFile: String? = nil, certificateFile: String? = nil, keyFile: String? = nil, serverName: String? = nil, verifyCertificate: Bool = true) {
+        self.caFile = caFile
+        self.certificateFile = certificateFile
+        self.keyFile = keyFile
+        self.serverName = serverName
+        self.verifyCertificate = verifyCertificate
     }
 }
