@@ -5,10 +5,12 @@ import Darwin
 #endif
 import Logging
 import NIOPosix
+import SluiceCore
 
 /// Writes log lines to standard error in exactly the format of swift-log's `StreamLogHandler`
 /// (`<time> <level> <label>: <k=v …> [<source>] <message>`), so nothing that reads the logs changes,
-/// at a fraction of its cost.
+/// at a fraction of its cost — or, with `log.format: json`, as one JSON object per line
+/// (`{"time":…,"level":…,"logger":…,"source":…,"message":…,<metadata fields>}`).
 ///
 /// Why: at the default `info` level every proxied request writes an access-log line, and
 /// `StreamLogHandler` formatted the time with `localtime`/`strftime` and wrote through the C stdio
@@ -27,11 +29,13 @@ public struct LogLineHandler: LogHandler {
     public var logLevel: Logger.Level = .info
     public var metadata: Logger.Metadata = [:]
     public var metadataProvider: Logger.MetadataProvider?
+    public let format: LogConfig.Format
     private let sink: Sink
 
     /// - Parameter sink: where a complete line goes (standard error unless a test captures it).
-    public init(label: String, sink: @escaping Sink = LogLineHandler.standardError) {
+    public init(label: String, format: LogConfig.Format = .text, sink: @escaping Sink = LogLineHandler.standardError) {
         self.label = label
+        self.format = format
         self.sink = sink
     }
 
@@ -55,7 +59,14 @@ public struct LogLineHandler: LogHandler {
             merged["error.message"] = "\(error)"
             merged["error.type"] = "\(String(reflecting: type(of: error)))"
         }
-        var line = Self.timestamps.valueForThisThread(orMake: SecondTimestamp.init).text(now: time(nil))
+        let time = Self.timestamps.valueForThisThread(orMake: SecondTimestamp.init).text(now: time(nil))
+        if format == .json {
+            var line = JSONLogLine.render(time: time, level: event.level, label: label, source: event.source, message: "\(event.message)", metadata: merged)
+            line += "\n"
+            line.withUTF8 { sink(UnsafeRawBufferPointer($0)) }
+            return
+        }
+        var line = time
         line += " "
         line += event.level.rawValue
         if !label.isEmpty { line += " " }
@@ -161,5 +172,98 @@ private final class SecondTimestamp: @unchecked Sendable {
             formatted = String(decoding: buffer.prefix(count).map { UInt8(bitPattern: $0) }, as: UTF8.self)
         }
         return formatted
+    }
+}
+
+/// One log entry as one JSON object on one line. Field names are stable: `time` (local time with
+/// offset, as the text format prints it), `level`, `logger` (the logger's label), `source` (the
+/// module), `message`, then every metadata field under its own name (a metadata field named like
+/// one of those five is written as `metadata.<name>`). Metadata values are strings, nested
+/// metadata objects and arrays as JSON objects and arrays.
+///
+/// Escaping: everything a JSON parser needs (`"`, `\`, U+0000–U+001F) and, like the text format,
+/// what could disguise a line for a human reading it raw (DEL, the C1 controls, U+2028–U+202E,
+/// U+2066–U+2069) is written as `\uXXXX` (or `\n`, `\r`, `\t`): a value a client chose (a model
+/// name) can neither end the line nor forge a field.
+enum JSONLogLine {
+    static let reservedFields: Set<String> = ["time", "level", "logger", "source", "message"]
+
+    static func render(time: String, level: Logger.Level, label: String, source: String, message: String, metadata: Logger.Metadata) -> String {
+        var line = "{"
+        line.reserveCapacity(160 + metadata.count * 32)
+        field("time", time, into: &line, first: true)
+        field("level", level.rawValue, into: &line)
+        field("logger", label, into: &line)
+        field("source", source, into: &line)
+        field("message", message, into: &line)
+        for (key, value) in metadata.sorted(by: { $0.key < $1.key }) {
+            line += ","
+            appendString(reservedFields.contains(key) ? "metadata." + key : key, to: &line)
+            line += ":"
+            appendValue(value, to: &line)
+        }
+        line += "}"
+        return line
+    }
+
+    private static func field(_ name: String, _ value: String, into line: inout String, first: Bool = false) {
+        if !first { line += "," }
+        line += "\""
+        line += name
+        line += "\":"
+        appendString(value, to: &line)
+    }
+
+    private static func appendValue(_ value: Logger.MetadataValue, to line: inout String) {
+        switch value {
+        case .string(let text):
+            appendString(text, to: &line)
+        case .stringConvertible(let convertible):
+            appendString(convertible.description, to: &line)
+        case .dictionary(let dictionary):
+            line += "{"
+            for (index, (key, nested)) in dictionary.sorted(by: { $0.key < $1.key }).enumerated() {
+                if index > 0 { line += "," }
+                appendString(key, to: &line)
+                line += ":"
+                appendValue(nested, to: &line)
+            }
+            line += "}"
+        case .array(let elements):
+            line += "["
+            for (index, element) in elements.enumerated() {
+                if index > 0 { line += "," }
+                appendValue(element, to: &line)
+            }
+            line += "]"
+        }
+    }
+
+    /// `text` as a JSON string literal. Most values need no escape: those are appended as they are.
+    static func appendString(_ text: String, to line: inout String) {
+        line += "\""
+        var text = text
+        let plain = text.withUTF8 { bytes in
+            !bytes.contains { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") } && !LogLineHandler.needsEscaping(bytes)
+        }
+        if plain {
+            line += text
+        } else {
+            for scalar in text.unicodeScalars {
+                switch scalar.value {
+                case 0x22: line += "\\\""
+                case 0x5C: line += "\\\\"
+                case 0x0A: line += "\\n"
+                case 0x0D: line += "\\r"
+                case 0x09: line += "\\t"
+                case 0x00..<0x20, 0x7F...0x9F, 0x2028...0x202E, 0x2066...0x2069:
+                    let hex = String(scalar.value, radix: 16, uppercase: true)
+                    line += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                default:
+                    line.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        line += "\""
     }
 }

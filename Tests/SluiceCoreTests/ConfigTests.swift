@@ -154,6 +154,24 @@ final class ConfigTests: XCTestCase {
         }
     }
 
+    func testLogFormat() throws {
+        func parse(_ log: String) throws -> SluiceConfig {
+            let json = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "keys": [], "log": "# + log + "}"
+            return try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+        }
+        XCTAssertEqual(try parse(#"{"format": "json"}"#).log.format, .json)
+        XCTAssertEqual(try parse(#"{}"#).log.format, .text)
+        XCTAssertEqual(try parse("null").log.format, .text)
+        XCTAssertThrowsError(try parse(#"{"format": "yaml"}"#)) { error in
+            XCTAssertEqual((error as? ConfigError)?.problems.map(\.description), [#"$.log.format: unknown log format "yaml" (known: text, json)"#])
+        }
+        XCTAssertThrowsError(try parse(#"{"level": "debug"}"#))
+        var changed = try parse(#"{"format": "json"}"#)
+        XCTAssertEqual(changed.sectionsNeedingRestart(running: try parse("{}")), ["log"])
+        changed.log.format = .text
+        XCTAssertEqual(changed.sectionsNeedingRestart(running: try parse("{}")), [])
+    }
+
     func testLeaseModeAndUsageStream() throws {
         let json = #"""
         {"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}],

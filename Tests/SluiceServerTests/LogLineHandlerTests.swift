@@ -28,6 +28,58 @@ final class LogLineHandlerTests: XCTestCase {
         XCTAssertNotNil(lines[1].range(of: "^\(time) warning sluice: node=n1 \\[SluiceRedis\\] plain\\n$", options: .regularExpression), lines[1])
     }
 
+    // MARK: log.format: json
+
+    private func jsonObject(_ line: String) throws -> [String: Any] {
+        XCTAssertTrue(line.hasSuffix("\n"))
+        XCTAssertEqual(line.dropLast().filter { $0 == "\n" || $0 == "\r" }.count, 0, "one entry, one line")
+        let object = try JSONSerialization.jsonObject(with: Data(line.utf8))
+        return try XCTUnwrap(object as? [String: Any], line)
+    }
+
+    func testJSONLinesHaveStableFieldsAndTheMetadata() throws {
+        let captured = Captured()
+        var logger = Logger(label: "sluice") { LogLineHandler(label: $0, format: .json, sink: captured.sink) }
+        logger[metadataKey: "node"] = "n1"
+        logger.info("request", metadata: [
+            "status": "200", "prompt_tokens": .stringConvertible(12),
+            "limits": ["rpm": "60"], "models": ["a", "b"], "message": "a field named like a reserved one",
+        ], source: "SluiceServer")
+        let line = try XCTUnwrap(captured.lines.withLock { $0.first })
+        let object = try jsonObject(line)
+        XCTAssertEqual(object["level"] as? String, "info")
+        XCTAssertEqual(object["logger"] as? String, "sluice")
+        XCTAssertEqual(object["source"] as? String, "SluiceServer")
+        XCTAssertEqual(object["message"] as? String, "request")
+        XCTAssertEqual(object["metadata.message"] as? String, "a field named like a reserved one")
+        XCTAssertEqual(object["node"] as? String, "n1")
+        XCTAssertEqual(object["status"] as? String, "200")
+        XCTAssertEqual(object["prompt_tokens"] as? String, "12")
+        XCTAssertEqual(object["limits"] as? [String: String], ["rpm": "60"])
+        XCTAssertEqual(object["models"] as? [String], ["a", "b"])
+        let time = try XCTUnwrap(object["time"] as? String)
+        XCTAssertNotNil(time.range(of: #"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}[+-]\d{4}$"#, options: .regularExpression), time)
+        XCTAssertTrue(line.hasPrefix(#"{"time":""#), "time first, for people reading raw lines")
+    }
+
+    /// Whatever a client puts in a value (a model name, say) comes back exactly from a JSON parser,
+    /// and cannot end the line, forge a field or carry terminal or bidirectional controls raw.
+    func testJSONEscapesEveryClientValueAndRoundTrips() throws {
+        let captured = Captured()
+        let logger = Logger(label: "t") { LogLineHandler(label: $0, format: .json, sink: captured.sink) }
+        let hostile = "gpt\"}\n{\"level\":\"critical\"\\ \u{1B}[31m\u{0}\u{7F}\u{85}\u{2028}\u{202E}é😀"
+        logger.warning("model \(hostile)", metadata: ["model": .string(hostile)])
+        let line = try XCTUnwrap(captured.lines.withLock { $0.first })
+        let object = try jsonObject(line)
+        XCTAssertEqual(object["model"] as? String, hostile)
+        XCTAssertEqual(object["message"] as? String, "model \(hostile)")
+        XCTAssertEqual(object["level"] as? String, "warning")
+        for raw in ["\u{1B}", "\u{0}", "\u{7F}", "\u{85}", "\u{2028}", "\u{202E}"] {
+            XCTAssertFalse(line.unicodeScalars.contains(raw.unicodeScalars.first!), "raw U+\(String(raw.unicodeScalars.first!.value, radix: 16)) in the line")
+        }
+        XCTAssertTrue(line.contains("é😀"), "printable text stays as it is")
+    }
+
     func testTheTimeIsTheLocalTimeOfTheSecond() throws {
         let captured = Captured()
         let logger = Logger(label: "t") { LogLineHandler(label: $0, sink: captured.sink) }

@@ -63,7 +63,8 @@ struct ConfigDocumentReader {
         self.requireMachineSecrets = requireMachineSecrets
     }
 
-    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis"]
+    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "log"]
+    static let logFields = ["format"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections"]
@@ -126,7 +127,26 @@ struct ConfigDocumentReader {
 
         let redis = root["redis"].flatMap { $0.isNull ? nil : readRedis($0, at: "$.redis") }
 
-        return SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis)
+        var config = SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis)
+        if let value = root["log"], !value.isNull { config.log = readLog(value, at: "$.log") }
+        return config
+    }
+
+    // MARK: log
+
+    mutating func readLog(_ value: ConfigJSON, at path: String) -> LogConfig {
+        var log = LogConfig()
+        guard let members = walker.object(value, at: path) else { return log }
+        walker.rejectUnknownFields(members, known: Self.logFields, at: path)
+        if let name = walker.string(members, "format", at: path, default: LogConfig.Format.text.rawValue) {
+            if let format = LogConfig.Format(rawValue: name) {
+                log.format = format
+            } else {
+                let known = LogConfig.Format.allCases.map(\.rawValue).joined(separator: ", ")
+                walker.report("\(path).format", "unknown log format \"\(name)\" (known: \(known))")
+            }
+        }
+        return log
     }
 
     // MARK: server

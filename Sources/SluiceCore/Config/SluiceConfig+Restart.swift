@@ -7,6 +7,7 @@ extension SluiceConfig {
         var sections: [String] = []
         if server != running.server { sections.append("server") }
         if tokenizer != running.tokenizer { sections.append("tokenizer") }
+        if log != running.log { sections.append("log") }
         if (redis == nil) != (running.redis == nil) || redis?.redactedTarget != running.redis?.redactedTarget
             || redis?.onFailure != running.redis?.onFailure || redis?.tls != running.redis?.tls {
             sections.append("redis")

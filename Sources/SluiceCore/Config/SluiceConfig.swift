@@ -13,6 +13,8 @@ public struct SluiceConfig: Sendable {
     public var keys: [KeyConfig]
     /// `nil`: the embedded in-memory limiter (single node).
     public var redis: RedisConfig?
+    /// How log lines are written.
+    public var log = LogConfig()
 
     public init(
         server: ServerConfig = ServerConfig(),
@@ -33,6 +35,25 @@ public struct SluiceConfig: Sendable {
     /// The first upstream (in file order) that serves `model`, or `nil` if none does.
     public func upstream(serving model: String) -> UpstreamConfig? {
         upstreams.first { $0.serves(model: model) }
+    }
+}
+
+// MARK: - log
+
+/// The `log` section: how each log line is written (read at start; a change needs a restart).
+public struct LogConfig: Sendable, Equatable {
+    public enum Format: String, Sendable, CaseIterable {
+        /// `<time> <level> <label>: <key=value …> [<source>] <message>` (swift-log's stream format).
+        case text
+        /// One JSON object per line: `time`, `level`, `logger`, `source`, `message`, then the
+        /// metadata's fields.
+        case json
+    }
+
+    public var format: Format = .text
+
+    public init(format: Format = .text) {
+        self.format = format
     }
 }
 
