@@ -128,6 +128,8 @@ class Gateway(Process):
         self.root_url = f"http://127.0.0.1:{port}"
         # The admin listener: /metrics (only there), /healthz, /readyz.
         self.admin_url = f"http://127.0.0.1:{admin_port}" if admin_port else None
+        if admin_port:
+            wait_for_port(admin_port, self.proc)
 
     def metrics(self, timeout: float = 5) -> str:
         """The node's /metrics, from its admin listener."""
