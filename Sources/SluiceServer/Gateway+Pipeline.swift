@@ -121,6 +121,10 @@ extension Gateway {
         }
         var outcome = RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: chargedPromptTokens, completionTokens: relayed.completionTokens)
         outcome.upstreamTime = relayed.upstreamTime
+        outcome.upstream = upstream.name
+        outcome.attempts = relayed.attempts
+        outcome.streamed = relayed.streamed
+        outcome.timeToFirstByte = relayed.timeToFirstByte
         return outcome
     }
 

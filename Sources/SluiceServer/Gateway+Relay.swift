@@ -50,6 +50,10 @@ struct RelayResult: Sendable {
     var timeToFirstChunk: Duration? = nil
     /// Whether the answer was streamed to the client.
     var streamed = false
+    /// From sending the request to the response's head; nil when none came. Set by `forwardAndRelay`.
+    var timeToFirstByte: Duration? = nil
+    /// Requests sent to the upstream for this one (2 after a safe retry of a refused connection).
+    var attempts = 0
 
     init(status: Int, chargesPrompt: Bool, completionTokens: Int, upstreamOutcome: UpstreamOutcome) {
         self.status = status
@@ -102,10 +106,13 @@ extension Gateway {
             return .notAnswered(status: refusal.status, outcome: .circuitOpen)
         }
         let sent = ContinuousClock.now
+        var attempts = 0
         func ended(_ result: RelayResult, firstByte: ContinuousClock.Instant? = nil) -> RelayResult {
             var result = result
             let upstreamTime = ContinuousClock.now - sent
             result.upstreamTime = upstreamTime
+            result.timeToFirstByte = firstByte.map { $0 - sent }
+            result.attempts = attempts
             metrics.upstreamExchange(
                 upstream: exchange.upstream.name, outcome: result.upstreamOutcome, duration: upstreamTime,
                 timeToFirstByte: firstByte.map { $0 - sent }
@@ -114,7 +121,7 @@ extension Gateway {
         }
         let response: UpstreamResponse
         do {
-            response = try await engine.executeRetryingSafeFailures(upstreamRequest)
+            response = try await engine.executeRetryingSafeFailures(upstreamRequest, attempts: &attempts)
             breaker.record(upstreamDown: response.meansUpstreamDown)
         } catch where Self.clientWentAway(error) {
             breaker.record(upstreamDown: false)  // unknown: the client left first; don't punish the upstream

@@ -128,6 +128,10 @@ public final class Gateway: RequestHandling {
                     "key": "\(outcome.keyID ?? "-")", "model": "\(RequestLogger.bounded(outcome.model ?? "-"))",
                     "prompt_tokens": "\(outcome.promptTokens)", "completion_tokens": "\(outcome.completionTokens)",
                     "duration_ms": "\(Self.milliseconds(ContinuousClock.now - started))",
+                    "upstream": "\(outcome.upstream ?? "-")", "attempts": "\(outcome.attempts)",
+                    "streamed": "\(outcome.streamed)",
+                    "ttfb_ms": "\(outcome.timeToFirstByte.map(Self.milliseconds) ?? "-")",
+                    "client": "\(request.clientAddress ?? "-")",
                 ]
             )
         }
@@ -258,6 +262,12 @@ struct RequestOutcome: Sendable {
     var completionTokens = 0
     /// The exchange with the upstream, when the request had one (for the added-latency metric).
     var upstreamTime: Duration?
+    /// For the access log: the upstream the request went to, the requests sent to it, whether the
+    /// answer was streamed, and the time from sending to the response's head.
+    var upstream: String?
+    var attempts = 0
+    var streamed = false
+    var timeToFirstByte: Duration?
 }
 
 /// One thread's copy of the gateway's settings. `@unchecked Sendable`: only reached through its own

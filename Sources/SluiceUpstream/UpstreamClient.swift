@@ -12,12 +12,20 @@ extension UpstreamClient {
     /// `execute`, sent once more when the first attempt failed in a way that is safe to retry
     /// (``UpstreamError/isSafeToRetry``: nothing reached the upstream). Anything later may have
     /// reached the model and is never retried here.
-    public func executeRetryingSafeFailures(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+    /// - Parameter attempts: set to the attempts made (1, or 2 after a safe retry).
+    public func executeRetryingSafeFailures(_ request: UpstreamRequest, attempts: inout Int) async throws(UpstreamError) -> UpstreamResponse {
+        attempts = 1
         do {
             return try await execute(request)
         } catch where error.isSafeToRetry && !Task.isCancelled {
+            attempts = 2
             return try await execute(request)
         }
+    }
+
+    public func executeRetryingSafeFailures(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
+        var attempts = 0
+        return try await executeRetryingSafeFailures(request, attempts: &attempts)
     }
 }
 

@@ -40,6 +40,8 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private var held = CircularBuffer<HTTPServerRequestPart>()
     private var heldBytes = 0
     private var context: ChannelHandlerContext?
+    /// The peer's address, read once per connection (not per request).
+    private var clientAddress: String?
 
     init(connection: ConnectionState, handler: any RequestHandling, maxBodyBytes: Int, executor: EventLoopExecutor, logger: Logger) {
         self.connection = connection
@@ -51,6 +53,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        clientAddress = context.channel.remoteAddress?.ipAddress
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -141,7 +144,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             if tooLarge {
                 refuse(.bodyTooLarge(limitBytes: maxBodyBytes), context: context)
             } else {
-                start(HTTPRequest(head: head, body: body), context: context)
+                start(HTTPRequest(head: head, body: body, clientAddress: clientAddress), context: context)
             }
         }
     }

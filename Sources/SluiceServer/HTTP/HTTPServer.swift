@@ -167,6 +167,14 @@ public final class HTTPServer: Sendable {
 public struct HTTPRequest: Sendable {
     public var head: HTTPRequestHead
     public var body: ByteBuffer
+    /// The peer's IP address (the load balancer's, behind one), for the access log; nil if unknown.
+    public var clientAddress: String? = nil
+
+    public init(head: HTTPRequestHead, body: ByteBuffer, clientAddress: String? = nil) {
+        self.head = head
+        self.body = body
+        self.clientAddress = clientAddress
+    }
 }
 
 /// What serves a request once it has been fully read. Implementations write exactly one response.
