@@ -6,6 +6,7 @@ import SluiceCore
 import SluiceTokenizer
 import SluiceUpstream
 import Synchronization
+import Tracing
 
 /// One admitted request on its way upstream and back.
 struct ProxyExchange: Sendable {
@@ -41,6 +42,11 @@ struct RelayResult: Sendable {
     var chargesPrompt: Bool
     /// Completion tokens to charge: the upstream's `usage` (bounded), else counted from what was relayed.
     var completionTokens: Int
+    /// Requests sent upstream: 2 when the first could not connect (retried), 0 when none was sent.
+    var attempts = 1
+    /// Only with telemetry on: the answering model and the choices' finish reasons, from the answer.
+    var responseModel: String?
+    var finishReasons: [String] = []
 
     /// Nothing came from the model: the reservation is refunded whole.
     static func notAnswered(status: Int) -> RelayResult {
@@ -73,37 +79,121 @@ extension Gateway {
         "accept-encoding", "x-request-id", "openai-organization", "openai-project", "api-key",
     ]
 
+    /// With telemetry on, the client's trace context is replaced by one naming Sluice's upstream span.
+    private static let traceContextHeaders: Set<String> = ["traceparent", "tracestate"]
+
     /// Steps 6 and 7: forward to the upstream, relay the answer. Never throws.
-    func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
-        let upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders)
+    func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger, trace: RequestTrace?) async -> RelayResult {
+        guard let trace else {
+            return await forwardAndRelay(exchange, clientHeaders: clientHeaders, writer: writer, logger: logger, upstreamSpan: nil, trace: nil)
+        }
+        // The upstream span covers the exchange up to the response head (events: the connection,
+        // the first byte); the relay span, its sibling, the answer's way to the client.
+        let upstreamSpan = trace.child("upstream", kind: .client)
+        upstreamSpan.updateAttributes { attributes in
+            attributes["sluice.upstream"] = exchange.upstream.name
+            attributes["gen_ai.request.model"] = exchange.request.model
+        }
+        return await forwardAndRelay(exchange, clientHeaders: clientHeaders, writer: writer, logger: logger, upstreamSpan: upstreamSpan, trace: trace)
+    }
+
+    private func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger, upstreamSpan: (any Span)?, trace: RequestTrace?) async -> RelayResult {
+        var upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders, tracing: trace != nil)
+        if let trace, let upstreamSpan { trace.inject(upstreamSpan, into: &upstreamRequest.headers) }
         let breaker = breakers.breaker(for: exchange.upstream.name)
         if case .reject(let retryAfter) = breaker.acquire() {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "circuit_open")
             let refusal = GatewayError.upstreamCircuitOpen(upstream: exchange.upstream.name, retryAfterSeconds: retryAfter)
+            if let upstreamSpan {
+                upstreamSpan.updateAttributes { attributes in
+                    attributes["sluice.attempts"] = 0
+                    attributes["error.type"] = "circuit_open"
+                }
+                upstreamSpan.setStatus(SpanStatus(code: .error, message: "circuit open"))
+                upstreamSpan.end()
+            }
             _ = await writeError(writer, refusal, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return .notAnswered(status: refusal.status)
+            var result = RelayResult.notAnswered(status: refusal.status)
+            result.attempts = 0
+            return result
         }
         let response: UpstreamResponse
+        let started = DefaultTracerClock.now
+        var attempts = 1
         do {
-            response = try await engine.executeRetryingSafeFailures(upstreamRequest)
+            if let upstreamSpan {
+                response = try await engine.executeRetryingSafeFailures(upstreamRequest) { error in
+                    attempts += 1
+                    upstreamSpan.addEvent(SpanEvent(name: "retry", attributes: ["error.type": "\(error.kind)"]))
+                }
+                upstreamSpan.attributes["sluice.attempts"] = attempts
+                Self.recordHead(response, on: upstreamSpan, startedAt: started)
+            } else {
+                response = try await engine.executeRetryingSafeFailures(upstreamRequest)
+            }
             breaker.record(upstreamDown: response.meansUpstreamDown)
         } catch where Self.clientWentAway(error) {
             breaker.record(upstreamDown: false)  // unknown: the client left first; don't punish the upstream
+            if let upstreamSpan {
+                upstreamSpan.attributes["error.type"] = "cancelled"
+                upstreamSpan.end()
+            }
             return .clientGoneBeforeAnswer
         } catch {
+            if let upstreamSpan {
+                upstreamSpan.attributes["error.type"] = "\(error.kind)"
+                upstreamSpan.setStatus(SpanStatus(code: .error, message: "\(error.kind)"))
+                upstreamSpan.end()
+            }
             breaker.record(upstreamDown: error.meansUpstreamDown)
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
             logger.warning("upstream request failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
             _ = await writeError(writer, gatewayError, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return .notAnswered(status: gatewayError.status)
+            var result = RelayResult.notAnswered(status: gatewayError.status)
+            result.attempts = attempts
+            return result
         }
 
         let isEventStream = response.headers.contains { $0.name.lowercased() == "content-type" && $0.value.lowercased().hasPrefix("text/event-stream") }
+        let relaySpan = trace?.child("relay")
+        defer { relaySpan?.end() }
+        var result: RelayResult
         if exchange.request.stream && response.status == 200 && isEventStream {
-            return await relayStream(exchange, response: response, writer: writer, logger: logger)
+            relaySpan?.attributes["sluice.stream"] = true
+            result = await relayStream(exchange, response: response, writer: writer, logger: logger, scanning: relaySpan != nil)
+        } else {
+            relaySpan?.attributes["sluice.stream"] = false
+            result = await relayWhole(exchange, response: response, writer: writer, logger: logger, scanning: relaySpan != nil)
         }
-        return await relayWhole(exchange, response: response, writer: writer, logger: logger)
+        result.attempts = attempts
+        if let relaySpan {
+            relaySpan.updateAttributes { attributes in
+                attributes["http.response.status_code"] = result.status
+                attributes["gen_ai.usage.output_tokens"] = result.completionTokens
+            }
+            if result.status >= 500 { relaySpan.setStatus(SpanStatus(code: .error)) }
+        }
+        return result
+    }
+
+    /// The upstream span's record of the response head: its status, and events for the connection
+    /// (when a new one was made; its connect time) and the first byte (the head's arrival).
+    private static func recordHead(_ response: UpstreamResponse, on span: any Span, startedAt started: DefaultTracerClock.Instant) {
+        if let connection = response.connection, connection.newConnection {
+            let connectedAt = DefaultTracerClock.Instant(nanosecondsSinceEpoch: started.nanosecondsSinceEpoch + UInt64(max(connection.connectMicroseconds, 0)) * 1_000)
+            span.addEvent(SpanEvent(
+                name: "connect", at: connectedAt,
+                attributes: ["sluice.upstream.connect_ms": .double(Double(connection.connectMicroseconds) / 1_000)]
+            ))
+        }
+        span.addEvent(SpanEvent(name: "first_byte"))
+        span.attributes["http.response.status_code"] = response.status
+        if response.status >= 500 {
+            span.attributes["error.type"] = "\(response.status)"
+            span.setStatus(SpanStatus(code: .error))
+        }
+        span.end()
     }
 
     /// A transfer cancelled because the client's connection closed (its task was cancelled) is the
@@ -112,13 +202,15 @@ extension Gateway {
         error.isCancellation || Task.isCancelled
     }
 
-    private func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders) -> UpstreamRequest {
+    /// `tracing`: the client's trace headers are not forwarded; the caller adds Sluice's own.
+    private func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, tracing: Bool) -> UpstreamRequest {
         var headers: [(name: String, value: String)] = [
             ("content-type", "application/json"),
             ("accept", exchange.request.stream ? "text/event-stream" : "application/json"),
             ("x-request-id", exchange.requestID),
         ]
         for (name, value) in clientHeaders where !Self.droppedRequestHeaders.contains(name.lowercased()) {
+            if tracing, Self.traceContextHeaders.contains(name.lowercased()) { continue }
             headers.append((name, value))
         }
         if let apiKey = exchange.upstream.apiKey {
@@ -148,7 +240,7 @@ extension Gateway {
 
     // MARK: Non-streamed answers (and every upstream error status)
 
-    private func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
+    private func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
         var collected = ByteBuffer()
         do {
             for try await chunk in response.body {
@@ -192,7 +284,14 @@ extension Gateway {
             logger.debug("client went away before the response")
         }
         // An error status is not billed by the provider, so neither is it here.
-        return RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens)
+        var result = RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens)
+        if scanning, answered {
+            var scanner = ResponseFieldScanner()
+            collected.withUnsafeReadableBytes { scanner.consume($0) }
+            result.responseModel = scanner.model
+            result.finishReasons = scanner.finishReasons
+        }
+        return result
     }
 
     /// Completions per choice assumed at most when a request sets no `max_tokens`: above what any
@@ -219,8 +318,16 @@ extension Gateway {
 
     // MARK: Streamed answers
 
-    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
+    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
         var filter = StreamRelayFilter(dropsUsageChunk: exchange.request.sluiceAddedUsage)
+        var scanner: ResponseFieldScanner? = scanning ? ResponseFieldScanner() : nil
+        func scanned(_ result: RelayResult) -> RelayResult {
+            guard let scanner else { return result }
+            var result = result
+            result.responseModel = scanner.model
+            result.finishReasons = scanner.finishReasons
+            return result
+        }
         func producedTokens() -> Int {
             if let usage = filter.usage { return plausibleCompletionTokens(reported: usage.completionTokens, exchange, logger: logger) }
             return exchange.encoding.countOrdinary(filter.streamedText)
@@ -232,6 +339,7 @@ extension Gateway {
         }
         do {
             for try await chunk in response.body {
+                if scanner != nil { chunk.withUnsafeReadableBytes { scanner!.consume($0) } }
                 let forward = chunk.withUnsafeReadableBytes { filter.consume($0) }
                 if !forward.isEmpty {
                     try await writer.writeStreamChunk(ByteBuffer(bytes: forward))
@@ -240,18 +348,18 @@ extension Gateway {
             let tail = filter.finish()
             if !tail.isEmpty { try await writer.writeStreamChunk(ByteBuffer(bytes: tail)) }
             try await writer.endStream()
-            return RelayResult(status: 200, chargesPrompt: true, completionTokens: producedTokens())
+            return scanned(RelayResult(status: 200, chargesPrompt: true, completionTokens: producedTokens()))
         } catch let error as UpstreamError where !Self.clientWentAway(error) {
             // The upstream failed mid-stream: the head is gone, so cut the connection; charge what was produced.
             metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
             logger.warning("upstream stream failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             writer.abort()
-            return RelayResult(status: 502, chargesPrompt: true, completionTokens: producedTokens())
+            return scanned(RelayResult(status: 502, chargesPrompt: true, completionTokens: producedTokens()))
         } catch {
             // The client went away mid-stream: leaving the loop cancelled the upstream transfer.
             let produced = producedTokens()
             logger.info("client disconnected mid-stream", metadata: ["completion_tokens_relayed": "\(produced)"])
-            return RelayResult(status: 499, chargesPrompt: true, completionTokens: produced)
+            return scanned(RelayResult(status: 499, chargesPrompt: true, completionTokens: produced))
         }
     }
 }

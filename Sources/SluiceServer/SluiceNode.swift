@@ -18,6 +18,8 @@ public struct SluiceNode: Sendable {
     let group: MultiThreadedEventLoopGroup
     /// Present when the config has a `redis` section: the shared store and this node's heartbeat.
     let redis: RedisLimiting?
+    /// Present when `telemetry.otlp_endpoint` is set: the tracer and the span exporter's service.
+    let telemetry: Telemetry?
 
     /// Where the config came from, for reloads on SIGHUP and when the file changes (nil: no reloads).
     let configPath: String?
@@ -74,9 +76,10 @@ public struct SluiceNode: Sendable {
             }
         }
         metrics.limiterMode(limiterMode())
+        telemetry = try Telemetry.make(config.telemetry, logger: logger)
         gateway = Gateway(
             settings: settings, tokenizers: tokenizers, limiter: limiter, engine: engine, metrics: metrics,
-            limiterMode: limiterMode, logger: logger
+            limiterMode: limiterMode, tracer: telemetry?.tracer, logger: logger
         )
         if let configStatus {
             gateway.recordConfigStatus(configStatus)
@@ -96,7 +99,11 @@ public struct SluiceNode: Sendable {
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
     public func run(logger: Logger) async throws {
-        var services: [any Service] = [CurlEngineService(engine: engine)]
+        // The span exporter starts first and stops last: it exports the spans of requests the server
+        // drained, then flushes what is buffered.
+        var services: [any Service] = []
+        if let telemetry { services.append(telemetry.service) }
+        services.append(CurlEngineService(engine: engine))
         if let redis { services.append(redis) }
         services.append(HTTPServerService(server: server, gateway: gateway))
         if let configPath, let configStatus {

@@ -63,7 +63,7 @@ struct ConfigDocumentReader {
         self.requireMachineSecrets = requireMachineSecrets
     }
 
-    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis"]
+    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections"]
@@ -126,7 +126,9 @@ struct ConfigDocumentReader {
 
         let redis = root["redis"].flatMap { $0.isNull ? nil : readRedis($0, at: "$.redis") }
 
-        return SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis)
+        let telemetry = root["telemetry"].flatMap { $0.isNull ? nil : readTelemetry($0, at: "$.telemetry") } ?? TelemetryConfig()
+
+        return SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis, telemetry: telemetry)
     }
 
     // MARK: server
