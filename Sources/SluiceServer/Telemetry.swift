@@ -28,8 +28,8 @@ public struct Telemetry: Sendable {
         configuration.serviceName = config.serviceName
         // swift-otel's own complaints (an export that failed, a full queue) go to Sluice's log, at
         // most once a minute: a collector that is down must not flood the log.
-        let throttled = ThrottledLogHandler(base: logger, interval: failureLogInterval)
-        configuration.diagnosticLogger = .custom(Logger(label: "sluice.telemetry") { _ in throttled })
+        let throttle = LogThrottle(interval: failureLogInterval)
+        configuration.diagnosticLogger = .custom(Logger(label: "sluice.telemetry") { _ in ThrottledLogHandler(base: logger, throttle: throttle) })
         configuration.diagnosticLogLevel = .warning
         configuration.propagators = [.traceContext]
         configuration.traces.enabled = true
@@ -37,6 +37,11 @@ public struct Telemetry: Sendable {
         configuration.traces.exporter = .otlp
         configuration.traces.otlpExporter.endpoint = url
         configuration.traces.otlpExporter.protocol = .httpProtobuf
+        // A collector that is down must not hold up shutdown for long: one export (the HTTP client
+        // keeps trying to connect until its timeout) gets 2 s, a batch 3 s. At shutdown an export
+        // in flight and the final flush each wait at most that.
+        configuration.traces.otlpExporter.timeout = .seconds(2)
+        configuration.traces.batchSpanProcessor.exportTimeout = .seconds(3)
         configuration.metrics.enabled = false
         configuration.logs.enabled = false
         let backend = try OTel.makeTracingBackend(configuration: configuration)
@@ -44,20 +49,38 @@ public struct Telemetry: Sendable {
     }
 }
 
-/// A log handler that passes on warnings and worse, at most one per `interval` (with how many were
-/// left out since the last), and drops the rest.
-final class ThrottledLogHandler: LogHandler, @unchecked Sendable {
-    private let base: Logger
-    private let interval: Duration
+/// When a throttled log line was last let through, shared by the copies of a logger.
+final class LogThrottle: Sendable {
+    let interval: Duration
     private let state = Mutex<(last: ContinuousClock.Instant?, suppressed: Int)>((nil, 0))
-    // LogHandler's mutable members; set only while the logger is built.
+
+    init(interval: Duration) { self.interval = interval }
+
+    /// nil: drop this line; else let it through, with the count of lines dropped since the last.
+    func admit(now: ContinuousClock.Instant = .now) -> Int? {
+        state.withLock { state in
+            if let last = state.last, now - last < interval {
+                state.suppressed += 1
+                return nil
+            }
+            defer { state = (now, 0) }
+            return state.suppressed
+        }
+    }
+}
+
+/// A log handler that passes on warnings and worse, at most one per the throttle's interval (with
+/// how many were left out since the last), and drops the rest.
+struct ThrottledLogHandler: LogHandler {
+    private let base: Logger
+    private let throttle: LogThrottle
     var metadata: Logger.Metadata = [:]
     var metadataProvider: Logger.MetadataProvider?
     var logLevel: Logger.Level = .warning
 
-    init(base: Logger, interval: Duration) {
+    init(base: Logger, throttle: LogThrottle) {
         self.base = base
-        self.interval = interval
+        self.throttle = throttle
     }
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -66,17 +89,7 @@ final class ThrottledLogHandler: LogHandler, @unchecked Sendable {
     }
 
     func log(event: LogEvent) {
-        guard event.level >= .warning else { return }
-        let now = ContinuousClock.now
-        let suppressed: Int? = state.withLock { state in
-            if let last = state.last, now - last < interval {
-                state.suppressed += 1
-                return nil
-            }
-            defer { state = (now, 0) }
-            return state.suppressed
-        }
-        guard let suppressed else { return }
+        guard event.level >= .warning, let suppressed = throttle.admit() else { return }
         var metadata = self.metadata.merging(event.metadata ?? [:]) { $1 }
         if let error = event.error { metadata["error"] = "\(error)" }
         if suppressed > 0 { metadata["suppressed_since_last"] = "\(suppressed)" }

@@ -220,3 +220,15 @@ final class ResponseFieldScannerTests: XCTestCase {
         }
     }
 }
+
+final class LogThrottleTests: XCTestCase {
+    func testOneLinePerIntervalWithTheCountLeftOut() {
+        let throttle = LogThrottle(interval: .seconds(60))
+        let start = ContinuousClock.now
+        XCTAssertEqual(throttle.admit(now: start), 0)
+        XCTAssertNil(throttle.admit(now: start + .seconds(1)))
+        XCTAssertNil(throttle.admit(now: start + .seconds(59)))
+        XCTAssertEqual(throttle.admit(now: start + .seconds(60)), 2)
+        XCTAssertNil(throttle.admit(now: start + .seconds(61)))
+    }
+}

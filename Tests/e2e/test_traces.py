@@ -281,3 +281,37 @@ def test_5xx_marks_the_request_span_as_error(gateway, collector):
     assert named[REQUEST_SPAN].status.code == trace_pb2.Status.STATUS_CODE_ERROR
     assert attributes(named[REQUEST_SPAN].attributes)["http.response.status_code"] == 503
     assert named["upstream"].status.code == trace_pb2.Status.STATUS_CODE_ERROR
+
+
+def test_spans_are_flushed_at_shutdown(tmp_path, mock, collector):
+    """With a batch delay far longer than the test, the spans arrive only because SIGTERM flushes them."""
+    keys = [{"id": "demo", "secret_sha256": sha256_hex(DEMO), "tier": "unlimited"}]
+    config = gateway_config(free_port(), mock.port, keys, {"unlimited": {"requests_per_minute": 1000}})
+    config["telemetry"] = {"otlp_endpoint": f"http://127.0.0.1:{collector.port}"}
+    g = Gateway(tmp_path, config, env_extra={"OTEL_BSP_SCHEDULE_DELAY": "600000"})
+    try:
+        trace_id, _, traceparent = new_traceparent()
+        client(g).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=3, extra_headers={"traceparent": traceparent})
+        time.sleep(0.5)
+        assert collector.trace(bytes.fromhex(trace_id), 1, timeout=0) == [], "not exported before shutdown"
+    finally:
+        g.stop()
+    assert g.proc.returncode == 0
+    assert len(collector.trace(bytes.fromhex(trace_id), 6, timeout=5)) == 6
+
+
+def test_export_failures_never_affect_requests_and_are_logged_once(tmp_path, mock):
+    keys = [{"id": "demo", "secret_sha256": sha256_hex(DEMO), "tier": "unlimited"}]
+    config = gateway_config(free_port(), mock.port, keys, {"unlimited": {"requests_per_minute": 1000}})
+    config["telemetry"] = {"otlp_endpoint": f"http://127.0.0.1:{free_port()}"}  # nothing listens there
+    g = Gateway(tmp_path, config, env_extra={"OTEL_BSP_SCHEDULE_DELAY": "50"})
+    try:
+        c = client(g)
+        for _ in range(10):
+            assert c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=3).choices
+            time.sleep(0.1)
+    finally:
+        g.stop()
+    assert g.proc.returncode == 0
+    failures = [line for line in g.log_text().splitlines() if "telemetry:" in line]
+    assert len(failures) == 1, failures
