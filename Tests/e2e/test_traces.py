@@ -315,3 +315,18 @@ def test_export_failures_never_affect_requests_and_are_logged_once(tmp_path, moc
     assert g.proc.returncode == 0
     failures = [line for line in g.log_text().splitlines() if "telemetry:" in line]
     assert len(failures) == 1, failures
+
+
+def test_unsampled_parent_is_respected(gateway, mock, collector):
+    """A traceparent that says "not sampled" records nothing, yet the upstream still joins that trace."""
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=3, extra_headers={"traceparent": f"00-{trace_id}-{parent_id}-00"})
+    request_id = raw.headers["x-request-id"]
+    sent = mock_record(mock, request_id)["traceparent"]
+    assert sent.startswith(f"00-{trace_id}-") and sent.endswith("-00") and parent_id not in sent
+    # Spans of later requests arrive, none of this one.
+    later_trace, _, later = new_traceparent()
+    client(gateway).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=3, extra_headers={"traceparent": later})
+    assert len(collector.trace(bytes.fromhex(later_trace), 6)) == 6
+    assert collector.trace(bytes.fromhex(trace_id), 1, timeout=0) == []
