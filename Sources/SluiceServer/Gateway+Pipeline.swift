@@ -5,6 +5,7 @@ import NIOPosix
 import SluiceCore
 import SluiceTokenizer
 import SluiceUpstream
+import Tracing
 
 /// The request's walk through the gateway, one named step after the other:
 ///
@@ -16,7 +17,8 @@ import SluiceUpstream
 extension Gateway {
     /// `requestID` is the id the client meets (its own `x-request-id` when well-formed);
     /// `reservationID` is Sluice's own, unique per request: the limiter's name for the reservation.
-    func proxy(_ endpoint: OpenAIEndpoint, request: HTTPRequest, requestID: String, reservationID: String, writer: ResponseWriter, logger: RequestLogger) async -> RequestOutcome {
+    /// `trace`: the request's spans when telemetry is on (one child span per step from count on).
+    func proxy(_ endpoint: OpenAIEndpoint, request: HTTPRequest, requestID: String, reservationID: String, writer: ResponseWriter, logger: RequestLogger, trace: RequestTrace?) async -> RequestOutcome {
         // One snapshot of the key table and routing for the whole walk, even across a reload.
         let settings = self.settings
         // 1. authenticate: Bearer secret → SHA-256 → key table.
@@ -25,6 +27,7 @@ extension Gateway {
         case .success(let found): key = found
         case .failure(let error): return await writeError(writer, error, requestID: requestID)
         }
+        trace?.root.attributes["sluice.key"] = key.id
 
         // 2. read: the fields that matter, parsed once from the body (UTF-8 checked).
         let body = Array(request.body.readableBytesView)
@@ -35,6 +38,13 @@ extension Gateway {
             return await refuse(error, key: key, model: nil, requestID: requestID, writer: writer)
         }
         let model = openAIRequest.model
+        if let trace {
+            trace.root.updateAttributes { attributes in
+                attributes["gen_ai.request.model"] = model
+                attributes["sluice.stream"] = openAIRequest.stream
+                if let maxTokens = openAIRequest.maxOutputTokens { attributes["gen_ai.request.max_tokens"] = maxTokens }
+            }
+        }
 
         // 3. authorize: the key may use the model, and an upstream serves it.
         guard let upstream = settings.route(model: model, for: key) else {
@@ -46,6 +56,7 @@ extension Gateway {
         // proves that it can never fit the key's buckets is not counted: its lower bound goes to
         // admit, which refuses it. A large prompt is counted off the event loop (which serves other
         // connections meanwhile).
+        let countSpan = trace?.child("count")
         let reservedOutputTokens = openAIRequest.reservedOutputTokens(defaultOutputTokens: key.defaultOutputTokens)
         let promptBytes = promptCounter.promptBytes(openAIRequest)
         let fewestPromptTokens = promptCounter.minimumTokens(promptBytes: promptBytes)
@@ -58,8 +69,19 @@ extension Gateway {
                 // Counting stops once the prompt is known not to fit: admit refuses it either way.
                 promptTokens = try await countPrompt(openAIRequest, promptBytes: promptBytes, stoppingAbove: largestPrompt)
             } catch {
+                countSpan?.setStatus(SpanStatus(code: .error, message: "counting refused the prompt"))
+                countSpan?.end()
                 return await refuse(error, key: key, model: model, requestID: requestID, writer: writer)
             }
+        }
+        if let countSpan {
+            countSpan.updateAttributes { attributes in
+                attributes["sluice.prompt_tokens"] = promptTokens
+                attributes["sluice.prompt_bytes"] = promptBytes
+                attributes["sluice.reserved_output_tokens"] = reservedOutputTokens
+                attributes["sluice.count.off_loop"] = promptBytes > Self.offLoopCountBytes
+            }
+            countSpan.end()
         }
 
         // 5. admit: one atomic step over all of the key's limits. The reservation is named by
@@ -70,13 +92,34 @@ extension Gateway {
         )
         let reservation: Reservation
         let rateLimitHeaders: [(String, String)]
+        let admitSpan = trace?.child("admit")
         do {
             switch try await limiter.admit(admission) {
             case .admitted(let granted, let snapshot):
                 reservation = granted
                 rateLimitHeaders = RateLimitHeaders.render(snapshot)
                 if key.exportsMetrics { metrics.keyRemaining(keyID: key.id, snapshot: snapshot) }
+                if let trace, let admitSpan {
+                    admitSpan.attributes["sluice.admit.result"] = "admitted"
+                    admitSpan.end()
+                    snapshot.record(on: trace.root)
+                }
             case .denied(let denial, let snapshot):
+                if let trace, let admitSpan {
+                    admitSpan.updateAttributes { attributes in
+                        attributes["sluice.admit.result"] = "denied"
+                        attributes["sluice.denial.kind"] = denial.kind.snakeCaseName
+                    }
+                    admitSpan.end()
+                    trace.root.updateAttributes { attributes in
+                        attributes["sluice.denial.kind"] = denial.kind.snakeCaseName
+                        attributes["sluice.denial.limit"] = denial.limit
+                        attributes["sluice.denial.requested"] = denial.requested
+                        attributes["sluice.denial.retry_after_seconds"] = denial.retryAfterSeconds
+                        attributes["sluice.denial.never_fits"] = denial.neverFits
+                    }
+                    snapshot.record(on: trace.root)
+                }
                 metrics.rateLimited(kind: denial.kind, keyID: key.id)
                 if key.exportsMetrics { metrics.keyRemaining(keyID: key.id, snapshot: snapshot) }
                 if denial.neverFits { await chargeRefusedRequest(admission) }
@@ -86,6 +129,11 @@ extension Gateway {
                 )
             }
         } catch {
+            if let admitSpan {
+                admitSpan.attributes["sluice.admit.result"] = "error"
+                admitSpan.setStatus(SpanStatus(code: .error, message: "limiter unavailable"))
+                admitSpan.end()
+            }
             logger.error("limiter unavailable", metadata: ["error": "\(error)"])
             return await writeError(writer, .limiterUnavailable(), requestID: requestID, keyID: key.id, model: model)
         }
@@ -96,7 +144,7 @@ extension Gateway {
             upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens,
             rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model)
         )
-        let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger)
+        let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger, trace: trace)
 
         // 8. settle: refund or charge the difference to the reservation, exactly once (what is
         // charged for each outcome: `RelayResult`).
@@ -106,18 +154,39 @@ extension Gateway {
         // client invents under a wildcard must not grow the usage records without bound.
         let answered = (200..<300).contains(relayed.status)
         let settling = answered ? reservation : reservation.recordingUsage(as: upstream.metricLabel(forModel: model))
+        let settleSpan = trace?.child("settle")
+        defer { settleSpan?.end() }
+        if let settleSpan {
+            settleSpan.updateAttributes { attributes in
+                attributes["sluice.settle.prompt_tokens"] = chargedPromptTokens
+                attributes["sluice.settle.completion_tokens"] = relayed.completionTokens
+            }
+        }
         do {
             let after = try await limiter.settle(settling, actualPromptTokens: chargedPromptTokens, actualCompletionTokens: relayed.completionTokens)
             if key.exportsMetrics, let after { metrics.keyRemaining(keyID: key.id, snapshot: after) }
         } catch let deferred as FailoverLimiterStore.SettlementDeferred {
             logger.warning("settling the reservation deferred: the shared limiter did not answer; retried in the background", metadata: ["error": "\(deferred.underlying)"])
+            settleSpan?.attributes["sluice.settle.deferred"] = true
         } catch {
+            settleSpan?.setStatus(SpanStatus(code: .error, message: "settling failed"))
             logger.error("settling the reservation failed", metadata: ["error": "\(error)"])
         }
         let modelLabel = upstream.metricLabel(forModel: model)
         metrics.tokens(keyID: key.id, model: modelLabel, prompt: chargedPromptTokens, completion: relayed.completionTokens)
         if relayed.chargesPrompt, let upstreamTime = relayed.upstreamTime {
             recordGenAI(endpoint: endpoint, model: modelLabel, promptTokens: chargedPromptTokens, relayed: relayed, upstreamTime: upstreamTime)
+        }
+        if let trace {
+            trace.root.updateAttributes { attributes in
+                // Input: Sluice's exact count of the prompt, when it was charged (the model answered).
+                attributes["gen_ai.usage.input_tokens"] = chargedPromptTokens
+                attributes["gen_ai.usage.output_tokens"] = relayed.completionTokens
+                attributes["sluice.upstream"] = upstream.name
+                attributes["sluice.attempts"] = relayed.attempts
+                if let responseModel = relayed.responseModel { attributes["gen_ai.response.model"] = responseModel }
+                if !relayed.finishReasons.isEmpty { attributes["gen_ai.response.finish_reasons"] = relayed.finishReasons }
+            }
         }
         var outcome = RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: chargedPromptTokens, completionTokens: relayed.completionTokens)
         outcome.upstreamTime = relayed.upstreamTime

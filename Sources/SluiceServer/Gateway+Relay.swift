@@ -6,6 +6,7 @@ import SluiceCore
 import SluiceTokenizer
 import SluiceUpstream
 import Synchronization
+import Tracing
 
 /// One admitted request on its way upstream and back.
 struct ProxyExchange: Sendable {
@@ -52,8 +53,12 @@ struct RelayResult: Sendable {
     var streamed = false
     /// From sending the request to the response's head; nil when none came. Set by `forwardAndRelay`.
     var timeToFirstByte: Duration? = nil
-    /// Requests sent to the upstream for this one (2 after a safe retry of a refused connection).
+    /// Requests sent to the upstream for this one (2 after a safe retry of a refused connection; 0
+    /// when none was sent).
     var attempts = 0
+    /// Only with telemetry on: the answering model and the choices' finish reasons, from the answer.
+    var responseModel: String?
+    var finishReasons: [String] = []
 
     init(status: Int, chargesPrompt: Bool, completionTokens: Int, upstreamOutcome: UpstreamOutcome) {
         self.status = status
@@ -93,19 +98,47 @@ extension Gateway {
         "accept-encoding", "x-request-id", "openai-organization", "openai-project", "api-key",
     ]
 
+    /// With telemetry on, the client's trace context is replaced by one naming Sluice's upstream span.
+    private static let traceContextHeaders: Set<String> = ["traceparent", "tracestate"]
+
     /// Steps 6 and 7: forward to the upstream, relay the answer. Never throws. Records the
-    /// exchange's metrics (outcome, duration, time to the response's head).
-    func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
-        let upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders)
+    /// exchange's metrics (outcome, duration, time to the response's head) and, with telemetry on,
+    /// its spans.
+    func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger, trace: RequestTrace?) async -> RelayResult {
+        guard let trace else {
+            return await forwardAndRelay(exchange, clientHeaders: clientHeaders, writer: writer, logger: logger, upstreamSpan: nil, trace: nil)
+        }
+        // The upstream span covers the exchange up to the response head (events: the connection,
+        // the first byte); the relay span, its sibling, the answer's way to the client.
+        let upstreamSpan = trace.child("upstream", kind: .client)
+        upstreamSpan.updateAttributes { attributes in
+            attributes["sluice.upstream"] = exchange.upstream.name
+            attributes["gen_ai.request.model"] = exchange.request.model
+        }
+        return await forwardAndRelay(exchange, clientHeaders: clientHeaders, writer: writer, logger: logger, upstreamSpan: upstreamSpan, trace: trace)
+    }
+
+    private func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger, upstreamSpan: (any Span)?, trace: RequestTrace?) async -> RelayResult {
+        var upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders, tracing: trace != nil)
+        if let trace, let upstreamSpan { trace.inject(upstreamSpan, into: &upstreamRequest.headers) }
         let breaker = breakers.breaker(for: exchange.upstream.name)
         if case .reject(let retryAfter) = breaker.acquire() {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: .circuitOpen)
             metrics.upstreamExchange(upstream: exchange.upstream.name, outcome: .circuitOpen, duration: .zero, timeToFirstByte: nil)
             let refusal = GatewayError.upstreamCircuitOpen(upstream: exchange.upstream.name, retryAfterSeconds: retryAfter)
+            if let upstreamSpan {
+                upstreamSpan.updateAttributes { attributes in
+                    attributes["sluice.attempts"] = 0
+                    attributes["error.type"] = "circuit_open"
+                }
+                upstreamSpan.setStatus(SpanStatus(code: .error, message: "circuit open"))
+                upstreamSpan.end()
+            }
             _ = await writeError(writer, refusal, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
             return .notAnswered(status: refusal.status, outcome: .circuitOpen)
         }
         let sent = ContinuousClock.now
+        let started = DefaultTracerClock.now
         var attempts = 0
         func ended(_ result: RelayResult, firstByte: ContinuousClock.Instant? = nil) -> RelayResult {
             var result = result
@@ -121,12 +154,31 @@ extension Gateway {
         }
         let response: UpstreamResponse
         do {
-            response = try await engine.executeRetryingSafeFailures(upstreamRequest, attempts: &attempts)
+            if let upstreamSpan {
+                attempts = 1
+                response = try await engine.executeRetryingSafeFailures(upstreamRequest) { error in
+                    attempts += 1
+                    upstreamSpan.addEvent(SpanEvent(name: "retry", attributes: ["error.type": "\(error.kind)"]))
+                }
+                upstreamSpan.attributes["sluice.attempts"] = attempts
+                Self.recordHead(response, on: upstreamSpan, startedAt: started)
+            } else {
+                response = try await engine.executeRetryingSafeFailures(upstreamRequest, attempts: &attempts)
+            }
             breaker.record(upstreamDown: response.meansUpstreamDown)
         } catch where Self.clientWentAway(error) {
             breaker.record(upstreamDown: false)  // unknown: the client left first; don't punish the upstream
+            if let upstreamSpan {
+                upstreamSpan.attributes["error.type"] = "cancelled"
+                upstreamSpan.end()
+            }
             return ended(.clientGoneBeforeAnswer)
         } catch {
+            if let upstreamSpan {
+                upstreamSpan.attributes["error.type"] = "\(error.kind)"
+                upstreamSpan.setStatus(SpanStatus(code: .error, message: "\(error.kind)"))
+                upstreamSpan.end()
+            }
             breaker.record(upstreamDown: error.meansUpstreamDown)
             let outcome = UpstreamOutcome(error.kind)
             metrics.upstreamError(upstream: exchange.upstream.name, kind: outcome)
@@ -138,10 +190,43 @@ extension Gateway {
         let firstByte = ContinuousClock.now
 
         let isEventStream = response.headers.contains { $0.name.lowercased() == "content-type" && $0.value.lowercased().hasPrefix("text/event-stream") }
+        let relaySpan = trace?.child("relay")
+        defer { relaySpan?.end() }
+        var result: RelayResult
         if exchange.request.stream && response.status == 200 && isEventStream {
-            return ended(await relayStream(exchange, response: response, sent: sent, writer: writer, logger: logger), firstByte: firstByte)
+            relaySpan?.attributes["sluice.stream"] = true
+            result = await relayStream(exchange, response: response, sent: sent, writer: writer, logger: logger, scanning: relaySpan != nil)
+        } else {
+            relaySpan?.attributes["sluice.stream"] = false
+            result = await relayWhole(exchange, response: response, writer: writer, logger: logger, scanning: relaySpan != nil)
         }
-        return ended(await relayWhole(exchange, response: response, writer: writer, logger: logger), firstByte: firstByte)
+        if let relaySpan {
+            relaySpan.updateAttributes { attributes in
+                attributes["http.response.status_code"] = result.status
+                attributes["gen_ai.usage.output_tokens"] = result.completionTokens
+            }
+            if result.status >= 500 { relaySpan.setStatus(SpanStatus(code: .error)) }
+        }
+        return ended(result, firstByte: firstByte)
+    }
+
+    /// The upstream span's record of the response head: its status, and events for the connection
+    /// (when a new one was made; its connect time) and the first byte (the head's arrival).
+    private static func recordHead(_ response: UpstreamResponse, on span: any Span, startedAt started: DefaultTracerClock.Instant) {
+        if let connection = response.connection, connection.newConnection {
+            let connectedAt = DefaultTracerClock.Instant(nanosecondsSinceEpoch: started.nanosecondsSinceEpoch + UInt64(max(connection.connectMicroseconds, 0)) * 1_000)
+            span.addEvent(SpanEvent(
+                name: "connect", at: connectedAt,
+                attributes: ["sluice.upstream.connect_ms": .double(Double(connection.connectMicroseconds) / 1_000)]
+            ))
+        }
+        span.addEvent(SpanEvent(name: "first_byte"))
+        span.attributes["http.response.status_code"] = response.status
+        if response.status >= 500 {
+            span.attributes["error.type"] = "\(response.status)"
+            span.setStatus(SpanStatus(code: .error))
+        }
+        span.end()
     }
 
     /// A transfer cancelled because the client's connection closed (its task was cancelled) is the
@@ -150,13 +235,15 @@ extension Gateway {
         error.isCancellation || Task.isCancelled
     }
 
-    private func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders) -> UpstreamRequest {
+    /// `tracing`: the client's trace headers are not forwarded; the caller adds Sluice's own.
+    private func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, tracing: Bool) -> UpstreamRequest {
         var headers: [(name: String, value: String)] = [
             ("content-type", "application/json"),
             ("accept", exchange.request.stream ? "text/event-stream" : "application/json"),
             ("x-request-id", exchange.requestID),
         ]
         for (name, value) in clientHeaders where !Self.droppedRequestHeaders.contains(name.lowercased()) {
+            if tracing, Self.traceContextHeaders.contains(name.lowercased()) { continue }
             headers.append((name, value))
         }
         if let apiKey = exchange.upstream.apiKey {
@@ -186,7 +273,7 @@ extension Gateway {
 
     // MARK: Non-streamed answers (and every upstream error status)
 
-    private func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
+    private func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
         var collected = ByteBuffer()
         do {
             for try await chunk in response.body {
@@ -231,7 +318,14 @@ extension Gateway {
             logger.debug("client went away before the response")
         }
         // An error status is not billed by the provider, so neither is it here.
-        return RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens, upstreamOutcome: UpstreamOutcome(status: response.status))
+        var result = RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens, upstreamOutcome: UpstreamOutcome(status: response.status))
+        if scanning, answered {
+            var scanner = ResponseFieldScanner()
+            collected.withUnsafeReadableBytes { scanner.consume($0) }
+            result.responseModel = scanner.model
+            result.finishReasons = scanner.finishReasons
+        }
+        return result
     }
 
     /// Completions per choice assumed at most when a request sets no `max_tokens`: above what any
@@ -259,8 +353,9 @@ extension Gateway {
     // MARK: Streamed answers
 
     /// `sent`: when the request left for the upstream (the time to the first chunk counts from it).
-    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, sent: ContinuousClock.Instant, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
+    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, sent: ContinuousClock.Instant, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
         var filter = StreamRelayFilter(dropsUsageChunk: exchange.request.sluiceAddedUsage)
+        var scanner: ResponseFieldScanner? = scanning ? ResponseFieldScanner() : nil
         func producedTokens() -> Int {
             if let usage = filter.usage { return plausibleCompletionTokens(reported: usage.completionTokens, exchange, logger: logger) }
             return exchange.encoding.countOrdinary(filter.streamedText)
@@ -275,11 +370,16 @@ extension Gateway {
             var result = result
             result.streamed = true
             result.timeToFirstChunk = firstChunk.map { $0 - sent }
+            if let scanner {
+                result.responseModel = scanner.model
+                result.finishReasons = scanner.finishReasons
+            }
             return result
         }
         do {
             for try await chunk in response.body {
                 if firstChunk == nil { firstChunk = .now }
+                if scanner != nil { chunk.withUnsafeReadableBytes { scanner!.consume($0) } }
                 let forward = chunk.withUnsafeReadableBytes { filter.consume($0) }
                 if !forward.isEmpty {
                     try await writer.writeStreamChunk(ByteBuffer(bytes: forward))

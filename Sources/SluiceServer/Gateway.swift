@@ -6,6 +6,7 @@ import SluiceCore
 import SluiceTokenizer
 import SluiceUpstream
 import Synchronization
+import Tracing
 
 /// The gateway: owns what every request needs and routes each one to its handler.
 ///
@@ -32,6 +33,8 @@ public final class Gateway: RequestHandling {
     let engine: any UpstreamClient
     let metrics: GatewayMetrics
     let logger: Logger
+    /// Set when telemetry is on: each proxied request gets spans. Nil: no span, no trace header read.
+    let tracer: (any Tracer)?
     let promptCounter: PromptTokenCounter
     /// How this node enforces limits now (`embedded`, `redis`, or a failure policy: `local`, `open`,
     /// `closed`), for `/readyz`.
@@ -52,8 +55,10 @@ public final class Gateway: RequestHandling {
         engine: any UpstreamClient,
         metrics: GatewayMetrics,
         limiterMode: @escaping @Sendable () -> String = { "embedded" },
+        tracer: (any Tracer)? = nil,
         logger: Logger
     ) {
+        self.tracer = tracer
         self.limiterMode = limiterMode
         self.settingsBox = Mutex((settings, 0))
         self.tokenizers = tokenizers
@@ -97,7 +102,14 @@ public final class Gateway: RequestHandling {
         let outcome: RequestOutcome
         switch route {
         case .proxy(let endpoint):
-            outcome = await proxy(endpoint, request: request, requestID: requestID, reservationID: reservationID, writer: writer, logger: logger)
+            // Telemetry off: this one check is all the tracing costs.
+            if let tracer {
+                let trace = RequestTrace.start(tracer: tracer, head: request.head, endpoint: endpoint, path: path, requestID: requestID)
+                outcome = await proxy(endpoint, request: request, requestID: requestID, reservationID: reservationID, writer: writer, logger: logger, trace: trace)
+                trace.finish(status: outcome.status)
+            } else {
+                outcome = await proxy(endpoint, request: request, requestID: requestID, reservationID: reservationID, writer: writer, logger: logger, trace: nil)
+            }
         case .listModels:
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: nil)
         case .retrieveModel(let id):

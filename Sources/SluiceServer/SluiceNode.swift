@@ -20,6 +20,8 @@ public struct SluiceNode: Sendable {
     let group: MultiThreadedEventLoopGroup
     /// Present when the config has a `redis` section: the shared store and this node's heartbeat.
     let redis: RedisLimiting?
+    /// Present when `telemetry.otlp_endpoint` is set: the tracer and the span exporter's service.
+    let telemetry: Telemetry?
 
     /// Where the config came from, for reloads on SIGHUP and when the file changes (nil: no reloads).
     let configPath: String?
@@ -78,9 +80,10 @@ public struct SluiceNode: Sendable {
             }
         }
         metrics.limiterMode(limiterMode())
+        telemetry = try Telemetry.make(config.telemetry, logger: logger)
         gateway = Gateway(
             settings: settings, tokenizers: tokenizers, limiter: limiter, engine: engine, metrics: metrics,
-            limiterMode: limiterMode, logger: logger
+            limiterMode: limiterMode, tracer: telemetry?.tracer, logger: logger
         )
         if let configStatus {
             gateway.recordConfigStatus(configStatus)
@@ -108,7 +111,11 @@ public struct SluiceNode: Sendable {
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
     public func run(logger: Logger) async throws {
-        var services: [any Service] = [CurlEngineService(engine: engine)]
+        // The span exporter starts first and stops last: it exports the spans of requests the server
+        // drained, then flushes what is buffered.
+        var services: [any Service] = []
+        if let telemetry { services.append(telemetry.service) }
+        services.append(CurlEngineService(engine: engine))
         if let redis { services.append(redis) }
         // Before the public listener: services stop in reverse order, so the admin listener keeps
         // answering (its /readyz says draining, /metrics shows the drain) until the public one has drained.

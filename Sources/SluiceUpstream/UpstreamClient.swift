@@ -27,6 +27,17 @@ extension UpstreamClient {
         var attempts = 0
         return try await executeRetryingSafeFailures(request, attempts: &attempts)
     }
+
+    /// ``executeRetryingSafeFailures(_:)`` telling `onRetry` about the failure that made it send
+    /// the request again (for traces: the attempts and why).
+    public func executeRetryingSafeFailures(_ request: UpstreamRequest, onRetry: (UpstreamError) -> Void) async throws(UpstreamError) -> UpstreamResponse {
+        do {
+            return try await execute(request)
+        } catch where error.isSafeToRetry && !Task.isCancelled {
+            onRetry(error)
+            return try await execute(request)
+        }
+    }
 }
 
 // MARK: - The forward step's policy, carried by the outcome

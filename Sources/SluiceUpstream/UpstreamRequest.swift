@@ -67,11 +67,14 @@ public struct UpstreamResponse: Sendable {
     public let headers: [(name: String, value: String)]
     /// The body chunks. Iterate it or drop it: dropping it cancels the transfer.
     public let body: UpstreamBody
+    /// How the transfer reached the upstream (for traces); nil when the engine does not say.
+    public var connection: UpstreamConnectionInfo?
 
-    public init(status: Int, headers: [(name: String, value: String)], body: UpstreamBody) {
+    public init(status: Int, headers: [(name: String, value: String)], body: UpstreamBody, connection: UpstreamConnectionInfo? = nil) {
         self.status = status
         self.headers = headers
         self.body = body
+        self.connection = connection
     }
 
     /// The first value of a header field, compared case-insensitively.
@@ -128,4 +131,18 @@ extension String {
 @inline(__always)
 func asciiLowercased(_ byte: UInt8) -> UInt8 {
     (byte >= 0x41 && byte <= 0x5A) ? byte | 0x20 : byte
+}
+
+/// How a transfer reached the upstream, as libcurl reports it when the response head arrives.
+public struct UpstreamConnectionInfo: Sendable, Hashable {
+    /// A new connection was made for this transfer (false: a pooled one was reused).
+    public var newConnection: Bool
+    /// From the transfer's start until the TCP connection was up (`CURLINFO_CONNECT_TIME_T`), in
+    /// microseconds; 0 for a reused connection.
+    public var connectMicroseconds: Int64
+
+    public init(newConnection: Bool, connectMicroseconds: Int64) {
+        self.newConnection = newConnection
+        self.connectMicroseconds = connectMicroseconds
+    }
 }

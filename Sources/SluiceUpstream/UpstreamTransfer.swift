@@ -134,10 +134,17 @@ final class UpstreamTransfer: @unchecked Sendable {
         )
         bodySource = made.source
         bodyAccount = account
+        var connectMicroseconds: curl_off_t = 0
+        var connects = 0
+        if let handle {
+            _ = sluice_curl_easy_getinfo_off_t(handle, CURLINFO_CONNECT_TIME_T, &connectMicroseconds)
+            _ = sluice_curl_easy_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects)
+        }
         let response = UpstreamResponse(
             status: status,
             headers: responseHeaders,
-            body: UpstreamBody(producer: made.sequence, account: account)
+            body: UpstreamBody(producer: made.sequence, account: account),
+            connection: UpstreamConnectionInfo(newConnection: connects > 0, connectMicroseconds: Int64(connectMicroseconds))
         )
         responseHeaders = []
         if let headContinuation {

@@ -30,6 +30,8 @@ struct RequestLogRecord: Sendable {
     /// Whether an `authorization` header was present. The value itself is never logged.
     var hasAuthorization: Bool
     var requestID: String?
+    /// The W3C `traceparent` header as received (at most 256 bytes of it), for the tracing tests.
+    var traceparent: String?
     /// The status sent, nil when the client left before a response was decided.
     var status: Int?
     /// Token chunks (stream) or completion tokens (non-stream) actually sent.
@@ -70,6 +72,10 @@ struct RequestLogRecord: Sendable {
         if let requestID {
             buffer.writeStaticString(",\"request_id\":")
             buffer.writeJSONString(requestID)
+        }
+        if let traceparent {
+            buffer.writeStaticString(",\"traceparent\":")
+            buffer.writeJSONString(traceparent)
         }
         buffer.writeStaticString(",\"status\":")
         buffer.writeDecimal(orNull: status)

@@ -27,7 +27,7 @@ struct SluiceMockCommand: ParsableCommand {
 
             --log writes one JSON line per request when it finishes: ts (arrival, Unix seconds), conn, \
             method, path, model, stream, include_usage, max_tokens, n, authorization (presence only), \
-            request_id (x-request-id, if sent), status, completion_tokens (sent), outcome \
+            request_id (x-request-id, if sent), traceparent (if sent), status, completion_tokens (sent), outcome \
             (complete | client_closed | dropped | stalled), body_bytes. SIGTERM/SIGINT flush it and exit 0.
             """
     )

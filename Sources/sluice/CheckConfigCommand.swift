@@ -17,7 +17,8 @@ struct CheckConfigCommand: ParsableCommand {
             PEM). Warnings: it would run, but not as the file says: daily or monthly quotas without \
             a "redis" section (not enforced), an upstream model entry that an earlier upstream's \
             entry always wins over (never used), a burst more than 10 times its per-minute value, \
-            Redis TLS without certificate verification (redis.tls.verify false).
+            Redis TLS without certificate verification (redis.tls.verify false), telemetry settings \
+            without telemetry.otlp_endpoint (traces off).
             Exit status: 0 ok, 1 errors (warnings may be printed too), 2 warnings only.
             """
     )
@@ -55,6 +56,7 @@ struct CheckConfigCommand: ParsableCommand {
             limiter = "embedded limiter"
         }
         let summary = "\(config.keys.count) keys, \(config.upstreams.count) upstreams, \(config.tiers.count) tiers (\(limiter))"
+            + (config.telemetry.tracesURL.map { ", traces to \($0)" } ?? "")
         if findings.isEmpty {
             print("ok: \(summary)")
         } else {

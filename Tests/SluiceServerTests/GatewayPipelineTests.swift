@@ -7,6 +7,7 @@ import SluiceCore
 import SluiceTokenizer
 import SluiceUpstream
 import Synchronization
+import Tracing
 import XCTest
 @testable import SluiceServer
 
@@ -296,7 +297,7 @@ final class PipelineHarness: Sendable {
     let upstream = ScriptedUpstream()
     let limiter = RecordingLimiter()
 
-    init() throws {
+    init(tracer: (any Tracer)? = nil) throws {
         let config = try SluiceConfig.parse(bytes: Array("""
         {
           "server": {"host": "127.0.0.1", "port": 8080},
@@ -315,7 +316,7 @@ final class PipelineHarness: Sendable {
         let tokenizers = try Self.tokenizers.get()
         gateway = Gateway(
             settings: GatewaySettings(config: config), tokenizers: tokenizers, limiter: limiter, engine: upstream,
-            metrics: GatewayMetrics(), logger: Logger(label: "pipeline-test", factory: { _ in SwiftLogNoOpLogHandler() })
+            metrics: GatewayMetrics(), tracer: tracer, logger: Logger(label: "pipeline-test", factory: { _ in SwiftLogNoOpLogHandler() })
         )
     }
 
@@ -330,20 +331,21 @@ final class PipelineHarness: Sendable {
     }
 
     func send(_ method: HTTPMethod = .POST, path: String = "/v1/chat/completions", body: String = "", secret: String? = GatewayPipelineTests.secret,
-              leaveAfterFirstChunk: Bool = false, leaveWhenUpstreamAsked: Bool = false) async throws -> CapturedResponse {
-        try await send(method, path: path, bytes: Array(body.utf8), secret: secret, leaveAfterFirstChunk: leaveAfterFirstChunk, leaveWhenUpstreamAsked: leaveWhenUpstreamAsked)
+              headers: [(String, String)] = [], leaveAfterFirstChunk: Bool = false, leaveWhenUpstreamAsked: Bool = false) async throws -> CapturedResponse {
+        try await send(method, path: path, bytes: Array(body.utf8), secret: secret, headers: headers, leaveAfterFirstChunk: leaveAfterFirstChunk, leaveWhenUpstreamAsked: leaveWhenUpstreamAsked)
     }
 
     /// Runs one request through the gateway and captures every response part written. With one of
     /// the `leave…` flags, the client goes away at that point (as the connection handler reports it:
     /// the task is cancelled and the writer told the channel closed).
     func send(_ method: HTTPMethod = .POST, path: String = "/v1/chat/completions", bytes: [UInt8], secret: String? = GatewayPipelineTests.secret,
-              leaveAfterFirstChunk: Bool = false, leaveWhenUpstreamAsked: Bool = false) async throws -> CapturedResponse {
+              headers: [(String, String)] = [], leaveAfterFirstChunk: Bool = false, leaveWhenUpstreamAsked: Bool = false) async throws -> CapturedResponse {
         let channel = NIOAsyncTestingChannel()
         try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
         head.headers.add(name: "content-type", value: "application/json")
         if let secret { head.headers.add(name: "authorization", value: "Bearer \(secret)") }
+        for (name, value) in headers { head.headers.add(name: name, value: value) }
         let request = HTTPRequest(head: head, body: ByteBuffer(bytes: bytes))
         let writer = ResponseWriter(channel: channel, keepAlive: true)
         let gateway = self.gateway

@@ -29,10 +29,10 @@ extension SluiceConfig {
     /// than ten minutes of its rate is surely a typo (a burst is normally at most the rate).
     public static let suspiciousBurstFactor = 10
 
-    /// Every finding, in the order of the sections: tokenizer, upstreams, tiers, keys, redis.
+    /// Every finding, in the order of the sections: tokenizer, upstreams, tiers, keys, redis, telemetry.
     /// `environment` tells whether `SLUICE_TOKENIZER_DIR` chose the tokenizer directory.
     public func deploymentFindings(environment: [String: String] = ProcessInfo.processInfo.environment) -> [ConfigFinding] {
-        tokenizerFindings(environment: environment) + unreachableUpstreamEntries() + quotaAndBurstFindings() + redisTLSFindings()
+        tokenizerFindings(environment: environment) + unreachableUpstreamEntries() + quotaAndBurstFindings() + redisTLSFindings() + telemetryFindings()
     }
 
     // MARK: tokenizer

@@ -63,7 +63,7 @@ struct ConfigDocumentReader {
         self.requireMachineSecrets = requireMachineSecrets
     }
 
-    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "log"]
+    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry", "log"]
     static let logFields = ["format"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
@@ -127,7 +127,9 @@ struct ConfigDocumentReader {
 
         let redis = root["redis"].flatMap { $0.isNull ? nil : readRedis($0, at: "$.redis") }
 
-        var config = SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis)
+        let telemetry = root["telemetry"].flatMap { $0.isNull ? nil : readTelemetry($0, at: "$.telemetry") } ?? TelemetryConfig()
+
+        var config = SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis, telemetry: telemetry)
         if let value = root["log"], !value.isNull { config.log = readLog(value, at: "$.log") }
         return config
     }

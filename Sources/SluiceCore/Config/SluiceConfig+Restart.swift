@@ -1,5 +1,5 @@
 extension SluiceConfig {
-    /// The sections that shape running machinery (`server`, `tokenizer`, `redis`) in which this
+    /// The sections that shape running machinery (`server`, `tokenizer`, `redis`, `telemetry`) in which this
     /// config differs from `running`, the config the node started with: a reload applies
     /// everything else and reports these as needing a restart. Compared with what runs, not with
     /// the previous file, so a value set back to the running one needs nothing.
@@ -12,6 +12,7 @@ extension SluiceConfig {
             || redis?.onFailure != running.redis?.onFailure || redis?.tls != running.redis?.tls {
             sections.append("redis")
         }
+        if telemetry != running.telemetry { sections.append("telemetry") }
         return sections
     }
 }

@@ -13,6 +13,8 @@ public struct SluiceConfig: Sendable {
     public var keys: [KeyConfig]
     /// `nil`: the embedded in-memory limiter (single node).
     public var redis: RedisConfig?
+    /// Traces (OpenTelemetry); off unless `telemetry.otlp_endpoint` is set.
+    public var telemetry: TelemetryConfig
     /// How log lines are written.
     public var log = LogConfig()
 
@@ -22,7 +24,8 @@ public struct SluiceConfig: Sendable {
         upstreams: [UpstreamConfig],
         tiers: [String: LimitSet] = [:],
         keys: [KeyConfig],
-        redis: RedisConfig? = nil
+        redis: RedisConfig? = nil,
+        telemetry: TelemetryConfig = TelemetryConfig()
     ) {
         self.server = server
         self.tokenizer = tokenizer
@@ -30,6 +33,7 @@ public struct SluiceConfig: Sendable {
         self.tiers = tiers
         self.keys = keys
         self.redis = redis
+        self.telemetry = telemetry
     }
 
     /// The first upstream (in file order) that serves `model`, or `nil` if none does.
