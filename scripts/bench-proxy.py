@@ -554,6 +554,9 @@ def start_sluice(args, work: Path, processes: Processes, name: str, base: dict,
     config = json.loads(json.dumps(base))
     config.setdefault("server", {})["port"] = port
     config["server"]["host"] = "127.0.0.1"
+    # Its own admin listener (/metrics): the default port, 9464, would collide between the nodes.
+    config["server"]["admin_host"] = "127.0.0.1"
+    config["server"]["admin_port"] = free_port()
     if redis_port is not None:
         config["redis"] = {"url": f"redis://127.0.0.1:{redis_port}", "on_failure": "local", "fallback_node_count": 1}
     (work / f"{name}.json").write_text(json.dumps(config, indent=2))

@@ -289,6 +289,7 @@ final class KeyLane: Sendable {
                 context.observeRedisClock(reply.redisMicros)
                 context.statistics.count(.calls)
                 context.statistics.count(.redisAdmissions, by: admissions.count)
+                context.statistics.observeCall(sent: sent, failure: reply.status == .applied ? nil : .other)
                 guard reply.status == .applied else {
                     context.logger.warning("redis refused a limiter call", metadata: [
                         "key_id": "\(keyID)", "reason": "\(reply.status == .stale ? "stale sequence number" : "past its deadline")",
@@ -306,6 +307,7 @@ final class KeyLane: Sendable {
                 default: applied = nil
                 }
                 context.statistics.count(applied == nil ? .lostCalls : .failedCalls)
+                context.statistics.observeCall(sent: sent, failure: LimiterCallFailure(error))
                 finish(failing: (call, admissions, settlements), error: error, applied: applied)
                 return
             }
@@ -582,6 +584,31 @@ struct DenialMemory: Sendable {
     }
 }
 
+/// Why a call to the shared limiter failed: the `reason` label of `sluice_limiter_call_failures_total`.
+public enum LimiterCallFailure: String, Sendable, Hashable, CaseIterable {
+    /// No reply within the command timeout.
+    case timeout
+    /// The connection failed with the call in flight.
+    case connectionLost = "connection_lost"
+    /// No connection (down and reconnecting, or none could be opened): the call was not sent.
+    case notConnected = "not_connected"
+    /// Redis answered with an error reply.
+    case serverError = "server_error"
+    /// Anything else: an unexpected reply, a failed AUTH/SELECT, the client shut down, a call
+    /// Redis refused to apply (a stale sequence number, or past its deadline).
+    case other
+
+    public init(_ error: RedisError) {
+        switch error {
+        case .timedOut: self = .timeout
+        case .connectionLost: self = .connectionLost
+        case .notConnected, .connectFailed: self = .notConnected
+        case .server: self = .serverError
+        case .handshakeFailed, .tlsSetupFailed, .unexpectedReply, .invalidCommand, .shutDown: self = .other
+        }
+    }
+}
+
 /// What the lanes did, since the store started: read by the metrics at each scrape.
 public final class LimiterStatistics: Sendable {
     public enum Event: Int, Sendable, CaseIterable {
@@ -601,8 +628,16 @@ public final class LimiterStatistics: Sendable {
 
     private let leased = Atomic(0), redis = Atomic(0), remembered = Atomic(0)
     private let calls = Atomic(0), lost = Atomic(0), failed = Atomic(0)
+    /// Told of every lane call: how long the lane waited for it (µs), and why it failed if it did.
+    let callObserver: (@Sendable (_ micros: Int64, _ failure: LimiterCallFailure?) -> Void)?
 
-    public init() {}
+    public init(callObserver: (@Sendable (_ micros: Int64, _ failure: LimiterCallFailure?) -> Void)? = nil) {
+        self.callObserver = callObserver
+    }
+
+    func observeCall(sent: Int64, failure: LimiterCallFailure?) {
+        callObserver?(MonotonicClock.microseconds() - sent, failure)
+    }
 
     func count(_ event: Event, by amount: Int = 1) {
         switch event {

@@ -108,16 +108,18 @@ public final class RedisLimiterStore: LimiterStore {
     private let ledger = Mutex(UsageLedger())
     private let currentDay = Mutex((days: -1, text: ""))
     /// What the lanes did (for the metrics).
-    public let statistics = LimiterStatistics()
+    public let statistics: LimiterStatistics
 
     /// - Parameter nodeID: names this node's entries in the keys' state (random by default; two
     ///   live processes must never share one).
     /// - Throws: `RedisScriptLoadError` when the Lua resources are missing (a broken install).
     public init(
         client: RedisClient, options: Options = Options(), nodeID: String? = nil,
+        statistics: LimiterStatistics = LimiterStatistics(),
         logger: Logger = Logger(label: "sluice.redis.limiter")
     ) throws(RedisScriptLoadError) {
         self.client = client
+        self.statistics = statistics
         self.scripts = try Scripts.load()
         self.options = options
         self.logger = logger

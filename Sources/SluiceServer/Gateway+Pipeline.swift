@@ -75,8 +75,10 @@ extension Gateway {
             case .admitted(let granted, let snapshot):
                 reservation = granted
                 rateLimitHeaders = RateLimitHeaders.render(snapshot)
+                if key.exportsMetrics { metrics.keyRemaining(keyID: key.id, snapshot: snapshot) }
             case .denied(let denial, let snapshot):
                 metrics.rateLimited(kind: denial.kind, keyID: key.id)
+                if key.exportsMetrics { metrics.keyRemaining(keyID: key.id, snapshot: snapshot) }
                 if denial.neverFits { await chargeRefusedRequest(admission) }
                 return await writeError(
                     writer, denial.gatewayError(model: model), requestID: requestID,
@@ -105,14 +107,37 @@ extension Gateway {
         let answered = (200..<300).contains(relayed.status)
         let settling = answered ? reservation : reservation.recordingUsage(as: upstream.metricLabel(forModel: model))
         do {
-            _ = try await limiter.settle(settling, actualPromptTokens: chargedPromptTokens, actualCompletionTokens: relayed.completionTokens)
+            let after = try await limiter.settle(settling, actualPromptTokens: chargedPromptTokens, actualCompletionTokens: relayed.completionTokens)
+            if key.exportsMetrics, let after { metrics.keyRemaining(keyID: key.id, snapshot: after) }
         } catch let deferred as FailoverLimiterStore.SettlementDeferred {
             logger.warning("settling the reservation deferred: the shared limiter did not answer; retried in the background", metadata: ["error": "\(deferred.underlying)"])
         } catch {
             logger.error("settling the reservation failed", metadata: ["error": "\(error)"])
         }
-        metrics.tokens(keyID: key.id, model: upstream.metricLabel(forModel: model), prompt: chargedPromptTokens, completion: relayed.completionTokens)
-        return RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: chargedPromptTokens, completionTokens: relayed.completionTokens)
+        let modelLabel = upstream.metricLabel(forModel: model)
+        metrics.tokens(keyID: key.id, model: modelLabel, prompt: chargedPromptTokens, completion: relayed.completionTokens)
+        if relayed.chargesPrompt, let upstreamTime = relayed.upstreamTime {
+            recordGenAI(endpoint: endpoint, model: modelLabel, promptTokens: chargedPromptTokens, relayed: relayed, upstreamTime: upstreamTime)
+        }
+        var outcome = RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: chargedPromptTokens, completionTokens: relayed.completionTokens)
+        outcome.upstreamTime = relayed.upstreamTime
+        return outcome
+    }
+
+    /// The `gen_ai_*` metrics of a request the model answered (OpenTelemetry's GenAI conventions):
+    /// tokens, the upstream exchange's duration, and for streams the time to the first chunk and
+    /// the time per output token after it.
+    private func recordGenAI(endpoint: OpenAIEndpoint, model: String, promptTokens: Int, relayed: RelayResult, upstreamTime: Duration) {
+        let isEmbeddings = endpoint == .embeddings
+        var timePerOutputToken: Duration?
+        if relayed.streamed, let first = relayed.timeToFirstChunk, relayed.completionTokens > 1 {
+            timePerOutputToken = (upstreamTime - first) / (relayed.completionTokens - 1)
+        }
+        metrics.genAIRequest(
+            operation: endpoint.genAIOperationName, model: model, inputTokens: promptTokens,
+            outputTokens: isEmbeddings ? nil : relayed.completionTokens, duration: upstreamTime,
+            timeToFirstToken: relayed.streamed ? relayed.timeToFirstChunk : nil, timePerOutputToken: timePerOutputToken
+        )
     }
 
     // MARK: - Steps
@@ -165,6 +190,17 @@ extension Gateway {
     /// they would cost a limiter round trip (Redis) for every bad request.
     private func refuse(_ error: GatewayError, key: APIKey, model: String?, requestID: String, writer: ResponseWriter) async -> RequestOutcome {
         await writeError(writer, error, requestID: requestID, keyID: key.id, model: model)
+    }
+}
+
+extension OpenAIEndpoint {
+    /// `gen_ai_operation_name` (OpenTelemetry's GenAI conventions).
+    var genAIOperationName: String {
+        switch self {
+        case .chatCompletions: "chat"
+        case .completions: "text_completion"
+        case .embeddings: "embeddings"
+        }
     }
 }
 

@@ -41,14 +41,30 @@ struct RelayResult: Sendable {
     var chargesPrompt: Bool
     /// Completion tokens to charge: the upstream's `usage` (bounded), else counted from what was relayed.
     var completionTokens: Int
+    /// How the exchange with the upstream ended (for the metrics).
+    var upstreamOutcome: UpstreamOutcome
+    /// The exchange with the upstream, from sending the request to its end; nil when it never left
+    /// (the circuit was open). Set by `forwardAndRelay`.
+    var upstreamTime: Duration? = nil
+    /// From sending the request to the stream's first chunk (streams only).
+    var timeToFirstChunk: Duration? = nil
+    /// Whether the answer was streamed to the client.
+    var streamed = false
+
+    init(status: Int, chargesPrompt: Bool, completionTokens: Int, upstreamOutcome: UpstreamOutcome) {
+        self.status = status
+        self.chargesPrompt = chargesPrompt
+        self.completionTokens = completionTokens
+        self.upstreamOutcome = upstreamOutcome
+    }
 
     /// Nothing came from the model: the reservation is refunded whole.
-    static func notAnswered(status: Int) -> RelayResult {
-        RelayResult(status: status, chargesPrompt: false, completionTokens: 0)
+    static func notAnswered(status: Int, outcome: UpstreamOutcome) -> RelayResult {
+        RelayResult(status: status, chargesPrompt: false, completionTokens: 0, upstreamOutcome: outcome)
     }
 
     /// The client left before anything was relayed: the prompt was sent, nothing came back to charge.
-    static let clientGoneBeforeAnswer = RelayResult(status: 499, chargesPrompt: true, completionTokens: 0)
+    static let clientGoneBeforeAnswer = RelayResult(status: 499, chargesPrompt: true, completionTokens: 0, upstreamOutcome: .cancelled)
 }
 
 extension Gateway {
@@ -73,15 +89,28 @@ extension Gateway {
         "accept-encoding", "x-request-id", "openai-organization", "openai-project", "api-key",
     ]
 
-    /// Steps 6 and 7: forward to the upstream, relay the answer. Never throws.
+    /// Steps 6 and 7: forward to the upstream, relay the answer. Never throws. Records the
+    /// exchange's metrics (outcome, duration, time to the response's head).
     func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
         let upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders)
         let breaker = breakers.breaker(for: exchange.upstream.name)
         if case .reject(let retryAfter) = breaker.acquire() {
-            metrics.upstreamError(upstream: exchange.upstream.name, kind: "circuit_open")
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: .circuitOpen)
+            metrics.upstreamExchange(upstream: exchange.upstream.name, outcome: .circuitOpen, duration: .zero, timeToFirstByte: nil)
             let refusal = GatewayError.upstreamCircuitOpen(upstream: exchange.upstream.name, retryAfterSeconds: retryAfter)
             _ = await writeError(writer, refusal, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return .notAnswered(status: refusal.status)
+            return .notAnswered(status: refusal.status, outcome: .circuitOpen)
+        }
+        let sent = ContinuousClock.now
+        func ended(_ result: RelayResult, firstByte: ContinuousClock.Instant? = nil) -> RelayResult {
+            var result = result
+            let upstreamTime = ContinuousClock.now - sent
+            result.upstreamTime = upstreamTime
+            metrics.upstreamExchange(
+                upstream: exchange.upstream.name, outcome: result.upstreamOutcome, duration: upstreamTime,
+                timeToFirstByte: firstByte.map { $0 - sent }
+            )
+            return result
         }
         let response: UpstreamResponse
         do {
@@ -89,21 +118,23 @@ extension Gateway {
             breaker.record(upstreamDown: response.meansUpstreamDown)
         } catch where Self.clientWentAway(error) {
             breaker.record(upstreamDown: false)  // unknown: the client left first; don't punish the upstream
-            return .clientGoneBeforeAnswer
+            return ended(.clientGoneBeforeAnswer)
         } catch {
             breaker.record(upstreamDown: error.meansUpstreamDown)
-            metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
+            let outcome = UpstreamOutcome(error.kind)
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: outcome)
             logger.warning("upstream request failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
             _ = await writeError(writer, gatewayError, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return .notAnswered(status: gatewayError.status)
+            return ended(.notAnswered(status: gatewayError.status, outcome: outcome))
         }
+        let firstByte = ContinuousClock.now
 
         let isEventStream = response.headers.contains { $0.name.lowercased() == "content-type" && $0.value.lowercased().hasPrefix("text/event-stream") }
         if exchange.request.stream && response.status == 200 && isEventStream {
-            return await relayStream(exchange, response: response, writer: writer, logger: logger)
+            return ended(await relayStream(exchange, response: response, sent: sent, writer: writer, logger: logger), firstByte: firstByte)
         }
-        return await relayWhole(exchange, response: response, writer: writer, logger: logger)
+        return ended(await relayWhole(exchange, response: response, writer: writer, logger: logger), firstByte: firstByte)
     }
 
     /// A transfer cancelled because the client's connection closed (its task was cancelled) is the
@@ -159,11 +190,12 @@ extension Gateway {
                 collected.writeBuffer(&chunk)
             }
         } catch let error as UpstreamError where !Self.clientWentAway(error) {
-            metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
+            let outcome = UpstreamOutcome(error.kind)
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: outcome)
             logger.warning("upstream response failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
             _ = await writeError(writer, gatewayError, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return .notAnswered(status: gatewayError.status)
+            return .notAnswered(status: gatewayError.status, outcome: outcome)
         } catch {
             // The client went away (task cancelled): nothing was relayed, nothing produced is known.
             return .clientGoneBeforeAnswer
@@ -180,7 +212,7 @@ extension Gateway {
                 completionTokens = exchange.encoding.countOrdinary(text)
             }
         } else {
-            metrics.upstreamError(upstream: exchange.upstream.name, kind: "status_\(response.status)")
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: UpstreamOutcome(status: response.status))
         }
         do {
             try await writer.writeResponse(
@@ -192,7 +224,7 @@ extension Gateway {
             logger.debug("client went away before the response")
         }
         // An error status is not billed by the provider, so neither is it here.
-        return RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens)
+        return RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens, upstreamOutcome: UpstreamOutcome(status: response.status))
     }
 
     /// Completions per choice assumed at most when a request sets no `max_tokens`: above what any
@@ -219,7 +251,8 @@ extension Gateway {
 
     // MARK: Streamed answers
 
-    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
+    /// `sent`: when the request left for the upstream (the time to the first chunk counts from it).
+    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, sent: ContinuousClock.Instant, writer: ResponseWriter, logger: RequestLogger) async -> RelayResult {
         var filter = StreamRelayFilter(dropsUsageChunk: exchange.request.sluiceAddedUsage)
         func producedTokens() -> Int {
             if let usage = filter.usage { return plausibleCompletionTokens(reported: usage.completionTokens, exchange, logger: logger) }
@@ -230,8 +263,16 @@ extension Gateway {
         } catch {
             return .clientGoneBeforeAnswer
         }
+        var firstChunk: ContinuousClock.Instant?
+        func streamed(_ result: RelayResult) -> RelayResult {
+            var result = result
+            result.streamed = true
+            result.timeToFirstChunk = firstChunk.map { $0 - sent }
+            return result
+        }
         do {
             for try await chunk in response.body {
+                if firstChunk == nil { firstChunk = .now }
                 let forward = chunk.withUnsafeReadableBytes { filter.consume($0) }
                 if !forward.isEmpty {
                     try await writer.writeStreamChunk(ByteBuffer(bytes: forward))
@@ -240,18 +281,19 @@ extension Gateway {
             let tail = filter.finish()
             if !tail.isEmpty { try await writer.writeStreamChunk(ByteBuffer(bytes: tail)) }
             try await writer.endStream()
-            return RelayResult(status: 200, chargesPrompt: true, completionTokens: producedTokens())
+            return streamed(RelayResult(status: 200, chargesPrompt: true, completionTokens: producedTokens(), upstreamOutcome: .ok))
         } catch let error as UpstreamError where !Self.clientWentAway(error) {
             // The upstream failed mid-stream: the head is gone, so cut the connection; charge what was produced.
-            metrics.upstreamError(upstream: exchange.upstream.name, kind: "\(error.kind)")
+            let outcome = UpstreamOutcome(error.kind)
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: outcome)
             logger.warning("upstream stream failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             writer.abort()
-            return RelayResult(status: 502, chargesPrompt: true, completionTokens: producedTokens())
+            return streamed(RelayResult(status: 502, chargesPrompt: true, completionTokens: producedTokens(), upstreamOutcome: outcome))
         } catch {
             // The client went away mid-stream: leaving the loop cancelled the upstream transfer.
             let produced = producedTokens()
             logger.info("client disconnected mid-stream", metadata: ["completion_tokens_relayed": "\(produced)"])
-            return RelayResult(status: 499, chargesPrompt: true, completionTokens: produced)
+            return streamed(RelayResult(status: 499, chargesPrompt: true, completionTokens: produced, upstreamOutcome: .cancelled))
         }
     }
 }

@@ -103,19 +103,9 @@ public final class Gateway: RequestHandling {
         case .retrieveModel(let id):
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: id)
         case .health:
-            outcome = await writePlain(writer, status: .ok, json: #"{"status":"ok"}"#, requestID: requestID)
+            outcome = await health(writer, requestID: requestID)
         case .ready:
-            let draining = readiness.withLock { $0 == .draining }
-            outcome = draining
-                ? await writePlain(writer, status: .serviceUnavailable, json: #"{"status":"draining"}"#, requestID: requestID)
-                : await writePlain(writer, status: .ok, json: readyJSON(), requestID: requestID)
-        case .metrics:
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "text/plain; version=0.0.4; charset=utf-8")
-            let body = ByteBuffer(bytes: metrics.exposition())
-            outcome = await write(writer, requestID: requestID) {
-                try await writer.writeResponse(status: .ok, headers: headers, body: body)
-            }
+            outcome = await ready(writer, requestID: requestID)
         case .methodNotAllowed(let allowed):
             let error = GatewayError.methodNotAllowed(method: request.head.method.rawValue, path: path, allowed: allowed)
             outcome = await refuseUnroutable(error, path: path, request: request, requestID: requestID, writer: writer)
@@ -126,7 +116,10 @@ public final class Gateway: RequestHandling {
 
         // The model label comes from the config, never from the client (see `metricLabel(forModel:)`).
         let modelLabel = outcome.model.map { settings.metricLabel(forModel: $0) }
-        metrics.requestFinished(route: route.metricLabel, status: outcome.status, model: modelLabel, duration: ContinuousClock.now - started)
+        metrics.requestFinished(
+            route: route.metricLabel, status: outcome.status, model: modelLabel, duration: ContinuousClock.now - started,
+            proxied: route.isProxy, upstreamTime: outcome.upstreamTime
+        )
         if route.isProxy {
             logger.info(
                 "request",
@@ -141,6 +134,28 @@ public final class Gateway: RequestHandling {
     }
 
     // MARK: - Small routes
+
+    /// `/healthz`: the process serves.
+    func health(_ writer: ResponseWriter, requestID: String) async -> RequestOutcome {
+        await writePlain(writer, status: .ok, json: #"{"status":"ok"}"#, requestID: requestID)
+    }
+
+    /// `/readyz`: 200 with the limiter mode and the config in force, 503 while draining.
+    func ready(_ writer: ResponseWriter, requestID: String) async -> RequestOutcome {
+        isReady
+            ? await writePlain(writer, status: .ok, json: readyJSON(), requestID: requestID)
+            : await writePlain(writer, status: .serviceUnavailable, json: #"{"status":"draining"}"#, requestID: requestID)
+    }
+
+    /// Whether `/readyz` says ready (false once draining).
+    var isReady: Bool { readiness.withLock { $0 == .ready } }
+
+    /// `/metrics` (the admin listener's): everything recorded, with what is read at scrape time
+    /// (readiness, the upstreams' circuits, the process).
+    func metricsExposition() -> [UInt8] {
+        let circuits = settings.upstreams.map { (upstream: $0.name, open: breakers.breaker(for: $0.name).isOpen) }
+        return metrics.exposition(GatewayMetrics.ScrapeState(ready: isReady, circuits: circuits))
+    }
 
     /// `GET /v1/models` (and `/v1/models/{id}`): the models this key may use, in OpenAI's list shape.
     private func listModels(_ request: HTTPRequest, requestID: String, writer: ResponseWriter, modelID: String?) async -> RequestOutcome {
@@ -241,6 +256,8 @@ struct RequestOutcome: Sendable {
     var model: String?
     var promptTokens = 0
     var completionTokens = 0
+    /// The exchange with the upstream, when the request had one (for the added-latency metric).
+    var upstreamTime: Duration?
 }
 
 /// One thread's copy of the gateway's settings. `@unchecked Sendable`: only reached through its own

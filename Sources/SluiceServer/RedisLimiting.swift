@@ -21,7 +21,10 @@ final class RedisLimiting: Service, Sendable {
         client = try RedisClient(config: config, eventLoopGroup: eventLoopGroup, logger: logger)
         var rng = SystemRandomNumberGenerator()
         let nodeID = "node-" + String(rng.next(), radix: 36)
-        let store = try RedisLimiterStore(client: client, options: .init(usageStream: config.usageStream), nodeID: nodeID, logger: logger)
+        let statistics = LimiterStatistics(callObserver: { micros, failure in metrics.limiterCall(micros: micros, failure: failure) })
+        let store = try RedisLimiterStore(
+            client: client, options: .init(usageStream: config.usageStream), nodeID: nodeID, statistics: statistics, logger: logger
+        )
         self.store = store
         let redacted = config.redactedTarget
         let policy = config.onFailure

@@ -8,7 +8,6 @@ enum Route: Sendable, Equatable {
     case retrieveModel(String)
     case health
     case ready
-    case metrics
     case methodNotAllowed(allowed: [String])
     case notFound
 
@@ -18,7 +17,8 @@ enum Route: Sendable, Equatable {
             return
         }
         let getRoutes: [String: Route] = [
-            "/v1/models": .listModels, "/healthz": .health, "/readyz": .ready, "/metrics": .metrics,
+            // No /metrics: it is served by the admin listener alone (`AdminHandler`).
+            "/v1/models": .listModels, "/healthz": .health, "/readyz": .ready,
         ]
         if let route = getRoutes[path] {
             self = (method == .GET || method == .HEAD) ? route : .methodNotAllowed(allowed: ["GET", "HEAD"])
@@ -81,7 +81,6 @@ enum Route: Sendable, Equatable {
         case .listModels, .retrieveModel: return "/v1/models"
         case .health: return "/healthz"
         case .ready: return "/readyz"
-        case .metrics: return "/metrics"
         case .methodNotAllowed: return "method_not_allowed"
         case .notFound: return "not_found"
         }

@@ -14,6 +14,8 @@ public struct SluiceNode: Sendable {
     public let config: SluiceConfig
     public let gateway: Gateway
     public let server: HTTPServer
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); nil when `server.admin_port` is 0.
+    public let adminServer: HTTPServer?
     let engine: CurlEngine
     let group: MultiThreadedEventLoopGroup
     /// Present when the config has a `redis` section: the shared store and this node's heartbeat.
@@ -27,7 +29,8 @@ public struct SluiceNode: Sendable {
     /// Builds a node from a validated config. Loading the tokenizer files is the slow part (~100 ms).
     /// - Parameter configFile: the bytes `config` was parsed from, whose hash `/readyz` and the
     ///   metrics report; needed for reloads (with `configPath`).
-    public init(config: SluiceConfig, configPath: String? = nil, configFile: ConfigFileContents? = nil, logger: Logger) throws {
+    /// - Parameter version: reported as `sluice_build_info{version}`.
+    public init(config: SluiceConfig, configPath: String? = nil, configFile: ConfigFileContents? = nil, version: String = "unknown", logger: Logger) throws {
         self.config = config
         self.configPath = configPath
         self.configStatus = configFile.map { ConfigStatus(sha256: $0.sha256) }
@@ -51,7 +54,8 @@ public struct SluiceNode: Sendable {
             openConnections: { serverBox.server?.openConnections ?? 0 },
             runningTasks: { serverBox.server?.runningTasks ?? 0 },
             pendingSettlements: { serverBox.redis.map { $0.failover.pendingSettlements + $0.store.owedSettlements } ?? 0 },
-            limiterStatistics: { serverBox.redis?.store.statistics }
+            limiterStatistics: { serverBox.redis?.store.statistics },
+            version: version
         )
         let limiter: any LimiterStore
         let limiterMode: @Sendable () -> String
@@ -92,12 +96,23 @@ public struct SluiceNode: Sendable {
             group: group, handler: gateway, logger: logger
         )
         serverBox.server = server
+        adminServer = config.server.adminPort == 0 ? nil : HTTPServer(
+            configuration: .init(
+                host: config.server.adminHost, port: config.server.adminPort, maxBodyBytes: 64 * 1024,
+                idleTimeoutMs: config.server.idleTimeoutMs, bodyTimeoutMs: config.server.bodyTimeoutMs,
+                shutdownGraceSeconds: config.server.shutdownGraceSeconds
+            ),
+            group: group, handler: AdminHandler(gateway: gateway), logger: logger
+        )
     }
 
     /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
     public func run(logger: Logger) async throws {
         var services: [any Service] = [CurlEngineService(engine: engine)]
         if let redis { services.append(redis) }
+        // Before the public listener: services stop in reverse order, so the admin listener keeps
+        // answering (its /readyz says draining, /metrics shows the drain) until the public one has drained.
+        if let adminServer { services.append(AdminServerService(server: adminServer)) }
         services.append(HTTPServerService(server: server, gateway: gateway))
         if let configPath, let configStatus {
             services.append(
@@ -143,6 +158,19 @@ struct HTTPServerService: Service {
             try await server.run()
         } onGracefulShutdown: {
             gateway.beginDraining()
+            server.shutdownGracefully()
+        }
+    }
+}
+
+/// The admin listener: serves until graceful shutdown reaches it (after the public listener drained).
+struct AdminServerService: Service {
+    let server: HTTPServer
+
+    func run() async throws {
+        try await withGracefulShutdownHandler {
+            try await server.run()
+        } onGracefulShutdown: {
             server.shutdownGracefully()
         }
     }

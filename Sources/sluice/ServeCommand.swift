@@ -27,7 +27,7 @@ struct ServeCommand: AsyncParsableCommand {
         let loaded = try loadConfigFileOrExit(config)
         let node: SluiceNode
         do {
-            node = try SluiceNode(config: loaded.config, configPath: config, configFile: loaded.file, logger: logger)
+            node = try SluiceNode(config: loaded.config, configPath: config, configFile: loaded.file, version: SluiceVersion.current, logger: logger)
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(1)

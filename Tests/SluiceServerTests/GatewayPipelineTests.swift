@@ -307,7 +307,7 @@ final class PipelineHarness: Sendable {
           "keys": [
             {"id": "main", "secret_sha256": "\(sha256(GatewayPipelineTests.secret))", "default_output_tokens": 500,
              "limits": {"requests_per_minute": 1000, "tokens_per_minute": 1000000}},
-            {"id": "small", "secret_sha256": "\(sha256(GatewayPipelineTests.smallSecret))", "tier": "small"},
+            {"id": "small", "secret_sha256": "\(sha256(GatewayPipelineTests.smallSecret))", "tier": "small", "metrics": true},
             {"id": "narrow", "secret_sha256": "\(sha256(GatewayPipelineTests.narrowSecret))", "models": ["gpt-4o"], "limits": {"requests_per_minute": 100}}
           ]
         }

@@ -16,8 +16,9 @@ final class RouteTests: XCTestCase {
             (.GET, "/v1/models/", .notFound),
             (.GET, "/healthz", .health),
             (.GET, "/readyz", .ready),
-            (.GET, "/metrics", .metrics),
-            (.POST, "/metrics", .methodNotAllowed(allowed: ["GET", "HEAD"])),
+            // /metrics is the admin listener's alone (`AdminHandler`): not found on the public port.
+            (.GET, "/metrics", .notFound),
+            (.POST, "/metrics", .notFound),
             (.GET, "/v1/files", .notFound),
             (.GET, "/", .notFound),
         ]
@@ -51,6 +52,24 @@ final class RouteTests: XCTestCase {
     func testMetricLabelsAreBounded() {
         // Unknown paths all share one label, so clients cannot mint label values.
         XCTAssertEqual(Route(method: .GET, path: "/a").metricLabel, Route(method: .GET, path: "/b").metricLabel)
+    }
+}
+
+final class AdminRouteTests: XCTestCase {
+    func testAdminRoutes() {
+        let table: [(HTTPMethod, String, AdminHandler.AdminRoute)] = [
+            (.GET, "/metrics", .metrics),
+            (.HEAD, "/metrics", .metrics),
+            (.GET, "/healthz", .health),
+            (.GET, "/readyz", .ready),
+            (.POST, "/metrics", .methodNotAllowed),
+            (.GET, "/v1/models", .notFound),
+            (.POST, "/v1/chat/completions", .notFound),
+            (.GET, "/", .notFound),
+        ]
+        for (method, path, expected) in table {
+            XCTAssertEqual(AdminHandler.AdminRoute(method: method, path: path), expected, "\(method) \(path)")
+        }
     }
 }
 

@@ -89,7 +89,8 @@ class Mock(Process):
 
 def gateway_config(port: int, mock_port: int, keys: list, tiers: dict, server: dict | None = None) -> dict:
     return {
-        "server": {"host": "127.0.0.1", "port": port, **(server or {})},
+        # Each node its own admin listener (/metrics): the default 9464 would collide between tests.
+        "server": {"host": "127.0.0.1", "port": port, "admin_port": free_port(), **(server or {})},
         "tokenizer": {"directory": TOKENIZER_DIR},
         "upstreams": [{
             "name": "mock",
@@ -111,16 +112,29 @@ class Gateway(Process):
         """Serves `config`, written to tmp/sluice.json; or, given `config_path`, the file already
         there (which must hold `config`)."""
         if config_path is None:
+            # A config of its own gets a free admin port unless it chose one (the default, 9464,
+            # would collide between tests).
+            config.setdefault("server", {}).setdefault("admin_port", free_port())
             config_path = tmp / "sluice.json"
             config_path.write_text(json.dumps(config, indent=2))
         self.config_path = config_path
         port = config["server"]["port"]
+        admin_port = config["server"].get("admin_port", 9464)
         env = dict(os.environ)
         env.setdefault("SLUICE_TOKENIZER_DIR", TOKENIZER_DIR)
         env.update(env_extra or {})
         super().__init__([SLUICE_BIN, "serve", "--config", str(self.config_path)], port, tmp / "sluice.stderr", env=env)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.root_url = f"http://127.0.0.1:{port}"
+        # The admin listener: /metrics (only there), /healthz, /readyz.
+        self.admin_url = f"http://127.0.0.1:{admin_port}" if admin_port else None
+        if admin_port:
+            wait_for_port(admin_port, self.proc)
+
+    def metrics(self, timeout: float = 5) -> str:
+        """The node's /metrics, from its admin listener."""
+        import httpx
+        return httpx.get(self.admin_url + "/metrics", timeout=timeout).text
 
 
 @pytest.fixture(scope="module")

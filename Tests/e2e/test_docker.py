@@ -42,6 +42,26 @@ def sluice_nodes(services: dict) -> dict:
             and service.get("entrypoint") in (None, "sluice", ["sluice"])}
 
 
+def test_compose_publishes_the_load_balancer_alone_never_the_admin_port():
+    """The admin listener (/metrics) is reachable inside the compose network only: no node publishes
+    a port, and nginx forwards and publishes 8080 alone."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    nodes = sluice_nodes(services)
+    assert nodes
+    for name, service in nodes.items():
+        assert not service.get("ports"), f"{name} publishes {service.get('ports')}"
+        mounts = [v.split(":") for v in service.get("volumes", []) if isinstance(v, str)]
+        [source] = [m[0] for m in mounts if len(m) > 1 and m[1] == CONFIG_IN_CONTAINER]
+        server = json.loads((COMPOSE.parent / source).read_text())["server"]
+        admin_port = server.get("admin_port", 9464)
+        assert admin_port and admin_port != server["port"]
+        assert server.get("admin_host", "127.0.0.1") in ("0.0.0.0", "::"), f"{source}: the admin listener must be reachable from a Prometheus container"
+        published = [str(p) for s in services.values() for p in s.get("ports", [])]
+        assert not any(p.rsplit(":", 1)[-1] == str(admin_port) for p in published), published
+        nginx = (COMPOSE.parent / "nginx.conf").read_text()
+        assert f":{admin_port}" not in nginx, "nginx forwards the admin port"
+
+
 def test_compose_gives_every_node_the_time_to_drain():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     nodes = sluice_nodes(services)
@@ -164,13 +184,33 @@ def test_kubernetes_probes_ask_sluice_on_its_port():
         assert config["server"]["host"] in ("0.0.0.0", "::"), f"{path}: the node must listen on all addresses"
         assert container_port(container, readiness["port"]) == port, f"readiness probe asks another port than {path}"
         assert container_port(container, liveness["port"]) == port, f"liveness probe asks another port than {path}"
-    annotations = sluice_deployment()["spec"]["template"]["metadata"].get("annotations", {})
-    if "prometheus.io/port" in annotations:
-        assert annotations["prometheus.io/path"] == "/metrics"
-        assert all(int(annotations["prometheus.io/port"]) == config["server"]["port"] for _, config in sluice_configs())
     routes = (ROOT / "Sources/SluiceServer/Route.swift").read_text()
     assert all(f'"{route}": .{case}' in routes for route, case in
-               [("/readyz", "ready"), ("/healthz", "health"), ("/metrics", "metrics")]), "Sluice's routes moved"
+               [("/readyz", "ready"), ("/healthz", "health")]), "Sluice's routes moved"
+
+
+def test_kubernetes_scrapes_metrics_on_the_admin_port_which_no_service_exposes():
+    """/metrics is served by the admin listener alone (server.admin_port): the scrape annotations
+    and the container port named "metrics" point there; no Service forwards it."""
+    container = sluice_container(sluice_deployment())
+    annotations = sluice_deployment()["spec"]["template"]["metadata"].get("annotations", {})
+    assert annotations.get("prometheus.io/scrape") == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    admin_ports = set()
+    for path, config in sluice_configs():
+        server = config["server"]
+        admin_port = server.get("admin_port", 9464)
+        assert admin_port and admin_port != server["port"], f"{path}: no admin listener of its own"
+        assert server.get("admin_host", "127.0.0.1") in ("0.0.0.0", "::"), f"{path}: the admin listener must be reachable from Prometheus"
+        assert int(annotations["prometheus.io/port"]) == admin_port, f"{path}: the annotations scrape another port"
+        assert container_port(container, "metrics") == admin_port, f"{path}: the container port \"metrics\" is not the admin port"
+        admin_ports.add(admin_port)
+    for _, service in k8s_resources("Service"):
+        for port in service["spec"]["ports"]:
+            assert port.get("targetPort") not in ("metrics", *admin_ports) and port["port"] not in admin_ports, (
+                f"the Service {service['metadata']['name']} exposes the admin port")
+    admin = (ROOT / "Sources/SluiceServer/AdminHandler.swift").read_text()
+    assert 'case "/metrics": route = .metrics' in admin, "the admin listener's routes moved"
 
 
 def test_kubernetes_mounts_the_config_where_the_node_reads_it():

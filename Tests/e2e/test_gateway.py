@@ -228,7 +228,7 @@ def test_oversized_headers_are_refused(gateway):
 # ---------------------------------------------------------------- disconnect mid-stream
 
 def metric_value(gateway, name, **labels):
-    text = httpx.get(gateway.root_url + "/metrics").text
+    text = gateway.metrics()
     total = 0.0
     for line in text.splitlines():
         if not line.startswith(name + "{"):
@@ -277,9 +277,14 @@ def test_disconnect_mid_stream_cancels_upstream_and_charges_what_was_relayed(gat
 def test_health_ready_metrics(gateway):
     assert httpx.get(gateway.root_url + "/healthz").json()["status"] == "ok"
     assert httpx.get(gateway.root_url + "/readyz").status_code == 200
-    metrics = httpx.get(gateway.root_url + "/metrics").text
+    # /metrics is served by the admin listener only; the public port answers it 404 (OpenAI's shape).
+    public = httpx.get(gateway.root_url + "/metrics")
+    assert public.status_code == 404 and public.json()["error"]["type"] == "invalid_request_error"
+    metrics = gateway.metrics()
     assert "sluice_requests_total" in metrics
     assert "sluice_rate_limited_total" in metrics
+    assert httpx.get(gateway.admin_url + "/healthz").json()["status"] == "ok"
+    assert httpx.get(gateway.admin_url + "/readyz").json()["status"] == "ready"
 
 
 # ---------------------------------------------------------------- names a client makes up
@@ -290,7 +295,7 @@ def test_invented_model_names_under_a_prefix_share_the_patterns_series(gateway):
     c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=1)
     for i in range(40):
         c.chat.completions.create(model=f"gpt-4.1-invented-{i}", messages=MESSAGES, max_tokens=1)
-    text = httpx.get(gateway.root_url + "/metrics").text
+    text = gateway.metrics()
     assert [line for line in text.splitlines() if "invented" in line] == []
     assert metric_value(gateway, "sluice_requests_total", model="gpt-4.1*") >= 40
     assert metric_value(gateway, "sluice_prompt_tokens_total", model="gpt-4.1*") > 0

@@ -121,7 +121,7 @@ def test_dead_upstream_opens_its_circuit(tmp_path, mock):
         # Five refused connects (each retried once, safely: nothing was sent), then the circuit is open.
         assert [s for s, _ in statuses[:5]] == [502] * 5
         assert statuses[5][0] == 503 and statuses[5][1] is not None
-        metrics = httpx.get(g.root_url + "/metrics").text
+        metrics = g.metrics()
         assert 'kind="circuit_open"' in metrics
     finally:
         g.stop()
@@ -141,14 +141,14 @@ def _ready_config(g):
 
 
 def _reloads(g, result):
-    for line in httpx.get(g.root_url + "/metrics", timeout=5).text.splitlines():
+    for line in g.metrics().splitlines():
         if line.startswith(f'sluice_config_reloads_total{{result="{result}"}}'):
             return float(line.split()[-1])
     return 0.0
 
 
 def _config_info(g):
-    return [line for line in httpx.get(g.root_url + "/metrics", timeout=5).text.splitlines()
+    return [line for line in g.metrics().splitlines()
             if line.startswith("sluice_config_info{")]
 
 

@@ -152,7 +152,7 @@ def test_absurd_reported_usage_is_charged_at_the_request_bound(gateway, stream):
     remaining = remaining_tokens(gateway)
     assert remaining >= TOKENS_PER_MINUTE - 200, f"charged far more than max_tokens: {remaining} left"
     assert "implausible usage" in gateway.log_text()
-    metrics = httpx.get(gateway.root_url + "/metrics", timeout=5).text
+    metrics = gateway.metrics()
     assert 'sluice_implausible_usage_total{upstream="mock"}' in metrics
 
 

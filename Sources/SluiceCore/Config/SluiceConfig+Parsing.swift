@@ -64,11 +64,11 @@ struct ConfigDocumentReader {
     }
 
     static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis"]
-    static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config"]
+    static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections"]
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
-    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "expires_at", "previous_secrets"]
+    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "expires_at", "previous_secrets", "metrics"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
     static let redisFields = ["url", "cluster_nodes", "password_env", "tls", "on_failure", "fallback_node_count", "usage_stream"]
     static let redisTLSFields = ["ca_file", "cert_file", "key_file", "server_name", "verify"]
@@ -146,6 +146,11 @@ struct ConfigDocumentReader {
         server.eventLoopThreads = walker.integer(members, "event_loop_threads", at: path, default: ServerConfig.defaultEventLoopThreads, range: 0...1024)
         server.upstreamThreads = walker.integer(members, "upstream_threads", at: path, default: ServerConfig.defaultUpstreamThreads, range: 0...256)
         server.watchConfig = walker.boolean(members, "watch_config", at: path, default: ServerConfig.defaultWatchConfig)
+        server.adminHost = walker.string(members, "admin_host", at: path, default: ServerConfig.defaultAdminHost) ?? ServerConfig.defaultAdminHost
+        server.adminPort = walker.integer(members, "admin_port", at: path, default: ServerConfig.defaultAdminPort, range: 0...65_535)
+        if server.adminPort != 0, server.adminPort == server.port {
+            walker.report("\(path).admin_port", "\(server.adminPort) is also server.port: the admin listener (/metrics) needs a port of its own (0 turns it off)")
+        }
         return server
     }
 
@@ -476,9 +481,10 @@ struct ConfigDocumentReader {
                 }
             }
         }
+        let metrics = walker.boolean(members, "metrics", at: path, default: false)
         return KeyConfig(
             id: id, secretSHA256: hash, tier: tier, limits: ownLimits, models: models, defaultOutputTokens: defaultOutputTokens,
-            expiresAt: expiresAt, previousSecrets: previousSecrets
+            expiresAt: expiresAt, previousSecrets: previousSecrets, metrics: metrics
         )
     }
 

@@ -58,6 +58,10 @@ public struct ServerConfig: Sendable, Equatable {
     public static let defaultUpstreamThreads = 0
     /// Reload when the config file's content changes (checked every second), besides on SIGHUP.
     public static let defaultWatchConfig = true
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`): loopback unless configured otherwise.
+    public static let defaultAdminHost = "127.0.0.1"
+    /// 9464, the port registered for Prometheus exporters of OpenTelemetry; 0 means no admin listener.
+    public static let defaultAdminPort = 9464
 
     public var host: String = ServerConfig.defaultHost
     public var port: Int = ServerConfig.defaultPort
@@ -73,6 +77,10 @@ public struct ServerConfig: Sendable, Equatable {
     public var upstreamThreads: Int = ServerConfig.defaultUpstreamThreads
     /// Reload when the config file's content changes; read at start (a change needs a restart).
     public var watchConfig: Bool = ServerConfig.defaultWatchConfig
+    /// Where the admin listener binds: the only place `/metrics` is served.
+    public var adminHost: String = ServerConfig.defaultAdminHost
+    /// The admin listener's port; 0: none (no `/metrics` at all).
+    public var adminPort: Int = ServerConfig.defaultAdminPort
 
     public init() {}
 }
@@ -293,6 +301,9 @@ public struct KeyConfig: Sendable, Equatable {
     /// Secrets the key had before a rotation: each authenticates as this key until its own expiry
     /// (and the key's), so a client can switch to the new secret with no downtime.
     public var previousSecrets: [PreviousSecret] = []
+    /// Export this key's remaining limits as `sluice_key_remaining{key,limit}` (opt-in: a series per
+    /// key and limit is kept and exported for the life of the process).
+    public var metrics: Bool = false
 
     /// A secret replaced by a rotation, still valid for a while.
     public struct PreviousSecret: Sendable, Equatable {
@@ -309,8 +320,10 @@ public struct KeyConfig: Sendable, Equatable {
 
     public init(
         id: String, secretSHA256: String, tier: String? = nil, limits: LimitSet? = nil, models: [ModelMatcher]? = nil,
-        defaultOutputTokens: Int = KeyConfig.defaultDefaultOutputTokens, expiresAt: UTCTimestamp? = nil, previousSecrets: [PreviousSecret] = []
+        defaultOutputTokens: Int = KeyConfig.defaultDefaultOutputTokens, expiresAt: UTCTimestamp? = nil, previousSecrets: [PreviousSecret] = [],
+        metrics: Bool = false
     ) {
+        self.metrics = metrics
         self.id = id
         self.secretSHA256 = secretSHA256
         self.tier = tier

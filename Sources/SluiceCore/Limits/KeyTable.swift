@@ -9,9 +9,12 @@ public struct APIKey: Sendable, Hashable {
     public let allowedModels: [ModelMatcher]?
     /// The output reservation of a request that sets no `max_tokens` / `max_completion_tokens`.
     public let defaultOutputTokens: Int
+    /// The key's remaining limits are exported as metrics (`"metrics": true` in its config entry).
+    public let exportsMetrics: Bool
 
-    public init(id: String, limits: ResolvedLimits, allowedModels: [ModelMatcher]?, defaultOutputTokens: Int) {
+    public init(id: String, limits: ResolvedLimits, allowedModels: [ModelMatcher]?, defaultOutputTokens: Int, exportsMetrics: Bool = false) {
         self.id = id
+        self.exportsMetrics = exportsMetrics
         self.limits = limits
         self.allowedModels = allowedModels
         self.defaultOutputTokens = defaultOutputTokens
@@ -110,7 +113,7 @@ public struct KeyTable: Sendable {
         var keys: [APIKey] = []
         for keyConfig in config.keys {
             let limits = ResolvedLimits(tier: keyConfig.tier.flatMap { config.tiers[$0] }, own: keyConfig.limits)
-            let key = APIKey(id: keyConfig.id, limits: limits, allowedModels: keyConfig.models, defaultOutputTokens: keyConfig.defaultOutputTokens)
+            let key = APIKey(id: keyConfig.id, limits: limits, allowedModels: keyConfig.models, defaultOutputTokens: keyConfig.defaultOutputTokens, exportsMetrics: keyConfig.metrics)
             keys.append(key)
             if let digest = SecretDigest(hex: keyConfig.secretSHA256), byDigest[digest] == nil {
                 byDigest[digest] = Entry(digest: digest, key: key, expiresAt: keyConfig.expiresAt)
