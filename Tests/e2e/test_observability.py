@@ -364,8 +364,12 @@ class Stack:
         self.redis.proc.send_signal(signal.SIGSTOP)
         try:
             went_local = wait_until(lambda: any(self.limiter(i) == "local" for i in range(2)), 15)
+            # Frozen until both alerts are seen pending: the failure counter's series is created at
+            # the first failure, and Prometheus sees no rate until a later scrape finds it grown (the
+            # node in `local` still probes Redis, and those calls time out too).
             if went_local:
-                wait_until(lambda: "SluiceLimiterNotShared" in self.observed_alerts, 10, interval=0.5)
+                wait_until(lambda: {"SluiceLimiterNotShared", "SluiceLimiterCallFailures"} <= self.observed_alerts.keys(),
+                           20, interval=0.5)
         finally:
             self.redis.proc.send_signal(signal.SIGCONT)
         self.went_local = went_local
