@@ -26,7 +26,7 @@ seconds: the nodes' calls time out (sluice_limiter_call_failures_total) and they
     SluiceUpstreamCircuitOpen for `down`, and SluiceNodeNotReady for the second node once it is
     stopped (last: it ends the stack's second node).
 
-About 40 s.
+About 20 s.
 """
 import json
 import math
