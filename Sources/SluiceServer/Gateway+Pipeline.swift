@@ -266,17 +266,6 @@ extension Gateway {
     }
 }
 
-extension OpenAIEndpoint {
-    /// `gen_ai_operation_name` (OpenTelemetry's GenAI conventions).
-    var genAIOperationName: String {
-        switch self {
-        case .chatCompletions: "chat"
-        case .completions: "text_completion"
-        case .embeddings: "embeddings"
-        }
-    }
-}
-
 private extension Substring {
     func trimmingSpaces() -> String {
         var s = self[...]
