@@ -206,6 +206,12 @@ public final class GatewayMetrics: Sendable {
 
     // MARK: Limiter
 
+    /// With a shared limiter: every failure reason's series from the start, at 0 (a rate over a
+    /// series born at its first failure misses that failure, and a burst within one scrape is lost).
+    func sharedLimiterConfigured() {
+        for reason in LimiterCallFailure.allCases { _ = counter(.limiterCallFailures, [("reason", reason.rawValue)]) }
+    }
+
     /// One call to the shared limiter store, as the node waited for it; `failure` when it failed.
     @Sendable func limiterCall(micros: Int64, failure: LimiterCallFailure?) {
         limiterCallDuration.record(.microseconds(max(micros, 0)))

@@ -21,6 +21,7 @@ final class RedisLimiting: Service, Sendable {
         client = try RedisClient(config: config, eventLoopGroup: eventLoopGroup, logger: logger)
         var rng = SystemRandomNumberGenerator()
         let nodeID = "node-" + String(rng.next(), radix: 36)
+        metrics.sharedLimiterConfigured()
         let statistics = LimiterStatistics(callObserver: { micros, failure in metrics.limiterCall(micros: micros, failure: failure) })
         let store = try RedisLimiterStore(
             client: client, options: .init(usageStream: config.usageStream), nodeID: nodeID, statistics: statistics, logger: logger

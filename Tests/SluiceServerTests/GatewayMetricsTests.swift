@@ -119,6 +119,18 @@ final class GatewayMetricsTests: XCTestCase {
         XCTAssertTrue(text.contains(#"sluice_build_info{version="unknown"} 1"#), text)
     }
 
+    /// With a shared limiter every reason's series exists from the start, at 0, so that the first
+    /// failures already show as a rate (a series born at its first failure has no rate for it).
+    func testEveryLimiterFailureReasonStartsAtZeroWithASharedLimiter() {
+        let metrics = GatewayMetrics(processMetrics: false)
+        XCTAssertFalse(String(decoding: metrics.exposition(), as: UTF8.self).contains("sluice_limiter_call_failures_total{"))
+        metrics.sharedLimiterConfigured()
+        let text = String(decoding: metrics.exposition(), as: UTF8.self)
+        for reason in LimiterCallFailure.allCases {
+            XCTAssertTrue(text.contains(#"sluice_limiter_call_failures_total{reason="\#(reason.rawValue)"} 0"#), "\(reason): \(text)")
+        }
+    }
+
     // MARK: process metrics
 
     func testProcessMetricsParseProcFiles() throws {
