@@ -7,6 +7,10 @@ Called by `scripts/bench proxy` and `scripts/bench soak` (which build the releas
                    [--seconds 8] [--runs 3] [--connections 32] [--threads 2] [--stream-requests 200]
     bench-proxy.py --sluice BIN --mock BIN --config Config/sluice.json --soak 600
 
+With `--baseline-sluice PATH` (an older sluice binary; `BENCH_BASELINE_SLUICE` in scripts/bench) a fifth
+row, (c′), runs that binary with the embedded limiter beside (c), interleaved with the others: a change's
+cost measured in one run, against the same reference (it must accept the same bench config).
+
 Starts, on free loopback ports: sluice-mock (the upstream), nginx (proxy_pass with an upstream
 keep-alive pool), redis-server (no persistence), Sluice with the embedded limiter and Sluice with the
 Redis limiter; every process is stopped again on exit, Ctrl-C or SIGTERM. The output starts with one
@@ -547,7 +551,7 @@ def bench_config(args, mock_port: int, secrets: list[str]) -> dict:
 
 
 def start_sluice(args, work: Path, processes: Processes, name: str, base: dict,
-                 redis_port: int | None) -> tuple[int, subprocess.Popen]:
+                 redis_port: int | None, binary: str | None = None) -> tuple[int, subprocess.Popen]:
     """Sluice with the embedded limiter, or (with `redis_port`) with the Redis limiter, which it must
     then report on /readyz: a Sluice that fell back to the local limiter would measure the wrong thing."""
     port = free_port()
@@ -560,7 +564,7 @@ def start_sluice(args, work: Path, processes: Processes, name: str, base: dict,
     if redis_port is not None:
         config["redis"] = {"url": f"redis://127.0.0.1:{redis_port}", "on_failure": "local", "fallback_node_count": 1}
     (work / f"{name}.json").write_text(json.dumps(config, indent=2))
-    proc = processes.start(name, [args.sluice, "serve", "--config", str(work / f"{name}.json")],
+    proc = processes.start(name, [binary or args.sluice, "serve", "--config", str(work / f"{name}.json")],
                            work / f"{name}.log", env=dict(os.environ, SLUICE_LOG_LEVEL="warning"))
     wait_until(name, lambda: http_ok(f"http://127.0.0.1:{port}/readyz"), proc, work / f"{name}.log")
     if redis_port is not None:
@@ -584,6 +588,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup-seconds", type=int, default=3)
     parser.add_argument("--stream-requests", type=int, default=200)
+    parser.add_argument("--baseline-sluice", metavar="PATH",
+                        help="also measure this (older) sluice binary with the embedded limiter, as row (c′)")
     parser.add_argument("--soak", type=int, metavar="SECONDS",
                         help="instead of the tables: drive Sluice (Redis limiter) at full speed for SECONDS, sampling its RSS")
     args = parser.parse_args()
@@ -632,6 +638,10 @@ def run(args, nginx: str, work: Path, processes: Processes) -> None:
         Target("c", "(c) wrk → Sluice (embedded) → mock", embedded_port, embedded, [embedded.pid]),
         Target("d", "(d) wrk → Sluice (Redis) → mock", redis_sluice_port, redis_sluice, [redis_sluice.pid]),
     ]
+    if args.baseline_sluice:
+        # After (d): the rows keep their indices; interleaved like the others.
+        before_port, before = start_sluice(args, work, processes, "sluice-baseline", base, None, binary=args.baseline_sluice)
+        targets.append(Target("c0", "(c′) baseline Sluice (embedded)", before_port, before, [before.pid]))
     rows = throughput_rounds(args, targets, lua, redis.pid, work)
     if rows[3].rps < 2:
         sys.exit(f"row (d) served {rows[3].rps:.0f} req/s, no rate to measure latency at; see {work}/sluice-redis.log")
@@ -784,6 +794,13 @@ def print_noise(args, rows: list[RowSummary]) -> None:
         per_run = [s.result.rps / b.result.rps for s, b in zip(row.samples, plain.samples)]
         return f"{min(per_run):.2f}–{max(per_run):.2f} (ratio of the medians {row.rps / plain.rps:.2f})"
     print(f"\nreq/s ratio within each run: c÷b {ratios(rows[2])}, d÷b {ratios(rows[3])}.")
+    if len(rows) > 4:
+        baseline = rows[4]
+        per_run = [c.result.rps / b.result.rps for c, b in zip(rows[2].samples, baseline.samples)]
+        cpu = [c.cpu_us / b.cpu_us for c, b in zip(rows[2].samples, baseline.samples) if c.cpu_us and b.cpu_us]
+        print(f"(c) against the baseline (c′), each run: req/s {min(per_run):.2f}–{max(per_run):.2f} "
+              f"(ratio of the medians {rows[2].rps / baseline.rps:.2f}); CPU µs/req "
+              f"{min(cpu):.2f}–{max(cpu):.2f} (ratio of the medians {(rows[2].cpu_us or 0) / (baseline.cpu_us or 1):.2f}).")
 
 
 def print_paced(args, paced: Paced) -> None:
