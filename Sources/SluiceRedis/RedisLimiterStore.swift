@@ -188,7 +188,9 @@ public final class RedisLimiterStore: LimiterStore {
 
     /// The key's slot in a Redis Cluster (its state lives on that slot's primary), else 0.
     public func failureDomain(keyID: String) -> Int {
-        client.failureDomain(ofKey: RedisKeyLayout(keyID: keyID).state)
+        // One Redis is one domain: no key name built on every admission and settlement.
+        guard client.isCluster else { return 0 }
+        return client.failureDomain(ofKey: RedisKeyLayout(keyID: keyID).state)
     }
 
     public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
