@@ -108,11 +108,11 @@ extension Gateway {
                 if let trace, let admitSpan {
                     admitSpan.updateAttributes { attributes in
                         attributes["sluice.admit.result"] = "denied"
-                        attributes["sluice.denial.kind"] = denial.kind.snakeCaseName
+                        attributes["sluice.denial.kind"] = denial.kind.metricLabel
                     }
                     admitSpan.end()
                     trace.root.updateAttributes { attributes in
-                        attributes["sluice.denial.kind"] = denial.kind.snakeCaseName
+                        attributes["sluice.denial.kind"] = denial.kind.metricLabel
                         attributes["sluice.denial.limit"] = denial.limit
                         attributes["sluice.denial.requested"] = denial.requested
                         attributes["sluice.denial.retry_after_seconds"] = denial.retryAfterSeconds

@@ -181,20 +181,6 @@ extension OpenAIEndpoint {
     }
 }
 
-extension RateLimitKind {
-    /// The limit's name in snake_case, as the metrics' `limit` label spells it.
-    var snakeCaseName: String {
-        switch self {
-        case .requests: "requests"
-        case .tokens: "tokens"
-        case .inputTokens: "input_tokens"
-        case .outputTokens: "output_tokens"
-        case .concurrency: "concurrency"
-        case .dailyTokens: "tokens_per_day"
-        case .monthlyTokens: "tokens_per_month"
-        }
-    }
-}
 
 extension RateLimitSnapshot {
     /// The limits and what remains of them, on the request span.

@@ -95,13 +95,20 @@ final class LoopbackListener {
     private let fd: Int32
 
     init() throws {
+        (fd, port) = try Self.listen(backlog: 16)
+    }
+
+    deinit { close(fd) }
+
+    /// A socket listening on a free loopback port: its descriptor and the port.
+    static func listen(backlog: Int32) throws -> (Int32, Int) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RedisTestError("socket() failed") }
-        var address = Self.loopback(port: 0)
+        var address = loopback(port: 0)
         let bound = withUnsafePointer(to: &address) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard bound == 0, listen(fd, 16) == 0 else {
+        guard bound == 0, Glibc.listen(fd, backlog) == 0 else {
             close(fd)
             throw RedisTestError("bind/listen failed")
         }
@@ -110,11 +117,8 @@ final class LoopbackListener {
         _ = withUnsafeMutablePointer(to: &assigned) { pointer in
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
         }
-        self.fd = fd
-        self.port = Int(UInt16(bigEndian: assigned.sin_port))
+        return (fd, Int(UInt16(bigEndian: assigned.sin_port)))
     }
-
-    deinit { close(fd) }
 
     static func loopback(port: Int) -> sockaddr_in {
         var address = sockaddr_in()
@@ -135,23 +139,7 @@ final class ClosingListener: @unchecked Sendable {
     private let stopped = Mutex(false)
 
     init() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw RedisTestError("socket() failed") }
-        var address = LoopbackListener.loopback(port: 0)
-        let bound = withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, listen(fd, 128) == 0 else {
-            close(fd)
-            throw RedisTestError("bind/listen failed")
-        }
-        var assigned = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &assigned) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        self.fd = fd
-        self.port = Int(UInt16(bigEndian: assigned.sin_port))
+        (fd, port) = try LoopbackListener.listen(backlog: 128)
         Thread.detachNewThread { [self] in
             while true {
                 let connection = accept(fd, nil, nil)
