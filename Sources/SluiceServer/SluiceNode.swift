@@ -46,7 +46,10 @@ public struct SluiceNode: Sendable {
         group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         var engineConfiguration = CurlEngine.Configuration()
         if config.server.upstreamThreads > 0 { engineConfiguration.threads = config.server.upstreamThreads }
-        engineConfiguration.maxConnectionsPerHost = config.upstreams.map(\.maxConnections).max() ?? 64
+        // The upstreams' pools (`Gateway.pools`, node-wide, shared by the threads) are the limit;
+        // curl's per-thread, per-host cap sits above any pool so curl never queues behind them
+        // silently (several upstreams may share a host; a reload may raise a pool).
+        engineConfiguration.maxConnectionsPerHost = CurlEngine.Configuration.uncappedConnectionsPerHost
         engine = CurlEngine(configuration: engineConfiguration, logger: logger)
         let settings = GatewaySettings(config: config)
         // The metrics read the connection count from the server, which needs the gateway: break the
