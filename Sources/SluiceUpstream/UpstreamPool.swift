@@ -1,3 +1,4 @@
+import NIOPosix
 import SluiceCore
 import Synchronization
 
@@ -36,6 +37,8 @@ public final class UpstreamPool: Sendable {
     public let name: String
     private let state: Mutex<State>
     private let nextID = Atomic<UInt64>(1)
+    /// `State.capacity`, readable without the lock (every request compares it with its config's).
+    private let capacityMirror: Atomic<Int>
 
     private struct State {
         var capacity: Int
@@ -74,13 +77,14 @@ public final class UpstreamPool: Sendable {
     public init(name: String, capacity: Int) {
         self.name = name
         self.state = Mutex(State(capacity: max(1, capacity)))
+        self.capacityMirror = Atomic(max(1, capacity))
     }
 
     /// Exchanges waiting for a slot now.
     public var queued: Int { state.withLock { $0.waiters.count } }
     /// Exchanges holding a slot now.
     public var inUse: Int { state.withLock { $0.inUse } }
-    public var capacity: Int { state.withLock { $0.capacity } }
+    public var capacity: Int { capacityMirror.load(ordering: .relaxed) }
 
     /// Changes the capacity (a config reload); a larger one admits waiters at once, a smaller one
     /// lets the exchanges in flight finish.
@@ -88,6 +92,7 @@ public final class UpstreamPool: Sendable {
         var admitted: [CheckedContinuation<Outcome, Never>] = []
         state.withLock { state in
             state.capacity = max(1, capacity)
+            capacityMirror.store(state.capacity, ordering: .relaxed)
             while state.inUse < state.capacity, let waiter = state.popOldest() {
                 state.inUse += 1
                 admitted.append(waiter)
@@ -171,20 +176,33 @@ public final class UpstreamPool: Sendable {
 
 /// The pools of the upstreams, by name, kept across config reloads (a reload changes a pool's
 /// capacity in place).
+///
+/// Every request looks its upstream's pool up: each thread keeps its own map of the (shared) pools,
+/// so the lookup takes no lock all event loops share (as ``UpstreamBreakers``).
 public final class UpstreamPools: Sendable {
     private let pools = Mutex<[String: UpstreamPool]>([:])
+    private let perThread = ThreadSpecificVariable<ThreadPools>()
 
     public init() {}
 
     /// The pool of `upstream`, made on first use with `capacity`; an existing pool takes `capacity`.
     public func pool(for upstream: String, capacity: Int) -> UpstreamPool {
-        let (pool, resize) = pools.withLock { pools -> (UpstreamPool, Bool) in
-            if let pool = pools[upstream] { return (pool, true) }
-            let pool = UpstreamPool(name: upstream, capacity: capacity)
-            pools[upstream] = pool
-            return (pool, false)
-        }
-        if resize, pool.capacity != capacity { pool.setCapacity(capacity) }
+        let local = perThread.currentValue ?? {
+            let made = ThreadPools()
+            perThread.currentValue = made
+            return made
+        }()
+        let pool = local.byName[upstream] ?? {
+            let pool = pools.withLock { pools -> UpstreamPool in
+                if let pool = pools[upstream] { return pool }
+                let pool = UpstreamPool(name: upstream, capacity: capacity)
+                pools[upstream] = pool
+                return pool
+            }
+            local.byName[upstream] = pool
+            return pool
+        }()
+        if pool.capacity != capacity { pool.setCapacity(capacity) }
         return pool
     }
 
@@ -192,4 +210,10 @@ public final class UpstreamPools: Sendable {
     public var queuedByUpstream: [(upstream: String, queued: Int)] {
         pools.withLock { $0.map { (upstream: $0.key, queued: $0.value.queued) } }
     }
+}
+
+/// One thread's view of `UpstreamPools`. `@unchecked Sendable`: only reached through its own
+/// thread's slot. Bounded by the upstream names the config ever had.
+private final class ThreadPools: @unchecked Sendable {
+    var byName: [String: UpstreamPool] = [:]
 }
