@@ -124,14 +124,15 @@ extension Gateway {
         // The connection budget first: a request that times out in the queue never took a breaker
         // probe it would then have to report.
         let pool = pools.pool(for: exchange.upstream.name, capacity: exchange.upstream.config.maxConnections)
-        let grant = await pool.acquire(timeoutMs: exchange.upstream.config.queueTimeoutMs)
-        metrics.upstreamQueueWait(upstream: exchange.upstream.name, waited: .nanoseconds(Int64(grant.waitedNs)))
-        if grant.warnQueueFormed {
+        let queueTimeoutMs = exchange.upstream.config.queueTimeoutMs
+        let grant = await pool.acquire(timeoutMs: queueTimeoutMs) { [logger] in
+            // Logged as the queue forms (at most once per 10 s per upstream), not once it drained.
             logger.warning("upstream connection pool exhausted, requests queue", metadata: [
-                "upstream": "\(exchange.upstream.name)", "max_connections": "\(pool.capacity)", "queued": "\(pool.queued)",
-                "queue_timeout_ms": "\(exchange.upstream.config.queueTimeoutMs)",
+                "upstream": "\(pool.name)", "max_connections": "\(pool.capacity)", "queued": "\(pool.queued)",
+                "queue_timeout_ms": "\(queueTimeoutMs)",
             ])
         }
+        metrics.upstreamQueueWait(upstream: exchange.upstream.name, waited: .nanoseconds(Int64(grant.waitedNs)))
         switch grant.outcome {
         case .granted:
             break

@@ -102,7 +102,9 @@ public final class UpstreamPool: Sendable {
     }
 
     /// Waits for a slot, at most `timeoutMs` (≤ 0: do not wait at all beyond a free slot).
-    public func acquire(timeoutMs: Int) async -> Grant {
+    /// - Parameter onQueueFormed: called as this request joins the queue when no queue warning was
+    ///   due for 10 s (at most once per ``warningIntervalNs``): the moment to log one.
+    public func acquire(timeoutMs: Int, onQueueFormed: (@Sendable () -> Void)? = nil) async -> Grant {
         let startNs = MonotonicClock.nanoseconds()
         let fast = state.withLock { state -> Bool in
             guard state.inUse < state.capacity, state.waiters.isEmpty else { return false }
@@ -142,6 +144,7 @@ public final class UpstreamPool: Sendable {
                         self?.abandon(id, with: .timedOut)
                     }
                     timer.withLock { $0 = sleeper }
+                    if let onQueueFormed, warn.withLock({ $0 }) { onQueueFormed() }
                 }
             }
         } onCancel: {

@@ -1,3 +1,4 @@
+import Synchronization
 import XCTest
 
 @testable import SluiceUpstream
@@ -40,6 +41,22 @@ final class UpstreamPoolTests: XCTestCase {
         XCTAssertEqual(pool.inUse, 1)
         pool.release()
         XCTAssertEqual(pool.inUse, 0)
+    }
+
+    func testTheQueueWarningIsCalledAsTheQueueFormsOncePerInterval() async throws {
+        let pool = UpstreamPool(name: "u", capacity: 1)
+        _ = await pool.acquire(timeoutMs: 1000)
+        let calls = Counter()
+        let first = Task { await pool.acquire(timeoutMs: 5000) { calls.increment() } }
+        try await waitUntil { pool.queued == 1 }
+        XCTAssertEqual(calls.value, 1, "called while still waiting, not once granted")
+        let second = Task { await pool.acquire(timeoutMs: 5000) { calls.increment() } }
+        try await waitUntil { pool.queued == 2 }
+        pool.release()
+        pool.release()
+        _ = await first.value
+        _ = await second.value
+        XCTAssertEqual(calls.value, 1)
     }
 
     func testQueueTimeout() async {
@@ -139,4 +156,10 @@ private actor PeakCounter {
         peak = max(peak, current)
     }
     func leave() { current -= 1 }
+}
+
+private final class Counter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
 }
