@@ -121,6 +121,45 @@ extension Gateway {
     private func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger, upstreamSpan: (any Span)?, trace: RequestTrace?) async -> RelayResult {
         var upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders, tracing: trace != nil)
         if let trace, let upstreamSpan { trace.inject(upstreamSpan, into: &upstreamRequest.headers) }
+        // The connection budget first: a request that times out in the queue never took a breaker
+        // probe it would then have to report.
+        let pool = pools.pool(for: exchange.upstream.name, capacity: exchange.upstream.config.maxConnections)
+        let queueTimeoutMs = exchange.upstream.config.queueTimeoutMs
+        let grant = await pool.acquire(timeoutMs: queueTimeoutMs) { [logger] in
+            // Logged as the queue forms (at most once per 10 s per upstream), not once it drained.
+            logger.warning("upstream connection pool exhausted, requests queue", metadata: [
+                "upstream": "\(pool.name)", "max_connections": "\(pool.capacity)", "queued": "\(pool.queued)",
+                "queue_timeout_ms": "\(queueTimeoutMs)",
+            ])
+        }
+        metrics.upstreamQueueWait(upstream: exchange.upstream.name, waited: .nanoseconds(Int64(grant.waitedNs)))
+        switch grant.outcome {
+        case .granted:
+            break
+        case .cancelled:
+            // Left while queued: nothing was sent, nothing to charge.
+            upstreamSpan?.end()
+            return .notAnswered(status: 499, outcome: .cancelled)
+        case .timedOut:
+            metrics.upstreamError(upstream: exchange.upstream.name, kind: .queueTimeout)
+            metrics.upstreamExchange(upstream: exchange.upstream.name, outcome: .queueTimeout, duration: .zero, timeToFirstByte: nil)
+            let waitedMs = grant.waitedNs / 1_000_000
+            let refusal = GatewayError.serviceUnavailable(
+                message: "The upstream model provider is busy. Please try again later.", retryAfterSeconds: 1,
+                logDetail: "upstream \(exchange.upstream.name): no connection free within queue_timeout_ms (waited \(waitedMs) ms, max_connections \(pool.capacity))"
+            )
+            if let upstreamSpan {
+                upstreamSpan.updateAttributes { attributes in
+                    attributes["sluice.attempts"] = 0
+                    attributes["error.type"] = "queue_timeout"
+                }
+                upstreamSpan.setStatus(SpanStatus(code: .error, message: "queue timeout"))
+                upstreamSpan.end()
+            }
+            _ = await writeError(writer, refusal, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
+            return .notAnswered(status: refusal.status, outcome: .queueTimeout)
+        }
+        defer { pool.release() }
         let breaker = breakers.breaker(for: exchange.upstream.name)
         if case .reject(let retryAfter) = breaker.acquire() {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: .circuitOpen)

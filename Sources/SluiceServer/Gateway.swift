@@ -42,6 +42,8 @@ public final class Gateway: RequestHandling {
     let requestIDs = RequestIDGenerator()
     /// One circuit breaker per upstream name; kept across config reloads.
     let breakers = UpstreamBreakers()
+    /// One connection pool (budget and queue) per upstream name; kept across config reloads.
+    let pools = UpstreamPools()
     private let readiness = Mutex<Readiness>(.ready)
     /// The config in force and the last reload, for `/readyz`; nil until the node records it.
     private let configStatus = Mutex<ConfigStatus?>(nil)
@@ -170,7 +172,8 @@ public final class Gateway: RequestHandling {
     /// (readiness, the upstreams' circuits, the process).
     func metricsExposition() -> [UInt8] {
         let circuits = settings.upstreams.map { (upstream: $0.name, open: breakers.breaker(for: $0.name).isOpen) }
-        return metrics.exposition(GatewayMetrics.ScrapeState(ready: isReady, circuits: circuits))
+        let queued = settings.upstreams.map { (upstream: $0.name, queued: pools.pool(for: $0.name, capacity: $0.config.maxConnections).queued) }
+        return metrics.exposition(GatewayMetrics.ScrapeState(ready: isReady, circuits: circuits, queued: queued))
     }
 
     /// `GET /v1/models` (and `/v1/models/{id}`): the models this key may use, in OpenAI's list shape.

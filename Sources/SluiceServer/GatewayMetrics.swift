@@ -176,6 +176,11 @@ public final class GatewayMetrics: Sendable {
         }
     }
 
+    /// How long an exchange waited for one of its upstream's connections (0 when one was free).
+    func upstreamQueueWait(upstream: String, waited: Duration) {
+        durationHistogram(.upstreamQueueWait, [("upstream", upstream)], buckets: Self.durationBuckets).record(waited)
+    }
+
     /// What the limiter said a key has left (keys with `"metrics": true` only: the callers check).
     func keyRemaining(keyID: String, snapshot: RateLimitSnapshot) {
         if let requests = snapshot.remainingRequests { remainingGauge(keyID, .requests).set(to: Double(requests)) }
@@ -252,6 +257,8 @@ public final class GatewayMetrics: Sendable {
         var ready: Bool
         /// Each configured upstream's name and whether its circuit is open now.
         var circuits: [(upstream: String, open: Bool)]
+        /// Each upstream's exchanges waiting for a connection now.
+        var queued: [(upstream: String, queued: Int)] = []
     }
 
     /// Prometheus text exposition of everything recorded so far.
@@ -267,6 +274,9 @@ public final class GatewayMetrics: Sendable {
             readyGauge.set(to: state.ready ? 1 : 0)
             for circuit in state.circuits {
                 gauge(.circuitOpen, [("upstream", circuit.upstream)]).set(to: circuit.open ? 1 : 0)
+            }
+            for queue in state.queued {
+                gauge(.upstreamQueued, [("upstream", queue.upstream)]).set(to: Double(queue.queued))
             }
         }
         if let statistics = limiterStatistics() { recordLimiter(statistics) }
@@ -354,6 +364,8 @@ enum MetricFamily: String, CaseIterable {
     case upstreamRequestDuration = "sluice_upstream_request_duration_seconds"
     case upstreamTimeToFirstByte = "sluice_upstream_time_to_first_byte_seconds"
     case circuitOpen = "sluice_upstream_circuit_open"
+    case upstreamQueued = "sluice_upstream_queued_requests"
+    case upstreamQueueWait = "sluice_upstream_queue_wait_seconds"
     case implausibleUsage = "sluice_implausible_usage_total"
     case limiterMode = "sluice_limiter_mode"
     case pendingSettlements = "sluice_limiter_pending_settlements"
@@ -386,6 +398,8 @@ enum MetricFamily: String, CaseIterable {
         case .upstreamErrors: "Upstream exchanges that failed, by upstream and kind (the outcome words of sluice_upstream_request_duration_seconds)."
         case .upstreamRequestDuration: "One exchange with an upstream, from sending the request to its last byte or its failure, by upstream and outcome."
         case .upstreamTimeToFirstByte: "Time from sending a request upstream to the response's head, by upstream."
+        case .upstreamQueued: "Exchanges waiting for one of the upstream's max_connections (its connection pool is exhausted), by upstream."
+        case .upstreamQueueWait: "Time an exchange waited for one of the upstream's max_connections (0 when one was free), by upstream."
         case .circuitOpen: "1 while the upstream's circuit breaker refuses requests (open or probing), else 0."
         case .implausibleUsage: "Answers whose reported completion tokens exceeded what the request allowed (charged at the bound)."
         case .limiterMode: "1 for the way this node enforces limits now (embedded, redis, or a failure policy: local, open, closed), 0 for the others."
@@ -428,6 +442,8 @@ enum UpstreamOutcome: String, Sendable, Hashable, CaseIterable {
     case stalled
     /// The client went away first.
     case cancelled
+    /// No connection to the upstream came free within its queue_timeout_ms: answered 503.
+    case queueTimeout = "queue_timeout"
     /// The connection broke before the answer was complete.
     case connectionDropped = "connection_dropped"
     /// Anything else (an oversized answer, the engine shutting down or overloaded).

@@ -46,7 +46,16 @@ public struct SluiceNode: Sendable {
         group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         var engineConfiguration = CurlEngine.Configuration()
         if config.server.upstreamThreads > 0 { engineConfiguration.threads = config.server.upstreamThreads }
-        engineConfiguration.maxConnectionsPerHost = config.upstreams.map(\.maxConnections).max() ?? 64
+        // The upstreams' pools (`Gateway.pools`, node-wide, shared by the threads) are the limit;
+        // curl's per-thread, per-host cap sits above any pool so curl never queues behind them
+        // silently (several upstreams may share a host; a reload may raise a pool).
+        engineConfiguration.maxConnectionsPerHost = CurlEngine.Configuration.uncappedConnectionsPerHost
+        // Keep as many idle connections per thread as the thread's share of the pools (at least the
+        // default, at most 4,096): under a steady load of thousands of streams a finished stream's
+        // connection is reused by the next one instead of being closed and reopened.
+        let pooled = config.upstreams.reduce(0) { $0 + $1.maxConnections }
+        let share = (pooled + engineConfiguration.threads - 1) / engineConfiguration.threads
+        engineConfiguration.maxIdleConnections = min(max(CurlEngine.Configuration.defaultMaxIdleConnections, share), 4096)
         engine = CurlEngine(configuration: engineConfiguration, logger: logger)
         let settings = GatewaySettings(config: config)
         // The metrics read the connection count from the server, which needs the gateway: break the

@@ -164,6 +164,9 @@ extension CurlEngine {
         public var maxInFlightTransfers: Int
 
         public static let defaultMaxConnectionsPerHost = 128
+        /// For a caller that limits connections itself (the gateway's ``UpstreamPool``s): above any
+        /// pool's capacity (`max_connections` is at most 100,000) and the in-flight limit.
+        public static let uncappedConnectionsPerHost = 1_000_000
         public static let defaultMaxIdleConnections = 256
         public static let defaultMaxConnectionAgeSeconds = 50
         public static let defaultHighWatermarkBytes = 256 * 1024

@@ -5,7 +5,8 @@
 public struct UpstreamTimeouts: Sendable, Hashable {
     /// TCP (and TLS) connect, per attempt (`CURLOPT_CONNECTTIMEOUT_MS`).
     public var connectMs: Int
-    /// From the start of the transfer (including any wait for a pooled connection) until the first
+    /// From the start of the transfer (including any wait inside curl for a connection; the gateway's
+    /// ``UpstreamPool`` queue comes before and is bounded on its own) until the first
     /// byte of the response head arrives.
     public var firstByteMs: Int
     /// Longest gap between two received bytes once the response started. Time spent paused because

@@ -47,6 +47,8 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(mock.apiKey?.revealed, "upstream-secret-value")
         XCTAssertEqual(mock.apiKeyEnvironmentVariable, "MOCK_API_KEY")
         XCTAssertEqual(mock.maxConnections, 8)
+        XCTAssertEqual(mock.queueTimeoutMs, 2500)
+        XCTAssertEqual(config.upstreams[1].queueTimeoutMs, UpstreamConfig.defaultQueueTimeoutMs)
         XCTAssertEqual(mock.connectTimeoutMs, UpstreamConfig.defaultConnectTimeoutMs)
         XCTAssertEqual(mock.models, [.exact("gpt-4o-mini"), .exact("gpt-4o"), .prefix("gpt-4.1")])
         XCTAssertTrue(mock.serves(model: "gpt-4.1-nano"))
@@ -98,6 +100,8 @@ final class ConfigTests: XCTestCase {
         XCTAssertTrue(config.server.watchConfig, "the file is watched unless turned off")
         XCTAssertEqual(config.tokenizer.directory, ".cache/tokenizer")
         XCTAssertTrue(config.upstreams[0].serves(model: "anything"))
+        XCTAssertEqual(config.upstreams[0].maxConnections, 2048, "an upstream pool sized for thousands of streams per node")
+        XCTAssertEqual(config.upstreams[0].queueTimeoutMs, 10_000)
         XCTAssertTrue(config.keys.isEmpty)
         XCTAssertTrue(config.tiers.isEmpty)
     }
@@ -247,6 +251,23 @@ final class ConfigTests: XCTestCase {
 
     func testUpstreamThreadsOutOfRange() {
         XCTAssertEqual(problems("upstream_threads_out_of_range"), ["$.server.upstream_threads: must be between 0 and 256, found 257"])
+    }
+
+    func testQueueTimeoutAndMaxConnectionsRanges() {
+        func problems(_ upstreamFields: String) -> [String] {
+            let json = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"], "# + upstreamFields + #"}], "keys": []}"#
+            do {
+                _ = try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+                return []
+            } catch let error as ConfigError {
+                return error.problems.map(\.description)
+            } catch {
+                return ["\(error)"]
+            }
+        }
+        XCTAssertEqual(problems(#""queue_timeout_ms": -1"#), ["$.upstreams[0].queue_timeout_ms: must be between 0 and 3600000, found -1"])
+        XCTAssertEqual(problems(#""queue_timeout_ms": 0, "max_connections": 1"#), [])
+        XCTAssertEqual(problems(#""max_connections": 0"#), ["$.upstreams[0].max_connections: must be between 1 and 100000, found 0"])
     }
 
     func testWatchConfigNotABoolean() {

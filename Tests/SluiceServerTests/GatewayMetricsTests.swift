@@ -80,6 +80,8 @@ final class GatewayMetricsTests: XCTestCase {
         XCTAssertTrue(text.contains(#"gen_ai_client_token_usage_count{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini",gen_ai_token_type="output"} 4"#), text)
         XCTAssertTrue(text.contains(#"gen_ai_server_time_to_first_token_seconds_count{gen_ai_operation_name="chat",gen_ai_request_model="gpt-4o-mini"} 1"#), text)
         XCTAssertTrue(text.contains(#"sluice_upstream_circuit_open{upstream="scripted"} 0"#), text)
+        XCTAssertTrue(text.contains(#"sluice_upstream_queued_requests{upstream="scripted"} 0"#), text)
+        XCTAssertTrue(text.contains(#"sluice_upstream_queue_wait_seconds_count{upstream="scripted"} "#), text)
         // Every value of the enumerated labels is a snake_case word.
         let snake = try Regex(#"^[a-z0-9]+(_[a-z0-9]+)*$"#)
         let labelValue = try Regex(#"(kind|outcome|limit|reason|mode|result|path|gen_ai_token_type|gen_ai_operation_name)="([^"]*)""#)

@@ -57,14 +57,14 @@ CONTRACT_SERIES = {
     "sluice_limiter_pending_settlements", "sluice_open_connections", "sluice_request_tasks",
     "sluice_config_reloads_total", "sluice_limiter_admissions_total", "sluice_limiter_calls_total",
     "sluice_implausible_usage_total", "sluice_upstream_circuit_open", "sluice_limiter_call_failures_total",
-    "sluice_ready", "sluice_build_info", "sluice_key_remaining",
+    "sluice_ready", "sluice_build_info", "sluice_key_remaining", "sluice_upstream_queued_requests",
     "process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
     "process_start_time_seconds",
 }
 CONTRACT_HISTOGRAMS = {
     "sluice_request_duration_seconds", "sluice_added_latency_seconds",
     "sluice_upstream_request_duration_seconds", "sluice_upstream_time_to_first_byte_seconds",
-    "sluice_limiter_call_duration_seconds", "gen_ai_client_token_usage",
+    "sluice_limiter_call_duration_seconds", "gen_ai_client_token_usage", "sluice_upstream_queue_wait_seconds",
     "gen_ai_server_request_duration_seconds", "gen_ai_server_time_to_first_token_seconds",
     "gen_ai_server_time_per_output_token_seconds",
 }

@@ -67,7 +67,7 @@ struct ConfigDocumentReader {
     static let logFields = ["format"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
-    static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections"]
+    static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms"]
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
     static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "expires_at", "previous_secrets", "metrics"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
@@ -252,6 +252,7 @@ struct ConfigDocumentReader {
         upstream.stallTimeoutMs = walker.integer(members, "stall_timeout_ms", at: path, default: UpstreamConfig.defaultStallTimeoutMs, range: Self.timeoutRange)
         upstream.requestTimeoutMs = walker.integer(members, "request_timeout_ms", at: path, default: UpstreamConfig.defaultRequestTimeoutMs, range: Self.timeoutRange)
         upstream.maxConnections = walker.integer(members, "max_connections", at: path, default: UpstreamConfig.defaultMaxConnections, range: 1...100_000)
+        upstream.queueTimeoutMs = walker.integer(members, "queue_timeout_ms", at: path, default: UpstreamConfig.defaultQueueTimeoutMs, range: 0...3_600_000)
         return upstream
     }
 

@@ -177,7 +177,14 @@ public struct UpstreamConfig: Sendable, Equatable {
     /// Total time of a non-streaming request.
     public static let defaultRequestTimeoutMs = 600_000
     /// Connections kept per upstream host.
-    public static let defaultMaxConnections = 64
+    /// Per upstream and node (shared by all engine threads): over HTTP/1.1 one connection carries one
+    /// exchange, and a streamed completion holds it for seconds to minutes, so a node serving 100
+    /// requests/s of 20-second streams needs ~2,000. Each costs a socket (an fd) and a few tens of KiB
+    /// in the kernel and libcurl; the engine allows 10,000 transfers in flight per node.
+    public static let defaultMaxConnections = 2048
+    /// How long an exchange may wait for one of the `max_connections` before it gets 503 with
+    /// `retry-after`.
+    public static let defaultQueueTimeoutMs = 10_000
 
     /// Unique among upstreams; used in logs and metrics.
     public var name: String
@@ -195,6 +202,7 @@ public struct UpstreamConfig: Sendable, Equatable {
     public var stallTimeoutMs: Int = UpstreamConfig.defaultStallTimeoutMs
     public var requestTimeoutMs: Int = UpstreamConfig.defaultRequestTimeoutMs
     public var maxConnections: Int = UpstreamConfig.defaultMaxConnections
+    public var queueTimeoutMs: Int = UpstreamConfig.defaultQueueTimeoutMs
 
     public init(name: String, baseURL: String, apiKeyEnvironmentVariable: String? = nil, apiKey: Secret? = nil, models: [ModelMatcher]) {
         self.name = name
