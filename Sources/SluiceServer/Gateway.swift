@@ -114,6 +114,8 @@ public final class Gateway: RequestHandling {
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: nil)
         case .retrieveModel(let id):
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: id)
+        case .responseResource(let pathBelowVersion):
+            outcome = await passThroughResponseResource(request, pathBelowVersion: pathBelowVersion, requestID: requestID, writer: writer, logger: logger)
         case .health:
             outcome = await health(writer, requestID: requestID)
         case .ready:
