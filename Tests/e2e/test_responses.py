@@ -143,3 +143,21 @@ def test_model_authorization_is_that_of_chat(gateway):
     with pytest.raises(openai.NotFoundError):
         client(gateway, MINI_ONLY).responses.create(model="gpt-4o", input="hi")
     assert client(gateway, MINI_ONLY).responses.create(model="gpt-4o-mini", input="hi").status == "completed"
+
+
+def test_mock_knobs_apply_and_an_upstream_error_charges_nothing(gateway, mock):
+    # Straight at the mock: the x-mock-* headers work on /v1/responses as on chat.
+    direct = openai.OpenAI(base_url=mock.base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        direct.responses.create(model="gpt-4o-mini", input="hi", extra_headers={"x-mock-status": "500"})
+    started = time.monotonic()
+    events = list(direct.responses.create(model="gpt-4o-mini", input="hi", stream=True,
+                                          extra_headers={"x-mock-completion-tokens": "4", "x-mock-token-delay-ms": "50"}))
+    assert time.monotonic() - started >= 0.15
+    assert events[-1].response.usage.output_tokens == 4
+    # Through Sluice: an upstream error is relayed and nothing is charged.
+    before = charged(gateway, "resp")
+    with pytest.raises(openai.InternalServerError):
+        client(gateway).responses.create(model="gpt-4o-mini", input="hi", extra_headers={"x-mock-status": "500"})
+    time.sleep(0.3)
+    assert charged(gateway, "resp") == before
