@@ -200,6 +200,8 @@ extension Gateway {
         outcome.attempts = relayed.attempts
         outcome.streamed = relayed.streamed
         outcome.timeToFirstByte = relayed.timeToFirstByte
+        outcome.cachedInputTokens = relayed.cachedInputTokens
+        outcome.reasoningTokens = relayed.reasoningTokens
         return outcome
     }
 

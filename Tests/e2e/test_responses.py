@@ -65,6 +65,9 @@ def test_non_streamed_response_is_charged_the_upstream_usage(gateway):
     assert raw.headers["x-ratelimit-limit-tokens"] == "100000000"
     expected = (response.usage.input_tokens, response.usage.output_tokens)
     assert charged_since(gateway, "resp", before, expected) == expected
+    # The access log line carries the Responses usage details.
+    lines = [line for line in gateway.log_text().splitlines() if raw.headers["x-request-id"] in line and "cached_input_tokens" in line]
+    assert lines and "reasoning_tokens" in lines[-1], gateway.log_text()[-2000:]
 
 
 def test_streamed_response_passes_events_through_and_is_charged_the_final_usage(gateway):
