@@ -164,3 +164,22 @@ def test_mock_knobs_apply_and_an_upstream_error_charges_nothing(gateway, mock):
         client(gateway).responses.create(model="gpt-4o-mini", input="hi", extra_headers={"x-mock-status": "500"})
     time.sleep(0.3)
     assert charged(gateway, "resp") == before
+
+
+def test_stream_bytes_are_those_of_the_upstream(gateway, mock):
+    """Every event reaches the client byte for byte as the upstream sent it (`event:` lines included);
+    only the response id and creation time differ between two answers of the mock."""
+    import re
+
+    def raw_stream(base_url, key):
+        body = {"model": "gpt-4o-mini", "input": "bytes please", "stream": True}
+        with httpx.stream("POST", base_url + "/responses", json=body, timeout=10,
+                          headers={"authorization": f"Bearer {key}", "x-mock-completion-tokens": "6"}) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            return re.sub(rb'"created_at":\d+', b'"created_at":0', re.sub(rb"(resp|msg)_mock\d+x\d+", rb"\1_X", r.read()))
+
+    through = raw_stream(gateway.base_url, KEY)
+    direct = raw_stream(mock.base_url, "x")
+    assert through == direct
+    assert through.count(b"event: response.output_text.delta\n") == 6
