@@ -61,7 +61,10 @@ extension Gateway {
         let promptBytes = promptCounter.promptBytes(openAIRequest)
         let fewestPromptTokens = promptCounter.minimumTokens(promptBytes: promptBytes)
         let largestPrompt = key.limits.largestAdmissiblePrompt(reservedOutputTokens: reservedOutputTokens)
-        let promptTokens: Int
+        // A Responses request continuing a stored conversation: the upstream adds turns Sluice
+        // cannot see; reserve the key's allowance for them (settled with the upstream's count).
+        let storedContextAllowance = openAIRequest.continuesStoredConversation ? key.previousResponseAllowanceTokens : 0
+        var promptTokens: Int
         if let largestPrompt, fewestPromptTokens > largestPrompt {
             promptTokens = fewestPromptTokens
         } else {
@@ -74,6 +77,7 @@ extension Gateway {
                 return await refuse(error, key: key, model: model, requestID: requestID, writer: writer)
             }
         }
+        promptTokens += storedContextAllowance
         if let countSpan {
             countSpan.updateAttributes { attributes in
                 attributes["sluice.prompt_tokens"] = promptTokens
@@ -148,7 +152,9 @@ extension Gateway {
 
         // 8. settle: refund or charge the difference to the reservation, exactly once (what is
         // charged for each outcome: `RelayResult`).
-        let chargedPromptTokens = relayed.chargesPrompt ? promptTokens : 0
+        // The Responses API's input is charged as the upstream reports it (`input_tokens`): its
+        // framing is not verified, and stored conversations are invisible to Sluice.
+        let chargedPromptTokens = relayed.chargesPrompt ? (relayed.reportedPromptTokens ?? promptTokens) : 0
         // Usage is recorded under the client's model name when the model answered (an upstream
         // refuses names it does not serve), else under the config entry that routed it: names a
         // client invents under a wildcard must not grow the usage records without bound.
@@ -194,6 +200,8 @@ extension Gateway {
         outcome.attempts = relayed.attempts
         outcome.streamed = relayed.streamed
         outcome.timeToFirstByte = relayed.timeToFirstByte
+        outcome.cachedInputTokens = relayed.cachedInputTokens
+        outcome.reasoningTokens = relayed.reasoningTokens
         return outcome
     }
 

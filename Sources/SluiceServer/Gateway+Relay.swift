@@ -59,6 +59,12 @@ struct RelayResult: Sendable {
     /// Only with telemetry on: the answering model and the choices' finish reasons, from the answer.
     var responseModel: String?
     var finishReasons: [String] = []
+    /// Responses API only: the upstream's reported `input_tokens` (bounded), charged instead of
+    /// Sluice's count; nil when none was reported (or for other endpoints).
+    var reportedPromptTokens: Int?
+    /// Responses API only: the reported cached input and reasoning tokens (informational).
+    var cachedInputTokens: Int?
+    var reasoningTokens: Int?
 
     init(status: Int, chargesPrompt: Bool, completionTokens: Int, upstreamOutcome: UpstreamOutcome) {
         self.status = status
@@ -336,8 +342,10 @@ extension Gateway {
 
         let answered = (200..<300).contains(response.status)
         var completionTokens = 0
+        var reportedUsage: Usage?
         if answered {
             if let usage = collected.withUnsafeReadableBytes(Usage.fromResponseBody) {
+                reportedUsage = usage
                 completionTokens = plausibleCompletionTokens(reported: usage.completionTokens, exchange, logger: logger)
             } else {
                 // No usage reported: charge what the answer holds, counted by Sluice.
@@ -358,6 +366,7 @@ extension Gateway {
         }
         // An error status is not billed by the provider, so neither is it here.
         var result = RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens, upstreamOutcome: UpstreamOutcome(status: response.status))
+        result.recordResponsesUsage(reportedUsage, exchange)
         if scanning, answered {
             var scanner = ResponseFieldScanner()
             collected.withUnsafeReadableBytes { scanner.consume($0) }
@@ -393,7 +402,7 @@ extension Gateway {
 
     /// `sent`: when the request left for the upstream (the time to the first chunk counts from it).
     private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, sent: ContinuousClock.Instant, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
-        var filter = StreamRelayFilter(dropsUsageChunk: exchange.request.sluiceAddedUsage)
+        var filter = StreamRelayFilter(dropsUsageChunk: exchange.request.sluiceAddedUsage, isResponsesStream: exchange.endpoint == .responses)
         var scanner: ResponseFieldScanner? = scanning ? ResponseFieldScanner() : nil
         func producedTokens() -> Int {
             if let usage = filter.usage { return plausibleCompletionTokens(reported: usage.completionTokens, exchange, logger: logger) }
@@ -408,6 +417,7 @@ extension Gateway {
         func streamed(_ result: RelayResult) -> RelayResult {
             var result = result
             result.streamed = true
+            result.recordResponsesUsage(filter.usage, exchange)
             result.timeToFirstChunk = firstChunk.map { $0 - sent }
             if let scanner {
                 result.responseModel = scanner.model
@@ -441,5 +451,20 @@ extension Gateway {
             logger.info("client disconnected mid-stream", metadata: ["completion_tokens_relayed": "\(produced)"])
             return streamed(RelayResult(status: 499, chargesPrompt: true, completionTokens: produced, upstreamOutcome: .cancelled))
         }
+    }
+}
+
+extension RelayResult {
+    /// Most input tokens taken from a Responses answer's `usage`: beyond any context window, far
+    /// below what would overflow a bucket's arithmetic.
+    static let plausibleInputTokens = 4_194_304
+
+    /// For the Responses API: keeps the upstream's `input_tokens` (bounded) to charge instead of
+    /// Sluice's own count, and the cached-input and reasoning details.
+    mutating func recordResponsesUsage(_ usage: Usage?, _ exchange: ProxyExchange) {
+        guard exchange.endpoint == .responses, let usage else { return }
+        reportedPromptTokens = min(usage.promptTokens, Self.plausibleInputTokens)
+        cachedInputTokens = usage.cachedInputTokens
+        reasoningTokens = usage.reasoningTokens
     }
 }

@@ -116,6 +116,8 @@ public final class Gateway: RequestHandling {
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: nil)
         case .retrieveModel(let id):
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: id)
+        case .responseResource(let pathBelowVersion):
+            outcome = await passThroughResponseResource(request, pathBelowVersion: pathBelowVersion, requestID: requestID, writer: writer, logger: logger)
         case .health:
             outcome = await health(writer, requestID: requestID)
         case .ready:
@@ -135,9 +137,7 @@ public final class Gateway: RequestHandling {
             proxied: route.isProxy, upstreamTime: outcome.upstreamTime
         )
         if route.isProxy {
-            logger.info(
-                "request",
-                metadata: [
+            var metadata: Logger.Metadata = [
                     "route": "\(route.metricLabel)", "status": "\(outcome.status)",
                     "key": "\(outcome.keyID ?? "-")", "model": "\(RequestLogger.bounded(outcome.model ?? "-"))",
                     "prompt_tokens": "\(outcome.promptTokens)", "completion_tokens": "\(outcome.completionTokens)",
@@ -146,8 +146,11 @@ public final class Gateway: RequestHandling {
                     "streamed": "\(outcome.streamed)",
                     "ttfb_ms": "\(outcome.timeToFirstByte.map(Self.milliseconds) ?? "-")",
                     "client": "\(request.clientAddress ?? "-")",
-                ]
-            )
+            ]
+            // Responses API answers: the upstream's cached-input and reasoning details, when reported.
+            if let cached = outcome.cachedInputTokens { metadata["cached_input_tokens"] = "\(cached)" }
+            if let reasoning = outcome.reasoningTokens { metadata["reasoning_tokens"] = "\(reasoning)" }
+            logger.info("request", metadata: metadata)
         }
     }
 
@@ -283,6 +286,9 @@ struct RequestOutcome: Sendable {
     var attempts = 0
     var streamed = false
     var timeToFirstByte: Duration?
+    /// Responses API only: the reported cached input tokens and reasoning tokens (for the access log).
+    var cachedInputTokens: Int?
+    var reasoningTokens: Int?
 }
 
 /// One thread's copy of the gateway's settings. `@unchecked Sendable`: only reached through its own

@@ -34,6 +34,22 @@ public struct GatewaySettings: Sendable {
         upstream(forModel: model)?.metricLabel(forModel: model) ?? UpstreamRoute.otherModelsLabel
     }
 
+    /// Where `key`'s requests about stored responses (`GET`/`DELETE /v1/responses/{id}`) go: the
+    /// first upstream serving a model the key may use. Which upstream stored a response is not
+    /// tracked: with several upstreams this may not be the one that holds it (it answers 404).
+    func responsesUpstream(for key: APIKey) -> UpstreamRoute? {
+        upstreams.first { upstream in
+            guard let allowed = key.allowedModels else { return true }
+            return allowed.contains { matcher in
+                if case .exact(let name) = matcher, upstream.config.serves(model: name) { return true }
+                return upstream.config.models.contains { served in
+                    if case .exact(let name) = served { return matcher.matches(name) }
+                    return false
+                }
+            }
+        }
+    }
+
     /// Models listed by `GET /v1/models` for a key: the exact model names upstreams serve that the
     /// key may use (prefix rules cannot be enumerated).
     func listedModels(for key: APIKey) -> [String] {
@@ -89,6 +105,11 @@ struct UpstreamRoute: Sendable {
 
     func url(for endpoint: OpenAIEndpoint) -> String {
         base + endpoint.pathBelowVersion
+    }
+
+    /// The URL of a path below the API version (`/responses/resp_1`), query string included.
+    func url(pathBelowVersion: String) -> String {
+        base + pathBelowVersion
     }
 
     var timeouts: UpstreamTimeouts {

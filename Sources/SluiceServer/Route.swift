@@ -6,6 +6,9 @@ enum Route: Sendable, Equatable {
     case proxy(OpenAIEndpoint)
     case listModels
     case retrieveModel(String)
+    /// `GET`/`DELETE /v1/responses/{id}` (and its `input_items`, `POST …/cancel`): a stored response,
+    /// passed through. The path below `/v1`, verbatim.
+    case responseResource(pathBelowVersion: String)
     case health
     case ready
     case methodNotAllowed(allowed: [String])
@@ -24,6 +27,17 @@ enum Route: Sendable, Equatable {
             self = (method == .GET || method == .HEAD) ? route : .methodNotAllowed(allowed: ["GET", "HEAD"])
             return
         }
+        let responsesPrefix = "/v1/responses/"
+        if path.hasPrefix(responsesPrefix), path.count > responsesPrefix.count {
+            let below = String(path.dropFirst("/v1".count))
+            if path.hasSuffix("/cancel") {
+                self = method == .POST ? .responseResource(pathBelowVersion: below) : .methodNotAllowed(allowed: ["POST"])
+            } else {
+                self = (method == .GET || method == .DELETE)
+                    ? .responseResource(pathBelowVersion: below) : .methodNotAllowed(allowed: ["GET", "DELETE"])
+            }
+            return
+        }
         let modelPrefix = "/v1/models/"
         if path.hasPrefix(modelPrefix), path.count > modelPrefix.count {
             let id = String(path.dropFirst(modelPrefix.count))
@@ -36,7 +50,7 @@ enum Route: Sendable, Equatable {
 
     /// True for the API's paths (`/v1` and below), where a request needs a valid key before it
     /// learns anything, "no such route" included: a caller without a key gets 401 there, as from
-    /// OpenAI's own endpoints that Sluice does not serve (`/v1/responses`). Elsewhere (`/`,
+    /// OpenAI's own endpoints that Sluice does not serve (`/v1/audio/…`). Elsewhere (`/`,
     /// `/healthz`, …) nothing needs a key.
     static func isAPIPath(_ path: String) -> Bool {
         path == "/v1" || path.hasPrefix("/v1/")
@@ -79,6 +93,7 @@ enum Route: Sendable, Equatable {
         switch self {
         case .proxy(let endpoint): return endpoint.path
         case .listModels, .retrieveModel: return "/v1/models"
+        case .responseResource: return "/v1/responses/{id}"
         case .health: return "/healthz"
         case .ready: return "/readyz"
         case .methodNotAllowed: return "method_not_allowed"

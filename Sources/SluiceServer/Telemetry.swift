@@ -177,6 +177,7 @@ extension OpenAIEndpoint {
         case .chatCompletions: "chat"
         case .completions: "text_completion"
         case .embeddings: "embeddings"
+        case .responses: "chat"
         }
     }
 }

@@ -12,6 +12,8 @@ struct CompletionStream {
     enum Kind: Sendable {
         case chat
         case text
+        /// The Responses API (`response.*` events, see `ResponsesEventWriter`).
+        case responses
     }
 
     let kind: Kind
@@ -26,6 +28,9 @@ struct CompletionStream {
     private let tokenChunkHead: ByteBuffer
     /// Per word, everything of a token chunk after the choice index (shared, built once per process).
     private let tokenChunkTails: [[UInt8]]
+
+    /// The Responses API's events, for `.responses`.
+    private var responsesEvents: ResponsesEventWriter?
 
     /// Index of the next event to write.
     private(set) var nextEvent = 0
@@ -47,14 +52,14 @@ struct CompletionStream {
         prefix.writeJSONString(identity.id)
         switch kind {
         case .chat: prefix.writeStaticString(",\"object\":\"chat.completion.chunk\",\"created\":")
-        case .text: prefix.writeStaticString(",\"object\":\"text_completion\",\"created\":")
+        case .text, .responses: prefix.writeStaticString(",\"object\":\"text_completion\",\"created\":")
         }
         prefix.writeDecimal(identity.created)
         prefix.writeStaticString(",\"model\":")
         prefix.writeJSONString(identity.model)
         switch kind {
         case .chat: prefix.writeStaticString(",\"service_tier\":\"default\",\"system_fingerprint\":\"fp_sluice_mock\",\"choices\":[")
-        case .text: prefix.writeStaticString(",\"system_fingerprint\":\"fp_sluice_mock\",\"choices\":[")
+        case .text, .responses: prefix.writeStaticString(",\"system_fingerprint\":\"fp_sluice_mock\",\"choices\":[")
         }
         self.chunkPrefix = prefix
         var head = prefix
@@ -65,21 +70,43 @@ struct CompletionStream {
         case (.chat, true): self.tokenChunkTails = TokenChunkTails.chatWithUsageNull
         case (.text, false): self.tokenChunkTails = TokenChunkTails.text
         case (.text, true): self.tokenChunkTails = TokenChunkTails.textWithUsageNull
+        case (.responses, _): self.tokenChunkTails = []
         }
+    }
+
+    /// A streamed Responses API answer: one output message of `textTokens` tokens.
+    init(responses writer: ResponsesEventWriter, allocator: ByteBufferAllocator) {
+        self.init(
+            kind: .responses, identity: writer.identity, choices: 1, tokensPerChoice: writer.textTokens,
+            finishReason: writer.incompleteBecauseOfLength ? .length : .stop, includeUsage: false,
+            usage: MockUsage(promptTokens: writer.usage.inputTokens, completionTokens: writer.usage.outputTokens),
+            allocator: allocator)
+        self.responsesEvents = writer
     }
 
     // MARK: Where the stream is
 
-    private var roleEvents: Int { kind == .chat ? choices : 0 }
+    private var roleEvents: Int {
+        switch kind {
+        case .chat: choices
+        case .text: 0
+        case .responses: ResponsesEventWriter.leadingEvents
+        }
+    }
     /// Token chunks in the whole stream.
     var tokenEvents: Int { choices * tokensPerChoice }
-    private var totalEvents: Int { roleEvents + tokenEvents + choices + (includeUsage ? 1 : 0) + 1 }
+    private var totalEvents: Int {
+        if kind == .responses { return roleEvents + tokenEvents + ResponsesEventWriter.trailingEvents }
+        return roleEvents + tokenEvents + choices + (includeUsage ? 1 : 0) + 1
+    }
 
     /// All events, `[DONE]` included, are written.
     var isFinished: Bool { nextEvent >= totalEvents }
 
     /// The next event is a token chunk.
     var nextIsToken: Bool { nextEvent >= roleEvents && nextEvent < roleEvents + tokenEvents }
+
+    private func nextIsTokenEvent(_ event: Int) -> Bool { event >= roleEvents && event < roleEvents + tokenEvents }
 
     /// The role chunks are behind us: the next event is a token, finish, usage or `[DONE]`.
     var isPastRoleChunks: Bool { nextEvent >= roleEvents }
@@ -91,6 +118,11 @@ struct CompletionStream {
         precondition(!isFinished, "CompletionStream: no event after [DONE]")
         let event = nextEvent
         nextEvent += 1
+        if let responsesEvents {
+            if nextIsTokenEvent(event) { tokensSent += 1 }
+            responsesEvents.write(event: event, into: &buffer)
+            return
+        }
         if event < roleEvents {
             writeChunkStart(into: &buffer)
             buffer.writeStaticString("{\"index\":")
@@ -119,7 +151,7 @@ struct CompletionStream {
             buffer.writeStaticString("],\"usage\":")
             switch kind {
             case .chat: usage.writeChat(into: &buffer)
-            case .text: usage.writePlain(into: &buffer)
+            case .text, .responses: usage.writePlain(into: &buffer)
             }
             buffer.writeStaticString("}\n\n")
             return
@@ -148,7 +180,7 @@ struct CompletionStream {
         buffer.writeDecimal(index)
         switch kind {
         case .chat: buffer.writeStaticString(",\"delta\":{},\"logprobs\":null,\"finish_reason\":")
-        case .text: buffer.writeStaticString(",\"text\":\"\",\"logprobs\":null,\"finish_reason\":")
+        case .text, .responses: buffer.writeStaticString(",\"text\":\"\",\"logprobs\":null,\"finish_reason\":")
         }
         buffer.writeStaticString(finishReason.quoted)
         buffer.writeStaticString("}]")

@@ -27,6 +27,9 @@ enum MockLimits {
     static let maximumChoices = 128
     /// Largest delay accepted from a header or flag: one hour.
     static let maximumDelayMilliseconds = 3_600_000
+    /// Input tokens a Responses request with `previous_response_id` reports on top of its own input: the
+    /// stored conversation the mock pretends to have.
+    static let previousResponseInputTokens = 100
 }
 
 /// A failure injected into a response.

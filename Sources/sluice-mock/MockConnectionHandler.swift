@@ -221,6 +221,21 @@ final class MockConnectionHandler: ChannelInboundHandler {
                 promptTokens: fields.estimatedPromptTokens, into: &scratch)
             exchange = MockExchange(record: record, version: head.version, status: knobs.status,
                                     keepAlive: head.isKeepAlive, fixedBody: scratch, knobs: knobs)
+        case .responses:
+            exchange = responsesExchange(fields: fields, knobs: knobs, record: record, head: head,
+                                         allocator: context.channel.allocator)
+        case .retrieveResponse(let id):
+            // Nothing is stored: any id is a completed response with an empty message and zero usage.
+            let identity = ResponseIdentity(id: id, created: Int(Self.unixTime()), model: "gpt-4o-mini")
+            MockResponsesBodies.response(
+                identity: identity, status: "completed", incompleteBecauseOfLength: false, maxOutputTokens: nil,
+                textTokens: 0, usage: MockResponsesUsage(inputTokens: 0, outputTokens: 0), into: &scratch)
+            exchange = MockExchange(record: record, version: head.version, status: knobs.status,
+                                    keepAlive: head.isKeepAlive, fixedBody: scratch, knobs: knobs)
+        case .deleteResponse(let id):
+            MockResponsesBodies.deleted(id: id, into: &scratch)
+            exchange = MockExchange(record: record, version: head.version, status: knobs.status,
+                                    keepAlive: head.isKeepAlive, fixedBody: scratch, knobs: knobs)
         case .models:
             scratch.writeBytes(MockResponseBodies.modelList)
             exchange = MockExchange(record: record, version: head.version, status: knobs.status,
@@ -271,6 +286,40 @@ final class MockConnectionHandler: ChannelInboundHandler {
         let exchange = MockExchange(record: record, version: head.version, status: knobs.status,
                                     keepAlive: head.isKeepAlive, fixedBody: scratch, knobs: knobs)
         exchange.completionTokensInBody = usage.completionTokens
+        return exchange
+    }
+
+    /// `POST /v1/responses`: one assistant message of `x-mock-completion-tokens` words (capped by
+    /// `max_output_tokens`, then `incomplete`), streamed as `response.*` events or as one `response` object.
+    private func responsesExchange(
+        fields: MockRequestFields, knobs: RequestKnobs, record: RequestLogRecord, head: HTTPRequestHead,
+        allocator: ByteBufferAllocator
+    ) -> MockExchange {
+        var textTokens = min(knobs.completionTokens, MockLimits.maximumTotalCompletionTokens)
+        var incomplete = false
+        if let maxTokens = fields.maxTokens, maxTokens < textTokens {
+            textTokens = maxTokens
+            incomplete = true
+        }
+        let usage = MockResponsesUsage(
+            inputTokens: fields.estimatedPromptTokens, outputTokens: knobs.reportedCompletionTokens ?? textTokens)
+        let identity = ResponseIdentity(
+            id: "resp_mock\(connectionID)x\(requestsOnConnection)", created: Int(Self.unixTime()),
+            model: fields.model ?? "")
+        if fields.stream {
+            let writer = ResponsesEventWriter(
+                identity: identity, textTokens: textTokens, incompleteBecauseOfLength: incomplete,
+                maxOutputTokens: fields.maxTokens, usage: usage)
+            let keepAlive = head.isKeepAlive && head.version.minor >= 1
+            return MockExchange(record: record, version: head.version, status: knobs.status, keepAlive: keepAlive,
+                                stream: CompletionStream(responses: writer, allocator: allocator), knobs: knobs)
+        }
+        MockResponsesBodies.response(
+            identity: identity, status: incomplete ? "incomplete" : "completed", incompleteBecauseOfLength: incomplete,
+            maxOutputTokens: fields.maxTokens, textTokens: textTokens, usage: usage, into: &scratch)
+        let exchange = MockExchange(record: record, version: head.version, status: knobs.status,
+                                    keepAlive: head.isKeepAlive, fixedBody: scratch, knobs: knobs)
+        exchange.completionTokensInBody = usage.outputTokens
         return exchange
     }
 

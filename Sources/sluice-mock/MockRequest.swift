@@ -2,11 +2,25 @@ import NIOCore
 import NIOHTTP1
 
 /// The OpenAI endpoints the mock answers.
-enum MockEndpoint: Sendable {
+enum MockEndpoint: Sendable, Equatable {
     case chatCompletions
     case completions
     case embeddings
     case models
+    /// `POST /v1/responses` (the Responses API).
+    case responses
+    /// `GET /v1/responses/{id}`: the mock stores nothing and answers a completed response with that id.
+    case retrieveResponse(String)
+    /// `DELETE /v1/responses/{id}`.
+    case deleteResponse(String)
+
+    /// True for the endpoints whose body is read.
+    var readsBody: Bool {
+        switch self {
+        case .chatCompletions, .completions, .embeddings, .responses: true
+        case .models, .retrieveResponse, .deleteResponse: false
+        }
+    }
 
     /// The endpoint for a method and path (query string already removed), nil for anything else.
     init?(method: HTTPMethod, path: Substring) {
@@ -15,7 +29,16 @@ enum MockEndpoint: Sendable {
         case (.POST, "/v1/completions"): self = .completions
         case (.POST, "/v1/embeddings"): self = .embeddings
         case (.GET, "/v1/models"): self = .models
-        default: return nil
+        case (.POST, "/v1/responses"): self = .responses
+        default:
+            let prefix = "/v1/responses/"
+            guard path.hasPrefix(prefix), path.count > prefix.count else { return nil }
+            let id = String(path.dropFirst(prefix.count))
+            switch method {
+            case .GET: self = .retrieveResponse(id)
+            case .DELETE: self = .deleteResponse(id)
+            default: return nil
+            }
         }
     }
 }
@@ -36,6 +59,10 @@ struct MockRequestFields: Sendable {
     var embeddingInputCount = 0
     /// `encoding_format: "base64"` on an embeddings request.
     var base64Embeddings = false
+    /// A Responses request continuing a stored conversation (`previous_response_id`): the mock reports
+    /// `MockLimits.previousResponseInputTokens` more input tokens, standing in for the stored context
+    /// that the gateway cannot see.
+    var continuesPreviousResponse = false
 }
 
 /// A request body the mock refuses, answered with 400 and OpenAI's `invalid_request_error`.
@@ -49,7 +76,7 @@ extension MockRequestFields {
     /// - Throws: `MockRequestError` when the body is not a JSON object or a required field is missing or
     ///   of the wrong type, in the same cases where OpenAI answers 400.
     init(endpoint: MockEndpoint, body: ByteBuffer) throws(MockRequestError) {
-        guard endpoint != .models else { return }
+        guard endpoint.readsBody else { return }
         var seen = SeenFields()
         do {
             try body.withUnsafeReadableBytes { bytes throws(RequestBodyScanner.Failure) in
@@ -88,8 +115,13 @@ extension MockRequestFields {
             throw MockRequestError(message: "Missing required parameter: 'prompt'.", param: "prompt")
         case .embeddings where !seen.prompt:
             throw MockRequestError(message: "Missing required parameter: 'input'.", param: "input")
+        case .responses where !seen.prompt && !continuesPreviousResponse:
+            throw MockRequestError(message: "Missing required parameter: 'input'.", param: "input")
         default:
             break
+        }
+        if continuesPreviousResponse {
+            estimatedPromptTokens += MockLimits.previousResponseInputTokens
         }
         if let maxCompletionTokens = seen.maxCompletionTokens {
             maxTokens = maxCompletionTokens  // the newer name wins, as with OpenAI
@@ -162,6 +194,25 @@ extension MockRequestFields {
             let estimate = try Self.promptEstimate(&scanner, field: endpoint == .completions ? "prompt" : "input")
             estimatedPromptTokens = estimate.tokens
             embeddingInputCount = estimate.inputs
+        case Key.input where endpoint == .responses:
+            seen.prompt = true
+            estimatedPromptTokens += Self.tokensEstimate(utf8Bytes: try Self.responsesInputBytes(&scanner))
+        case Key.instructions where endpoint == .responses:
+            switch try scanner.peekKind() {
+            case .null: try scanner.readNull()
+            case .string: estimatedPromptTokens += Self.tokensEstimate(utf8Bytes: try scanner.readStringLength())
+            default: throw .type(field: "instructions")
+            }
+        case Key.maxOutputTokens where endpoint == .responses:
+            maxTokens = try Self.optionalInteger(&scanner, field: "max_output_tokens")
+        case Key.previousResponseID where endpoint == .responses:
+            switch try scanner.peekKind() {
+            case .null: try scanner.readNull()
+            case .string:
+                _ = try scanner.readStringLength()
+                continuesPreviousResponse = true
+            default: throw .type(field: "previous_response_id")
+            }
         case Key.encodingFormat where endpoint == .embeddings:
             switch try scanner.peekKind() {
             case .null: try scanner.readNull()
@@ -197,6 +248,30 @@ extension MockRequestFields {
         default:
             try scanner.skipValue(depth: 3)  // null (assistant tool calls) and the like carry no text
             return 0
+        }
+    }
+
+    /// UTF-8 bytes of a Responses `input`: a string, or an array of items whose `content` (a string, or
+    /// parts with `text`) counts; other item fields (function call output and the like) are ignored.
+    private static func responsesInputBytes(_ scanner: inout RequestBodyScanner) throws(RequestBodyScanner.Failure) -> Int {
+        switch try scanner.peekKind() {
+        case .string:
+            return try scanner.readStringLength()
+        case .array:
+            var total = 0
+            try scanner.readElements(depth: 1) { scanner throws(RequestBodyScanner.Failure) in
+                guard try scanner.peekKind() == .object else { throw .type(field: "input") }
+                try scanner.readMembers(depth: 2) { scanner, key throws(RequestBodyScanner.Failure) in
+                    if key == Key.content {
+                        total += try Self.contentBytes(&scanner)
+                    } else {
+                        try scanner.skipValue(depth: 3)
+                    }
+                }
+            }
+            return total
+        default:
+            throw .type(field: "input")
         }
     }
 
@@ -284,5 +359,8 @@ extension MockRequestFields {
         static let input = Array("input".utf8)
         static let encodingFormat = Array("encoding_format".utf8)
         static let base64 = Array("base64".utf8)
+        static let instructions = Array("instructions".utf8)
+        static let maxOutputTokens = Array("max_output_tokens".utf8)
+        static let previousResponseID = Array("previous_response_id".utf8)
     }
 }

@@ -14,7 +14,11 @@ struct SluiceMockCommand: ParsableCommand {
         abstract: "A fast fake OpenAI upstream for tests and benchmarks.",
         discussion: """
             Answers POST /v1/chat/completions and /v1/completions (streamed and not), POST /v1/embeddings \
-            and GET /v1/models like OpenAI does; anything else is a 404 in OpenAI's error envelope. \
+            and GET /v1/models like OpenAI does, and the Responses API: POST /v1/responses (one assistant \
+            message; streamed as response.* events ending with response.completed, or response.incomplete \
+            when max_output_tokens cut it; usage input_tokens/output_tokens; previous_response_id adds 100 \
+            input tokens for the stored conversation), GET and DELETE /v1/responses/{id} (nothing is \
+            stored: any id answers); anything else is a 404 in OpenAI's error envelope. \
             Completions are N words, each one token (N = x-mock-completion-tokens or --completion-tokens, \
             capped by max_completion_tokens / max_tokens, per choice). Reported prompt tokens are only an \
             estimate: UTF-8 bytes of the prompt text ÷ 4, rounded up.

@@ -262,8 +262,8 @@ extension GatewayPipelineTests {
     /// endpoints Sluice does not serve); elsewhere no key is asked for.
     func testUnroutableAPIPathsCheckTheKeyFirst() async throws {
         let table: [(HTTPMethod, String, String?, Int)] = [
-            (.POST, "/v1/responses", nil, 401), (.POST, "/v1/responses", "sk-not-a-key-0123456789", 401),
-            (.POST, "/v1/responses", Self.secret, 404), (.GET, "/v1/chat/completions", nil, 401),
+            (.POST, "/v1/audio/speech", nil, 401), (.POST, "/v1/audio/speech", "sk-not-a-key-0123456789", 401),
+            (.POST, "/v1/audio/speech", Self.secret, 404), (.GET, "/v1/chat/completions", nil, 401),
             (.GET, "/v1/chat/completions", Self.secret, 405), (.GET, "/v1", nil, 401), (.GET, "/nowhere", nil, 404),
         ]
         for (method, path, secret, status) in table {

@@ -8,6 +8,14 @@ final class RouteTests: XCTestCase {
             (.POST, "/v1/chat/completions", .proxy(.chatCompletions)),
             (.POST, "/v1/completions", .proxy(.completions)),
             (.POST, "/v1/embeddings", .proxy(.embeddings)),
+            (.POST, "/v1/responses", .proxy(.responses)),
+            (.GET, "/v1/responses", .methodNotAllowed(allowed: ["POST"])),
+            (.GET, "/v1/responses/resp_1", .responseResource(pathBelowVersion: "/responses/resp_1")),
+            (.DELETE, "/v1/responses/resp_1", .responseResource(pathBelowVersion: "/responses/resp_1")),
+            (.GET, "/v1/responses/resp_1/input_items", .responseResource(pathBelowVersion: "/responses/resp_1/input_items")),
+            (.POST, "/v1/responses/resp_1/cancel", .responseResource(pathBelowVersion: "/responses/resp_1/cancel")),
+            (.POST, "/v1/responses/resp_1", .methodNotAllowed(allowed: ["GET", "DELETE"])),
+            (.GET, "/v1/responses/", .notFound),
             (.GET, "/v1/chat/completions", .methodNotAllowed(allowed: ["POST"])),
             (.GET, "/v1/models", .listModels),
             (.GET, "/v1/models/gpt-4o", .retrieveModel("gpt-4o")),
@@ -45,7 +53,7 @@ final class RouteTests: XCTestCase {
     }
 
     func testAPIPathsAreV1AndBelow() {
-        for path in ["/v1", "/v1/", "/v1/responses", "/v1/models/x"] { XCTAssertTrue(Route.isAPIPath(path), path) }
+        for path in ["/v1", "/v1/", "/v1/audio/speech", "/v1/models/x"] { XCTAssertTrue(Route.isAPIPath(path), path) }
         for path in ["/", "/v10", "/healthz", "/metrics", "/v2/models"] { XCTAssertFalse(Route.isAPIPath(path), path) }
     }
 

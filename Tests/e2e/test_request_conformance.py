@@ -228,9 +228,9 @@ def test_head_answers_the_model_routes_alike(http):
 
 
 def test_api_paths_check_the_key_before_the_route(gateway):
-    assert httpx.post(gateway.base_url + "/responses", json={}).status_code == 401
+    assert httpx.post(gateway.base_url + "/audio/speech", json={}).status_code == 401
     assert httpx.get(gateway.base_url + "/chat/completions").status_code == 401
-    keyed = httpx.post(gateway.base_url + "/responses", json={}, headers={"authorization": f"Bearer {KEY}"})
+    keyed = httpx.post(gateway.base_url + "/audio/speech", json={}, headers={"authorization": f"Bearer {KEY}"})
     assert keyed.status_code == 404
     assert keyed.json()["error"]["type"] == "invalid_request_error"
     assert httpx.get(gateway.root_url + "/nowhere").status_code == 404

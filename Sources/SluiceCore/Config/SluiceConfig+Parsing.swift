@@ -69,7 +69,7 @@ struct ConfigDocumentReader {
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms"]
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
-    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "expires_at", "previous_secrets", "metrics"]
+    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "previous_response_allowance_tokens", "expires_at", "previous_secrets", "metrics"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
     static let redisFields = ["url", "cluster_nodes", "password_env", "tls", "on_failure", "fallback_node_count", "usage_stream"]
     static let redisTLSFields = ["ca_file", "cert_file", "key_file", "server_name", "verify"]
@@ -495,6 +495,7 @@ struct ConfigDocumentReader {
         }
 
         let defaultOutputTokens = walker.integer(members, "default_output_tokens", at: path, default: KeyConfig.defaultDefaultOutputTokens, range: 1...LimitSet.maximumValue)
+        let previousResponseAllowance = walker.integer(members, "previous_response_allowance_tokens", at: path, default: KeyConfig.defaultPreviousResponseAllowanceTokens, range: 0...LimitSet.maximumValue)
         let expiresAt = readTimestamp(members, "expires_at", at: path)
         var previousSecrets: [KeyConfig.PreviousSecret] = []
         if let value = members["previous_secrets"], !value.isNull, let elements = walker.array(value, at: "\(path).previous_secrets") {
@@ -507,7 +508,8 @@ struct ConfigDocumentReader {
         let metrics = walker.boolean(members, "metrics", at: path, default: false)
         return KeyConfig(
             id: id, secretSHA256: hash, tier: tier, limits: ownLimits, models: models, defaultOutputTokens: defaultOutputTokens,
-            expiresAt: expiresAt, previousSecrets: previousSecrets, metrics: metrics
+            expiresAt: expiresAt, previousSecrets: previousSecrets, metrics: metrics,
+            previousResponseAllowanceTokens: previousResponseAllowance
         )
     }
 

@@ -317,6 +317,8 @@ public enum LeaseMode: String, Sendable, Hashable, CaseIterable {
 public struct KeyConfig: Sendable, Equatable {
     /// The output reservation of a request that sets no `max_tokens` / `max_completion_tokens`.
     public static let defaultDefaultOutputTokens = 1024
+    /// Default `previous_response_allowance_tokens`: a few turns of a conversation.
+    public static let defaultPreviousResponseAllowanceTokens = 4096
     /// What an id may look like: `[A-Za-z0-9_.-]{1,64}` (it becomes part of Redis key names).
     public static let maximumIDLength = 64
 
@@ -329,6 +331,10 @@ public struct KeyConfig: Sendable, Equatable {
     /// `nil`: every model an upstream serves.
     public var models: [ModelMatcher]?
     public var defaultOutputTokens: Int = KeyConfig.defaultDefaultOutputTokens
+    /// `previous_response_allowance_tokens`: input tokens reserved, on top of what Sluice counts, for a
+    /// Responses request that continues a stored conversation (`previous_response_id`), whose earlier
+    /// turns the upstream adds unseen. Settled with the upstream's `input_tokens`.
+    public var previousResponseAllowanceTokens: Int = KeyConfig.defaultPreviousResponseAllowanceTokens
     /// When every secret of the key stops authenticating; `nil`: never.
     public var expiresAt: UTCTimestamp?
     /// Secrets the key had before a rotation: each authenticates as this key until its own expiry
@@ -354,9 +360,10 @@ public struct KeyConfig: Sendable, Equatable {
     public init(
         id: String, secretSHA256: String, tier: String? = nil, limits: LimitSet? = nil, models: [ModelMatcher]? = nil,
         defaultOutputTokens: Int = KeyConfig.defaultDefaultOutputTokens, expiresAt: UTCTimestamp? = nil, previousSecrets: [PreviousSecret] = [],
-        metrics: Bool = false
+        metrics: Bool = false, previousResponseAllowanceTokens: Int = KeyConfig.defaultPreviousResponseAllowanceTokens
     ) {
         self.metrics = metrics
+        self.previousResponseAllowanceTokens = previousResponseAllowanceTokens
         self.id = id
         self.secretSHA256 = secretSHA256
         self.tier = tier

@@ -11,9 +11,14 @@ public struct APIKey: Sendable, Hashable {
     public let defaultOutputTokens: Int
     /// The key's remaining limits are exported as metrics (`"metrics": true` in its config entry).
     public let exportsMetrics: Bool
+    /// Input tokens reserved beyond the counted ones for a Responses request continuing a stored
+    /// conversation (`previous_response_allowance_tokens`).
+    public let previousResponseAllowanceTokens: Int
 
-    public init(id: String, limits: ResolvedLimits, allowedModels: [ModelMatcher]?, defaultOutputTokens: Int, exportsMetrics: Bool = false) {
+    public init(id: String, limits: ResolvedLimits, allowedModels: [ModelMatcher]?, defaultOutputTokens: Int, exportsMetrics: Bool = false,
+                previousResponseAllowanceTokens: Int = KeyConfig.defaultPreviousResponseAllowanceTokens) {
         self.id = id
+        self.previousResponseAllowanceTokens = previousResponseAllowanceTokens
         self.exportsMetrics = exportsMetrics
         self.limits = limits
         self.allowedModels = allowedModels
@@ -113,7 +118,7 @@ public struct KeyTable: Sendable {
         var keys: [APIKey] = []
         for keyConfig in config.keys {
             let limits = ResolvedLimits(tier: keyConfig.tier.flatMap { config.tiers[$0] }, own: keyConfig.limits)
-            let key = APIKey(id: keyConfig.id, limits: limits, allowedModels: keyConfig.models, defaultOutputTokens: keyConfig.defaultOutputTokens, exportsMetrics: keyConfig.metrics)
+            let key = APIKey(id: keyConfig.id, limits: limits, allowedModels: keyConfig.models, defaultOutputTokens: keyConfig.defaultOutputTokens, exportsMetrics: keyConfig.metrics, previousResponseAllowanceTokens: keyConfig.previousResponseAllowanceTokens)
             keys.append(key)
             if let digest = SecretDigest(hex: keyConfig.secretSHA256), byDigest[digest] == nil {
                 byDigest[digest] = Entry(digest: digest, key: key, expiresAt: keyConfig.expiresAt)

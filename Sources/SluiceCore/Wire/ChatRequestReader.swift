@@ -156,7 +156,7 @@ enum ChatRequestReader {
     /// "unmodelled".
     private static let modelledSchemaKeys: Set<String> = ["type", "properties", "required", "additionalProperties"]
 
-    private static func chatTool(_ function: JSONObject, path: String) throws(GatewayError) -> ChatTool {
+    static func chatTool(_ function: JSONObject, path: String) throws(GatewayError) -> ChatTool {
         let fields = RequestFields(function, path: path)
         let name = try fields.requiredString("name")
         let description = try fields.string("description") ?? ""

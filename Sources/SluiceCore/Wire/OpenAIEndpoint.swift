@@ -8,6 +8,9 @@ public enum OpenAIEndpoint: String, Sendable, Hashable, CaseIterable {
     case completions
     /// `POST /v1/embeddings`: input tokens only, never streams.
     case embeddings
+    /// `POST /v1/responses` (the Responses API): input in `instructions`, `input`, `tools`; may stream
+    /// (`response.*` events, usage in the final `response.completed`).
+    case responses
 
     /// The path below the API version, e.g. `/chat/completions`: what an upstream's `base_url`
     /// (which ends in the version, `…/v1`) is followed by. The one place the paths are spelled.
@@ -16,6 +19,7 @@ public enum OpenAIEndpoint: String, Sendable, Hashable, CaseIterable {
         case .chatCompletions: "/chat/completions"
         case .completions: "/completions"
         case .embeddings: "/embeddings"
+        case .responses: "/responses"
         }
     }
 

@@ -18,13 +18,16 @@ public struct OpenAIRequest: Sendable {
     public let n: Int
     /// What the model reads, for the prompt counter.
     public let prompt: PromptInput
+    /// A Responses request that continues a stored conversation (`previous_response_id` or a
+    /// `conversation`): the upstream adds context Sluice cannot see or count.
+    public var continuesStoredConversation = false
 
     /// How `upstreamBody(original:)` must change the body.
     let streamOptionsEdit: StreamOptionsEdit
 
     /// True when Sluice turns on `stream_options.include_usage` upstream although the client did
     /// not ask; the relay must then drop the usage chunk from what the client sees.
-    public var sluiceAddedUsage: Bool { stream && !clientRequestedUsage }
+    public var sluiceAddedUsage: Bool { stream && !clientRequestedUsage && endpoint != .responses }
 
     /// The largest `n` OpenAI accepts.
     public static let maximumChoices = 128
@@ -110,7 +113,12 @@ extension OpenAIRequest {
         var n = 1
         let prompt: PromptInput
 
-        if endpoint.producesCompletion {
+        if endpoint == .responses {
+            // Usage always arrives in the final `response.completed` event: nothing to add or drop.
+            stream = try fields.bool("stream") ?? false
+            clientRequestedUsage = stream
+            maxOutputTokens = try fields.integer("max_output_tokens", minimum: 0).map { min($0, maximumOutputTokens) }
+        } else if endpoint.producesCompletion {
             stream = try fields.bool("stream") ?? false
             let streamOptions = root.member(named: "stream_options")
             var existingOptions: [JSONMember] = []
@@ -149,10 +157,18 @@ extension OpenAIRequest {
             }
         case .embeddings:
             prompt = try textsOrTokens(root, field: "input")
+        case .responses:
+            prompt = .chat(try ResponsesRequestReader.prompt(root))
         }
 
-        return OpenAIRequest(endpoint: endpoint, model: model, stream: stream, clientRequestedUsage: clientRequestedUsage,
-                             maxOutputTokens: maxOutputTokens, n: n, prompt: prompt, streamOptionsEdit: streamOptionsEdit)
+        var request = OpenAIRequest(endpoint: endpoint, model: model, stream: stream, clientRequestedUsage: clientRequestedUsage,
+                                    maxOutputTokens: maxOutputTokens, n: n, prompt: prompt, streamOptionsEdit: streamOptionsEdit)
+        if endpoint == .responses {
+            let previous = try fields.string("previous_response_id")
+            let conversation = fields.value("conversation")
+            request.continuesStoredConversation = previous != nil || (conversation.map { !$0.isNull } ?? false)
+        }
+        return request
     }
 
     /// `prompt` / `input`: a string, an array of strings, an array of token ids, or an array of

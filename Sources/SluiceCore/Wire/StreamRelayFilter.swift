@@ -22,6 +22,10 @@ public struct StreamRelayFilter: Sendable {
 
     /// Whether the usage-only event is removed from the client's stream.
     public let dropsUsageChunk: Bool
+    /// The stream is a Responses API stream (`response.*` events): usage is read from the final
+    /// `response.completed` (or `.incomplete` / `.failed`) event's `response.usage`, text from the
+    /// `*.delta` events, and nothing is dropped.
+    public let isResponsesStream: Bool
     public private(set) var state = State.relaying
     /// The last valid `usage` the upstream reported (kept even when its event was dropped).
     public private(set) var usage: Usage?
@@ -50,9 +54,10 @@ public struct StreamRelayFilter: Sendable {
     ///   - dropsUsageChunk: pass `OpenAIRequest.sluiceAddedUsage`.
     ///   - maxEventBytes: the largest event still read (default 4 MiB).
     ///   - maxStreamedTextBytes: the most generated text kept (default 16 MiB).
-    public init(dropsUsageChunk: Bool, maxEventBytes: Int = SSEParser.defaultMaxEventBytes,
+    public init(dropsUsageChunk: Bool, isResponsesStream: Bool = false, maxEventBytes: Int = SSEParser.defaultMaxEventBytes,
                 maxStreamedTextBytes: Int = StreamRelayFilter.defaultMaxStreamedTextBytes) {
-        self.dropsUsageChunk = dropsUsageChunk
+        self.dropsUsageChunk = dropsUsageChunk && !isResponsesStream
+        self.isResponsesStream = isResponsesStream
         self.maxStreamedTextBytes = maxStreamedTextBytes
         self.parser = SSEParser(maxEventBytes: maxEventBytes)
     }
@@ -156,6 +161,19 @@ public struct StreamRelayFilter: Sendable {
         // Borrow the parser's payload buffer; it is handed back untouched below.
         swap(&payload, &parser.eventData)
         defer { swap(&payload, &parser.eventData) }
+        if isResponsesStream {
+            guard let event = payload.withUnsafeBytes({ ResponsesStreamEvent.read($0, appendingTextTo: &streamedTextUTF8) }) else {
+                return true
+            }
+            if streamedTextUTF8.count > maxStreamedTextBytes {
+                streamedTextUTF8.removeSubrange(maxStreamedTextBytes...)
+                streamedTextTruncated = true
+            }
+            if event.isFinal { sawDone = true }
+            if event.isError { sawErrorEvent = true }
+            if let reported = event.usage { usage = reported }
+            return true
+        }
         guard let chunk = payload.withUnsafeBytes({ OpenAIStreamChunk.read($0, appendingTextTo: &streamedTextUTF8) }) else {
             return true
         }

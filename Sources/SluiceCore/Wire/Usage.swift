@@ -1,9 +1,17 @@
 /// Token usage as an OpenAI response reports it (`usage` object). Detail objects
 /// (`prompt_tokens_details`, `completion_tokens_details`) are ignored.
+///
+/// The Responses API's names are read too: `input_tokens` as `promptTokens`, `output_tokens` as
+/// `completionTokens`, and its details `input_tokens_details.cached_tokens` (`cachedInputTokens`) and
+/// `output_tokens_details.reasoning_tokens` (`reasoningTokens`; already included in `output_tokens`).
 public struct Usage: Sendable, Equatable, Hashable {
     public var promptTokens: Int
     public var completionTokens: Int
     public var totalTokens: Int
+    /// Responses API only: input tokens served from the prompt cache (part of `promptTokens`).
+    public var cachedInputTokens: Int?
+    /// Responses API only: reasoning tokens (part of `completionTokens`).
+    public var reasoningTokens: Int?
 
     /// The largest count read from a response (as `OpenAIRequest.maximumOutputTokens`): a larger
     /// one is not a real report, and it would overflow the sums made from it (the default total
@@ -48,21 +56,30 @@ public struct Usage: Sendable, Equatable, Hashable {
     static func read(_ scanner: inout JSONScanner) throws(JSONParseError) -> Usage? {
         try scanner.enterObject()
         var prompt = Count.absent, completion = Count.absent, total = Count.absent
+        var cached = Count.absent, reasoning = Count.absent
         var first = true
         while let key = try scanner.nextKey(first: &first) {
-            if scanner.string(key, equals: "prompt_tokens") {
+            if scanner.string(key, equals: "prompt_tokens") || scanner.string(key, equals: "input_tokens") {
                 prompt = try readCount(&scanner)
-            } else if scanner.string(key, equals: "completion_tokens") {
+            } else if scanner.string(key, equals: "completion_tokens") || scanner.string(key, equals: "output_tokens") {
                 completion = try readCount(&scanner)
             } else if scanner.string(key, equals: "total_tokens") {
                 total = try readCount(&scanner)
+            } else if scanner.string(key, equals: "input_tokens_details") {
+                cached = try readDetail(&scanner, named: "cached_tokens")
+            } else if scanner.string(key, equals: "output_tokens_details") {
+                reasoning = try readDetail(&scanner, named: "reasoning_tokens")
             } else {
                 try scanner.skipValue()
             }
         }
         guard case .value(let promptTokens) = prompt else { return nil }
         guard let completionTokens = completion.orAbsent, let totalTokens = total.orAbsent else { return nil }
-        return Usage(promptTokens: promptTokens, completionTokens: completionTokens ?? 0, totalTokens: totalTokens)
+        var usage = Usage(promptTokens: promptTokens, completionTokens: completionTokens ?? 0, totalTokens: totalTokens)
+        // A malformed detail is ignored: it is informational, the totals are what is charged.
+        if case .value(let value) = cached { usage.cachedInputTokens = value }
+        if case .value(let value) = reasoning { usage.reasoningTokens = value }
+        return usage
     }
 
     /// One count member: absent or null (no value), a non-negative integer, or anything else.
@@ -79,6 +96,21 @@ public struct Usage: Sendable, Equatable, Hashable {
             case .invalid: nil
             }
         }
+    }
+
+    /// One count inside a detail object (`{"cached_tokens": 3}`); absent when the value is no object.
+    private static func readDetail(_ scanner: inout JSONScanner, named name: StaticString) throws(JSONParseError) -> Count {
+        guard scanner.peekSignificant() == UInt8(ascii: "{") else {
+            try scanner.skipValue()
+            return .absent
+        }
+        try scanner.enterObject()
+        var result = Count.absent
+        var first = true
+        while let key = try scanner.nextKey(first: &first) {
+            if scanner.string(key, equals: name) { result = try readCount(&scanner) } else { try scanner.skipValue() }
+        }
+        return result
     }
 
     private static func readCount(_ scanner: inout JSONScanner) throws(JSONParseError) -> Count {

@@ -4,14 +4,17 @@ import SluiceCore
 // documented rules, applied to `JSONReader`'s tree. A target compares the two.
 
 /// `Usage`'s documented rules, applied to a parsed `usage` value: a non-negative integer
-/// `prompt_tokens` is required; `completion_tokens` defaults to 0 and `total_tokens` to the sum;
-/// null counts as absent; anything else that is not an integer in `0...Usage.maximumTokenCount`
-/// makes the whole usage invalid.
+/// `prompt_tokens` (or the Responses API's `input_tokens`: of the two names the last member counts)
+/// is required; `completion_tokens` (or `output_tokens`, likewise) defaults to 0 and `total_tokens` to
+/// the sum; null counts as absent; anything else that is not an integer in
+/// `0...Usage.maximumTokenCount` makes the whole usage invalid. Of a valid usage, the last
+/// `input_tokens_details` object's `cached_tokens` and the last `output_tokens_details` object's
+/// `reasoning_tokens` are kept when they are such integers (else ignored).
 public func expectedUsage(_ value: JSONValue) -> Usage? {
     guard case .object(let object) = value else { return nil }
     enum Count { case absent, value(Int), invalid }
-    func count(_ name: String) -> Count {
-        switch object[name] {
+    func reading(_ value: JSONValue?) -> Count {
+        switch value {
         case nil, .null?: return .absent
         case .number(let number)?:
             guard let integer = number.intValue, (0...Usage.maximumTokenCount).contains(integer) else { return .invalid }
@@ -19,18 +22,30 @@ public func expectedUsage(_ value: JSONValue) -> Usage? {
         default: return .invalid
         }
     }
-    guard case .value(let prompt) = count("prompt_tokens") else { return nil }
+    /// The last member named one of `names`.
+    func count(_ names: String...) -> Count {
+        reading(object.members.last { names.contains($0.key) }?.value)
+    }
+    func detail(_ container: String, _ name: String) -> Int? {
+        guard case .object(let details)? = object[container], case .value(let value) = reading(details[name]) else { return nil }
+        return value
+    }
+    guard case .value(let prompt) = count("prompt_tokens", "input_tokens") else { return nil }
     let completion: Int
-    switch count("completion_tokens") {
+    switch count("completion_tokens", "output_tokens") {
     case .invalid: return nil
     case .absent: completion = 0
     case .value(let value): completion = value
     }
+    var usage: Usage
     switch count("total_tokens") {
     case .invalid: return nil
-    case .value(let total): return Usage(promptTokens: prompt, completionTokens: completion, totalTokens: total)
-    case .absent: return Usage(promptTokens: prompt, completionTokens: completion, totalTokens: prompt + completion)
+    case .value(let total): usage = Usage(promptTokens: prompt, completionTokens: completion, totalTokens: total)
+    case .absent: usage = Usage(promptTokens: prompt, completionTokens: completion, totalTokens: prompt + completion)
     }
+    usage.cachedInputTokens = detail("input_tokens_details", "cached_tokens")
+    usage.reasoningTokens = detail("output_tokens_details", "reasoning_tokens")
+    return usage
 }
 
 /// What the relay should take from one SSE `data` payload, by `StreamRelayFilter`'s documented
