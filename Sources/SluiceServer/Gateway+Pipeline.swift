@@ -47,7 +47,7 @@ extension Gateway {
         }
 
         // 3. authorize: the key may use the model, and an upstream serves it.
-        guard let upstream = settings.route(model: model, for: key) else {
+        guard let deployments = settings.route(model: model, for: key) else {
             // No model label: an unknown name from a client must not become a metrics label value.
             return await refuse(.modelNotFound(model), key: key, model: nil, requestID: requestID, writer: writer)
         }
@@ -144,7 +144,8 @@ extension Gateway {
 
         // 6–7. forward and relay. Never throws: every failure is answered (or the stream cut) inside.
         let exchange = ProxyExchange(
-            requestID: requestID, key: key, request: openAIRequest, endpoint: endpoint, upstream: upstream,
+            requestID: requestID, key: key, request: openAIRequest, endpoint: endpoint, deployments: deployments,
+            routing: settings.routing, upstream: deployments[0], originalBody: body,
             upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens,
             rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model)
         )
@@ -159,7 +160,8 @@ extension Gateway {
         // refuses names it does not serve), else under the config entry that routed it: names a
         // client invents under a wildcard must not grow the usage records without bound.
         let answered = (200..<300).contains(relayed.status)
-        let settling = answered ? reservation : reservation.recordingUsage(as: upstream.metricLabel(forModel: model))
+        let modelLabel = deployments[0].metricLabel(forModel: model)
+        let settling = answered ? reservation : reservation.recordingUsage(as: modelLabel)
         let settleSpan = trace?.child("settle")
         defer { settleSpan?.end() }
         if let settleSpan {
@@ -178,7 +180,6 @@ extension Gateway {
             settleSpan?.setStatus(SpanStatus(code: .error, message: "settling failed"))
             logger.error("settling the reservation failed", metadata: ["error": "\(error)"])
         }
-        let modelLabel = upstream.metricLabel(forModel: model)
         metrics.tokens(keyID: key.id, model: modelLabel, prompt: chargedPromptTokens, completion: relayed.completionTokens)
         if relayed.chargesPrompt, let upstreamTime = relayed.upstreamTime {
             recordGenAI(endpoint: endpoint, model: modelLabel, promptTokens: chargedPromptTokens, relayed: relayed, upstreamTime: upstreamTime)
@@ -188,7 +189,8 @@ extension Gateway {
                 // Input: Sluice's exact count of the prompt, when it was charged (the model answered).
                 attributes["gen_ai.usage.input_tokens"] = chargedPromptTokens
                 attributes["gen_ai.usage.output_tokens"] = relayed.completionTokens
-                attributes["sluice.upstream"] = upstream.name
+                if let upstream = relayed.upstreamName { attributes["sluice.upstream"] = upstream }
+                if let fallback = relayed.fallbackModel { attributes["sluice.fallback_model"] = fallback }
                 attributes["sluice.attempts"] = relayed.attempts
                 if let responseModel = relayed.responseModel { attributes["gen_ai.response.model"] = responseModel }
                 if !relayed.finishReasons.isEmpty { attributes["gen_ai.response.finish_reasons"] = relayed.finishReasons }
@@ -196,7 +198,8 @@ extension Gateway {
         }
         var outcome = RequestOutcome(status: relayed.status, keyID: key.id, model: model, promptTokens: chargedPromptTokens, completionTokens: relayed.completionTokens)
         outcome.upstreamTime = relayed.upstreamTime
-        outcome.upstream = upstream.name
+        outcome.upstream = relayed.upstreamName
+        outcome.fallbackModel = relayed.fallbackModel
         outcome.attempts = relayed.attempts
         outcome.streamed = relayed.streamed
         outcome.timeToFirstByte = relayed.timeToFirstByte

@@ -15,11 +15,19 @@ struct ProxyExchange: Sendable {
     let key: APIKey
     let request: OpenAIRequest
     let endpoint: OpenAIEndpoint
-    let upstream: UpstreamRoute
-    let upstreamBody: [UInt8]
+    /// The deployments of the request's model (config order), and the routing policy over them.
+    let deployments: [UpstreamRoute]
+    let routing: RoutingConfig
+    /// The deployment of the attempt under way (set by the forward step for each attempt).
+    var upstream: UpstreamRoute
+    /// The body as the client sent it (what `upstreamBody` was made from).
+    let originalBody: [UInt8]
+    var upstreamBody: [UInt8]
     let promptTokens: Int
     let rateLimitHeaders: [(String, String)]
     let encoding: BPEEncoding
+    /// Requests sent upstream for this one so far (the `x-sluice-attempts` header).
+    var attempts = 0
 }
 
 /// What the relay step reports to the settle step: what the client saw, and what to charge for it.
@@ -65,6 +73,10 @@ struct RelayResult: Sendable {
     /// Responses API only: the reported cached input and reasoning tokens (informational).
     var cachedInputTokens: Int?
     var reasoningTokens: Int?
+    /// The deployment of the last attempt (nil when none was tried), and the model it was asked
+    /// for when a fallback model answered instead of the requested one.
+    var upstreamName: String?
+    var fallbackModel: String?
 
     init(status: Int, chargesPrompt: Bool, completionTokens: Int, upstreamOutcome: UpstreamOutcome) {
         self.status = status
@@ -83,6 +95,9 @@ struct RelayResult: Sendable {
 }
 
 extension Gateway {
+    /// Response header: how many requests went upstream for this one (retries and fallbacks included).
+    static let attemptsHeader = "x-sluice-attempts"
+
     /// Largest non-streamed upstream answer Sluice will hold in memory before giving up (502).
     static let maxBufferedResponseBytes = 64 * 1024 * 1024
 
@@ -107,157 +122,9 @@ extension Gateway {
     /// With telemetry on, the client's trace context is replaced by one naming Sluice's upstream span.
     private static let traceContextHeaders: Set<String> = ["traceparent", "tracestate"]
 
-    /// Steps 6 and 7: forward to the upstream, relay the answer. Never throws. Records the
-    /// exchange's metrics (outcome, duration, time to the response's head) and, with telemetry on,
-    /// its spans.
-    func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger, trace: RequestTrace?) async -> RelayResult {
-        guard let trace else {
-            return await forwardAndRelay(exchange, clientHeaders: clientHeaders, writer: writer, logger: logger, upstreamSpan: nil, trace: nil)
-        }
-        // The upstream span covers the exchange up to the response head (events: the connection,
-        // the first byte); the relay span, its sibling, the answer's way to the client.
-        let upstreamSpan = trace.child("upstream", kind: .client)
-        upstreamSpan.updateAttributes { attributes in
-            attributes["sluice.upstream"] = exchange.upstream.name
-            attributes["gen_ai.request.model"] = exchange.request.model
-        }
-        return await forwardAndRelay(exchange, clientHeaders: clientHeaders, writer: writer, logger: logger, upstreamSpan: upstreamSpan, trace: trace)
-    }
-
-    private func forwardAndRelay(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger, upstreamSpan: (any Span)?, trace: RequestTrace?) async -> RelayResult {
-        var upstreamRequest = makeUpstreamRequest(exchange, clientHeaders: clientHeaders, tracing: trace != nil)
-        if let trace, let upstreamSpan { trace.inject(upstreamSpan, into: &upstreamRequest.headers) }
-        // The connection budget first: a request that times out in the queue never took a breaker
-        // probe it would then have to report.
-        let pool = pools.pool(for: exchange.upstream.name, capacity: exchange.upstream.config.maxConnections)
-        let queueTimeoutMs = exchange.upstream.config.queueTimeoutMs
-        let grant = await pool.acquire(timeoutMs: queueTimeoutMs) { [logger] in
-            // Logged as the queue forms (at most once per 10 s per upstream), not once it drained.
-            logger.warning("upstream connection pool exhausted, requests queue", metadata: [
-                "upstream": "\(pool.name)", "max_connections": "\(pool.capacity)", "queued": "\(pool.queued)",
-                "queue_timeout_ms": "\(queueTimeoutMs)",
-            ])
-        }
-        metrics.upstreamQueueWait(upstream: exchange.upstream.name, waited: .nanoseconds(Int64(grant.waitedNs)))
-        switch grant.outcome {
-        case .granted:
-            break
-        case .cancelled:
-            // Left while queued: nothing was sent, nothing to charge.
-            upstreamSpan?.end()
-            return .notAnswered(status: 499, outcome: .cancelled)
-        case .timedOut:
-            metrics.upstreamError(upstream: exchange.upstream.name, kind: .queueTimeout)
-            metrics.upstreamExchange(upstream: exchange.upstream.name, outcome: .queueTimeout, duration: .zero, timeToFirstByte: nil)
-            let waitedMs = grant.waitedNs / 1_000_000
-            let refusal = GatewayError.serviceUnavailable(
-                message: "The upstream model provider is busy. Please try again later.", retryAfterSeconds: 1,
-                logDetail: "upstream \(exchange.upstream.name): no connection free within queue_timeout_ms (waited \(waitedMs) ms, max_connections \(pool.capacity))"
-            )
-            if let upstreamSpan {
-                upstreamSpan.updateAttributes { attributes in
-                    attributes["sluice.attempts"] = 0
-                    attributes["error.type"] = "queue_timeout"
-                }
-                upstreamSpan.setStatus(SpanStatus(code: .error, message: "queue timeout"))
-                upstreamSpan.end()
-            }
-            _ = await writeError(writer, refusal, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return .notAnswered(status: refusal.status, outcome: .queueTimeout)
-        }
-        defer { pool.release() }
-        let breaker = breakers.breaker(for: exchange.upstream.name)
-        if case .reject(let retryAfter) = breaker.acquire() {
-            metrics.upstreamError(upstream: exchange.upstream.name, kind: .circuitOpen)
-            metrics.upstreamExchange(upstream: exchange.upstream.name, outcome: .circuitOpen, duration: .zero, timeToFirstByte: nil)
-            let refusal = GatewayError.upstreamCircuitOpen(upstream: exchange.upstream.name, retryAfterSeconds: retryAfter)
-            if let upstreamSpan {
-                upstreamSpan.updateAttributes { attributes in
-                    attributes["sluice.attempts"] = 0
-                    attributes["error.type"] = "circuit_open"
-                }
-                upstreamSpan.setStatus(SpanStatus(code: .error, message: "circuit open"))
-                upstreamSpan.end()
-            }
-            _ = await writeError(writer, refusal, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return .notAnswered(status: refusal.status, outcome: .circuitOpen)
-        }
-        let sent = ContinuousClock.now
-        let started = DefaultTracerClock.now
-        var attempts = 0
-        func ended(_ result: RelayResult, firstByte: ContinuousClock.Instant? = nil) -> RelayResult {
-            var result = result
-            let upstreamTime = ContinuousClock.now - sent
-            result.upstreamTime = upstreamTime
-            result.timeToFirstByte = firstByte.map { $0 - sent }
-            result.attempts = attempts
-            metrics.upstreamExchange(
-                upstream: exchange.upstream.name, outcome: result.upstreamOutcome, duration: upstreamTime,
-                timeToFirstByte: firstByte.map { $0 - sent }
-            )
-            return result
-        }
-        let response: UpstreamResponse
-        do {
-            if let upstreamSpan {
-                attempts = 1
-                response = try await engine.executeRetryingSafeFailures(upstreamRequest) { error in
-                    attempts += 1
-                    upstreamSpan.addEvent(SpanEvent(name: "retry", attributes: ["error.type": "\(error.kind)"]))
-                }
-                upstreamSpan.attributes["sluice.attempts"] = attempts
-                Self.recordHead(response, on: upstreamSpan, startedAt: started)
-            } else {
-                response = try await engine.executeRetryingSafeFailures(upstreamRequest, attempts: &attempts)
-            }
-            breaker.record(upstreamDown: response.meansUpstreamDown)
-        } catch where Self.clientWentAway(error) {
-            breaker.record(upstreamDown: false)  // unknown: the client left first; don't punish the upstream
-            if let upstreamSpan {
-                upstreamSpan.attributes["error.type"] = "cancelled"
-                upstreamSpan.end()
-            }
-            return ended(.clientGoneBeforeAnswer)
-        } catch {
-            if let upstreamSpan {
-                upstreamSpan.attributes["error.type"] = "\(error.kind)"
-                upstreamSpan.setStatus(SpanStatus(code: .error, message: "\(error.kind)"))
-                upstreamSpan.end()
-            }
-            breaker.record(upstreamDown: error.meansUpstreamDown)
-            let outcome = UpstreamOutcome(error.kind)
-            metrics.upstreamError(upstream: exchange.upstream.name, kind: outcome)
-            logger.warning("upstream request failed", metadata: ["upstream": "\(exchange.upstream.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
-            let gatewayError = GatewayError(upstream: error, upstreamName: exchange.upstream.name)
-            _ = await writeError(writer, gatewayError, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: exchange.rateLimitHeaders)
-            return ended(.notAnswered(status: gatewayError.status, outcome: outcome))
-        }
-        let firstByte = ContinuousClock.now
-
-        let isEventStream = response.headers.contains { $0.name.lowercased() == "content-type" && $0.value.lowercased().hasPrefix("text/event-stream") }
-        let relaySpan = trace?.child("relay")
-        defer { relaySpan?.end() }
-        var result: RelayResult
-        if exchange.request.stream && response.status == 200 && isEventStream {
-            relaySpan?.attributes["sluice.stream"] = true
-            result = await relayStream(exchange, response: response, sent: sent, writer: writer, logger: logger, scanning: relaySpan != nil)
-        } else {
-            relaySpan?.attributes["sluice.stream"] = false
-            result = await relayWhole(exchange, response: response, writer: writer, logger: logger, scanning: relaySpan != nil)
-        }
-        if let relaySpan {
-            relaySpan.updateAttributes { attributes in
-                attributes["http.response.status_code"] = result.status
-                attributes["gen_ai.usage.output_tokens"] = result.completionTokens
-            }
-            if result.status >= 500 { relaySpan.setStatus(SpanStatus(code: .error)) }
-        }
-        return ended(result, firstByte: firstByte)
-    }
-
     /// The upstream span's record of the response head: its status, and events for the connection
     /// (when a new one was made; its connect time) and the first byte (the head's arrival).
-    private static func recordHead(_ response: UpstreamResponse, on span: any Span, startedAt started: DefaultTracerClock.Instant) {
+    static func recordHead(_ response: UpstreamResponse, on span: any Span, startedAt started: DefaultTracerClock.Instant) {
         if let connection = response.connection, connection.newConnection {
             let connectedAt = DefaultTracerClock.Instant(nanosecondsSinceEpoch: started.nanosecondsSinceEpoch + UInt64(max(connection.connectMicroseconds, 0)) * 1_000)
             span.addEvent(SpanEvent(
@@ -276,12 +143,12 @@ extension Gateway {
 
     /// A transfer cancelled because the client's connection closed (its task was cancelled) is the
     /// client's doing, not an upstream failure: no error response, no upstream-error metric.
-    private static func clientWentAway(_ error: UpstreamError) -> Bool {
+    static func clientWentAway(_ error: UpstreamError) -> Bool {
         error.isCancellation || Task.isCancelled
     }
 
     /// `tracing`: the client's trace headers are not forwarded; the caller adds Sluice's own.
-    private func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, tracing: Bool) -> UpstreamRequest {
+    func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, tracing: Bool) -> UpstreamRequest {
         var headers: [(name: String, value: String)] = [
             ("content-type", "application/json"),
             ("accept", exchange.request.stream ? "text/event-stream" : "application/json"),
@@ -291,9 +158,7 @@ extension Gateway {
             if tracing, Self.traceContextHeaders.contains(name.lowercased()) { continue }
             headers.append((name, value))
         }
-        if let apiKey = exchange.upstream.apiKey {
-            headers.append(("authorization", "Bearer \(apiKey.revealed)"))
-        }
+        if let credential = exchange.upstream.credentialHeader { headers.append(credential) }
         return UpstreamRequest(
             url: exchange.upstream.url(for: exchange.endpoint),
             method: "POST",
@@ -303,7 +168,7 @@ extension Gateway {
         )
     }
 
-    private func responseHeaders(_ exchange: ProxyExchange, upstream: [(name: String, value: String)]) -> HTTPHeaders {
+    func responseHeaders(_ exchange: ProxyExchange, upstream: [(name: String, value: String)]) -> HTTPHeaders {
         var headers = HTTPHeaders()
         for (name, value) in upstream where !Self.droppedResponseHeaders.contains(name.lowercased()) {
             headers.add(name: name, value: value)
@@ -313,21 +178,36 @@ extension Gateway {
         }
         headers.add(name: "x-request-id", value: exchange.requestID)
         for (name, value) in exchange.rateLimitHeaders { headers.add(name: name, value: value) }
+        headers.add(name: Self.attemptsHeader, value: String(exchange.attempts))
         return headers
     }
 
     // MARK: Non-streamed answers (and every upstream error status)
 
-    private func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
+    /// An upstream answer read whole, not yet relayed (an error status the forward step may retry).
+    struct CollectedAnswer: Sendable {
+        var status: Int
+        var headers: [(name: String, value: String)]
+        var body: ByteBuffer
+    }
+
+    /// Reads an answer's body whole (at most ``maxBufferedResponseBytes``).
+    static func collect(_ response: UpstreamResponse) async throws -> ByteBuffer {
         var collected = ByteBuffer()
-        do {
-            for try await chunk in response.body {
-                guard collected.readableBytes + chunk.readableBytes <= Self.maxBufferedResponseBytes else {
-                    throw UpstreamError(kind: .other, detail: "response larger than \(Self.maxBufferedResponseBytes) bytes")
-                }
-                var chunk = chunk
-                collected.writeBuffer(&chunk)
+        for try await chunk in response.body {
+            guard collected.readableBytes + chunk.readableBytes <= maxBufferedResponseBytes else {
+                throw UpstreamError(kind: .other, detail: "response larger than \(maxBufferedResponseBytes) bytes")
             }
+            var chunk = chunk
+            collected.writeBuffer(&chunk)
+        }
+        return collected
+    }
+
+    func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
+        let collected: ByteBuffer
+        do {
+            collected = try await Self.collect(response)
         } catch let error as UpstreamError where !Self.clientWentAway(error) {
             let outcome = UpstreamOutcome(error.kind)
             metrics.upstreamError(upstream: exchange.upstream.name, kind: outcome)
@@ -339,7 +219,12 @@ extension Gateway {
             // The client went away (task cancelled): nothing was relayed, nothing produced is known.
             return .clientGoneBeforeAnswer
         }
+        return await relayCollected(exchange, CollectedAnswer(status: response.status, headers: response.headers, body: collected), writer: writer, logger: logger, scanning: scanning)
+    }
 
+    /// Relays an answer read whole: usage from its JSON (else counted), the status and body as they came.
+    func relayCollected(_ exchange: ProxyExchange, _ response: CollectedAnswer, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
+        let collected = response.body
         let answered = (200..<300).contains(response.status)
         var completionTokens = 0
         var reportedUsage: Usage?
@@ -401,7 +286,7 @@ extension Gateway {
     // MARK: Streamed answers
 
     /// `sent`: when the request left for the upstream (the time to the first chunk counts from it).
-    private func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, sent: ContinuousClock.Instant, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
+    func relayStream(_ exchange: ProxyExchange, response: UpstreamResponse, sent: ContinuousClock.Instant, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
         var filter = StreamRelayFilter(dropsUsageChunk: exchange.request.sluiceAddedUsage, isResponsesStream: exchange.endpoint == .responses)
         var scanner: ResponseFieldScanner? = scanning ? ResponseFieldScanner() : nil
         func producedTokens() -> Int {

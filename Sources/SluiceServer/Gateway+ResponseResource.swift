@@ -23,7 +23,7 @@ extension Gateway {
         let query = request.head.uri.firstIndex(of: "?").map { String(request.head.uri[$0...]) } ?? ""
         var headers: [(name: String, value: String)] = [("x-request-id", requestID)]
         if let accept = request.head.headers.first(name: "accept") { headers.append(("accept", accept)) }
-        if let apiKey = upstream.apiKey { headers.append(("authorization", "Bearer \(apiKey.revealed)")) }
+        if let credential = upstream.credentialHeader { headers.append(credential) }
         var body: [UInt8] = []
         if request.head.method == .POST {
             headers.append(("content-type", "application/json"))

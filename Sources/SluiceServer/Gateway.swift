@@ -44,6 +44,8 @@ public final class Gateway: RequestHandling {
     let breakers = UpstreamBreakers()
     /// One connection pool (budget and queue) per upstream name; kept across config reloads.
     let pools = UpstreamPools()
+    /// Deployments skipped until their provider's `retry-after` passed.
+    let cooldowns = DeploymentCooldowns()
     private let readiness = Mutex<Readiness>(.ready)
     /// The config in force and the last reload, for `/readyz`; nil until the node records it.
     private let configStatus = Mutex<ConfigStatus?>(nil)
@@ -150,6 +152,8 @@ public final class Gateway: RequestHandling {
             // Responses API answers: the upstream's cached-input and reasoning details, when reported.
             if let cached = outcome.cachedInputTokens { metadata["cached_input_tokens"] = "\(cached)" }
             if let reasoning = outcome.reasoningTokens { metadata["reasoning_tokens"] = "\(reasoning)" }
+            // A configured model name (fallbacks are exact names from the config).
+            if let fallback = outcome.fallbackModel { metadata["fallback_model"] = "\(fallback)" }
             logger.info("request", metadata: metadata)
         }
     }
@@ -174,7 +178,7 @@ public final class Gateway: RequestHandling {
     /// `/metrics` (the admin listener's): everything recorded, with what is read at scrape time
     /// (readiness, the upstreams' circuits, the process).
     func metricsExposition() -> [UInt8] {
-        let circuits = settings.upstreams.map { (upstream: $0.name, open: breakers.breaker(for: $0.name).isOpen) }
+        let circuits = settings.upstreams.map { (upstream: $0.name, open: breakers.breaker(for: $0.name, configuration: $0.config.circuitBreaker).isOpen) }
         let queued = settings.upstreams.map { (upstream: $0.name, queued: pools.pool(for: $0.name, capacity: $0.config.maxConnections).queued) }
         return metrics.exposition(GatewayMetrics.ScrapeState(ready: isReady, circuits: circuits, queued: queued))
     }
@@ -283,6 +287,8 @@ struct RequestOutcome: Sendable {
     /// For the access log: the upstream the request went to, the requests sent to it, whether the
     /// answer was streamed, and the time from sending to the response's head.
     var upstream: String?
+    /// The fallback model that answered instead of the requested one, if one did.
+    var fallbackModel: String?
     var attempts = 0
     var streamed = false
     var timeToFirstByte: Duration?

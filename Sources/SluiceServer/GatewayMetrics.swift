@@ -181,6 +181,16 @@ public final class GatewayMetrics: Sendable {
         durationHistogram(.upstreamQueueWait, [("upstream", upstream)], buckets: Self.durationBuckets).record(waited)
     }
 
+    /// A failed attempt after which the request is tried again.
+    func upstreamRetry(upstream: String, reason: UpstreamOutcome) {
+        counter(.upstreamRetries, [("upstream", upstream), ("reason", reason.rawValue)]).increment()
+    }
+
+    /// A request sent on to a fallback model (labels: the config's entries, see `metricLabel(forModel:)`).
+    func modelFallback(model: String, fallback: String, reason: String) {
+        counter(.modelFallbacks, [("model", model), ("fallback", fallback), ("reason", reason)]).increment()
+    }
+
     /// What the limiter said a key has left (keys with `"metrics": true` only: the callers check).
     func keyRemaining(keyID: String, snapshot: RateLimitSnapshot) {
         if let requests = snapshot.remainingRequests { remainingGauge(keyID, .requests).set(to: Double(requests)) }
@@ -366,6 +376,8 @@ enum MetricFamily: String, CaseIterable {
     case circuitOpen = "sluice_upstream_circuit_open"
     case upstreamQueued = "sluice_upstream_queued_requests"
     case upstreamQueueWait = "sluice_upstream_queue_wait_seconds"
+    case upstreamRetries = "sluice_upstream_retries_total"
+    case modelFallbacks = "sluice_model_fallbacks_total"
     case implausibleUsage = "sluice_implausible_usage_total"
     case limiterMode = "sluice_limiter_mode"
     case pendingSettlements = "sluice_limiter_pending_settlements"
@@ -400,6 +412,8 @@ enum MetricFamily: String, CaseIterable {
         case .upstreamTimeToFirstByte: "Time from sending a request upstream to the response's head, by upstream."
         case .upstreamQueued: "Exchanges waiting for one of the upstream's max_connections (its connection pool is exhausted), by upstream."
         case .upstreamQueueWait: "Time an exchange waited for one of the upstream's max_connections (0 when one was free), by upstream."
+        case .upstreamRetries: "Failed attempts at an upstream deployment after which the request was tried again (there or on another deployment), by upstream and the failure (reason: the outcome words of sluice_upstream_request_duration_seconds)."
+        case .modelFallbacks: "Requests sent on to a fallback model, by model, fallback and reason (exhausted: every attempt at the model failed; context_window: the upstream said the prompt does not fit)."
         case .circuitOpen: "1 while the upstream's circuit breaker refuses requests (open or probing), else 0."
         case .implausibleUsage: "Answers whose reported completion tokens exceeded what the request allowed (charged at the bound)."
         case .limiterMode: "1 for the way this node enforces limits now (embedded, redis, or a failure policy: local, open, closed), 0 for the others."

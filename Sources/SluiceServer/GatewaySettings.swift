@@ -8,23 +8,31 @@ public struct GatewaySettings: Sendable {
     let keys: KeyTable
     let upstreams: [UpstreamRoute]
     let maxPromptBytes: Int
+    let routing: RoutingConfig
 
     public init(config: SluiceConfig) {
         keys = KeyTable(config: config)
         upstreams = config.upstreams.map(UpstreamRoute.init)
         maxPromptBytes = config.tokenizer.maxPromptBytes ?? ChatPromptCounter.defaultMaxPromptBytes
+        routing = config.routing
     }
 
-    /// The first upstream (in config order) that serves `model`.
+    /// The first upstream (in config order) that serves `model` (it names the model's metrics label).
     func upstream(forModel model: String) -> UpstreamRoute? {
         upstreams.first { $0.config.serves(model: model) }
     }
 
-    /// Where `key`'s request for `model` goes: the upstream that serves it, if the key may use it
-    /// (the authorize step, and what `GET /v1/models/{id}` answers).
-    func route(model: String, for key: APIKey) -> UpstreamRoute? {
+    /// Every upstream that serves `model`, in config order: the model's deployments.
+    func deployments(forModel model: String) -> [UpstreamRoute] {
+        upstreams.filter { $0.config.serves(model: model) }
+    }
+
+    /// Where `key`'s request for `model` may go: the model's deployments, if the key may use it and
+    /// some upstream serves it (the authorize step, and what `GET /v1/models/{id}` answers).
+    func route(model: String, for key: APIKey) -> [UpstreamRoute]? {
         guard key.mayUse(model: model) else { return nil }
-        return upstream(forModel: model)
+        let deployments = deployments(forModel: model)
+        return deployments.isEmpty ? nil : deployments
     }
 
     /// The `model` label of a request's metrics: the entry of the config that routed it (see
@@ -69,15 +77,43 @@ struct UpstreamRoute: Sendable {
     let config: UpstreamConfig
     private let base: String
 
+    /// `?name=value&…` of `query_params`, percent-encoded; empty without any.
+    private let query: String
+
     init(config: UpstreamConfig) {
         self.config = config
         var base = config.baseURL
         while base.hasSuffix("/") { base.removeLast() }
         self.base = base
+        query = config.queryParameters.isEmpty ? "" : "?" + config.queryParameters.map { Self.percentEncoded($0.name) + "=" + Self.percentEncoded($0.value) }.joined(separator: "&")
     }
 
     var name: String { config.name }
     var apiKey: Secret? { config.apiKey }
+    var weight: Int { config.weight }
+
+    /// The header carrying the upstream key, as the provider wants it (`Authorization: Bearer`, or
+    /// the key alone in e.g. Azure's `api-key`); nil without a key.
+    var credentialHeader: (name: String, value: String)? {
+        guard let apiKey else { return nil }
+        if config.apiKeyHeader == UpstreamConfig.defaultAPIKeyHeader { return ("authorization", "Bearer \(apiKey.revealed)") }
+        return (config.apiKeyHeader, apiKey.revealed)
+    }
+
+    /// RFC 3986 unreserved characters stay, every other byte is %-encoded.
+    static func percentEncoded(_ text: String) -> String {
+        var encoded = ""
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+                encoded.unicodeScalars.append(Unicode.Scalar(byte))
+            default:
+                encoded += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
+            }
+        }
+        return encoded
+    }
 
     /// The label of models no configured entry accounts for.
     static let otherModelsLabel = "other"
@@ -104,12 +140,14 @@ struct UpstreamRoute: Sendable {
     }
 
     func url(for endpoint: OpenAIEndpoint) -> String {
-        base + endpoint.pathBelowVersion
+        base + endpoint.pathBelowVersion + query
     }
 
-    /// The URL of a path below the API version (`/responses/resp_1`), query string included.
+    /// The URL of a path below the API version (`/responses/resp_1`), its own query string
+    /// included (the deployment's `query_params` are added to it).
     func url(pathBelowVersion: String) -> String {
-        base + pathBelowVersion
+        guard !query.isEmpty else { return base + pathBelowVersion }
+        return base + pathBelowVersion + (pathBelowVersion.contains("?") ? "&" + query.dropFirst() : query)
     }
 
     var timeouts: UpstreamTimeouts {
@@ -124,5 +162,11 @@ struct UpstreamRoute: Sendable {
         var timeouts = self.timeouts
         timeouts.totalMs = nil
         return timeouts
+    }
+}
+
+private extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

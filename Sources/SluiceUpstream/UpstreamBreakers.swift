@@ -12,17 +12,18 @@ public final class UpstreamBreakers: Sendable {
 
     public init() {}
 
-    /// The breaker of the upstream named `upstream` (made on first use).
-    public func breaker(for upstream: String) -> CircuitBreaker {
+    /// The breaker of the upstream named `upstream` (made on first use). A configuration other than
+    /// the breaker's (a reload changed `circuit_breaker`) replaces it with a new, closed one.
+    public func breaker(for upstream: String, configuration: CircuitBreaker.Configuration = CircuitBreaker.Configuration()) -> CircuitBreaker {
         let local = perThread.currentValue ?? {
             let made = ThreadBreakers()
             perThread.currentValue = made
             return made
         }()
-        if let breaker = local.byName[upstream] { return breaker }
+        if let breaker = local.byName[upstream], breaker.configuration == configuration { return breaker }
         let breaker = breakers.withLock { breakers in
-            if let breaker = breakers[upstream] { return breaker }
-            let breaker = CircuitBreaker()
+            if let breaker = breakers[upstream], breaker.configuration == configuration { return breaker }
+            let breaker = CircuitBreaker(configuration: configuration)
             breakers[upstream] = breaker
             return breaker
         }

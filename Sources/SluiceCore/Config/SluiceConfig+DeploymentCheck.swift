@@ -60,19 +60,27 @@ extension SluiceConfig {
 
     // MARK: upstreams
 
-    /// Warnings for model entries no request can reach: an earlier upstream's entry matches every
-    /// model this one does, and the first upstream that matches serves the model.
+    /// Warnings for parts of the upstreams and routing that no request can reach or that defeat
+    /// their purpose: a `model_map` entry for a model its upstream does not serve; fallbacks for a
+    /// model no upstream serves; two deployments that are the same endpoint with the same key (each
+    /// model served by both spreads over them, but a retry on "the other one" goes to the same place,
+    /// and neither is spared when it fails).
     func unreachableUpstreamEntries() -> [ConfigFinding] {
         var findings: [ConfigFinding] = []
         for (index, upstream) in upstreams.enumerated() {
-            for (modelIndex, matcher) in upstream.models.enumerated() {
-                let earlier = upstreams[..<index].enumerated().lazy.compactMap { earlierIndex, candidate in
-                    candidate.models.firstIndex { Self.covers($0, matcher) }.map { (earlierIndex, $0) }
-                }.first
-                guard let (earlierIndex, earlierModel) = earlier else { continue }
-                let path = "$.upstreams[\(index)].models[\(modelIndex)]"
-                let earlierPath = "$.upstreams[\(earlierIndex)].models[\(earlierModel)]"
-                findings.append(ConfigFinding(.warning, path, "\"\(matcher)\" is never used: every model it matches is served by \(earlierPath) (\"\(upstreams[earlierIndex].models[earlierModel])\" on upstream \"\(upstreams[earlierIndex].name)\"), the first upstream that matches"))
+            for name in upstream.modelMap.keys.sorted() where !upstream.serves(model: name) {
+                findings.append(ConfigFinding(.warning, ConfigWalker.member("$.upstreams[\(index)].model_map", name), "never used: upstream \"\(upstream.name)\" does not serve \"\(name)\" (its \"models\" do not match it)"))
+            }
+            if let earlier = upstreams[..<index].firstIndex(where: { $0.isSameEndpoint(as: upstream) }) {
+                let shared = upstream.models.filter { later in upstreams[earlier].models.contains { Self.covers($0, later) || Self.covers(later, $0) } }
+                if !shared.isEmpty {
+                    findings.append(ConfigFinding(.warning, "$.upstreams[\(index)]", "the same endpoint and key as $.upstreams[\(earlier)] (\"\(upstreams[earlier].name)\"), both serving \(shared.map { "\"\($0)\"" }.joined(separator: ", ")): requests spread over the two, but a retry or fallback between them reaches the same provider deployment"))
+                }
+            }
+        }
+        for (field, table) in [("fallbacks", routing.fallbacks), ("context_window_fallbacks", routing.contextWindowFallbacks)] {
+            for model in table.keys.sorted() where !upstreams.contains(where: { $0.serves(model: model) }) {
+                findings.append(ConfigFinding(.warning, ConfigWalker.member("$.routing.\(field)", model), "never used: no upstream serves \"\(model)\", so no request for it is admitted"))
             }
         }
         return findings

@@ -63,11 +63,18 @@ struct ConfigDocumentReader {
         self.requireMachineSecrets = requireMachineSecrets
     }
 
-    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry", "log"]
+    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry", "log", "routing"]
     static let logFields = ["format"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
-    static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms"]
+    static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms", "weight", "model_map", "api_key_header", "query_params", "circuit_breaker"]
+    static let circuitBreakerFields = ["failure_threshold", "open_ms"]
+    static let routingFields = ["max_attempts", "retry_budget_ms", "backoff_initial_ms", "backoff_max_ms", "max_retry_after_ms", "fallbacks", "context_window_fallbacks"]
+    /// Headers an `api_key_header` cannot name: the ones Sluice writes itself or that frame the request.
+    static let reservedUpstreamHeaders: Set<String> = ["host", "content-type", "content-length", "accept", "accept-encoding", "connection", "transfer-encoding", "x-request-id", "te", "upgrade", "expect", "traceparent", "tracestate"]
+    /// Bounds of the strings an upstream's `model_map` and `query_params` hold.
+    static let maximumMappedNameLength = 256
+    static let maximumQueryParameters = 32
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
     static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "previous_response_allowance_tokens", "expires_at", "previous_secrets", "metrics"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
@@ -131,6 +138,7 @@ struct ConfigDocumentReader {
 
         var config = SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis, telemetry: telemetry)
         if let value = root["log"], !value.isNull { config.log = readLog(value, at: "$.log") }
+        if let value = root["routing"], !value.isNull { config.routing = readRouting(value, at: "$.routing", upstreams: upstreams, keysCheckable: upstreamModelsComplete) }
         return config
     }
 
@@ -253,7 +261,135 @@ struct ConfigDocumentReader {
         upstream.requestTimeoutMs = walker.integer(members, "request_timeout_ms", at: path, default: UpstreamConfig.defaultRequestTimeoutMs, range: Self.timeoutRange)
         upstream.maxConnections = walker.integer(members, "max_connections", at: path, default: UpstreamConfig.defaultMaxConnections, range: 1...100_000)
         upstream.queueTimeoutMs = walker.integer(members, "queue_timeout_ms", at: path, default: UpstreamConfig.defaultQueueTimeoutMs, range: 0...3_600_000)
+        upstream.weight = walker.integer(members, "weight", at: path, default: 1, range: 1...UpstreamConfig.maximumWeight)
+        if let value = members["model_map"], !value.isNull { upstream.modelMap = readModelMap(value, at: "\(path).model_map") }
+        if let header = walker.optionalString(members, "api_key_header", at: path) {
+            upstream.apiKeyHeader = readAPIKeyHeader(header, at: "\(path).api_key_header")
+        }
+        if let value = members["query_params"], !value.isNull { upstream.queryParameters = readQueryParameters(value, at: "\(path).query_params") }
+        if let value = members["circuit_breaker"], !value.isNull, let breaker = walker.object(value, at: "\(path).circuit_breaker") {
+            let breakerPath = "\(path).circuit_breaker"
+            walker.rejectUnknownFields(breaker, known: Self.circuitBreakerFields, at: breakerPath)
+            upstream.circuitBreaker = CircuitBreaker.Configuration(
+                failureThreshold: walker.integer(breaker, "failure_threshold", at: breakerPath, default: CircuitBreaker.Configuration.defaultFailureThreshold, range: 1...1_000),
+                openMillis: walker.integer(breaker, "open_ms", at: breakerPath, default: CircuitBreaker.Configuration.defaultOpenMillis, range: 1...3_600_000)
+            )
+        }
         return upstream
+    }
+
+    /// `model_map`: public model name → the deployment's own name for it; both non-empty, bounded.
+    mutating func readModelMap(_ value: ConfigJSON, at path: String) -> [String: String] {
+        guard let members = walker.object(value, at: path) else { return [:] }
+        var map: [String: String] = [:]
+        for name in members.keys.sorted() {
+            let entryPath = ConfigWalker.member(path, name)
+            guard case .string(let mapped) = members[name]! else {
+                walker.report(entryPath, "expected the deployment's model name (a string), found \(members[name]!.kindDescription)")
+                continue
+            }
+            if name.isEmpty || name.hasSuffix("*") || name.utf8.count > Self.maximumMappedNameLength {
+                walker.report(entryPath, "the public name must be an exact model name (not a prefix), 1 to \(Self.maximumMappedNameLength) bytes")
+            } else if mapped.isEmpty || mapped.utf8.count > Self.maximumMappedNameLength {
+                walker.report(entryPath, "the deployment's model name must be 1 to \(Self.maximumMappedNameLength) bytes")
+            } else {
+                map[name] = mapped
+            }
+        }
+        return map
+    }
+
+    /// `api_key_header`: an HTTP header name (token characters), lowercased; not one Sluice writes itself.
+    mutating func readAPIKeyHeader(_ header: String, at path: String) -> String {
+        let name = header.lowercased()
+        let tokenCharacters = Set("abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~".utf8)
+        guard !name.isEmpty, name.utf8.count <= 64, name.utf8.allSatisfy(tokenCharacters.contains) else {
+            walker.report(path, "expected an HTTP header name (letters, digits and -, at most 64 characters), e.g. \"api-key\"")
+            return UpstreamConfig.defaultAPIKeyHeader
+        }
+        guard !Self.reservedUpstreamHeaders.contains(name) else {
+            walker.report(path, "\"\(header)\" is a header Sluice writes itself; name the one the provider reads the key from (\"authorization\" sends Bearer, \"api-key\" for Azure)")
+            return UpstreamConfig.defaultAPIKeyHeader
+        }
+        return name
+    }
+
+    /// `query_params`: name → value strings, added to every request URL (percent-encoded when sent).
+    mutating func readQueryParameters(_ value: ConfigJSON, at path: String) -> [(name: String, value: String)] {
+        guard let members = walker.object(value, at: path) else { return [] }
+        if members.count > Self.maximumQueryParameters {
+            walker.report(path, "at most \(Self.maximumQueryParameters) parameters")
+            return []
+        }
+        var parameters: [(name: String, value: String)] = []
+        for name in members.keys.sorted() {
+            let entryPath = ConfigWalker.member(path, name)
+            guard case .string(let parameter) = members[name]! else {
+                walker.report(entryPath, "expected a string, found \(members[name]!.kindDescription)")
+                continue
+            }
+            guard !name.isEmpty, name.utf8.count <= Self.maximumMappedNameLength, parameter.utf8.count <= Self.maximumMappedNameLength else {
+                walker.report(entryPath, "names and values must be 1 to \(Self.maximumMappedNameLength) bytes")
+                continue
+            }
+            parameters.append((name, parameter))
+        }
+        return parameters
+    }
+
+    // MARK: routing
+
+    mutating func readRouting(_ value: ConfigJSON, at path: String, upstreams: [UpstreamConfig], keysCheckable: Bool) -> RoutingConfig {
+        var routing = RoutingConfig()
+        guard let members = walker.object(value, at: path) else { return routing }
+        walker.rejectUnknownFields(members, known: Self.routingFields, at: path)
+        routing.maxAttempts = walker.integer(members, "max_attempts", at: path, default: RoutingConfig.defaultMaxAttempts, range: 1...10)
+        routing.retryBudgetMs = walker.integer(members, "retry_budget_ms", at: path, default: RoutingConfig.defaultRetryBudgetMs, range: 0...3_600_000)
+        routing.backoffInitialMs = walker.integer(members, "backoff_initial_ms", at: path, default: RoutingConfig.defaultBackoffInitialMs, range: 1...60_000)
+        routing.backoffMaxMs = walker.integer(members, "backoff_max_ms", at: path, default: RoutingConfig.defaultBackoffMaxMs, range: 1...600_000)
+        routing.maxRetryAfterMs = walker.integer(members, "max_retry_after_ms", at: path, default: RoutingConfig.defaultMaxRetryAfterMs, range: 0...600_000)
+        if routing.backoffMaxMs < routing.backoffInitialMs {
+            walker.report("\(path).backoff_max_ms", "must be at least backoff_initial_ms (\(routing.backoffInitialMs))")
+        }
+        if let value = members["fallbacks"], !value.isNull {
+            routing.fallbacks = readFallbacks(value, at: "\(path).fallbacks", upstreams: upstreams, checkServed: keysCheckable)
+        }
+        if let value = members["context_window_fallbacks"], !value.isNull {
+            routing.contextWindowFallbacks = readFallbacks(value, at: "\(path).context_window_fallbacks", upstreams: upstreams, checkServed: keysCheckable)
+        }
+        return routing
+    }
+
+    /// Model → fallback models: exact names, none the model itself, no repeats, each served by some
+    /// upstream (a fallback nobody serves could never be tried).
+    mutating func readFallbacks(_ value: ConfigJSON, at path: String, upstreams: [UpstreamConfig], checkServed: Bool) -> [String: [String]] {
+        guard let members = walker.object(value, at: path) else { return [:] }
+        var fallbacks: [String: [String]] = [:]
+        for model in members.keys.sorted() {
+            let modelPath = ConfigWalker.member(path, model)
+            guard let elements = walker.array(members[model]!, at: modelPath) else { continue }
+            if elements.count > RoutingConfig.maximumFallbacks {
+                walker.report(modelPath, "at most \(RoutingConfig.maximumFallbacks) fallback models")
+                continue
+            }
+            var list: [String] = []
+            for (index, element) in elements.enumerated() {
+                let elementPath = ConfigWalker.element(modelPath, index)
+                guard case .string(let name) = element, !name.isEmpty, !name.hasSuffix("*"), name.utf8.count <= Self.maximumMappedNameLength else {
+                    walker.report(elementPath, "expected an exact model name (a string, not a prefix)")
+                    continue
+                }
+                if name == model || list.contains(name) {
+                    walker.report(elementPath, "\"\(name)\" is already tried before this fallback")
+                } else if checkServed && !upstreams.contains(where: { $0.serves(model: name) }) {
+                    walker.report(elementPath, "no upstream serves \"\(name)\": this fallback could never be tried")
+                } else {
+                    list.append(name)
+                }
+            }
+            fallbacks[model] = list
+        }
+        return fallbacks
     }
 
     /// The base URL normalised without a trailing slash, or `nil` (reported).

@@ -5,7 +5,8 @@
 public struct SluiceConfig: Sendable {
     public var server: ServerConfig
     public var tokenizer: TokenizerConfig
-    /// In file order; the first upstream that serves a model receives its requests.
+    /// In file order; every upstream that serves a model is one of its deployments (requests are
+    /// spread over them by weight).
     public var upstreams: [UpstreamConfig]
     /// Named limit sets that keys refer to with `"tier"`.
     public var tiers: [String: LimitSet]
@@ -15,6 +16,8 @@ public struct SluiceConfig: Sendable {
     public var redis: RedisConfig?
     /// Traces (OpenTelemetry); off unless `telemetry.otlp_endpoint` is set.
     public var telemetry: TelemetryConfig
+    /// Retries and fallbacks over the upstreams.
+    public var routing = RoutingConfig()
     /// How log lines are written.
     public var log = LogConfig()
 
@@ -203,6 +206,21 @@ public struct UpstreamConfig: Sendable, Equatable {
     public var requestTimeoutMs: Int = UpstreamConfig.defaultRequestTimeoutMs
     public var maxConnections: Int = UpstreamConfig.defaultMaxConnections
     public var queueTimeoutMs: Int = UpstreamConfig.defaultQueueTimeoutMs
+    /// Share of a model's requests among the deployments that serve it (relative to theirs).
+    public var weight: Int = 1
+    /// Public model name → the name this deployment knows it by (e.g. an Azure deployment name),
+    /// written into the forwarded body's `model`.
+    public var modelMap: [String: String] = [:]
+    /// The header that carries the upstream key: `authorization` (the default) sends
+    /// `Authorization: Bearer <key>`; any other name (Azure's `api-key`) sends the key as it is.
+    public var apiKeyHeader: String = UpstreamConfig.defaultAPIKeyHeader
+    /// Fixed query parameters added to every request URL (e.g. Azure's `api-version`), sorted by name.
+    public var queryParameters: [(name: String, value: String)] = []
+    /// When this deployment's circuit opens, and for how long.
+    public var circuitBreaker = CircuitBreaker.Configuration()
+
+    public static let defaultAPIKeyHeader = "authorization"
+    public static let maximumWeight = 1_000
 
     public init(name: String, baseURL: String, apiKeyEnvironmentVariable: String? = nil, apiKey: Secret? = nil, models: [ModelMatcher]) {
         self.name = name
@@ -216,6 +234,56 @@ public struct UpstreamConfig: Sendable, Equatable {
     public func serves(model: String) -> Bool {
         models.contains { $0.matches(model) }
     }
+
+    /// Same URL, key and query: requests to either go to one place.
+    public func isSameEndpoint(as other: UpstreamConfig) -> Bool {
+        baseURL == other.baseURL && apiKeyEnvironmentVariable == other.apiKeyEnvironmentVariable
+            && queryParameters.elementsEqual(other.queryParameters, by: ==)
+    }
+
+    /// The name this deployment knows `model` by (`model_map`, else the public name).
+    public func upstreamModel(for model: String) -> String {
+        modelMap[model] ?? model
+    }
+
+    public static func == (lhs: UpstreamConfig, rhs: UpstreamConfig) -> Bool {
+        lhs.name == rhs.name && lhs.baseURL == rhs.baseURL && lhs.apiKeyEnvironmentVariable == rhs.apiKeyEnvironmentVariable
+            && lhs.apiKey == rhs.apiKey && lhs.models == rhs.models && lhs.connectTimeoutMs == rhs.connectTimeoutMs
+            && lhs.firstByteTimeoutMs == rhs.firstByteTimeoutMs && lhs.stallTimeoutMs == rhs.stallTimeoutMs
+            && lhs.requestTimeoutMs == rhs.requestTimeoutMs && lhs.maxConnections == rhs.maxConnections
+            && lhs.queueTimeoutMs == rhs.queueTimeoutMs && lhs.weight == rhs.weight && lhs.modelMap == rhs.modelMap
+            && lhs.apiKeyHeader == rhs.apiKeyHeader && lhs.queryParameters.elementsEqual(rhs.queryParameters, by: ==)
+            && lhs.circuitBreaker == rhs.circuitBreaker
+    }
+}
+
+/// How a request travels over the deployments of its model: retries, their budget, and the other
+/// models to fall back to (`routing` in the config).
+public struct RoutingConfig: Sendable, Equatable {
+    public static let defaultMaxAttempts = 3
+    public static let defaultRetryBudgetMs = 30_000
+    public static let defaultBackoffInitialMs = 250
+    public static let defaultBackoffMaxMs = 4_000
+    public static let defaultMaxRetryAfterMs = 10_000
+    /// Fallback models per model, at most.
+    public static let maximumFallbacks = 8
+
+    /// Requests sent upstream per model at most (the first one included); 1: no retries.
+    public var maxAttempts = RoutingConfig.defaultMaxAttempts
+    /// No new attempt starts later than this after the first (the attempt in flight keeps its own timeouts).
+    public var retryBudgetMs = RoutingConfig.defaultRetryBudgetMs
+    /// Backoff before trying a deployment again: doubling from this, with jitter, up to `backoffMaxMs`.
+    public var backoffInitialMs = RoutingConfig.defaultBackoffInitialMs
+    public var backoffMaxMs = RoutingConfig.defaultBackoffMaxMs
+    /// An upstream's `retry-after` is honoured up to this; a longer one is not waited for here.
+    public var maxRetryAfterMs = RoutingConfig.defaultMaxRetryAfterMs
+    /// Public model → other public models to try, in order, once every attempt at it failed.
+    public var fallbacks: [String: [String]] = [:]
+    /// Public model → other public models to try when the upstream says the prompt does not fit the
+    /// model's context window (`context_length_exceeded`).
+    public var contextWindowFallbacks: [String: [String]] = [:]
+
+    public init() {}
 }
 
 // MARK: - limits

@@ -258,7 +258,7 @@ extension GatewayError {
 
     /// The delay in OpenAI's "Please try again in …" style: a Go duration rounded up to the
     /// millisecond (`120ms`, `1.772s`, `6m0s`), the same form as the `x-ratelimit-reset-*` headers.
-    static func formatRetryDelay(seconds: Double) -> String {
+    public static func formatRetryDelay(seconds: Double) -> String {
         GoDuration.string(seconds: seconds)
     }
 }

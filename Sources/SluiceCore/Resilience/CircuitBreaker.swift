@@ -58,6 +58,24 @@ public final class CircuitBreaker: Sendable {
         return state.withLock { if case .closed = $0 { false } else { true } }
     }
 
+    /// Whether `acquire` would refuse now: open and not yet due for a probe, or a probe in flight.
+    /// (Routing skips such a deployment; one due for a probe is still offered one.)
+    public var refusesNow: Bool { refusalSeconds != nil }
+
+    /// When `acquire` would refuse now, the seconds until a probe may go; nil when it would not.
+    /// Takes no probe.
+    public var refusalSeconds: Double? {
+        if healthy.load(ordering: .acquiring) { return nil }
+        let now = clock()
+        return state.withLock { state in
+            switch state {
+            case .closed: nil
+            case .open(let until): now < until ? Double(until - now) / 1000 : nil
+            case .halfOpen: 1
+            }
+        }
+    }
+
     public func acquire() -> Decision {
         if healthy.load(ordering: .acquiring) { return .allow }
         let now = clock()

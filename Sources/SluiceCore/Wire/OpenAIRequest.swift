@@ -24,6 +24,8 @@ public struct OpenAIRequest: Sendable {
 
     /// How `upstreamBody(original:)` must change the body.
     let streamOptionsEdit: StreamOptionsEdit
+    /// Where the `model` value's text is in the body (to forward another name in its place).
+    var modelValueRange: Range<Int> = 0..<0
 
     /// True when Sluice turns on `stream_options.include_usage` upstream although the client did
     /// not ask; the relay must then drop the usage chunk from what the client sees.
@@ -163,6 +165,7 @@ extension OpenAIRequest {
 
         var request = OpenAIRequest(endpoint: endpoint, model: model, stream: stream, clientRequestedUsage: clientRequestedUsage,
                                     maxOutputTokens: maxOutputTokens, n: n, prompt: prompt, streamOptionsEdit: streamOptionsEdit)
+        request.modelValueRange = root.member(named: "model")?.valueRange ?? 0..<0
         if endpoint == .responses {
             let previous = try fields.string("previous_response_id")
             let conversation = fields.value("conversation")
@@ -227,39 +230,52 @@ extension OpenAIRequest {
 extension OpenAIRequest {
     /// The body to send upstream: `original` unchanged, except that a streaming request whose
     /// client did not ask for usage gets `stream_options.include_usage: true` (so the upstream
-    /// reports usage; the relay drops that chunk again). Only the `stream_options` member is
-    /// touched: it is inserted right after the top-level `{`, or its value is rewritten in place
-    /// keeping its other fields byte for byte.
-    /// - Parameter original: the exact body this request was parsed from.
-    public func upstreamBody(original: [UInt8]) -> [UInt8] {
+    /// reports usage; the relay drops that chunk again), and `model` is replaced when the deployment
+    /// knows the model by another name (`model_map`) or a fallback model answers. Only those members'
+    /// values are touched: `stream_options` is inserted right after the top-level `{`, or its value
+    /// rewritten in place keeping its other fields byte for byte.
+    /// - Parameters:
+    ///   - original: the exact body this request was parsed from.
+    ///   - model: the model name to forward; nil or the request's own: unchanged.
+    public func upstreamBody(original: [UInt8], model upstreamModel: String? = nil) -> [UInt8] {
+        // Edits as (range of `original`, replacement), applied in order of position.
+        var edits: [(range: Range<Int>, bytes: [UInt8])] = []
         let includeUsage = Array(#""include_usage":true"#.utf8)
         switch streamOptionsEdit {
         case .none:
-            return original
+            break
         case .insert(let openBraceOffset, let objectIsEmpty):
-            let member = Array(#""stream_options":{"#.utf8) + includeUsage + [UInt8(ascii: "}")]
-            var body: [UInt8] = []
-            body.reserveCapacity(original.count + member.count + 1)
-            body.append(contentsOf: original[...openBraceOffset])
-            body.append(contentsOf: member)
-            if !objectIsEmpty { body.append(UInt8(ascii: ",")) }
-            body.append(contentsOf: original[(openBraceOffset + 1)...])
-            return body
+            var member = Array(#""stream_options":{"#.utf8) + includeUsage + [UInt8(ascii: "}")]
+            if !objectIsEmpty { member.append(UInt8(ascii: ",")) }
+            edits.append((openBraceOffset + 1..<openBraceOffset + 1, member))
         case .replace(let valueRange, let keptMembers):
-            var body: [UInt8] = []
-            body.reserveCapacity(original.count + includeUsage.count + 2)
-            body.append(contentsOf: original[..<valueRange.lowerBound])
-            body.append(UInt8(ascii: "{"))
+            var value: [UInt8] = [UInt8(ascii: "{")]
             for member in keptMembers {
-                JSONWriter.appendString(member.key, to: &body)
-                body.append(UInt8(ascii: ":"))
-                body.append(contentsOf: original[member.valueRange])
-                body.append(UInt8(ascii: ","))
+                JSONWriter.appendString(member.key, to: &value)
+                value.append(UInt8(ascii: ":"))
+                value.append(contentsOf: original[member.valueRange])
+                value.append(UInt8(ascii: ","))
             }
-            body.append(contentsOf: includeUsage)
-            body.append(UInt8(ascii: "}"))
-            body.append(contentsOf: original[valueRange.upperBound...])
-            return body
+            value.append(contentsOf: includeUsage)
+            value.append(UInt8(ascii: "}"))
+            edits.append((valueRange, value))
         }
+        if let upstreamModel, upstreamModel != model, !modelValueRange.isEmpty {
+            var value: [UInt8] = []
+            JSONWriter.appendString(upstreamModel, to: &value)
+            edits.append((modelValueRange, value))
+        }
+        guard !edits.isEmpty else { return original }
+        edits.sort { $0.range.lowerBound < $1.range.lowerBound }
+        var body: [UInt8] = []
+        body.reserveCapacity(original.count + edits.reduce(0) { $0 + $1.bytes.count })
+        var position = 0
+        for edit in edits {
+            body.append(contentsOf: original[position..<edit.range.lowerBound])
+            body.append(contentsOf: edit.bytes)
+            position = edit.range.upperBound
+        }
+        body.append(contentsOf: original[position...])
+        return body
     }
 }
