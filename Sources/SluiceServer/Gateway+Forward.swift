@@ -114,35 +114,40 @@ extension Gateway {
                           clientHeaders: HTTPHeaders, writer: ResponseWriter, logger: RequestLogger, trace: RequestTrace?) async -> ModelAttemptsEnding {
         let routing = exchange.routing
         var tried: Set<String> = []
+        // Deployments not to try again for this request: their failure was Sluice's own (the
+        // connection budget's queue timed out, the circuit refused), which waiting does not mend.
+        var noRepeat: Set<String> = []
         var backoffStep = 0
         for attempt in 0..<routing.maxAttempts {
             if attempt > 0, state.elapsedMs > routing.retryBudgetMs { return .exhausted }
             let nowMs = MonotonicClock.milliseconds()
-            let available = deployments.filter { deployment in
+            let open = deployments.filter { deployment in
                 !breakers.breaker(for: deployment.name, configuration: deployment.config.circuitBreaker).refusesNow
-                    && cooldowns.remainingMs(deployment.name, nowMs: nowMs) == 0
             }
-            guard !available.isEmpty else {
-                if state.lastFailure == nil { state.refusal = refusal(for: deployments, model: model, nowMs: nowMs) }
-                return .exhausted
-            }
-            let untried = available.filter { !tried.contains($0.name) }
+            let untried = open.filter { !tried.contains($0.name) && cooldowns.remainingMs($0.name, nowMs: nowMs) == 0 }
             let deployment: UpstreamRoute
             if !untried.isEmpty {
                 deployment = choose(untried)
+            } else if attempt == 0 {
+                // Nothing can take the request now: every deployment's circuit is open or its
+                // provider's limit is reached (cooling down).
+                state.refusal = refusal(for: deployments, model: model, nowMs: nowMs)
+                return .exhausted
             } else {
-                // Every available deployment failed once already: the same again, after a backoff.
-                deployment = choose(available)
+                // The same deployments again, after a backoff that is at least what the provider
+                // asked to wait (its 429's cooldown or retry-after), as long as that is not too long.
                 backoffStep += 1
                 let backoffMs = RetryBackoff.delayMs(step: backoffStep, initialMs: routing.backoffInitialMs, maxMs: routing.backoffMaxMs)
-                var waitMs = backoffMs
-                if let retryAfter = state.retryAfterMs[deployment.name] {
-                    guard retryAfter <= Int64(routing.maxRetryAfterMs) else { return .exhausted }
-                    waitMs = max(waitMs, retryAfter)
+                let waits = open.filter { !noRepeat.contains($0.name) }.compactMap { deployment -> (UpstreamRoute, Int64)? in
+                    let providerWait = max(cooldowns.remainingMs(deployment.name, nowMs: nowMs), state.retryAfterMs[deployment.name] ?? 0)
+                    guard providerWait <= Int64(routing.maxRetryAfterMs) else { return nil }
+                    return (deployment, max(backoffMs, providerWait))
                 }
-                guard state.elapsedMs + waitMs <= Int64(routing.retryBudgetMs) else { return .exhausted }
+                guard let shortest = waits.map(\.1).min() else { return .exhausted }
+                deployment = choose(waits.filter { $0.1 == shortest }.map(\.0))
+                guard state.elapsedMs + shortest <= Int64(routing.retryBudgetMs) else { return .exhausted }
                 do {
-                    try await Task.sleep(for: .milliseconds(waitMs))
+                    try await Task.sleep(for: .milliseconds(shortest))
                 } catch {
                     return .relayed(.notAnswered(status: 499, outcome: .cancelled))
                 }
@@ -156,6 +161,7 @@ extension Gateway {
                 return .relayed(result)
             case .failed(let failure), .contextWindowExceeded(let failure):
                 state.lastFailure = failure
+                if failure.outcome == .queueTimeout || failure.outcome == .circuitOpen { noRepeat.insert(failure.upstream) }
                 if let retryAfter = failure.retryAfterMs { state.retryAfterMs[failure.upstream] = retryAfter }
                 if case .contextWindowExceeded = ending { return .contextWindowExceeded }
                 if attempt + 1 < routing.maxAttempts {
@@ -205,7 +211,8 @@ extension Gateway {
         }
         var result: RelayResult
         if let answer = failure.answer {
-            result = await relayCollected(exchange, answer, writer: writer, logger: logger, scanning: false)
+            // Its failure was counted when it came.
+            result = await relayCollected(exchange, answer, writer: writer, logger: logger, scanning: false, countsError: false)
         } else {
             let error = failure.error ?? .upstreamUnavailable()
             _ = await writeError(writer, error, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model, extraHeaders: extraHeaders)

@@ -223,7 +223,8 @@ extension Gateway {
     }
 
     /// Relays an answer read whole: usage from its JSON (else counted), the status and body as they came.
-    func relayCollected(_ exchange: ProxyExchange, _ response: CollectedAnswer, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
+    /// - Parameter countsError: false when an error status was counted already (an answer held back for a retry).
+    func relayCollected(_ exchange: ProxyExchange, _ response: CollectedAnswer, writer: ResponseWriter, logger: RequestLogger, scanning: Bool, countsError: Bool = true) async -> RelayResult {
         let collected = response.body
         let answered = (200..<300).contains(response.status)
         var completionTokens = 0
@@ -237,7 +238,7 @@ extension Gateway {
                 let text = CompletionText.fromResponseBody(Array(collected.readableBytesView))
                 completionTokens = exchange.encoding.countOrdinary(text)
             }
-        } else {
+        } else if countsError {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: UpstreamOutcome(status: response.status))
         }
         do {

@@ -125,6 +125,8 @@ final class MockConnectionHandler: ChannelInboundHandler {
             method: head.method.rawValue,
             path: String(path),
             hasAuthorization: head.headers.contains(name: "authorization"),
+            hasAPIKeyHeader: head.headers.contains(name: "api-key"),
+            query: uri.firstIndex(of: "?").map { String(uri[uri.index(after: $0)...].prefix(256)) },
             requestID: head.headers.first(name: "x-request-id"),
             traceparent: head.headers.first(name: "traceparent").map { String($0.prefix(256)) })
         let request = ReceivedRequest(head: head, path: path, record: record)

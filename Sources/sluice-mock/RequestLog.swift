@@ -29,6 +29,10 @@ struct RequestLogRecord: Sendable {
     var choiceCount = 1
     /// Whether an `authorization` header was present. The value itself is never logged.
     var hasAuthorization: Bool
+    /// Whether an `api-key` header (Azure's way) was present. The value itself is never logged.
+    var hasAPIKeyHeader = false
+    /// The URL's query string (without `?`, at most 256 bytes), for the upstream-routing tests.
+    var query: String? = nil
     var requestID: String?
     /// The W3C `traceparent` header as received (at most 256 bytes of it), for the tracing tests.
     var traceparent: String?
@@ -69,6 +73,12 @@ struct RequestLogRecord: Sendable {
         buffer.writeDecimal(choiceCount)
         buffer.writeStaticString(",\"authorization\":")
         buffer.writeJSONBool(hasAuthorization)
+        buffer.writeStaticString(",\"api_key\":")
+        buffer.writeJSONBool(hasAPIKeyHeader)
+        if let query {
+            buffer.writeStaticString(",\"query\":")
+            buffer.writeJSONString(query)
+        }
         if let requestID {
             buffer.writeStaticString(",\"request_id\":")
             buffer.writeJSONString(requestID)

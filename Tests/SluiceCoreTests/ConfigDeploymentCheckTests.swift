@@ -61,11 +61,11 @@ final class ConfigDeploymentCheckTests: XCTestCase {
         ])
     }
 
-    func testUnreachableUpstreamEntries() throws {
-        XCTAssertEqual(try findings("unreachable_upstream_model"), [
-            #"warning: $.upstreams[1].models[0]: "gpt-4o-mini" is never used: every model it matches is served by $.upstreams[0].models[0] ("gpt-4o*" on upstream "primary"), the first upstream that matches"#,
-            #"warning: $.upstreams[1].models[2]: "local-model" is never used: every model it matches is served by $.upstreams[0].models[1] ("local-model" on upstream "primary"), the first upstream that matches"#,
-            #"warning: $.upstreams[2].models[0]: "gpt-4o-audio*" is never used: every model it matches is served by $.upstreams[0].models[0] ("gpt-4o*" on upstream "primary"), the first upstream that matches"#,
+    func testUnusedRoutingEntries() throws {
+        XCTAssertEqual(try findings("unused_routing_entries"), [
+            #"warning: $.upstreams[0].model_map.claude-3: never used: upstream "primary" does not serve "claude-3" (its "models" do not match it)"#,
+            #"warning: $.upstreams[2]: the same endpoint and key as $.upstreams[0] ("primary"), both serving "gpt-4o-audio*": requests spread over the two, but a retry or fallback between them reaches the same provider deployment"#,
+            #"warning: $.routing.fallbacks.unknown-model: never used: no upstream serves "unknown-model", so no request for it is admitted"#,
         ])
     }
 

@@ -270,6 +270,88 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(problems(#""max_connections": 0"#), ["$.upstreams[0].max_connections: must be between 1 and 100000, found 0"])
     }
 
+    /// `problems` of an inline document (no fixture file): `upstreams` and `routing` as JSON text.
+    private func documentProblems(upstreams: String, routing: String? = nil) -> [String] {
+        let json = #"{"upstreams": "# + upstreams + (routing.map { #", "routing": "# + $0 } ?? "") + #", "keys": []}"#
+        do {
+            _ = try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+            return []
+        } catch {
+            return error.problems.map(\.description)
+        }
+    }
+
+    func testDeploymentFields() throws {
+        let json = #"""
+            {"upstreams": [
+              {"name": "azure", "base_url": "https://x.openai.azure.com/openai/deployments/d", "models": ["gpt-4o"], "weight": 5,
+               "model_map": {"gpt-4o": "prod-4o"}, "api_key_header": "API-Key", "query_params": {"api-version": "2024-10-21"},
+               "circuit_breaker": {"failure_threshold": 2, "open_ms": 1500}},
+              {"name": "openai", "base_url": "https://api.openai.com/v1", "models": ["gpt-4o", "gpt-4o-mini"]}],
+             "routing": {"max_attempts": 4, "retry_budget_ms": 5000, "backoff_initial_ms": 100, "backoff_max_ms": 800, "max_retry_after_ms": 2000,
+                         "fallbacks": {"gpt-4o": ["gpt-4o-mini"]}, "context_window_fallbacks": {"gpt-4o-mini": ["gpt-4o"]}},
+             "keys": []}
+            """#
+        let config = try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+        let azure = config.upstreams[0], openai = config.upstreams[1]
+        XCTAssertEqual(azure.weight, 5)
+        XCTAssertEqual(azure.upstreamModel(for: "gpt-4o"), "prod-4o")
+        XCTAssertEqual(azure.apiKeyHeader, "api-key", "header names are case-insensitive: kept lowercased")
+        XCTAssertEqual(azure.queryParameters.map(\.name), ["api-version"])
+        XCTAssertEqual(azure.queryParameters.map(\.value), ["2024-10-21"])
+        XCTAssertEqual(azure.circuitBreaker, CircuitBreaker.Configuration(failureThreshold: 2, openMillis: 1500))
+        XCTAssertEqual(openai.weight, 1)
+        XCTAssertEqual(openai.apiKeyHeader, "authorization")
+        XCTAssertEqual(openai.upstreamModel(for: "gpt-4o"), "gpt-4o")
+        XCTAssertEqual(openai.circuitBreaker, CircuitBreaker.Configuration())
+        XCTAssertEqual(config.routing.maxAttempts, 4)
+        XCTAssertEqual(config.routing.retryBudgetMs, 5000)
+        XCTAssertEqual(config.routing.backoffInitialMs, 100)
+        XCTAssertEqual(config.routing.backoffMaxMs, 800)
+        XCTAssertEqual(config.routing.maxRetryAfterMs, 2000)
+        XCTAssertEqual(config.routing.fallbacks, ["gpt-4o": ["gpt-4o-mini"]])
+        XCTAssertEqual(config.routing.contextWindowFallbacks, ["gpt-4o-mini": ["gpt-4o"]])
+        let defaults = RoutingConfig()
+        XCTAssertEqual([defaults.maxAttempts, defaults.retryBudgetMs, defaults.maxRetryAfterMs], [3, 30_000, 10_000])
+    }
+
+    func testBadDeploymentFields() {
+        let base = #""name": "u", "base_url": "http://h/v1", "models": ["gpt-4o"]"#
+        XCTAssertEqual(documentProblems(upstreams: "[{\(base), \"weight\": 0}]"), ["$.upstreams[0].weight: must be between 1 and 1000, found 0"])
+        XCTAssertEqual(documentProblems(upstreams: "[{\(base), \"model_map\": {\"gpt-*\": \"x\", \"gpt-4o\": 3}}]"), [
+            #"$.upstreams[0].model_map["gpt-*"]: the public name must be an exact model name (not a prefix), 1 to 256 bytes"#,
+            #"$.upstreams[0].model_map.gpt-4o: expected the deployment's model name (a string), found an integer"#,
+        ])
+        XCTAssertEqual(documentProblems(upstreams: "[{\(base), \"api_key_header\": \"content-type\"}]"), [
+            #"$.upstreams[0].api_key_header: "content-type" is a header Sluice writes itself; name the one the provider reads the key from ("authorization" sends Bearer, "api-key" for Azure)"#,
+        ])
+        XCTAssertEqual(documentProblems(upstreams: "[{\(base), \"api_key_header\": \"api key\"}]"), [
+            #"$.upstreams[0].api_key_header: expected an HTTP header name (letters, digits and -, at most 64 characters), e.g. "api-key""#,
+        ])
+        XCTAssertEqual(documentProblems(upstreams: "[{\(base), \"query_params\": {\"api-version\": 2024}}]"), [
+            "$.upstreams[0].query_params.api-version: expected a string, found an integer",
+        ])
+        XCTAssertEqual(documentProblems(upstreams: "[{\(base), \"circuit_breaker\": {\"failure_threshold\": 0, \"open\": 5}}]"), [
+            #"$.upstreams[0].circuit_breaker.open: unknown field "open" (known: failure_threshold, open_ms)"#,
+            "$.upstreams[0].circuit_breaker.failure_threshold: must be between 1 and 1000, found 0",
+        ])
+    }
+
+    func testBadRouting() {
+        let upstreams = #"[{"name": "u", "base_url": "http://h/v1", "models": ["gpt-4o", "gpt-4o-mini"]}]"#
+        XCTAssertEqual(documentProblems(upstreams: upstreams, routing: #"{"max_attempts": 0, "backoff_initial_ms": 500, "backoff_max_ms": 100}"#), [
+            "$.routing.max_attempts: must be between 1 and 10, found 0",
+            "$.routing.backoff_max_ms: must be at least backoff_initial_ms (500)",
+        ])
+        XCTAssertEqual(documentProblems(upstreams: upstreams, routing: #"{"fallbacks": {"gpt-4o": ["gpt-4o", "gpt-4o-mini", "gpt-4o-mini", "claude", "gpt-*"]}}"#), [
+            #"$.routing.fallbacks.gpt-4o[0]: "gpt-4o" is already tried before this fallback"#,
+            #"$.routing.fallbacks.gpt-4o[2]: "gpt-4o-mini" is already tried before this fallback"#,
+            #"$.routing.fallbacks.gpt-4o[3]: no upstream serves "claude": this fallback could never be tried"#,
+            "$.routing.fallbacks.gpt-4o[4]: expected an exact model name (a string, not a prefix)",
+        ])
+        XCTAssertEqual(documentProblems(upstreams: upstreams, routing: #"{"retries": 2}"#).count, 1)
+    }
+
     func testWatchConfigNotABoolean() {
         XCTAssertEqual(problems("watch_config_not_a_boolean"), [#"$.server.watch_config: expected true or false, found a string"#])
     }

@@ -138,6 +138,7 @@ final class GatewayPipelineTests: XCTestCase {
     }
 
     func testUpstreamFailureBeforeAnyByteIsAnErrorAndRefunded() async throws {
+        harness = try PipelineHarness(routing: #"{"max_attempts": 1}"#)
         harness.upstream.script(.fail(.connectTimeout), .ok(status: 500, body: #"{"error":{"message":"boom"}}"#))
         let timedOut = try await harness.send(body: chat())
         XCTAssertEqual(timedOut.status, 504)
@@ -200,6 +201,8 @@ final class GatewayPipelineTests: XCTestCase {
     }
 
     func testCircuitOpensAfterFiveDownFailuresAndAnswers503AtOnce() async throws {
+        // One attempt per request: each failure is one request's (retries: GatewayForwardTests).
+        harness = try PipelineHarness(routing: #"{"max_attempts": 1}"#)
         harness.upstream.script(.fail(.connectTimeout), .fail(.connectTimeout), .fail(.connectTimeout), .fail(.connectTimeout), .fail(.connectTimeout))
         for _ in 0..<5 {
             let response = try await harness.send(body: chat())
@@ -297,13 +300,22 @@ final class PipelineHarness: Sendable {
     let upstream = ScriptedUpstream()
     let limiter = RecordingLimiter()
 
-    init(tracer: (any Tracer)? = nil) throws {
+    static let defaultUpstreams = """
+        [{"name": "scripted", "base_url": "http://upstream.test/v1",
+          "models": ["gpt-4o-mini", "gpt-4o*", "text-embedding-3-small"]}]
+        """
+
+    /// - Parameters:
+    ///   - upstreams: the config's `upstreams` array (JSON).
+    ///   - routing: the config's `routing` object (JSON), if any.
+    ///   - environment: where `api_key_env` names are read.
+    init(tracer: (any Tracer)? = nil, upstreams: String = PipelineHarness.defaultUpstreams, routing: String? = nil, environment: [String: String] = [:]) throws {
         let config = try SluiceConfig.parse(bytes: Array("""
         {
           "server": {"host": "127.0.0.1", "port": 8080},
           "tokenizer": {"directory": "\(PipelineHarness.tokenizerDirectory)"},
-          "upstreams": [{"name": "scripted", "base_url": "http://upstream.test/v1",
-                         "models": ["gpt-4o-mini", "gpt-4o*", "text-embedding-3-small"]}],
+          \(routing.map { "\"routing\": \($0)," } ?? "")
+          "upstreams": \(upstreams),
           "tiers": {"small": {"requests_per_minute": 2, "tokens_per_minute": 1000}},
           "keys": [
             {"id": "main", "secret_sha256": "\(sha256(GatewayPipelineTests.secret))", "default_output_tokens": 500,
@@ -312,7 +324,7 @@ final class PipelineHarness: Sendable {
             {"id": "narrow", "secret_sha256": "\(sha256(GatewayPipelineTests.narrowSecret))", "models": ["gpt-4o"], "limits": {"requests_per_minute": 100}}
           ]
         }
-        """.utf8), environment: [:])
+        """.utf8), environment: environment)
         let tokenizers = try Self.tokenizers.get()
         gateway = Gateway(
             settings: GatewaySettings(config: config), tokenizers: tokenizers, limiter: limiter, engine: upstream,
@@ -402,6 +414,7 @@ final class ScriptedUpstream: UpstreamClient {
     enum Answer: Sendable {
         case fail(UpstreamError.Kind)
         case whole(status: Int, body: String)
+        case wholeWithHeaders(status: Int, body: String, headers: [(name: String, value: String)])
         case events([String], thenFail: UpstreamError.Kind?, thenHang: Bool)
         case hang
 
@@ -416,6 +429,8 @@ final class ScriptedUpstream: UpstreamClient {
 
     private struct State {
         var answers: [Answer] = []
+        /// Answers for requests to one host (`script(host:_:)`), before the shared ones.
+        var answersByHost: [String: [Answer]] = [:]
         var requests: [UpstreamRequest] = []
         var cancelled = false
     }
@@ -429,9 +444,28 @@ final class ScriptedUpstream: UpstreamClient {
         state.withLock { $0.answers.append(contentsOf: answers) }
     }
 
+    /// Answers for requests whose URL is on `host` (e.g. `a.test`), taken before the shared ones.
+    func script(host: String, _ answers: Answer...) {
+        state.withLock { $0.answersByHost[host, default: []].append(contentsOf: answers) }
+    }
+
+    /// The hosts the requests went to, in order.
+    var hosts: [String] { requests.map { Self.host(of: $0.url) } }
+
+    static func host(of url: String) -> String {
+        let afterScheme = url.range(of: "://").map { url[$0.upperBound...] } ?? url[...]
+        return String(afterScheme.prefix { $0 != "/" && $0 != ":" && $0 != "?" })
+    }
+
     func execute(_ request: UpstreamRequest) async throws(UpstreamError) -> UpstreamResponse {
         let answer = state.withLock { state -> Answer? in
             state.requests.append(request)
+            let host = Self.host(of: request.url)
+            if var own = state.answersByHost[host], !own.isEmpty {
+                let answer = own.removeFirst()
+                state.answersByHost[host] = own
+                return answer
+            }
             return state.answers.isEmpty ? nil : state.answers.removeFirst()
         }
         guard let answer else { throw UpstreamError(kind: .other, detail: "no scripted answer left") }
@@ -448,6 +482,12 @@ final class ScriptedUpstream: UpstreamClient {
                 continuation.finish()
             }
             return UpstreamResponse(status: status, headers: [("content-type", "application/json")], body: UpstreamBody(chunks: stream))
+        case .wholeWithHeaders(let status, let body, let headers):
+            let stream = AsyncThrowingStream<ByteBuffer, any Error> { continuation in
+                continuation.yield(ByteBuffer(string: body))
+                continuation.finish()
+            }
+            return UpstreamResponse(status: status, headers: [("content-type", "application/json")] + headers, body: UpstreamBody(chunks: stream))
         case .events(let events, let failure, let hang):
             let stream = AsyncThrowingStream<ByteBuffer, any Error> { continuation in
                 for text in events {

@@ -91,7 +91,7 @@ final class GatewayTracingTests: XCTestCase {
 
     func testUpstreamFailureMarksTheSpansAsErrors() async throws {
         let tracer = InMemoryTracer()
-        let harness = try PipelineHarness(tracer: tracer)
+        let harness = try PipelineHarness(tracer: tracer, routing: #"{"max_attempts": 1}"#)
         harness.upstream.script(.fail(.connectFailed), .fail(.connectFailed))
         let response = try await harness.send(body: chat())
         XCTAssertEqual(response.status, 502)

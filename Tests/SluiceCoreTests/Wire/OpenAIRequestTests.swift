@@ -356,6 +356,26 @@ final class OpenAIRequestTests: XCTestCase {
         XCTAssertEqual(reparsed.prompt, request.prompt)
     }
 
+    func testUpstreamBodyNamesAnotherModelAlongsideTheStreamOptionsEdit() throws {
+        let cases: [(json: String, expected: String)] = [
+            // stream_options inserted before `model`, whose value is replaced further on.
+            (#"{"model" : "gpt-4o","messages":[{"role":"user","content":"x"}],"stream":true}"#,
+             #"{"stream_options":{"include_usage":true},"model" : "prod-\"4o\"","messages":[{"role":"user","content":"x"}],"stream":true}"#),
+            // stream_options rewritten after `model`; duplicate `model` keys: the last one (the one read) is replaced.
+            (#"{"model":"a","model":"gpt-4o","prompt":"x","stream":true,"stream_options":{"include_usage":false,"k":1}}"#,
+             #"{"model":"a","model":"prod-\"4o\"","prompt":"x","stream":true,"stream_options":{"k":1,"include_usage":true}}"#),
+            // No stream edit: only the model.
+            (#"{"prompt":"x","model":"gpt-4o"}"#, #"{"prompt":"x","model":"prod-\"4o\""}"#),
+        ]
+        for (json, expected) in cases {
+            let body = Array(json.utf8)
+            let endpoint: OpenAIEndpoint = json.contains("prompt") ? .completions : .chatCompletions
+            let request = try OpenAIRequest.parse(body, endpoint: endpoint)
+            XCTAssertEqual(String(decoding: request.upstreamBody(original: body, model: #"prod-"4o""#), as: UTF8.self), expected, json)
+            XCTAssertEqual(request.upstreamBody(original: body, model: "gpt-4o"), request.upstreamBody(original: body), "the same name: no model edit")
+        }
+    }
+
     func testUpstreamBodyRewritesExistingStreamOptionsKeepingOtherFields() throws {
         let cases = [
             #"{"model":"m","prompt":"x","stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true,"x":[1, {"y" : null}]},"top_p":1}"#,
