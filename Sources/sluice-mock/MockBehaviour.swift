@@ -17,6 +17,11 @@ struct MockBehaviour: Sendable {
     var stallAfterTokens: Int?
     /// Largest request body accepted; larger ones get 413.
     var maxBodyBytes: Int
+    /// Sent as `retry-after` with every error status (nil: none), as a provider's 429 does.
+    var retryAfterSeconds: Int? = nil
+    /// The model's context window, in tokens counted as body bytes ÷ 4: a longer request gets OpenAI's
+    /// 400 `context_length_exceeded` (nil: no window).
+    var contextWindowTokens: Int? = nil
 }
 
 /// Bounds on the knobs so that a typo in a test cannot exhaust memory or park a connection for days.

@@ -202,6 +202,14 @@ final class MockConnectionHandler: ChannelInboundHandler {
                                keepAlive: head.isKeepAlive, fixedBody: scratch, knobs: knobs), context: context)
             return
         }
+        if let window = server.behaviour.contextWindowTokens, body.readableBytes > window * 4 {
+            MockResponseBodies.error(
+                message: "This model's maximum context length is \(window) tokens. However, your messages resulted in \(body.readableBytes / 4) tokens. Please reduce the length of the messages.",
+                type: "invalid_request_error", param: "messages", code: "context_length_exceeded", into: &scratch)
+            start(MockExchange(record: record, version: head.version, status: 400, keepAlive: head.isKeepAlive,
+                               fixedBody: scratch, knobs: knobs), context: context)
+            return
+        }
         if let bodyError {
             MockResponseBodies.error(
                 message: bodyError.message, type: "invalid_request_error", param: bodyError.param, code: nil,
@@ -352,6 +360,9 @@ final class MockConnectionHandler: ChannelInboundHandler {
         }
         if !exchange.keepAlive {
             headers.add(name: "connection", value: "close")
+        }
+        if let retryAfter = server.behaviour.retryAfterSeconds, !(200...299).contains(exchange.status) {
+            headers.add(name: "retry-after", value: String(retryAfter))
         }
         exchange.record.status = exchange.status
         let head = HTTPResponseHead(

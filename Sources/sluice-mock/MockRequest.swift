@@ -24,6 +24,19 @@ enum MockEndpoint: Sendable, Equatable {
 
     /// The endpoint for a method and path (query string already removed), nil for anything else.
     init?(method: HTTPMethod, path: Substring) {
+        // Azure OpenAI's form: /openai/deployments/{deployment}/chat/completions (and the others).
+        let azurePrefix = "/openai/deployments/"
+        if path.hasPrefix(azurePrefix) {
+            let rest = path.dropFirst(azurePrefix.count)
+            guard let slash = rest.firstIndex(of: "/"), slash > rest.startIndex else { return nil }
+            switch (method, rest[slash...]) {
+            case (.POST, "/chat/completions"): self = .chatCompletions
+            case (.POST, "/completions"): self = .completions
+            case (.POST, "/embeddings"): self = .embeddings
+            default: return nil
+            }
+            return
+        }
         switch (method, path) {
         case (.POST, "/v1/chat/completions"): self = .chatCompletions
         case (.POST, "/v1/completions"): self = .completions

@@ -30,8 +30,8 @@ struct SluiceMockCommand: ParsableCommand {
             whatever was sent: an upstream that lies). A non-streamed answer with drop/stall is cut halfway through its body.
 
             --log writes one JSON line per request when it finishes: ts (arrival, Unix seconds), conn, \
-            method, path, model, stream, include_usage, max_tokens, n, authorization (presence only), \
-            request_id (x-request-id, if sent), traceparent (if sent), status, completion_tokens (sent), outcome \
+            method, path, model, stream, include_usage, max_tokens, n, authorization and api_key (presence \
+            only), query (the URL's query string, if any), request_id (x-request-id, if sent), traceparent (if sent), status, completion_tokens (sent), outcome \
             (complete | client_closed | dropped | stalled), body_bytes. SIGTERM/SIGINT flush it and exit 0.
             """
     )
@@ -56,6 +56,12 @@ struct SluiceMockCommand: ParsableCommand {
 
     @Option(help: "Status to answer every request with (non-2xx: an OpenAI error body).")
     var status = 200
+
+    @Option(help: "Send this retry-after (seconds) with every error status, as a provider's 429 does.")
+    var retryAfter: Int?
+
+    @Option(help: "A context window, in tokens counted as request body bytes ÷ 4: longer requests get 400 context_length_exceeded.")
+    var contextWindow: Int?
 
     @Option(help: "Close the connection after this many token chunks of every response.")
     var dropAfter: Int?
@@ -85,6 +91,9 @@ struct SluiceMockCommand: ParsableCommand {
             throw ValidationError("--drop-after and --stall-after must not be negative")
         }
         guard maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
+        guard (retryAfter ?? 0) >= 0, (contextWindow ?? 1) > 0 else {
+            throw ValidationError("--retry-after must not be negative and --context-window must be positive")
+        }
     }
 
     func run() throws {
@@ -97,7 +106,9 @@ struct SluiceMockCommand: ParsableCommand {
                 status: status,
                 dropAfterTokens: dropAfter,
                 stallAfterTokens: stallAfter,
-                maxBodyBytes: maxBodyBytes),
+                maxBodyBytes: maxBodyBytes,
+                retryAfterSeconds: retryAfter,
+                contextWindowTokens: contextWindow),
             log: requestLog)
 
         let signalSources = Self.exitOnTerminationSignals(flushing: requestLog)

@@ -75,10 +75,11 @@ class Process:
 
 
 class Mock(Process):
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, *flags: str):
+        """A sluice-mock logging to tmp/mock-requests.jsonl; `flags` set its defaults (--status 503, …)."""
         port = free_port()
         self.requests_log = tmp / "mock-requests.jsonl"
-        super().__init__([MOCK_BIN, "--port", str(port), "--log", str(self.requests_log)], port, tmp / "mock.stderr")
+        super().__init__([MOCK_BIN, "--port", str(port), "--log", str(self.requests_log), *flags], port, tmp / "mock.stderr")
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
     def requests(self):

@@ -1,0 +1,200 @@
+"""Upstreams as a pool, end to end (issue 15): the official openai SDK → sluice serve → several
+sluice-mock deployments. A model listed on a dead upstream and a healthy one keeps answering; a
+provider's 503 or 429 is retried on the other deployment before anything reaches the client; fallback
+models take over when a model's deployments are exhausted or its context window is too small; an
+Azure-style deployment gets its own model name, key header and query."""
+import re
+import socket
+
+import openai
+import pytest
+
+from conftest import Gateway, Mock, free_port, sha256_hex, TOKENIZER_DIR
+
+KEY = "sk-e2e-pools-0123456789"
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections are refused)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def mock_in(tmp, name, *flags):
+    directory = tmp / name
+    directory.mkdir(exist_ok=True)
+    return Mock(directory, *flags)
+
+
+def upstream(name, base_url, models, **fields):
+    return {"name": name, "base_url": base_url, "models": models, "connect_timeout_ms": 1000,
+            "first_byte_timeout_ms": 5000, "stall_timeout_ms": 5000, "request_timeout_ms": 30000, **fields}
+
+
+def config(upstreams, routing=None):
+    c = {
+        "server": {"host": "127.0.0.1", "port": free_port(), "admin_port": free_port()},
+        "tokenizer": {"directory": TOKENIZER_DIR},
+        "upstreams": upstreams,
+        "tiers": {},
+        "keys": [{"id": "pools", "secret_sha256": sha256_hex(KEY),
+                  "limits": {"requests_per_minute": 100000, "tokens_per_minute": 100000000}}],
+    }
+    if routing is not None:
+        c["routing"] = routing
+    return c
+
+
+def client(gateway):
+    return openai.OpenAI(base_url=gateway.base_url, api_key=KEY, max_retries=0)
+
+
+def metric(text, name, **labels):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def mocks(tmp_module):
+    started = {
+        "a": mock_in(tmp_module, "pool-a"),
+        "b": mock_in(tmp_module, "pool-b"),
+        "overloaded": mock_in(tmp_module, "pool-503", "--status", "503"),
+        "limited": mock_in(tmp_module, "pool-429", "--status", "429", "--retry-after", "30"),
+        "small": mock_in(tmp_module, "pool-ctx", "--context-window", "40"),
+    }
+    yield started
+    for m in started.values():
+        m.stop()
+
+
+def served(m, since=0):
+    return m.requests()[since:]
+
+
+def test_a_dead_deployment_does_not_take_its_model_down(tmp_path, mocks):
+    """The issue's case: the model on a dead upstream (first, as the old first-match routing picked
+    it) and a healthy one. Every request succeeds; the dead one's circuit opens."""
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    g = Gateway(tmp_path, config([
+        upstream("dead", dead, ["gpt-4o-mini"], circuit_breaker={"failure_threshold": 3, "open_ms": 60000}),
+        upstream("live", mocks["a"].base_url, ["gpt-4o-mini"]),
+    ]))
+    try:
+        before = len(mocks["a"].requests())
+        attempts = []
+        for _ in range(30):
+            raw = client(g).chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+            assert raw.http_response.status_code == 200
+            attempts.append(int(raw.headers["x-sluice-attempts"]))
+        assert len(served(mocks["a"], before)) == 30, "every request was answered by the live deployment"
+        assert max(attempts) >= 2, f"some request was retried after the dead deployment refused: {attempts}"
+        text = g.metrics()
+        assert metric(text, "sluice_upstream_retries_total", upstream="dead", reason="connect_failed") >= 1, text
+        assert metric(text, "sluice_upstream_circuit_open", upstream="dead") == 1
+        # Once its circuit is open the dead deployment costs nothing: the last requests went straight.
+        assert attempts[-5:] == [1] * 5, attempts
+    finally:
+        g.stop()
+
+
+def test_a_providers_503_is_retried_on_the_other_deployment_unseen(tmp_path, mocks):
+    g = Gateway(tmp_path, config([
+        upstream("overloaded", mocks["overloaded"].base_url, ["gpt-4o-mini"]),
+        upstream("live", mocks["b"].base_url, ["gpt-4o-mini"]),
+    ], routing={"max_attempts": 2}))
+    try:
+        before_live, before_overloaded = len(mocks["b"].requests()), len(mocks["overloaded"].requests())
+        for _ in range(20):
+            raw = client(g).chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+            assert raw.http_response.status_code == 200
+        assert len(served(mocks["b"], before_live)) == 20
+        retried = len(served(mocks["overloaded"], before_overloaded))
+        assert retried >= 1, "the overloaded deployment was asked at least once (weights are equal)"
+        text = g.metrics()
+        assert metric(text, "sluice_upstream_retries_total", upstream="overloaded", reason="http_5xx") == retried
+        # Every 503 was held back: the client saw none.
+        assert metric(text, "sluice_requests_total", status="503") == 0
+    finally:
+        g.stop()
+
+
+def test_every_deployment_at_its_provider_limit_gives_429_with_the_wait(tmp_path, mocks):
+    """A provider 429 with retry-after makes its deployment cool down; while every deployment of the
+    model cools down, Sluice answers 429 itself without asking, with the wait until the first is free."""
+    g = Gateway(tmp_path, config([upstream("limited", mocks["limited"].base_url, ["gpt-4o-mini"])]))
+    try:
+        before = len(mocks["limited"].requests())
+        with pytest.raises(openai.RateLimitError) as first:
+            client(g).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert "injected HTTP 429" in str(first.value), "the provider's own answer came through"
+        with pytest.raises(openai.RateLimitError) as second:
+            client(g).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert "every deployment" in str(second.value)
+        retry_after = float(second.value.response.headers["retry-after"])
+        assert 20 <= retry_after <= 30, retry_after
+        assert len(served(mocks["limited"], before)) == 1, "the cooling deployment was not asked again"
+    finally:
+        g.stop()
+
+
+def test_fallback_models_take_over(tmp_path, mocks):
+    dead = f"http://127.0.0.1:{closed_port()}/v1"
+    g = Gateway(tmp_path, config([
+        upstream("dead", dead, ["big"]),
+        upstream("small-window", mocks["small"].base_url, ["small-ctx"]),
+        upstream("live", mocks["a"].base_url, ["gpt-4o-mini", "gpt-4o"]),
+    ], routing={"max_attempts": 2, "backoff_initial_ms": 10, "backoff_max_ms": 20,
+                "fallbacks": {"big": ["gpt-4o-mini"]}, "context_window_fallbacks": {"small-ctx": ["gpt-4o"]}}))
+    try:
+        before = len(mocks["a"].requests())
+        raw = client(g).chat.completions.with_raw_response.create(
+            model="big", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert raw.http_response.status_code == 200
+        assert raw.parse().model == "gpt-4o-mini"
+        assert [r["model"] for r in served(mocks["a"], before)] == ["gpt-4o-mini"]
+        # A short prompt fits the small window; a long one is sent on to the larger model.
+        short = client(g).chat.completions.create(model="small-ctx", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert short.model == "small-ctx"
+        long_prompt = "lorem ipsum dolor sit amet " * 20
+        answered = client(g).chat.completions.create(model="small-ctx", messages=[{"role": "user", "content": long_prompt}], max_tokens=3)
+        assert answered.model == "gpt-4o"
+        statuses = [r["status"] for r in mocks["small"].requests()]
+        assert statuses[-2:] == [200, 400], statuses
+        text = g.metrics()
+        assert metric(text, "sluice_model_fallbacks_total", model="big", fallback="gpt-4o-mini", reason="exhausted") == 1
+        assert metric(text, "sluice_model_fallbacks_total", model="small-ctx", fallback="gpt-4o", reason="context_window") == 1
+        log = g.log_text()
+        assert re.search(r"fallback_model=gpt-4o\b", log) or '"fallback_model":"gpt-4o"' in log, log[-3000:]
+    finally:
+        g.stop()
+
+
+def test_an_azure_style_deployment_gets_its_model_name_key_header_and_query(tmp_path, mocks):
+    g = Gateway(tmp_path, config([
+        upstream("azure", mocks["b"].base_url.removesuffix("/v1") + "/openai/deployments/prod", ["gpt-4o"],
+                 api_key_env="SLUICE_E2E_AZURE_KEY", api_key_header="api-key",
+                 query_params={"api-version": "2024-10-21"}, model_map={"gpt-4o": "prod-4o"}),
+    ]), env_extra={"SLUICE_E2E_AZURE_KEY": "azure-e2e-secret"})
+    try:
+        before = len(mocks["b"].requests())
+        answer = client(g).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert answer.choices[0].message.content
+        seen = served(mocks["b"], before)
+        assert len(seen) == 1
+        request = seen[0]
+        assert request["model"] == "prod-4o"
+        assert request["api_key"] is True and request["authorization"] is False
+        assert request["query"] == "api-version=2024-10-21"
+        assert request["path"] == "/openai/deployments/prod/chat/completions"
+        assert "azure-e2e-secret" not in g.log_text()
+    finally:
+        g.stop()
