@@ -182,8 +182,15 @@ extension Gateway {
 
     /// Why none of a model's deployments could be tried: all cooling down after the provider's 429
     /// (429, with the wait until the first is free again), or circuits open (503).
+    /// Each deployment's reason is counted (`sluice_upstream_errors_total` and an exchange of
+    /// duration 0, as a refusal by its circuit always was).
     private func refusal(for deployments: [UpstreamRoute], model: String, nowMs: Int64) -> GatewayError {
         let cooling = deployments.map { cooldowns.remainingMs($0.name, nowMs: nowMs) }
+        for (deployment, remaining) in zip(deployments, cooling) {
+            let outcome: UpstreamOutcome = remaining > 0 ? .coolingDown : .circuitOpen
+            metrics.upstreamError(upstream: deployment.name, kind: outcome)
+            metrics.upstreamExchange(upstream: deployment.name, outcome: outcome, duration: .zero, timeToFirstByte: nil)
+        }
         if cooling.allSatisfy({ $0 > 0 }), let soonest = cooling.min() {
             let seconds = Double(soonest) / 1000
             return .rateLimited(

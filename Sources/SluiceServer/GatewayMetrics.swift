@@ -456,6 +456,8 @@ enum UpstreamOutcome: String, Sendable, Hashable, CaseIterable {
     case stalled
     /// The client went away first.
     case cancelled
+    /// Not tried: its provider answered 429 with a retry-after that has not passed yet.
+    case coolingDown = "cooling_down"
     /// No connection to the upstream came free within its queue_timeout_ms: answered 503.
     case queueTimeout = "queue_timeout"
     /// The connection broke before the answer was complete.

@@ -386,8 +386,10 @@ def test_a_clients_request_id_is_echoed_sent_upstream_and_logged(gateway, mock):
                    json={"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 1},
                    headers={**headers, "authorization": f"Bearer {DEMO}", "x-mock-status": "503"})
     assert (r.status_code, r.headers["x-request-id"]) == (503, headers["x-request-id"])
-    # Of these, only the last one was forwarded, with the client's id.
-    assert [rec["status"] for rec in upstream_records(mock, headers["x-request-id"])] == [503]
+    # Of these, only the last one was forwarded, with the client's id: three times (the default
+    # routing.max_attempts: a 503 is tried again before the client sees it), each with that id.
+    assert [rec["status"] for rec in upstream_records(mock, headers["x-request-id"])] == [503] * 3
+    assert r.headers["x-sluice-attempts"] == "3"
 
 
 @pytest.mark.parametrize("sent", ["two words", "x" * 129, "semi;colon", "quote\"d", "percent%20", ""])

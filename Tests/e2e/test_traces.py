@@ -276,11 +276,15 @@ def test_5xx_marks_the_request_span_as_error(gateway, collector):
     with pytest.raises(openai.InternalServerError):
         client(gateway).chat.completions.create(
             model="gpt-4o-mini", messages=MESSAGES, extra_headers={"traceparent": traceparent, "x-mock-status": "503"})
-    spans = collector.trace(bytes.fromhex(trace_id), 6)
-    named = by_name(spans)
+    # request, count, admit, settle, and one upstream span per attempt (routing.max_attempts: 3).
+    spans = collector.trace(bytes.fromhex(trace_id), 7)
+    attempts = [span for span in spans if span.name == "upstream"]
+    named = by_name([span for span in spans if span.name != "upstream"])
     assert named[REQUEST_SPAN].status.code == trace_pb2.Status.STATUS_CODE_ERROR
     assert attributes(named[REQUEST_SPAN].attributes)["http.response.status_code"] == 503
-    assert named["upstream"].status.code == trace_pb2.Status.STATUS_CODE_ERROR
+    assert attributes(named[REQUEST_SPAN].attributes)["sluice.attempts"] == 3
+    assert len(attempts) == 3
+    assert all(span.status.code == trace_pb2.Status.STATUS_CODE_ERROR for span in attempts)
 
 
 def test_spans_are_flushed_at_shutdown(tmp_path, mock, collector):
