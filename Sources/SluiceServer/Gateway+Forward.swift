@@ -59,6 +59,10 @@ extension Gateway {
         var refusal: GatewayError?
         /// Per deployment name: its last retryable failure's `retry-after`.
         var retryAfterMs: [String: Int64] = [:]
+        /// Per deployment name: how long until its own limits would admit the request.
+        var limitWaitMs: [String: Int64] = [:]
+        /// Admissions asked of deployments' limits (names each one's reservation).
+        var deploymentAdmissions = 0
         var elapsedMs: Int64 { Int64((MonotonicClock.nanoseconds() - startedNs) / 1_000_000) }
     }
 
@@ -124,42 +128,64 @@ extension Gateway {
             let open = deployments.filter { deployment in
                 !breakers.breaker(for: deployment.name, configuration: deployment.config.circuitBreaker).refusesNow
             }
-            let untried = open.filter { !tried.contains($0.name) && cooldowns.remainingMs($0.name, nowMs: nowMs) == 0 }
-            let deployment: UpstreamRoute
-            if !untried.isEmpty {
-                deployment = choose(untried)
-            } else if attempt == 0 {
-                // Nothing can take the request now: every deployment's circuit is open or its
-                // provider's limit is reached (cooling down).
-                state.refusal = refusal(for: deployments, model: model, nowMs: nowMs)
+            var untried = open.filter { !tried.contains($0.name) && cooldowns.remainingMs($0.name, nowMs: nowMs) == 0 }
+            var deployment: UpstreamRoute?
+            var deploymentReservation: Reservation?
+            // A deployment at its provider's limits (`upstreams[].limits`, shared by the fleet) is
+            // passed over for another; choosing one does not use up an attempt.
+            while deployment == nil, !untried.isEmpty {
+                let candidate = choose(untried)
+                switch await admit(candidate, model: model, exchange, &state) {
+                case .admitted(let reservation):
+                    deployment = candidate
+                    deploymentReservation = reservation
+                case .atLimit:
+                    tried.insert(candidate.name)
+                    untried.removeAll { $0.name == candidate.name }
+                }
+            }
+            if deployment == nil, attempt == 0 {
+                // Nothing can take the request now: every deployment's circuit is open, or its
+                // provider's limit is reached (cooling down after a 429, or its own limits).
+                state.refusal = refusal(for: deployments, model: model, nowMs: nowMs, state)
                 return .exhausted
-            } else {
+            }
+            if deployment == nil {
                 // The same deployments again, after a backoff that is at least what the provider
                 // asked to wait (its 429's cooldown or retry-after), as long as that is not too long.
                 backoffStep += 1
                 let backoffMs = RetryBackoff.delayMs(step: backoffStep, initialMs: routing.backoffInitialMs, maxMs: routing.backoffMaxMs)
                 let waits = open.filter { !noRepeat.contains($0.name) }.compactMap { deployment -> (UpstreamRoute, Int64)? in
-                    let providerWait = max(cooldowns.remainingMs(deployment.name, nowMs: nowMs), state.retryAfterMs[deployment.name] ?? 0)
+                    let providerWait = max(cooldowns.remainingMs(deployment.name, nowMs: nowMs), state.retryAfterMs[deployment.name] ?? 0, state.limitWaitMs[deployment.name] ?? 0)
                     guard providerWait <= Int64(routing.maxRetryAfterMs) else { return nil }
                     return (deployment, max(backoffMs, providerWait))
                 }
                 guard let shortest = waits.map(\.1).min() else { return .exhausted }
-                deployment = choose(waits.filter { $0.1 == shortest }.map(\.0))
+                let again = choose(waits.filter { $0.1 == shortest }.map(\.0))
                 guard state.elapsedMs + shortest <= Int64(routing.retryBudgetMs) else { return .exhausted }
                 do {
                     try await Task.sleep(for: .milliseconds(shortest))
                 } catch {
                     return .relayed(.notAnswered(status: 499, outcome: .cancelled))
                 }
+                guard case .admitted(let reservation) = await admit(again, model: model, exchange, &state) else { return .exhausted }
+                deployment = again
+                deploymentReservation = reservation
             }
+            guard let deployment else { return .exhausted }
             tried.insert(deployment.name)
             exchange.upstream = deployment
             exchange.upstreamBody = exchange.request.upstreamBody(original: exchange.originalBody, model: deployment.config.upstreamModel(for: model))
             let ending = await tryDeployment(&exchange, model: model, clientHeaders: clientHeaders, writer: writer, logger: logger, trace: trace)
             switch ending {
-            case .relayed(let result):
+            case .relayed(var result):
+                // Settled with the request's own settlement, at what the answer cost.
+                result.deploymentReservation = deploymentReservation
                 return .relayed(result)
             case .failed(let failure), .contextWindowExceeded(let failure):
+                // Nothing was answered: the deployment's tokens go back (the request counts, as the
+                // provider counts it).
+                if let deploymentReservation { await settleDeployment(deploymentReservation, promptTokens: 0, completionTokens: 0, logger: logger) }
                 state.lastFailure = failure
                 if failure.outcome == .queueTimeout || failure.outcome == .circuitOpen { noRepeat.insert(failure.upstream) }
                 if let retryAfter = failure.retryAfterMs { state.retryAfterMs[failure.upstream] = retryAfter }
@@ -170,6 +196,52 @@ extension Gateway {
             }
         }
         return .exhausted
+    }
+
+    enum DeploymentAdmission {
+        case admitted(Reservation?)
+        case atLimit
+    }
+
+    /// Admits the request against `deployment`'s own limits (`upstreams[].limits`), in the shared
+    /// store under the deployment's name: every node's requests to it share one set of buckets.
+    /// Not one atomic step with the key's admission (a deployment's buckets would have to share a
+    /// Redis Cluster slot with every key): the key was admitted first and keeps its reservation
+    /// while deployments are tried; neither is ever admitted beyond its limits.
+    private func admit(_ deployment: UpstreamRoute, model: String, _ exchange: ProxyExchange, _ state: inout ForwardState) async -> DeploymentAdmission {
+        guard let limits = deployment.limits else { return .admitted(nil) }
+        state.deploymentAdmissions += 1
+        let request = AdmissionRequest(
+            requestID: "\(exchange.reservationID)~\(deployment.name)~\(state.deploymentAdmissions)", keyID: deployment.config.limiterKeyID,
+            limits: limits, model: model, promptTokens: exchange.promptTokens, reservedOutputTokens: exchange.reservedOutputTokens
+        )
+        do {
+            switch try await limiter.admit(request) {
+            case .admitted(let reservation, _):
+                return .admitted(reservation)
+            case .denied(let denial, _):
+                let waitMs = denial.neverFits ? Int64.max / 4 : Int64((denial.retryAfterSeconds * 1000).rounded(.up))
+                state.limitWaitMs[deployment.name] = waitMs
+                metrics.upstreamError(upstream: deployment.name, kind: .atLimit)
+                return .atLimit
+            }
+        } catch {
+            // The shared limiter cannot say (its `closed` failure policy): not sent beyond what is known.
+            state.limitWaitMs[deployment.name] = 1000
+            metrics.upstreamError(upstream: deployment.name, kind: .atLimit)
+            return .atLimit
+        }
+    }
+
+    /// Settles a deployment's reservation; failures are logged (as the key's are).
+    func settleDeployment(_ reservation: Reservation, promptTokens: Int, completionTokens: Int, logger: RequestLogger) async {
+        do {
+            _ = try await limiter.settle(reservation, actualPromptTokens: promptTokens, actualCompletionTokens: completionTokens)
+        } catch is FailoverLimiterStore.SettlementDeferred {
+            // Retried in the background by the store.
+        } catch {
+            logger.error("settling the deployment's reservation failed", metadata: ["upstream": "\(reservation.keyID)", "error": "\(error)"])
+        }
     }
 
     /// Among deployments that may be tried: the least in flight relative to its weight (in flight ÷
@@ -184,14 +256,17 @@ extension Gateway {
     /// (429, with the wait until the first is free again), or circuits open (503).
     /// Each deployment's reason is counted (`sluice_upstream_errors_total` and an exchange of
     /// duration 0, as a refusal by its circuit always was).
-    private func refusal(for deployments: [UpstreamRoute], model: String, nowMs: Int64) -> GatewayError {
-        let cooling = deployments.map { cooldowns.remainingMs($0.name, nowMs: nowMs) }
-        for (deployment, remaining) in zip(deployments, cooling) {
-            let outcome: UpstreamOutcome = remaining > 0 ? .coolingDown : .circuitOpen
-            metrics.upstreamError(upstream: deployment.name, kind: outcome)
+    private func refusal(for deployments: [UpstreamRoute], model: String, nowMs: Int64, _ state: ForwardState) -> GatewayError {
+        // Per deployment: how long until its provider takes requests again (0: its circuit is open).
+        let waits = deployments.map { deployment in
+            max(cooldowns.remainingMs(deployment.name, nowMs: nowMs), state.limitWaitMs[deployment.name] ?? 0)
+        }
+        for (deployment, wait) in zip(deployments, waits) {
+            let outcome: UpstreamOutcome = state.limitWaitMs[deployment.name] != nil ? .atLimit : wait > 0 ? .coolingDown : .circuitOpen
+            if outcome != .atLimit { metrics.upstreamError(upstream: deployment.name, kind: outcome) }
             metrics.upstreamExchange(upstream: deployment.name, outcome: outcome, duration: .zero, timeToFirstByte: nil)
         }
-        if cooling.allSatisfy({ $0 > 0 }), let soonest = cooling.min() {
+        if waits.allSatisfy({ $0 > 0 }), let soonest = waits.min() {
             let seconds = Double(soonest) / 1000
             return .rateLimited(
                 type: "requests",

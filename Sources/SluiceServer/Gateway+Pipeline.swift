@@ -144,9 +144,9 @@ extension Gateway {
 
         // 6–7. forward and relay. Never throws: every failure is answered (or the stream cut) inside.
         let exchange = ProxyExchange(
-            requestID: requestID, key: key, request: openAIRequest, endpoint: endpoint, deployments: deployments,
+            requestID: requestID, reservationID: reservationID, key: key, request: openAIRequest, endpoint: endpoint, deployments: deployments,
             routing: settings.routing, upstream: deployments[0], originalBody: body,
-            upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens,
+            upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens,
             rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model)
         )
         let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger, trace: trace)
@@ -160,6 +160,9 @@ extension Gateway {
         // refuses names it does not serve), else under the config entry that routed it: names a
         // client invents under a wildcard must not grow the usage records without bound.
         let answered = (200..<300).contains(relayed.status)
+        if let deploymentReservation = relayed.deploymentReservation {
+            await settleDeployment(deploymentReservation, promptTokens: chargedPromptTokens, completionTokens: relayed.completionTokens, logger: logger)
+        }
         let modelLabel = deployments[0].metricLabel(forModel: model)
         let settling = answered ? reservation : reservation.recordingUsage(as: modelLabel)
         let settleSpan = trace?.child("settle")

@@ -12,6 +12,8 @@ import Tracing
 struct ProxyExchange: Sendable {
     /// The id the client meets, sent upstream and back as `x-request-id` (not the reservation's).
     let requestID: String
+    /// Sluice's own id of the request (its reservations are named after it).
+    let reservationID: String
     let key: APIKey
     let request: OpenAIRequest
     let endpoint: OpenAIEndpoint
@@ -24,6 +26,7 @@ struct ProxyExchange: Sendable {
     let originalBody: [UInt8]
     var upstreamBody: [UInt8]
     let promptTokens: Int
+    let reservedOutputTokens: Int
     let rateLimitHeaders: [(String, String)]
     let encoding: BPEEncoding
     /// Requests sent upstream for this one so far (the `x-sluice-attempts` header).
@@ -77,6 +80,9 @@ struct RelayResult: Sendable {
     /// for when a fallback model answered instead of the requested one.
     var upstreamName: String?
     var fallbackModel: String?
+    /// The answering deployment's reservation on its own limits (`upstreams[].limits`), settled
+    /// with the request's.
+    var deploymentReservation: Reservation?
 
     init(status: Int, chargesPrompt: Bool, completionTokens: Int, upstreamOutcome: UpstreamOutcome) {
         self.status = status

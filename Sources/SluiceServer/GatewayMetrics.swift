@@ -458,6 +458,8 @@ enum UpstreamOutcome: String, Sendable, Hashable, CaseIterable {
     case cancelled
     /// Not tried: its provider answered 429 with a retry-after that has not passed yet.
     case coolingDown = "cooling_down"
+    /// Not tried: the deployment's own limits (`upstreams[].limits`) would be exceeded.
+    case atLimit = "at_limit"
     /// No connection to the upstream came free within its queue_timeout_ms: answered 503.
     case queueTimeout = "queue_timeout"
     /// The connection broke before the answer was complete.

@@ -85,12 +85,15 @@ struct UpstreamRoute: Sendable {
         var base = config.baseURL
         while base.hasSuffix("/") { base.removeLast() }
         self.base = base
+        limits = config.limits.map { ResolvedLimits(tier: nil, own: $0) }
         query = config.queryParameters.isEmpty ? "" : "?" + config.queryParameters.map { Self.percentEncoded($0.name) + "=" + Self.percentEncoded($0.value) }.joined(separator: "&")
     }
 
     var name: String { config.name }
     var apiKey: Secret? { config.apiKey }
     var weight: Int { config.weight }
+    /// The deployment's own limits, resolved once; nil without `upstreams[].limits`.
+    let limits: ResolvedLimits?
 
     /// The header carrying the upstream key, as the provider wants it (`Authorization: Bearer`, or
     /// the key alone in e.g. Azure's `api-key`); nil without a key.

@@ -337,6 +337,22 @@ final class ConfigTests: XCTestCase {
         ])
     }
 
+    func testDeploymentLimits() throws {
+        let json = #"{"upstreams": [{"name": "tier-1", "base_url": "http://h/v1", "models": ["gpt-4o"], "limits": {"requests_per_minute": 500, "tokens_per_minute": 30000, "tokens_burst": 5000}}], "keys": []}"#
+        let upstream = try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:]).upstreams[0]
+        XCTAssertEqual(upstream.limits, LimitSet(requestsPerMinute: 500, tokensPerMinute: 30000, tokensBurst: 5000))
+        XCTAssertEqual(upstream.limiterKeyID, "upstream~tier-1")
+        XCTAssertFalse(KeyConfig.isValidID(upstream.limiterKeyID), "no key can share the deployment's buckets")
+        XCTAssertEqual(documentProblems(upstreams: #"[{"name": "u", "base_url": "http://h/v1", "models": ["gpt-4o"], "limits": {"tokens_per_day": 5, "max_concurrent_requests": 2, "tokens_burst": 9}}]"#), [
+            "$.upstreams[0].limits.max_concurrent_requests: not a deployment limit: a provider's limits are per-minute rates (requests, tokens, input and output tokens) and their bursts",
+            "$.upstreams[0].limits.tokens_per_day: not a deployment limit: a provider's limits are per-minute rates (requests, tokens, input and output tokens) and their bursts",
+            "$.upstreams[0].limits.tokens_burst: a burst needs a rate: tokens_per_minute is not set",
+        ])
+        XCTAssertEqual(documentProblems(upstreams: #"[{"name": "my upstream", "base_url": "http://h/v1", "models": ["gpt-4o"], "limits": {"requests_per_minute": 5}}]"#), [
+            "$.upstreams[0].name: an upstream with limits must have a name matching [A-Za-z0-9_.-]{1,64} (its limits are kept under it in the shared store)",
+        ])
+    }
+
     func testBadRouting() {
         let upstreams = #"[{"name": "u", "base_url": "http://h/v1", "models": ["gpt-4o", "gpt-4o-mini"]}]"#
         XCTAssertEqual(documentProblems(upstreams: upstreams, routing: #"{"max_attempts": 0, "backoff_initial_ms": 500, "backoff_max_ms": 100}"#), [

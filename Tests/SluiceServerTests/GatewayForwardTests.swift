@@ -194,6 +194,49 @@ final class GatewayForwardTests: XCTestCase {
         XCTAssertFalse(afterA.contains("a.test"), "a's circuit is open for 60 s: \(harness.upstream.hosts)")
     }
 
+    // MARK: the provider's own limits
+
+    func testADeploymentAtItsOwnLimitsIsPassedOverAndEveryOneAtItsLimitIs429() async throws {
+        harness = try PipelineHarness(upstreams: """
+            [{"name": "tier1", "base_url": "http://a.test/v1", "models": ["gpt-4o-mini", "gpt-4o"], "weight": 1000,
+              "limits": {"requests_per_minute": 2}},
+             {"name": "tier2", "base_url": "http://b.test/v1", "models": ["gpt-4o-mini"], "limits": {"requests_per_minute": 1}}]
+            """, routing: Self.plainRouting)
+        for _ in 0..<4 { harness.upstream.script(.ok(completionTokens: 2)) }
+        var statuses: [Int] = []
+        for _ in 0..<4 {
+            statuses.append(try await harness.send(body: chat()).status)
+        }
+        // tier1 (weight 1000) takes its 2 per minute, tier2 its 1; the fourth finds both at their limits.
+        XCTAssertEqual(statuses, [200, 200, 200, 429])
+        XCTAssertEqual(harness.upstream.hosts.filter { $0 == "a.test" }.count, 2)
+        XCTAssertEqual(harness.upstream.hosts.filter { $0 == "b.test" }.count, 1)
+        let refused = try await harness.send(body: chat())
+        XCTAssertEqual(refused.status, 429)
+        XCTAssertTrue(refused.body.contains("reached on every deployment"), refused.body)
+        let retryAfter = try XCTUnwrap(refused.headers.first(name: "retry-after").flatMap(Double.init))
+        XCTAssertTrue((20...60).contains(retryAfter), "the wait until tier1 admits one more (2/min: 30 s): \(retryAfter)")
+        XCTAssertEqual(harness.upstream.requestCount, 3, "nothing was sent beyond the providers' limits")
+        // The deployments' own reservations were admitted and settled like the keys' (tearDown checks
+        // every admission was settled once): 3 admitted on the deployments, settled at what was answered.
+        let deploymentSettlements = harness.limiter.settlements.filter { $0.requestID.contains("~tier") }
+        XCTAssertEqual(deploymentSettlements.count, 3)
+        XCTAssertEqual(deploymentSettlements.map(\.completionTokens), [2, 2, 2])
+    }
+
+    func testAFailedAttemptGivesTheDeploymentsTokensBack() async throws {
+        harness = try PipelineHarness(upstreams: """
+            [{"name": "tier1", "base_url": "http://a.test/v1", "models": ["gpt-4o-mini", "gpt-4o"], "limits": {"tokens_per_minute": 100000}}]
+            """, routing: Self.plainRouting)
+        harness.upstream.script(.whole(status: 503, body: Self.unavailable), .ok(completionTokens: 3))
+        let response = try await harness.send(body: chat())
+        XCTAssertEqual(response.status, 200)
+        let deployment = harness.limiter.settlements.filter { $0.requestID.contains("~tier1~") }
+        XCTAssertEqual(deployment.map(\.completionTokens), [0, 3], "the failed attempt's reservation refunded, the answered one charged")
+        XCTAssertEqual(deployment[0].promptTokens, 0)
+        XCTAssertGreaterThan(deployment[1].promptTokens, 0)
+    }
+
     // MARK: fallbacks
 
     func testAModelWhoseAttemptsAllFailFallsBackToItsFallback() async throws {

@@ -3,8 +3,10 @@ sluice-mock deployments. A model listed on a dead upstream and a healthy one kee
 provider's 503 or 429 is retried on the other deployment before anything reaches the client; fallback
 models take over when a model's deployments are exhausted or its context window is too small; an
 Azure-style deployment gets its own model name, key header and query."""
+import json
 import re
 import socket
+import time
 
 import openai
 import pytest
@@ -72,6 +74,10 @@ def mocks(tmp_module):
     yield started
     for m in started.values():
         m.stop()
+
+
+def solo_count(statuses, status):
+    return sum(1 for model, s in statuses if model == "solo" and s == status)
 
 
 def served(m, since=0):
@@ -198,3 +204,74 @@ def test_an_azure_style_deployment_gets_its_model_name_key_header_and_query(tmp_
         assert "azure-e2e-secret" not in g.log_text()
     finally:
         g.stop()
+
+
+def test_a_providers_limits_hold_across_nodes(tmp_path, mocks):
+    """`upstreams[].limits` in the shared store: three nodes on one Redis never send a deployment more
+    than its limit (burst + rate × elapsed), pass the rest to the model's other deployment, and answer
+    429 with the wait when every deployment of a model is at its limit."""
+    import subprocess
+    import threading
+    from conftest import wait_for_port
+    redis_port = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nodes = []
+    try:
+        wait_for_port(redis_port, redis)
+        rate, burst = 60, 5
+        shared = config([
+            # Preferred by weight, limited: 60/min with a burst of 5 for the whole fleet.
+            upstream("tier1", mocks["a"].base_url, ["gpt-4o-mini", "solo"], weight=1000,
+                     limits={"requests_per_minute": rate, "requests_burst": burst}),
+            upstream("spare", mocks["b"].base_url, ["gpt-4o-mini"]),
+        ])
+        shared["redis"] = {"url": f"redis://127.0.0.1:{redis_port}"}
+        for i in range(3):
+            node_config = json.loads(json.dumps(shared))
+            node_config["server"] = {"host": "127.0.0.1", "port": free_port(), "admin_port": free_port()}
+            directory = tmp_path / f"node{i}"
+            directory.mkdir()
+            nodes.append(Gateway(directory, node_config))
+        before_a, before_b = len(mocks["a"].requests()), len(mocks["b"].requests())
+        statuses, lock = [], threading.Lock()
+        started = time.time()
+        seconds = 8.0
+
+        def worker(n, model):
+            c = openai.OpenAI(base_url=nodes[n % len(nodes)].base_url, api_key=KEY, max_retries=0)
+            while time.time() - started < seconds:
+                try:
+                    c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+                    status = 200
+                except openai.RateLimitError as e:
+                    status = 429
+                    assert "every deployment" in str(e), str(e)
+                    assert float(e.response.headers["retry-after"]) > 0
+                with lock:
+                    statuses.append((model, status))
+
+        threads = [threading.Thread(target=worker, args=(i, "gpt-4o-mini" if i < 6 else "solo")) for i in range(9)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.time() - started
+        to_a = [r for r in served(mocks["a"], before_a)]
+        to_b = served(mocks["b"], before_b)
+        bound = burst + rate * elapsed / 60 + 1
+        print(f"tier1 received {len(to_a)} (bound {bound:.1f}) in {elapsed:.1f} s; spare {len(to_b)}; "
+              f"solo answered {solo_count(statuses, 200)}, refused {solo_count(statuses, 429)}")
+        assert len(to_a) <= bound, f"tier1 received {len(to_a)} in {elapsed:.1f} s, its limit allows {bound:.1f}"
+        assert len(to_a) >= burst, "the limited deployment was used up to its limit"
+        mini = [s for m, s in statuses if m == "gpt-4o-mini"]
+        solo = [s for m, s in statuses if m == "solo"]
+        assert mini and all(s == 200 for s in mini), "gpt-4o-mini always had the spare deployment"
+        assert len(to_b) == len(mini) - len([r for r in to_a if r["model"] == "gpt-4o-mini"])
+        assert 429 in solo, "solo's only deployment reached its limit: Sluice answered 429 itself"
+        assert solo.count(200) == len([r for r in to_a if r["model"] == "solo"])
+    finally:
+        for g in nodes:
+            g.stop()
+        redis.kill()
+        redis.wait()

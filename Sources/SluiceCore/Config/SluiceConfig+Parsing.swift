@@ -67,7 +67,10 @@ struct ConfigDocumentReader {
     static let logFields = ["format"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
-    static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms", "weight", "model_map", "api_key_header", "query_params", "circuit_breaker"]
+    static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms", "weight", "model_map", "api_key_header", "query_params", "circuit_breaker", "limits"]
+    /// What a provider limits per deployment (its key's tier): per-minute rates, no quotas or
+    /// concurrency (`max_connections` bounds that).
+    static let deploymentLimitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "lease"]
     static let circuitBreakerFields = ["failure_threshold", "open_ms"]
     static let routingFields = ["max_attempts", "retry_budget_ms", "backoff_initial_ms", "backoff_max_ms", "max_retry_after_ms", "fallbacks", "context_window_fallbacks"]
     /// Headers an `api_key_header` cannot name: the ones Sluice writes itself or that frame the request.
@@ -274,6 +277,21 @@ struct ConfigDocumentReader {
                 failureThreshold: walker.integer(breaker, "failure_threshold", at: breakerPath, default: CircuitBreaker.Configuration.defaultFailureThreshold, range: 1...1_000),
                 openMillis: walker.integer(breaker, "open_ms", at: breakerPath, default: CircuitBreaker.Configuration.defaultOpenMillis, range: 1...3_600_000)
             )
+        }
+        if let value = members["limits"], !value.isNull {
+            let limitsPath = "\(path).limits"
+            if let object = walker.object(value, at: limitsPath) {
+                for name in object.keys.sorted() where Self.limitFields.contains(name) && !Self.deploymentLimitFields.contains(name) {
+                    walker.report(ConfigWalker.member(limitsPath, name), "not a deployment limit: a provider's limits are per-minute rates (requests, tokens, input and output tokens) and their bursts")
+                }
+            }
+            if let limits = readLimitSet(value, at: limitsPath) {
+                reportBurstsWithoutRates(limits, ownFields: limits, at: limitsPath)
+                upstream.limits = limits
+            }
+            if let name, !KeyConfig.isValidID(name) {
+                walker.report("\(path).name", "an upstream with limits must have a name matching [A-Za-z0-9_.-]{1,64} (its limits are kept under it in the shared store)")
+            }
         }
         return upstream
     }

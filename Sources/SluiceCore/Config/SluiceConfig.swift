@@ -218,6 +218,13 @@ public struct UpstreamConfig: Sendable, Equatable {
     public var queryParameters: [(name: String, value: String)] = []
     /// When this deployment's circuit opens, and for how long.
     public var circuitBreaker = CircuitBreaker.Configuration()
+    /// The provider's own limits for this deployment (its key's tier), enforced for the whole fleet
+    /// in the shared store; nil: none.
+    public var limits: LimitSet?
+
+    /// The limiter's name for this deployment's limits: not a valid key id (`~`), so no key can
+    /// share its buckets.
+    public var limiterKeyID: String { "upstream~" + name }
 
     public static let defaultAPIKeyHeader = "authorization"
     public static let maximumWeight = 1_000
@@ -253,7 +260,7 @@ public struct UpstreamConfig: Sendable, Equatable {
             && lhs.requestTimeoutMs == rhs.requestTimeoutMs && lhs.maxConnections == rhs.maxConnections
             && lhs.queueTimeoutMs == rhs.queueTimeoutMs && lhs.weight == rhs.weight && lhs.modelMap == rhs.modelMap
             && lhs.apiKeyHeader == rhs.apiKeyHeader && lhs.queryParameters.elementsEqual(rhs.queryParameters, by: ==)
-            && lhs.circuitBreaker == rhs.circuitBreaker
+            && lhs.circuitBreaker == rhs.circuitBreaker && lhs.limits == rhs.limits
     }
 }
 
