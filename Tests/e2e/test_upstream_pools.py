@@ -133,6 +133,46 @@ def test_a_providers_503_is_retried_on_the_other_deployment_unseen(tmp_path, moc
         g.stop()
 
 
+def test_a_providers_429_moves_traffic_to_the_other_deployment(tmp_path, mocks):
+    g = Gateway(tmp_path, config([
+        upstream("limited", mocks["limited"].base_url, ["gpt-4o-mini"], weight=1000),
+        upstream("spare", mocks["b"].base_url, ["gpt-4o-mini"]),
+    ]))
+    try:
+        before_limited, before_spare = len(mocks["limited"].requests()), len(mocks["b"].requests())
+        for _ in range(10):
+            answer = client(g).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+            assert answer.choices[0].message.content
+        # The preferred deployment answered 429 (retry-after 30) once; the request went on to the
+        # spare, and so did every request after it while the limited one cools down.
+        assert len(served(mocks["limited"], before_limited)) == 1
+        assert len(served(mocks["b"], before_spare)) == 10
+    finally:
+        g.stop()
+
+
+def test_a_stream_is_never_retried_after_its_first_byte(tmp_path, mocks):
+    g = Gateway(tmp_path, config([
+        upstream("first", mocks["a"].base_url, ["gpt-4o-mini"]),
+        upstream("second", mocks["b"].base_url, ["gpt-4o-mini"]),
+    ]))
+    try:
+        before = len(mocks["a"].requests()) + len(mocks["b"].requests())
+        raw = client(g).chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=20, stream=True,
+            extra_headers={"x-mock-drop-after": "3", "x-mock-completion-tokens": "20"})
+        assert raw.headers["x-sluice-attempts"] == "1"
+        received = []
+        with pytest.raises(openai.APIError):
+            for chunk in raw.parse():
+                received.extend(choice.delta.content for choice in chunk.choices if choice.delta.content)
+        assert len(received) == 3, f"the three tokens sent before the upstream dropped reached the client: {received}"
+        time.sleep(0.3)
+        assert len(mocks["a"].requests()) + len(mocks["b"].requests()) - before == 1, "the cut stream was not sent again"
+    finally:
+        g.stop()
+
+
 def test_every_deployment_at_its_provider_limit_gives_429_with_the_wait(tmp_path, mocks):
     """A provider 429 with retry-after makes its deployment cool down; while every deployment of the
     model cools down, Sluice answers 429 itself without asking, with the wait until the first is free."""
@@ -207,7 +247,7 @@ def test_an_azure_style_deployment_gets_its_model_name_key_header_and_query(tmp_
 
 
 def test_a_providers_limits_hold_across_nodes(tmp_path, mocks):
-    """`upstreams[].limits` in the shared store: three nodes on one Redis never send a deployment more
+    """`upstreams[].limits` in the shared store: four nodes on one Redis never send a deployment more
     than its limit (burst + rate × elapsed), pass the rest to the model's other deployment, and answer
     429 with the wait when every deployment of a model is at its limit."""
     import subprocess
@@ -227,7 +267,7 @@ def test_a_providers_limits_hold_across_nodes(tmp_path, mocks):
             upstream("spare", mocks["b"].base_url, ["gpt-4o-mini"]),
         ])
         shared["redis"] = {"url": f"redis://127.0.0.1:{redis_port}"}
-        for i in range(3):
+        for i in range(4):
             node_config = json.loads(json.dumps(shared))
             node_config["server"] = {"host": "127.0.0.1", "port": free_port(), "admin_port": free_port()}
             directory = tmp_path / f"node{i}"
