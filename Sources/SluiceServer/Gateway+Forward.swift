@@ -175,7 +175,12 @@ extension Gateway {
             guard let deployment else { return .exhausted }
             tried.insert(deployment.name)
             exchange.upstream = deployment
-            exchange.upstreamBody = exchange.request.upstreamBody(original: exchange.originalBody, model: deployment.config.upstreamModel(for: model))
+            let upstreamModel = deployment.config.upstreamModel(for: model)
+            if upstreamModel != exchange.upstreamBodyModel {
+                // Another name than the body carries (model_map, a fallback): the body once more.
+                exchange.upstreamBody = exchange.request.upstreamBody(original: exchange.originalBody, model: upstreamModel)
+                exchange.upstreamBodyModel = upstreamModel
+            }
             let ending = await tryDeployment(&exchange, model: model, clientHeaders: clientHeaders, writer: writer, logger: logger, trace: trace)
             switch ending {
             case .relayed(var result):

@@ -146,7 +146,7 @@ extension Gateway {
         let exchange = ProxyExchange(
             requestID: requestID, reservationID: reservationID, key: key, request: openAIRequest, endpoint: endpoint, deployments: deployments,
             routing: settings.routing, upstream: deployments[0], originalBody: body,
-            upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens,
+            upstreamBody: openAIRequest.upstreamBody(original: body), upstreamBodyModel: model, promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens,
             rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model)
         )
         let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger, trace: trace)

@@ -25,6 +25,8 @@ struct ProxyExchange: Sendable {
     /// The body as the client sent it (what `upstreamBody` was made from).
     let originalBody: [UInt8]
     var upstreamBody: [UInt8]
+    /// The model name `upstreamBody` carries (the request's until a deployment or fallback names another).
+    var upstreamBodyModel: String
     let promptTokens: Int
     let reservedOutputTokens: Int
     let rateLimitHeaders: [(String, String)]
