@@ -70,7 +70,7 @@ CONTRACT_HISTOGRAMS = {
 }
 ROWS = ["Traffic", "Latency", "Rate limiting", "Tokens", "Upstreams", "Limiter", "Process", "Readiness"]
 ALERT_NAMES = {"SluiceHighErrorRate", "SluiceAddedLatencyHigh", "SluiceLimiterNotShared",
-               "SluiceUpstreamCircuitOpen", "SluiceNodeNotReady", "SluiceLimiterCallFailures"}
+               "SluiceUpstreamCircuitOpen", "SluiceNodeNotReady", "SluiceLimiterCallFailures", "SluiceUpstreamQueueing"}
 
 MODEL = "gpt-4o-mini"
 DOWN_MODEL = "gpt-4.1-nano"
