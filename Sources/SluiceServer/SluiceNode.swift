@@ -56,6 +56,9 @@ public struct SluiceNode: Sendable {
         let pooled = config.upstreams.reduce(0) { $0 + $1.maxConnections }
         let share = (pooled + engineConfiguration.threads - 1) / engineConfiguration.threads
         engineConfiguration.maxIdleConnections = min(max(CurlEngine.Configuration.defaultMaxIdleConnections, share), 4096)
+        // The engine's own bound on transfers in flight must not cut below the pools the operator
+        // configured (it would answer 503 before any pool is full): at least their sum at start.
+        engineConfiguration.maxInFlightTransfers = max(engineConfiguration.maxInFlightTransfers, pooled)
         engine = CurlEngine(configuration: engineConfiguration, logger: logger)
         let settings = GatewaySettings(config: config)
         // The metrics read the connection count from the server, which needs the gateway: break the
