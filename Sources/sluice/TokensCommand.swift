@@ -38,6 +38,9 @@ struct TokensCommand: ParsableCommand {
     @Flag(help: "Each FILE is a /v1/chat/completions request body: print its prompt tokens exactly as the gateway counts them (model from the body unless --model is given).")
     var chat = false
 
+    @Flag(help: "Each FILE is a /v1/responses request body: print its input tokens exactly as the gateway counts them for admission (the Responses framing is Sluice's, unverified against the API: settlement uses the upstream's input_tokens).")
+    var responses = false
+
     @Flag(help: "Print the token ids instead of their count.")
     var ids = false
 
@@ -48,10 +51,13 @@ struct TokensCommand: ParsableCommand {
     var files: [String] = []
 
     func validate() throws {
-        if chat && (ids || benchRepeat != nil || encoding != nil) {
-            throw ValidationError("--chat counts whole requests; it cannot be combined with --ids, --encoding or --bench-repeat.")
+        if chat && responses {
+            throw ValidationError("--chat and --responses are two kinds of request body; give one.")
         }
-        if model == nil && encoding == nil && !chat {
+        if (chat || responses) && (ids || benchRepeat != nil || encoding != nil) {
+            throw ValidationError("--\(chat ? "chat" : "responses") counts whole requests; it cannot be combined with --ids, --encoding or --bench-repeat.")
+        }
+        if model == nil && encoding == nil && !chat && !responses {
             throw ValidationError("Give --model or --encoding.")
         }
         if let encoding, EncodingName(rawValue: encoding) == nil {
@@ -69,8 +75,8 @@ struct TokensCommand: ParsableCommand {
         let directory = tokenizerDirectory
             ?? ProcessInfo.processInfo.environment["SLUICE_TOKENIZER_DIR"].flatMap { $0.isEmpty ? nil : $0 }
             ?? "./.cache/tokenizer"
-        if chat {
-            return try countChatRequests(directory: directory)
+        if chat || responses {
+            return try countRequests(endpoint: chat ? .chatCompletions : .responses, directory: directory)
         }
         let name = encoding.flatMap(EncodingName.init(rawValue:))
             ?? ModelEncodings().encodingName(forModel: model ?? "")
@@ -114,15 +120,16 @@ struct TokensCommand: ParsableCommand {
         output.flush()
     }
 
-    /// `--chat`: parse each body as the gateway does and count its prompt with the same counter.
-    private func countChatRequests(directory: String) throws {
+    /// `--chat` / `--responses`: parse each body as the gateway does and count its prompt with the
+    /// same counter.
+    private func countRequests(endpoint: OpenAIEndpoint, directory: String) throws {
         let counter = PromptTokenCounter(tokenizers: try Tokenizers.load(directory: directory))
         var output = StandardOutput()
         for input in files.isEmpty ? ["-"] : files {
             let body = [UInt8](try Self.read(input))
             do {
-                let request = try OpenAIRequest.parse(body, endpoint: .chatCompletions)
-                let effective = model.map { try? OpenAIRequest.parse(Self.replacingModel(in: body, with: $0), endpoint: .chatCompletions) } ?? request
+                let request = try OpenAIRequest.parse(body, endpoint: endpoint)
+                let effective = model.map { try? OpenAIRequest.parse(request.upstreamBody(original: body, model: $0), endpoint: endpoint) } ?? request
                 output.writeLine(String(try counter.count(effective ?? request)))
             } catch {
                 output.flush()
@@ -130,16 +137,6 @@ struct TokensCommand: ParsableCommand {
             }
         }
         output.flush()
-    }
-
-    /// The body with its top-level `model` replaced (for `--chat --model`).
-    private static func replacingModel(in body: [UInt8], with model: String) -> [UInt8] {
-        guard case .object(var object)? = try? JSONReader.parse(body) else { return body }
-        object.members.removeAll { $0.key == "model" }
-        object.members.append(JSONMember(key: "model", value: .string(model)))
-        var output: [UInt8] = []
-        JSONWriter.appendValue(.object(object), to: &output)
-        return output
     }
 
     private static func read(_ input: String) throws -> Data {

@@ -473,6 +473,36 @@ def test_cli_counts_a_chat_body_like_the_cookbook(tmp_path):
     assert out.stdout.split() == [str(expected["gpt-4o"]), str(expected["gpt-4-0613"])]
 
 
+def test_cli_tokens_responses_frames_the_input_as_the_equivalent_chat_request(tmp_path):
+    """`sluice tokens --responses`: a /v1/responses body counted as the gateway counts it for admission
+    (instructions as a developer message, a string input as a user message; the cookbook framing on
+    real tiktoken is the oracle). `--model` recounts it with another model's encoding."""
+    import os
+    import subprocess
+    import tiktoken
+    from conftest import SLUICE_BIN, TOKENIZER_DIR
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", os.path.join(TOKENIZER_DIR, "tiktoken-cache"))
+    instructions, text = "Be terse.", "Tell me a three sentence bedtime story about a unicorn."
+    (tmp_path / "plain.json").write_text(json.dumps({"model": "gpt-4o", "input": text}))
+    (tmp_path / "instructed.json").write_text(json.dumps({"model": "gpt-4o", "instructions": instructions, "input": text}))
+    env = {**os.environ, "SLUICE_TOKENIZER_DIR": TOKENIZER_DIR}
+
+    def expected(encoding, *messages):
+        enc = tiktoken.get_encoding(encoding)
+        return 3 + sum(3 + len(enc.encode(role)) + len(enc.encode(content)) for role, content in messages)
+
+    out = subprocess.run([SLUICE_BIN, "tokens", "--responses", str(tmp_path / "plain.json"), str(tmp_path / "instructed.json")],
+                         capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == [str(expected("o200k_base", ("user", text))),
+                                  str(expected("o200k_base", ("developer", instructions), ("user", text)))]
+    out = subprocess.run([SLUICE_BIN, "tokens", "--responses", "--model", "gpt-4-0613", str(tmp_path / "plain.json")],
+                         capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == [str(expected("cl100k_base", ("user", text)))]
+    refused = subprocess.run([SLUICE_BIN, "tokens", "--responses", "--chat", str(tmp_path / "plain.json")],
+                             capture_output=True, text=True, env=env)
+    assert refused.returncode != 0 and "give one" in refused.stderr
+
+
 def test_cli_usage_refuses_a_day_that_is_not_on_the_calendar(tmp_path):
     """`sluice usage --day` names a UTC day; one that does not exist is refused, not shown as zeros."""
     import subprocess
