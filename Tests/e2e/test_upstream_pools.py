@@ -81,6 +81,16 @@ def solo_count(statuses, status):
 
 
 def served(m, since=0):
+    """The mock's requests after the first `since`, once its log stopped growing: the mock writes
+    its log off its event loops, so its last lines may follow the answers by a moment."""
+    deadline, last, stable_since = time.time() + 3, -1, time.time()
+    while time.time() < deadline:
+        count = len(m.requests())
+        if count != last:
+            last, stable_since = count, time.time()
+        elif time.time() - stable_since >= 0.25:
+            break
+        time.sleep(0.05)
     return m.requests()[since:]
 
 
@@ -93,7 +103,7 @@ def test_a_dead_deployment_does_not_take_its_model_down(tmp_path, mocks):
         upstream("live", mocks["a"].base_url, ["gpt-4o-mini"]),
     ]))
     try:
-        before = len(mocks["a"].requests())
+        before = len(served(mocks["a"]))
         attempts = []
         for _ in range(30):
             raw = client(g).chat.completions.with_raw_response.create(
@@ -117,7 +127,7 @@ def test_a_providers_503_is_retried_on_the_other_deployment_unseen(tmp_path, moc
         upstream("live", mocks["b"].base_url, ["gpt-4o-mini"]),
     ], routing={"max_attempts": 2}))
     try:
-        before_live, before_overloaded = len(mocks["b"].requests()), len(mocks["overloaded"].requests())
+        before_live, before_overloaded = len(served(mocks["b"])), len(served(mocks["overloaded"]))
         for _ in range(20):
             raw = client(g).chat.completions.with_raw_response.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
@@ -139,7 +149,7 @@ def test_a_providers_429_moves_traffic_to_the_other_deployment(tmp_path, mocks):
         upstream("spare", mocks["b"].base_url, ["gpt-4o-mini"]),
     ]))
     try:
-        before_limited, before_spare = len(mocks["limited"].requests()), len(mocks["b"].requests())
+        before_limited, before_spare = len(served(mocks["limited"])), len(served(mocks["b"]))
         for _ in range(10):
             answer = client(g).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
             assert answer.choices[0].message.content
@@ -157,7 +167,7 @@ def test_a_stream_is_never_retried_after_its_first_byte(tmp_path, mocks):
         upstream("second", mocks["b"].base_url, ["gpt-4o-mini"]),
     ]))
     try:
-        before = len(mocks["a"].requests()) + len(mocks["b"].requests())
+        before = len(served(mocks["a"])) + len(served(mocks["b"]))
         raw = client(g).chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=20, stream=True,
             extra_headers={"x-mock-drop-after": "3", "x-mock-completion-tokens": "20"})
@@ -168,7 +178,7 @@ def test_a_stream_is_never_retried_after_its_first_byte(tmp_path, mocks):
                 received.extend(choice.delta.content for choice in chunk.choices if choice.delta.content)
         assert len(received) == 3, f"the three tokens sent before the upstream dropped reached the client: {received}"
         time.sleep(0.3)
-        assert len(mocks["a"].requests()) + len(mocks["b"].requests()) - before == 1, "the cut stream was not sent again"
+        assert len(served(mocks["a"])) + len(served(mocks["b"])) - before == 1, "the cut stream was not sent again"
     finally:
         g.stop()
 
@@ -178,7 +188,7 @@ def test_every_deployment_at_its_provider_limit_gives_429_with_the_wait(tmp_path
     model cools down, Sluice answers 429 itself without asking, with the wait until the first is free."""
     g = Gateway(tmp_path, config([upstream("limited", mocks["limited"].base_url, ["gpt-4o-mini"])]))
     try:
-        before = len(mocks["limited"].requests())
+        before = len(served(mocks["limited"]))
         with pytest.raises(openai.RateLimitError) as first:
             client(g).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert "injected HTTP 429" in str(first.value), "the provider's own answer came through"
@@ -201,7 +211,7 @@ def test_fallback_models_take_over(tmp_path, mocks):
     ], routing={"max_attempts": 2, "backoff_initial_ms": 10, "backoff_max_ms": 20,
                 "fallbacks": {"big": ["gpt-4o-mini"]}, "context_window_fallbacks": {"small-ctx": ["gpt-4o"]}}))
     try:
-        before = len(mocks["a"].requests())
+        before = len(served(mocks["a"]))
         raw = client(g).chat.completions.with_raw_response.create(
             model="big", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert raw.http_response.status_code == 200
@@ -213,7 +223,7 @@ def test_fallback_models_take_over(tmp_path, mocks):
         long_prompt = "lorem ipsum dolor sit amet " * 20
         answered = client(g).chat.completions.create(model="small-ctx", messages=[{"role": "user", "content": long_prompt}], max_tokens=3)
         assert answered.model == "gpt-4o"
-        statuses = [r["status"] for r in mocks["small"].requests()]
+        statuses = [r["status"] for r in served(mocks["small"])]
         assert statuses[-2:] == [200, 400], statuses
         text = g.metrics()
         assert metric(text, "sluice_model_fallbacks_total", model="big", fallback="gpt-4o-mini", reason="exhausted") == 1
@@ -231,7 +241,7 @@ def test_an_azure_style_deployment_gets_its_model_name_key_header_and_query(tmp_
                  query_params={"api-version": "2024-10-21"}, model_map={"gpt-4o": "prod-4o"}),
     ]), env_extra={"SLUICE_E2E_AZURE_KEY": "azure-e2e-secret"})
     try:
-        before = len(mocks["b"].requests())
+        before = len(served(mocks["b"]))
         answer = client(g).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert answer.choices[0].message.content
         seen = served(mocks["b"], before)
@@ -273,7 +283,7 @@ def test_a_providers_limits_hold_across_nodes(tmp_path, mocks):
             directory = tmp_path / f"node{i}"
             directory.mkdir()
             nodes.append(Gateway(directory, node_config))
-        before_a, before_b = len(mocks["a"].requests()), len(mocks["b"].requests())
+        before_a, before_b = len(served(mocks["a"])), len(served(mocks["b"]))
         statuses, lock = [], threading.Lock()
         started = time.time()
         seconds = 8.0
