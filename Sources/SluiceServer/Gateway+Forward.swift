@@ -388,6 +388,15 @@ extension Gateway {
             metrics.upstreamExchange(upstream: deployment.name, outcome: outcome, duration: duration, timeToFirstByte: firstByte.map { $0 - sent })
             return duration
         }
+        /// The attempt's end with what the client got: the exchange's metrics and times recorded.
+        func relayed(_ result: RelayResult, firstByte: ContinuousClock.Instant?) -> AttemptEnding {
+            var result = result
+            result.upstreamTime = exchangeEnded(result.upstreamOutcome, firstByte: firstByte)
+            result.timeToFirstByte = firstByte.map { $0 - sent }
+            result.attempts = exchange.attempts
+            result.upstreamName = deployment.name
+            return .relayed(result)
+        }
         let response: UpstreamResponse
         do {
             if let upstreamSpan {
@@ -410,30 +419,24 @@ extension Gateway {
                 upstreamSpan.attributes["error.type"] = "cancelled"
                 upstreamSpan.end()
             }
-            var result = RelayResult.clientGoneBeforeAnswer
-            result.upstreamTime = exchangeEnded(.cancelled, firstByte: nil)
-            result.attempts = exchange.attempts
-            result.upstreamName = deployment.name
-            return .relayed(result)
+            return relayed(.clientGoneBeforeAnswer, firstByte: nil)
         } catch {
             failSpan("\(error.kind)")
             breaker.record(upstreamDown: error.meansUpstreamDown)
             let outcome = UpstreamOutcome(error.kind)
             metrics.upstreamError(upstream: deployment.name, kind: outcome)
-            let upstreamTime = exchangeEnded(outcome, firstByte: nil)
             logger.warning("upstream request failed", metadata: ["upstream": "\(deployment.name)", "error": "\(error.kind)", "detail": "\(error.detail)"])
             let gatewayError = GatewayError(upstream: error, upstreamName: deployment.name)
             let failure = AttemptFailure(upstream: deployment.name, outcome: outcome, error: gatewayError)
             // Retried only when the upstream cannot have started answering: nothing reached the
             // client either way, but a request cut mid-answer may have run.
-            if error.allowsAnotherAttempt { return .failed(failure) }
+            if error.allowsAnotherAttempt {
+                _ = exchangeEnded(outcome, firstByte: nil)
+                return .failed(failure)
+            }
             _ = await writeError(writer, gatewayError, requestID: exchange.requestID, keyID: exchange.key.id, model: exchange.request.model,
                                  extraHeaders: exchange.rateLimitHeaders + [(Self.attemptsHeader, String(exchange.attempts))])
-            var result = RelayResult.notAnswered(status: gatewayError.status, outcome: outcome)
-            result.upstreamTime = upstreamTime
-            result.attempts = exchange.attempts
-            result.upstreamName = deployment.name
-            return .relayed(result)
+            return relayed(.notAnswered(status: gatewayError.status, outcome: outcome), firstByte: nil)
         }
         let firstByte = ContinuousClock.now
 
@@ -444,12 +447,8 @@ extension Gateway {
             do {
                 body = try await Self.collect(response)
             } catch {
-                if Self.clientWentAway(error as? UpstreamError ?? UpstreamError(kind: .cancelled, detail: "")) || Task.isCancelled {
-                    var result = RelayResult.clientGoneBeforeAnswer
-                    result.upstreamTime = exchangeEnded(.cancelled, firstByte: firstByte)
-                    result.attempts = exchange.attempts
-                    result.upstreamName = deployment.name
-                    return .relayed(result)
+                if (error as? UpstreamError).map(Self.clientWentAway) ?? true || Task.isCancelled {
+                    return relayed(.clientGoneBeforeAnswer, firstByte: firstByte)
                 }
                 let outcome = UpstreamOutcome.connectionDropped
                 metrics.upstreamError(upstream: deployment.name, kind: outcome)
@@ -475,12 +474,7 @@ extension Gateway {
                 return .failed(AttemptFailure(upstream: deployment.name, outcome: outcome, answer: answer, retryAfterMs: retryAfterMs))
             }
             // A 400 of another kind: relayed as it came.
-            var result = await relayCollected(exchange, answer, writer: writer, logger: logger, scanning: false)
-            result.upstreamTime = exchangeEnded(result.upstreamOutcome, firstByte: firstByte)
-            result.timeToFirstByte = firstByte - sent
-            result.attempts = exchange.attempts
-            result.upstreamName = deployment.name
-            return .relayed(result)
+            return relayed(await relayCollected(exchange, answer, writer: writer, logger: logger, scanning: false), firstByte: firstByte)
         }
 
         let isEventStream = response.headers.contains { $0.name.lowercased() == "content-type" && $0.value.lowercased().hasPrefix("text/event-stream") }
@@ -501,11 +495,7 @@ extension Gateway {
             }
             if result.status >= 500 { relaySpan.setStatus(SpanStatus(code: .error)) }
         }
-        result.upstreamTime = exchangeEnded(result.upstreamOutcome, firstByte: firstByte)
-        result.timeToFirstByte = firstByte - sent
-        result.attempts = exchange.attempts
-        result.upstreamName = deployment.name
-        return .relayed(result)
+        return relayed(result, firstByte: firstByte)
     }
 }
 
