@@ -11,6 +11,8 @@ import SluiceTokenizer
 ///   refused) as `invalidRequest`; the error's OpenAI body is valid JSON carrying its message;
 /// - an accepted request reports what the body says, within the documented ranges (`model`,
 ///   `n` in 1...128, output tokens in 0...Int32.max, no streaming for embeddings);
+/// - the body with another model name (`upstreamBody(original:model:)`) reads the same but for
+///   the model;
 /// - the upstream body is the client's body unchanged unless Sluice adds usage, and then it is
 ///   a valid request that reads the same, with `include_usage` on and every other top-level
 ///   member (and every other `stream_options` member) unchanged.
@@ -58,7 +60,7 @@ private func checkAccepted(_ request: OpenAIRequest, root: JSONObject, body: [UI
         require((0...OpenAIRequest.maximumOutputTokens).contains(tokens), "max output tokens = \(tokens)")
     }
     switch (request.endpoint, request.prompt) {
-    case (.chatCompletions, .chat):
+    case (.chatCompletions, .chat), (.responses, .chat):
         break
     case (.completions, .texts), (.completions, .tokenCount), (.embeddings, .texts), (.embeddings, .tokenCount):
         if case .tokenCount(let count) = request.prompt { require(count >= 0, "token count \(count)") }
@@ -68,6 +70,16 @@ private func checkAccepted(_ request: OpenAIRequest, root: JSONObject, body: [UI
     if request.endpoint == .embeddings {
         require(!request.stream && request.n == 1 && request.maxOutputTokens == nil, "embeddings with completion fields")
     }
+
+    // Another model name (a deployment's model_map, a fallback): the body reads the same but for it.
+    let renamed = request.upstreamBody(original: body, model: "fuzz-\"model\u{1F600}")
+    let reparsed = Result { () throws(GatewayError) in try OpenAIRequest.parse(renamed, endpoint: request.endpoint) }
+    guard case .success(let other) = reparsed else {
+        fatalError("property violated: the renamed body is refused: \(reparsed)\n\(String(decoding: renamed, as: UTF8.self))")
+    }
+    require(other.model == "fuzz-\"model\u{1F600}" && other.stream == request.stream && other.n == request.n
+            && other.maxOutputTokens == request.maxOutputTokens && other.prompt == request.prompt,
+            "the renamed body reads differently")
 
     let upstream = request.upstreamBody(original: body)
     guard request.sluiceAddedUsage else {
