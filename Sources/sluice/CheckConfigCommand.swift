@@ -15,8 +15,9 @@ struct CheckConfigCommand: ParsableCommand {
             password's password_env), or serve would not start with it (a missing tokenizer \
             directory or rank file; a Redis TLS CA, certificate or key file that is missing or not \
             PEM). Warnings: it would run, but not as the file says: daily or monthly quotas without \
-            a "redis" section (not enforced), an upstream model entry that an earlier upstream's \
-            entry always wins over (never used), a burst more than 10 times its per-minute value, \
+            a "redis" section (not enforced), a model_map entry for a model its upstream does not \
+            serve or fallbacks for a model no upstream serves (never used), two deployments of the \
+            same endpoint and key serving the same models (retries between them gain nothing), a burst more than 10 times its per-minute value, \
             Redis TLS without certificate verification (redis.tls.verify false), telemetry settings \
             without telemetry.otlp_endpoint (traces off).
             Exit status: 0 ok, 1 errors (warnings may be printed too), 2 warnings only.
