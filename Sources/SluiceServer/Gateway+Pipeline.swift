@@ -198,6 +198,7 @@ extension Gateway {
         outcome.upstreamTime = relayed.upstreamTime
         outcome.upstream = upstream.name
         outcome.attempts = relayed.attempts
+        outcome.upstreamHTTPVersion = relayed.upstreamHTTPVersion
         outcome.streamed = relayed.streamed
         outcome.timeToFirstByte = relayed.timeToFirstByte
         outcome.cachedInputTokens = relayed.cachedInputTokens

@@ -56,6 +56,8 @@ struct RelayResult: Sendable {
     /// Requests sent to the upstream for this one (2 after a safe retry of a refused connection; 0
     /// when none was sent).
     var attempts = 0
+    /// The HTTP version the upstream's response came on; nil when none came (or the engine did not say).
+    var upstreamHTTPVersion: UpstreamConnectionInfo.HTTPVersion?
     /// Only with telemetry on: the answering model and the choices' finish reasons, from the answer.
     var responseModel: String?
     var finishReasons: [String] = []
@@ -185,12 +187,14 @@ extension Gateway {
         let sent = ContinuousClock.now
         let started = DefaultTracerClock.now
         var attempts = 0
+        var httpVersion: UpstreamConnectionInfo.HTTPVersion?
         func ended(_ result: RelayResult, firstByte: ContinuousClock.Instant? = nil) -> RelayResult {
             var result = result
             let upstreamTime = ContinuousClock.now - sent
             result.upstreamTime = upstreamTime
             result.timeToFirstByte = firstByte.map { $0 - sent }
             result.attempts = attempts
+            result.upstreamHTTPVersion = httpVersion
             metrics.upstreamExchange(
                 upstream: exchange.upstream.name, outcome: result.upstreamOutcome, duration: upstreamTime,
                 timeToFirstByte: firstByte.map { $0 - sent }
@@ -233,6 +237,8 @@ extension Gateway {
             return ended(.notAnswered(status: gatewayError.status, outcome: outcome))
         }
         let firstByte = ContinuousClock.now
+        httpVersion = response.connection?.httpVersion
+        if let httpVersion { metrics.upstreamResponse(upstream: exchange.upstream.name, httpVersion: httpVersion) }
 
         let isEventStream = response.headers.contains { $0.name.lowercased() == "content-type" && $0.value.lowercased().hasPrefix("text/event-stream") }
         let relaySpan = trace?.child("relay")
@@ -267,6 +273,9 @@ extension Gateway {
         }
         span.addEvent(SpanEvent(name: "first_byte"))
         span.attributes["http.response.status_code"] = response.status
+        if let version = response.connection?.httpVersion {
+            span.attributes["network.protocol.version"] = version.rawValue
+        }
         if response.status >= 500 {
             span.attributes["error.type"] = "\(response.status)"
             span.setStatus(SpanStatus(code: .error))
@@ -299,7 +308,9 @@ extension Gateway {
             method: "POST",
             headers: headers,
             body: exchange.upstreamBody,
-            timeouts: exchange.request.stream ? exchange.upstream.streamTimeouts : exchange.upstream.timeouts
+            timeouts: exchange.request.stream ? exchange.upstream.streamTimeouts : exchange.upstream.timeouts,
+            httpVersion: exchange.upstream.httpVersion,
+            caFile: exchange.upstream.caFile
         )
     }
 

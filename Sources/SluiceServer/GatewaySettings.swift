@@ -68,13 +68,24 @@ public struct GatewaySettings: Sendable {
 struct UpstreamRoute: Sendable {
     let config: UpstreamConfig
     private let base: String
+    /// `http_version` in the engine's terms.
+    let httpVersion: UpstreamHTTPVersion
 
     init(config: UpstreamConfig) {
         self.config = config
         var base = config.baseURL
         while base.hasSuffix("/") { base.removeLast() }
         self.base = base
+        switch config.httpVersion {
+        case .auto: httpVersion = .auto
+        case .http1_1: httpVersion = .http1_1
+        case .http2: httpVersion = .http2
+        case .h2c: httpVersion = .h2c
+        }
     }
+
+    /// `tls.ca_file`: the CAs the upstream's certificate must chain to (nil: the system's).
+    var caFile: String? { config.tls?.caFile }
 
     var name: String { config.name }
     var apiKey: Secret? { config.apiKey }
