@@ -32,7 +32,8 @@ let package = Package(
         // MARK: C engines (thin shims only)
         .target(
             name: "CCurl",
-            linkerSettings: [.linkedLibrary("curl")]
+            // libssl: only to read the ALPN protocol of curl's OpenSSL connection (http_version "2").
+            linkerSettings: [.linkedLibrary("curl"), .linkedLibrary("ssl")]
         ),
         .systemLibrary(
             name: "CHiredis",

@@ -388,9 +388,11 @@ extension Gateway {
             metrics.upstreamExchange(upstream: deployment.name, outcome: outcome, duration: duration, timeToFirstByte: firstByte.map { $0 - sent })
             return duration
         }
+        var httpVersion: UpstreamConnectionInfo.HTTPVersion?
         /// The attempt's end with what the client got: the exchange's metrics and times recorded.
         func relayed(_ result: RelayResult, firstByte: ContinuousClock.Instant?) -> AttemptEnding {
             var result = result
+            result.upstreamHTTPVersion = httpVersion
             result.upstreamTime = exchangeEnded(result.upstreamOutcome, firstByte: firstByte)
             result.timeToFirstByte = firstByte.map { $0 - sent }
             result.attempts = exchange.attempts
@@ -439,6 +441,8 @@ extension Gateway {
             return relayed(.notAnswered(status: gatewayError.status, outcome: outcome), firstByte: nil)
         }
         let firstByte = ContinuousClock.now
+        httpVersion = response.connection?.httpVersion
+        if let httpVersion { metrics.upstreamResponse(upstream: deployment.name, httpVersion: httpVersion) }
 
         // An answer another attempt may better: read whole (error bodies are small) and held back.
         let mayFallBackOnContext = response.status == 400 && !(exchange.routing.contextWindowFallbacks[exchange.request.model] ?? []).isEmpty

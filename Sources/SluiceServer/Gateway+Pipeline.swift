@@ -204,6 +204,7 @@ extension Gateway {
         outcome.upstream = relayed.upstreamName
         outcome.fallbackModel = relayed.fallbackModel
         outcome.attempts = relayed.attempts
+        outcome.upstreamHTTPVersion = relayed.upstreamHTTPVersion
         outcome.streamed = relayed.streamed
         outcome.timeToFirstByte = relayed.timeToFirstByte
         outcome.cachedInputTokens = relayed.cachedInputTokens

@@ -69,6 +69,8 @@ struct RelayResult: Sendable {
     /// Requests sent to the upstream for this one (2 after a safe retry of a refused connection; 0
     /// when none was sent).
     var attempts = 0
+    /// The HTTP version the upstream's response came on; nil when none came (or the engine did not say).
+    var upstreamHTTPVersion: UpstreamConnectionInfo.HTTPVersion?
     /// Only with telemetry on: the answering model and the choices' finish reasons, from the answer.
     var responseModel: String?
     var finishReasons: [String] = []
@@ -142,6 +144,9 @@ extension Gateway {
         }
         span.addEvent(SpanEvent(name: "first_byte"))
         span.attributes["http.response.status_code"] = response.status
+        if let version = response.connection?.httpVersion {
+            span.attributes["network.protocol.version"] = version.rawValue
+        }
         if response.status >= 500 {
             span.attributes["error.type"] = "\(response.status)"
             span.setStatus(SpanStatus(code: .error))
@@ -172,7 +177,9 @@ extension Gateway {
             method: "POST",
             headers: headers,
             body: exchange.upstreamBody,
-            timeouts: exchange.request.stream ? exchange.upstream.streamTimeouts : exchange.upstream.timeouts
+            timeouts: exchange.request.stream ? exchange.upstream.streamTimeouts : exchange.upstream.timeouts,
+            httpVersion: exchange.upstream.httpVersion,
+            caFile: exchange.upstream.caFile
         )
     }
 

@@ -31,7 +31,8 @@ extension Gateway {
         }
         let upstreamRequest = UpstreamRequest(
             url: upstream.url(pathBelowVersion: pathBelowVersion + query), method: request.head.method.rawValue,
-            headers: headers, body: body, timeouts: upstream.streamTimeouts
+            headers: headers, body: body, timeouts: upstream.streamTimeouts,
+            httpVersion: upstream.httpVersion, caFile: upstream.caFile
         )
         let response: UpstreamResponse
         do {

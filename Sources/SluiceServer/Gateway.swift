@@ -145,6 +145,7 @@ public final class Gateway: RequestHandling {
                     "prompt_tokens": "\(outcome.promptTokens)", "completion_tokens": "\(outcome.completionTokens)",
                     "duration_ms": "\(Self.milliseconds(ContinuousClock.now - started))",
                     "upstream": "\(outcome.upstream ?? "-")", "attempts": "\(outcome.attempts)",
+                    "upstream_http": "\(outcome.upstreamHTTPVersion?.rawValue ?? "-")",
                     "streamed": "\(outcome.streamed)",
                     "ttfb_ms": "\(outcome.timeToFirstByte.map(Self.milliseconds) ?? "-")",
                     "client": "\(request.clientAddress ?? "-")",
@@ -290,6 +291,8 @@ struct RequestOutcome: Sendable {
     /// The fallback model that answered instead of the requested one, if one did.
     var fallbackModel: String?
     var attempts = 0
+    /// The HTTP version of the upstream's response (`upstream_http`: `1.1`, `2`).
+    var upstreamHTTPVersion: UpstreamConnectionInfo.HTTPVersion?
     var streamed = false
     var timeToFirstByte: Duration?
     /// Responses API only: the reported cached input tokens and reasoning tokens (for the access log).

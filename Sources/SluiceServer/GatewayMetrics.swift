@@ -176,6 +176,18 @@ public final class GatewayMetrics: Sendable {
         }
     }
 
+    /// A response head came from the upstream, on `httpVersion`.
+    func upstreamResponse(upstream: String, httpVersion: UpstreamConnectionInfo.HTTPVersion) {
+        let hot = hotHandles()
+        let key = HotHandles.TokensKey(keyID: upstream, model: httpVersion.rawValue)
+        let responses = hot.responses[key] ?? {
+            let handle = counter(.upstreamResponses, [("upstream", upstream), ("http_version", httpVersion.rawValue)])
+            hot.responses[key] = handle
+            return handle
+        }()
+        responses.increment()
+    }
+
     /// How long an exchange waited for one of its upstream's connections (0 when one was free).
     func upstreamQueueWait(upstream: String, waited: Duration) {
         durationHistogram(.upstreamQueueWait, [("upstream", upstream)], buckets: Self.durationBuckets).record(waited)
@@ -378,6 +390,7 @@ enum MetricFamily: String, CaseIterable {
     case upstreamQueueWait = "sluice_upstream_queue_wait_seconds"
     case upstreamRetries = "sluice_upstream_retries_total"
     case modelFallbacks = "sluice_model_fallbacks_total"
+    case upstreamResponses = "sluice_upstream_responses_total"
     case implausibleUsage = "sluice_implausible_usage_total"
     case limiterMode = "sluice_limiter_mode"
     case pendingSettlements = "sluice_limiter_pending_settlements"
@@ -414,6 +427,7 @@ enum MetricFamily: String, CaseIterable {
         case .upstreamQueueWait: "Time an exchange waited for one of the upstream's max_connections (0 when one was free), by upstream."
         case .upstreamRetries: "Failed attempts at an upstream deployment after which the request was tried again (there or on another deployment), by upstream and the failure (reason: the outcome words of sluice_upstream_request_duration_seconds)."
         case .modelFallbacks: "Requests sent on to a fallback model, by model, fallback and reason (exhausted: every attempt at the model failed; context_window: the upstream said the prompt does not fit)."
+        case .upstreamResponses: "Response heads received from an upstream, by upstream and the HTTP version they came on (1.1, 2)."
         case .circuitOpen: "1 while the upstream's circuit breaker refuses requests (open or probing), else 0."
         case .implausibleUsage: "Answers whose reported completion tokens exceeded what the request allowed (charged at the bound)."
         case .limiterMode: "1 for the way this node enforces limits now (embedded, redis, or a failure policy: local, open, closed), 0 for the others."
@@ -543,6 +557,8 @@ private final class HotHandles: @unchecked Sendable {
     var genAI: [TokensKey: GenAIHandles] = [:]
     var exchanges: [ExchangeKey: DurationHistogram] = [:]
     var timeToFirstByte: [String: DurationHistogram] = [:]
+    /// Keyed by upstream (in `keyID`) and HTTP version (in `model`).
+    var responses: [TokensKey: Prometheus.Counter] = [:]
     /// Keyed by key id and limit (in `model`).
     var remaining: [TokensKey: Prometheus.Gauge] = [:]
 }

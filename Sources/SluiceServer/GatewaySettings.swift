@@ -76,6 +76,8 @@ public struct GatewaySettings: Sendable {
 struct UpstreamRoute: Sendable {
     let config: UpstreamConfig
     private let base: String
+    /// `http_version` in the engine's terms.
+    let httpVersion: UpstreamHTTPVersion
 
     /// `?name=value&…` of `query_params`, percent-encoded; empty without any.
     private let query: String
@@ -87,7 +89,16 @@ struct UpstreamRoute: Sendable {
         self.base = base
         limits = config.limits.map { ResolvedLimits(tier: nil, own: $0) }
         query = config.queryParameters.isEmpty ? "" : "?" + config.queryParameters.map { Self.percentEncoded($0.name) + "=" + Self.percentEncoded($0.value) }.joined(separator: "&")
+        switch config.httpVersion {
+        case .auto: httpVersion = .auto
+        case .http1_1: httpVersion = .http1_1
+        case .http2: httpVersion = .http2
+        case .h2c: httpVersion = .h2c
+        }
     }
+
+    /// `tls.ca_file`: the CAs the upstream's certificate must chain to (nil: the system's).
+    var caFile: String? { config.tls?.caFile }
 
     var name: String { config.name }
     var apiKey: Secret? { config.apiKey }

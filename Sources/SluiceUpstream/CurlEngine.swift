@@ -4,7 +4,9 @@
 // the only thread ever to touch:
 //   - one `CURLM` multi handle; its connection cache is that thread's keep-alive pool
 //     (`CURLMOPT_MAX_HOST_CONNECTIONS` per host, `CURLMOPT_MAXCONNECTS` idle), so a host sees at most
-//     threads × maxConnectionsPerHost connections;
+//     threads × maxConnectionsPerHost connections; HTTP/2 exchanges are multiplexed
+//     (`CURLPIPE_MULTIPLEX`, `CURLOPT_PIPEWAIT`), up to `maxConcurrentStreams` per connection, so an
+//     HTTP/2 upstream usually sees one connection per engine thread;
 //   - the easy handles of its transfers and a free list of idle easy handles for reuse;
 //   - an epoll set (level-triggered) holding curl's sockets, a timerfd for curl's timer, a second
 //     timerfd for the engine's own first-byte and stall deadlines, and an eventfd for wakeups.
@@ -30,8 +32,9 @@ import Logging
 import NIOCore
 import Synchronization
 
-/// The libcurl HTTP/1.1 client engine for upstream requests (pooled keep-alive connections, streaming
-/// with backpressure, cancellation, timeouts). Call ``start()`` before use and ``shutdown()`` at the end.
+/// The libcurl client engine for upstream requests: HTTP/1.1 on pooled keep-alive connections, or
+/// HTTP/2 with many exchanges multiplexed on one connection per engine thread and upstream;
+/// streaming with backpressure, cancellation, timeouts. Call ``start()`` before use and ``shutdown()`` at the end.
 public final class CurlEngine: Sendable {
     /// How often each engine thread checks first-byte and stall deadlines (the timers' resolution).
     public static let deadlineCheckIntervalMs = 50
@@ -162,6 +165,9 @@ extension CurlEngine {
         public var lowWatermarkBytes: Int
         /// `execute` throws `.tooManyTransfers` beyond this many transfers in flight (whole engine).
         public var maxInFlightTransfers: Int
+        /// HTTP/2 streams per connection at most (`CURLMOPT_MAX_CONCURRENT_STREAMS`); the server's
+        /// `SETTINGS_MAX_CONCURRENT_STREAMS` caps it further. More exchanges open another connection.
+        public var maxConcurrentStreams: Int
 
         public static let defaultMaxConnectionsPerHost = 128
         /// For a caller that limits connections itself (the gateway's ``UpstreamPool``s): above any
@@ -172,6 +178,10 @@ extension CurlEngine {
         public static let defaultHighWatermarkBytes = 256 * 1024
         public static let defaultLowWatermarkBytes = 64 * 1024
         public static let defaultMaxInFlightTransfers = 10_000
+        /// libcurl's own default, and the least RFC 9113 asks a server to allow; servers commonly
+        /// allow 100–256 (nginx 128), which caps it anyway. One TCP connection carries them all, so a
+        /// lost packet stalls them all: more streams per connection is not free.
+        public static let defaultMaxConcurrentStreams = 100
         /// `CURL_MAX_WRITE_SIZE`: the most bytes one write callback (one body chunk) carries.
         public static let maxCurlWriteBytes = Int(CURL_MAX_WRITE_SIZE)
 
@@ -190,7 +200,8 @@ extension CurlEngine {
             maxConnectionAgeSeconds: Int = Configuration.defaultMaxConnectionAgeSeconds,
             highWatermarkBytes: Int = Configuration.defaultHighWatermarkBytes,
             lowWatermarkBytes: Int = Configuration.defaultLowWatermarkBytes,
-            maxInFlightTransfers: Int = Configuration.defaultMaxInFlightTransfers
+            maxInFlightTransfers: Int = Configuration.defaultMaxInFlightTransfers,
+            maxConcurrentStreams: Int = Configuration.defaultMaxConcurrentStreams
         ) {
             self.threads = threads
             self.maxConnectionsPerHost = maxConnectionsPerHost
@@ -199,6 +210,7 @@ extension CurlEngine {
             self.highWatermarkBytes = highWatermarkBytes
             self.lowWatermarkBytes = lowWatermarkBytes
             self.maxInFlightTransfers = maxInFlightTransfers
+            self.maxConcurrentStreams = maxConcurrentStreams
         }
 
         func validate() throws(CurlEngineStartError) {
@@ -214,6 +226,7 @@ extension CurlEngine {
             // The pause logic relies on one curl write (at most 16 KiB) never reaching the high watermark alone.
             try require(highWatermarkBytes > Self.maxCurlWriteBytes, "highWatermarkBytes must exceed \(Self.maxCurlWriteBytes)")
             try require(maxInFlightTransfers >= 1, "maxInFlightTransfers must be at least 1")
+            try require(maxConcurrentStreams >= 1, "maxConcurrentStreams must be at least 1")
         }
     }
 }
@@ -280,6 +293,21 @@ enum CurlGlobal {
     }
 
     static var version: String { String(cString: curl_version()) }
+
+    /// libcurl's built-in CA bundle and CA directory (`CURLINFO_CAINFO`, `CURLINFO_CAPATH`: the
+    /// defaults it was built with, e.g. Debian's `/etc/ssl/certs/ca-certificates.crt` and
+    /// `/etc/ssl/certs`); nil when it has none. Set back on a handle after a transfer that used a
+    /// CA file of its own.
+    static let defaultCAFile: String? = builtInString(CURLINFO_CAINFO)
+    static let defaultCAPath: String? = builtInString(CURLINFO_CAPATH)
+
+    private static func builtInString(_ info: CURLINFO) -> String? {
+        guard initResult == CURLE_OK, let handle = curl_easy_init() else { return nil }
+        defer { curl_easy_cleanup(handle) }
+        var value: UnsafeMutableRawPointer?
+        guard sluice_curl_easy_getinfo_pointer(handle, info, &value) == CURLE_OK, let value else { return nil }
+        return String(cString: value.assumingMemoryBound(to: CChar.self))
+    }
 }
 
 /// Rejects requests that could not be sent safely (header injection, non-HTTP URLs, absurd sizes)
@@ -293,6 +321,14 @@ enum UpstreamRequestValidator {
         let url = request.url.utf8
         guard url.count <= maxURLBytes else { throw fail("URL longer than \(maxURLBytes) bytes") }
         guard request.url.hasPrefix("http://") || request.url.hasPrefix("https://") else { throw fail("URL must be http or https") }
+        switch request.httpVersion {
+        case .http2 where !request.isTLS:
+            throw fail("HTTP/2 (.http2) is negotiated by TLS: it needs an https URL (.h2c for cleartext)")
+        case .h2c where request.isTLS:
+            throw fail("cleartext HTTP/2 (.h2c) needs an http URL (.http2 or .auto over TLS)")
+        default:
+            break
+        }
         guard !url.contains(where: { $0 <= 0x20 || $0 == 0x7F }) else { throw fail("URL contains whitespace or control bytes") }
         guard !request.method.isEmpty, request.method.utf8.allSatisfy(isTokenByte) else { throw fail("method is not an HTTP token") }
         guard request.headers.count <= maxHeaderFields else { throw fail("more than \(maxHeaderFields) header fields") }

@@ -55,6 +55,7 @@ extension CurlEventLoop {
             }
         }
         transfer.handle = handle
+        assignH2CRole(transfer)
         if let failure = CurlRequestConfigurator.configure(handle, for: transfer, configuration: configuration) {
             end(transfer, .failure(failure))
             return
@@ -88,6 +89,7 @@ extension CurlEventLoop {
         if case .failure(let error) = outcome { failure = error } else { failure = nil }
         switch action {
         case .failHead(let kind):
+            h2cOpenerFailed(transfer)
             counters.countEnd(kind)
             let error = failure ?? UpstreamError(kind: kind, detail: "upstream transfer completed without a final response head")
             transfer.headContinuation?.resume(returning: .failure(error))
@@ -115,7 +117,8 @@ extension CurlEventLoop {
         }
         guard let handle = transfer.handle else { return }
         if transfer.handleInMulti {
-            // Removing an unfinished transfer closes its connection instead of returning it to the pool.
+            // Removing an unfinished transfer closes its HTTP/1.1 connection instead of returning it to
+            // the pool; on a shared HTTP/2 connection it resets only its own stream.
             _ = curl_multi_remove_handle(multi, handle)
             transfer.handleInMulti = false
         }
@@ -143,6 +146,10 @@ extension CurlEventLoop {
                 continue
             }
             let transfer = Unmanaged<UpstreamTransfer>.fromOpaque(context).takeUnretainedValue()
+            if code != CURLE_OK, transfer.reopensAsH2COpener, transfers[ObjectIdentifier(transfer)] != nil {
+                restartAsH2COpener(transfer)
+                continue
+            }
             if code == CURLE_OK {
                 end(transfer, .success(()))
             } else {

@@ -13,7 +13,7 @@ import Synchronization
 /// This file holds the type, its state, the thread and the run loop; the rest is in extensions by
 /// concern: `+Inbox` (commands from other threads and the wakeup), `+Sockets` (curl's sockets in the
 /// epoll set), `+CurlTimer` (curl's timer on the timerfd), `+Transfers` (start, pause/resume, end,
-/// deadlines).
+/// deadlines), `+H2C` (cleartext HTTP/2 connections shared despite libcurl 7.88's prior-knowledge bug).
 final class CurlEventLoop: @unchecked Sendable {
     typealias HeadContinuation = CheckedContinuation<Result<UpstreamResponse, UpstreamError>, Never>
 
@@ -56,6 +56,8 @@ final class CurlEventLoop: @unchecked Sendable {
     /// with it for now, see ``watchSocket(_:_:)``) and the events registered.
     var watchedSockets: [Int32: (wanted: UInt32?, registered: UInt32)] = [:]
     var deadlineTimerArmed = false
+    /// By origin (`http://host:port`): what this thread knows of its h2c connections (`+H2C`).
+    var h2cOrigins: [String: H2COriginState] = [:]
     /// When the curl timer fd fires next (CLOCK_MONOTONIC ns), or nil when it is not armed.
     var curlTimerArmedNs: UInt64?
     /// When curl wants its timeout (its latest timer call), or nil for none.
@@ -108,8 +110,10 @@ final class CurlEventLoop: @unchecked Sendable {
         ok = ok && sluice_curl_multi_setopt_pointer(multi, CURLMOPT_TIMERDATA, context) == CURLM_OK
         ok = ok && sluice_curl_multi_setopt_long(multi, CURLMOPT_MAX_HOST_CONNECTIONS, configuration.maxConnectionsPerHost) == CURLM_OK
         ok = ok && sluice_curl_multi_setopt_long(multi, CURLMOPT_MAXCONNECTS, configuration.maxIdleConnections) == CURLM_OK
-        // HTTP/1.1 only: never pipeline or multiplex several transfers onto one connection.
-        ok = ok && sluice_curl_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_NOTHING)) == CURLM_OK
+        // HTTP/2 transfers to one upstream share connections (HTTP/1.1 is never pipelined: libcurl
+        // dropped pipelining in 7.62; an HTTP/1.1 connection carries one transfer at a time).
+        ok = ok && sluice_curl_multi_setopt_long(multi, CURLMOPT_PIPELINING, Int(CURLPIPE_MULTIPLEX)) == CURLM_OK
+        ok = ok && sluice_curl_multi_setopt_long(multi, CURLMOPT_MAX_CONCURRENT_STREAMS, configuration.maxConcurrentStreams) == CURLM_OK
         guard ok else {
             curl_multi_cleanup(multi)
             opened.forEach { _ = close($0) }

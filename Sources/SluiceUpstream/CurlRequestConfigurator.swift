@@ -12,10 +12,12 @@ enum CurlRequestConfigurator {
         var options = OptionSetter(handle)
         options.set(CURLOPT_PROTOCOLS_STR, string: "http,https", "PROTOCOLS_STR")
         options.set(CURLOPT_NOSIGNAL, 1, "NOSIGNAL")
-        options.set(CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1), "HTTP_VERSION")
         options.set(CURLOPT_TCP_KEEPALIVE, 1, "TCP_KEEPALIVE")
         options.set(CURLOPT_TCP_NODELAY, 1, "TCP_NODELAY")
         options.set(CURLOPT_MAXAGE_CONN, configuration.maxConnectionAgeSeconds, "MAXAGE_CONN")
+        // A request's own CA file is parsed once and kept by the multi handle for new connections:
+        // for a minute, not curl's default day, so a CA file replaced in place is read again soon.
+        options.set(CURLOPT_CA_CACHE_TIMEOUT, Self.caCacheSeconds, "CA_CACHE_TIMEOUT")
         if options.failedOption == nil, sluice_curl_easy_setopt_write_function(handle, CURLOPT_WRITEFUNCTION, upstreamWriteCallback) != CURLE_OK {
             options.failedOption = "WRITEFUNCTION"
         }
@@ -55,6 +57,34 @@ enum CurlRequestConfigurator {
         options.set(CURLOPT_PRIVATE, pointer: context, "PRIVATE")
         options.set(CURLOPT_WRITEDATA, pointer: context, "WRITEDATA")
         options.set(CURLOPT_HEADERDATA, pointer: context, "HEADERDATA")
+
+        // The HTTP version, and what comes with it: multiplexing, the h2 check, the trust roots.
+        let overTLS = request.isTLS
+        let opensH2C = request.httpVersion == .h2c && transfer.opensH2CConnection
+        options.set(CURLOPT_HTTP_VERSION, curlHTTPVersion(request.httpVersion, opensConnection: opensH2C), "HTTP_VERSION")
+        options.set(CURLOPT_PIPEWAIT, request.httpVersion.mayMultiplex(overTLS: overTLS) ? 1 : 0, "PIPEWAIT")
+        // An h2c opener never reuses a connection (see CurlEventLoop+H2C.swift); 0 for every other transfer.
+        options.set(CURLOPT_FRESH_CONNECT, opensH2C ? 1 : 0, "FRESH_CONNECT")
+        if request.httpVersion == .http2 || request.httpVersion == .h2c {
+            if options.failedOption == nil, sluice_curl_easy_setopt_prereq_function(handle, upstreamPrereqCallback) != CURLE_OK {
+                options.failedOption = "PREREQFUNCTION"
+            }
+            options.set(CURLOPT_PREREQDATA, pointer: context, "PREREQDATA")
+        } else if options.failedOption == nil, sluice_curl_easy_setopt_prereq_function(handle, nil) != CURLE_OK {
+            options.failedOption = "PREREQFUNCTION"
+        }
+        if overTLS {
+            // Set for every TLS transfer (the handle may have served another upstream): the
+            // request's CA file alone, or curl's defaults back. curl reuses a connection only for a
+            // transfer with the same trust settings.
+            if let caFile = request.caFile {
+                options.set(CURLOPT_CAINFO, string: caFile, "CAINFO")
+                options.set(CURLOPT_CAPATH, pointer: nil, "CAPATH")
+            } else {
+                options.set(CURLOPT_CAINFO, optionalString: CurlGlobal.defaultCAFile, "CAINFO")
+                options.set(CURLOPT_CAPATH, optionalString: CurlGlobal.defaultCAPath, "CAPATH")
+            }
+        }
 
         // The method: back to a plain GET first, whatever the handle's last transfer was.
         options.set(CURLOPT_HTTPGET, 1, "HTTPGET")
@@ -96,7 +126,7 @@ enum CurlRequestConfigurator {
     /// its body, so an idle handle holds no request's memory.
     static func clearTransferOptions(_ handle: UnsafeMutableRawPointer) {
         var options = OptionSetter(handle)
-        for option in [CURLOPT_PRIVATE, CURLOPT_WRITEDATA, CURLOPT_HEADERDATA, CURLOPT_ERRORBUFFER, CURLOPT_HTTPHEADER] {
+        for option in [CURLOPT_PRIVATE, CURLOPT_WRITEDATA, CURLOPT_HEADERDATA, CURLOPT_PREREQDATA, CURLOPT_ERRORBUFFER, CURLOPT_HTTPHEADER] {
             options.set(option, pointer: nil, "")
         }
         // A null COPYPOSTFIELDS frees curl's copy of the last body.
@@ -123,8 +153,33 @@ enum CurlRequestConfigurator {
             string.withCString { set(option, pointer: $0, name) }
         }
 
+        /// nil sets the option to NULL.
+        mutating func set(_ option: CURLoption, optionalString: String?, _ name: String) {
+            if let string = optionalString {
+                set(option, string: string, name)
+            } else {
+                set(option, pointer: nil, name)
+            }
+        }
+
         mutating func set(_ option: CURLoption, offset: Int, _ name: String) {
             if failedOption == nil, sluice_curl_easy_setopt_off_t(handle, option, curl_off_t(offset)) != CURLE_OK { failedOption = name }
+        }
+    }
+
+    /// How long an engine thread keeps a parsed CA file (`CURLOPT_CA_CACHE_TIMEOUT`).
+    static let caCacheSeconds = 60
+
+    /// `opensConnection`: for `.h2c`, whether the transfer is an opener (prior knowledge) or a
+    /// follower (plain HTTP/2, which reuses an HTTP/2 connection as it is).
+    static func curlHTTPVersion(_ version: UpstreamHTTPVersion, opensConnection: Bool = false) -> Int {
+        switch version {
+        case .auto: Int(CURL_HTTP_VERSION_2TLS)
+        case .http1_1: Int(CURL_HTTP_VERSION_1_1)
+        // Over TLS 2_0 and 2TLS are the same (ALPN offers h2 and http/1.1); the prerequisite
+        // callback refuses a connection that did not choose h2.
+        case .http2: Int(CURL_HTTP_VERSION_2_0)
+        case .h2c: Int(opensConnection ? CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE : CURL_HTTP_VERSION_2_0)
         }
     }
 

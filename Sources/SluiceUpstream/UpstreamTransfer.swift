@@ -38,6 +38,12 @@ final class UpstreamTransfer: @unchecked Sendable {
     var lastByteAtNs: UInt64 = 0
     /// Set when a callback made curl fail on purpose; overrides curl's own error classification.
     var abortReason: UpstreamError?
+    /// `.h2c` only: this transfer opens a connection by prior knowledge (else it shares one as plain
+    /// HTTP/2); see `CurlEventLoop+H2C.swift`.
+    var opensH2CConnection = false
+    /// `.h2c` only: the prerequisite callback refused the new connection this follower got; the
+    /// engine sends it again as an opener.
+    var reopensAsH2COpener = false
     /// `CURLOPT_ERRORBUFFER`: curl writes its human-readable message here.
     let errorBuffer: UnsafeMutablePointer<CChar>
 
@@ -136,21 +142,67 @@ final class UpstreamTransfer: @unchecked Sendable {
         bodyAccount = account
         var connectMicroseconds: curl_off_t = 0
         var connects = 0
+        var version = 0
         if let handle {
             _ = sluice_curl_easy_getinfo_off_t(handle, CURLINFO_CONNECT_TIME_T, &connectMicroseconds)
             _ = sluice_curl_easy_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects)
+            _ = sluice_curl_easy_getinfo_long(handle, CURLINFO_HTTP_VERSION, &version)
         }
+        let httpVersion = Self.httpVersion(curlValue: version)
+        if httpVersion == .http2 { loop.h2cConnectionConfirmed(self) }
         let response = UpstreamResponse(
             status: status,
             headers: responseHeaders,
             body: UpstreamBody(producer: made.sequence, account: account),
-            connection: UpstreamConnectionInfo(newConnection: connects > 0, connectMicroseconds: Int64(connectMicroseconds))
+            connection: UpstreamConnectionInfo(
+                newConnection: connects > 0, connectMicroseconds: Int64(connectMicroseconds),
+                httpVersion: httpVersion
+            )
         )
         responseHeaders = []
         if let headContinuation {
             loop.headReceived(response, continuation: headContinuation)
         }
         headContinuation = nil
+    }
+
+    /// `CURLINFO_HTTP_VERSION`'s value as a version; nil for 0 (not known).
+    static func httpVersion(curlValue: Int) -> UpstreamConnectionInfo.HTTPVersion? {
+        switch curlValue {
+        case Int(CURL_HTTP_VERSION_1_0): .http1_0
+        case Int(CURL_HTTP_VERSION_1_1): .http1_1
+        case Int(CURL_HTTP_VERSION_2_0): .http2
+        case Int(CURL_HTTP_VERSION_3): .http3
+        default: nil
+        }
+    }
+
+    /// The connection is up and nothing was sent yet (`CURLOPT_PREREQFUNCTION`, set for `.http2`
+    /// and `.h2c`). False makes curl end the transfer without sending it:
+    ///   - `.http2`: a TLS connection on which the server did not choose h2 by ALPN, so the request
+    ///     never goes out over HTTP/1.1;
+    ///   - `.h2c`: a follower that got a new connection (it would send an HTTP/1.1 upgrade request on
+    ///     it): the engine sends it again as an opener (`CurlEventLoop+H2C.swift`).
+    func connectionReady() -> Bool {
+        guard let handle else { return true }
+        switch request.httpVersion {
+        case .http2:
+            // -1: cannot tell (a TLS backend other than OpenSSL): let it go; the access log shows what was used.
+            guard sluice_curl_tls_alpn_is_h2(handle) == 0 else { return true }
+            abortReason = UpstreamError(
+                kind: .connectFailed,
+                detail: "the upstream did not agree to HTTP/2 on its TLS connection (ALPN), which http_version \"2\" requires (\"auto\" allows HTTP/1.1)"
+            )
+            return false
+        case .h2c where !opensH2CConnection:
+            var connects = 0
+            guard sluice_curl_easy_getinfo_long(handle, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK, connects > 0 else { return true }
+            reopensAsH2COpener = true
+            abortReason = UpstreamError(kind: .connectFailed, detail: "h2c: a new connection must be opened by prior knowledge")
+            return false
+        case .auto, .http1_1, .h2c:
+            return true
+        }
     }
 
     /// Body bytes (at most `CURL_MAX_WRITE_SIZE`, 16 KiB). Returns the count accepted; anything else
@@ -205,6 +257,16 @@ func upstreamHeaderCallback(
     let transfer = Unmanaged<UpstreamTransfer>.fromOpaque(context).takeUnretainedValue()
     let length = size * count
     return transfer.receiveHeaderLine(UnsafeRawBufferPointer(start: data, count: length)) ? length : 0
+}
+
+/// `CURLOPT_PREREQFUNCTION`; the context is the unretained ``UpstreamTransfer``.
+func upstreamPrereqCallback(
+    _ context: UnsafeMutableRawPointer?, _ primaryIP: UnsafeMutablePointer<CChar>?, _ localIP: UnsafeMutablePointer<CChar>?,
+    _ primaryPort: Int32, _ localPort: Int32
+) -> Int32 {
+    guard let context else { return CURL_PREREQFUNC_OK }
+    let transfer = Unmanaged<UpstreamTransfer>.fromOpaque(context).takeUnretainedValue()
+    return transfer.connectionReady() ? CURL_PREREQFUNC_OK : CURL_PREREQFUNC_ABORT
 }
 
 /// `CURLOPT_WRITEFUNCTION`; the context is the unretained ``UpstreamTransfer``.

@@ -38,6 +38,7 @@ final class ConfigSchemaTests: XCTestCase {
             (["properties", "tokenizer"], Reader.tokenizerFields),
             (["properties", "upstreams", "items"], Reader.upstreamFields),
             (["properties", "upstreams", "items", "properties", "circuit_breaker"], Reader.circuitBreakerFields),
+            (["properties", "upstreams", "items", "properties", "tls"], Reader.upstreamTLSFields),
             (["properties", "upstreams", "items", "properties", "limits"], Reader.deploymentLimitFields),
             (["properties", "routing"], Reader.routingFields),
             (["$defs", "limits"], Reader.limitFields),

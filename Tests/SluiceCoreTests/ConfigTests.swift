@@ -49,6 +49,7 @@ final class ConfigTests: XCTestCase {
         XCTAssertEqual(mock.maxConnections, 8)
         XCTAssertEqual(mock.queueTimeoutMs, 2500)
         XCTAssertEqual(config.upstreams[1].queueTimeoutMs, UpstreamConfig.defaultQueueTimeoutMs)
+        XCTAssertEqual(config.upstreams.map(\.httpVersion), [.h2c, .http2])
         XCTAssertEqual(mock.connectTimeoutMs, UpstreamConfig.defaultConnectTimeoutMs)
         XCTAssertEqual(mock.models, [.exact("gpt-4o-mini"), .exact("gpt-4o"), .prefix("gpt-4.1")])
         XCTAssertTrue(mock.serves(model: "gpt-4.1-nano"))

@@ -73,6 +73,7 @@ final class GatewayMetricsTests: XCTestCase {
         XCTAssertTrue(text.contains(#"sluice_upstream_errors_total{upstream="scripted",kind="http_5xx"} 1"#), text)
         XCTAssertTrue(text.contains(#"sluice_upstream_request_duration_seconds_count{upstream="scripted",outcome="ok"} 4"#), text)
         XCTAssertTrue(text.contains(#"sluice_upstream_time_to_first_byte_seconds_count{upstream="scripted"} 5"#), text)
+        XCTAssertTrue(text.contains(#"sluice_upstream_responses_total{upstream="scripted",http_version="1.1"} 5"#), text)
         XCTAssertTrue(text.contains(#"sluice_rate_limited_total{limit="requests",key="small"} 1"#), text)
         XCTAssertTrue(text.contains(#"sluice_key_remaining{key="small",limit="requests"} 0"#), text)
         XCTAssertFalse(text.contains(#"sluice_key_remaining{key="main""#), "keys opt in")

@@ -131,6 +131,8 @@ final class GatewayPipelineTests: XCTestCase {
         XCTAssertNotNil(response.headers.first(name: "x-ratelimit-remaining-tokens"))
         let sent = try XCTUnwrap(harness.upstream.requests.first)
         XCTAssertEqual(sent.url, "http://upstream.test/v1/chat/completions")
+        XCTAssertEqual(sent.httpVersion, .auto, "http_version's default")
+        XCTAssertNil(sent.caFile)
         XCTAssertFalse(sent.headers.contains { $0.name.lowercased() == "authorization" && $0.value.contains(Self.secret) }, "the caller's key is never forwarded")
         let settled = try XCTUnwrap(harness.limiter.settlements.first)
         XCTAssertEqual(settled.completionTokens, 5)
@@ -440,6 +442,9 @@ final class ScriptedUpstream: UpstreamClient {
     var requests: [UpstreamRequest] { state.withLock { $0.requests } }
     var sawCancellation: Bool { state.withLock { $0.cancelled } }
 
+    /// Every answer came on a pooled HTTP/1.1 connection.
+    static let connection = UpstreamConnectionInfo(newConnection: false, connectMicroseconds: 0, httpVersion: .http1_1)
+
     func script(_ answers: Answer...) {
         state.withLock { $0.answers.append(contentsOf: answers) }
     }
@@ -481,13 +486,13 @@ final class ScriptedUpstream: UpstreamClient {
                 continuation.yield(ByteBuffer(string: body))
                 continuation.finish()
             }
-            return UpstreamResponse(status: status, headers: [("content-type", "application/json")], body: UpstreamBody(chunks: stream))
+            return UpstreamResponse(status: status, headers: [("content-type", "application/json")], body: UpstreamBody(chunks: stream), connection: Self.connection)
         case .wholeWithHeaders(let status, let body, let headers):
             let stream = AsyncThrowingStream<ByteBuffer, any Error> { continuation in
                 continuation.yield(ByteBuffer(string: body))
                 continuation.finish()
             }
-            return UpstreamResponse(status: status, headers: [("content-type", "application/json")] + headers, body: UpstreamBody(chunks: stream))
+            return UpstreamResponse(status: status, headers: [("content-type", "application/json")] + headers, body: UpstreamBody(chunks: stream), connection: Self.connection)
         case .events(let events, let failure, let hang):
             let stream = AsyncThrowingStream<ByteBuffer, any Error> { continuation in
                 for text in events {
@@ -504,7 +509,7 @@ final class ScriptedUpstream: UpstreamClient {
                     continuation.finish()
                 }
             }
-            return UpstreamResponse(status: 200, headers: [("content-type", "text/event-stream")], body: UpstreamBody(chunks: stream))
+            return UpstreamResponse(status: 200, headers: [("content-type", "text/event-stream")], body: UpstreamBody(chunks: stream), connection: Self.connection)
         }
     }
 }

@@ -1,4 +1,5 @@
 import SluiceCore
+import SluiceUpstream
 import XCTest
 @testable import SluiceServer
 
@@ -23,5 +24,21 @@ final class GatewaySettingsTests: XCTestCase {
             upstreams: [UpstreamConfig(name: "a", baseURL: "http://127.0.0.1:1/v1", models: [.exact("gpt-4o")])], keys: []
         ))
         XCTAssertEqual(exactOnly.metricLabel(forModel: "no longer served after a reload"), "other")
+    }
+
+    /// `http_version` and `tls.ca_file` reach the engine's requests in its own terms.
+    func testRoutesCarryTheHTTPVersionAndTheCAFile() {
+        func route(_ version: UpstreamConfig.HTTPVersion, _ baseURL: String, caFile: String? = nil) -> UpstreamRoute {
+            var upstream = UpstreamConfig(name: "u", baseURL: baseURL, models: [.exact("m")])
+            upstream.httpVersion = version
+            upstream.tls = caFile.map { UpstreamTLSConfig(caFile: $0) }
+            return UpstreamRoute(config: upstream)
+        }
+        XCTAssertEqual(route(.auto, "https://h/v1").httpVersion, .auto)
+        XCTAssertEqual(route(.http1_1, "https://h/v1").httpVersion, .http1_1)
+        XCTAssertEqual(route(.http2, "https://h/v1", caFile: "/etc/ca.pem").httpVersion, .http2)
+        XCTAssertEqual(route(.http2, "https://h/v1", caFile: "/etc/ca.pem").caFile, "/etc/ca.pem")
+        XCTAssertEqual(route(.h2c, "http://h/v1").httpVersion, .h2c)
+        XCTAssertNil(route(.h2c, "http://h/v1").caFile)
     }
 }

@@ -1,3 +1,4 @@
+import CCurl
 import Foundation
 import Glibc
 import Logging
@@ -467,8 +468,69 @@ final class CurlEngineTests: XCTestCase {
             await expectError(.other) { _ = try await engine.execute(injected) }
             await expectError(.other) { _ = try await engine.execute(UpstreamRequest(url: "file:///etc/passwd")) }
             await expectError(.other) { _ = try await engine.execute(UpstreamRequest(url: self.server.url("/fixed"), method: "GE T")) }
+            // HTTP/2 agreed on by TLS needs TLS; cleartext HTTP/2 needs cleartext.
+            await expectError(.other) { _ = try await engine.execute(UpstreamRequest(url: self.server.url("/fixed"), httpVersion: .http2)) }
+            await expectError(.other) { _ = try await engine.execute(UpstreamRequest(url: "https://127.0.0.1:1/fixed", httpVersion: .h2c)) }
             XCTAssertEqual(engine.stats.transfersStarted, 0)
         }
+    }
+
+    // MARK: HTTP versions
+
+    /// The version each response came on is reported; `.auto` over cleartext is HTTP/1.1 and shares
+    /// the keep-alive pool with `.http1_1` (the test server speaks HTTP/1.1 only).
+    func testHTTPVersionOfEachResponseIsReported() async throws {
+        try await withEngine(CurlEngine.Configuration(threads: 1, maxConnectionsPerHost: 1)) { engine in
+            for version in [UpstreamHTTPVersion.auto, .http1_1, .auto] {
+                var request = get("/fixed?bytes=10")
+                request.httpVersion = version
+                let response = try await engine.execute(request)
+                XCTAssertEqual(response.connection?.httpVersion, .http1_1, "\(version)")
+                _ = try await collect(response.body)
+            }
+            XCTAssertEqual(engine.stats.connectionsOpened, 1, "one keep-alive connection for all three")
+        }
+    }
+
+    /// `.h2c` against a server that speaks only HTTP/1.1: the exchange fails (the server cannot read
+    /// HTTP/2's preface), promptly, and the engine goes on serving other requests.
+    func testH2CAgainstAnHTTP1ServerFails() async throws {
+        try await withEngine(CurlEngine.Configuration(threads: 1)) { engine in
+            let started = ContinuousClock.now
+            for _ in 0..<3 {
+                var request = get("/fixed?bytes=10", timeouts: UpstreamTimeouts(firstByteMs: 5_000))
+                request.httpVersion = .h2c
+                do {
+                    let response = try await engine.execute(request)
+                    XCTFail("an HTTP/1.1 server answered h2c with \(response.status)")
+                } catch let error as UpstreamError {
+                    XCTAssertNotEqual(error.kind, .firstByteTimeout, "\(error)")
+                }
+            }
+            XCTAssertLessThan(ContinuousClock.now - started, .seconds(5))
+            let response = try await engine.execute(get("/fixed?bytes=10"))
+            XCTAssertEqual(response.status, 200)
+            _ = try await collect(response.body)
+        }
+    }
+
+    func testCurlHTTPVersionOptions() {
+        XCTAssertEqual(CurlRequestConfigurator.curlHTTPVersion(.auto), Int(CURL_HTTP_VERSION_2TLS))
+        XCTAssertEqual(CurlRequestConfigurator.curlHTTPVersion(.http1_1), Int(CURL_HTTP_VERSION_1_1))
+        XCTAssertEqual(CurlRequestConfigurator.curlHTTPVersion(.http2), Int(CURL_HTTP_VERSION_2_0))
+        XCTAssertEqual(CurlRequestConfigurator.curlHTTPVersion(.h2c, opensConnection: true), Int(CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE))
+        XCTAssertEqual(CurlRequestConfigurator.curlHTTPVersion(.h2c, opensConnection: false), Int(CURL_HTTP_VERSION_2_0), "a follower never asks for prior knowledge (curl 7.88 would break the shared connection)")
+        XCTAssertTrue(UpstreamHTTPVersion.auto.mayMultiplex(overTLS: true))
+        XCTAssertFalse(UpstreamHTTPVersion.auto.mayMultiplex(overTLS: false))
+        XCTAssertFalse(UpstreamHTTPVersion.http1_1.mayMultiplex(overTLS: true))
+        XCTAssertTrue(UpstreamHTTPVersion.http2.mayMultiplex(overTLS: true))
+        XCTAssertTrue(UpstreamHTTPVersion.h2c.mayMultiplex(overTLS: false))
+        XCTAssertEqual(UpstreamTransfer.httpVersion(curlValue: Int(CURL_HTTP_VERSION_2_0)), .http2)
+        XCTAssertEqual(UpstreamTransfer.httpVersion(curlValue: Int(CURL_HTTP_VERSION_1_1)), .http1_1)
+        XCTAssertNil(UpstreamTransfer.httpVersion(curlValue: 0))
+        XCTAssertEqual(UpstreamRequest(url: "http://10.0.0.1:8000/v1/chat/completions").origin, "http://10.0.0.1:8000")
+        XCTAssertEqual(UpstreamRequest(url: "https://llm.internal?x=1").origin, "https://llm.internal")
+        XCTAssertNotNil(CurlGlobal.defaultCAFile ?? CurlGlobal.defaultCAPath, "Debian's libcurl has a CA bundle built in")
     }
 
     /// (g) Shutdown with transfers in every phase: all end with shuttingDown, nothing stays active.

@@ -65,6 +65,7 @@ def test_the_access_log_follows_a_request(gateway):
     assert record["status"] == "200" and record["key"] == "logs" and record["model"] == "gpt-4o-mini"
     assert record["completion_tokens"] == "7" and int(record["prompt_tokens"]) > 0
     assert record["upstream"] == "mock" and record["attempts"] == "1" and record["streamed"] == "false"
+    assert record["upstream_http"] == "1.1", "http_version auto over cleartext"
     assert record["client"] == "127.0.0.1"
     assert 0 < float(record["ttfb_ms"]) <= float(record["duration_ms"])
 
@@ -84,6 +85,7 @@ def test_the_access_log_follows_a_request(gateway):
         tight.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     record = access_record(gateway, refused.value.response.headers["x-request-id"])
     assert record["status"] == "429" and record["upstream"] == "-" and record["attempts"] == "0" and record["ttfb_ms"] == "-"
+    assert record["upstream_http"] == "-"
 
 
 def test_a_hostile_model_name_cannot_forge_a_line_or_a_field(gateway):

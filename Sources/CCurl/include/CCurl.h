@@ -2,8 +2,9 @@
 #define SLUICE_CCURL_H
 
 // Thin C shim for SluiceUpstream. Swift cannot call C variadic functions, so every variadic libcurl
-// entry point the engine uses gets one typed, non-variadic wrapper per argument kind. Nothing else
-// lives here: all logic and type safety is in Swift.
+// entry point the engine uses gets one typed, non-variadic wrapper per argument kind; besides those,
+// one question only OpenSSL answers (the ALPN protocol of curl's TLS connection). Nothing else lives
+// here: all logic and type safety is in Swift.
 //
 // The Linux readiness APIs (epoll, timerfd, eventfd) that drive the engine threads are not part of
 // Swift's Glibc module, so their headers are re-exported from here too.
@@ -26,6 +27,8 @@ CURLcode sluice_curl_easy_setopt_off_t(CURL *handle, CURLoption option, curl_off
 CURLcode sluice_curl_easy_setopt_write_function(CURL *handle, CURLoption option, curl_write_callback value);
 /// For CURLOPT_CLOSESOCKETFUNCTION.
 CURLcode sluice_curl_easy_setopt_closesocket_function(CURL *handle, curl_closesocket_callback value);
+/// For CURLOPT_PREREQFUNCTION (NULL: none).
+CURLcode sluice_curl_easy_setopt_prereq_function(CURL *handle, curl_prereq_callback value);
 
 // MARK: curl_multi_setopt
 
@@ -39,6 +42,14 @@ CURLMcode sluice_curl_multi_setopt_timer_function(CURLM *multi, curl_multi_timer
 CURLcode sluice_curl_easy_getinfo_long(CURL *handle, CURLINFO info, long *value);
 CURLcode sluice_curl_easy_getinfo_pointer(CURL *handle, CURLINFO info, void **value);
 CURLcode sluice_curl_easy_getinfo_off_t(CURL *handle, CURLINFO info, curl_off_t *value);
+
+// MARK: TLS
+
+/// Whether the TLS connection of `handle`'s current transfer agreed on HTTP/2 by ALPN: 1 (it chose
+/// "h2"), 0 (it chose something else, or nothing), -1 (cannot tell: no TLS connection, or a TLS
+/// backend other than OpenSSL). For CURLOPT_PREREQFUNCTION, where the connection is up and nothing
+/// was sent yet (CURLINFO_HTTP_VERSION is only known once the response arrives).
+int sluice_curl_tls_alpn_is_h2(CURL *handle);
 
 // MARK: Macros Swift does not import (they contain casts)
 

@@ -67,7 +67,8 @@ struct ConfigDocumentReader {
     static let logFields = ["format"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
-    static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms", "weight", "model_map", "api_key_header", "query_params", "circuit_breaker", "limits"]
+    static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms", "weight", "model_map", "api_key_header", "query_params", "circuit_breaker", "limits", "http_version", "tls"]
+    static let upstreamTLSFields = ["ca_file"]
     /// What a provider limits per deployment (its key's tier): per-minute rates, no quotas or
     /// concurrency (`max_connections` bounds that).
     static let deploymentLimitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "lease"]
@@ -293,6 +294,16 @@ struct ConfigDocumentReader {
                 walker.report("\(path).name", "an upstream with limits must have a name matching [A-Za-z0-9_.-]{1,64} (its limits are kept under it in the shared store)")
             }
         }
+        let scheme = baseURL.map { $0.lowercased().hasPrefix("https://") ? "https" : "http" }
+        upstream.httpVersion = readHTTPVersion(members["http_version"], scheme: scheme, at: "\(path).http_version")
+        if let tlsValue = members["tls"], !tlsValue.isNull {
+            let tls = readUpstreamTLS(tlsValue, at: "\(path).tls")
+            if scheme == "http" {
+                walker.report("\(path).tls", "TLS settings given, but base_url is a cleartext http:// URL: write https:// to reach the upstream over TLS, or remove \"tls\"")
+            } else {
+                upstream.tls = tls
+            }
+        }
         return upstream
     }
 
@@ -408,6 +419,47 @@ struct ConfigDocumentReader {
             fallbacks[model] = list
         }
         return fallbacks
+    }
+
+    /// `http_version`: absent or null → `auto`. `2` needs TLS (HTTP/2 is agreed on by ALPN there)
+    /// and `h2c` cleartext; `scheme` is the base URL's (`nil` when it was invalid: not checked).
+    mutating func readHTTPVersion(_ value: ConfigJSON?, scheme: String?, at path: String) -> UpstreamConfig.HTTPVersion {
+        let known = UpstreamConfig.HTTPVersion.allCases.map { "\"\($0.rawValue)\"" }.joined(separator: ", ")
+        guard let value, !value.isNull else { return UpstreamConfig.defaultHTTPVersion }
+        let text: String
+        switch value {
+        case .string(let string):
+            text = string
+        case .integer(let number):
+            walker.report(path, "expected one of \(known) (a string), found the number \(number): write \"\(number)\"")
+            return UpstreamConfig.defaultHTTPVersion
+        case .number(let number):
+            walker.report(path, "expected one of \(known) (a string), found the number \(number): write \"\(number)\"")
+            return UpstreamConfig.defaultHTTPVersion
+        default:
+            walker.report(path, "expected one of \(known), found \(value.kindDescription)")
+            return UpstreamConfig.defaultHTTPVersion
+        }
+        guard let version = UpstreamConfig.HTTPVersion(rawValue: text) else {
+            walker.report(path, "unknown HTTP version \"\(text)\" (known: \(known))")
+            return UpstreamConfig.defaultHTTPVersion
+        }
+        switch (version, scheme) {
+        case (.http2, "http"):
+            walker.report(path, "\"2\" is HTTP/2 agreed on by TLS (ALPN), but base_url is a cleartext http:// URL: for cleartext HTTP/2 by prior knowledge write \"h2c\", or use an https:// base_url")
+        case (.h2c, "https"):
+            walker.report(path, "\"h2c\" is cleartext HTTP/2, but base_url is an https:// URL: over TLS write \"2\" (HTTP/2 required) or \"auto\" (HTTP/2 when the upstream offers it)")
+        default:
+            break
+        }
+        return version
+    }
+
+    /// The `upstreams[].tls` object.
+    mutating func readUpstreamTLS(_ value: ConfigJSON, at path: String) -> UpstreamTLSConfig? {
+        guard let members = walker.object(value, at: path) else { return nil }
+        walker.rejectUnknownFields(members, known: Self.upstreamTLSFields, at: path)
+        return UpstreamTLSConfig(caFile: readCAFile(members, "ca_file", at: path))
     }
 
     /// The base URL normalised without a trailing slash, or `nil` (reported).
@@ -835,8 +887,8 @@ struct ConfigDocumentReader {
         return tls
     }
 
-    /// An optional PEM file path of `redis.tls`, reported when it names no readable file (with the
-    /// path, never the content).
+    /// An optional PEM file path of `redis.tls` (or `upstreams[].tls`), reported when it names no
+    /// readable file (with the path, never the content).
     mutating func readTLSFile(_ members: [String: ConfigJSON], _ name: String, at path: String) -> String? {
         guard let file = walker.optionalString(members, name, at: path) else { return nil }
         guard requireMachineSecrets else { return file }
@@ -848,6 +900,31 @@ struct ConfigDocumentReader {
             walker.report(fieldPath, "\"\(file)\" is a directory, not a PEM file")
         } else if !FileManager.default.isReadableFile(atPath: file) {
             walker.report(fieldPath, "file \"\(file)\" is not readable by this process")
+        }
+        return file
+    }
+
+    /// Larger CA files are refused (a system bundle of every public CA is about 200 KB).
+    static let maximumCAFileBytes = 16 * 1024 * 1024
+
+    /// An optional PEM file of CA certificates (`upstreams[].tls.ca_file`): a readable file (as
+    /// ``readTLSFile(_:_:at:)``) that holds at least one certificate, so that a key or an empty file
+    /// given by mistake is found at load instead of failing every connection.
+    mutating func readCAFile(_ members: [String: ConfigJSON], _ name: String, at path: String) -> String? {
+        let problemsBefore = walker.problems.count
+        guard let file = readTLSFile(members, name, at: path) else { return nil }
+        guard requireMachineSecrets, walker.problems.count == problemsBefore else { return file }
+        let fieldPath = ConfigWalker.member(path, name)
+        guard let handle = FileHandle(forReadingAtPath: file) else {
+            walker.report(fieldPath, "file \"\(file)\" is not readable by this process")
+            return file
+        }
+        defer { try? handle.close() }
+        let data = (try? handle.read(upToCount: Self.maximumCAFileBytes + 1)) ?? Data()
+        if data.count > Self.maximumCAFileBytes {
+            walker.report(fieldPath, "file \"\(file)\" is larger than \(Self.maximumCAFileBytes) bytes: not a PEM bundle of CA certificates")
+        } else if data.range(of: Data("-----BEGIN CERTIFICATE-----".utf8)) == nil {
+            walker.report(fieldPath, "file \"\(file)\" holds no PEM certificate (-----BEGIN CERTIFICATE-----): give the CA certificates the upstream's certificate chains to")
         }
         return file
     }

@@ -174,6 +174,19 @@ public enum ModelMatcher: Sendable, Hashable, CustomStringConvertible {
 
 /// One OpenAI-compatible upstream API and the models it serves.
 public struct UpstreamConfig: Sendable, Equatable {
+    /// `http_version`: which HTTP versions the exchanges with the upstream may use.
+    public enum HTTPVersion: String, Sendable, Hashable, CaseIterable {
+        /// HTTP/2 over TLS when the server offers it by ALPN, else HTTP/1.1; HTTP/1.1 over cleartext.
+        case auto
+        /// HTTP/1.1 only.
+        case http1_1 = "1.1"
+        /// HTTP/2 over TLS, required: a server that does not choose h2 by ALPN fails the exchange
+        /// before the request is sent. `https://` only.
+        case http2 = "2"
+        /// Cleartext HTTP/2 by prior knowledge (no upgrade). `http://` only.
+        case h2c
+    }
+
     public static let defaultConnectTimeoutMs = 2_000
     public static let defaultFirstByteTimeoutMs = 60_000
     public static let defaultStallTimeoutMs = 30_000
@@ -188,6 +201,7 @@ public struct UpstreamConfig: Sendable, Equatable {
     /// How long an exchange may wait for one of the `max_connections` before it gets 503 with
     /// `retry-after`.
     public static let defaultQueueTimeoutMs = 10_000
+    public static let defaultHTTPVersion = HTTPVersion.auto
 
     /// Unique among upstreams; used in logs and metrics.
     public var name: String
@@ -204,6 +218,8 @@ public struct UpstreamConfig: Sendable, Equatable {
     public var firstByteTimeoutMs: Int = UpstreamConfig.defaultFirstByteTimeoutMs
     public var stallTimeoutMs: Int = UpstreamConfig.defaultStallTimeoutMs
     public var requestTimeoutMs: Int = UpstreamConfig.defaultRequestTimeoutMs
+    /// Exchanges in flight to this upstream at once, per node: over HTTP/1.1 one connection each,
+    /// over HTTP/2 one stream each (many share a connection).
     public var maxConnections: Int = UpstreamConfig.defaultMaxConnections
     public var queueTimeoutMs: Int = UpstreamConfig.defaultQueueTimeoutMs
     /// Share of a model's requests among the deployments that serve it (relative to theirs).
@@ -228,6 +244,9 @@ public struct UpstreamConfig: Sendable, Equatable {
 
     public static let defaultAPIKeyHeader = "authorization"
     public static let maximumWeight = 1_000
+    public var httpVersion: HTTPVersion = UpstreamConfig.defaultHTTPVersion
+    /// `tls`: only for an `https://` base URL; nil: the system's trust roots.
+    public var tls: UpstreamTLSConfig?
 
     public init(name: String, baseURL: String, apiKeyEnvironmentVariable: String? = nil, apiKey: Secret? = nil, models: [ModelMatcher]) {
         self.name = name
@@ -260,7 +279,7 @@ public struct UpstreamConfig: Sendable, Equatable {
             && lhs.requestTimeoutMs == rhs.requestTimeoutMs && lhs.maxConnections == rhs.maxConnections
             && lhs.queueTimeoutMs == rhs.queueTimeoutMs && lhs.weight == rhs.weight && lhs.modelMap == rhs.modelMap
             && lhs.apiKeyHeader == rhs.apiKeyHeader && lhs.queryParameters.elementsEqual(rhs.queryParameters, by: ==)
-            && lhs.circuitBreaker == rhs.circuitBreaker && lhs.limits == rhs.limits
+            && lhs.circuitBreaker == rhs.circuitBreaker && lhs.limits == rhs.limits && lhs.httpVersion == rhs.httpVersion && lhs.tls == rhs.tls
     }
 }
 
@@ -291,6 +310,17 @@ public struct RoutingConfig: Sendable, Equatable {
     public var contextWindowFallbacks: [String: [String]] = [:]
 
     public init() {}
+}
+
+/// How an `https://` upstream is trusted: the `upstreams[].tls` object.
+public struct UpstreamTLSConfig: Sendable, Hashable {
+    /// `ca_file`: PEM file of the CAs the upstream's certificate must chain to, instead of the
+    /// system's trust roots (a private CA, a self-signed certificate); nil: the system's.
+    public var caFile: String?
+
+    public init(caFile: String? = nil) {
+        self.caFile = caFile
+    }
 }
 
 // MARK: - limits
