@@ -57,19 +57,21 @@ struct ConfigDocumentReader {
     /// False once some upstream's model list had a problem: checking keys' models against
     /// incomplete lists would report problems that are only echoes of that one.
     var upstreamModelsComplete = true
+    /// The plans of `pricing`, read before the keys that name them.
+    var plans: [String: SubscriptionPlan] = [:]
 
     init(environment: [String: String], requireMachineSecrets: Bool = true) {
         self.environment = environment
         self.requireMachineSecrets = requireMachineSecrets
     }
 
-    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry", "log"]
+    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry", "log", "pricing"]
     static let logFields = ["format"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms"]
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
-    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "previous_response_allowance_tokens", "expires_at", "previous_secrets", "metrics"]
+    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "previous_response_allowance_tokens", "expires_at", "previous_secrets", "metrics", "plan"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
     static let redisFields = ["url", "cluster_nodes", "password_env", "tls", "on_failure", "fallback_node_count", "usage_stream"]
     static let redisTLSFields = ["ca_file", "cert_file", "key_file", "server_name", "verify"]
@@ -118,6 +120,9 @@ struct ConfigDocumentReader {
             }
         }
 
+        let pricing = root["pricing"].flatMap { $0.isNull ? nil : readPricing($0, at: "$.pricing") } ?? .none
+        plans = pricing.plans
+
         var keys: [KeyConfig] = []
         if let value = root["keys"] {
             keys = readKeys(value, at: "$.keys", tiers: tiers, upstreams: upstreams)
@@ -131,6 +136,7 @@ struct ConfigDocumentReader {
 
         var config = SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis, telemetry: telemetry)
         if let value = root["log"], !value.isNull { config.log = readLog(value, at: "$.log") }
+        config.pricing = pricing
         return config
     }
 
@@ -506,11 +512,18 @@ struct ConfigDocumentReader {
             }
         }
         let metrics = walker.boolean(members, "metrics", at: path, default: false)
-        return KeyConfig(
+        let plan = walker.optionalString(members, "plan", at: path)
+        if let plan, plans[plan] == nil {
+            let known = plans.keys.sorted().joined(separator: ", ")
+            walker.report("\(path).plan", "unknown plan \"\(plan.prefix(64))\" (known: \(known.isEmpty ? "none defined in pricing.plans" : known))")
+        }
+        var key = KeyConfig(
             id: id, secretSHA256: hash, tier: tier, limits: ownLimits, models: models, defaultOutputTokens: defaultOutputTokens,
             expiresAt: expiresAt, previousSecrets: previousSecrets, metrics: metrics,
             previousResponseAllowanceTokens: previousResponseAllowance
         )
+        key.plan = plan
+        return key
     }
 
     /// One `previous_secrets` entry: a hash and its (required) expiry.

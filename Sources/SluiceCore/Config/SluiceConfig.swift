@@ -17,6 +17,8 @@ public struct SluiceConfig: Sendable {
     public var telemetry: TelemetryConfig
     /// How log lines are written.
     public var log = LogConfig()
+    /// Model prices and subscription plans (`Pricing.none`: no section; every cost unknown).
+    public var pricing = Pricing.none
 
     public init(
         server: ServerConfig = ServerConfig(),
@@ -343,6 +345,8 @@ public struct KeyConfig: Sendable, Equatable {
     /// Export this key's remaining limits as `sluice_key_remaining{key,limit}` (opt-in: a series per
     /// key and limit is kept and exported for the life of the process).
     public var metrics: Bool = false
+    /// The subscription plan (a `pricing.plans` name) the key's requests are priced under; `nil`: none.
+    public var plan: String?
 
     /// A secret replaced by a rotation, still valid for a while.
     public struct PreviousSecret: Sendable, Equatable {
