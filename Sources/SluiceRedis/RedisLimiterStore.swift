@@ -82,11 +82,17 @@ public final class RedisLimiterStore: LimiterStore {
         public var promptTokens: Int
         public var completionTokens: Int
         public var requests: Int
+        /// The known costs of those requests, summed exactly (nano-dollars).
+        public var cost: USDAmount
+        /// Those of them whose cost was unknown (no price): `cost` leaves them out.
+        public var unknownCostRequests: Int
 
-        public init(promptTokens: Int = 0, completionTokens: Int = 0, requests: Int = 0) {
+        public init(promptTokens: Int = 0, completionTokens: Int = 0, requests: Int = 0, cost: USDAmount = .zero, unknownCostRequests: Int = 0) {
             self.promptTokens = promptTokens
             self.completionTokens = completionTokens
             self.requests = requests
+            self.cost = cost
+            self.unknownCostRequests = unknownCostRequests
         }
     }
 
@@ -302,7 +308,12 @@ public final class RedisLimiterStore: LimiterStore {
             requestID: reservation.requestID, model: model, promptTokens: promptTokens, completionTokens: completionTokens,
             reservedPromptTokens: reservation.promptTokens, reservedOutputTokens: reservation.reservedOutputTokens
         ) : nil
-        let usage = ModelUsage(promptTokens: promptTokens, completionTokens: completionTokens, requests: 1)
+        var usage = ModelUsage(promptTokens: promptTokens, completionTokens: completionTokens, requests: 1)
+        switch reservation.settledCost {
+        case .known(let amount)?: usage.cost = amount
+        case .unknown?: usage.unknownCostRequests = 1
+        case nil: break
+        }
         ledger.withLock { $0.record(day, model: model, usage: usage, entry: entry) }
     }
 
@@ -344,6 +355,8 @@ public final class RedisLimiterStore: LimiterStore {
                 arguments.append(usage.promptTokens)
                 arguments.append(usage.completionTokens)
                 arguments.append(usage.requests)
+                arguments.append(Int(usage.cost.nanos))
+                arguments.append(usage.unknownCostRequests)
             }
             for entry in entries {
                 arguments.append(entry.requestID)
@@ -385,6 +398,8 @@ public final class RedisLimiterStore: LimiterStore {
             case "prompt": usage[model, default: ModelUsage()].promptTokens = amount
             case "completion": usage[model, default: ModelUsage()].completionTokens = amount
             case "requests": usage[model, default: ModelUsage()].requests = amount
+            case "cost_nanos": usage[model, default: ModelUsage()].cost = USDAmount(nanos: value)
+            case "cost_unknown": usage[model, default: ModelUsage()].unknownCostRequests = amount
             default: continue
             }
         }

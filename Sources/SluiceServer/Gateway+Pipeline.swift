@@ -146,7 +146,7 @@ extension Gateway {
         let exchange = ProxyExchange(
             requestID: requestID, key: key, request: openAIRequest, endpoint: endpoint, upstream: upstream,
             upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens,
-            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model)
+            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model), pricing: settings.pricing
         )
         let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger, trace: trace)
 
@@ -159,7 +159,10 @@ extension Gateway {
         // refuses names it does not serve), else under the config entry that routed it: names a
         // client invents under a wildcard must not grow the usage records without bound.
         let answered = (200..<300).contains(relayed.status)
-        let settling = answered ? reservation : reservation.recordingUsage(as: upstream.metricLabel(forModel: model))
+        var settling = answered ? reservation : reservation.recordingUsage(as: upstream.metricLabel(forModel: model))
+        // What it cost: the same value the non-streamed answer's x-sluice-cost-usd carried.
+        let cost = exchange.cost(of: relayed)
+        settling.settledCost = cost
         let settleSpan = trace?.child("settle")
         defer { settleSpan?.end() }
         if let settleSpan {
@@ -180,6 +183,7 @@ extension Gateway {
         }
         let modelLabel = upstream.metricLabel(forModel: model)
         metrics.tokens(keyID: key.id, model: modelLabel, prompt: chargedPromptTokens, completion: relayed.completionTokens)
+        if let cost { metrics.spend(keyID: key.id, exportsMetrics: key.exportsMetrics, model: modelLabel, cost: cost) }
         if relayed.chargesPrompt, let upstreamTime = relayed.upstreamTime {
             recordGenAI(endpoint: endpoint, model: modelLabel, promptTokens: chargedPromptTokens, relayed: relayed, upstreamTime: upstreamTime)
         }
@@ -201,6 +205,7 @@ extension Gateway {
         outcome.streamed = relayed.streamed
         outcome.timeToFirstByte = relayed.timeToFirstByte
         outcome.cachedInputTokens = relayed.cachedInputTokens
+        outcome.cost = cost
         outcome.reasoningTokens = relayed.reasoningTokens
         return outcome
     }

@@ -147,9 +147,11 @@ public final class Gateway: RequestHandling {
                     "ttfb_ms": "\(outcome.timeToFirstByte.map(Self.milliseconds) ?? "-")",
                     "client": "\(request.clientAddress ?? "-")",
             ]
-            // Responses API answers: the upstream's cached-input and reasoning details, when reported.
+            // The upstream's cached-input and reasoning details, when reported.
             if let cached = outcome.cachedInputTokens { metadata["cached_input_tokens"] = "\(cached)" }
             if let reasoning = outcome.reasoningTokens { metadata["reasoning_tokens"] = "\(reasoning)" }
+            // With a pricing section: what the request cost in USD, or "unknown".
+            if let cost = outcome.cost { metadata["cost_usd"] = "\(cost)" }
             logger.info("request", metadata: metadata)
         }
     }
@@ -286,9 +288,11 @@ struct RequestOutcome: Sendable {
     var attempts = 0
     var streamed = false
     var timeToFirstByte: Duration?
-    /// Responses API only: the reported cached input tokens and reasoning tokens (for the access log).
+    /// The reported cached input tokens and reasoning tokens (for the access log).
     var cachedInputTokens: Int?
     var reasoningTokens: Int?
+    /// What the request cost (`nil`: no pricing section).
+    var cost: RequestCost?
 }
 
 /// One thread's copy of the gateway's settings. `@unchecked Sendable`: only reached through its own

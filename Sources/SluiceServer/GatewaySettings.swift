@@ -8,8 +8,11 @@ public struct GatewaySettings: Sendable {
     let keys: KeyTable
     let upstreams: [UpstreamRoute]
     let maxPromptBytes: Int
+    /// Model prices and plans (`Pricing.none`: costs are not reported).
+    let pricing: Pricing
 
     public init(config: SluiceConfig) {
+        pricing = config.pricing
         keys = KeyTable(config: config)
         upstreams = config.upstreams.map(UpstreamRoute.init)
         maxPromptBytes = config.tokenizer.maxPromptBytes ?? ChatPromptCounter.defaultMaxPromptBytes

@@ -9,7 +9,7 @@ struct UsageCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "usage",
         abstract: "Print a key's usage per model for a day, from Redis.",
-        discussion: "Usage is recorded when each request is settled (prompt tokens counted by Sluice, completion tokens reported by the upstream or counted from what was relayed). Days are UTC."
+        discussion: "Usage is recorded when each request is settled (prompt tokens counted by Sluice, completion tokens reported by the upstream or counted from what was relayed), with its cost at the config's prices (requests of unknown cost counted apart). Days are UTC."
     )
 
     @Option(help: "Path to the JSON config file (its redis section says where usage is kept).")
@@ -51,13 +51,24 @@ struct UsageCommand: AsyncParsableCommand {
             throw ExitCode(1)
         }
         print("usage of key \(key) on \(dayText) (UTC)")
-        let header = ["model", "requests", "prompt tokens", "completion tokens"]
+        let header = ["model", "requests", "prompt tokens", "completion tokens", "cost USD"]
+        /// The known cost, and how many requests' cost is unknown (left out of it), when any.
+        func costCell(_ u: RedisLimiterStore.ModelUsage) -> String {
+            u.unknownCostRequests == 0 ? u.cost.description : "\(u.cost) + \(u.unknownCostRequests) unknown"
+        }
         var rows = usage.keys.sorted().map { model -> [String] in
             let u = usage[model]!
-            return [model, String(u.requests), String(u.promptTokens), String(u.completionTokens)]
+            return [model, String(u.requests), String(u.promptTokens), String(u.completionTokens), costCell(u)]
         }
-        let totals = usage.values.reduce(into: (0, 0, 0)) { $0.0 += $1.requests; $0.1 += $1.promptTokens; $0.2 += $1.completionTokens }
-        rows.append(["total", String(totals.0), String(totals.1), String(totals.2)])
+        var total = RedisLimiterStore.ModelUsage()
+        for u in usage.values {
+            total.requests += u.requests
+            total.promptTokens += u.promptTokens
+            total.completionTokens += u.completionTokens
+            total.cost += u.cost
+            total.unknownCostRequests += u.unknownCostRequests
+        }
+        rows.append(["total", String(total.requests), String(total.promptTokens), String(total.completionTokens), costCell(total)])
         let widths = header.indices.map { i in max(header[i].count, rows.map { $0[i].count }.max() ?? 0) }
         func line(_ cells: [String]) -> String {
             cells.enumerated().map { i, cell in

@@ -297,7 +297,8 @@ final class PipelineHarness: Sendable {
     let upstream = ScriptedUpstream()
     let limiter = RecordingLimiter()
 
-    init(tracer: (any Tracer)? = nil) throws {
+    /// `pricing`: the config's `pricing` section (JSON), if any.
+    init(tracer: (any Tracer)? = nil, pricing: String? = nil) throws {
         let config = try SluiceConfig.parse(bytes: Array("""
         {
           "server": {"host": "127.0.0.1", "port": 8080},
@@ -310,7 +311,7 @@ final class PipelineHarness: Sendable {
              "limits": {"requests_per_minute": 1000, "tokens_per_minute": 1000000}},
             {"id": "small", "secret_sha256": "\(sha256(GatewayPipelineTests.smallSecret))", "tier": "small", "metrics": true},
             {"id": "narrow", "secret_sha256": "\(sha256(GatewayPipelineTests.narrowSecret))", "models": ["gpt-4o"], "limits": {"requests_per_minute": 100}}
-          ]
+          ]\(pricing.map { ", \"pricing\": " + $0 } ?? "")
         }
         """.utf8), environment: [:])
         let tokenizers = try Self.tokenizers.get()
@@ -475,6 +476,7 @@ final class RecordingLimiter: LimiterStore {
         var requestID: String
         var promptTokens: Int
         var completionTokens: Int
+        var cost: RequestCost?
     }
 
     private let inner = InMemoryLimiterStore()
@@ -495,7 +497,7 @@ final class RecordingLimiter: LimiterStore {
     }
 
     func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
-        log.withLock { $0.settlements.append(Settlement(requestID: reservation.requestID, promptTokens: actualPromptTokens, completionTokens: actualCompletionTokens)) }
+        log.withLock { $0.settlements.append(Settlement(requestID: reservation.requestID, promptTokens: actualPromptTokens, completionTokens: actualCompletionTokens, cost: reservation.settledCost)) }
         return try await inner.settle(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 

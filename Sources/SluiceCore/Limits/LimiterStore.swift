@@ -44,6 +44,9 @@ public struct Reservation: Sendable {
     public let reservedOutputTokens: Int
     /// Whether a concurrency slot was taken (released at settle).
     public let holdsConcurrencySlot: Bool
+    /// What the request cost, set by the settle step before it settles (`nil`: no pricing
+    /// configured); recorded with the usage.
+    public var settledCost: RequestCost?
 
     public init(requestID: String, keyID: String, limits: ResolvedLimits, model: String, promptTokens: Int, reservedOutputTokens: Int, holdsConcurrencySlot: Bool) {
         self.requestID = requestID

@@ -1,0 +1,137 @@
+"""Money (issue 16): what each request costs at the configured prices, seen from outside.
+
+One node with a `pricing` section on a Redis of its own (for the usage records), driven with the
+official openai SDK: the `x-sluice-cost-usd` header of a non-streamed answer, the access log's
+`cost_usd` (streams too), `sluice usage` and `sluice_spend_usd_total`, each checked against the price
+applied by hand to the tokens the access log says were charged. A model without a price costs
+`unknown`, never 0.
+"""
+import re
+import shutil
+import subprocess
+import time
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from conftest import SLUICE_BIN, Gateway, free_port, gateway_config, sha256_hex, wait_for_port
+
+SECRET = "sk-money-e2e-0123456789"
+MESSAGES = [{"role": "user", "content": "What does a request cost?"}]
+# $0.15 / $0.075 / $0.60 per million tokens: 150, 75 and 600 nano-dollars per token.
+PRICING = {"models": {"gpt-4o-mini": {"input_per_mtok": 0.15, "cached_input_per_mtok": 0.075, "output_per_mtok": 0.6}}}
+
+
+def usd(nanos: int) -> str:
+    """Nano-dollars as Sluice writes them: a plain decimal without trailing zeros."""
+    text = format(Decimal(nanos) / Decimal(10**9), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_module):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_module)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc)
+    yield port
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_module, mock, redis_port):
+    keys = [{"id": "spender", "secret_sha256": sha256_hex(SECRET), "limits": {"requests_per_minute": 1000}, "metrics": True}]
+    config = gateway_config(free_port(), mock.port, keys=keys, tiers={})
+    config["pricing"] = PRICING
+    config["redis"] = {"url": f"redis://127.0.0.1:{redis_port}"}
+    g = Gateway(tmp_module, config)
+    yield g
+    g.stop()
+
+
+def access_line(gateway, request_id: str, timeout: float = 5) -> dict:
+    """The access-log fields of the request (written once it settled)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for line in gateway.log_text().splitlines():
+            if f"request_id={request_id} " in line and line.rstrip().endswith("request"):
+                return dict(re.findall(r"(\w+)=(\S+)", line))
+        time.sleep(0.05)
+    raise AssertionError(f"no access-log line for {request_id}:\n{gateway.log_text()[-2000:]}")
+
+
+def client(gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key=SECRET, max_retries=0)
+
+
+def test_non_streamed_answer_carries_its_cost(gateway):
+    raw = client(gateway).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=20, extra_headers={"x-mock-completion-tokens": "7"})
+    raw.parse()
+    fields = access_line(gateway, raw.headers["x-request-id"])
+    prompt, completion = int(fields["prompt_tokens"]), int(fields["completion_tokens"])
+    assert completion == 7
+    expected = usd(prompt * 150 + completion * 600)
+    assert raw.headers["x-sluice-cost-usd"] == expected
+    assert fields["cost_usd"] == expected
+
+
+def test_streamed_answer_logs_its_cost(gateway):
+    stream = client(gateway).chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, max_tokens=20, stream=True,
+        extra_headers={"x-mock-completion-tokens": "5", "x-request-id": "money-stream-1"})
+    chunks = list(stream)
+    assert chunks
+    fields = access_line(gateway, "money-stream-1")
+    prompt, completion = int(fields["prompt_tokens"]), int(fields["completion_tokens"])
+    assert completion == 5
+    assert fields["cost_usd"] == usd(prompt * 150 + completion * 600)
+
+
+def test_model_without_a_price_costs_unknown(gateway):
+    raw = client(gateway).chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES, max_tokens=5)
+    raw.parse()
+    assert raw.headers["x-sluice-cost-usd"] == "unknown"
+    assert access_line(gateway, raw.headers["x-request-id"])["cost_usd"] == "unknown"
+
+
+def test_spend_adds_up_in_usage_and_metrics(gateway, tmp_module):
+    c = client(gateway)
+    ids = []
+    for tokens in (3, 11, 2):
+        raw = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=MESSAGES, max_tokens=20, extra_headers={"x-mock-completion-tokens": str(tokens)})
+        raw.parse()
+        ids.append(raw.headers["x-request-id"])
+    for request_id in ids:
+        access_line(gateway, request_id)
+    # Every gpt-4o-mini request of this module so far, from the access log: the exact sum.
+    lines = [dict(re.findall(r"(\w+)=(\S+)", line)) for line in gateway.log_text().splitlines()
+             if "route=/v1/chat/completions" in line and "model=gpt-4o-mini " in line and line.rstrip().endswith("request")]
+    total = sum(int(f["prompt_tokens"]) * 150 + int(f["completion_tokens"]) * 600 for f in lines)
+    assert all(f["cost_usd"] != "unknown" for f in lines)
+
+    # The node flushes its usage every second.
+    deadline = time.time() + 10
+    while True:
+        out = subprocess.run([SLUICE_BIN, "usage", "--config", str(gateway.config_path), "--key", "spender"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:] if line.strip()}
+        if "gpt-4o-mini" in rows and int(rows["gpt-4o-mini"][1]) == len(lines) or time.time() > deadline:
+            break
+        time.sleep(0.3)
+    assert int(rows["gpt-4o-mini"][1]) == len(lines), out.stdout
+    assert rows["gpt-4o-mini"][4] == usd(total), out.stdout
+    assert rows["gpt-4o"][4:] == ["0", "+", "1", "unknown"], out.stdout
+
+    metrics = gateway.metrics()
+    [value] = re.findall(r'^sluice_spend_usd_total\{key="spender",model="gpt-4o-mini"\} (\S+)$', metrics, re.M)
+    assert abs(float(value) - total / 1e9) < 1e-12
+    assert re.search(r'^sluice_spend_unknown_requests_total\{key="spender",model="gpt-4o"\} 1$', metrics, re.M), metrics
