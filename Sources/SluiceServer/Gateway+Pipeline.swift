@@ -90,10 +90,18 @@ extension Gateway {
 
         // 5. admit: one atomic step over all of the key's limits. The reservation is named by
         // Sluice's own id, never the client's (a retry repeats that one).
-        let admission = AdmissionRequest(
+        var admission = AdmissionRequest(
             requestID: reservationID, keyID: key.id, limits: key.limits, model: model,
             promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens
         )
+        // A budget reserves the most the request can cost (the prompt and the output reservation at
+        // the model's dearest prices); a model without a price cannot be charged against it.
+        if key.limits.hasBudget {
+            guard let price = settings.pricing.price(for: model)?.price else {
+                return await refuse(.budgetUnpriced(model: model), key: key, model: model, requestID: requestID, writer: writer)
+            }
+            admission.reservedCostNanos = price.maximumCost(inputTokens: promptTokens, outputTokens: reservedOutputTokens).nanos
+        }
         let reservation: Reservation
         let rateLimitHeaders: [(String, String)]
         let admitSpan = trace?.child("admit")

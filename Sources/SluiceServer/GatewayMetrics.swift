@@ -503,6 +503,8 @@ extension RateLimitKind {
         case .concurrency: "concurrency"
         case .dailyTokens: "tokens_per_day"
         case .monthlyTokens: "tokens_per_month"
+        case .dailyBudget: "usd_per_day"
+        case .monthlyBudget: "usd_per_month"
         }
     }
 }

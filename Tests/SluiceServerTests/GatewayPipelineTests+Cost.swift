@@ -60,6 +60,31 @@ final class GatewayPipelineCostTests: XCTestCase {
         XCTAssertEqual(harness.limiter.settlements.first?.cost, .known(.zero))
     }
 
+    /// The budget key: $0.00001 a day. 100 output tokens reserve 60,000 n$ and more: never fits; one
+    /// output token (600 n$ + the prompt at 150 n$) does.
+    func testBudgetReservesTheMaximumCostAndRefusesWithInsufficientQuota() async throws {
+        harness.upstream.script(.ok(completionTokens: 1))
+        let refused = try await harness.send(body: chat(#","max_tokens":100"#), secret: GatewayPipelineTests.budgetSecret)
+        XCTAssertEqual(refused.status, 429)
+        XCTAssertEqual(refused.headers.first(name: "x-should-retry"), "false")
+        XCTAssertTrue(refused.body.contains(#""code":"insufficient_quota""#), refused.body)
+        XCTAssertTrue(refused.body.contains("USD per day"), refused.body)
+        XCTAssertEqual(harness.upstream.requestCount, 0)
+        let admitted = try await harness.send(body: chat(#","max_tokens":1"#), secret: GatewayPipelineTests.budgetSecret)
+        XCTAssertEqual(admitted.status, 200)
+        let admission = try XCTUnwrap(harness.limiter.admissions.last)
+        XCTAssertEqual(admission.reservedCostNanos, Int64(admission.promptTokens * 150 + 600))
+    }
+
+    func testBudgetKeyCannotUseAnUnpricedModel() async throws {
+        let refused = try await harness.send(body: chat(model: "gpt-4o"), secret: GatewayPipelineTests.budgetSecret)
+        XCTAssertEqual(refused.status, 429)
+        XCTAssertEqual(refused.headers.first(name: "x-should-retry"), "false")
+        XCTAssertTrue(refused.body.contains("has no price"), refused.body)
+        XCTAssertEqual(harness.upstream.requestCount, 0)
+        XCTAssertTrue(harness.limiter.admittedIDs.isEmpty)
+    }
+
     func testNoPricingSectionNoCost() async throws {
         let plain = try PipelineHarness()
         plain.upstream.script(.ok(completionTokens: 3))

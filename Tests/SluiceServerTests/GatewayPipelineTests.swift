@@ -20,6 +20,8 @@ final class GatewayPipelineTests: XCTestCase {
     static let smallSecret = "sk-pipeline-small-0123456789"
     /// May use `gpt-4o` only.
     static let narrowSecret = "sk-pipeline-narrow-0123456789"
+    /// A key with a $0.00001 (10,000 n$) daily budget.
+    static let budgetSecret = "sk-pipeline-budget-0123456789"
 
     private var harness: PipelineHarness!
 
@@ -310,7 +312,8 @@ final class PipelineHarness: Sendable {
             {"id": "main", "secret_sha256": "\(sha256(GatewayPipelineTests.secret))", "default_output_tokens": 500,
              "limits": {"requests_per_minute": 1000, "tokens_per_minute": 1000000}},
             {"id": "small", "secret_sha256": "\(sha256(GatewayPipelineTests.smallSecret))", "tier": "small", "metrics": true},
-            {"id": "narrow", "secret_sha256": "\(sha256(GatewayPipelineTests.narrowSecret))", "models": ["gpt-4o"], "limits": {"requests_per_minute": 100}}
+            {"id": "narrow", "secret_sha256": "\(sha256(GatewayPipelineTests.narrowSecret))", "models": ["gpt-4o"], "limits": {"requests_per_minute": 100}},
+            {"id": "budget", "secret_sha256": "\(sha256(GatewayPipelineTests.budgetSecret))", "limits": {"usd_per_day": 0.00001}}
           ]\(pricing.map { ", \"pricing\": " + $0 } ?? "")
         }
         """.utf8), environment: [:])

@@ -135,3 +135,51 @@ def test_spend_adds_up_in_usage_and_metrics(gateway, tmp_module):
     [value] = re.findall(r'^sluice_spend_usd_total\{key="spender",model="gpt-4o-mini"\} (\S+)$', metrics, re.M)
     assert abs(float(value) - total / 1e9) < 1e-12
     assert re.search(r'^sluice_spend_unknown_requests_total\{key="spender",model="gpt-4o"\} 1$', metrics, re.M), metrics
+
+
+BUDGET_SECRET = "sk-money-budget-0123456789"
+
+
+@pytest.fixture(scope="module")
+def budget_gateway(tmp_path_factory, mock):
+    """One node, the embedded limiter, a key with a tiny daily budget."""
+    tmp = tmp_path_factory.mktemp("money-budget")
+    keys = [{"id": "frugal", "secret_sha256": sha256_hex(BUDGET_SECRET), "limits": {"usd_per_day": 0.0005}}]
+    config = gateway_config(free_port(), mock.port, keys=keys, tiers={})
+    config["pricing"] = PRICING
+    g = Gateway(tmp, config)
+    yield g
+    g.stop()
+
+
+def test_concurrent_requests_never_overspend_a_budget(budget_gateway):
+    """$0.0005 a day; each request reserves (prompt × 150 + 20 × 600) n$ and costs prompt × 150 + 12 × 600.
+    Sent 16 at a time until refused: the admitted requests' costs (from the access log) add up to at
+    most the budget, and the refusals are OpenAI's insufficient_quota, not to be retried."""
+    import concurrent.futures
+    c = openai.OpenAI(base_url=budget_gateway.base_url, api_key=BUDGET_SECRET, max_retries=0)
+
+    def one(i):
+        try:
+            c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=20,
+                                      extra_headers={"x-mock-completion-tokens": "12", "x-request-id": f"budget-{i}"})
+            return "ok"
+        except openai.RateLimitError as error:
+            assert error.code == "insufficient_quota", error
+            assert error.response.headers.get("x-should-retry") == "false"
+            return "refused"
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(64)))
+    admitted = [i for i, r in enumerate(results) if r == "ok"]
+    assert admitted and "refused" in results, results
+    spent = 0
+    for i in admitted:
+        fields = access_line(budget_gateway, f"budget-{i}")
+        assert fields["status"] == "200"
+        spent += int(fields["prompt_tokens"]) * 150 + int(fields["completion_tokens"]) * 600
+    assert spent <= 500_000, f"{len(admitted)} admitted requests spent {spent} n$ of a 500,000 n$ budget"
+    # And it is used up: at the last refusal, what was spent and reserved left less than one reservation
+    # (prompt ≤ 30 tokens here: at most 16,500 n$); the at most 16 requests then in flight each got back
+    # at most the 8 output tokens they did not use (4,800 n$).
+    assert spent > 500_000 - 16_500 - 16 * 4_800, spent

@@ -139,8 +139,14 @@ extension SluiceConfig {
     }
 
     private func quotaFindings(_ limits: LimitSet, at path: String) -> [ConfigFinding] {
-        guard redis == nil else { return [] }
-        return [("tokens_per_day", limits.tokensPerDay), ("tokens_per_month", limits.tokensPerMonth)].compactMap { name, value in
+        var findings: [ConfigFinding] = []
+        if pricing.models.isEmpty {
+            for (name, value) in [("usd_per_day", limits.usdPerDay), ("usd_per_month", limits.usdPerMonth)] where value != nil {
+                findings.append(ConfigFinding(.warning, "\(path).\(name)", "no model has a price (pricing.models): every request of a key with this budget is refused"))
+            }
+        }
+        guard redis == nil else { return findings }
+        return findings + [("tokens_per_day", limits.tokensPerDay), ("tokens_per_month", limits.tokensPerMonth)].compactMap { name, value in
             value.map { _ in
                 ConfigFinding(.warning, "\(path).\(name)", "not enforced: quotas need the shared Redis store (a \"redis\" section); the embedded limiter keeps no calendar counters")
             }

@@ -70,7 +70,7 @@ struct ConfigDocumentReader {
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms"]
-    static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
+    static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "usd_per_day", "usd_per_month", "lease"]
     static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "previous_response_allowance_tokens", "expires_at", "previous_secrets", "metrics", "plan"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
     static let redisFields = ["url", "cluster_nodes", "password_env", "tls", "on_failure", "fallback_node_count", "usage_stream"]
@@ -131,6 +131,16 @@ struct ConfigDocumentReader {
         }
 
         let redis = root["redis"].flatMap { $0.isNull ? nil : readRedis($0, at: "$.redis") }
+        if root["redis"].map({ !$0.isNull }) ?? false {
+            // Budgets are enforced by the embedded limiter only, so far: never silently unenforced.
+            let limitSets = tiers.sorted { $0.key < $1.key }.map { (ConfigWalker.member("$.tiers", $0.key), $0.value) }
+                + keys.enumerated().compactMap { index, key in key.limits.map { ("$.keys[\(index)].limits", $0) } }
+            for (path, limits) in limitSets {
+                for (name, value) in [("usd_per_day", limits.usdPerDay), ("usd_per_month", limits.usdPerMonth)] where value != nil {
+                    walker.report("\(path).\(name)", "budgets are enforced by the embedded limiter only in this version: with a redis section they would not be; remove the budget or the redis section")
+                }
+            }
+        }
 
         let telemetry = root["telemetry"].flatMap { $0.isNull ? nil : readTelemetry($0, at: "$.telemetry") } ?? TelemetryConfig()
 
@@ -375,6 +385,9 @@ struct ConfigDocumentReader {
             tokensPerDay: walker.optionalInteger(members, "tokens_per_day", at: path, range: quota, zeroHint: hint),
             tokensPerMonth: walker.optionalInteger(members, "tokens_per_month", at: path, range: quota, zeroHint: hint),
             lease: readLeaseMode(members, at: path)
+        ).withBudgets(
+            perDay: readDollars(members, "usd_per_day", at: path, range: 1...LimitSet.maximumBudgetNanos),
+            perMonth: readDollars(members, "usd_per_month", at: path, range: 1...LimitSet.maximumBudgetNanos)
         )
     }
 

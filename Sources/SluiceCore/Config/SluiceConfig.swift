@@ -235,6 +235,8 @@ public struct LimitSet: Sendable, Hashable {
     public static let maximumValue = 150_000_000
     /// The largest daily or monthly quota (also kept exact as a Lua double).
     public static let maximumQuota = 1 << 52
+    /// The largest budget, in nano-dollars: kept exact as a Lua double too ($4,503,599.627370496).
+    public static let maximumBudgetNanos = Int64(1) << 52
 
     public var requestsPerMinute: Int?
     public var tokensPerMinute: Int?
@@ -250,6 +252,10 @@ public struct LimitSet: Sendable, Hashable {
     /// Quotas, enforced by the Redis limiter.
     public var tokensPerDay: Int?
     public var tokensPerMonth: Int?
+    /// Budgets over UTC calendar periods (`usd_per_day`, `usd_per_month`), enforced by the embedded
+    /// limiter.
+    public var usdPerDay: USDAmount?
+    public var usdPerMonth: USDAmount?
     /// Whether the Redis limiter may admit this key's requests against slices of its buckets held
     /// by the node (`nil`: as the tier says, else ``LeaseMode/auto``).
     public var lease: LeaseMode?
@@ -292,7 +298,15 @@ public struct LimitSet: Sendable, Hashable {
             tokensPerDay: overrides.tokensPerDay ?? tokensPerDay,
             tokensPerMonth: overrides.tokensPerMonth ?? tokensPerMonth,
             lease: overrides.lease ?? lease
-        )
+        ).withBudgets(perDay: overrides.usdPerDay ?? usdPerDay, perMonth: overrides.usdPerMonth ?? usdPerMonth)
+    }
+
+    /// These limits with the budgets given.
+    public func withBudgets(perDay: USDAmount?, perMonth: USDAmount?) -> LimitSet {
+        var limits = self
+        limits.usdPerDay = perDay
+        limits.usdPerMonth = perMonth
+        return limits
     }
 }
 

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Synchronization
 
 /// The embedded limiter: every key's buckets in this process's memory, for a single node (the
@@ -19,13 +20,23 @@ public final class InMemoryLimiterStore: LimiterStore {
 
     private let shards: [Shard]
     private let clock: Clock
+    private let calendarClock: CalendarClock
+
+    /// Seconds since 1970-01-01 UTC: the wall clock the budgets' calendar periods follow.
+    public typealias CalendarClock = @Sendable () -> Int64
+    public static let wallClockSeconds: CalendarClock = { Int64(Date().timeIntervalSince1970.rounded(.down)) }
 
     /// - Parameters:
     ///   - shardCount: number of independently locked partitions of the key space.
     ///   - clock: injectable for deterministic tests; by default the monotonic clock.
-    public init(shardCount: Int = InMemoryLimiterStore.defaultShardCount, clock: @escaping Clock = InMemoryLimiterStore.monotonicMicroseconds) {
+    ///   - calendarClock: the wall clock (UTC seconds) of the budgets' days and months; injectable too.
+    public init(
+        shardCount: Int = InMemoryLimiterStore.defaultShardCount, clock: @escaping Clock = InMemoryLimiterStore.monotonicMicroseconds,
+        calendarClock: @escaping CalendarClock = InMemoryLimiterStore.wallClockSeconds
+    ) {
         self.shards = (0..<max(shardCount, 1)).map { _ in Shard() }
         self.clock = clock
+        self.calendarClock = calendarClock
     }
 
     /// Microseconds of the monotonic clock.
@@ -50,9 +61,10 @@ public final class InMemoryLimiterStore: LimiterStore {
     /// `admit`, without the async hop.
     public func admitNow(_ request: AdmissionRequest) -> AdmissionDecision {
         let now = clock()
+        let calendar = BudgetCalendar(seconds: calendarClock())
         return shard(for: request.keyID).state.withLock { state in
-            let decision = state.entries[request.keyID, default: KeyEntry()].admit(request, now: now)
-            state.sweepIfDue(now: now)
+            let decision = state.entries[request.keyID, default: KeyEntry()].admit(request, now: now, calendar: calendar)
+            state.sweepIfDue(now: now, calendar: calendar)
             return decision
         }
     }
@@ -60,11 +72,22 @@ public final class InMemoryLimiterStore: LimiterStore {
     /// `settle`, without the async hop.
     public func settleNow(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) -> RateLimitSnapshot? {
         let now = clock()
+        let calendar = BudgetCalendar(seconds: calendarClock())
         return shard(for: reservation.keyID).state.withLock { state in
             guard state.entries[reservation.keyID] != nil else { return nil }
             return state.entries[reservation.keyID]!.settle(
-                reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now
+                reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now, calendar: calendar
             )
+        }
+    }
+
+    /// What a key's budgets have spent in the current UTC day and month (nano-dollars; reservations
+    /// in flight included at their reserved cost).
+    public func budgetSpent(keyID: String) -> (day: Int64, month: Int64) {
+        let calendar = BudgetCalendar(seconds: calendarClock())
+        return shard(for: keyID).state.withLock { state in
+            guard let entry = state.entries[keyID] else { return (0, 0) }
+            return (entry.budgetDay == calendar.day ? entry.budgetDaySpent : 0, entry.budgetMonth == calendar.month ? entry.budgetMonthSpent : 0)
         }
     }
 
@@ -84,8 +107,9 @@ public final class InMemoryLimiterStore: LimiterStore {
     /// Drops every idle, full entry now, whatever the sweep schedule (for tests and shutdown).
     public func sweep() {
         let now = clock()
+        let calendar = BudgetCalendar(seconds: calendarClock())
         for shard in shards {
-            shard.state.withLock { $0.sweep(now: now) }
+            shard.state.withLock { $0.sweep(now: now, calendar: calendar) }
         }
     }
 
@@ -104,15 +128,36 @@ private struct ShardState {
     var entries: [String: KeyEntry] = [:]
     var lastSweep: Int64 = 0
 
-    mutating func sweepIfDue(now: Int64) {
-        if now - lastSweep >= InMemoryLimiterStore.sweepIntervalMicros { sweep(now: now) }
+    mutating func sweepIfDue(now: Int64, calendar: BudgetCalendar) {
+        if now - lastSweep >= InMemoryLimiterStore.sweepIntervalMicros { sweep(now: now, calendar: calendar) }
     }
 
-    /// An entry whose buckets are all full and that holds no reservation is equivalent to no
-    /// entry at all: dropping it loses nothing.
-    mutating func sweep(now: Int64) {
+    /// An entry whose buckets are all full, that holds no reservation and has spent nothing of a
+    /// budget in the current day or month is equivalent to no entry at all: dropping it loses nothing.
+    mutating func sweep(now: Int64, calendar: BudgetCalendar) {
         lastSweep = now
-        entries = entries.filter { !$0.value.isIdleAndFull(now: now) }
+        entries = entries.filter { !$0.value.isIdleAndFull(now: now, calendar: calendar) }
+    }
+}
+
+/// The UTC calendar periods the budgets count in: day index (days since 1970-01-01) and month index
+/// (year × 12 + month − 1, as the Redis quotas), with the seconds until each ends.
+struct BudgetCalendar {
+    let day: Int64
+    let month: Int64
+    let secondsToNextDay: Int64
+    let secondsToNextMonth: Int64
+
+    init(seconds: Int64) {
+        let day = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let date = CivilCalendar.date(daysSinceEpoch: Int(day))
+        let nextMonthStart = date.month == 12
+            ? CivilCalendar.daysSinceEpoch(year: date.year + 1, month: 1, day: 1)
+            : CivilCalendar.daysSinceEpoch(year: date.year, month: date.month + 1, day: 1)
+        self.day = day
+        self.month = Int64(date.year * 12 + date.month - 1)
+        self.secondsToNextDay = (day + 1) * 86_400 - seconds
+        self.secondsToNextMonth = Int64(nextMonthStart) * 86_400 - seconds
     }
 }
 
@@ -125,8 +170,14 @@ private struct KeyEntry {
     var outputTokensTAT: Int64 = 0
     /// Reservations holding a concurrency slot.
     var inFlight = 0
-    /// Admitted, not yet settled: what makes settle exactly-once.
-    var unsettled: Set<String> = []
+    /// Admitted, not yet settled (what makes settle exactly-once), with the budget periods each was
+    /// charged in: a settlement corrects those periods only if they are still the current ones.
+    var unsettled: [String: (day: Int64, month: Int64)] = [:]
+    /// The budgets' periods and what was spent in them (nano-dollars, reservations included).
+    var budgetDay: Int64 = -1
+    var budgetDaySpent: Int64 = 0
+    var budgetMonth: Int64 = -1
+    var budgetMonthSpent: Int64 = 0
 
     func tat(_ kind: RateLimitKind) -> Int64 {
         switch kind {
@@ -134,7 +185,7 @@ private struct KeyEntry {
         case .tokens: tokensTAT
         case .inputTokens: inputTokensTAT
         case .outputTokens: outputTokensTAT
-        case .concurrency, .dailyTokens, .monthlyTokens: 0
+        case .concurrency, .dailyTokens, .monthlyTokens, .dailyBudget, .monthlyBudget: 0
         }
     }
 
@@ -144,17 +195,24 @@ private struct KeyEntry {
         case .tokens: tokensTAT = value
         case .inputTokens: inputTokensTAT = value
         case .outputTokens: outputTokensTAT = value
-        case .concurrency, .dailyTokens, .monthlyTokens: break
+        case .concurrency, .dailyTokens, .monthlyTokens, .dailyBudget, .monthlyBudget: break
         }
     }
 
-    func isIdleAndFull(now: Int64) -> Bool {
+    func isIdleAndFull(now: Int64, calendar: BudgetCalendar) -> Bool {
         unsettled.isEmpty && inFlight == 0
             && requestsTAT <= now && tokensTAT <= now && inputTokensTAT <= now && outputTokensTAT <= now
+            && (budgetDay != calendar.day || budgetDaySpent == 0) && (budgetMonth != calendar.month || budgetMonthSpent == 0)
+    }
+
+    /// Moves the budget counters to the current periods (a new day or month starts from 0).
+    mutating func rollBudgets(to calendar: BudgetCalendar) {
+        if budgetDay != calendar.day { (budgetDay, budgetDaySpent) = (calendar.day, 0) }
+        if budgetMonth != calendar.month { (budgetMonth, budgetMonthSpent) = (calendar.month, 0) }
     }
 
     /// All-or-nothing: decide every limit first, change state only if all admit.
-    mutating func admit(_ request: AdmissionRequest, now: Int64) -> AdmissionDecision {
+    mutating func admit(_ request: AdmissionRequest, now: Int64, calendar: BudgetCalendar) -> AdmissionDecision {
         let limits = request.limits
         var newTATs: (requests: Int64, tokens: Int64, input: Int64, output: Int64) = (requestsTAT, tokensTAT, inputTokensTAT, outputTokensTAT)
         var denial: RateLimitDenial?
@@ -195,6 +253,19 @@ private struct KeyEntry {
                 retryAfterSeconds: RateLimitDenial.concurrencyRetryAfterSeconds, neverFits: false
             ))
         }
+        // Budgets: the request's maximum cost must fit what is left of the day and the month.
+        rollBudgets(to: calendar)
+        let cost = limits.hasBudget ? max(request.reservedCostNanos, 0) : 0
+        for (kind, budget, spent, renews) in [
+            (RateLimitKind.dailyBudget, limits.usdPerDay, budgetDaySpent, calendar.secondsToNextDay),
+            (RateLimitKind.monthlyBudget, limits.usdPerMonth, budgetMonthSpent, calendar.secondsToNextMonth),
+        ] {
+            guard let budget, spent + cost > budget else { continue }
+            consider(RateLimitDenial(
+                kind: kind, limit: Int(budget), burst: Int(budget), used: Int(spent), requested: Int(cost),
+                retryAfterSeconds: cost > budget ? 0 : Double(renews), neverFits: cost > budget
+            ))
+        }
 
         if let denial {
             return .denied(denial, snapshot(limits: limits, now: now))
@@ -202,12 +273,22 @@ private struct KeyEntry {
         (requestsTAT, tokensTAT, inputTokensTAT, outputTokensTAT) = newTATs
         let reservation = Reservation(admitting: request)
         if reservation.holdsConcurrencySlot { inFlight += 1 }
-        unsettled.insert(request.requestID)
+        if limits.usdPerDay != nil { budgetDaySpent += reservation.reservedCostNanos }
+        if limits.usdPerMonth != nil { budgetMonthSpent += reservation.reservedCostNanos }
+        unsettled[request.requestID] = (calendar.day, calendar.month)
         return .admitted(reservation, snapshot(limits: limits, now: now))
     }
 
-    mutating func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int, now: Int64) -> RateLimitSnapshot? {
-        guard unsettled.remove(reservation.requestID) != nil else { return nil }
+    mutating func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int, now: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot? {
+        guard let periods = unsettled.removeValue(forKey: reservation.requestID) else { return nil }
+        // The budgets: the difference between what was reserved and what the request cost, in the
+        // periods it was charged in (a period that has ended is left as it was).
+        rollBudgets(to: calendar)
+        let difference = reservation.settledCostNanos - reservation.reservedCostNanos
+        if difference != 0 {
+            if reservation.limits.usdPerDay != nil, periods.day == budgetDay { budgetDaySpent = max(budgetDaySpent + difference, 0) }
+            if reservation.limits.usdPerMonth != nil, periods.month == budgetMonth { budgetMonthSpent = max(budgetMonthSpent + difference, 0) }
+        }
         let prompt = max(actualPromptTokens, 0)
         let completion = max(actualCompletionTokens, 0)
         let limits = reservation.limits

@@ -10,6 +10,9 @@ public struct AdmissionRequest: Sendable {
     public var promptTokens: Int
     /// The output reservation: max output × n, or the key's default.
     public var reservedOutputTokens: Int
+    /// The most the request can cost (nano-dollars): what its key's budgets reserve. 0 without a
+    /// budget.
+    public var reservedCostNanos: Int64 = 0
 
     public init(requestID: String, keyID: String, limits: ResolvedLimits, model: String, promptTokens: Int, reservedOutputTokens: Int) {
         self.requestID = requestID
@@ -30,6 +33,7 @@ public struct AdmissionRequest: Sendable {
         case .outputTokens: max(reservedOutputTokens, 0)
         case .concurrency: 1
         case .dailyTokens, .monthlyTokens: max(promptTokens, 0) + max(reservedOutputTokens, 0)
+        case .dailyBudget, .monthlyBudget: Int(max(reservedCostNanos, 0))
         }
     }
 }
@@ -45,8 +49,16 @@ public struct Reservation: Sendable {
     /// Whether a concurrency slot was taken (released at settle).
     public let holdsConcurrencySlot: Bool
     /// What the request cost, set by the settle step before it settles (`nil`: no pricing
-    /// configured); recorded with the usage.
+    /// configured); recorded with the usage, and what the budgets are settled with.
     public var settledCost: RequestCost?
+    /// What the budgets reserved at admission (nano-dollars; 0 without a budget).
+    public var reservedCostNanos: Int64 = 0
+
+    /// What the budgets are charged at settle: the known cost, else (unknown, or not set) the
+    /// reservation, kept as it was.
+    public var settledCostNanos: Int64 {
+        settledCost?.amount.map { max($0.nanos, 0) } ?? reservedCostNanos
+    }
 
     public init(requestID: String, keyID: String, limits: ResolvedLimits, model: String, promptTokens: Int, reservedOutputTokens: Int, holdsConcurrencySlot: Bool) {
         self.requestID = requestID
@@ -60,10 +72,13 @@ public struct Reservation: Sendable {
 
     /// The same claim, with its usage recorded under `model` instead.
     public func recordingUsage(as model: String) -> Reservation {
-        Reservation(
+        var copy = Reservation(
             requestID: requestID, keyID: keyID, limits: limits, model: model, promptTokens: promptTokens,
             reservedOutputTokens: reservedOutputTokens, holdsConcurrencySlot: holdsConcurrencySlot
         )
+        copy.settledCost = settledCost
+        copy.reservedCostNanos = reservedCostNanos
+        return copy
     }
 
     public init(admitting request: AdmissionRequest) {
@@ -72,6 +87,7 @@ public struct Reservation: Sendable {
             promptTokens: max(request.promptTokens, 0), reservedOutputTokens: max(request.reservedOutputTokens, 0),
             holdsConcurrencySlot: request.limits.maxConcurrentRequests != nil
         )
+        reservedCostNanos = request.limits.hasBudget ? max(request.reservedCostNanos, 0) : 0
     }
 }
 
