@@ -485,7 +485,7 @@ final class KeyLane: Sendable {
                     }
                 } else {
                     state.lost = (LostCall(
-                        sequence: call.sequence, admissions: call.admissions.map { ($0.promptTokens, $0.reservedOutputTokens) },
+                        sequence: call.sequence, admissions: call.admissions.map { ($0.promptTokens, $0.reservedOutputTokens, $0.limits.hasBudget ? $0.reservedCostNanos : 0) },
                         settlements: call.settlements, firstResolution: nil,
                         slotsReturned: call.slotsReturned, slotsEpoch: call.slotsEpoch
                     ), call.limits)

@@ -11,6 +11,9 @@ struct SettlementValues: Sendable, Hashable {
     var quotaMonth: Int64
     /// The epoch of the concurrency slot to release (0: the request holds none).
     var slotEpoch: Int64
+    /// What the budgets reserved, and what the request cost (nano-dollars; equal: nothing to correct).
+    var reservedCost: Int64 = 0
+    var actualCost: Int64 = 0
 }
 
 /// Where an admitted request's reservation was charged, kept by its lane until it is settled.
@@ -30,8 +33,8 @@ struct HeldReservation: Sendable, Hashable {
 /// moves the node's sequence number past it.
 struct LostCall: Sendable {
     var sequence: Int64
-    /// Prompt and output of each admission it carried, in order.
-    var admissions: [(prompt: Int, output: Int)]
+    /// Prompt, output and reserved cost of each admission it carried, in order.
+    var admissions: [(prompt: Int, output: Int, cost: Int64)]
     var settlements: [SettlementValues]
     /// The first call that tried to resolve it (its resolution may itself have been lost).
     var firstResolution: Int64?
@@ -100,9 +103,12 @@ struct LaneCall {
         for units in leaseLeast { arguments.append(units) }
         arguments.append(lost?.slotsReturned ?? 0)
         arguments.append(Int(lost?.slotsEpoch ?? 0))
+        arguments.append(Int(limits.usdPerDay ?? 0))
+        arguments.append(Int(limits.usdPerMonth ?? 0))
         for admission in lost?.admissions ?? [] {
             arguments.append(Self.exact(admission.prompt))
             arguments.append(Self.exact(admission.output))
+            arguments.append(Self.exact(admission.cost))
         }
         for settlement in (lost?.settlements ?? []) + settlements {
             arguments.append(Self.exact(settlement.reservedPrompt))
@@ -112,10 +118,13 @@ struct LaneCall {
             arguments.append(Int(settlement.quotaDay))
             arguments.append(Int(settlement.quotaMonth))
             arguments.append(Int(settlement.slotEpoch))
+            arguments.append(Self.exact(settlement.reservedCost))
+            arguments.append(Self.exact(settlement.actualCost))
         }
         for admission in admissions {
             arguments.append(Self.exact(admission.promptTokens))
             arguments.append(Self.exact(admission.reservedOutputTokens))
+            arguments.append(Self.exact(admission.limits.hasBudget ? admission.reservedCostNanos : 0))
         }
         return arguments
     }
@@ -123,6 +132,12 @@ struct LaneCall {
     /// Amounts sent to Lua stay below 2^52 (exact as doubles) and non-negative.
     static func exact(_ amount: Int) -> Int {
         min(max(amount, 0), LimitSet.maximumQuota)
+    }
+
+    /// A cost sent to Lua: at most 2^52 + 1 nano-dollars, more than any budget holds (so a larger
+    /// reservation still never fits), exact as a double.
+    static func exact(_ amount: Int64) -> Int {
+        Int(min(max(amount, 0), LimitSet.maximumBudgetNanos + 1))
     }
 }
 

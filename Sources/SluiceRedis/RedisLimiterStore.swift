@@ -184,11 +184,14 @@ public final class RedisLimiterStore: LimiterStore {
             case .noLease: break
             }
         }
-        let values = SettlementValues(
+        var values = SettlementValues(
             reservedPrompt: reservation.promptTokens, reservedOutput: reservation.reservedOutputTokens,
             actualPrompt: prompt, actualCompletion: completion,
             quotaDay: held.quotaDay, quotaMonth: held.quotaMonth, slotEpoch: held.slotEpoch
         )
+        // The budgets: corrected from the reservation to the request's cost (unknown: kept as reserved).
+        values.reservedCost = reservation.reservedCostNanos
+        values.actualCost = reservation.settledCostNanos
         return await lane.settle(values, limits: reservation.limits)
     }
 

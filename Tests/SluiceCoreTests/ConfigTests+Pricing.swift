@@ -127,8 +127,6 @@ extension ConfigTests {
             "$.tiers.t.usd_per_day: must be between 0.000000001 and 4503599.627370496 USD with at most 9 digits after the point, found 0",
             "$.tiers.t.usd_per_month: must be between 0.000000001 and 4503599.627370496 USD with at most 9 digits after the point, found 5000000",
         ])
-        XCTAssertEqual(problems(#"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "tiers": {"t": {"usd_per_day": 5}}, "keys": [], "redis": {"url": "redis://127.0.0.1:6379"}}"#), [
-            "$.tiers.t.usd_per_day: budgets are enforced by the embedded limiter only in this version: with a redis section they would not be; remove the budget or the redis section",
-        ])
+        XCTAssertEqual(problems(#"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "tiers": {"t": {"usd_per_day": 5}}, "keys": [], "redis": {"url": "redis://127.0.0.1:6379"}}"#), [], "both stores enforce budgets")
     }
 }

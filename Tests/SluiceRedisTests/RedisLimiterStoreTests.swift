@@ -167,6 +167,29 @@ final class RedisLimiterStoreTests: XCTestCase {
 
     // MARK: usage
 
+    /// A budget's spend lives in the key's state hash (bd bdu bm bmu, beside the quotas): another
+    /// node, or this one restarted, continues from it.
+    func testBudgetSpendIsSharedAndOutlivesTheNode() async throws {
+        var limits = ResolvedLimits()
+        limits.usdPerDay = 1_000_000
+        limits.usdPerMonth = 5_000_000
+        var first = request("budgeted", limits)
+        first.reservedCostNanos = 700_000
+        var (reservation, _) = try await admitted(first)
+        reservation.settledCost = .known(USDAmount(nanos: 650_000))
+        _ = try await limiter.settle(reservation, actualPromptTokens: 0, actualCompletionTokens: 0)
+        let fields = try await redis.send(["HMGET", RedisKeyLayout(keyID: "budgeted").state, "bdu", "bmu"])
+        XCTAssertEqual(fields.array?.compactMap(\.string), ["650000", "650000"])
+        let otherNode = try RedisLimiterStore(client: redis)
+        var second = request("budgeted", limits)
+        second.reservedCostNanos = 400_000
+        guard case .denied(let denial, _) = try await otherNode.admit(second) else { return XCTFail("admitted past the budget") }
+        XCTAssertEqual(denial.kind, .dailyBudget)
+        XCTAssertEqual(denial.used, 650_000)
+        second.reservedCostNanos = 350_000
+        guard case .admitted = try await otherNode.admit(second) else { return XCTFail("denied within the budget") }
+    }
+
     /// The settled costs add up exactly per model and day; unknown costs are counted apart, never as 0.
     func testSettleRecordsCostsInTheDailyUsage() async throws {
         let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 10_000))

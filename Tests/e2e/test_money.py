@@ -152,17 +152,19 @@ def budget_gateway(tmp_path_factory, mock):
     g.stop()
 
 
-def test_concurrent_requests_never_overspend_a_budget(budget_gateway):
+def hammer_budget(gateways, prefix: str):
     """$0.0005 a day; each request reserves (prompt × 150 + 20 × 600) n$ and costs prompt × 150 + 12 × 600.
-    Sent 16 at a time until refused: the admitted requests' costs (from the access log) add up to at
-    most the budget, and the refusals are OpenAI's insufficient_quota, not to be retried."""
+    64 requests, 16 at a time, spread over `gateways`: the admitted requests' costs (from the access
+    logs) add up to at most the budget, and the refusals are OpenAI's insufficient_quota, not to be
+    retried."""
     import concurrent.futures
-    c = openai.OpenAI(base_url=budget_gateway.base_url, api_key=BUDGET_SECRET, max_retries=0)
+    clients = [openai.OpenAI(base_url=g.base_url, api_key=BUDGET_SECRET, max_retries=0) for g in gateways]
 
     def one(i):
         try:
-            c.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=20,
-                                      extra_headers={"x-mock-completion-tokens": "12", "x-request-id": f"budget-{i}"})
+            clients[i % len(clients)].chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, max_tokens=20,
+                extra_headers={"x-mock-completion-tokens": "12", "x-request-id": f"{prefix}-{i}"})
             return "ok"
         except openai.RateLimitError as error:
             assert error.code == "insufficient_quota", error
@@ -175,7 +177,7 @@ def test_concurrent_requests_never_overspend_a_budget(budget_gateway):
     assert admitted and "refused" in results, results
     spent = 0
     for i in admitted:
-        fields = access_line(budget_gateway, f"budget-{i}")
+        fields = access_line(gateways[i % len(gateways)], f"{prefix}-{i}")
         assert fields["status"] == "200"
         spent += int(fields["prompt_tokens"]) * 150 + int(fields["completion_tokens"]) * 600
     assert spent <= 500_000, f"{len(admitted)} admitted requests spent {spent} n$ of a 500,000 n$ budget"
@@ -183,3 +185,23 @@ def test_concurrent_requests_never_overspend_a_budget(budget_gateway):
     # (prompt ≤ 30 tokens here: at most 16,500 n$); the at most 16 requests then in flight each got back
     # at most the 8 output tokens they did not use (4,800 n$).
     assert spent > 500_000 - 16_500 - 16 * 4_800, spent
+
+
+def test_concurrent_requests_never_overspend_a_budget(budget_gateway):
+    hammer_budget([budget_gateway], "budget")
+
+
+def test_two_nodes_on_redis_share_one_budget(tmp_path_factory, mock, redis_port):
+    """The same key on two nodes sharing a Redis: one budget between them, never passed."""
+    keys = [{"id": "frugal-shared", "secret_sha256": sha256_hex(BUDGET_SECRET), "limits": {"usd_per_day": 0.0005}}]
+    nodes = []
+    try:
+        for _ in range(2):
+            config = gateway_config(free_port(), mock.port, keys=keys, tiers={})
+            config["pricing"] = PRICING
+            config["redis"] = {"url": f"redis://127.0.0.1:{redis_port}"}
+            nodes.append(Gateway(tmp_path_factory.mktemp("money-node"), config))
+        hammer_budget(nodes, "shared")
+    finally:
+        for node in nodes:
+            node.stop()

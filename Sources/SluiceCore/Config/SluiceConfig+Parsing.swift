@@ -131,16 +131,6 @@ struct ConfigDocumentReader {
         }
 
         let redis = root["redis"].flatMap { $0.isNull ? nil : readRedis($0, at: "$.redis") }
-        if root["redis"].map({ !$0.isNull }) ?? false {
-            // Budgets are enforced by the embedded limiter only, so far: never silently unenforced.
-            let limitSets = tiers.sorted { $0.key < $1.key }.map { (ConfigWalker.member("$.tiers", $0.key), $0.value) }
-                + keys.enumerated().compactMap { index, key in key.limits.map { ("$.keys[\(index)].limits", $0) } }
-            for (path, limits) in limitSets {
-                for (name, value) in [("usd_per_day", limits.usdPerDay), ("usd_per_month", limits.usdPerMonth)] where value != nil {
-                    walker.report("\(path).\(name)", "budgets are enforced by the embedded limiter only in this version: with a redis section they would not be; remove the budget or the redis section")
-                }
-            }
-        }
 
         let telemetry = root["telemetry"].flatMap { $0.isNull ? nil : readTelemetry($0, at: "$.telemetry") } ?? TelemetryConfig()
 

@@ -258,6 +258,10 @@ public final class FailoverLimiterStore: LimiterStore {
         scaled.inputTokens = split(limits.inputTokens)
         scaled.outputTokens = split(limits.outputTokens)
         scaled.maxConcurrentRequests = limits.maxConcurrentRequests.map { max(1, $0 / nodes) }
+        // Budgets: each node its share, counted from zero in its memory (it cannot see what Redis
+        // holds): an outage may let a key spend up to one budget more in all.
+        scaled.usdPerDay = limits.usdPerDay.map { max(1, $0 / Int64(nodes)) }
+        scaled.usdPerMonth = limits.usdPerMonth.map { max(1, $0 / Int64(nodes)) }
         return scaled
     }
 
