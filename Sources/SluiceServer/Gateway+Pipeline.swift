@@ -94,9 +94,11 @@ extension Gateway {
             requestID: reservationID, keyID: key.id, limits: key.limits, model: model,
             promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens
         )
-        // A budget reserves the most the request can cost (the prompt and the output reservation at
-        // the model's dearest prices); a model without a price cannot be charged against it.
-        if key.limits.hasBudget {
+        admission.team = key.team
+        // A budget (the key's or its team's) reserves the most the request can cost (the prompt and
+        // the output reservation at the model's dearest prices); a model without a price cannot be
+        // charged against it.
+        if admission.needsCostReservation {
             guard let price = settings.pricing.price(for: model)?.price else {
                 return await refuse(.budgetUnpriced(model: model), key: key, model: model, requestID: requestID, writer: writer)
             }

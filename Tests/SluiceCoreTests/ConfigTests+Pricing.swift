@@ -130,3 +130,38 @@ extension ConfigTests {
         XCTAssertEqual(problems(#"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "tiers": {"t": {"usd_per_day": 5}}, "keys": [], "redis": {"url": "redis://127.0.0.1:6379"}}"#), [], "both stores enforce budgets")
     }
 }
+
+/// Teams: `teams.<name>` limit sets and `keys[].team`.
+extension ConfigTests {
+    func testTeamsAreLimitSetsKeysName() throws {
+        let json = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "teams": {"red": {"requests_per_minute": 60, "usd_per_day": 5}}, "tiers": {"t": {}}, "keys": [{"id": "k", "secret_sha256": "\#(String(repeating: "a", count: 64))", "tier": "t", "team": "red"}]}"#
+        let config = try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+        XCTAssertEqual(config.teams["red"]?.requestsPerMinute, 60)
+        XCTAssertEqual(config.teams["red"]?.usdPerDay, USDAmount(dollars: 5))
+        XCTAssertEqual(config.keys[0].team, "red")
+        let key = try XCTUnwrap(KeyTable(config: config).keys.first)
+        XCTAssertEqual(key.team?.id, "red")
+        XCTAssertEqual(key.team?.limits.requests?.perMinute, 60)
+        XCTAssertEqual(key.team?.limits.usdPerDay, 5_000_000_000)
+    }
+
+    func testTeamProblems() {
+        func problems(_ extra: String) -> [String] {
+            let json = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "tiers": {"t": {}}"# + extra + "}"
+            do {
+                _ = try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+                return []
+            } catch {
+                return (error as? ConfigError)?.problems.map(\.description) ?? ["\(error)"]
+            }
+        }
+        XCTAssertEqual(problems(#", "teams": {"red": {"requests_per_minte": 1}, "b c": {}}, "keys": [{"id": "k", "secret_sha256": "\#(String(repeating: "a", count: 64))", "tier": "t", "team": "blue"}]"#), [
+            #"$.teams["b c"]: team names must match [A-Za-z0-9_.-]{1,64}"#,
+            #"$.teams.red.requests_per_minte: unknown field "requests_per_minte" (did you mean "requests_per_minute"?)"#,
+            #"$.keys[0].team: unknown team "blue" (known: red)"#,
+        ])
+        XCTAssertEqual(problems(#", "teams": {"red": {}}, "keys": [], "redis": {"url": "redis://127.0.0.1:6379"}"#), [
+            "$.teams: teams are enforced by the embedded limiter only in this version: with a redis section they would not be; remove the teams or the redis section",
+        ])
+    }
+}

@@ -152,13 +152,13 @@ def budget_gateway(tmp_path_factory, mock):
     g.stop()
 
 
-def hammer_budget(gateways, prefix: str):
+def hammer_budget(gateways, prefix: str, secrets=(BUDGET_SECRET,)):
     """$0.0005 a day; each request reserves (prompt × 150 + 20 × 600) n$ and costs prompt × 150 + 12 × 600.
     64 requests, 16 at a time, spread over `gateways`: the admitted requests' costs (from the access
     logs) add up to at most the budget, and the refusals are OpenAI's insufficient_quota, not to be
     retried."""
     import concurrent.futures
-    clients = [openai.OpenAI(base_url=g.base_url, api_key=BUDGET_SECRET, max_retries=0) for g in gateways]
+    clients = [openai.OpenAI(base_url=g.base_url, api_key=secret, max_retries=0) for g in gateways for secret in secrets]
 
     def one(i):
         try:
@@ -177,7 +177,7 @@ def hammer_budget(gateways, prefix: str):
     assert admitted and "refused" in results, results
     spent = 0
     for i in admitted:
-        fields = access_line(gateways[i % len(gateways)], f"{prefix}-{i}")
+        fields = access_line(gateways[(i % len(clients)) // len(secrets)], f"{prefix}-{i}")
         assert fields["status"] == "200"
         spent += int(fields["prompt_tokens"]) * 150 + int(fields["completion_tokens"]) * 600
     assert spent <= 500_000, f"{len(admitted)} admitted requests spent {spent} n$ of a 500,000 n$ budget"
@@ -205,3 +205,20 @@ def test_two_nodes_on_redis_share_one_budget(tmp_path_factory, mock, redis_port)
     finally:
         for node in nodes:
             node.stop()
+
+
+TEAM_SECRETS = ("sk-money-team-a-0123456789", "sk-money-team-b-0123456789")
+
+
+def test_a_teams_keys_share_its_budget(tmp_path_factory, mock):
+    """Two keys of one team (the team's $0.0005 a day, the keys unlimited): one budget between them."""
+    keys = [{"id": f"member-{n}", "secret_sha256": sha256_hex(secret), "team": "squad", "limits": {"requests_per_minute": 1000}}
+            for n, secret in enumerate(TEAM_SECRETS)]
+    config = gateway_config(free_port(), mock.port, keys=keys, tiers={})
+    config["pricing"] = PRICING
+    config["teams"] = {"squad": {"usd_per_day": 0.0005}}
+    node = Gateway(tmp_path_factory.mktemp("money-team"), config)
+    try:
+        hammer_budget([node], "team", secrets=TEAM_SECRETS)
+    finally:
+        node.stop()

@@ -59,19 +59,21 @@ struct ConfigDocumentReader {
     var upstreamModelsComplete = true
     /// The plans of `pricing`, read before the keys that name them.
     var plans: [String: SubscriptionPlan] = [:]
+    /// The names of `teams`, read before the keys that name them.
+    var teamNames: Set<String> = []
 
     init(environment: [String: String], requireMachineSecrets: Bool = true) {
         self.environment = environment
         self.requireMachineSecrets = requireMachineSecrets
     }
 
-    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry", "log", "pricing"]
+    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry", "log", "pricing", "teams"]
     static let logFields = ["format"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
     static let upstreamFields = ["name", "base_url", "api_key_env", "models", "connect_timeout_ms", "first_byte_timeout_ms", "stall_timeout_ms", "request_timeout_ms", "max_connections", "queue_timeout_ms"]
     static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "usd_per_day", "usd_per_month", "lease"]
-    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "previous_response_allowance_tokens", "expires_at", "previous_secrets", "metrics", "plan"]
+    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "previous_response_allowance_tokens", "expires_at", "previous_secrets", "metrics", "plan", "team"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
     static let redisFields = ["url", "cluster_nodes", "password_env", "tls", "on_failure", "fallback_node_count", "usage_stream"]
     static let redisTLSFields = ["ca_file", "cert_file", "key_file", "server_name", "verify"]
@@ -123,6 +125,22 @@ struct ConfigDocumentReader {
         let pricing = root["pricing"].flatMap { $0.isNull ? nil : readPricing($0, at: "$.pricing") } ?? .none
         plans = pricing.plans
 
+        var teams: [String: LimitSet] = [:]
+        if let value = root["teams"], !value.isNull, let members = walker.object(value, at: "$.teams") {
+            for name in members.keys.sorted() {
+                let path = ConfigWalker.member("$.teams", name)
+                if !KeyConfig.isValidID(name) {
+                    walker.report(path, "team names must match [A-Za-z0-9_.-]{1,64}")
+                    continue
+                }
+                if let limits = readLimitSet(members[name]!, at: path) {
+                    reportBurstsWithoutRates(limits, ownFields: limits, at: path)
+                    teams[name] = limits
+                }
+            }
+        }
+        teamNames = Set(teams.keys)
+
         var keys: [KeyConfig] = []
         if let value = root["keys"] {
             keys = readKeys(value, at: "$.keys", tiers: tiers, upstreams: upstreams)
@@ -137,6 +155,11 @@ struct ConfigDocumentReader {
         var config = SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis, telemetry: telemetry)
         if let value = root["log"], !value.isNull { config.log = readLog(value, at: "$.log") }
         config.pricing = pricing
+        config.teams = teams
+        if redis != nil, !teams.isEmpty {
+            // Teams are enforced by the embedded limiter only, so far: never silently unenforced.
+            walker.report("$.teams", "teams are enforced by the embedded limiter only in this version: with a redis section they would not be; remove the teams or the redis section")
+        }
         return config
     }
 
@@ -526,6 +549,14 @@ struct ConfigDocumentReader {
             previousResponseAllowanceTokens: previousResponseAllowance
         )
         key.plan = plan
+        if let team = walker.optionalString(members, "team", at: path) {
+            if teamNames.contains(team) {
+                key.team = team
+            } else {
+                let known = teamNames.sorted().joined(separator: ", ")
+                walker.report("\(path).team", "unknown team \"\(team.prefix(64))\" (known: \(known.isEmpty ? "none defined in teams" : known))")
+            }
+        }
         return key
     }
 

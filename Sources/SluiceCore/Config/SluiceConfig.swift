@@ -19,6 +19,9 @@ public struct SluiceConfig: Sendable {
     public var log = LogConfig()
     /// Model prices and subscription plans (`Pricing.none`: no section; every cost unknown).
     public var pricing = Pricing.none
+    /// Named limit sets shared by all the keys that name them with `"team"` (any limit field,
+    /// budgets included): a request must pass its key's limits and its team's.
+    public var teams: [String: LimitSet] = [:]
 
     public init(
         server: ServerConfig = ServerConfig(),
@@ -361,6 +364,8 @@ public struct KeyConfig: Sendable, Equatable {
     public var metrics: Bool = false
     /// The subscription plan (a `pricing.plans` name) the key's requests are priced under; `nil`: none.
     public var plan: String?
+    /// The team (a `teams` name) whose limits the key shares with the team's other keys; `nil`: none.
+    public var team: String?
 
     /// A secret replaced by a rotation, still valid for a while.
     public struct PreviousSecret: Sendable, Equatable {

@@ -62,6 +62,7 @@ public final class InMemoryLimiterStore: LimiterStore {
     public func admitNow(_ request: AdmissionRequest) -> AdmissionDecision {
         let now = clock()
         let calendar = BudgetCalendar(seconds: calendarClock())
+        if let team = request.team { return admitWithTeam(request, team: team, now: now, calendar: calendar) }
         return shard(for: request.keyID).state.withLock { state in
             let decision = state.entries[request.keyID, default: KeyEntry()].admit(request, now: now, calendar: calendar)
             state.sweepIfDue(now: now, calendar: calendar)
@@ -73,12 +74,97 @@ public final class InMemoryLimiterStore: LimiterStore {
     public func settleNow(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) -> RateLimitSnapshot? {
         let now = clock()
         let calendar = BudgetCalendar(seconds: calendarClock())
+        if let team = reservation.team {
+            // The team's share of the settlement: the same request, on the team's limits.
+            var teamShare = Reservation(
+                requestID: reservation.requestID, keyID: Self.teamEntryID(team.id), limits: team.limits, model: reservation.model,
+                promptTokens: reservation.promptTokens, reservedOutputTokens: reservation.reservedOutputTokens,
+                holdsConcurrencySlot: team.limits.maxConcurrentRequests != nil
+            )
+            teamShare.reservedCostNanos = reservation.reservedCostNanos
+            teamShare.settledCost = reservation.settledCost
+            _ = shard(for: teamShare.keyID).state.withLock { state -> RateLimitSnapshot? in
+                guard state.entries[teamShare.keyID] != nil else { return nil }
+                return state.entries[teamShare.keyID]!.settle(
+                    teamShare, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now, calendar: calendar
+                )
+            }
+        }
         return shard(for: reservation.keyID).state.withLock { state in
             guard state.entries[reservation.keyID] != nil else { return nil }
             return state.entries[reservation.keyID]!.settle(
                 reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now, calendar: calendar
             )
         }
+    }
+
+    /// The name of a team's entry: no key id holds a control character, so it names no key.
+    static func teamEntryID(_ team: String) -> String { "\u{1}team\u{1}" + team }
+
+    /// A request of a key in a team: the key's entry and the team's, each decided on its own limits
+    /// on a copy, and written back only if both admit — one atomic step (both shards locked, in
+    /// index order).
+    private func admitWithTeam(_ request: AdmissionRequest, team: TeamSubject, now: Int64, calendar: BudgetCalendar) -> AdmissionDecision {
+        var teamRequest = request
+        teamRequest.keyID = Self.teamEntryID(team.id)
+        teamRequest.limits = team.limits
+        teamRequest.team = nil
+        let keyIndex = shardIndex(for: request.keyID), teamIndex = shardIndex(for: teamRequest.keyID)
+        func decide(_ keyState: inout ShardState, _ teamState: inout ShardState) -> AdmissionDecision {
+            var keyEntry = keyState.entries[request.keyID] ?? KeyEntry()
+            var teamEntry = teamState.entries[teamRequest.keyID] ?? KeyEntry()
+            let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
+            let teamDecision = teamEntry.admit(teamRequest, now: now, calendar: calendar)
+            switch (keyDecision, teamDecision) {
+            case (.admitted(var reservation, let snapshot), .admitted):
+                keyState.entries[request.keyID] = keyEntry
+                teamState.entries[teamRequest.keyID] = teamEntry
+                reservation.team = team
+                return .admitted(reservation, snapshot)
+            case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
+                return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, snapshot)
+            case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
+                // Nothing is written back: the copy that admitted is dropped; the key's state as it stood.
+                return .denied(denial, (keyState.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now))
+            }
+        }
+        if keyIndex == teamIndex {
+            return shards[keyIndex].state.withLock { state in
+                let decision = decideInOneShard(&state, request: request, teamRequest: teamRequest, team: team, now: now, calendar: calendar)
+                state.sweepIfDue(now: now, calendar: calendar)
+                return decision
+            }
+        }
+        let (first, second) = keyIndex < teamIndex ? (keyIndex, teamIndex) : (teamIndex, keyIndex)
+        return shards[first].state.withLock { firstState in
+            shards[second].state.withLock { secondState in
+                keyIndex == first ? decide(&firstState, &secondState) : decide(&secondState, &firstState)
+            }
+        }
+    }
+
+    /// `admitWithTeam` when the key's and the team's entries share a shard.
+    private func decideInOneShard(_ state: inout ShardState, request: AdmissionRequest, teamRequest: AdmissionRequest, team: TeamSubject, now: Int64, calendar: BudgetCalendar) -> AdmissionDecision {
+        var keyEntry = state.entries[request.keyID] ?? KeyEntry()
+        var teamEntry = state.entries[teamRequest.keyID] ?? KeyEntry()
+        let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
+        let teamDecision = teamEntry.admit(teamRequest, now: now, calendar: calendar)
+        switch (keyDecision, teamDecision) {
+        case (.admitted(var reservation, let snapshot), .admitted):
+            state.entries[request.keyID] = keyEntry
+            state.entries[teamRequest.keyID] = teamEntry
+            reservation.team = team
+            return .admitted(reservation, snapshot)
+        case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
+            return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, snapshot)
+        case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
+            return .denied(denial, (state.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now))
+        }
+    }
+
+    /// What a team's budgets have spent in the current UTC day and month (as `budgetSpent(keyID:)`).
+    public func budgetSpent(team: String) -> (day: Int64, month: Int64) {
+        budgetSpent(keyID: Self.teamEntryID(team))
     }
 
     /// What a key's budgets have spent in the current UTC day and month (nano-dollars; reservations
@@ -114,7 +200,11 @@ public final class InMemoryLimiterStore: LimiterStore {
     }
 
     private func shard(for keyID: String) -> Shard {
-        shards[Int(UInt(bitPattern: keyID.hashValue) % UInt(shards.count))]
+        shards[shardIndex(for: keyID)]
+    }
+
+    private func shardIndex(for keyID: String) -> Int {
+        Int(UInt(bitPattern: keyID.hashValue) % UInt(shards.count))
     }
 }
 

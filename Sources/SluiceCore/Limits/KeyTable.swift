@@ -16,6 +16,8 @@ public struct APIKey: Sendable, Hashable {
     public let previousResponseAllowanceTokens: Int
     /// The subscription plan its requests are priced under (`keys[].plan`); `nil`: none.
     public var plan: String?
+    /// Its team and the team's limits (`keys[].team`); `nil`: none.
+    public var team: TeamSubject?
 
     public init(id: String, limits: ResolvedLimits, allowedModels: [ModelMatcher]?, defaultOutputTokens: Int, exportsMetrics: Bool = false,
                 previousResponseAllowanceTokens: Int = KeyConfig.defaultPreviousResponseAllowanceTokens) {
@@ -122,6 +124,7 @@ public struct KeyTable: Sendable {
             let limits = ResolvedLimits(tier: keyConfig.tier.flatMap { config.tiers[$0] }, own: keyConfig.limits)
             var key = APIKey(id: keyConfig.id, limits: limits, allowedModels: keyConfig.models, defaultOutputTokens: keyConfig.defaultOutputTokens, exportsMetrics: keyConfig.metrics, previousResponseAllowanceTokens: keyConfig.previousResponseAllowanceTokens)
             key.plan = keyConfig.plan
+            key.team = keyConfig.team.map { TeamSubject(id: $0, limits: ResolvedLimits(tier: nil, own: config.teams[$0])) }
             keys.append(key)
             if let digest = SecretDigest(hex: keyConfig.secretSHA256), byDigest[digest] == nil {
                 byDigest[digest] = Entry(digest: digest, key: key, expiresAt: keyConfig.expiresAt)

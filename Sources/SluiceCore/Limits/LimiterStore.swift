@@ -1,3 +1,15 @@
+/// A team a request's key belongs to: its id and its limits, shared by all its keys. A request must
+/// pass both its key's limits and its team's, in one atomic step; charges and refunds go to both.
+public struct TeamSubject: Sendable, Hashable {
+    public let id: String
+    public let limits: ResolvedLimits
+
+    public init(id: String, limits: ResolvedLimits) {
+        self.id = id
+        self.limits = limits
+    }
+}
+
 /// What the pipeline asks the limiter for one request (step 6, "admit").
 public struct AdmissionRequest: Sendable {
     /// Unique per request; settles are idempotent per id. Sluice's own id, never a client's
@@ -13,6 +25,11 @@ public struct AdmissionRequest: Sendable {
     /// The most the request can cost (nano-dollars): what its key's budgets reserve. 0 without a
     /// budget.
     public var reservedCostNanos: Int64 = 0
+    /// The key's team, whose limits the request must pass too (`nil`: none).
+    public var team: TeamSubject?
+
+    /// Whether the key or its team has a budget: the request's maximum cost must be reserved.
+    public var needsCostReservation: Bool { limits.hasBudget || (team?.limits.hasBudget ?? false) }
 
     public init(requestID: String, keyID: String, limits: ResolvedLimits, model: String, promptTokens: Int, reservedOutputTokens: Int) {
         self.requestID = requestID
@@ -53,6 +70,8 @@ public struct Reservation: Sendable {
     public var settledCost: RequestCost?
     /// What the budgets reserved at admission (nano-dollars; 0 without a budget).
     public var reservedCostNanos: Int64 = 0
+    /// The team charged with the key (`nil`: none).
+    public var team: TeamSubject?
 
     /// What the budgets are charged at settle: the known cost, else (unknown, or not set) the
     /// reservation, kept as it was.
@@ -78,6 +97,7 @@ public struct Reservation: Sendable {
         )
         copy.settledCost = settledCost
         copy.reservedCostNanos = reservedCostNanos
+        copy.team = team
         return copy
     }
 
@@ -87,7 +107,8 @@ public struct Reservation: Sendable {
             promptTokens: max(request.promptTokens, 0), reservedOutputTokens: max(request.reservedOutputTokens, 0),
             holdsConcurrencySlot: request.limits.maxConcurrentRequests != nil
         )
-        reservedCostNanos = request.limits.hasBudget ? max(request.reservedCostNanos, 0) : 0
+        reservedCostNanos = request.needsCostReservation ? max(request.reservedCostNanos, 0) : 0
+        team = request.team
     }
 }
 
