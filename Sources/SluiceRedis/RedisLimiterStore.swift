@@ -195,6 +195,24 @@ public final class RedisLimiterStore: LimiterStore {
         return await lane.settle(values, limits: reservation.limits)
     }
 
+    /// A key's quota and budget counters of the current UTC day and month (node's wall clock), read
+    /// from its state hash (one `HMGET`, charging nothing). Teams are not kept in Redis yet: nothing known.
+    public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        guard case .key(let keyID) = subject else { return PeriodUsage() }
+        let key = RedisKeyLayout(keyID: keyID).state
+        let reply = try await client.send(["HMGET", key, "qd", "qdu", "qm", "qmu", "bd", "bdu", "bm", "bmu"], routedBy: key)
+        guard let elements = reply.array, elements.count == 8 else { throw RedisError.unexpectedReply("HMGET of a state hash: \(reply)") }
+        let values = elements.map { $0.string.flatMap { Int64($0) } }
+        let calendar = BudgetCalendar(seconds: Int64(Self.wallClockMicros() / 1_000_000))
+        func inPeriod(_ period: Int64?, _ value: Int64?, _ current: Int64) -> Int64 { period == current ? (value ?? 0) : 0 }
+        return PeriodUsage(
+            tokensToday: Int(inPeriod(values[0], values[1], calendar.day)),
+            tokensThisMonth: Int(inPeriod(values[2], values[3], calendar.month)),
+            spentToday: USDAmount(nanos: inPeriod(values[4], values[5], calendar.day)),
+            spentThisMonth: USDAmount(nanos: inPeriod(values[6], values[7], calendar.month))
+        )
+    }
+
     /// The key's slot in a Redis Cluster (its state lives on that slot's primary), else 0.
     public func failureDomain(keyID: String) -> Int {
         // One Redis is one domain: no key name built on every admission and settlement.

@@ -114,6 +114,8 @@ public final class Gateway: RequestHandling {
             }
         case .listModels:
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: nil)
+        case .keyState:
+            outcome = await keyState(request, requestID: requestID, writer: writer)
         case .retrieveModel(let id):
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: id)
         case .responseResource(let pathBelowVersion):
@@ -256,7 +258,7 @@ public final class Gateway: RequestHandling {
         }
     }
 
-    private func write(_ writer: ResponseWriter, requestID: String, keyID: String? = nil, _ body: () async throws -> Void) async -> RequestOutcome {
+    func write(_ writer: ResponseWriter, requestID: String, keyID: String? = nil, _ body: () async throws -> Void) async -> RequestOutcome {
         do { try await body() } catch {
             logger.debug("client went away before the response", metadata: ["request_id": "\(requestID)"])
         }

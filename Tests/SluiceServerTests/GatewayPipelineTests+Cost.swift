@@ -85,6 +85,23 @@ final class GatewayPipelineCostTests: XCTestCase {
         XCTAssertTrue(harness.limiter.admittedIDs.isEmpty)
     }
 
+    /// `GET /v1/sluice/key`, authenticated by the key itself: its limits and what its budget has left.
+    func testKeyStateShowsTheBudgetBeingSpent() async throws {
+        let before = try await harness.send(.GET, path: "/v1/sluice/key", secret: GatewayPipelineTests.budgetSecret)
+        XCTAssertEqual(before.status, 200)
+        let limits = #""limits":{"requests_per_minute":null,"requests_burst":null,"tokens_per_minute":null,"tokens_burst":null,"input_tokens_per_minute":null,"input_tokens_burst":null,"output_tokens_per_minute":null,"output_tokens_burst":null,"max_concurrent_requests":null,"tokens_per_day":null,"tokens_per_month":null,"usd_per_day":0.00001,"usd_per_month":null}"#
+        XCTAssertEqual(before.body, #"{"object":"sluice.key","id":"budget","# + limits + #","remaining":{"requests":null,"tokens":null,"tokens_today":null,"tokens_this_month":null,"usd_today":0.00001,"usd_this_month":null},"used":{"tokens_today":null,"tokens_this_month":null,"usd_today":0,"usd_this_month":null},"team":null}"#)
+        harness.upstream.script(.ok(completionTokens: 1))
+        let answered = try await harness.send(body: chat(#","max_tokens":1"#), secret: GatewayPipelineTests.budgetSecret)
+        let cost = try XCTUnwrap(answered.headers.first(name: "x-sluice-cost-usd"))
+        let spent = try XCTUnwrap(USDAmount(decimal: cost))
+        let after = try await harness.send(.GET, path: "/v1/sluice/key", secret: GatewayPipelineTests.budgetSecret)
+        XCTAssertTrue(after.body.contains(#""used":{"tokens_today":null,"tokens_this_month":null,"usd_today":\#(spent),"#), after.body)
+        XCTAssertTrue(after.body.contains(#""usd_today":\#(USDAmount(nanos: 10_000 - spent.nanos))"#), after.body)
+        let anonymous = try await harness.send(.GET, path: "/v1/sluice/key", secret: nil)
+        XCTAssertEqual(anonymous.status, 401)
+    }
+
     func testNoPricingSectionNoCost() async throws {
         let plain = try PipelineHarness()
         plain.upstream.script(.ok(completionTokens: 3))

@@ -507,6 +507,10 @@ final class RecordingLimiter: LimiterStore {
     func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         try await inner.snapshot(keyID: keyID, limits: limits)
     }
+
+    func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        try await inner.periodUsage(subject)
+    }
 }
 
 private func sha256(_ text: String) -> String {

@@ -185,10 +185,25 @@ def hammer_budget(gateways, prefix: str, secrets=(BUDGET_SECRET,)):
     # (prompt ≤ 30 tokens here: at most 16,500 n$); the at most 16 requests then in flight each got back
     # at most the 8 output tokens they did not use (4,800 n$).
     assert spent > 500_000 - 16_500 - 16 * 4_800, spent
+    return spent
+
+
+def key_state(gateway, secret: str) -> dict:
+    """GET /v1/sluice/key, authenticated by the key itself."""
+    response = httpx.get(gateway.base_url + "/sluice/key", headers={"Authorization": f"Bearer {secret}"}, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 def test_concurrent_requests_never_overspend_a_budget(budget_gateway):
-    hammer_budget([budget_gateway], "budget")
+    spent = hammer_budget([budget_gateway], "budget")
+    # Read back through the key itself: every request settled, so what is used is what was spent.
+    state = key_state(budget_gateway, BUDGET_SECRET)
+    assert state["id"] == "frugal"
+    assert state["limits"]["usd_per_day"] == 0.0005
+    assert Decimal(str(state["used"]["usd_today"])) == Decimal(usd(spent))
+    assert Decimal(str(state["remaining"]["usd_today"])) == Decimal(usd(500_000 - spent))
+    assert state["team"] is None
 
 
 def test_two_nodes_on_redis_share_one_budget(tmp_path_factory, mock, redis_port):
@@ -201,7 +216,11 @@ def test_two_nodes_on_redis_share_one_budget(tmp_path_factory, mock, redis_port)
             config["pricing"] = PRICING
             config["redis"] = {"url": f"redis://127.0.0.1:{redis_port}"}
             nodes.append(Gateway(tmp_path_factory.mktemp("money-node"), config))
-        hammer_budget(nodes, "shared")
+        spent = hammer_budget(nodes, "shared")
+        for node in nodes:
+            state = key_state(node, BUDGET_SECRET)
+            assert Decimal(str(state["used"]["usd_today"])) == Decimal(usd(spent)), state
+            assert state["used"]["usd_this_month"] is None, "no monthly budget: nothing counts the month"
     finally:
         for node in nodes:
             node.stop()
@@ -219,6 +238,11 @@ def test_a_teams_keys_share_its_budget(tmp_path_factory, mock):
     config["teams"] = {"squad": {"usd_per_day": 0.0005}}
     node = Gateway(tmp_path_factory.mktemp("money-team"), config)
     try:
-        hammer_budget([node], "team", secrets=TEAM_SECRETS)
+        spent = hammer_budget([node], "team", secrets=TEAM_SECRETS)
+        state = key_state(node, TEAM_SECRETS[1])
+        assert state["id"] == "member-1"
+        assert state["team"]["id"] == "squad"
+        assert Decimal(str(state["team"]["used"]["usd_today"])) == Decimal(usd(spent)), state
+        assert state["used"]["usd_today"] is None, "the keys have no budget of their own: the team was charged"
     finally:
         node.stop()

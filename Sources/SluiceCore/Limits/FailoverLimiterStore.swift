@@ -213,6 +213,15 @@ public final class FailoverLimiterStore: LimiterStore {
         return settled
     }
 
+    /// The shared store's counters; the node's own when the shared store does not answer.
+    public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        do {
+            return try await shared.periodUsage(subject)
+        } catch {
+            return try await local.periodUsage(subject)
+        }
+    }
+
     public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         let domain = shared.failureDomain(keyID: keyID)
         if shouldTryShared(domain, probe: false) {

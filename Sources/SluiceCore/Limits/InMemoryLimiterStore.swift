@@ -162,6 +162,16 @@ public final class InMemoryLimiterStore: LimiterStore {
         }
     }
 
+    /// The budgets' spend of a key or team (token quotas are not kept here: `nil`).
+    public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        let spent: (day: Int64, month: Int64)
+        switch subject {
+        case .key(let id): spent = budgetSpent(keyID: id)
+        case .team(let id): spent = budgetSpent(team: id)
+        }
+        return PeriodUsage(spentToday: USDAmount(nanos: spent.day), spentThisMonth: USDAmount(nanos: spent.month))
+    }
+
     /// What a team's budgets have spent in the current UTC day and month (as `budgetSpent(keyID:)`).
     public func budgetSpent(team: String) -> (day: Int64, month: Int64) {
         budgetSpent(keyID: Self.teamEntryID(team))
@@ -232,13 +242,13 @@ private struct ShardState {
 
 /// The UTC calendar periods the budgets count in: day index (days since 1970-01-01) and month index
 /// (year × 12 + month − 1, as the Redis quotas), with the seconds until each ends.
-struct BudgetCalendar {
-    let day: Int64
-    let month: Int64
-    let secondsToNextDay: Int64
-    let secondsToNextMonth: Int64
+public struct BudgetCalendar: Sendable {
+    public let day: Int64
+    public let month: Int64
+    public let secondsToNextDay: Int64
+    public let secondsToNextMonth: Int64
 
-    init(seconds: Int64) {
+    public init(seconds: Int64) {
         let day = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         let date = CivilCalendar.date(daysSinceEpoch: Int(day))
         let nextMonthStart = date.month == 12

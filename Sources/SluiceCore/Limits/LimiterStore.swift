@@ -202,6 +202,29 @@ public enum AdmissionDecision: Sendable {
     case denied(RateLimitDenial, RateLimitSnapshot)
 }
 
+/// Whose calendar usage to read: a key's, or a team's.
+public enum LimitSubject: Sendable, Hashable {
+    case key(String)
+    case team(String)
+}
+
+/// What a subject has used of its calendar limits in the current UTC day and month; `nil` where the
+/// store does not keep it (the embedded limiter keeps no token quotas).
+public struct PeriodUsage: Sendable, Hashable {
+    public var tokensToday: Int?
+    public var tokensThisMonth: Int?
+    /// Spend counted against the budgets: settled costs plus the reservations still in flight.
+    public var spentToday: USDAmount?
+    public var spentThisMonth: USDAmount?
+
+    public init(tokensToday: Int? = nil, tokensThisMonth: Int? = nil, spentToday: USDAmount? = nil, spentThisMonth: USDAmount? = nil) {
+        self.tokensToday = tokensToday
+        self.tokensThisMonth = tokensThisMonth
+        self.spentToday = spentToday
+        self.spentThisMonth = spentThisMonth
+    }
+}
+
 /// Where the limits' state lives: in memory (`InMemoryLimiterStore`, one node) or in Redis
 /// (every node shares it). Both implement exactly these semantics.
 ///
@@ -224,6 +247,10 @@ public protocol LimiterStore: Sendable {
     /// The key's current state, charging nothing (for responses that skip admission).
     func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot
 
+    /// What `subject` used of its quotas and budgets in the current UTC day and month, charging
+    /// nothing (`GET /v1/sluice/key`).
+    func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage
+
     /// Which part of the store holds the key's state and fails on its own (a Redis Cluster slot):
     /// the failure policy applies per part, so keys elsewhere keep exact limits.
     func failureDomain(keyID: String) -> Int
@@ -232,4 +259,7 @@ public protocol LimiterStore: Sendable {
 extension LimiterStore {
     /// A store that fails as one.
     public func failureDomain(keyID: String) -> Int { 0 }
+
+    /// A store that keeps no calendar counters: nothing known.
+    public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage { PeriodUsage() }
 }
