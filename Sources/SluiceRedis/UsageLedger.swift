@@ -76,7 +76,8 @@ struct UsageLedger: Sendable {
 }
 
 extension RedisLimiterStore.ModelUsage {
-    mutating func add(_ other: Self) {
+    /// Adds `other`'s counts and costs to these.
+    public mutating func add(_ other: Self) {
         promptTokens += other.promptTokens
         completionTokens += other.completionTokens
         requests += other.requests

@@ -131,6 +131,33 @@ def test_spend_adds_up_in_usage_and_metrics(gateway, tmp_module):
     assert rows["gpt-4o-mini"][4] == usd(total), out.stdout
     assert rows["gpt-4o"][4:] == ["0", "+", "1", "unknown"], out.stdout
 
+    # The same, as JSON and CSV, over a range (--from/--to: today and the day before).
+    import datetime
+    import json
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    out = subprocess.run([SLUICE_BIN, "usage", "--config", str(gateway.config_path), "--from", str(today - datetime.timedelta(days=1)),
+                          "--to", str(today), "--format", "json"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["from"] == str(today - datetime.timedelta(days=1)) and report["to"] == str(today)
+    [mini] = [r for r in report["rows"] if r["key"] == "spender" and r["model"] == "gpt-4o-mini"]
+    assert mini["day"] == str(today)
+    assert mini["requests"] == len(lines)
+    assert Decimal(str(mini["cost_usd"])) == Decimal(usd(total))
+    assert mini["unknown_cost_requests"] == 0
+    [unpriced] = [r for r in report["rows"] if r["model"] == "gpt-4o"]
+    assert unpriced["cost_usd"] == 0 and unpriced["unknown_cost_requests"] == 1
+    assert report["total"]["requests"] == len(lines) + 1
+    out = subprocess.run([SLUICE_BIN, "usage", "--config", str(gateway.config_path), "--key", "spender", "--format", "csv"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    csv_lines = out.stdout.splitlines()
+    assert csv_lines[0] == "key,day,model,requests,prompt_tokens,completion_tokens,cost_usd,unknown_cost_requests"
+    assert f"spender,{today},gpt-4o-mini,{len(lines)}," in out.stdout
+    bad = subprocess.run([SLUICE_BIN, "usage", "--config", str(gateway.config_path), "--from", str(today), "--to", str(today - datetime.timedelta(days=1))],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "is after --to" in bad.stderr
+
     metrics = gateway.metrics()
     [value] = re.findall(r'^sluice_spend_usd_total\{key="spender",model="gpt-4o-mini"\} (\S+)$', metrics, re.M)
     assert abs(float(value) - total / 1e9) < 1e-12
