@@ -420,9 +420,15 @@ final class KeyLane: Sendable {
             state.lastCallMonotonic = sent
             if call.lost != nil { state.lost = nil }
             state.sharedHeaders = Array(reply.headerValues)
+            // The budgets' headers: their spend after the call, their periods on Redis' clock.
+            let calendar = BudgetCalendar(seconds: reply.redisMicros / 1_000_000)
+            func withBudgets(_ snapshot: RateLimitSnapshot, _ limits: ResolvedLimits) -> RateLimitSnapshot {
+                guard limits.hasBudget else { return snapshot }
+                return snapshot.addingBudgets(limits, spentToday: reply.budgetSpent.day, spentThisMonth: reply.budgetSpent.month, calendar: calendar)
+            }
             for (queued, outcome) in zip(admissions, reply.admissions) {
                 let request = queued.request
-                let snapshot = Self.snapshot(request.limits, outcome.headerValues)
+                let snapshot = withBudgets(Self.snapshot(request.limits, outcome.headerValues), request.limits)
                 if outcome.admitted {
                     let slot = request.limits.maxConcurrentRequests != nil ? reply.slotEpoch : 0
                     var held = HeldReservation(quotaDay: reply.quotaDay, quotaMonth: reply.quotaMonth, slotEpoch: slot)
@@ -455,7 +461,7 @@ final class KeyLane: Sendable {
                 }
                 state.lease = LimiterLease(limits: limits, slices: slices, parkedSlots: reply.slotsGranted, slotEpoch: reply.slotEpoch)
             }
-            return Self.snapshot(limits, reply.headerValues, adding: state.lease, now: reply.redisMicros)
+            return withBudgets(Self.snapshot(limits, reply.headerValues, adding: state.lease, now: reply.redisMicros), limits)
         }
         for (queued, decision) in zip(admissions, decisions) { queued.continuation.resume(returning: decision) }
         for settlement in settlements { settlement.continuation?.resume(returning: snapshot) }

@@ -172,6 +172,8 @@ struct LaneReply: Sendable {
     /// Concurrency slots granted to park on this node.
     var slotsGranted = 0
     var admissions: [Admission] = []
+    /// The budgets' spend after the call (today, this month; nano-dollars).
+    var budgetSpent: (day: Int64, month: Int64) = (0, 0)
 
     static let headerCount = 20
     static let perAdmission = 15
@@ -189,9 +191,10 @@ struct LaneReply: Sendable {
         corrupt = values[1] != 0
         redisMicros = values[2]
         guard status == .applied else { return }
-        guard values.count == Self.headerCount + count * Self.perAdmission else {
+        guard values.count == Self.headerCount + count * Self.perAdmission + 2 else {
             throw .unexpectedReply("batch.lua returned \(values.count) values for \(count) admissions")
         }
+        budgetSpent = (values[values.count - 2], values[values.count - 1])
         slotEpoch = values[3]
         lostResolution = values[4]
         quotaDay = values[5]

@@ -253,16 +253,27 @@ struct LimiterStoreConformance {
     }
 
     private func settled(_ reservation: Reservation, cost: RequestCost?) async throws {
+        _ = try await settled(reservation, prompt: 1, completion: 1, cost: cost)
+    }
+
+    private func settled(_ reservation: Reservation, prompt: Int, completion: Int, cost: RequestCost?) async throws -> RateLimitSnapshot {
         var reservation = reservation
         reservation.settledCost = cost
-        _ = try await settled(reservation, prompt: 1, completion: 1)
+        return try await settled(reservation, prompt: prompt, completion: completion)
     }
 
     func budgetReservesTheMaximumAndSettleCorrectsIt() async throws {
         let key = newKey()
-        let (first, _) = try await admitted(costing(key, 600_000))
+        let (first, admittedSnapshot) = try await admitted(costing(key, 600_000))
         XCTAssertEqual(first.reservedCostNanos, 600_000)
-        let (denial, _) = try await denied(costing(key, 600_000))
+        // The budget's header values: $0.001 a day, $0.0004 left while $0.0006 is reserved.
+        XCTAssertEqual(admittedSnapshot.limitUSDDay, USDAmount(nanos: 1_000_000))
+        XCTAssertEqual(admittedSnapshot.remainingUSDDay, USDAmount(nanos: 400_000))
+        XCTAssertNil(admittedSnapshot.limitUSDMonth, "no monthly budget: no header")
+        let reset = try XCTUnwrap(admittedSnapshot.resetUSDDaySeconds)
+        XCTAssertTrue((0...86_400).contains(reset), "\(reset)")
+        let (denial, deniedSnapshot) = try await denied(costing(key, 600_000))
+        XCTAssertEqual(deniedSnapshot.remainingUSDDay, USDAmount(nanos: 400_000), "a refusal charges nothing")
         XCTAssertEqual(denial.kind, .dailyBudget)
         XCTAssertEqual(denial.limit, 1_000_000)
         XCTAssertEqual(denial.used, 600_000)
@@ -270,7 +281,8 @@ struct LimiterStoreConformance {
         XCTAssertFalse(denial.neverFits)
         XCTAssertGreaterThan(denial.retryAfterSeconds, 0)
         XCTAssertLessThanOrEqual(denial.retryAfterSeconds, 86_400, "renews at the next UTC midnight")
-        try await settled(first, cost: .known(USDAmount(nanos: 100_000)))
+        let afterSettle = try await settled(first, prompt: 1, completion: 1, cost: .known(USDAmount(nanos: 100_000)))
+        XCTAssertEqual(afterSettle.remainingUSDDay, USDAmount(nanos: 900_000))
         try await admitted(costing(key, 600_000))
         let (full, _) = try await denied(costing(key, 600_000))
         XCTAssertEqual(full.used, 700_000, "the settled cost plus the new reservation")

@@ -70,10 +70,16 @@ final class GatewayPipelineCostTests: XCTestCase {
         XCTAssertTrue(refused.body.contains(#""code":"insufficient_quota""#), refused.body)
         XCTAssertTrue(refused.body.contains("USD per day"), refused.body)
         XCTAssertEqual(harness.upstream.requestCount, 0)
+        XCTAssertEqual(refused.headers.first(name: "x-ratelimit-limit-usd-day"), "0.00001")
+        XCTAssertEqual(refused.headers.first(name: "x-ratelimit-remaining-usd-day"), "0.00001")
+        XCTAssertNotNil(refused.headers.first(name: "x-ratelimit-reset-usd-day"))
+        XCTAssertNil(refused.headers.first(name: "x-ratelimit-limit-usd-month"))
         let admitted = try await harness.send(body: chat(#","max_tokens":1"#), secret: GatewayPipelineTests.budgetSecret)
         XCTAssertEqual(admitted.status, 200)
         let admission = try XCTUnwrap(harness.limiter.admissions.last)
         XCTAssertEqual(admission.reservedCostNanos, Int64(admission.promptTokens * 150 + 600))
+        // The headers went out with the answer, the reservation still held.
+        XCTAssertEqual(admitted.headers.first(name: "x-ratelimit-remaining-usd-day"), USDAmount(nanos: 10_000 - admission.reservedCostNanos).description)
     }
 
     func testBudgetKeyCannotUseAnUnpricedModel() async throws {

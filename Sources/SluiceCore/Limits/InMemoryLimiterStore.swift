@@ -190,8 +190,9 @@ public final class InMemoryLimiterStore: LimiterStore {
     /// `snapshot`, without the async hop.
     public func snapshotNow(keyID: String, limits: ResolvedLimits) -> RateLimitSnapshot {
         let now = clock()
+        let calendar = BudgetCalendar(seconds: calendarClock())
         return shard(for: keyID).state.withLock { state in
-            (state.entries[keyID] ?? KeyEntry()).snapshot(limits: limits, now: now)
+            (state.entries[keyID] ?? KeyEntry()).snapshot(limits: limits, now: now, calendar: calendar)
         }
     }
 
@@ -368,7 +369,7 @@ private struct KeyEntry {
         }
 
         if let denial {
-            return .denied(denial, snapshot(limits: limits, now: now))
+            return .denied(denial, snapshot(limits: limits, now: now, calendar: calendar))
         }
         (requestsTAT, tokensTAT, inputTokensTAT, outputTokensTAT) = newTATs
         let reservation = Reservation(admitting: request)
@@ -376,7 +377,7 @@ private struct KeyEntry {
         if limits.usdPerDay != nil { budgetDaySpent += reservation.reservedCostNanos }
         if limits.usdPerMonth != nil { budgetMonthSpent += reservation.reservedCostNanos }
         unsettled[request.requestID] = (calendar.day, calendar.month)
-        return .admitted(reservation, snapshot(limits: limits, now: now))
+        return .admitted(reservation, snapshot(limits: limits, now: now, calendar: calendar))
     }
 
     mutating func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int, now: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot? {
@@ -396,7 +397,7 @@ private struct KeyEntry {
         reconcile(.inputTokens, limits, reserved: reservation.promptTokens, actual: prompt, now: now)
         reconcile(.outputTokens, limits, reserved: reservation.reservedOutputTokens, actual: completion, now: now)
         if reservation.holdsConcurrencySlot { inFlight = max(inFlight - 1, 0) }
-        return snapshot(limits: limits, now: now)
+        return snapshot(limits: limits, now: now, calendar: calendar)
     }
 
     /// Refunds what was reserved but not used, or charges what was used beyond the reservation
@@ -409,6 +410,16 @@ private struct KeyEntry {
         } else {
             setTAT(kind, bucket.charge(Int64(actual - reserved), tat: tat(kind), now: now))
         }
+    }
+
+    /// `snapshot(limits:now:)` with the budgets' headers of the current periods.
+    func snapshot(limits: ResolvedLimits, now: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot {
+        let plain = snapshot(limits: limits, now: now)
+        guard limits.hasBudget else { return plain }
+        return plain.addingBudgets(
+            limits, spentToday: budgetDay == calendar.day ? budgetDaySpent : 0,
+            spentThisMonth: budgetMonth == calendar.month ? budgetMonthSpent : 0, calendar: calendar
+        )
     }
 
     func snapshot(limits: ResolvedLimits, now: Int64) -> RateLimitSnapshot {

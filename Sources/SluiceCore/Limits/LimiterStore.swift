@@ -164,8 +164,34 @@ public struct RateLimitSnapshot: Sendable, Hashable {
     /// Seconds until the token bucket is full again.
     public var resetTokensSeconds: Double?
 
+    /// Budgets (`usd_per_day`, `usd_per_month`): the limit, what is left of it now, and the seconds
+    /// until its UTC period renews; `nil` when not configured.
+    public var limitUSDDay: USDAmount?
+    public var remainingUSDDay: USDAmount?
+    public var resetUSDDaySeconds: Double?
+    public var limitUSDMonth: USDAmount?
+    public var remainingUSDMonth: USDAmount?
+    public var resetUSDMonthSeconds: Double?
+
     /// No limits configured: no headers.
     public static let empty = RateLimitSnapshot()
+
+    /// These values with the budgets' of `limits`, given what they spent (nano-dollars) in the periods
+    /// of `calendar`.
+    public func addingBudgets(_ limits: ResolvedLimits, spentToday: Int64, spentThisMonth: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot {
+        var snapshot = self
+        if let limit = limits.usdPerDay {
+            snapshot.limitUSDDay = USDAmount(nanos: limit)
+            snapshot.remainingUSDDay = USDAmount(nanos: max(limit - spentToday, 0))
+            snapshot.resetUSDDaySeconds = Double(calendar.secondsToNextDay)
+        }
+        if let limit = limits.usdPerMonth {
+            snapshot.limitUSDMonth = USDAmount(nanos: limit)
+            snapshot.remainingUSDMonth = USDAmount(nanos: max(limit - spentThisMonth, 0))
+            snapshot.resetUSDMonthSeconds = Double(calendar.secondsToNextMonth)
+        }
+        return snapshot
+    }
 
     /// The header values for `limits`: what is left in the requests and tokens buckets and how long
     /// until each is full (µs); a limit that is not configured gets no values. Both stores build

@@ -44,7 +44,8 @@
 --          lease granted: start, end µs of each bucket (0 0: none), concurrency slots,
 --          then 15 per admission: admitted 1|0, denial kind, limit, burst, used, requested,
 --          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs,
---          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none)}
+--          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none),
+--          then the budgets' spend after the call: today, this month (nano-dollars; 0 without budgets)}
 --   denial kinds: 1 requests 2 tokens 3 input tokens 4 output tokens 5 concurrency
 --                 6 daily tokens 7 monthly tokens 8 USD per day 9 USD per month
 --   quota day and month are those of the token quotas and the budgets alike (the same calendar).
@@ -443,4 +444,7 @@ local out = { 1, corrupt, now, mine.epoch, lost, quotaDay, quotaMonth }
 snapshotValues(out)
 for _, v in ipairs(granted) do out[#out + 1] = v end
 for _, v in ipairs(results) do out[#out + 1] = v end
+-- Last, the budgets' spend after the call (today, this month; 0 without budgets): their headers.
+out[#out + 1] = dayCost
+out[#out + 1] = monthCost
 return out
