@@ -273,3 +273,47 @@ def test_a_teams_keys_share_its_budget(tmp_path_factory, mock):
         assert state["used"]["usd_today"] is None, "the keys have no budget of their own: the team was charged"
     finally:
         node.stop()
+
+
+def test_four_nodes_share_one_budget(tmp_path_factory):
+    """scripts/cluster's four nodes on one Redis (as test_cluster.py starts them), one key with a
+    $0.0005 daily budget, 16 clients over the four nodes: never more than the budget in all; read back
+    through every node (GET /v1/sluice/key) and `sluice usage --format json`."""
+    import json
+    import types
+    import test_cluster as tc
+    if not all(tc.REQUIRED.values()):
+        pytest.skip("missing: " + ", ".join(k for k, v in tc.REQUIRED.items() if not v))
+    keys = [{"id": "frugal-4", "secret_sha256": sha256_hex(BUDGET_SECRET), "limits": {"usd_per_day": 0.0005}}]
+    original = tc.cluster_config
+
+    def with_pricing(*args, **kwargs):
+        config = original(*args, **kwargs)
+        config["pricing"] = PRICING
+        return config
+
+    tc.cluster_config = with_pricing
+    cluster_run = tc.start_cluster(tmp_path_factory.mktemp("money-cluster"), keys)
+    try:
+        cluster = next(cluster_run)
+        nodes = [types.SimpleNamespace(
+                    base_url=f"http://127.0.0.1:{port}/v1",
+                    log_text=(lambda k=k: (cluster.run_dir / f"node-{k}/sluice.log").read_text(errors="replace")))
+                 for k, port in enumerate(cluster.node_ports, start=1)]
+        spent = hammer_budget(nodes, "four")
+        for node in nodes:
+            state = key_state(node, BUDGET_SECRET)
+            assert Decimal(str(state["used"]["usd_today"])) == Decimal(usd(spent)), state
+        deadline = time.time() + 10
+        while True:
+            out = subprocess.run([SLUICE_BIN, "usage", "--config", str(cluster.run_dir / "node-1/sluice.json"),
+                                  "--key", "frugal-4", "--format", "json"], capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            report = json.loads(out.stdout)
+            if Decimal(str(report["total"]["cost_usd"])) == Decimal(usd(spent)) or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert Decimal(str(report["total"]["cost_usd"])) == Decimal(usd(spent)), report
+    finally:
+        tc.cluster_config = original
+        cluster_run.close()
