@@ -165,3 +165,15 @@ extension ConfigTests {
         ])
     }
 }
+
+extension ConfigTests {
+    func testBudgetWithoutAnyPriceIsAWarning() throws {
+        let json = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "tiers": {"t": {"usd_per_month": 5}}, "keys": []}"#
+        let config = try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+        XCTAssertEqual(config.quotaAndBurstFindings().map(\.description), [
+            "warning: $.tiers.t.usd_per_month: no model has a price (pricing.models): every request of a key with this budget is refused",
+        ])
+        let priced = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "tiers": {"t": {"usd_per_month": 5}}, "keys": [], "pricing": {"models": {"*": {"input_per_mtok": 1, "output_per_mtok": 1}}}}"#
+        XCTAssertEqual(try SluiceConfig.parse(bytes: Array(priced.utf8), environment: [:]).quotaAndBurstFindings(), [])
+    }
+}

@@ -148,7 +148,7 @@ extension SluiceConfig {
         guard redis == nil else { return findings }
         return findings + [("tokens_per_day", limits.tokensPerDay), ("tokens_per_month", limits.tokensPerMonth)].compactMap { name, value in
             value.map { _ in
-                ConfigFinding(.warning, "\(path).\(name)", "not enforced: quotas need the shared Redis store (a \"redis\" section); the embedded limiter keeps no calendar counters")
+                ConfigFinding(.warning, "\(path).\(name)", "not enforced: quotas need the shared Redis store (a \"redis\" section); the embedded limiter keeps no token quota counters (only budgets)")
             }
         }
     }
