@@ -14,6 +14,8 @@ struct SettlementValues: Sendable, Hashable {
     /// What the budgets reserved, and what the request cost (nano-dollars; equal: nothing to correct).
     var reservedCost: Int64 = 0
     var actualCost: Int64 = 0
+    /// Whether the request counts in the key's tokens of the month (its price depends on them).
+    var tracksMonthTokens = false
 }
 
 /// Where an admitted request's reservation was charged, kept by its lane until it is settled.
@@ -34,7 +36,7 @@ struct HeldReservation: Sendable, Hashable {
 struct LostCall: Sendable {
     var sequence: Int64
     /// Prompt, output and reserved cost of each admission it carried, in order.
-    var admissions: [(prompt: Int, output: Int, cost: Int64)]
+    var admissions: [(prompt: Int, output: Int, cost: Int64, tracks: Bool)]
     var settlements: [SettlementValues]
     /// The first call that tried to resolve it (its resolution may itself have been lost).
     var firstResolution: Int64?
@@ -105,10 +107,14 @@ struct LaneCall {
         arguments.append(Int(lost?.slotsEpoch ?? 0))
         arguments.append(Int(limits.usdPerDay ?? 0))
         arguments.append(Int(limits.usdPerMonth ?? 0))
+        let tracking = admissions.contains(where: \.tracksMonthTokens) || settlements.contains(where: \.tracksMonthTokens)
+            || (lost.map { $0.admissions.contains(where: \.tracks) || $0.settlements.contains(where: \.tracksMonthTokens) } ?? false)
+        arguments.append(tracking ? 1 : 0)
         for admission in lost?.admissions ?? [] {
             arguments.append(Self.exact(admission.prompt))
             arguments.append(Self.exact(admission.output))
             arguments.append(Self.exact(admission.cost))
+            arguments.append(admission.tracks ? 1 : 0)
         }
         for settlement in (lost?.settlements ?? []) + settlements {
             arguments.append(Self.exact(settlement.reservedPrompt))
@@ -120,11 +126,13 @@ struct LaneCall {
             arguments.append(Int(settlement.slotEpoch))
             arguments.append(Self.exact(settlement.reservedCost))
             arguments.append(Self.exact(settlement.actualCost))
+            arguments.append(settlement.tracksMonthTokens ? 1 : 0)
         }
         for admission in admissions {
             arguments.append(Self.exact(admission.promptTokens))
             arguments.append(Self.exact(admission.reservedOutputTokens))
-            arguments.append(Self.exact(admission.limits.hasBudget ? admission.reservedCostNanos : 0))
+            arguments.append(Self.exact(admission.needsCostReservation ? admission.reservedCostNanos : 0))
+            arguments.append(admission.tracksMonthTokens ? 1 : 0)
         }
         return arguments
     }
@@ -157,6 +165,8 @@ struct LaneReply: Sendable {
         var headerValues: ArraySlice<Int64>
         /// Where its charge starts in the tokens, input and output buckets (0: not configured).
         var chargeStarts: [Int64]
+        /// The key's tokens of the month before it (-1: not tracked).
+        var monthTokensBefore: Int64 = -1
     }
 
     var status: Status
@@ -176,7 +186,7 @@ struct LaneReply: Sendable {
     var budgetSpent: (day: Int64, month: Int64) = (0, 0)
 
     static let headerCount = 20
-    static let perAdmission = 15
+    static let perAdmission = 16
 
     init(_ reply: RedisReply, admissions count: Int) throws(RedisError) {
         guard let elements = reply.array, elements.count >= 3 else { throw .unexpectedReply("batch.lua returned \(reply)") }
@@ -218,7 +228,7 @@ struct LaneReply: Sendable {
             }
             admissions.append(Admission(
                 admitted: admitted, denial: denial, headerValues: values[(base + 8)..<(base + 12)],
-                chargeStarts: Array(values[(base + 12)..<(base + 15)])
+                chargeStarts: Array(values[(base + 12)..<(base + 15)]), monthTokensBefore: values[base + 15]
             ))
         }
     }

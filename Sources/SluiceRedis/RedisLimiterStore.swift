@@ -175,7 +175,7 @@ public final class RedisLimiterStore: LimiterStore {
         let prompt = max(actualPromptTokens, 0)
         let completion = max(actualCompletionTokens, 0)
         recordUsage(reservation, promptTokens: prompt, completionTokens: completion)
-        if reservation.limits.isUnlimited { return .empty }
+        if reservation.limits.isUnlimited, reservation.monthTokensBefore == nil { return .empty }
         if let taken = held.leased {
             // Against this node's lease when it holds one: only usage beyond it goes to Redis.
             switch lane.settleAgainstLease(taken, reservation, slotEpoch: held.slotEpoch, prompt: prompt, completion: completion) {
@@ -192,6 +192,7 @@ public final class RedisLimiterStore: LimiterStore {
         // The budgets: corrected from the reservation to the request's cost (unknown: kept as reserved).
         values.reservedCost = reservation.reservedCostNanos
         values.actualCost = reservation.settledCostNanos
+        values.tracksMonthTokens = reservation.monthTokensBefore != nil
         return await lane.settle(values, limits: reservation.limits)
     }
 

@@ -95,6 +95,11 @@ extension Gateway {
             promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens
         )
         admission.team = key.team
+        // Volume tiers and plans price a token by where it falls in the key's month: the limiter
+        // counts the key's tokens of the month and tells the request where its own start.
+        if let price = settings.pricing.price(for: model)?.price {
+            admission.tracksMonthTokens = price.dependsOnMonthPosition(plan: key.plan.flatMap { settings.pricing.plans[$0] })
+        }
         // A budget (the key's or its team's) reserves the most the request can cost (the prompt and
         // the output reservation at the model's dearest prices); a model without a price cannot be
         // charged against it.
@@ -156,7 +161,8 @@ extension Gateway {
         let exchange = ProxyExchange(
             requestID: requestID, key: key, request: openAIRequest, endpoint: endpoint, upstream: upstream,
             upstreamBody: openAIRequest.upstreamBody(original: body), promptTokens: promptTokens,
-            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model), pricing: settings.pricing
+            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model), pricing: settings.pricing,
+            monthTokensBefore: reservation.monthTokensBefore
         )
         let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger, trace: trace)
 

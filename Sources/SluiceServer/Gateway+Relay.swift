@@ -22,6 +22,8 @@ struct ProxyExchange: Sendable {
     let encoding: BPEEncoding
     /// The prices of the settings snapshot the request walks with.
     let pricing: Pricing
+    /// Where the request's tokens start in the key's month (volume tiers, plans); `nil`: not known.
+    let monthTokensBefore: Int?
 
     /// What the request costs for the outcome `result`: the prompt and completion tokens it is
     /// charged (the cached part of the prompt as the upstream reported it) at the model's price,
@@ -35,7 +37,7 @@ struct ProxyExchange: Sendable {
             inputTokens: result.reportedPromptTokens ?? promptTokens, cachedInputTokens: result.cachedInputTokens ?? 0,
             outputTokens: result.completionTokens
         )
-        return pricing.cost(model: request.model, planName: key.plan, tokens: tokens)
+        return pricing.cost(model: request.model, planName: key.plan, tokens: tokens, monthTokensBefore: monthTokensBefore)
     }
 }
 

@@ -478,3 +478,48 @@ struct AlwaysLeased: LimiterStore {
         try await store.snapshot(keyID: keyID, limits: limits)
     }
 }
+
+// MARK: - the month's tokens (volume tiers, plans)
+
+extension LimiterStoreConformance {
+    /// A request priced by its position in the key's month learns where its tokens start: after the
+    /// settled tokens and the reservations admitted before it; settle corrects the count.
+    func monthTokensGivePositions() async throws {
+        let key = "month-" + UUID().uuidString.prefix(8).lowercased()
+        func tracked(_ prompt: Int, _ output: Int, limits: ResolvedLimits = ResolvedLimits()) -> AdmissionRequest {
+            var admission = AdmissionRequest(requestID: UUID().uuidString, keyID: key, limits: limits, model: model, promptTokens: prompt, reservedOutputTokens: output)
+            admission.tracksMonthTokens = true
+            return admission
+        }
+        guard case .admitted(let first, _) = try await store.admit(tracked(100, 50)) else { return XCTFail("denied") }
+        XCTAssertEqual(first.monthTokensBefore, 0)
+        guard case .admitted(let second, _) = try await store.admit(tracked(10, 10, limits: ResolvedLimits(requests: BucketLimit(perMinute: 1_000)))) else { return XCTFail("denied") }
+        XCTAssertEqual(second.monthTokensBefore, 150, "after the first one's reservation")
+        _ = try await store.settle(first, actualPromptTokens: 100, actualCompletionTokens: 20)
+        _ = try await store.settle(second, actualPromptTokens: 10, actualCompletionTokens: 10)
+        guard case .admitted(let third, _) = try await store.admit(tracked(1, 1)) else { return XCTFail("denied") }
+        XCTAssertEqual(third.monthTokensBefore, 140, "120 + 20 settled")
+        // A request that does not track learns nothing.
+        var untracked = tracked(1, 1)
+        untracked.tracksMonthTokens = false
+        guard case .admitted(let plain, _) = try await store.admit(untracked) else { return XCTFail("denied") }
+        XCTAssertNil(plain.monthTokensBefore)
+    }
+}
+
+final class MonthTokensConformanceTests: XCTestCase {
+    func testInMemory() async throws {
+        try await LimiterStoreConformance(store: InMemoryLimiterStore()).monthTokensGivePositions()
+    }
+
+    func testRedis() async throws {
+        let server = try RedisServerProcess()
+        let client = try RedisClient(config: server.config, options: testClientOptions)
+        defer {
+            client.shutdown()
+            server.stop()
+        }
+        try await LimiterStoreConformance(store: try RedisLimiterStore(client: client)).monthTokensGivePositions()
+        try await LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client))).monthTokensGivePositions()
+    }
+}

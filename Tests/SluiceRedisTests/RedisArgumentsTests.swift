@@ -64,7 +64,8 @@ final class RedisArgumentsTests: XCTestCase {
         settlement.actualCost = 17
         var request = AdmissionRequest(requestID: "r", keyID: "team-a", limits: limits, model: "m", promptTokens: 7, reservedOutputTokens: 8)
         request.reservedCostNanos = 18
-        let lost = LostCall(sequence: 4, admissions: [(prompt: 9, output: 10, cost: 19)], settlements: [settlement], firstResolution: nil)
+        request.tracksMonthTokens = true
+        let lost = LostCall(sequence: 4, admissions: [(prompt: 9, output: 10, cost: 19, tracks: false)], settlements: [settlement], firstResolution: nil)
         var call = LaneCall(sequence: 5, limits: limits, admissions: [request], settlements: [settlement], lost: lost)
         call.leaseWanted = [11, 12, 0, 0]
         call.leaseReturned[1] = (end: 13, tailStart: 14)
@@ -81,10 +82,11 @@ final class RedisArgumentsTests: XCTestCase {
         expected += ["1", "15", "0", "0"]                     // the least worth taking
         expected += ["0", "0"]                                // slots the lost call gave back
         expected += ["0", "5000000000"]                       // the budgets per day and month (n$)
-        expected += ["9", "10", "19"]                         // the lost admission
-        expected += ["1", "2", "3", "4", "5", "-1", "6", "16", "17"] // the lost settlement
-        expected += ["1", "2", "3", "4", "5", "-1", "6", "16", "17"] // the settlement
-        expected += ["7", "8", "18"]                          // the admission
+        expected += ["1"]                                     // some request tracks the month's tokens
+        expected += ["9", "10", "19", "0"]                    // the lost admission
+        expected += ["1", "2", "3", "4", "5", "-1", "6", "16", "17", "0"] // the lost settlement
+        expected += ["1", "2", "3", "4", "5", "-1", "6", "16", "17", "0"] // the settlement
+        expected += ["7", "8", "18", "1"]                     // the admission
         XCTAssertEqual(arguments, RedisArguments(expected))
     }
 }

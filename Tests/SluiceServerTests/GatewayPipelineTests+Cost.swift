@@ -108,6 +108,23 @@ final class GatewayPipelineCostTests: XCTestCase {
         XCTAssertEqual(anonymous.status, 401)
     }
 
+    /// Volume tiers: the limiter tells each request where its tokens start in the key's month. $1/M
+    /// (1,000 n$ a token) until the key's 12th token, $0.5/M from it.
+    func testVolumeTierPricesFromTheKeysMonthPosition() async throws {
+        let tiered = try PipelineHarness(pricing: #"{"models": {"gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 1, "volume_tiers": [{"after_tokens": 12, "input_per_mtok": 0.5, "output_per_mtok": 0.5}]}}}"#)
+        tiered.upstream.script(.ok(completionTokens: 2), .ok(completionTokens: 2))
+        let first = try await tiered.send(body: chat(#","max_tokens":2"#))
+        let prompt = try XCTUnwrap(tiered.limiter.admissions.first?.promptTokens)
+        XCTAssertTrue(tiered.limiter.admissions.first?.tracksMonthTokens ?? false)
+        // Positions 0 ..< prompt + 2: those below 12 at 1,000 n$, the rest at 500 n$.
+        func cost(from start: Int, tokens: Int) -> Int64 {
+            Int64((start..<(start + tokens)).map { $0 < 12 ? 1_000 : 500 }.reduce(0, +))
+        }
+        XCTAssertEqual(first.headers.first(name: "x-sluice-cost-usd"), USDAmount(nanos: cost(from: 0, tokens: prompt + 2)).description)
+        let second = try await tiered.send(body: chat(#","max_tokens":2"#))
+        XCTAssertEqual(second.headers.first(name: "x-sluice-cost-usd"), USDAmount(nanos: cost(from: prompt + 2, tokens: prompt + 2)).description, "after the first request's settled tokens")
+    }
+
     func testNoPricingSectionNoCost() async throws {
         let plain = try PipelineHarness()
         plain.upstream.script(.ok(completionTokens: 3))

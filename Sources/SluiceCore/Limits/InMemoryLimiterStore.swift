@@ -109,6 +109,7 @@ public final class InMemoryLimiterStore: LimiterStore {
         teamRequest.keyID = Self.teamEntryID(team.id)
         teamRequest.limits = team.limits
         teamRequest.team = nil
+        teamRequest.tracksMonthTokens = false
         let keyIndex = shardIndex(for: request.keyID), teamIndex = shardIndex(for: teamRequest.keyID)
         func decide(_ keyState: inout ShardState, _ teamState: inout ShardState) -> AdmissionDecision {
             var keyEntry = keyState.entries[request.keyID] ?? KeyEntry()
@@ -279,6 +280,9 @@ private struct KeyEntry {
     var budgetDaySpent: Int64 = 0
     var budgetMonth: Int64 = -1
     var budgetMonthSpent: Int64 = 0
+    /// The key's tokens of the month, for requests whose price depends on their position in it.
+    var tokensMonth: Int64 = -1
+    var monthTokens: Int64 = 0
 
     func tat(_ kind: RateLimitKind) -> Int64 {
         switch kind {
@@ -304,6 +308,7 @@ private struct KeyEntry {
         unsettled.isEmpty && inFlight == 0
             && requestsTAT <= now && tokensTAT <= now && inputTokensTAT <= now && outputTokensTAT <= now
             && (budgetDay != calendar.day || budgetDaySpent == 0) && (budgetMonth != calendar.month || budgetMonthSpent == 0)
+            && (tokensMonth != calendar.month || monthTokens == 0)
     }
 
     /// Moves the budget counters to the current periods (a new day or month starts from 0).
@@ -377,7 +382,13 @@ private struct KeyEntry {
         if limits.usdPerDay != nil { budgetDaySpent += reservation.reservedCostNanos }
         if limits.usdPerMonth != nil { budgetMonthSpent += reservation.reservedCostNanos }
         unsettled[request.requestID] = (calendar.day, calendar.month)
-        return .admitted(reservation, snapshot(limits: limits, now: now, calendar: calendar))
+        var admitted = reservation
+        if request.tracksMonthTokens {
+            if tokensMonth != calendar.month { (tokensMonth, monthTokens) = (calendar.month, 0) }
+            admitted.monthTokensBefore = Int(monthTokens)
+            monthTokens += Int64(reservation.promptTokens + reservation.reservedOutputTokens)
+        }
+        return .admitted(admitted, snapshot(limits: limits, now: now, calendar: calendar))
     }
 
     mutating func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int, now: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot? {
@@ -385,6 +396,10 @@ private struct KeyEntry {
         // The budgets: the difference between what was reserved and what the request cost, in the
         // periods it was charged in (a period that has ended is left as it was).
         rollBudgets(to: calendar)
+        if reservation.monthTokensBefore != nil, periods.month == tokensMonth {
+            let tokens = Int64(max(actualPromptTokens, 0) + max(actualCompletionTokens, 0) - reservation.promptTokens - reservation.reservedOutputTokens)
+            monthTokens = max(monthTokens + tokens, 0)
+        }
         let difference = reservation.settledCostNanos - reservation.reservedCostNanos
         if difference != 0 {
             if reservation.limits.usdPerDay != nil, periods.day == budgetDay { budgetDaySpent = max(budgetDaySpent + difference, 0) }

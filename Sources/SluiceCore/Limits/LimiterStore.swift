@@ -27,6 +27,10 @@ public struct AdmissionRequest: Sendable {
     public var reservedCostNanos: Int64 = 0
     /// The key's team, whose limits the request must pass too (`nil`: none).
     public var team: TeamSubject?
+    /// Whether the request's price depends on the key's position in its month's tokens (volume
+    /// tiers, a plan): the store then counts the key's tokens of the month and tells the request
+    /// where it starts (`Reservation.monthTokensBefore`).
+    public var tracksMonthTokens = false
 
     /// Whether the key or its team has a budget: the request's maximum cost must be reserved.
     public var needsCostReservation: Bool { limits.hasBudget || (team?.limits.hasBudget ?? false) }
@@ -72,6 +76,10 @@ public struct Reservation: Sendable {
     public var reservedCostNanos: Int64 = 0
     /// The team charged with the key (`nil`: none).
     public var team: TeamSubject?
+    /// For a request that tracks the month's tokens: the key's tokens of the calendar month (UTC)
+    /// before it — settled ones, and the reservations of those admitted before it — where its own
+    /// tokens start for volume tiers and plans. `nil`: not tracked.
+    public var monthTokensBefore: Int?
 
     /// What the budgets are charged at settle: the known cost, else (unknown, or not set) the
     /// reservation, kept as it was.
@@ -98,6 +106,7 @@ public struct Reservation: Sendable {
         copy.settledCost = settledCost
         copy.reservedCostNanos = reservedCostNanos
         copy.team = team
+        copy.monthTokensBefore = monthTokensBefore
         return copy
     }
 

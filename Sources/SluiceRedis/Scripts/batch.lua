@@ -23,10 +23,12 @@
 --             admits nothing and only keeps the capacity from the other nodes)
 --       43 parked slots the lost call gave back   44 their epoch
 --       45 USD per day   46 USD per month: the budgets, nano-dollars (0: none)
---       47..  lost admissions (3 each: prompt, output, cost), lost settlements and settlements (9
---             each: reserved prompt, reserved output, actual prompt, actual completion, quota day,
---             quota month (-1: not charged), slot epoch (0: no slot), reserved cost, actual cost),
---             admissions (3 each: prompt, output, cost (nano-dollars: the most the request can cost))
+--       47 1 when some request of the call tracks the key's tokens of the month (fields pm pmu)
+--       48..  lost admissions (4 each: prompt, output, cost, tracks 1|0), lost settlements and
+--             settlements (10 each: reserved prompt, reserved output, actual prompt, actual
+--             completion, quota day, quota month (-1: not charged), slot epoch (0: no slot), reserved
+--             cost, actual cost, tracks 1|0), admissions (4 each: prompt, output, cost (nano-dollars:
+--             the most the request can cost), tracks the month's tokens 1|0)
 --
 -- Node entries n:<node> = "slots leaseExpiryMs epoch ack seenMs admitted granted": the concurrency
 -- slots the node's requests hold or it keeps parked (counted while leaseExpiryMs is ahead: a dead node's slots free one TTL
@@ -45,6 +47,7 @@
 --          then 15 per admission: admitted 1|0, denial kind, limit, burst, used, requested,
 --          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs,
 --          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none),
+--          the key's tokens of the month before it (-1: not tracked),
 --          then the budgets' spend after the call: today, this month (nano-dollars; 0 without budgets)}
 --   denial kinds: 1 requests 2 tokens 3 input tokens 4 output tokens 5 concurrency
 --                 6 daily tokens 7 monthly tokens 8 USD per day 9 USD per month
@@ -132,11 +135,22 @@ local hasBudget = usdPerDay > 0 or usdPerMonth > 0
 local today, thisMonth, nextDay, nextMonthDay = -2, -2, -2, -2
 local dayUsed, monthUsed = 0, 0
 local dayCost, monthCost = 0, 0
-if hasQuota or hasBudget then
+-- The key's tokens of the month, for requests priced by their position in it (volume tiers, plans).
+local tracking = tonumber(ARGV[47]) == 1
+local monthTokens = 0
+local monthTokensChanged = false
+if hasQuota or hasBudget or tracking then
   today, thisMonth, nextDay, nextMonthDay = quotaPeriods(seconds)
   dayUsed, monthUsed = stateQuota(fields, today, thisMonth)
   if stateInteger(fields, 'bd') == today then dayCost = stateInteger(fields, 'bdu') or 0 end
   if stateInteger(fields, 'bm') == thisMonth then monthCost = stateInteger(fields, 'bmu') or 0 end
+  if stateInteger(fields, 'pm') == thisMonth then monthTokens = stateInteger(fields, 'pmu') or 0 end
+end
+local function addMonthTokens(month, amount)
+  if month == thisMonth and amount ~= 0 then
+    monthTokens = math.max(monthTokens + amount, 0)
+    monthTokensChanged = true
+  end
 end
 local quotaChanged = false
 local budgetChanged = false
@@ -169,6 +183,9 @@ local function settle(at)
   reconcile(4, reservedOutput, actualCompletion)
   addQuota(tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), actualPrompt + actualCompletion - reservedPrompt - reservedOutput)
   addBudget(tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), tonumber(ARGV[at + 8]) - tonumber(ARGV[at + 7]))
+  if tonumber(ARGV[at + 9]) == 1 then
+    addMonthTokens(tonumber(ARGV[at + 5]), actualPrompt + actualCompletion - reservedPrompt - reservedOutput)
+  end
   local epoch = tonumber(ARGV[at + 6])
   if epoch ~= 0 and epoch == mine.epoch and mine.slots > 0 then mine.slots = mine.slots - 1 end
 end
@@ -182,13 +199,14 @@ local function release(at)
   reconcile(4, output, 0)
   if hasQuota then addQuota(today, thisMonth, -(prompt + output)) end
   addBudget(today, thisMonth, -tonumber(ARGV[at + 2]))
+  if tonumber(ARGV[at + 3]) == 1 then addMonthTokens(thisMonth, -(prompt + output)) end
   if maxConcurrent > 0 and mine.slots > 0 then mine.slots = mine.slots - 1 end
 end
 
 local lostSeq, firstResolution = tonumber(ARGV[18]), tonumber(ARGV[19])
 local lostAdmissions, lostSettlements = tonumber(ARGV[20]), tonumber(ARGV[21])
 local settlements, admissions = tonumber(ARGV[22]), tonumber(ARGV[23])
-local at = 47
+local at = 48
 local lost = -1
 if lostSeq > 0 then
   if mine.ack >= firstResolution then
@@ -196,19 +214,19 @@ if lostSeq > 0 then
   elseif mine.ack >= lostSeq then
     lost = 1
     for index = 0, lostAdmissions - 1 do
-      if string.sub(mine.admitted, index + 1, index + 1) == '1' then release(at + index * 3) end
+      if string.sub(mine.admitted, index + 1, index + 1) == '1' then release(at + index * 4) end
     end
     -- The slots it parked on the node never reached it.
     mine.slots = math.max(mine.slots - mine.granted, 0)
   else
     lost = 0
-    for index = 0, lostSettlements - 1 do settle(at + lostAdmissions * 3 + index * 9) end
+    for index = 0, lostSettlements - 1 do settle(at + lostAdmissions * 4 + index * 10) end
     if tonumber(ARGV[43]) > 0 and tonumber(ARGV[44]) == mine.epoch then
       mine.slots = math.max(mine.slots - tonumber(ARGV[43]), 0)
     end
   end
 end
-at = at + lostAdmissions * 3 + lostSettlements * 9
+at = at + lostAdmissions * 4 + lostSettlements * 10
 
 -- A lease comes back: the unused tail [tailStart, end) of a slice that is still the last thing its
 -- bucket handed out returns to the bucket (exactly: nothing was handed out after it); a slice with
@@ -228,8 +246,8 @@ end
 local slotsReturned, slotsEpoch = tonumber(ARGV[37]), tonumber(ARGV[38])
 if slotsReturned > 0 and slotsEpoch == mine.epoch then mine.slots = math.max(mine.slots - slotsReturned, 0) end
 
-for index = 0, settlements - 1 do settle(at + index * 9) end
-at = at + settlements * 9
+for index = 0, settlements - 1 do settle(at + index * 10) end
+at = at + settlements * 10
 
 -- Admissions, each against everything the previous ones left.
 local function snapshotValues(out)
@@ -251,8 +269,9 @@ if (admissions > 0 or slotsWanted > 0) and maxConcurrent > 0
   mine.epoch = now
 end
 for index = 0, admissions - 1 do
-  local prompt, output = tonumber(ARGV[at + index * 3]), tonumber(ARGV[at + index * 3 + 1])
-  local money = tonumber(ARGV[at + index * 3 + 2])
+  local prompt, output = tonumber(ARGV[at + index * 4]), tonumber(ARGV[at + index * 4 + 1])
+  local money = tonumber(ARGV[at + index * 4 + 2])
+  local tracks = tonumber(ARGV[at + index * 4 + 3]) == 1
   local costs = { 1, prompt + output, prompt, output }
   local denial = nil
   -- RateLimitDenial.outranks: a request that never fits wins, then the longest wait.
@@ -301,6 +320,7 @@ for index = 0, admissions - 1 do
     else consider(9, usdPerMonth, usdPerMonth, monthCost, money, nextMonthDay * DAY_SECONDS * 1000000 - now, 0) end
   end
   local starts = { 0, 0, 0 }
+  local position = -1
   if denial == nil then
     for b = 1, 4 do
       if buckets[b] ~= nil then
@@ -318,6 +338,11 @@ for index = 0, admissions - 1 do
       monthCost = monthCost + money
       budgetChanged = true
     end
+    position = -1
+    if tracks then
+      position = monthTokens
+      addMonthTokens(thisMonth, prompt + output)
+    end
     if maxConcurrent > 0 then mine.slots = mine.slots + 1 end
     admittedFlags[#admittedFlags + 1] = '1'
     for _, v in ipairs({ 1, 0, 0, 0, 0, 0, 0, 0 }) do results[#results + 1] = v end
@@ -328,6 +353,7 @@ for index = 0, admissions - 1 do
   end
   snapshotValues(results)
   for k = 1, 3 do results[#results + 1] = starts[k] end
+  results[#results + 1] = position
 end
 
 -- A lease taken: of each bucket, what the node asked for or what is left if less, as an interval
@@ -418,9 +444,13 @@ if budgetChanged then
     put('bmu', int(monthCost))
   end
 end
-if hasQuota or hasBudget then
+if monthTokensChanged then
+  put('pm', int(thisMonth))
+  put('pmu', int(monthTokens))
+end
+if hasQuota or hasBudget or monthTokensChanged then
   local endDay = nextDay
-  if perMonth > 0 or usdPerMonth > 0 then endDay = nextMonthDay end
+  if perMonth > 0 or usdPerMonth > 0 or monthTokensChanged then endDay = nextMonthDay end
   expiresAt = math.max(expiresAt, (endDay + 1) * DAY_SECONDS * 1000)
 end
 local admittedText = table.concat(admittedFlags)
@@ -439,7 +469,7 @@ if expiry ~= (stateInteger(fields, 'exp') or 0) then redis.call('PEXPIRE', KEYS[
 
 local quotaDay, quotaMonth = -1, -1
 if perDay > 0 or usdPerDay > 0 then quotaDay = today end
-if perMonth > 0 or usdPerMonth > 0 then quotaMonth = thisMonth end
+if perMonth > 0 or usdPerMonth > 0 or tracking then quotaMonth = thisMonth end
 local out = { 1, corrupt, now, mine.epoch, lost, quotaDay, quotaMonth }
 snapshotValues(out)
 for _, v in ipairs(granted) do out[#out + 1] = v end
