@@ -99,7 +99,7 @@ final class KeyLane: Sendable {
             state.limits = request.limits
             state.lastAdmissionMonotonic = now
             state.demand.record(request, at: now)
-            if request.limits.isUnlimited {
+            if request.limits.isUnlimited, !request.tracksMonthTokens {
                 // Nothing to charge: no call. Held all the same, so that its usage is recorded once.
                 state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: 0)
                 return .admitted(Reservation(admitting: request), .empty)
@@ -108,7 +108,8 @@ final class KeyLane: Sendable {
                 context.statistics.count(.rememberedDenials)
                 return .denied(denial, memory.snapshot)
             }
-            guard state.lost == nil, var lease = state.lease, let clock = state.clock,
+            // A request that tracks the month's tokens is decided in Redis, which counts them.
+            guard !request.tracksMonthTokens, state.lost == nil, var lease = state.lease, let clock = state.clock,
                   let taken = lease.admit(request, now: clock.now(monotonicMicros: now)) else { return nil }
             state.lease = lease
             context.statistics.count(.leasedAdmissions)
@@ -420,18 +421,26 @@ final class KeyLane: Sendable {
             state.lastCallMonotonic = sent
             if call.lost != nil { state.lost = nil }
             state.sharedHeaders = Array(reply.headerValues)
+            // The budgets' headers: their spend after the call, their periods on Redis' clock.
+            let calendar = BudgetCalendar(seconds: reply.redisMicros / 1_000_000)
+            func withBudgets(_ snapshot: RateLimitSnapshot, _ limits: ResolvedLimits) -> RateLimitSnapshot {
+                guard limits.hasBudget else { return snapshot }
+                return snapshot.addingBudgets(limits, spentToday: reply.budgetSpent.day, spentThisMonth: reply.budgetSpent.month, calendar: calendar)
+            }
             for (queued, outcome) in zip(admissions, reply.admissions) {
                 let request = queued.request
-                let snapshot = Self.snapshot(request.limits, outcome.headerValues)
+                let snapshot = withBudgets(Self.snapshot(request.limits, outcome.headerValues), request.limits)
                 if outcome.admitted {
                     let slot = request.limits.maxConcurrentRequests != nil ? reply.slotEpoch : 0
                     var held = HeldReservation(quotaDay: reply.quotaDay, quotaMonth: reply.quotaMonth, slotEpoch: slot)
-                    if request.limits.isLeasable {
+                    if request.limits.isLeasable, !request.tracksMonthTokens {
                         held.leased = Self.charged(request, outcome.chargeStarts)
                     }
                     state.held[request.requestID] = held
                     if slot != 0 { state.slotsHeld += 1 }
-                    decisions.append(.admitted(Reservation(admitting: request), snapshot))
+                    var reservation = Reservation(admitting: request)
+                    if request.tracksMonthTokens, outcome.monthTokensBefore >= 0 { reservation.monthTokensBefore = Int(outcome.monthTokensBefore) }
+                    decisions.append(.admitted(reservation, snapshot))
                 } else if let denial = outcome.denial {
                     decisions.append(.denied(denial, snapshot))
                     if let memory = DenialMemory(denial, request: request, snapshot: snapshot, at: sent) { state.denied = memory }
@@ -455,7 +464,7 @@ final class KeyLane: Sendable {
                 }
                 state.lease = LimiterLease(limits: limits, slices: slices, parkedSlots: reply.slotsGranted, slotEpoch: reply.slotEpoch)
             }
-            return Self.snapshot(limits, reply.headerValues, adding: state.lease, now: reply.redisMicros)
+            return withBudgets(Self.snapshot(limits, reply.headerValues, adding: state.lease, now: reply.redisMicros), limits)
         }
         for (queued, decision) in zip(admissions, decisions) { queued.continuation.resume(returning: decision) }
         for settlement in settlements { settlement.continuation?.resume(returning: snapshot) }
@@ -485,7 +494,7 @@ final class KeyLane: Sendable {
                     }
                 } else {
                     state.lost = (LostCall(
-                        sequence: call.sequence, admissions: call.admissions.map { ($0.promptTokens, $0.reservedOutputTokens) },
+                        sequence: call.sequence, admissions: call.admissions.map { ($0.promptTokens, $0.reservedOutputTokens, $0.needsCostReservation ? $0.reservedCostNanos : 0, $0.tracksMonthTokens) },
                         settlements: call.settlements, firstResolution: nil,
                         slotsReturned: call.slotsReturned, slotsEpoch: call.slotsEpoch
                     ), call.limits)

@@ -11,6 +11,11 @@ struct SettlementValues: Sendable, Hashable {
     var quotaMonth: Int64
     /// The epoch of the concurrency slot to release (0: the request holds none).
     var slotEpoch: Int64
+    /// What the budgets reserved, and what the request cost (nano-dollars; equal: nothing to correct).
+    var reservedCost: Int64 = 0
+    var actualCost: Int64 = 0
+    /// Whether the request counts in the key's tokens of the month (its price depends on them).
+    var tracksMonthTokens = false
 }
 
 /// Where an admitted request's reservation was charged, kept by its lane until it is settled.
@@ -30,8 +35,8 @@ struct HeldReservation: Sendable, Hashable {
 /// moves the node's sequence number past it.
 struct LostCall: Sendable {
     var sequence: Int64
-    /// Prompt and output of each admission it carried, in order.
-    var admissions: [(prompt: Int, output: Int)]
+    /// Prompt, output and reserved cost of each admission it carried, in order.
+    var admissions: [(prompt: Int, output: Int, cost: Int64, tracks: Bool)]
     var settlements: [SettlementValues]
     /// The first call that tried to resolve it (its resolution may itself have been lost).
     var firstResolution: Int64?
@@ -100,9 +105,16 @@ struct LaneCall {
         for units in leaseLeast { arguments.append(units) }
         arguments.append(lost?.slotsReturned ?? 0)
         arguments.append(Int(lost?.slotsEpoch ?? 0))
+        arguments.append(Int(limits.usdPerDay ?? 0))
+        arguments.append(Int(limits.usdPerMonth ?? 0))
+        let tracking = admissions.contains(where: \.tracksMonthTokens) || settlements.contains(where: \.tracksMonthTokens)
+            || (lost.map { $0.admissions.contains(where: \.tracks) || $0.settlements.contains(where: \.tracksMonthTokens) } ?? false)
+        arguments.append(tracking ? 1 : 0)
         for admission in lost?.admissions ?? [] {
             arguments.append(Self.exact(admission.prompt))
             arguments.append(Self.exact(admission.output))
+            arguments.append(Self.exact(admission.cost))
+            arguments.append(admission.tracks ? 1 : 0)
         }
         for settlement in (lost?.settlements ?? []) + settlements {
             arguments.append(Self.exact(settlement.reservedPrompt))
@@ -112,10 +124,15 @@ struct LaneCall {
             arguments.append(Int(settlement.quotaDay))
             arguments.append(Int(settlement.quotaMonth))
             arguments.append(Int(settlement.slotEpoch))
+            arguments.append(Self.exact(settlement.reservedCost))
+            arguments.append(Self.exact(settlement.actualCost))
+            arguments.append(settlement.tracksMonthTokens ? 1 : 0)
         }
         for admission in admissions {
             arguments.append(Self.exact(admission.promptTokens))
             arguments.append(Self.exact(admission.reservedOutputTokens))
+            arguments.append(Self.exact(admission.needsCostReservation ? admission.reservedCostNanos : 0))
+            arguments.append(admission.tracksMonthTokens ? 1 : 0)
         }
         return arguments
     }
@@ -123,6 +140,12 @@ struct LaneCall {
     /// Amounts sent to Lua stay below 2^52 (exact as doubles) and non-negative.
     static func exact(_ amount: Int) -> Int {
         min(max(amount, 0), LimitSet.maximumQuota)
+    }
+
+    /// A cost sent to Lua: at most 2^52 + 1 nano-dollars, more than any budget holds (so a larger
+    /// reservation still never fits), exact as a double.
+    static func exact(_ amount: Int64) -> Int {
+        Int(min(max(amount, 0), LimitSet.maximumBudgetNanos + 1))
     }
 }
 
@@ -142,6 +165,8 @@ struct LaneReply: Sendable {
         var headerValues: ArraySlice<Int64>
         /// Where its charge starts in the tokens, input and output buckets (0: not configured).
         var chargeStarts: [Int64]
+        /// The key's tokens of the month before it (-1: not tracked).
+        var monthTokensBefore: Int64 = -1
     }
 
     var status: Status
@@ -157,9 +182,11 @@ struct LaneReply: Sendable {
     /// Concurrency slots granted to park on this node.
     var slotsGranted = 0
     var admissions: [Admission] = []
+    /// The budgets' spend after the call (today, this month; nano-dollars).
+    var budgetSpent: (day: Int64, month: Int64) = (0, 0)
 
     static let headerCount = 20
-    static let perAdmission = 15
+    static let perAdmission = 16
 
     init(_ reply: RedisReply, admissions count: Int) throws(RedisError) {
         guard let elements = reply.array, elements.count >= 3 else { throw .unexpectedReply("batch.lua returned \(reply)") }
@@ -174,9 +201,10 @@ struct LaneReply: Sendable {
         corrupt = values[1] != 0
         redisMicros = values[2]
         guard status == .applied else { return }
-        guard values.count == Self.headerCount + count * Self.perAdmission else {
+        guard values.count == Self.headerCount + count * Self.perAdmission + 2 else {
             throw .unexpectedReply("batch.lua returned \(values.count) values for \(count) admissions")
         }
+        budgetSpent = (values[values.count - 2], values[values.count - 1])
         slotEpoch = values[3]
         lostResolution = values[4]
         quotaDay = values[5]
@@ -200,7 +228,7 @@ struct LaneReply: Sendable {
             }
             admissions.append(Admission(
                 admitted: admitted, denial: denial, headerValues: values[(base + 8)..<(base + 12)],
-                chargeStarts: Array(values[(base + 12)..<(base + 15)])
+                chargeStarts: Array(values[(base + 12)..<(base + 15)]), monthTokensBefore: values[base + 15]
             ))
         }
     }

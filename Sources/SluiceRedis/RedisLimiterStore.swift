@@ -82,11 +82,17 @@ public final class RedisLimiterStore: LimiterStore {
         public var promptTokens: Int
         public var completionTokens: Int
         public var requests: Int
+        /// The known costs of those requests, summed exactly (nano-dollars).
+        public var cost: USDAmount
+        /// Those of them whose cost was unknown (no price): `cost` leaves them out.
+        public var unknownCostRequests: Int
 
-        public init(promptTokens: Int = 0, completionTokens: Int = 0, requests: Int = 0) {
+        public init(promptTokens: Int = 0, completionTokens: Int = 0, requests: Int = 0, cost: USDAmount = .zero, unknownCostRequests: Int = 0) {
             self.promptTokens = promptTokens
             self.completionTokens = completionTokens
             self.requests = requests
+            self.cost = cost
+            self.unknownCostRequests = unknownCostRequests
         }
     }
 
@@ -169,7 +175,7 @@ public final class RedisLimiterStore: LimiterStore {
         let prompt = max(actualPromptTokens, 0)
         let completion = max(actualCompletionTokens, 0)
         recordUsage(reservation, promptTokens: prompt, completionTokens: completion)
-        if reservation.limits.isUnlimited { return .empty }
+        if reservation.limits.isUnlimited, reservation.monthTokensBefore == nil { return .empty }
         if let taken = held.leased {
             // Against this node's lease when it holds one: only usage beyond it goes to Redis.
             switch lane.settleAgainstLease(taken, reservation, slotEpoch: held.slotEpoch, prompt: prompt, completion: completion) {
@@ -178,12 +184,34 @@ public final class RedisLimiterStore: LimiterStore {
             case .noLease: break
             }
         }
-        let values = SettlementValues(
+        var values = SettlementValues(
             reservedPrompt: reservation.promptTokens, reservedOutput: reservation.reservedOutputTokens,
             actualPrompt: prompt, actualCompletion: completion,
             quotaDay: held.quotaDay, quotaMonth: held.quotaMonth, slotEpoch: held.slotEpoch
         )
+        // The budgets: corrected from the reservation to the request's cost (unknown: kept as reserved).
+        values.reservedCost = reservation.reservedCostNanos
+        values.actualCost = reservation.settledCostNanos
+        values.tracksMonthTokens = reservation.monthTokensBefore != nil
         return await lane.settle(values, limits: reservation.limits)
+    }
+
+    /// A key's quota and budget counters of the current UTC day and month (node's wall clock), read
+    /// from its state hash (one `HMGET`, charging nothing). Teams are not kept in Redis yet: nothing known.
+    public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        guard case .key(let keyID) = subject else { return PeriodUsage() }
+        let key = RedisKeyLayout(keyID: keyID).state
+        let reply = try await client.send(["HMGET", key, "qd", "qdu", "qm", "qmu", "bd", "bdu", "bm", "bmu"], routedBy: key)
+        guard let elements = reply.array, elements.count == 8 else { throw RedisError.unexpectedReply("HMGET of a state hash: \(reply)") }
+        let values = elements.map { $0.string.flatMap { Int64($0) } }
+        let calendar = BudgetCalendar(seconds: Int64(Self.wallClockMicros() / 1_000_000))
+        func inPeriod(_ period: Int64?, _ value: Int64?, _ current: Int64) -> Int64 { period == current ? (value ?? 0) : 0 }
+        return PeriodUsage(
+            tokensToday: Int(inPeriod(values[0], values[1], calendar.day)),
+            tokensThisMonth: Int(inPeriod(values[2], values[3], calendar.month)),
+            spentToday: USDAmount(nanos: inPeriod(values[4], values[5], calendar.day)),
+            spentThisMonth: USDAmount(nanos: inPeriod(values[6], values[7], calendar.month))
+        )
     }
 
     /// The key's slot in a Redis Cluster (its state lives on that slot's primary), else 0.
@@ -302,7 +330,12 @@ public final class RedisLimiterStore: LimiterStore {
             requestID: reservation.requestID, model: model, promptTokens: promptTokens, completionTokens: completionTokens,
             reservedPromptTokens: reservation.promptTokens, reservedOutputTokens: reservation.reservedOutputTokens
         ) : nil
-        let usage = ModelUsage(promptTokens: promptTokens, completionTokens: completionTokens, requests: 1)
+        var usage = ModelUsage(promptTokens: promptTokens, completionTokens: completionTokens, requests: 1)
+        switch reservation.settledCost {
+        case .known(let amount)?: usage.cost = amount
+        case .unknown?: usage.unknownCostRequests = 1
+        case nil: break
+        }
         ledger.withLock { $0.record(day, model: model, usage: usage, entry: entry) }
     }
 
@@ -344,6 +377,8 @@ public final class RedisLimiterStore: LimiterStore {
                 arguments.append(usage.promptTokens)
                 arguments.append(usage.completionTokens)
                 arguments.append(usage.requests)
+                arguments.append(Int(usage.cost.nanos))
+                arguments.append(usage.unknownCostRequests)
             }
             for entry in entries {
                 arguments.append(entry.requestID)
@@ -385,6 +420,8 @@ public final class RedisLimiterStore: LimiterStore {
             case "prompt": usage[model, default: ModelUsage()].promptTokens = amount
             case "completion": usage[model, default: ModelUsage()].completionTokens = amount
             case "requests": usage[model, default: ModelUsage()].requests = amount
+            case "cost_nanos": usage[model, default: ModelUsage()].cost = USDAmount(nanos: value)
+            case "cost_unknown": usage[model, default: ModelUsage()].unknownCostRequests = amount
             default: continue
             }
         }

@@ -63,4 +63,7 @@ public struct UTCDay: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { text }
+
+    /// Days from 1970-01-01 to this day.
+    public var daysSinceEpoch: Int { CivilCalendar.daysSinceEpoch(year: year, month: month, day: day) }
 }

@@ -1,3 +1,5 @@
+import SluiceCore
+
 /// The usage records a node has not flushed to Redis yet: per API key and UTC day, each model's
 /// totals, and (with the usage stream on) one entry per settled request. Flushed by
 /// ``RedisLimiterStore/flushUsage()`` in one call per key and day instead of writes per request.
@@ -74,9 +76,12 @@ struct UsageLedger: Sendable {
 }
 
 extension RedisLimiterStore.ModelUsage {
-    mutating func add(_ other: Self) {
+    /// Adds `other`'s counts and costs to these.
+    public mutating func add(_ other: Self) {
         promptTokens += other.promptTokens
         completionTokens += other.completionTokens
         requests += other.requests
+        cost += other.cost
+        unknownCostRequests += other.unknownCostRequests
     }
 }

@@ -175,6 +175,7 @@ extension Gateway {
             guard let deployment else { return .exhausted }
             tried.insert(deployment.name)
             exchange.upstream = deployment
+            exchange.model = model
             let upstreamModel = deployment.config.upstreamModel(for: model)
             if upstreamModel != exchange.upstreamBodyModel {
                 // Another name than the body carries (model_map, a fallback): the body once more.

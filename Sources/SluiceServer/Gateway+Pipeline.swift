@@ -90,10 +90,25 @@ extension Gateway {
 
         // 5. admit: one atomic step over all of the key's limits. The reservation is named by
         // Sluice's own id, never the client's (a retry repeats that one).
-        let admission = AdmissionRequest(
+        var admission = AdmissionRequest(
             requestID: reservationID, keyID: key.id, limits: key.limits, model: model,
             promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens
         )
+        admission.team = key.team
+        // Volume tiers and plans price a token by where it falls in the key's month: the limiter
+        // counts the key's tokens of the month and tells the request where its own start.
+        if let price = settings.pricing.price(for: model)?.price {
+            admission.tracksMonthTokens = price.dependsOnMonthPosition(plan: key.plan.flatMap { settings.pricing.plans[$0] })
+        }
+        // A budget (the key's or its team's) reserves the most the request can cost (the prompt and
+        // the output reservation at the model's dearest prices); a model without a price cannot be
+        // charged against it.
+        if admission.needsCostReservation {
+            guard let price = settings.pricing.price(for: model)?.price else {
+                return await refuse(.budgetUnpriced(model: model), key: key, model: model, requestID: requestID, writer: writer)
+            }
+            admission.reservedCostNanos = price.maximumCost(inputTokens: promptTokens, outputTokens: reservedOutputTokens).nanos
+        }
         let reservation: Reservation
         let rateLimitHeaders: [(String, String)]
         let admitSpan = trace?.child("admit")
@@ -147,7 +162,8 @@ extension Gateway {
             requestID: requestID, reservationID: reservationID, key: key, request: openAIRequest, endpoint: endpoint, deployments: deployments,
             routing: settings.routing, upstream: deployments[0], originalBody: body,
             upstreamBody: openAIRequest.upstreamBody(original: body), upstreamBodyModel: model, promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens,
-            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model)
+            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model), model: model,
+            pricing: settings.pricing, monthTokensBefore: reservation.monthTokensBefore
         )
         let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger, trace: trace)
 
@@ -164,7 +180,10 @@ extension Gateway {
             await settleDeployment(deploymentReservation, promptTokens: chargedPromptTokens, completionTokens: relayed.completionTokens, logger: logger)
         }
         let modelLabel = deployments[0].metricLabel(forModel: model)
-        let settling = answered ? reservation : reservation.recordingUsage(as: modelLabel)
+        var settling = answered ? reservation : reservation.recordingUsage(as: modelLabel)
+        // What it cost: the same value the non-streamed answer's x-sluice-cost-usd carried.
+        let cost = exchange.cost(of: relayed)
+        settling.settledCost = cost
         let settleSpan = trace?.child("settle")
         defer { settleSpan?.end() }
         if let settleSpan {
@@ -184,6 +203,7 @@ extension Gateway {
             logger.error("settling the reservation failed", metadata: ["error": "\(error)"])
         }
         metrics.tokens(keyID: key.id, model: modelLabel, prompt: chargedPromptTokens, completion: relayed.completionTokens)
+        if let cost { metrics.spend(keyID: key.id, exportsMetrics: key.exportsMetrics, model: modelLabel, cost: cost) }
         if relayed.chargesPrompt, let upstreamTime = relayed.upstreamTime {
             recordGenAI(endpoint: endpoint, model: modelLabel, promptTokens: chargedPromptTokens, relayed: relayed, upstreamTime: upstreamTime)
         }
@@ -208,6 +228,7 @@ extension Gateway {
         outcome.streamed = relayed.streamed
         outcome.timeToFirstByte = relayed.timeToFirstByte
         outcome.cachedInputTokens = relayed.cachedInputTokens
+        outcome.cost = cost
         outcome.reasoningTokens = relayed.reasoningTokens
         return outcome
     }

@@ -33,7 +33,32 @@ struct ProxyExchange: Sendable {
     let encoding: BPEEncoding
     /// Requests sent upstream for this one so far (the `x-sluice-attempts` header).
     var attempts = 0
+    /// The public model the attempt under way is for: the request's, or a fallback model.
+    var model: String
+    /// The prices of the settings snapshot the request walks with.
+    let pricing: Pricing
+    /// Where the request's tokens start in the key's month (volume tiers, plans); `nil`: not known.
+    let monthTokensBefore: Int?
+
+    /// What the request costs for the outcome `result`: the prompt and completion tokens it is
+    /// charged (the cached part of the prompt as the upstream reported it) at the model's price,
+    /// under the key's plan. `nil` without a `pricing` section; a known zero when nothing is charged
+    /// (the model never answered); unknown when the model has no price (or its price needs the
+    /// month's position). The same function for the header and the settle step: one value.
+    func cost(of result: RelayResult) -> RequestCost? {
+        guard !pricing.isEmpty else { return nil }
+        guard result.chargesPrompt else { return .known(.zero) }
+        let tokens = BilledTokens(
+            inputTokens: result.reportedPromptTokens ?? promptTokens, cachedInputTokens: result.cachedInputTokens ?? 0,
+            outputTokens: result.completionTokens
+        )
+        // At the price of the model that answered: a fallback's when one did.
+        return pricing.cost(model: result.fallbackModel ?? model, planName: key.plan, tokens: tokens, monthTokensBefore: monthTokensBefore)
+    }
 }
+
+/// The response header with a non-streamed answer's cost in USD (or `unknown`).
+let costHeaderName = "x-sluice-cost-usd"
 
 /// What the relay step reports to the settle step: what the client saw, and what to charge for it.
 ///
@@ -77,7 +102,8 @@ struct RelayResult: Sendable {
     /// Responses API only: the upstream's reported `input_tokens` (bounded), charged instead of
     /// Sluice's count; nil when none was reported (or for other endpoints).
     var reportedPromptTokens: Int?
-    /// Responses API only: the reported cached input and reasoning tokens (informational).
+    /// The upstream's reported cached prompt tokens (priced as cached input) and reasoning tokens
+    /// (part of the completion), any endpoint; nil when not reported.
     var cachedInputTokens: Int?
     var reasoningTokens: Int?
     /// The deployment of the last attempt (nil when none was tried), and the model it was asked
@@ -256,18 +282,17 @@ extension Gateway {
         } else if countsError {
             metrics.upstreamError(upstream: exchange.upstream.name, kind: UpstreamOutcome(status: response.status))
         }
+        // An error status is not billed by the provider, so neither is it here.
+        var result = RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens, upstreamOutcome: UpstreamOutcome(status: response.status))
+        result.recordUsageDetails(reportedUsage)
+        result.recordResponsesUsage(reportedUsage, exchange)
+        var headers = responseHeaders(exchange, upstream: response.headers)
+        if let cost = exchange.cost(of: result) { headers.replaceOrAdd(name: costHeaderName, value: cost.description) }
         do {
-            try await writer.writeResponse(
-                status: HTTPResponseStatus(statusCode: response.status),
-                headers: responseHeaders(exchange, upstream: response.headers),
-                body: collected
-            )
+            try await writer.writeResponse(status: HTTPResponseStatus(statusCode: response.status), headers: headers, body: collected)
         } catch {
             logger.debug("client went away before the response")
         }
-        // An error status is not billed by the provider, so neither is it here.
-        var result = RelayResult(status: response.status, chargesPrompt: answered, completionTokens: completionTokens, upstreamOutcome: UpstreamOutcome(status: response.status))
-        result.recordResponsesUsage(reportedUsage, exchange)
         if scanning, answered {
             var scanner = ResponseFieldScanner()
             collected.withUnsafeReadableBytes { scanner.consume($0) }
@@ -318,6 +343,7 @@ extension Gateway {
         func streamed(_ result: RelayResult) -> RelayResult {
             var result = result
             result.streamed = true
+            result.recordUsageDetails(filter.usage)
             result.recordResponsesUsage(filter.usage, exchange)
             result.timeToFirstChunk = firstChunk.map { $0 - sent }
             if let scanner {
@@ -361,10 +387,16 @@ extension RelayResult {
     static let plausibleInputTokens = 4_194_304
 
     /// For the Responses API: keeps the upstream's `input_tokens` (bounded) to charge instead of
-    /// Sluice's own count, and the cached-input and reasoning details.
+    /// Sluice's own count.
     mutating func recordResponsesUsage(_ usage: Usage?, _ exchange: ProxyExchange) {
         guard exchange.endpoint == .responses, let usage else { return }
         reportedPromptTokens = min(usage.promptTokens, Self.plausibleInputTokens)
+    }
+
+    /// Keeps the reported details of any endpoint's usage: the cached prompt tokens (priced as
+    /// cached input; bounded by the prompt when priced) and the reasoning tokens (informational).
+    mutating func recordUsageDetails(_ usage: Usage?) {
+        guard let usage else { return }
         cachedInputTokens = usage.cachedInputTokens
         reasoningTokens = usage.reasoningTokens
     }

@@ -116,6 +116,8 @@ public final class Gateway: RequestHandling {
             }
         case .listModels:
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: nil)
+        case .keyState:
+            outcome = await keyState(request, requestID: requestID, writer: writer)
         case .retrieveModel(let id):
             outcome = await listModels(request, requestID: requestID, writer: writer, modelID: id)
         case .responseResource(let pathBelowVersion):
@@ -150,11 +152,13 @@ public final class Gateway: RequestHandling {
                     "ttfb_ms": "\(outcome.timeToFirstByte.map(Self.milliseconds) ?? "-")",
                     "client": "\(request.clientAddress ?? "-")",
             ]
-            // Responses API answers: the upstream's cached-input and reasoning details, when reported.
+            // The upstream's cached-input and reasoning details, when reported.
             if let cached = outcome.cachedInputTokens { metadata["cached_input_tokens"] = "\(cached)" }
             if let reasoning = outcome.reasoningTokens { metadata["reasoning_tokens"] = "\(reasoning)" }
             // A configured model name (fallbacks are exact names from the config).
             if let fallback = outcome.fallbackModel { metadata["fallback_model"] = "\(fallback)" }
+            // With a pricing section: what the request cost in USD, or "unknown".
+            if let cost = outcome.cost { metadata["cost_usd"] = "\(cost)" }
             logger.info("request", metadata: metadata)
         }
     }
@@ -259,7 +263,7 @@ public final class Gateway: RequestHandling {
         }
     }
 
-    private func write(_ writer: ResponseWriter, requestID: String, keyID: String? = nil, _ body: () async throws -> Void) async -> RequestOutcome {
+    func write(_ writer: ResponseWriter, requestID: String, keyID: String? = nil, _ body: () async throws -> Void) async -> RequestOutcome {
         do { try await body() } catch {
             logger.debug("client went away before the response", metadata: ["request_id": "\(requestID)"])
         }
@@ -295,9 +299,11 @@ struct RequestOutcome: Sendable {
     var upstreamHTTPVersion: UpstreamConnectionInfo.HTTPVersion?
     var streamed = false
     var timeToFirstByte: Duration?
-    /// Responses API only: the reported cached input tokens and reasoning tokens (for the access log).
+    /// The reported cached input tokens and reasoning tokens (for the access log).
     var cachedInputTokens: Int?
     var reasoningTokens: Int?
+    /// What the request cost (`nil`: no pricing section).
+    var cost: RequestCost?
 }
 
 /// One thread's copy of the gateway's settings. `@unchecked Sendable`: only reached through its own

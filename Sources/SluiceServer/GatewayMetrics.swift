@@ -130,6 +130,24 @@ public final class GatewayMetrics: Sendable {
         handles.completion.increment(by: Int64(completion))
     }
 
+    /// Label value of `key` in the spend families for keys without `"metrics": true`: their spend is
+    /// summed per model under it (no key id is empty, so it names no key).
+    static let unlistedKeyLabel = ""
+
+    /// A settled request's cost: `sluice_spend_usd_total{key,model}` grows by a known cost,
+    /// `sluice_spend_unknown_requests_total{key,model}` counts an unknown one. `key` is the key's id
+    /// only for keys that export their metrics (`keys[].metrics`), else ``unlistedKeyLabel``.
+    func spend(keyID: String, exportsMetrics: Bool, model: String, cost: RequestCost) {
+        let key = exportsMetrics ? keyID : Self.unlistedKeyLabel
+        switch cost {
+        case .known(let amount):
+            // Nano-dollars as a counter's float: the metric displays spend, nothing is charged from it.
+            counter(.spend, [("key", key), ("model", model)]).increment(by: Double(amount.nanos) / Double(USDAmount.nanosPerDollar))
+        case .unknown:
+            counter(.spendUnknown, [("key", key), ("model", model)]).increment()
+        }
+    }
+
     /// One answered model request as OpenTelemetry's GenAI conventions count it. `operation` is
     /// `chat`, `text_completion` or `embeddings`; `model` the config entry that routed it.
     /// `timeToFirstToken` and `timePerOutputToken` are for streams only (nil otherwise).
@@ -381,6 +399,8 @@ enum MetricFamily: String, CaseIterable {
     case addedLatency = "sluice_added_latency_seconds"
     case promptTokens = "sluice_prompt_tokens_total"
     case completionTokens = "sluice_completion_tokens_total"
+    case spend = "sluice_spend_usd_total"
+    case spendUnknown = "sluice_spend_unknown_requests_total"
     case rateLimited = "sluice_rate_limited_total"
     case upstreamErrors = "sluice_upstream_errors_total"
     case upstreamRequestDuration = "sluice_upstream_request_duration_seconds"
@@ -419,6 +439,8 @@ enum MetricFamily: String, CaseIterable {
         case .addedLatency: "Time Sluice itself added to a proxied request: its duration minus the upstream exchange's."
         case .promptTokens: "Prompt tokens charged, by key and model."
         case .completionTokens: "Completion tokens charged, by key and model."
+        case .spend: "USD spent (the settled requests' costs at the configured prices), by key (keys with metrics on; the others summed under key=\"\") and model."
+        case .spendUnknown: "Settled requests whose cost is unknown (no price, or a price needing the month's position), by key (as sluice_spend_usd_total) and model."
         case .rateLimited: "Requests refused with 429 by a key's limit, by limit and key."
         case .upstreamErrors: "Upstream exchanges that failed, by upstream and kind (the outcome words of sluice_upstream_request_duration_seconds)."
         case .upstreamRequestDuration: "One exchange with an upstream, from sending the request to its last byte or its failure, by upstream and outcome."
@@ -513,6 +535,8 @@ extension RateLimitKind {
         case .concurrency: "concurrency"
         case .dailyTokens: "tokens_per_day"
         case .monthlyTokens: "tokens_per_month"
+        case .dailyBudget: "usd_per_day"
+        case .monthlyBudget: "usd_per_month"
         }
     }
 }

@@ -9,8 +9,11 @@ public struct GatewaySettings: Sendable {
     let upstreams: [UpstreamRoute]
     let maxPromptBytes: Int
     let routing: RoutingConfig
+    /// Model prices and plans (`Pricing.none`: costs are not reported).
+    let pricing: Pricing
 
     public init(config: SluiceConfig) {
+        pricing = config.pricing
         keys = KeyTable(config: config)
         upstreams = config.upstreams.map(UpstreamRoute.init)
         maxPromptBytes = config.tokenizer.maxPromptBytes ?? ChatPromptCounter.defaultMaxPromptBytes

@@ -5,6 +5,8 @@ import SluiceCore
 enum Route: Sendable, Equatable {
     case proxy(OpenAIEndpoint)
     case listModels
+    /// `GET /v1/sluice/key`: the calling key's limits and what remains of them.
+    case keyState
     case retrieveModel(String)
     /// `GET`/`DELETE /v1/responses/{id}` (and its `input_items`, `POST …/cancel`): a stored response,
     /// passed through. The path below `/v1`, verbatim.
@@ -21,7 +23,7 @@ enum Route: Sendable, Equatable {
         }
         let getRoutes: [String: Route] = [
             // No /metrics: it is served by the admin listener alone (`AdminHandler`).
-            "/v1/models": .listModels, "/healthz": .health, "/readyz": .ready,
+            "/v1/models": .listModels, "/v1/sluice/key": .keyState, "/healthz": .health, "/readyz": .ready,
         ]
         if let route = getRoutes[path] {
             self = (method == .GET || method == .HEAD) ? route : .methodNotAllowed(allowed: ["GET", "HEAD"])
@@ -93,6 +95,7 @@ enum Route: Sendable, Equatable {
         switch self {
         case .proxy(let endpoint): return endpoint.path
         case .listModels, .retrieveModel: return "/v1/models"
+        case .keyState: return "/v1/sluice/key"
         case .responseResource: return "/v1/responses/{id}"
         case .health: return "/healthz"
         case .ready: return "/readyz"

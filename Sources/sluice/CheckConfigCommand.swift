@@ -19,7 +19,9 @@ struct CheckConfigCommand: ParsableCommand {
             serve or fallbacks for a model no upstream serves (never used), two deployments of the \
             same endpoint and key serving the same models (retries between them gain nothing), a burst more than 10 times its per-minute value, \
             Redis TLS without certificate verification (redis.tls.verify false), telemetry settings \
-            without telemetry.otlp_endpoint (traces off).
+            without telemetry.otlp_endpoint (traces off), with a pricing section an upstream model \
+            entry some of whose models have no price (their cost is unknown), a budget while no \
+            model has a price (every request of its keys would be refused).
             Exit status: 0 ok, 1 errors (warnings may be printed too), 2 warnings only.
             """
     )

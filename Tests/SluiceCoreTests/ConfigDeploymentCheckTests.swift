@@ -54,7 +54,7 @@ final class ConfigDeploymentCheckTests: XCTestCase {
     }
 
     func testQuotasWithoutRedisAreNotEnforced() throws {
-        let message = #"not enforced: quotas need the shared Redis store (a "redis" section); the embedded limiter keeps no calendar counters"#
+        let message = #"not enforced: quotas need the shared Redis store (a "redis" section); the embedded limiter keeps no token quota counters (only budgets)"#
         XCTAssertEqual(try findings("quota_without_redis"), [
             "warning: $.tiers.daily.tokens_per_day: \(message)",
             "warning: $.keys[1].limits.tokens_per_month: \(message)",

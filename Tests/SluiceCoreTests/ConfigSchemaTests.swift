@@ -47,6 +47,11 @@ final class ConfigSchemaTests: XCTestCase {
             (["properties", "redis", "properties", "tls"], Reader.redisTLSFields),
             (["properties", "telemetry"], Reader.telemetryFields),
             (["properties", "log"], Reader.logFields),
+            (["properties", "pricing"], Reader.pricingFields),
+            (["$defs", "model_price"], Reader.modelPriceFields),
+            (["$defs", "model_price", "properties", "volume_tiers", "items"], Reader.volumeTierFields),
+            (["properties", "pricing", "properties", "plans", "additionalProperties"], Reader.planFields),
+            (["properties", "teams", "additionalProperties"], Reader.limitFields),
         ]
         for (path, fields) in sections {
             XCTAssertEqual(try properties(path), Set(fields), "schema at \(path.joined(separator: "."))")

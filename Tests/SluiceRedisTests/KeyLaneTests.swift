@@ -60,7 +60,7 @@ final class KeyLaneTests: XCTestCase {
         XCTAssertEqual(ran.admissions.map(\.admitted), [true, false], "one slot: the second is denied")
         XCTAssertEqual(Array(ran.headerValues), [9, ran.headerValues[ran.headerValues.startIndex + 1], 70, ran.headerValues[ran.headerValues.startIndex + 3]])
 
-        let lost = LostCall(sequence: 1, admissions: [(30, 0), (30, 0)], settlements: [], firstResolution: nil)
+        let lost = LostCall(sequence: 1, admissions: [(30, 0, 0, false), (30, 0, 0, false)], settlements: [], firstResolution: nil)
         let resolution = try await call(LaneCall(sequence: 2, limits: limits, admissions: [], settlements: [], lost: lost), key: "lost")
         XCTAssertEqual(resolution.lostResolution, 1, "it ran")
         XCTAssertEqual(resolution.headerValues.first, 10, "its admission was released")
@@ -110,7 +110,7 @@ final class KeyLaneTests: XCTestCase {
         let held = try await entry()
         XCTAssertEqual(held?.split(separator: " ").first, "4", "one in use, three parked")
         // Its reply was lost: the resolution takes back the admission's slot and the parked ones.
-        let lost = LostCall(sequence: 1, admissions: [(0, 0)], settlements: [], firstResolution: nil)
+        let lost = LostCall(sequence: 1, admissions: [(0, 0, 0, false)], settlements: [], firstResolution: nil)
         let resolution = try await call(LaneCall(sequence: 2, limits: limits, admissions: [], settlements: [], lost: lost), key: "parked")
         XCTAssertEqual(resolution.lostResolution, 1)
         let released = try await entry()

@@ -236,6 +236,109 @@ struct LimiterStoreConformance {
         try await Task.sleep(nanoseconds: UInt64((denial.retryAfterSeconds + 0.05) * 1_000_000_000))
         try await admitted(request(key, limits))
     }
+
+    // MARK: budgets
+
+    /// $0.001 a day (1,000,000 n$), with a requests limit beside it.
+    private var budget: ResolvedLimits {
+        var limits = ResolvedLimits(requests: BucketLimit(perMinute: 100))
+        limits.usdPerDay = 1_000_000
+        return limits
+    }
+
+    private func costing(_ key: String, _ nanos: Int64, _ limits: ResolvedLimits? = nil) -> AdmissionRequest {
+        var admission = request(key, limits ?? budget, prompt: 1, output: 1)
+        admission.reservedCostNanos = nanos
+        return admission
+    }
+
+    private func settled(_ reservation: Reservation, cost: RequestCost?) async throws {
+        _ = try await settled(reservation, prompt: 1, completion: 1, cost: cost)
+    }
+
+    private func settled(_ reservation: Reservation, prompt: Int, completion: Int, cost: RequestCost?) async throws -> RateLimitSnapshot {
+        var reservation = reservation
+        reservation.settledCost = cost
+        return try await settled(reservation, prompt: prompt, completion: completion)
+    }
+
+    func budgetReservesTheMaximumAndSettleCorrectsIt() async throws {
+        let key = newKey()
+        let (first, admittedSnapshot) = try await admitted(costing(key, 600_000))
+        XCTAssertEqual(first.reservedCostNanos, 600_000)
+        // The budget's header values: $0.001 a day, $0.0004 left while $0.0006 is reserved.
+        XCTAssertEqual(admittedSnapshot.limitUSDDay, USDAmount(nanos: 1_000_000))
+        XCTAssertEqual(admittedSnapshot.remainingUSDDay, USDAmount(nanos: 400_000))
+        XCTAssertNil(admittedSnapshot.limitUSDMonth, "no monthly budget: no header")
+        let reset = try XCTUnwrap(admittedSnapshot.resetUSDDaySeconds)
+        XCTAssertTrue((0...86_400).contains(reset), "\(reset)")
+        let (denial, deniedSnapshot) = try await denied(costing(key, 600_000))
+        XCTAssertEqual(deniedSnapshot.remainingUSDDay, USDAmount(nanos: 400_000), "a refusal charges nothing")
+        XCTAssertEqual(denial.kind, .dailyBudget)
+        XCTAssertEqual(denial.limit, 1_000_000)
+        XCTAssertEqual(denial.used, 600_000)
+        XCTAssertEqual(denial.requested, 600_000)
+        XCTAssertFalse(denial.neverFits)
+        XCTAssertGreaterThan(denial.retryAfterSeconds, 0)
+        XCTAssertLessThanOrEqual(denial.retryAfterSeconds, 86_400, "renews at the next UTC midnight")
+        let afterSettle = try await settled(first, prompt: 1, completion: 1, cost: .known(USDAmount(nanos: 100_000)))
+        XCTAssertEqual(afterSettle.remainingUSDDay, USDAmount(nanos: 900_000))
+        try await admitted(costing(key, 600_000))
+        let (full, _) = try await denied(costing(key, 600_000))
+        XCTAssertEqual(full.used, 700_000, "the settled cost plus the new reservation")
+    }
+
+    func budgetDenialIsAllOrNothingAndNeverFitsAboveTheBudget() async throws {
+        let key = newKey()
+        let (tooDear, _) = try await denied(costing(key, 1_000_001))
+        XCTAssertEqual(tooDear.kind, .dailyBudget)
+        XCTAssertTrue(tooDear.neverFits)
+        let (_, snapshot) = try await admitted(costing(key, 1_000_000))
+        XCTAssertEqual(snapshot.remainingRequests, 99, "the refused request took no request")
+    }
+
+    func unknownCostKeepsTheBudgetReservation() async throws {
+        let key = newKey()
+        let (first, _) = try await admitted(costing(key, 600_000))
+        try await settled(first, cost: .unknown)
+        let (denial, _) = try await denied(costing(key, 600_000))
+        XCTAssertEqual(denial.used, 600_000)
+    }
+
+    func monthlyBudgetIsEnforcedToo() async throws {
+        let key = newKey()
+        var limits = ResolvedLimits()
+        limits.usdPerMonth = 500
+        try await admitted(costing(key, 300, limits))
+        let (denial, _) = try await denied(costing(key, 300, limits))
+        XCTAssertEqual(denial.kind, .monthlyBudget)
+        XCTAssertEqual(denial.used, 300)
+    }
+
+    /// Many concurrent requests against a small budget: every admitted request costs at most what it
+    /// reserved, so what they cost together never passes the budget (the slack the issue allows is one
+    /// settle correction, for a request that costs more than it reserved; none here).
+    func concurrentRequestsNeverOvershootABudget() async throws {
+        let key = newKey()
+        let limits = budget
+        let store = self.store
+        let costs = try await withThrowingTaskGroup(of: Int64?.self) { group in
+            for index in 0..<200 {
+                group.addTask {
+                    var admission = AdmissionRequest(requestID: UUID().uuidString, keyID: key, limits: limits, model: "m", promptTokens: 1, reservedOutputTokens: 1)
+                    admission.reservedCostNanos = 10_000
+                    guard case .admitted(var reservation, _) = try await store.admit(admission) else { return nil }
+                    let cost = Int64(index % 7) * 1_000 + 4_000
+                    reservation.settledCost = .known(USDAmount(nanos: cost))
+                    _ = try await store.settle(reservation, actualPromptTokens: 1, actualCompletionTokens: 1)
+                    return cost
+                }
+            }
+            return try await group.reduce(into: [Int64]()) { if let cost = $1 { $0.append(cost) } }
+        }
+        XCTAssertLessThanOrEqual(costs.reduce(0, +), 1_000_000)
+        XCTAssertGreaterThanOrEqual(costs.count, 100, "a refusal comes only once less than one reservation is left")
+    }
 }
 
 // MARK: - the two stores
@@ -256,6 +359,11 @@ final class InMemoryLimiterStoreConformanceTests: XCTestCase {
     func testUnlimitedKeyIsAlwaysAdmitted() async throws { try await checks.unlimitedKeyIsAlwaysAdmitted() }
     func testKeysAreIndependent() async throws { try await checks.keysAreIndependent() }
     func testRetryAfterIsWhenTheRequestPasses() async throws { try await checks.retryAfterIsWhenTheRequestPasses() }
+    func testBudgetReservesTheMaximumAndSettleCorrectsIt() async throws { try await checks.budgetReservesTheMaximumAndSettleCorrectsIt() }
+    func testBudgetDenialIsAllOrNothingAndNeverFitsAboveTheBudget() async throws { try await checks.budgetDenialIsAllOrNothingAndNeverFitsAboveTheBudget() }
+    func testUnknownCostKeepsTheBudgetReservation() async throws { try await checks.unknownCostKeepsTheBudgetReservation() }
+    func testMonthlyBudgetIsEnforcedToo() async throws { try await checks.monthlyBudgetIsEnforcedToo() }
+    func testConcurrentRequestsNeverOvershootABudget() async throws { try await checks.concurrentRequestsNeverOvershootABudget() }
 }
 
 final class RedisLimiterStoreConformanceTests: XCTestCase {
@@ -296,6 +404,11 @@ final class RedisLimiterStoreConformanceTests: XCTestCase {
     func testUnlimitedKeyIsAlwaysAdmitted() async throws { try await run.unlimitedKeyIsAlwaysAdmitted() }
     func testKeysAreIndependent() async throws { try await run.keysAreIndependent() }
     func testRetryAfterIsWhenTheRequestPasses() async throws { try await run.retryAfterIsWhenTheRequestPasses() }
+    func testBudgetReservesTheMaximumAndSettleCorrectsIt() async throws { try await run.budgetReservesTheMaximumAndSettleCorrectsIt() }
+    func testBudgetDenialIsAllOrNothingAndNeverFitsAboveTheBudget() async throws { try await run.budgetDenialIsAllOrNothingAndNeverFitsAboveTheBudget() }
+    func testUnknownCostKeepsTheBudgetReservation() async throws { try await run.unknownCostKeepsTheBudgetReservation() }
+    func testMonthlyBudgetIsEnforcedToo() async throws { try await run.monthlyBudgetIsEnforcedToo() }
+    func testConcurrentRequestsNeverOvershootABudget() async throws { try await run.concurrentRequestsNeverOvershootABudget() }
 }
 
 /// The Redis store with every key leased (`lease: always`): the node admits against slices of the
@@ -338,6 +451,11 @@ final class LeasedRedisLimiterStoreConformanceTests: XCTestCase {
     func testUnlimitedKeyIsAlwaysAdmitted() async throws { try await run.unlimitedKeyIsAlwaysAdmitted() }
     func testKeysAreIndependent() async throws { try await run.keysAreIndependent() }
     func testRetryAfterIsWhenTheRequestPasses() async throws { try await run.retryAfterIsWhenTheRequestPasses() }
+    func testBudgetReservesTheMaximumAndSettleCorrectsIt() async throws { try await run.budgetReservesTheMaximumAndSettleCorrectsIt() }
+    func testBudgetDenialIsAllOrNothingAndNeverFitsAboveTheBudget() async throws { try await run.budgetDenialIsAllOrNothingAndNeverFitsAboveTheBudget() }
+    func testUnknownCostKeepsTheBudgetReservation() async throws { try await run.unknownCostKeepsTheBudgetReservation() }
+    func testMonthlyBudgetIsEnforcedToo() async throws { try await run.monthlyBudgetIsEnforcedToo() }
+    func testConcurrentRequestsNeverOvershootABudget() async throws { try await run.concurrentRequestsNeverOvershootABudget() }
 }
 
 /// A store whose requests all ask for leasing.
@@ -358,5 +476,50 @@ struct AlwaysLeased: LimiterStore {
 
     func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         try await store.snapshot(keyID: keyID, limits: limits)
+    }
+}
+
+// MARK: - the month's tokens (volume tiers, plans)
+
+extension LimiterStoreConformance {
+    /// A request priced by its position in the key's month learns where its tokens start: after the
+    /// settled tokens and the reservations admitted before it; settle corrects the count.
+    func monthTokensGivePositions() async throws {
+        let key = "month-" + UUID().uuidString.prefix(8).lowercased()
+        func tracked(_ prompt: Int, _ output: Int, limits: ResolvedLimits = ResolvedLimits()) -> AdmissionRequest {
+            var admission = AdmissionRequest(requestID: UUID().uuidString, keyID: key, limits: limits, model: model, promptTokens: prompt, reservedOutputTokens: output)
+            admission.tracksMonthTokens = true
+            return admission
+        }
+        guard case .admitted(let first, _) = try await store.admit(tracked(100, 50)) else { return XCTFail("denied") }
+        XCTAssertEqual(first.monthTokensBefore, 0)
+        guard case .admitted(let second, _) = try await store.admit(tracked(10, 10, limits: ResolvedLimits(requests: BucketLimit(perMinute: 1_000)))) else { return XCTFail("denied") }
+        XCTAssertEqual(second.monthTokensBefore, 150, "after the first one's reservation")
+        _ = try await store.settle(first, actualPromptTokens: 100, actualCompletionTokens: 20)
+        _ = try await store.settle(second, actualPromptTokens: 10, actualCompletionTokens: 10)
+        guard case .admitted(let third, _) = try await store.admit(tracked(1, 1)) else { return XCTFail("denied") }
+        XCTAssertEqual(third.monthTokensBefore, 140, "120 + 20 settled")
+        // A request that does not track learns nothing.
+        var untracked = tracked(1, 1)
+        untracked.tracksMonthTokens = false
+        guard case .admitted(let plain, _) = try await store.admit(untracked) else { return XCTFail("denied") }
+        XCTAssertNil(plain.monthTokensBefore)
+    }
+}
+
+final class MonthTokensConformanceTests: XCTestCase {
+    func testInMemory() async throws {
+        try await LimiterStoreConformance(store: InMemoryLimiterStore()).monthTokensGivePositions()
+    }
+
+    func testRedis() async throws {
+        let server = try RedisServerProcess()
+        let client = try RedisClient(config: server.config, options: testClientOptions)
+        defer {
+            client.shutdown()
+            server.stop()
+        }
+        try await LimiterStoreConformance(store: try RedisLimiterStore(client: client)).monthTokensGivePositions()
+        try await LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client))).monthTokensGivePositions()
     }
 }

@@ -55,12 +55,17 @@ final class RedisArgumentsTests: XCTestCase {
     }
 
     /// The positions batch.lua reads its arguments from (its header comment): the state key, then
-    /// ARGV 1…44 fixed, then lost admissions, lost and new settlements, admissions.
+    /// ARGV 1…46 fixed, then lost admissions, lost and new settlements, admissions.
     func testBatchCallArgumentsFollowBatchLua() {
-        let limits = ResolvedLimits(requests: BucketLimit(perMinute: 60, burst: 10), tokens: BucketLimit(perMinute: 1_000), maxConcurrentRequests: 3, tokensPerDay: 500)
-        let settlement = SettlementValues(reservedPrompt: 1, reservedOutput: 2, actualPrompt: 3, actualCompletion: 4, quotaDay: 5, quotaMonth: -1, slotEpoch: 6)
-        let request = AdmissionRequest(requestID: "r", keyID: "team-a", limits: limits, model: "m", promptTokens: 7, reservedOutputTokens: 8)
-        let lost = LostCall(sequence: 4, admissions: [(prompt: 9, output: 10)], settlements: [settlement], firstResolution: nil)
+        var limits = ResolvedLimits(requests: BucketLimit(perMinute: 60, burst: 10), tokens: BucketLimit(perMinute: 1_000), maxConcurrentRequests: 3, tokensPerDay: 500)
+        limits.usdPerMonth = 5_000_000_000
+        var settlement = SettlementValues(reservedPrompt: 1, reservedOutput: 2, actualPrompt: 3, actualCompletion: 4, quotaDay: 5, quotaMonth: -1, slotEpoch: 6)
+        settlement.reservedCost = 16
+        settlement.actualCost = 17
+        var request = AdmissionRequest(requestID: "r", keyID: "team-a", limits: limits, model: "m", promptTokens: 7, reservedOutputTokens: 8)
+        request.reservedCostNanos = 18
+        request.tracksMonthTokens = true
+        let lost = LostCall(sequence: 4, admissions: [(prompt: 9, output: 10, cost: 19, tracks: false)], settlements: [settlement], firstResolution: nil)
         var call = LaneCall(sequence: 5, limits: limits, admissions: [request], settlements: [settlement], lost: lost)
         call.leaseWanted = [11, 12, 0, 0]
         call.leaseReturned[1] = (end: 13, tailStart: 14)
@@ -76,10 +81,12 @@ final class RedisArgumentsTests: XCTestCase {
         expected += ["2", "1", "77"]                          // slots wanted, returned, their epoch
         expected += ["1", "15", "0", "0"]                     // the least worth taking
         expected += ["0", "0"]                                // slots the lost call gave back
-        expected += ["9", "10"]                               // the lost admission
-        expected += ["1", "2", "3", "4", "5", "-1", "6"]      // the lost settlement
-        expected += ["1", "2", "3", "4", "5", "-1", "6"]      // the settlement
-        expected += ["7", "8"]                                // the admission
+        expected += ["0", "5000000000"]                       // the budgets per day and month (n$)
+        expected += ["1"]                                     // some request tracks the month's tokens
+        expected += ["9", "10", "19", "0"]                    // the lost admission
+        expected += ["1", "2", "3", "4", "5", "-1", "6", "16", "17", "0"] // the lost settlement
+        expected += ["1", "2", "3", "4", "5", "-1", "6", "16", "17", "0"] // the settlement
+        expected += ["7", "8", "18", "1"]                     // the admission
         XCTAssertEqual(arguments, RedisArguments(expected))
     }
 }

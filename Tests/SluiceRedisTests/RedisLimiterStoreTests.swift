@@ -167,6 +167,52 @@ final class RedisLimiterStoreTests: XCTestCase {
 
     // MARK: usage
 
+    /// A budget's spend lives in the key's state hash (bd bdu bm bmu, beside the quotas): another
+    /// node, or this one restarted, continues from it.
+    func testBudgetSpendIsSharedAndOutlivesTheNode() async throws {
+        var limits = ResolvedLimits()
+        limits.usdPerDay = 1_000_000
+        limits.usdPerMonth = 5_000_000
+        var first = request("budgeted", limits)
+        first.reservedCostNanos = 700_000
+        var (reservation, _) = try await admitted(first)
+        reservation.settledCost = .known(USDAmount(nanos: 650_000))
+        _ = try await limiter.settle(reservation, actualPromptTokens: 0, actualCompletionTokens: 0)
+        let fields = try await redis.send(["HMGET", RedisKeyLayout(keyID: "budgeted").state, "bdu", "bmu"])
+        XCTAssertEqual(fields.array?.compactMap(\.string), ["650000", "650000"])
+        let otherNode = try RedisLimiterStore(client: redis)
+        var second = request("budgeted", limits)
+        second.reservedCostNanos = 400_000
+        guard case .denied(let denial, _) = try await otherNode.admit(second) else { return XCTFail("admitted past the budget") }
+        XCTAssertEqual(denial.kind, .dailyBudget)
+        XCTAssertEqual(denial.used, 650_000)
+        second.reservedCostNanos = 350_000
+        guard case .admitted = try await otherNode.admit(second) else { return XCTFail("denied within the budget") }
+    }
+
+    /// The settled costs add up exactly per model and day; unknown costs are counted apart, never as 0.
+    func testSettleRecordsCostsInTheDailyUsage() async throws {
+        let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 10_000))
+        var costs: [RequestCost?] = [.known(USDAmount(nanos: 420_000)), .known(USDAmount(nanos: 1)), .unknown, nil]
+        for model in ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o-mini", "o3"] {
+            var (reservation, _) = try await admitted(request("spender", limits, prompt: 10, output: 5, model: model))
+            reservation.settledCost = costs.removeFirst()
+            _ = try await limiter.settle(reservation, actualPromptTokens: 10, actualCompletionTokens: 5)
+        }
+        await (try limiter).flushUsage()
+        // A second flush adds to the first: 420,001 + 420,001 n$ in all, 2 unknown.
+        var (again, _) = try await admitted(request("spender", limits, prompt: 10, output: 5, model: "gpt-4o-mini"))
+        again.settledCost = .known(USDAmount(nanos: 420_001))
+        _ = try await limiter.settle(again, actualPromptTokens: 10, actualCompletionTokens: 5)
+        var (unknown, _) = try await admitted(request("spender", limits, prompt: 10, output: 5, model: "gpt-4o-mini"))
+        unknown.settledCost = .unknown
+        _ = try await limiter.settle(unknown, actualPromptTokens: 10, actualCompletionTokens: 5)
+        await (try limiter).flushUsage()
+        let usage = try await limiter.usage(keyID: "spender", day: UTCDay(Date()).text)
+        XCTAssertEqual(usage["gpt-4o-mini"], .init(promptTokens: 50, completionTokens: 25, requests: 5, cost: USDAmount(nanos: 840_002), unknownCostRequests: 2))
+        XCTAssertEqual(usage["o3"], .init(promptTokens: 10, completionTokens: 5, requests: 1), "no pricing: no cost recorded")
+    }
+
     func testSettleRecordsDailyUsageAndTheStream() async throws {
         let limiter = try RedisLimiterStore(client: redis, options: .init(usageStream: true))
         let limits = ResolvedLimits(tokens: BucketLimit(perMinute: 10_000))

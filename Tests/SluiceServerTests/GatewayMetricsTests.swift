@@ -62,7 +62,7 @@ final class GatewayMetricsTests: XCTestCase {
         let helped = Set(lines.filter { $0.hasPrefix("# HELP ") }.map { $0.split(separator: " ")[2] })
         XCTAssertFalse(typed.isEmpty)
         XCTAssertEqual(typed, helped, "every family has HELP text")
-        for family in MetricFamily.allCases where ![.limiterAdmissions, .limiterCalls, .configInfo, .limiterMode, .implausibleUsage, .limiterCallFailures, .modelFallbacks].contains(family) {
+        for family in MetricFamily.allCases where ![.limiterAdmissions, .limiterCalls, .configInfo, .limiterMode, .implausibleUsage, .limiterCallFailures, .modelFallbacks, .spend, .spendUnknown].contains(family) {
             XCTAssertTrue(typed.contains(Substring(family.name)), "\(family.name) missing")
         }
         for name in ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_max_fds", "process_start_time_seconds"] {
@@ -120,6 +120,22 @@ final class GatewayMetricsTests: XCTestCase {
         XCTAssertTrue(text.contains("sluice_limiter_call_duration_seconds_count 2"), text)
         XCTAssertTrue(text.contains(#"sluice_limiter_call_failures_total{reason="timeout"} 1"#), text)
         XCTAssertTrue(text.contains(#"sluice_build_info{version="unknown"} 1"#), text)
+    }
+
+    /// Spend in USD per key (keys that opted in to metrics; the others summed under key="") and
+    /// model; requests of unknown cost counted apart.
+    func testSpendIsCountedInDollarsAndUnknownCostsApart() {
+        let metrics = GatewayMetrics(processMetrics: false)
+        metrics.spend(keyID: "team-a", exportsMetrics: true, model: "gpt-4o-mini", cost: .known(USDAmount(nanos: 420_000)))
+        metrics.spend(keyID: "team-a", exportsMetrics: true, model: "gpt-4o-mini", cost: .known(USDAmount(nanos: 80_000)))
+        metrics.spend(keyID: "quiet", exportsMetrics: false, model: "gpt-4o-mini", cost: .known(USDAmount(dollars: 2)))
+        metrics.spend(keyID: "team-a", exportsMetrics: true, model: "o3", cost: .unknown)
+        let text = String(decoding: metrics.exposition(), as: UTF8.self)
+        XCTAssertTrue(text.contains(#"sluice_spend_usd_total{key="team-a",model="gpt-4o-mini"} 0.0005"#), text)
+        XCTAssertTrue(text.contains(#"sluice_spend_usd_total{key="",model="gpt-4o-mini"} 2.0"#), text)
+        XCTAssertFalse(text.contains(#"key="quiet""#), "a key without metrics on is not a label value")
+        XCTAssertTrue(text.contains(#"sluice_spend_unknown_requests_total{key="team-a",model="o3"} 1"#), text)
+        XCTAssertFalse(text.contains(#"sluice_spend_usd_total{key="team-a",model="o3"}"#), "an unknown cost is not a cost of 0")
     }
 
     /// With a shared limiter every reason's series exists from the start, at 0, so that the first

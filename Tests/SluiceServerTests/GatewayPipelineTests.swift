@@ -20,6 +20,8 @@ final class GatewayPipelineTests: XCTestCase {
     static let smallSecret = "sk-pipeline-small-0123456789"
     /// May use `gpt-4o` only.
     static let narrowSecret = "sk-pipeline-narrow-0123456789"
+    /// A key with a $0.00001 (10,000 n$) daily budget.
+    static let budgetSecret = "sk-pipeline-budget-0123456789"
 
     private var harness: PipelineHarness!
 
@@ -311,7 +313,8 @@ final class PipelineHarness: Sendable {
     ///   - upstreams: the config's `upstreams` array (JSON).
     ///   - routing: the config's `routing` object (JSON), if any.
     ///   - environment: where `api_key_env` names are read.
-    init(tracer: (any Tracer)? = nil, upstreams: String = PipelineHarness.defaultUpstreams, routing: String? = nil, environment: [String: String] = [:]) throws {
+    ///   - pricing: the config's `pricing` section (JSON), if any.
+    init(tracer: (any Tracer)? = nil, upstreams: String = PipelineHarness.defaultUpstreams, routing: String? = nil, environment: [String: String] = [:], pricing: String? = nil) throws {
         let config = try SluiceConfig.parse(bytes: Array("""
         {
           "server": {"host": "127.0.0.1", "port": 8080},
@@ -323,8 +326,9 @@ final class PipelineHarness: Sendable {
             {"id": "main", "secret_sha256": "\(sha256(GatewayPipelineTests.secret))", "default_output_tokens": 500,
              "limits": {"requests_per_minute": 1000, "tokens_per_minute": 1000000}},
             {"id": "small", "secret_sha256": "\(sha256(GatewayPipelineTests.smallSecret))", "tier": "small", "metrics": true},
-            {"id": "narrow", "secret_sha256": "\(sha256(GatewayPipelineTests.narrowSecret))", "models": ["gpt-4o"], "limits": {"requests_per_minute": 100}}
-          ]
+            {"id": "narrow", "secret_sha256": "\(sha256(GatewayPipelineTests.narrowSecret))", "models": ["gpt-4o"], "limits": {"requests_per_minute": 100}},
+            {"id": "budget", "secret_sha256": "\(sha256(GatewayPipelineTests.budgetSecret))", "limits": {"usd_per_day": 0.00001}}
+          ]\(pricing.map { ", \"pricing\": " + $0 } ?? "")
         }
         """.utf8), environment: environment)
         let tokenizers = try Self.tokenizers.get()
@@ -520,6 +524,7 @@ final class RecordingLimiter: LimiterStore {
         var requestID: String
         var promptTokens: Int
         var completionTokens: Int
+        var cost: RequestCost?
     }
 
     private let inner = InMemoryLimiterStore()
@@ -540,12 +545,16 @@ final class RecordingLimiter: LimiterStore {
     }
 
     func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
-        log.withLock { $0.settlements.append(Settlement(requestID: reservation.requestID, promptTokens: actualPromptTokens, completionTokens: actualCompletionTokens)) }
+        log.withLock { $0.settlements.append(Settlement(requestID: reservation.requestID, promptTokens: actualPromptTokens, completionTokens: actualCompletionTokens, cost: reservation.settledCost)) }
         return try await inner.settle(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 
     func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         try await inner.snapshot(keyID: keyID, limits: limits)
+    }
+
+    func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        try await inner.periodUsage(subject)
     }
 }
 

@@ -18,6 +18,8 @@ final class RouteTests: XCTestCase {
             (.GET, "/v1/responses/", .notFound),
             (.GET, "/v1/chat/completions", .methodNotAllowed(allowed: ["POST"])),
             (.GET, "/v1/models", .listModels),
+            (.GET, "/v1/sluice/key", .keyState),
+            (.POST, "/v1/sluice/key", .methodNotAllowed(allowed: ["GET", "HEAD"])),
             (.GET, "/v1/models/gpt-4o", .retrieveModel("gpt-4o")),
             (.HEAD, "/v1/models/gpt-4o", .retrieveModel("gpt-4o")),
             (.DELETE, "/v1/models/gpt-4o", .methodNotAllowed(allowed: ["GET", "HEAD"])),

@@ -32,7 +32,7 @@ extension SluiceConfig {
     /// Every finding, in the order of the sections: tokenizer, upstreams, tiers, keys, redis, telemetry.
     /// `environment` tells whether `SLUICE_TOKENIZER_DIR` chose the tokenizer directory.
     public func deploymentFindings(environment: [String: String] = ProcessInfo.processInfo.environment) -> [ConfigFinding] {
-        tokenizerFindings(environment: environment) + unreachableUpstreamEntries() + quotaAndBurstFindings() + redisTLSFindings() + telemetryFindings()
+        tokenizerFindings(environment: environment) + unreachableUpstreamEntries() + unpricedModels() + quotaAndBurstFindings() + redisTLSFindings() + telemetryFindings()
     }
 
     // MARK: tokenizer
@@ -96,6 +96,33 @@ extension SluiceConfig {
         }
     }
 
+    // MARK: pricing
+
+    /// With a `pricing` section, a warning for every upstream model entry that some served model has
+    /// no price for: an exact name without an entry (exact or prefix) that prices it, a prefix
+    /// without a prefix entry that covers all of it. Such a model's cost is reported as unknown.
+    func unpricedModels() -> [ConfigFinding] {
+        guard !pricing.isEmpty else { return [] }
+        var findings: [ConfigFinding] = []
+        for (index, upstream) in upstreams.enumerated() {
+            for (modelIndex, matcher) in upstream.models.enumerated() {
+                let path = "$.upstreams[\(index)].models[\(modelIndex)]"
+                switch matcher {
+                case .exact(let name):
+                    if pricing.price(for: name) == nil {
+                        findings.append(ConfigFinding(.warning, path, "model \"\(name)\" has no price in pricing.models: its requests' cost is reported as unknown"))
+                    }
+                case .prefix:
+                    let covered = pricing.models.keys.contains { if case .prefix = $0 { Self.covers($0, matcher) } else { false } }
+                    if !covered {
+                        findings.append(ConfigFinding(.warning, path, "models matching \"\(matcher)\" have no price unless pricing.models lists them (or a prefix entry covering \"\(matcher)\"): the cost of the others is reported as unknown"))
+                    }
+                }
+            }
+        }
+        return findings
+    }
+
     // MARK: limits
 
     /// Warnings for quotas without Redis (not enforced) and for bursts above
@@ -120,10 +147,16 @@ extension SluiceConfig {
     }
 
     private func quotaFindings(_ limits: LimitSet, at path: String) -> [ConfigFinding] {
-        guard redis == nil else { return [] }
-        return [("tokens_per_day", limits.tokensPerDay), ("tokens_per_month", limits.tokensPerMonth)].compactMap { name, value in
+        var findings: [ConfigFinding] = []
+        if pricing.models.isEmpty {
+            for (name, value) in [("usd_per_day", limits.usdPerDay), ("usd_per_month", limits.usdPerMonth)] where value != nil {
+                findings.append(ConfigFinding(.warning, "\(path).\(name)", "no model has a price (pricing.models): every request of a key with this budget is refused"))
+            }
+        }
+        guard redis == nil else { return findings }
+        return findings + [("tokens_per_day", limits.tokensPerDay), ("tokens_per_month", limits.tokensPerMonth)].compactMap { name, value in
             value.map { _ in
-                ConfigFinding(.warning, "\(path).\(name)", "not enforced: quotas need the shared Redis store (a \"redis\" section); the embedded limiter keeps no calendar counters")
+                ConfigFinding(.warning, "\(path).\(name)", "not enforced: quotas need the shared Redis store (a \"redis\" section); the embedded limiter keeps no token quota counters (only budgets)")
             }
         }
     }

@@ -57,13 +57,17 @@ struct ConfigDocumentReader {
     /// False once some upstream's model list had a problem: checking keys' models against
     /// incomplete lists would report problems that are only echoes of that one.
     var upstreamModelsComplete = true
+    /// The plans of `pricing`, read before the keys that name them.
+    var plans: [String: SubscriptionPlan] = [:]
+    /// The names of `teams`, read before the keys that name them.
+    var teamNames: Set<String> = []
 
     init(environment: [String: String], requireMachineSecrets: Bool = true) {
         self.environment = environment
         self.requireMachineSecrets = requireMachineSecrets
     }
 
-    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry", "log", "routing"]
+    static let topLevelFields = ["$schema", "server", "tokenizer", "upstreams", "tiers", "keys", "redis", "telemetry", "log", "routing", "pricing", "teams"]
     static let logFields = ["format"]
     static let serverFields = ["host", "port", "max_body_bytes", "max_header_bytes", "header_timeout_ms", "body_timeout_ms", "idle_timeout_ms", "shutdown_grace_seconds", "event_loop_threads", "upstream_threads", "watch_config", "admin_host", "admin_port"]
     static let tokenizerFields = ["directory", "model_encodings", "max_prompt_bytes"]
@@ -79,8 +83,8 @@ struct ConfigDocumentReader {
     /// Bounds of the strings an upstream's `model_map` and `query_params` hold.
     static let maximumMappedNameLength = 256
     static let maximumQueryParameters = 32
-    static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "lease"]
-    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "previous_response_allowance_tokens", "expires_at", "previous_secrets", "metrics"]
+    static let limitFields = ["requests_per_minute", "tokens_per_minute", "input_tokens_per_minute", "output_tokens_per_minute", "max_concurrent_requests", "requests_burst", "tokens_burst", "input_tokens_burst", "output_tokens_burst", "tokens_per_day", "tokens_per_month", "usd_per_day", "usd_per_month", "lease"]
+    static let keyFields = ["id", "secret_sha256", "tier", "limits", "models", "default_output_tokens", "previous_response_allowance_tokens", "expires_at", "previous_secrets", "metrics", "plan", "team"]
     static let previousSecretFields = ["secret_sha256", "expires_at"]
     static let redisFields = ["url", "cluster_nodes", "password_env", "tls", "on_failure", "fallback_node_count", "usage_stream"]
     static let redisTLSFields = ["ca_file", "cert_file", "key_file", "server_name", "verify"]
@@ -129,6 +133,25 @@ struct ConfigDocumentReader {
             }
         }
 
+        let pricing = root["pricing"].flatMap { $0.isNull ? nil : readPricing($0, at: "$.pricing") } ?? .none
+        plans = pricing.plans
+
+        var teams: [String: LimitSet] = [:]
+        if let value = root["teams"], !value.isNull, let members = walker.object(value, at: "$.teams") {
+            for name in members.keys.sorted() {
+                let path = ConfigWalker.member("$.teams", name)
+                if !KeyConfig.isValidID(name) {
+                    walker.report(path, "team names must match [A-Za-z0-9_.-]{1,64}")
+                    continue
+                }
+                if let limits = readLimitSet(members[name]!, at: path) {
+                    reportBurstsWithoutRates(limits, ownFields: limits, at: path)
+                    teams[name] = limits
+                }
+            }
+        }
+        teamNames = Set(teams.keys)
+
         var keys: [KeyConfig] = []
         if let value = root["keys"] {
             keys = readKeys(value, at: "$.keys", tiers: tiers, upstreams: upstreams)
@@ -143,6 +166,12 @@ struct ConfigDocumentReader {
         var config = SluiceConfig(server: server, tokenizer: tokenizer, upstreams: upstreams, tiers: tiers, keys: keys, redis: redis, telemetry: telemetry)
         if let value = root["log"], !value.isNull { config.log = readLog(value, at: "$.log") }
         if let value = root["routing"], !value.isNull { config.routing = readRouting(value, at: "$.routing", upstreams: upstreams, keysCheckable: upstreamModelsComplete) }
+        config.pricing = pricing
+        config.teams = teams
+        if redis != nil, !teams.isEmpty {
+            // Teams are enforced by the embedded limiter only, so far: never silently unenforced.
+            walker.report("$.teams", "teams are enforced by the embedded limiter only in this version: with a redis section they would not be; remove the teams or the redis section")
+        }
         return config
     }
 
@@ -575,6 +604,9 @@ struct ConfigDocumentReader {
             tokensPerDay: walker.optionalInteger(members, "tokens_per_day", at: path, range: quota, zeroHint: hint),
             tokensPerMonth: walker.optionalInteger(members, "tokens_per_month", at: path, range: quota, zeroHint: hint),
             lease: readLeaseMode(members, at: path)
+        ).withBudgets(
+            perDay: readDollars(members, "usd_per_day", at: path, range: 1...LimitSet.maximumBudgetNanos),
+            perMonth: readDollars(members, "usd_per_month", at: path, range: 1...LimitSet.maximumBudgetNanos)
         )
     }
 
@@ -712,11 +744,26 @@ struct ConfigDocumentReader {
             }
         }
         let metrics = walker.boolean(members, "metrics", at: path, default: false)
-        return KeyConfig(
+        let plan = walker.optionalString(members, "plan", at: path)
+        if let plan, plans[plan] == nil {
+            let known = plans.keys.sorted().joined(separator: ", ")
+            walker.report("\(path).plan", "unknown plan \"\(plan.prefix(64))\" (known: \(known.isEmpty ? "none defined in pricing.plans" : known))")
+        }
+        var key = KeyConfig(
             id: id, secretSHA256: hash, tier: tier, limits: ownLimits, models: models, defaultOutputTokens: defaultOutputTokens,
             expiresAt: expiresAt, previousSecrets: previousSecrets, metrics: metrics,
             previousResponseAllowanceTokens: previousResponseAllowance
         )
+        key.plan = plan
+        if let team = walker.optionalString(members, "team", at: path) {
+            if teamNames.contains(team) {
+                key.team = team
+            } else {
+                let known = teamNames.sorted().joined(separator: ", ")
+                walker.report("\(path).team", "unknown team \"\(team.prefix(64))\" (known: \(known.isEmpty ? "none defined in teams" : known))")
+            }
+        }
+        return key
     }
 
     /// One `previous_secrets` entry: a hash and its (required) expiry.

@@ -20,6 +20,11 @@ public struct SluiceConfig: Sendable {
     public var routing = RoutingConfig()
     /// How log lines are written.
     public var log = LogConfig()
+    /// Model prices and subscription plans (`Pricing.none`: no section; every cost unknown).
+    public var pricing = Pricing.none
+    /// Named limit sets shared by all the keys that name them with `"team"` (any limit field,
+    /// budgets included): a request must pass its key's limits and its team's.
+    public var teams: [String: LimitSet] = [:]
 
     public init(
         server: ServerConfig = ServerConfig(),
@@ -338,6 +343,8 @@ public struct LimitSet: Sendable, Hashable {
     public static let maximumValue = 150_000_000
     /// The largest daily or monthly quota (also kept exact as a Lua double).
     public static let maximumQuota = 1 << 52
+    /// The largest budget, in nano-dollars: kept exact as a Lua double too ($4,503,599.627370496).
+    public static let maximumBudgetNanos = Int64(1) << 52
 
     public var requestsPerMinute: Int?
     public var tokensPerMinute: Int?
@@ -353,6 +360,10 @@ public struct LimitSet: Sendable, Hashable {
     /// Quotas, enforced by the Redis limiter.
     public var tokensPerDay: Int?
     public var tokensPerMonth: Int?
+    /// Budgets over UTC calendar periods (`usd_per_day`, `usd_per_month`), enforced by the embedded
+    /// limiter.
+    public var usdPerDay: USDAmount?
+    public var usdPerMonth: USDAmount?
     /// Whether the Redis limiter may admit this key's requests against slices of its buckets held
     /// by the node (`nil`: as the tier says, else ``LeaseMode/auto``).
     public var lease: LeaseMode?
@@ -395,7 +406,15 @@ public struct LimitSet: Sendable, Hashable {
             tokensPerDay: overrides.tokensPerDay ?? tokensPerDay,
             tokensPerMonth: overrides.tokensPerMonth ?? tokensPerMonth,
             lease: overrides.lease ?? lease
-        )
+        ).withBudgets(perDay: overrides.usdPerDay ?? usdPerDay, perMonth: overrides.usdPerMonth ?? usdPerMonth)
+    }
+
+    /// These limits with the budgets given.
+    public func withBudgets(perDay: USDAmount?, perMonth: USDAmount?) -> LimitSet {
+        var limits = self
+        limits.usdPerDay = perDay
+        limits.usdPerMonth = perMonth
+        return limits
     }
 }
 
@@ -448,6 +467,10 @@ public struct KeyConfig: Sendable, Equatable {
     /// Export this key's remaining limits as `sluice_key_remaining{key,limit}` (opt-in: a series per
     /// key and limit is kept and exported for the life of the process).
     public var metrics: Bool = false
+    /// The subscription plan (a `pricing.plans` name) the key's requests are priced under; `nil`: none.
+    public var plan: String?
+    /// The team (a `teams` name) whose limits the key shares with the team's other keys; `nil`: none.
+    public var team: String?
 
     /// A secret replaced by a rotation, still valid for a while.
     public struct PreviousSecret: Sendable, Equatable {

@@ -239,6 +239,21 @@ extension GatewayError {
                      retryAfterSeconds: renewsInSeconds, shouldRetry: false)
     }
 
+    /// 429 `insufficient_quota`: a budget (`usd_per_day`, `usd_per_month`) cannot take the request's
+    /// maximum cost. Sends `x-should-retry: false`, and `retry-after` when the period's renewal is given.
+    public static func budgetExceeded(limit: RateLimitKind, limitValue: USDAmount, used: USDAmount, requested: USDAmount, renewsInSeconds: Double?) -> GatewayError {
+        GatewayError(kind: .quotaExceeded, status: 429, type: "insufficient_quota", code: "insufficient_quota",
+                     message: "You exceeded your current quota on \(limit.openAILabel): Limit \(limitValue), Used \(used), Requested up to \(requested). Please check your plan or ask your Sluice administrator.",
+                     retryAfterSeconds: renewsInSeconds, shouldRetry: false)
+    }
+
+    /// 429 `insufficient_quota`: the key has a budget, and the model has no price to charge it with.
+    public static func budgetUnpriced(model: String) -> GatewayError {
+        GatewayError(kind: .quotaExceeded, status: 429, type: "insufficient_quota", code: "insufficient_quota",
+                     message: "The model \(model) has no price, so it cannot be charged against this key's budget. Please ask your Sluice administrator.",
+                     retryAfterSeconds: nil, shouldRetry: false)
+    }
+
     /// 429: the key already has `limitValue` requests in flight.
     public static func concurrencyLimited(model: String, limitValue: Int, retryAfterSeconds: Double = 1) -> GatewayError {
         GatewayError(kind: .concurrencyLimited, status: 429, type: RateLimitKind.concurrency.errorType, code: "rate_limit_exceeded",

@@ -15,8 +15,12 @@ public enum RateLimitKind: String, Sendable, Hashable, CaseIterable {
     case concurrency
     /// Tokens per day (TPD).
     case dailyTokens
-    /// Tokens per calendar month (budget).
+    /// Tokens per calendar month.
     case monthlyTokens
+    /// USD per UTC day (`usd_per_day`), in nano-dollars.
+    case dailyBudget
+    /// USD per UTC calendar month (`usd_per_month`), in nano-dollars.
+    case monthlyBudget
 
     /// The phrase OpenAI uses in 429 messages after "on", e.g. "tokens per min (TPM)".
     public var openAILabel: String {
@@ -28,6 +32,8 @@ public enum RateLimitKind: String, Sendable, Hashable, CaseIterable {
         case .concurrency: "concurrent requests"
         case .dailyTokens: "tokens per day (TPD)"
         case .monthlyTokens: "tokens per month"
+        case .dailyBudget: "USD per day"
+        case .monthlyBudget: "USD per month"
         }
     }
 
@@ -39,8 +45,12 @@ public enum RateLimitKind: String, Sendable, Hashable, CaseIterable {
         case .inputTokens: "input_tokens"
         case .outputTokens: "output_tokens"
         case .concurrency: "requests"
+        case .dailyBudget, .monthlyBudget: "usd"
         }
     }
+
+    /// Whether the kind counts money (nano-dollars), not tokens or requests.
+    public var isBudget: Bool { self == .dailyBudget || self == .monthlyBudget }
 }
 
 // MARK: - The limiter's vocabulary, shared by both stores and the Lua scripts
@@ -60,6 +70,8 @@ extension RateLimitKind {
         case .concurrency: 5
         case .dailyTokens: 6
         case .monthlyTokens: 7
+        case .dailyBudget: 8
+        case .monthlyBudget: 9
         }
     }
 

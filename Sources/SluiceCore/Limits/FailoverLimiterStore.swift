@@ -213,6 +213,15 @@ public final class FailoverLimiterStore: LimiterStore {
         return settled
     }
 
+    /// The shared store's counters; the node's own when the shared store does not answer.
+    public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        do {
+            return try await shared.periodUsage(subject)
+        } catch {
+            return try await local.periodUsage(subject)
+        }
+    }
+
     public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         let domain = shared.failureDomain(keyID: keyID)
         if shouldTryShared(domain, probe: false) {
@@ -258,6 +267,10 @@ public final class FailoverLimiterStore: LimiterStore {
         scaled.inputTokens = split(limits.inputTokens)
         scaled.outputTokens = split(limits.outputTokens)
         scaled.maxConcurrentRequests = limits.maxConcurrentRequests.map { max(1, $0 / nodes) }
+        // Budgets: each node its share, counted from zero in its memory (it cannot see what Redis
+        // holds): an outage may let a key spend up to one budget more in all.
+        scaled.usdPerDay = limits.usdPerDay.map { max(1, $0 / Int64(nodes)) }
+        scaled.usdPerMonth = limits.usdPerMonth.map { max(1, $0 / Int64(nodes)) }
         return scaled
     }
 

@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Synchronization
 
 /// The embedded limiter: every key's buckets in this process's memory, for a single node (the
@@ -19,13 +20,23 @@ public final class InMemoryLimiterStore: LimiterStore {
 
     private let shards: [Shard]
     private let clock: Clock
+    private let calendarClock: CalendarClock
+
+    /// Seconds since 1970-01-01 UTC: the wall clock the budgets' calendar periods follow.
+    public typealias CalendarClock = @Sendable () -> Int64
+    public static let wallClockSeconds: CalendarClock = { Int64(Date().timeIntervalSince1970.rounded(.down)) }
 
     /// - Parameters:
     ///   - shardCount: number of independently locked partitions of the key space.
     ///   - clock: injectable for deterministic tests; by default the monotonic clock.
-    public init(shardCount: Int = InMemoryLimiterStore.defaultShardCount, clock: @escaping Clock = InMemoryLimiterStore.monotonicMicroseconds) {
+    ///   - calendarClock: the wall clock (UTC seconds) of the budgets' days and months; injectable too.
+    public init(
+        shardCount: Int = InMemoryLimiterStore.defaultShardCount, clock: @escaping Clock = InMemoryLimiterStore.monotonicMicroseconds,
+        calendarClock: @escaping CalendarClock = InMemoryLimiterStore.wallClockSeconds
+    ) {
         self.shards = (0..<max(shardCount, 1)).map { _ in Shard() }
         self.clock = clock
+        self.calendarClock = calendarClock
     }
 
     /// Microseconds of the monotonic clock.
@@ -50,9 +61,11 @@ public final class InMemoryLimiterStore: LimiterStore {
     /// `admit`, without the async hop.
     public func admitNow(_ request: AdmissionRequest) -> AdmissionDecision {
         let now = clock()
+        let calendar = BudgetCalendar(seconds: calendarClock())
+        if let team = request.team { return admitWithTeam(request, team: team, now: now, calendar: calendar) }
         return shard(for: request.keyID).state.withLock { state in
-            let decision = state.entries[request.keyID, default: KeyEntry()].admit(request, now: now)
-            state.sweepIfDue(now: now)
+            let decision = state.entries[request.keyID, default: KeyEntry()].admit(request, now: now, calendar: calendar)
+            state.sweepIfDue(now: now, calendar: calendar)
             return decision
         }
     }
@@ -60,19 +73,127 @@ public final class InMemoryLimiterStore: LimiterStore {
     /// `settle`, without the async hop.
     public func settleNow(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) -> RateLimitSnapshot? {
         let now = clock()
+        let calendar = BudgetCalendar(seconds: calendarClock())
+        if let team = reservation.team {
+            // The team's share of the settlement: the same request, on the team's limits.
+            var teamShare = Reservation(
+                requestID: reservation.requestID, keyID: Self.teamEntryID(team.id), limits: team.limits, model: reservation.model,
+                promptTokens: reservation.promptTokens, reservedOutputTokens: reservation.reservedOutputTokens,
+                holdsConcurrencySlot: team.limits.maxConcurrentRequests != nil
+            )
+            teamShare.reservedCostNanos = reservation.reservedCostNanos
+            teamShare.settledCost = reservation.settledCost
+            _ = shard(for: teamShare.keyID).state.withLock { state -> RateLimitSnapshot? in
+                guard state.entries[teamShare.keyID] != nil else { return nil }
+                return state.entries[teamShare.keyID]!.settle(
+                    teamShare, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now, calendar: calendar
+                )
+            }
+        }
         return shard(for: reservation.keyID).state.withLock { state in
             guard state.entries[reservation.keyID] != nil else { return nil }
             return state.entries[reservation.keyID]!.settle(
-                reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now
+                reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now, calendar: calendar
             )
+        }
+    }
+
+    /// The name of a team's entry: no key id holds a control character, so it names no key.
+    static func teamEntryID(_ team: String) -> String { "\u{1}team\u{1}" + team }
+
+    /// A request of a key in a team: the key's entry and the team's, each decided on its own limits
+    /// on a copy, and written back only if both admit — one atomic step (both shards locked, in
+    /// index order).
+    private func admitWithTeam(_ request: AdmissionRequest, team: TeamSubject, now: Int64, calendar: BudgetCalendar) -> AdmissionDecision {
+        var teamRequest = request
+        teamRequest.keyID = Self.teamEntryID(team.id)
+        teamRequest.limits = team.limits
+        teamRequest.team = nil
+        teamRequest.tracksMonthTokens = false
+        let keyIndex = shardIndex(for: request.keyID), teamIndex = shardIndex(for: teamRequest.keyID)
+        func decide(_ keyState: inout ShardState, _ teamState: inout ShardState) -> AdmissionDecision {
+            var keyEntry = keyState.entries[request.keyID] ?? KeyEntry()
+            var teamEntry = teamState.entries[teamRequest.keyID] ?? KeyEntry()
+            let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
+            let teamDecision = teamEntry.admit(teamRequest, now: now, calendar: calendar)
+            switch (keyDecision, teamDecision) {
+            case (.admitted(var reservation, let snapshot), .admitted):
+                keyState.entries[request.keyID] = keyEntry
+                teamState.entries[teamRequest.keyID] = teamEntry
+                reservation.team = team
+                return .admitted(reservation, snapshot)
+            case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
+                return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, snapshot)
+            case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
+                // Nothing is written back: the copy that admitted is dropped; the key's state as it stood.
+                return .denied(denial, (keyState.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now))
+            }
+        }
+        if keyIndex == teamIndex {
+            return shards[keyIndex].state.withLock { state in
+                let decision = decideInOneShard(&state, request: request, teamRequest: teamRequest, team: team, now: now, calendar: calendar)
+                state.sweepIfDue(now: now, calendar: calendar)
+                return decision
+            }
+        }
+        let (first, second) = keyIndex < teamIndex ? (keyIndex, teamIndex) : (teamIndex, keyIndex)
+        return shards[first].state.withLock { firstState in
+            shards[second].state.withLock { secondState in
+                keyIndex == first ? decide(&firstState, &secondState) : decide(&secondState, &firstState)
+            }
+        }
+    }
+
+    /// `admitWithTeam` when the key's and the team's entries share a shard.
+    private func decideInOneShard(_ state: inout ShardState, request: AdmissionRequest, teamRequest: AdmissionRequest, team: TeamSubject, now: Int64, calendar: BudgetCalendar) -> AdmissionDecision {
+        var keyEntry = state.entries[request.keyID] ?? KeyEntry()
+        var teamEntry = state.entries[teamRequest.keyID] ?? KeyEntry()
+        let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
+        let teamDecision = teamEntry.admit(teamRequest, now: now, calendar: calendar)
+        switch (keyDecision, teamDecision) {
+        case (.admitted(var reservation, let snapshot), .admitted):
+            state.entries[request.keyID] = keyEntry
+            state.entries[teamRequest.keyID] = teamEntry
+            reservation.team = team
+            return .admitted(reservation, snapshot)
+        case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
+            return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, snapshot)
+        case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
+            return .denied(denial, (state.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now))
+        }
+    }
+
+    /// The budgets' spend of a key or team (token quotas are not kept here: `nil`).
+    public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        let spent: (day: Int64, month: Int64)
+        switch subject {
+        case .key(let id): spent = budgetSpent(keyID: id)
+        case .team(let id): spent = budgetSpent(team: id)
+        }
+        return PeriodUsage(spentToday: USDAmount(nanos: spent.day), spentThisMonth: USDAmount(nanos: spent.month))
+    }
+
+    /// What a team's budgets have spent in the current UTC day and month (as `budgetSpent(keyID:)`).
+    public func budgetSpent(team: String) -> (day: Int64, month: Int64) {
+        budgetSpent(keyID: Self.teamEntryID(team))
+    }
+
+    /// What a key's budgets have spent in the current UTC day and month (nano-dollars; reservations
+    /// in flight included at their reserved cost).
+    public func budgetSpent(keyID: String) -> (day: Int64, month: Int64) {
+        let calendar = BudgetCalendar(seconds: calendarClock())
+        return shard(for: keyID).state.withLock { state in
+            guard let entry = state.entries[keyID] else { return (0, 0) }
+            return (entry.budgetDay == calendar.day ? entry.budgetDaySpent : 0, entry.budgetMonth == calendar.month ? entry.budgetMonthSpent : 0)
         }
     }
 
     /// `snapshot`, without the async hop.
     public func snapshotNow(keyID: String, limits: ResolvedLimits) -> RateLimitSnapshot {
         let now = clock()
+        let calendar = BudgetCalendar(seconds: calendarClock())
         return shard(for: keyID).state.withLock { state in
-            (state.entries[keyID] ?? KeyEntry()).snapshot(limits: limits, now: now)
+            (state.entries[keyID] ?? KeyEntry()).snapshot(limits: limits, now: now, calendar: calendar)
         }
     }
 
@@ -84,13 +205,18 @@ public final class InMemoryLimiterStore: LimiterStore {
     /// Drops every idle, full entry now, whatever the sweep schedule (for tests and shutdown).
     public func sweep() {
         let now = clock()
+        let calendar = BudgetCalendar(seconds: calendarClock())
         for shard in shards {
-            shard.state.withLock { $0.sweep(now: now) }
+            shard.state.withLock { $0.sweep(now: now, calendar: calendar) }
         }
     }
 
     private func shard(for keyID: String) -> Shard {
-        shards[Int(UInt(bitPattern: keyID.hashValue) % UInt(shards.count))]
+        shards[shardIndex(for: keyID)]
+    }
+
+    private func shardIndex(for keyID: String) -> Int {
+        Int(UInt(bitPattern: keyID.hashValue) % UInt(shards.count))
     }
 }
 
@@ -104,15 +230,36 @@ private struct ShardState {
     var entries: [String: KeyEntry] = [:]
     var lastSweep: Int64 = 0
 
-    mutating func sweepIfDue(now: Int64) {
-        if now - lastSweep >= InMemoryLimiterStore.sweepIntervalMicros { sweep(now: now) }
+    mutating func sweepIfDue(now: Int64, calendar: BudgetCalendar) {
+        if now - lastSweep >= InMemoryLimiterStore.sweepIntervalMicros { sweep(now: now, calendar: calendar) }
     }
 
-    /// An entry whose buckets are all full and that holds no reservation is equivalent to no
-    /// entry at all: dropping it loses nothing.
-    mutating func sweep(now: Int64) {
+    /// An entry whose buckets are all full, that holds no reservation and has spent nothing of a
+    /// budget in the current day or month is equivalent to no entry at all: dropping it loses nothing.
+    mutating func sweep(now: Int64, calendar: BudgetCalendar) {
         lastSweep = now
-        entries = entries.filter { !$0.value.isIdleAndFull(now: now) }
+        entries = entries.filter { !$0.value.isIdleAndFull(now: now, calendar: calendar) }
+    }
+}
+
+/// The UTC calendar periods the budgets count in: day index (days since 1970-01-01) and month index
+/// (year × 12 + month − 1, as the Redis quotas), with the seconds until each ends.
+public struct BudgetCalendar: Sendable {
+    public let day: Int64
+    public let month: Int64
+    public let secondsToNextDay: Int64
+    public let secondsToNextMonth: Int64
+
+    public init(seconds: Int64) {
+        let day = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let date = CivilCalendar.date(daysSinceEpoch: Int(day))
+        let nextMonthStart = date.month == 12
+            ? CivilCalendar.daysSinceEpoch(year: date.year + 1, month: 1, day: 1)
+            : CivilCalendar.daysSinceEpoch(year: date.year, month: date.month + 1, day: 1)
+        self.day = day
+        self.month = Int64(date.year * 12 + date.month - 1)
+        self.secondsToNextDay = (day + 1) * 86_400 - seconds
+        self.secondsToNextMonth = Int64(nextMonthStart) * 86_400 - seconds
     }
 }
 
@@ -125,8 +272,17 @@ private struct KeyEntry {
     var outputTokensTAT: Int64 = 0
     /// Reservations holding a concurrency slot.
     var inFlight = 0
-    /// Admitted, not yet settled: what makes settle exactly-once.
-    var unsettled: Set<String> = []
+    /// Admitted, not yet settled (what makes settle exactly-once), with the budget periods each was
+    /// charged in: a settlement corrects those periods only if they are still the current ones.
+    var unsettled: [String: (day: Int64, month: Int64)] = [:]
+    /// The budgets' periods and what was spent in them (nano-dollars, reservations included).
+    var budgetDay: Int64 = -1
+    var budgetDaySpent: Int64 = 0
+    var budgetMonth: Int64 = -1
+    var budgetMonthSpent: Int64 = 0
+    /// The key's tokens of the month, for requests whose price depends on their position in it.
+    var tokensMonth: Int64 = -1
+    var monthTokens: Int64 = 0
 
     func tat(_ kind: RateLimitKind) -> Int64 {
         switch kind {
@@ -134,7 +290,7 @@ private struct KeyEntry {
         case .tokens: tokensTAT
         case .inputTokens: inputTokensTAT
         case .outputTokens: outputTokensTAT
-        case .concurrency, .dailyTokens, .monthlyTokens: 0
+        case .concurrency, .dailyTokens, .monthlyTokens, .dailyBudget, .monthlyBudget: 0
         }
     }
 
@@ -144,17 +300,25 @@ private struct KeyEntry {
         case .tokens: tokensTAT = value
         case .inputTokens: inputTokensTAT = value
         case .outputTokens: outputTokensTAT = value
-        case .concurrency, .dailyTokens, .monthlyTokens: break
+        case .concurrency, .dailyTokens, .monthlyTokens, .dailyBudget, .monthlyBudget: break
         }
     }
 
-    func isIdleAndFull(now: Int64) -> Bool {
+    func isIdleAndFull(now: Int64, calendar: BudgetCalendar) -> Bool {
         unsettled.isEmpty && inFlight == 0
             && requestsTAT <= now && tokensTAT <= now && inputTokensTAT <= now && outputTokensTAT <= now
+            && (budgetDay != calendar.day || budgetDaySpent == 0) && (budgetMonth != calendar.month || budgetMonthSpent == 0)
+            && (tokensMonth != calendar.month || monthTokens == 0)
+    }
+
+    /// Moves the budget counters to the current periods (a new day or month starts from 0).
+    mutating func rollBudgets(to calendar: BudgetCalendar) {
+        if budgetDay != calendar.day { (budgetDay, budgetDaySpent) = (calendar.day, 0) }
+        if budgetMonth != calendar.month { (budgetMonth, budgetMonthSpent) = (calendar.month, 0) }
     }
 
     /// All-or-nothing: decide every limit first, change state only if all admit.
-    mutating func admit(_ request: AdmissionRequest, now: Int64) -> AdmissionDecision {
+    mutating func admit(_ request: AdmissionRequest, now: Int64, calendar: BudgetCalendar) -> AdmissionDecision {
         let limits = request.limits
         var newTATs: (requests: Int64, tokens: Int64, input: Int64, output: Int64) = (requestsTAT, tokensTAT, inputTokensTAT, outputTokensTAT)
         var denial: RateLimitDenial?
@@ -195,19 +359,52 @@ private struct KeyEntry {
                 retryAfterSeconds: RateLimitDenial.concurrencyRetryAfterSeconds, neverFits: false
             ))
         }
+        // Budgets: the request's maximum cost must fit what is left of the day and the month.
+        rollBudgets(to: calendar)
+        let cost = limits.hasBudget ? max(request.reservedCostNanos, 0) : 0
+        for (kind, budget, spent, renews) in [
+            (RateLimitKind.dailyBudget, limits.usdPerDay, budgetDaySpent, calendar.secondsToNextDay),
+            (RateLimitKind.monthlyBudget, limits.usdPerMonth, budgetMonthSpent, calendar.secondsToNextMonth),
+        ] {
+            guard let budget, spent + cost > budget else { continue }
+            consider(RateLimitDenial(
+                kind: kind, limit: Int(budget), burst: Int(budget), used: Int(spent), requested: Int(cost),
+                retryAfterSeconds: cost > budget ? 0 : Double(renews), neverFits: cost > budget
+            ))
+        }
 
         if let denial {
-            return .denied(denial, snapshot(limits: limits, now: now))
+            return .denied(denial, snapshot(limits: limits, now: now, calendar: calendar))
         }
         (requestsTAT, tokensTAT, inputTokensTAT, outputTokensTAT) = newTATs
         let reservation = Reservation(admitting: request)
         if reservation.holdsConcurrencySlot { inFlight += 1 }
-        unsettled.insert(request.requestID)
-        return .admitted(reservation, snapshot(limits: limits, now: now))
+        if limits.usdPerDay != nil { budgetDaySpent += reservation.reservedCostNanos }
+        if limits.usdPerMonth != nil { budgetMonthSpent += reservation.reservedCostNanos }
+        unsettled[request.requestID] = (calendar.day, calendar.month)
+        var admitted = reservation
+        if request.tracksMonthTokens {
+            if tokensMonth != calendar.month { (tokensMonth, monthTokens) = (calendar.month, 0) }
+            admitted.monthTokensBefore = Int(monthTokens)
+            monthTokens += Int64(reservation.promptTokens + reservation.reservedOutputTokens)
+        }
+        return .admitted(admitted, snapshot(limits: limits, now: now, calendar: calendar))
     }
 
-    mutating func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int, now: Int64) -> RateLimitSnapshot? {
-        guard unsettled.remove(reservation.requestID) != nil else { return nil }
+    mutating func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int, now: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot? {
+        guard let periods = unsettled.removeValue(forKey: reservation.requestID) else { return nil }
+        // The budgets: the difference between what was reserved and what the request cost, in the
+        // periods it was charged in (a period that has ended is left as it was).
+        rollBudgets(to: calendar)
+        if reservation.monthTokensBefore != nil, periods.month == tokensMonth {
+            let tokens = Int64(max(actualPromptTokens, 0) + max(actualCompletionTokens, 0) - reservation.promptTokens - reservation.reservedOutputTokens)
+            monthTokens = max(monthTokens + tokens, 0)
+        }
+        let difference = reservation.settledCostNanos - reservation.reservedCostNanos
+        if difference != 0 {
+            if reservation.limits.usdPerDay != nil, periods.day == budgetDay { budgetDaySpent = max(budgetDaySpent + difference, 0) }
+            if reservation.limits.usdPerMonth != nil, periods.month == budgetMonth { budgetMonthSpent = max(budgetMonthSpent + difference, 0) }
+        }
         let prompt = max(actualPromptTokens, 0)
         let completion = max(actualCompletionTokens, 0)
         let limits = reservation.limits
@@ -215,7 +412,7 @@ private struct KeyEntry {
         reconcile(.inputTokens, limits, reserved: reservation.promptTokens, actual: prompt, now: now)
         reconcile(.outputTokens, limits, reserved: reservation.reservedOutputTokens, actual: completion, now: now)
         if reservation.holdsConcurrencySlot { inFlight = max(inFlight - 1, 0) }
-        return snapshot(limits: limits, now: now)
+        return snapshot(limits: limits, now: now, calendar: calendar)
     }
 
     /// Refunds what was reserved but not used, or charges what was used beyond the reservation
@@ -228,6 +425,16 @@ private struct KeyEntry {
         } else {
             setTAT(kind, bucket.charge(Int64(actual - reserved), tat: tat(kind), now: now))
         }
+    }
+
+    /// `snapshot(limits:now:)` with the budgets' headers of the current periods.
+    func snapshot(limits: ResolvedLimits, now: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot {
+        let plain = snapshot(limits: limits, now: now)
+        guard limits.hasBudget else { return plain }
+        return plain.addingBudgets(
+            limits, spentToday: budgetDay == calendar.day ? budgetDaySpent : 0,
+            spentThisMonth: budgetMonth == calendar.month ? budgetMonthSpent : 0, calendar: calendar
+        )
     }
 
     func snapshot(limits: ResolvedLimits, now: Int64) -> RateLimitSnapshot {

@@ -14,6 +14,10 @@ public struct APIKey: Sendable, Hashable {
     /// Input tokens reserved beyond the counted ones for a Responses request continuing a stored
     /// conversation (`previous_response_allowance_tokens`).
     public let previousResponseAllowanceTokens: Int
+    /// The subscription plan its requests are priced under (`keys[].plan`); `nil`: none.
+    public var plan: String?
+    /// Its team and the team's limits (`keys[].team`); `nil`: none.
+    public var team: TeamSubject?
 
     public init(id: String, limits: ResolvedLimits, allowedModels: [ModelMatcher]?, defaultOutputTokens: Int, exportsMetrics: Bool = false,
                 previousResponseAllowanceTokens: Int = KeyConfig.defaultPreviousResponseAllowanceTokens) {
@@ -118,7 +122,9 @@ public struct KeyTable: Sendable {
         var keys: [APIKey] = []
         for keyConfig in config.keys {
             let limits = ResolvedLimits(tier: keyConfig.tier.flatMap { config.tiers[$0] }, own: keyConfig.limits)
-            let key = APIKey(id: keyConfig.id, limits: limits, allowedModels: keyConfig.models, defaultOutputTokens: keyConfig.defaultOutputTokens, exportsMetrics: keyConfig.metrics, previousResponseAllowanceTokens: keyConfig.previousResponseAllowanceTokens)
+            var key = APIKey(id: keyConfig.id, limits: limits, allowedModels: keyConfig.models, defaultOutputTokens: keyConfig.defaultOutputTokens, exportsMetrics: keyConfig.metrics, previousResponseAllowanceTokens: keyConfig.previousResponseAllowanceTokens)
+            key.plan = keyConfig.plan
+            key.team = keyConfig.team.map { TeamSubject(id: $0, limits: ResolvedLimits(tier: nil, own: config.teams[$0])) }
             keys.append(key)
             if let digest = SecretDigest(hex: keyConfig.secretSHA256), byDigest[digest] == nil {
                 byDigest[digest] = Entry(digest: digest, key: key, expiresAt: keyConfig.expiresAt)

@@ -1,3 +1,15 @@
+/// A team a request's key belongs to: its id and its limits, shared by all its keys. A request must
+/// pass both its key's limits and its team's, in one atomic step; charges and refunds go to both.
+public struct TeamSubject: Sendable, Hashable {
+    public let id: String
+    public let limits: ResolvedLimits
+
+    public init(id: String, limits: ResolvedLimits) {
+        self.id = id
+        self.limits = limits
+    }
+}
+
 /// What the pipeline asks the limiter for one request (step 6, "admit").
 public struct AdmissionRequest: Sendable {
     /// Unique per request; settles are idempotent per id. Sluice's own id, never a client's
@@ -10,6 +22,18 @@ public struct AdmissionRequest: Sendable {
     public var promptTokens: Int
     /// The output reservation: max output × n, or the key's default.
     public var reservedOutputTokens: Int
+    /// The most the request can cost (nano-dollars): what its key's budgets reserve. 0 without a
+    /// budget.
+    public var reservedCostNanos: Int64 = 0
+    /// The key's team, whose limits the request must pass too (`nil`: none).
+    public var team: TeamSubject?
+    /// Whether the request's price depends on the key's position in its month's tokens (volume
+    /// tiers, a plan): the store then counts the key's tokens of the month and tells the request
+    /// where it starts (`Reservation.monthTokensBefore`).
+    public var tracksMonthTokens = false
+
+    /// Whether the key or its team has a budget: the request's maximum cost must be reserved.
+    public var needsCostReservation: Bool { limits.hasBudget || (team?.limits.hasBudget ?? false) }
 
     public init(requestID: String, keyID: String, limits: ResolvedLimits, model: String, promptTokens: Int, reservedOutputTokens: Int) {
         self.requestID = requestID
@@ -30,6 +54,7 @@ public struct AdmissionRequest: Sendable {
         case .outputTokens: max(reservedOutputTokens, 0)
         case .concurrency: 1
         case .dailyTokens, .monthlyTokens: max(promptTokens, 0) + max(reservedOutputTokens, 0)
+        case .dailyBudget, .monthlyBudget: Int(max(reservedCostNanos, 0))
         }
     }
 }
@@ -44,6 +69,23 @@ public struct Reservation: Sendable {
     public let reservedOutputTokens: Int
     /// Whether a concurrency slot was taken (released at settle).
     public let holdsConcurrencySlot: Bool
+    /// What the request cost, set by the settle step before it settles (`nil`: no pricing
+    /// configured); recorded with the usage, and what the budgets are settled with.
+    public var settledCost: RequestCost?
+    /// What the budgets reserved at admission (nano-dollars; 0 without a budget).
+    public var reservedCostNanos: Int64 = 0
+    /// The team charged with the key (`nil`: none).
+    public var team: TeamSubject?
+    /// For a request that tracks the month's tokens: the key's tokens of the calendar month (UTC)
+    /// before it — settled ones, and the reservations of those admitted before it — where its own
+    /// tokens start for volume tiers and plans. `nil`: not tracked.
+    public var monthTokensBefore: Int?
+
+    /// What the budgets are charged at settle: the known cost, else (unknown, or not set) the
+    /// reservation, kept as it was.
+    public var settledCostNanos: Int64 {
+        settledCost?.amount.map { max($0.nanos, 0) } ?? reservedCostNanos
+    }
 
     public init(requestID: String, keyID: String, limits: ResolvedLimits, model: String, promptTokens: Int, reservedOutputTokens: Int, holdsConcurrencySlot: Bool) {
         self.requestID = requestID
@@ -57,10 +99,15 @@ public struct Reservation: Sendable {
 
     /// The same claim, with its usage recorded under `model` instead.
     public func recordingUsage(as model: String) -> Reservation {
-        Reservation(
+        var copy = Reservation(
             requestID: requestID, keyID: keyID, limits: limits, model: model, promptTokens: promptTokens,
             reservedOutputTokens: reservedOutputTokens, holdsConcurrencySlot: holdsConcurrencySlot
         )
+        copy.settledCost = settledCost
+        copy.reservedCostNanos = reservedCostNanos
+        copy.team = team
+        copy.monthTokensBefore = monthTokensBefore
+        return copy
     }
 
     public init(admitting request: AdmissionRequest) {
@@ -69,6 +116,8 @@ public struct Reservation: Sendable {
             promptTokens: max(request.promptTokens, 0), reservedOutputTokens: max(request.reservedOutputTokens, 0),
             holdsConcurrencySlot: request.limits.maxConcurrentRequests != nil
         )
+        reservedCostNanos = request.needsCostReservation ? max(request.reservedCostNanos, 0) : 0
+        team = request.team
     }
 }
 
@@ -124,8 +173,34 @@ public struct RateLimitSnapshot: Sendable, Hashable {
     /// Seconds until the token bucket is full again.
     public var resetTokensSeconds: Double?
 
+    /// Budgets (`usd_per_day`, `usd_per_month`): the limit, what is left of it now, and the seconds
+    /// until its UTC period renews; `nil` when not configured.
+    public var limitUSDDay: USDAmount?
+    public var remainingUSDDay: USDAmount?
+    public var resetUSDDaySeconds: Double?
+    public var limitUSDMonth: USDAmount?
+    public var remainingUSDMonth: USDAmount?
+    public var resetUSDMonthSeconds: Double?
+
     /// No limits configured: no headers.
     public static let empty = RateLimitSnapshot()
+
+    /// These values with the budgets' of `limits`, given what they spent (nano-dollars) in the periods
+    /// of `calendar`.
+    public func addingBudgets(_ limits: ResolvedLimits, spentToday: Int64, spentThisMonth: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot {
+        var snapshot = self
+        if let limit = limits.usdPerDay {
+            snapshot.limitUSDDay = USDAmount(nanos: limit)
+            snapshot.remainingUSDDay = USDAmount(nanos: max(limit - spentToday, 0))
+            snapshot.resetUSDDaySeconds = Double(calendar.secondsToNextDay)
+        }
+        if let limit = limits.usdPerMonth {
+            snapshot.limitUSDMonth = USDAmount(nanos: limit)
+            snapshot.remainingUSDMonth = USDAmount(nanos: max(limit - spentThisMonth, 0))
+            snapshot.resetUSDMonthSeconds = Double(calendar.secondsToNextMonth)
+        }
+        return snapshot
+    }
 
     /// The header values for `limits`: what is left in the requests and tokens buckets and how long
     /// until each is full (µs); a limit that is not configured gets no values. Both stores build
@@ -162,6 +237,29 @@ public enum AdmissionDecision: Sendable {
     case denied(RateLimitDenial, RateLimitSnapshot)
 }
 
+/// Whose calendar usage to read: a key's, or a team's.
+public enum LimitSubject: Sendable, Hashable {
+    case key(String)
+    case team(String)
+}
+
+/// What a subject has used of its calendar limits in the current UTC day and month; `nil` where the
+/// store does not keep it (the embedded limiter keeps no token quotas).
+public struct PeriodUsage: Sendable, Hashable {
+    public var tokensToday: Int?
+    public var tokensThisMonth: Int?
+    /// Spend counted against the budgets: settled costs plus the reservations still in flight.
+    public var spentToday: USDAmount?
+    public var spentThisMonth: USDAmount?
+
+    public init(tokensToday: Int? = nil, tokensThisMonth: Int? = nil, spentToday: USDAmount? = nil, spentThisMonth: USDAmount? = nil) {
+        self.tokensToday = tokensToday
+        self.tokensThisMonth = tokensThisMonth
+        self.spentToday = spentToday
+        self.spentThisMonth = spentThisMonth
+    }
+}
+
 /// Where the limits' state lives: in memory (`InMemoryLimiterStore`, one node) or in Redis
 /// (every node shares it). Both implement exactly these semantics.
 ///
@@ -184,6 +282,10 @@ public protocol LimiterStore: Sendable {
     /// The key's current state, charging nothing (for responses that skip admission).
     func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot
 
+    /// What `subject` used of its quotas and budgets in the current UTC day and month, charging
+    /// nothing (`GET /v1/sluice/key`).
+    func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage
+
     /// Which part of the store holds the key's state and fails on its own (a Redis Cluster slot):
     /// the failure policy applies per part, so keys elsewhere keep exact limits.
     func failureDomain(keyID: String) -> Int
@@ -192,4 +294,7 @@ public protocol LimiterStore: Sendable {
 extension LimiterStore {
     /// A store that fails as one.
     public func failureDomain(keyID: String) -> Int { 0 }
+
+    /// A store that keeps no calendar counters: nothing known.
+    public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage { PeriodUsage() }
 }

@@ -4,13 +4,19 @@ extension RateLimitDenial {
     /// `insufficient_quota` for the daily and monthly quotas, the concurrency wording for
     /// in-flight limits, and OpenAI's "Rate limit reached … Please try again in …" otherwise.
     public func gatewayError(model: String) -> GatewayError {
+        if kind.isBudget {
+            return .budgetExceeded(
+                limit: kind, limitValue: USDAmount(nanos: Int64(limit)), used: USDAmount(nanos: Int64(used)),
+                requested: USDAmount(nanos: Int64(requested)), renewsInSeconds: neverFits || retryAfterSeconds <= 0 ? nil : retryAfterSeconds
+            )
+        }
         if neverFits {
             return .requestTooLarge(limit: kind, model: model, limitValue: burst, requested: requested)
         }
         switch kind {
         case .concurrency:
             return .concurrencyLimited(model: model, limitValue: limit, retryAfterSeconds: retryAfterSeconds)
-        case .dailyTokens, .monthlyTokens:
+        case .dailyTokens, .monthlyTokens, .dailyBudget, .monthlyBudget:
             return .quotaExceeded(limit: kind, limitValue: limit, used: used, renewsInSeconds: retryAfterSeconds > 0 ? retryAfterSeconds : nil)
         case .requests, .tokens, .inputTokens, .outputTokens:
             return .rateLimited(limit: kind, model: model, limitValue: limit, used: used, requested: requested, retryAfterSeconds: retryAfterSeconds)

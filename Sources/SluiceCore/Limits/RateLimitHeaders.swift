@@ -2,7 +2,8 @@
 public enum RateLimitHeaders {
     /// Header name/value pairs for the limits that are configured, in this order:
     /// `x-ratelimit-limit-requests`, `x-ratelimit-limit-tokens`, `x-ratelimit-remaining-requests`,
-    /// `x-ratelimit-remaining-tokens`, `x-ratelimit-reset-requests`, `x-ratelimit-reset-tokens`.
+    /// `x-ratelimit-remaining-tokens`, `x-ratelimit-reset-requests`, `x-ratelimit-reset-tokens`; then
+    /// for budgets `x-ratelimit-{limit,remaining,reset}-usd-day` and `…-usd-month`.
     public static func render(_ snapshot: RateLimitSnapshot) -> [(String, String)] {
         var headers: [(String, String)] = []
         headers.reserveCapacity(6)
@@ -12,6 +13,13 @@ public enum RateLimitHeaders {
         if let remaining = snapshot.remainingTokens { headers.append(("x-ratelimit-remaining-tokens", String(remaining))) }
         if let reset = snapshot.resetRequestsSeconds { headers.append(("x-ratelimit-reset-requests", GoDuration.string(seconds: reset))) }
         if let reset = snapshot.resetTokensSeconds { headers.append(("x-ratelimit-reset-tokens", GoDuration.string(seconds: reset))) }
+        // Budgets, in the same style: USD as exact decimals, the reset at the period's end (UTC).
+        if let limit = snapshot.limitUSDDay { headers.append(("x-ratelimit-limit-usd-day", limit.description)) }
+        if let remaining = snapshot.remainingUSDDay { headers.append(("x-ratelimit-remaining-usd-day", remaining.description)) }
+        if let reset = snapshot.resetUSDDaySeconds { headers.append(("x-ratelimit-reset-usd-day", GoDuration.string(seconds: reset))) }
+        if let limit = snapshot.limitUSDMonth { headers.append(("x-ratelimit-limit-usd-month", limit.description)) }
+        if let remaining = snapshot.remainingUSDMonth { headers.append(("x-ratelimit-remaining-usd-month", remaining.description)) }
+        if let reset = snapshot.resetUSDMonthSeconds { headers.append(("x-ratelimit-reset-usd-month", GoDuration.string(seconds: reset))) }
         return headers
     }
 }

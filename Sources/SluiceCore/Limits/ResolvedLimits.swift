@@ -27,6 +27,10 @@ public struct ResolvedLimits: Sendable, Hashable {
     /// Quotas (enforced by the Redis limiter).
     public var tokensPerDay: Int?
     public var tokensPerMonth: Int?
+    /// Budgets in nano-dollars (`usd_per_day`, `usd_per_month`; UTC calendar periods), enforced by
+    /// the embedded limiter.
+    public var usdPerDay: Int64?
+    public var usdPerMonth: Int64?
     /// Whether the Redis limiter may lease this key's buckets (``LeaseMode``).
     public var lease: LeaseMode
 
@@ -73,19 +77,25 @@ public struct ResolvedLimits: Sendable, Hashable {
             tokensPerMonth: merged.tokensPerMonth,
             lease: merged.lease ?? .auto
         )
+        usdPerDay = merged.usdPerDay?.nanos
+        usdPerMonth = merged.usdPerMonth?.nanos
     }
+
+    /// Whether a budget (`usd_per_day`, `usd_per_month`) is configured: admission must reserve the
+    /// request's maximum cost.
+    public var hasBudget: Bool { usdPerDay != nil || usdPerMonth != nil }
 
     /// Whether no limit at all is configured (nothing to charge anywhere).
     public var isUnlimited: Bool {
         requests == nil && tokens == nil && inputTokens == nil && outputTokens == nil
-            && maxConcurrentRequests == nil && tokensPerDay == nil && tokensPerMonth == nil
+            && maxConcurrentRequests == nil && tokensPerDay == nil && tokensPerMonth == nil && !hasBudget
     }
 
     /// Whether leasing can apply at all: per-minute buckets (slices of their timelines) and the
     /// concurrency limit (free slots parked on a node) can be leased; a quota slice would stay
     /// charged for its whole period if its node died, so keys with quotas are always exact.
     public var isLeasable: Bool {
-        lease != .off && tokensPerDay == nil && tokensPerMonth == nil
+        lease != .off && tokensPerDay == nil && tokensPerMonth == nil && !hasBudget
             && (requests != nil || tokens != nil || inputTokens != nil || outputTokens != nil || maxConcurrentRequests != nil)
     }
 
@@ -97,7 +107,7 @@ public struct ResolvedLimits: Sendable, Hashable {
         case .tokens: tokens
         case .inputTokens: inputTokens
         case .outputTokens: outputTokens
-        case .concurrency, .dailyTokens, .monthlyTokens: nil
+        case .concurrency, .dailyTokens, .monthlyTokens, .dailyBudget, .monthlyBudget: nil
         }
     }
 }

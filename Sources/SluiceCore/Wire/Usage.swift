@@ -1,16 +1,17 @@
-/// Token usage as an OpenAI response reports it (`usage` object). Detail objects
-/// (`prompt_tokens_details`, `completion_tokens_details`) are ignored.
+/// Token usage as an OpenAI response reports it (`usage` object), with two details:
+/// `prompt_tokens_details.cached_tokens` (`cachedInputTokens`, priced as cached input) and
+/// `completion_tokens_details.reasoning_tokens` (`reasoningTokens`; already included in the completion).
 ///
 /// The Responses API's names are read too: `input_tokens` as `promptTokens`, `output_tokens` as
-/// `completionTokens`, and its details `input_tokens_details.cached_tokens` (`cachedInputTokens`) and
-/// `output_tokens_details.reasoning_tokens` (`reasoningTokens`; already included in `output_tokens`).
+/// `completionTokens`, and its details `input_tokens_details.cached_tokens` and
+/// `output_tokens_details.reasoning_tokens` (of the two names of a detail object, the last member counts).
 public struct Usage: Sendable, Equatable, Hashable {
     public var promptTokens: Int
     public var completionTokens: Int
     public var totalTokens: Int
-    /// Responses API only: input tokens served from the prompt cache (part of `promptTokens`).
+    /// Input tokens served from the prompt cache (part of `promptTokens`).
     public var cachedInputTokens: Int?
-    /// Responses API only: reasoning tokens (part of `completionTokens`).
+    /// Reasoning tokens (part of `completionTokens`).
     public var reasoningTokens: Int?
 
     /// The largest count read from a response (as `OpenAIRequest.maximumOutputTokens`): a larger
@@ -65,9 +66,9 @@ public struct Usage: Sendable, Equatable, Hashable {
                 completion = try readCount(&scanner)
             } else if scanner.string(key, equals: "total_tokens") {
                 total = try readCount(&scanner)
-            } else if scanner.string(key, equals: "input_tokens_details") {
+            } else if scanner.string(key, equals: "prompt_tokens_details") || scanner.string(key, equals: "input_tokens_details") {
                 cached = try readDetail(&scanner, named: "cached_tokens")
-            } else if scanner.string(key, equals: "output_tokens_details") {
+            } else if scanner.string(key, equals: "completion_tokens_details") || scanner.string(key, equals: "output_tokens_details") {
                 reasoning = try readDetail(&scanner, named: "reasoning_tokens")
             } else {
                 try scanner.skipValue()

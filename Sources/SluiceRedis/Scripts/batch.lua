@@ -22,10 +22,13 @@
 --       39..42 the least worth taking of each bucket's slice: a request's cost (a smaller slice
 --             admits nothing and only keeps the capacity from the other nodes)
 --       43 parked slots the lost call gave back   44 their epoch
---       45..  lost admissions (2 each: prompt, output), lost settlements and settlements (7 each:
---             reserved prompt, reserved output, actual prompt, actual completion, quota day,
---             quota month (-1: not charged), slot epoch (0: no slot)), admissions (2 each: prompt,
---             output)
+--       45 USD per day   46 USD per month: the budgets, nano-dollars (0: none)
+--       47 1 when some request of the call tracks the key's tokens of the month (fields pm pmu)
+--       48..  lost admissions (4 each: prompt, output, cost, tracks 1|0), lost settlements and
+--             settlements (10 each: reserved prompt, reserved output, actual prompt, actual
+--             completion, quota day, quota month (-1: not charged), slot epoch (0: no slot), reserved
+--             cost, actual cost, tracks 1|0), admissions (4 each: prompt, output, cost (nano-dollars:
+--             the most the request can cost), tracks the month's tokens 1|0)
 --
 -- Node entries n:<node> = "slots leaseExpiryMs epoch ack seenMs admitted granted": the concurrency
 -- slots the node's requests hold or it keeps parked (counted while leaseExpiryMs is ahead: a dead node's slots free one TTL
@@ -43,9 +46,12 @@
 --          lease granted: start, end µs of each bucket (0 0: none), concurrency slots,
 --          then 15 per admission: admitted 1|0, denial kind, limit, burst, used, requested,
 --          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs,
---          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none)}
+--          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none),
+--          the key's tokens of the month before it (-1: not tracked),
+--          then the budgets' spend after the call: today, this month (nano-dollars; 0 without budgets)}
 --   denial kinds: 1 requests 2 tokens 3 input tokens 4 output tokens 5 concurrency
---                 6 daily tokens 7 monthly tokens
+--                 6 daily tokens 7 monthly tokens 8 USD per day 9 USD per month
+--   quota day and month are those of the token quotas and the budgets alike (the same calendar).
 
 local node = ARGV[1]
 local sequence = tonumber(ARGV[2])
@@ -122,14 +128,32 @@ local function refund(index, amount)
 end
 local perDay, perMonth = tonumber(ARGV[13]), tonumber(ARGV[14])
 local hasQuota = perDay > 0 or perMonth > 0
--- (Keys without quotas skip the calendar: no settlement's period matches -2.)
+-- Budgets (nano-dollars) count in the same periods, in their own fields: bd bdu bm bmu.
+local usdPerDay, usdPerMonth = tonumber(ARGV[45]), tonumber(ARGV[46])
+local hasBudget = usdPerDay > 0 or usdPerMonth > 0
+-- (Keys without quotas or budgets skip the calendar: no settlement's period matches -2.)
 local today, thisMonth, nextDay, nextMonthDay = -2, -2, -2, -2
 local dayUsed, monthUsed = 0, 0
-if hasQuota then
+local dayCost, monthCost = 0, 0
+-- The key's tokens of the month, for requests priced by their position in it (volume tiers, plans).
+local tracking = tonumber(ARGV[47]) == 1
+local monthTokens = 0
+local monthTokensChanged = false
+if hasQuota or hasBudget or tracking then
   today, thisMonth, nextDay, nextMonthDay = quotaPeriods(seconds)
   dayUsed, monthUsed = stateQuota(fields, today, thisMonth)
+  if stateInteger(fields, 'bd') == today then dayCost = stateInteger(fields, 'bdu') or 0 end
+  if stateInteger(fields, 'bm') == thisMonth then monthCost = stateInteger(fields, 'bmu') or 0 end
+  if stateInteger(fields, 'pm') == thisMonth then monthTokens = stateInteger(fields, 'pmu') or 0 end
+end
+local function addMonthTokens(month, amount)
+  if month == thisMonth and amount ~= 0 then
+    monthTokens = math.max(monthTokens + amount, 0)
+    monthTokensChanged = true
+  end
 end
 local quotaChanged = false
+local budgetChanged = false
 
 -- The differences a settlement applies (refund what was reserved and not used, charge what was
 -- used beyond), and the admission a lost call may have made, undone.
@@ -146,6 +170,11 @@ local function addQuota(day, month, amount)
   if day == today then dayUsed = math.max(dayUsed + amount, 0) quotaChanged = true end
   if month == thisMonth then monthUsed = math.max(monthUsed + amount, 0) quotaChanged = true end
 end
+local function addBudget(day, month, amount)
+  if not hasBudget or amount == 0 then return end
+  if day == today then dayCost = math.max(dayCost + amount, 0) budgetChanged = true end
+  if month == thisMonth then monthCost = math.max(monthCost + amount, 0) budgetChanged = true end
+end
 local function settle(at)
   local reservedPrompt, reservedOutput = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   local actualPrompt, actualCompletion = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
@@ -153,6 +182,10 @@ local function settle(at)
   reconcile(3, reservedPrompt, actualPrompt)
   reconcile(4, reservedOutput, actualCompletion)
   addQuota(tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), actualPrompt + actualCompletion - reservedPrompt - reservedOutput)
+  addBudget(tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]), tonumber(ARGV[at + 8]) - tonumber(ARGV[at + 7]))
+  if tonumber(ARGV[at + 9]) == 1 then
+    addMonthTokens(tonumber(ARGV[at + 5]), actualPrompt + actualCompletion - reservedPrompt - reservedOutput)
+  end
   local epoch = tonumber(ARGV[at + 6])
   if epoch ~= 0 and epoch == mine.epoch and mine.slots > 0 then mine.slots = mine.slots - 1 end
 end
@@ -165,13 +198,15 @@ local function release(at)
   reconcile(3, prompt, 0)
   reconcile(4, output, 0)
   if hasQuota then addQuota(today, thisMonth, -(prompt + output)) end
+  addBudget(today, thisMonth, -tonumber(ARGV[at + 2]))
+  if tonumber(ARGV[at + 3]) == 1 then addMonthTokens(thisMonth, -(prompt + output)) end
   if maxConcurrent > 0 and mine.slots > 0 then mine.slots = mine.slots - 1 end
 end
 
 local lostSeq, firstResolution = tonumber(ARGV[18]), tonumber(ARGV[19])
 local lostAdmissions, lostSettlements = tonumber(ARGV[20]), tonumber(ARGV[21])
 local settlements, admissions = tonumber(ARGV[22]), tonumber(ARGV[23])
-local at = 45
+local at = 48
 local lost = -1
 if lostSeq > 0 then
   if mine.ack >= firstResolution then
@@ -179,19 +214,19 @@ if lostSeq > 0 then
   elseif mine.ack >= lostSeq then
     lost = 1
     for index = 0, lostAdmissions - 1 do
-      if string.sub(mine.admitted, index + 1, index + 1) == '1' then release(at + index * 2) end
+      if string.sub(mine.admitted, index + 1, index + 1) == '1' then release(at + index * 4) end
     end
     -- The slots it parked on the node never reached it.
     mine.slots = math.max(mine.slots - mine.granted, 0)
   else
     lost = 0
-    for index = 0, lostSettlements - 1 do settle(at + lostAdmissions * 2 + index * 7) end
+    for index = 0, lostSettlements - 1 do settle(at + lostAdmissions * 4 + index * 10) end
     if tonumber(ARGV[43]) > 0 and tonumber(ARGV[44]) == mine.epoch then
       mine.slots = math.max(mine.slots - tonumber(ARGV[43]), 0)
     end
   end
 end
-at = at + lostAdmissions * 2 + lostSettlements * 7
+at = at + lostAdmissions * 4 + lostSettlements * 10
 
 -- A lease comes back: the unused tail [tailStart, end) of a slice that is still the last thing its
 -- bucket handed out returns to the bucket (exactly: nothing was handed out after it); a slice with
@@ -211,8 +246,8 @@ end
 local slotsReturned, slotsEpoch = tonumber(ARGV[37]), tonumber(ARGV[38])
 if slotsReturned > 0 and slotsEpoch == mine.epoch then mine.slots = math.max(mine.slots - slotsReturned, 0) end
 
-for index = 0, settlements - 1 do settle(at + index * 7) end
-at = at + settlements * 7
+for index = 0, settlements - 1 do settle(at + index * 10) end
+at = at + settlements * 10
 
 -- Admissions, each against everything the previous ones left.
 local function snapshotValues(out)
@@ -234,7 +269,9 @@ if (admissions > 0 or slotsWanted > 0) and maxConcurrent > 0
   mine.epoch = now
 end
 for index = 0, admissions - 1 do
-  local prompt, output = tonumber(ARGV[at + index * 2]), tonumber(ARGV[at + index * 2 + 1])
+  local prompt, output = tonumber(ARGV[at + index * 4]), tonumber(ARGV[at + index * 4 + 1])
+  local money = tonumber(ARGV[at + index * 4 + 2])
+  local tracks = tonumber(ARGV[at + index * 4 + 3]) == 1
   local costs = { 1, prompt + output, prompt, output }
   local denial = nil
   -- RateLimitDenial.outranks: a request that never fits wins, then the longest wait.
@@ -274,7 +311,16 @@ for index = 0, admissions - 1 do
     if quotaCost > perMonth then consider(7, perMonth, perMonth, monthUsed, quotaCost, 0, 1)
     else consider(7, perMonth, perMonth, monthUsed, quotaCost, nextMonthDay * DAY_SECONDS * 1000000 - now, 0) end
   end
+  if usdPerDay > 0 and dayCost + money > usdPerDay then
+    if money > usdPerDay then consider(8, usdPerDay, usdPerDay, dayCost, money, 0, 1)
+    else consider(8, usdPerDay, usdPerDay, dayCost, money, nextDay * DAY_SECONDS * 1000000 - now, 0) end
+  end
+  if usdPerMonth > 0 and monthCost + money > usdPerMonth then
+    if money > usdPerMonth then consider(9, usdPerMonth, usdPerMonth, monthCost, money, 0, 1)
+    else consider(9, usdPerMonth, usdPerMonth, monthCost, money, nextMonthDay * DAY_SECONDS * 1000000 - now, 0) end
+  end
   local starts = { 0, 0, 0 }
+  local position = -1
   if denial == nil then
     for b = 1, 4 do
       if buckets[b] ~= nil then
@@ -287,6 +333,16 @@ for index = 0, admissions - 1 do
       monthUsed = monthUsed + quotaCost
       quotaChanged = true
     end
+    if hasBudget and money > 0 then
+      dayCost = dayCost + money
+      monthCost = monthCost + money
+      budgetChanged = true
+    end
+    position = -1
+    if tracks then
+      position = monthTokens
+      addMonthTokens(thisMonth, prompt + output)
+    end
     if maxConcurrent > 0 then mine.slots = mine.slots + 1 end
     admittedFlags[#admittedFlags + 1] = '1'
     for _, v in ipairs({ 1, 0, 0, 0, 0, 0, 0, 0 }) do results[#results + 1] = v end
@@ -297,6 +353,7 @@ for index = 0, admissions - 1 do
   end
   snapshotValues(results)
   for k = 1, 3 do results[#results + 1] = starts[k] end
+  results[#results + 1] = position
 end
 
 -- A lease taken: of each bucket, what the node asked for or what is left if less, as an interval
@@ -377,9 +434,23 @@ if quotaChanged then
     put('qmu', int(monthUsed))
   end
 end
-if hasQuota then
+if budgetChanged then
+  if usdPerDay > 0 then
+    put('bd', int(today))
+    put('bdu', int(dayCost))
+  end
+  if usdPerMonth > 0 then
+    put('bm', int(thisMonth))
+    put('bmu', int(monthCost))
+  end
+end
+if monthTokensChanged then
+  put('pm', int(thisMonth))
+  put('pmu', int(monthTokens))
+end
+if hasQuota or hasBudget or monthTokensChanged then
   local endDay = nextDay
-  if perMonth > 0 then endDay = nextMonthDay end
+  if perMonth > 0 or usdPerMonth > 0 or monthTokensChanged then endDay = nextMonthDay end
   expiresAt = math.max(expiresAt, (endDay + 1) * DAY_SECONDS * 1000)
 end
 local admittedText = table.concat(admittedFlags)
@@ -397,10 +468,13 @@ if #forgotten > 0 then redis.call('HDEL', KEYS[1], unpack(forgotten)) end
 if expiry ~= (stateInteger(fields, 'exp') or 0) then redis.call('PEXPIRE', KEYS[1], int(expiry - nowMillis)) end
 
 local quotaDay, quotaMonth = -1, -1
-if perDay > 0 then quotaDay = today end
-if perMonth > 0 then quotaMonth = thisMonth end
+if perDay > 0 or usdPerDay > 0 then quotaDay = today end
+if perMonth > 0 or usdPerMonth > 0 or tracking then quotaMonth = thisMonth end
 local out = { 1, corrupt, now, mine.epoch, lost, quotaDay, quotaMonth }
 snapshotValues(out)
 for _, v in ipairs(granted) do out[#out + 1] = v end
 for _, v in ipairs(results) do out[#out + 1] = v end
+-- Last, the budgets' spend after the call (today, this month; 0 without budgets): their headers.
+out[#out + 1] = dayCost
+out[#out + 1] = monthCost
 return out

@@ -166,6 +166,7 @@ end
 --   r t i o          the TAT of the requests, tokens, input and output tokens buckets (µs of Redis'
 --                    clock; absent, or in the past: the bucket is full)
 --   qd qdu qm qmu    the quota periods (UTC day index, year * 12 + month - 1) and their usage
+--   bd bdu bm bmu    the budgets' periods and their spend (nano-dollars, reservations included)
 --   lr lt li lo      the lease marks: the end of the last slice of each bucket handed to a node
 --                    (batch.lua): refunds never move a TAT below it
 --   exp              the hash's expiry (ms) as last set, so PEXPIRE runs only when it must move

@@ -1,10 +1,13 @@
 -- usage.lua: a node's usage records for one API key and UTC day, accumulated on the node and
 -- flushed in one call per key per interval (RedisLimiterStore.flushUsage). Requires gcra.lua.
 --
--- KEYS  1 the day's usage hash (<model>:prompt, <model>:completion, <model>:requests)
+-- KEYS  1 the day's usage hash (<model>:prompt, <model>:completion, <model>:requests, and with
+--         prices <model>:cost_nanos (the known costs, nano-dollars) and <model>:cost_unknown (requests
+--         whose cost was unknown))
 --       2 the usage stream (only written when ARGV 3 > 0)
 -- ARGV  1 usage TTL ms   2 stream max length (approximate trimming)   3 stream entries
---       4 models, then 4 per model: model, prompt tokens, completion tokens, requests
+--       4 models, then 6 per model: model, prompt tokens, completion tokens, requests, cost
+--         (nano-dollars), requests of unknown cost
 --       then 6 per stream entry: request id, model, prompt, completion, reserved prompt, reserved output
 -- Returns corrupt 1|0. A usage hash of the wrong type, or a field that is not an integer, is
 -- replaced rather than failing the flush.
@@ -27,7 +30,9 @@ for _ = 1, models do
   add(model .. ':prompt', ARGV[at + 1])
   add(model .. ':completion', ARGV[at + 2])
   add(model .. ':requests', ARGV[at + 3])
-  at = at + 4
+  add(model .. ':cost_nanos', ARGV[at + 4])
+  add(model .. ':cost_unknown', ARGV[at + 5])
+  at = at + 6
 end
 if models > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 

@@ -7,6 +7,13 @@ final class StreamRelayFilterTests: XCTestCase {
 
     private static let chunkHead = #""id":"chatcmpl-9x","object":"chat.completion.chunk","created":1731000000,"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0ba0d124f1""#
     private static let usageEvent = "data: {\(chunkHead),\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":6,\"total_tokens\":25,\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},\"completion_tokens_details\":{\"reasoning_tokens\":0,\"audio_tokens\":0,\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}}\n\n"
+    /// What `usageEvent` reports: its details (`cached_tokens`, `reasoning_tokens`) are read too.
+    private static let reportedUsage: Usage = {
+        var usage = Usage(promptTokens: 19, completionTokens: 6, totalTokens: 25)
+        usage.cachedInputTokens = 0
+        usage.reasoningTokens = 0
+        return usage
+    }()
     private static let chatEvents: [String] = [
         "data: {\(chunkHead),\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
         "data: {\(chunkHead),\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n",
@@ -47,13 +54,13 @@ final class StreamRelayFilterTests: XCTestCase {
 
     private static let table: [Case] = [
         Case(name: "chat, Sluice added usage", events: chatEvents, dropsUsage: true, dropped: [5],
-             usage: Usage(promptTokens: 19, completionTokens: 6, totalTokens: 25)),
+             usage: StreamRelayFilterTests.reportedUsage),
         Case(name: "chat, client asked for usage", events: chatEvents, dropsUsage: false, dropped: [],
-             usage: Usage(promptTokens: 19, completionTokens: 6, totalTokens: 25)),
+             usage: StreamRelayFilterTests.reportedUsage),
         Case(name: "chat with CRLF", events: crlfEvents, dropsUsage: true, dropped: [5],
-             usage: Usage(promptTokens: 19, completionTokens: 6, totalTokens: 25)),
+             usage: StreamRelayFilterTests.reportedUsage),
         Case(name: "tool calls", events: toolEvents, dropsUsage: true, dropped: [4],
-             usage: Usage(promptTokens: 19, completionTokens: 6, totalTokens: 25)),
+             usage: StreamRelayFilterTests.reportedUsage),
         Case(name: "completions", events: completionsEvents, dropsUsage: true, dropped: [2],
              usage: Usage(promptTokens: 5, completionTokens: 2, totalTokens: 7)),
         Case(name: "upstream never reports usage", events: Array(chatEvents[0..<5]) + [chatEvents[6]], dropsUsage: true, dropped: [], usage: nil),
@@ -61,7 +68,7 @@ final class StreamRelayFilterTests: XCTestCase {
              "event: error\ndata: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n", "data: not json\n\n"],
              dropsUsage: true, dropped: [], usage: nil, sawDone: false),
         Case(name: "usage chunk last without blank line", events: Array(chatEvents[0..<5]) + [String(usageEvent.dropLast())],
-             dropsUsage: true, dropped: [5], usage: Usage(promptTokens: 19, completionTokens: 6, totalTokens: 25), sawDone: false),
+             dropsUsage: true, dropped: [5], usage: StreamRelayFilterTests.reportedUsage, sawDone: false),
         Case(name: "oversize event turns to pass-through", events: [chatEvents[1], "data: " + String(repeating: "x", count: 600) + "\n\n", usageEvent],
              dropsUsage: true, dropped: [], usage: nil, sawDone: false, maxEventBytes: 512, passThrough: true),
     ]

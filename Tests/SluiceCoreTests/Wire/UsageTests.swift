@@ -12,7 +12,22 @@ final class UsageTests: XCTestCase {
                   "completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},
          "service_tier":"default"}
         """
-        XCTAssertEqual(usage(body), Usage(promptTokens: 19, completionTokens: 10, totalTokens: 29))
+        var expected = Usage(promptTokens: 19, completionTokens: 10, totalTokens: 29)
+        expected.cachedInputTokens = 0
+        expected.reasoningTokens = 0
+        XCTAssertEqual(usage(body), expected)
+    }
+
+    /// Chat's details: `prompt_tokens_details.cached_tokens` (priced as cached input) and
+    /// `completion_tokens_details.reasoning_tokens`; of the chat and Responses names, the last member counts.
+    func testChatUsageDetails() {
+        let read = usage(#"{"usage":{"prompt_tokens":2006,"completion_tokens":300,"prompt_tokens_details":{"cached_tokens":1920},"completion_tokens_details":{"reasoning_tokens":192}}}"#)
+        XCTAssertEqual(read?.cachedInputTokens, 1920)
+        XCTAssertEqual(read?.reasoningTokens, 192)
+        XCTAssertEqual(read?.promptTokens, 2006)
+        XCTAssertEqual(usage(#"{"usage":{"prompt_tokens":9,"input_tokens_details":{"cached_tokens":1},"prompt_tokens_details":{"cached_tokens":4}}}"#)?.cachedInputTokens, 4)
+        XCTAssertNil(usage(#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":4},"prompt_tokens_details":null}}"#)?.cachedInputTokens)
+        XCTAssertNil(usage(#"{"usage":{"prompt_tokens":9,"prompt_tokens_details":{"cached_tokens":-4}}}"#)?.cachedInputTokens, "a malformed detail is ignored")
     }
 
     func testEmbeddingsResponseHasNoCompletionTokens() {
@@ -53,7 +68,7 @@ final class UsageTests: XCTestCase {
             (#"{"prompt_tokens":9223372036854775808}"#, nil),
             (#"{"prompt_tokens":4,"completion_tokens":[1],"total_tokens":4}"#, nil),
             (#"{"prompt_tokens":4,"completion_tokens":{"x":1}}"#, nil),
-            (#"{"prompt_tokens_details":{"cached_tokens":7},"prompt_tokens":5,"completion_tokens":2}"#, Usage(promptTokens: 5, completionTokens: 2)),
+            (#"{"prompt_tokens_details":{"cached_tokens":7},"prompt_tokens":5,"completion_tokens":2}"#, { var u = Usage(promptTokens: 5, completionTokens: 2); u.cachedInputTokens = 7; return u }()),
             (#"{"prompt_tokens":5,"completion_tokens":"2"}"#, nil),
             (#"{"completion_tokens":2}"#, nil),
             (#"{}"#, nil),

@@ -7,9 +7,10 @@ import SluiceCore
 /// `prompt_tokens` (or the Responses API's `input_tokens`: of the two names the last member counts)
 /// is required; `completion_tokens` (or `output_tokens`, likewise) defaults to 0 and `total_tokens` to
 /// the sum; null counts as absent; anything else that is not an integer in
-/// `0...Usage.maximumTokenCount` makes the whole usage invalid. Of a valid usage, the last
-/// `input_tokens_details` object's `cached_tokens` and the last `output_tokens_details` object's
-/// `reasoning_tokens` are kept when they are such integers (else ignored).
+/// `0...Usage.maximumTokenCount` makes the whole usage invalid. Of a valid usage, the `cached_tokens`
+/// of the last `prompt_tokens_details` or `input_tokens_details` member and the `reasoning_tokens` of
+/// the last `completion_tokens_details` or `output_tokens_details` member are kept when that member is
+/// an object and they are such integers (else ignored).
 public func expectedUsage(_ value: JSONValue) -> Usage? {
     guard case .object(let object) = value else { return nil }
     enum Count { case absent, value(Int), invalid }
@@ -26,8 +27,10 @@ public func expectedUsage(_ value: JSONValue) -> Usage? {
     func count(_ names: String...) -> Count {
         reading(object.members.last { names.contains($0.key) }?.value)
     }
-    func detail(_ container: String, _ name: String) -> Int? {
-        guard case .object(let details)? = object[container], case .value(let value) = reading(details[name]) else { return nil }
+    /// The detail `name` of the last member named one of `containers`, when that is an object.
+    func detail(_ containers: [String], _ name: String) -> Int? {
+        guard case .object(let details)? = object.members.last(where: { containers.contains($0.key) })?.value,
+              case .value(let value) = reading(details[name]) else { return nil }
         return value
     }
     guard case .value(let prompt) = count("prompt_tokens", "input_tokens") else { return nil }
@@ -43,8 +46,8 @@ public func expectedUsage(_ value: JSONValue) -> Usage? {
     case .value(let total): usage = Usage(promptTokens: prompt, completionTokens: completion, totalTokens: total)
     case .absent: usage = Usage(promptTokens: prompt, completionTokens: completion, totalTokens: prompt + completion)
     }
-    usage.cachedInputTokens = detail("input_tokens_details", "cached_tokens")
-    usage.reasoningTokens = detail("output_tokens_details", "reasoning_tokens")
+    usage.cachedInputTokens = detail(["prompt_tokens_details", "input_tokens_details"], "cached_tokens")
+    usage.reasoningTokens = detail(["completion_tokens_details", "output_tokens_details"], "reasoning_tokens")
     return usage
 }
 
