@@ -72,7 +72,12 @@ public final class HTTPServer: Sendable {
         let handler = self.handler
         let logger = self.logger
         let serverChannel = try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
+            // Thousands of clients may connect at once (a burst of streams): a deep accept queue, drained
+            // many connections per wake-up (NIO's default is 4). With 1024 and 4, scripts/bench streams saw
+            // sluice-mock's queue overflow at 1,000 new connections/s, and a dropped handshake costs the
+            // client a 1 s retransmit.
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.maxMessagesPerRead, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
