@@ -51,6 +51,7 @@ from pathlib import Path
 # bench's; loaded by path because its file name is not a module name.
 _spec = importlib.util.spec_from_file_location("bench_proxy", Path(__file__).with_name("bench-proxy.py"))
 bp = importlib.util.module_from_spec(_spec)
+sys.modules["bench_proxy"] = bp  # its dataclasses look their module up
 _spec.loader.exec_module(bp)
 
 STREAM_TOKENS, STREAM_DELAY_MS = 64, 20        # (b): the streams

@@ -98,19 +98,19 @@ final class StreamFrameTallyTests: XCTestCase {
         tally.started = 3
         // Two frames short, no [DONE].
         tally.finish(paced(&tally, ttft: 0.01, frames: 3, gap: 0.02), status: 200, endedWithDone: false,
-                     expectedFrames: 5, stallGap: 0.2)
+                     expectedFrames: 5, stallGap: 0.25)
         // Complete, but one gap of 0.3 s: stalled.
         var stalled = paced(&tally, ttft: 0.01, frames: 4, gap: 0.02)
         tally.recordGaps(stalled.framesArrived(1, at: 0.37))
-        tally.finish(stalled, status: 200, endedWithDone: true, expectedFrames: 5, stallGap: 0.2)
-        // A gap of exactly the threshold is no stall.
-        tally.finish(paced(&tally, ttft: 0.01, frames: 5, gap: 0.2), status: 200, endedWithDone: true,
-                     expectedFrames: 5, stallGap: 0.2)
+        tally.finish(stalled, status: 200, endedWithDone: true, expectedFrames: 5, stallGap: 0.25)
+        // A gap of exactly the threshold is no stall (0.25: exact in binary).
+        tally.finish(paced(&tally, ttft: 0, frames: 5, gap: 0.25), status: 200, endedWithDone: true,
+                     expectedFrames: 5, stallGap: 0.25)
         XCTAssertEqual(tally.missingFrames, 2)
         XCTAssertEqual(tally.endedWithoutDone, 1)
         XCTAssertEqual(tally.stalled, 1)
         XCTAssertEqual(tally.largestGap, 0.3, accuracy: 1e-9)
-        let summary = StreamFrameSummary(tally, stallGap: 0.2)
+        let summary = StreamFrameSummary(tally, stallGap: 0.25)
         XCTAssertFalse(summary.everyFrameDelivered)
         XCTAssertEqual(summary.largestGapMs, 300, accuracy: 1e-6)
     }
