@@ -116,8 +116,16 @@ struct SluiceMockCommand: ParsableCommand {
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let connectionIDs = ConnectionIDs()
-        let channel = try ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
+        // Accepting on a thread of its own: on a loop that also paces thousands of streams, the listener
+        // was served too rarely, and connections waited seconds in the accept queue (scripts/bench streams).
+        let acceptor = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let channel = try ServerBootstrap(group: acceptor, childGroup: group)
+            // Thousands of clients connecting at once (scripts/bench streams) while the loops are busy with
+            // other streams' tokens: a deep accept queue, drained many connections per wake-up. With 1024
+            // and NIO's default of 4 per read, the queue overflowed at 1,000 new connections/s; a dropped
+            // handshake costs the client a 1 s SYN-ACK retransmit, seen as seconds of time to first token.
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.maxMessagesPerRead, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.maxMessagesPerRead, value: 16)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import SluiceCore
 import Foundation
+import NIOCore
 import NIOPosix
 
 /// `sluice load`: drives a running deployment (one node or several) with chat completions and
@@ -19,6 +20,8 @@ struct LoadCommand: AsyncParsableCommand {
         windows of admitted requests and tokens against burst + rate × window (burst: --burst, else \
         the limit, OpenAI's default), and latency percentiles of admitted requests. Exit status 3 when \
         a window exceeds its bound by more than one request, or the error rate exceeds --max-error-rate.
+
+        With --stream --frame-stats it measures streams instead (scripts/bench streams): --concurrency         event-driven workers each hold one stream at a time for the run, timing every server-sent event:         time to first frame and the gaps between frames (p50, p99), streams stalled, frames missing (with         --mock-completion-tokens, against sluice-mock's count), streams without [DONE], errors.
         """
     )
 
@@ -27,6 +30,8 @@ struct LoadCommand: AsyncParsableCommand {
     static let maxPromptTokens = 100_000
     static let maxMaxTokens = 1_000_000
     static let maxRate = 1_000_000.0
+    static let maxMockCompletionTokens = 100_000
+    static let maxMockTokenDelayMs = 60_000
     /// How long requests still in flight at the end may take before they are abandoned (as errors).
     static let inFlightGraceSeconds = 10.0
     /// The exit status of a run whose limits or error rate failed.
@@ -71,6 +76,22 @@ struct LoadCommand: AsyncParsableCommand {
     @Option(help: "table or json.")
     var format = "table"
 
+    @Flag(help: ArgumentHelp("With --stream: time every frame (server-sent event) instead of checking limits.",
+                             discussion: "Each worker holds one stream at a time for the run (--concurrency streams at once), the workers starting over --ramp-up. Reports time to first frame and inter-frame gaps (p50, p99), streams stalled (a gap over --stall-gap-ms), frames missing, streams without [DONE], errors. Exit status 3 when a frame is missing, a stream stalled or the error rate exceeds --max-error-rate."))
+    var frameStats = false
+
+    @Option(help: "Sends x-mock-completion-tokens N (sluice-mock streams N tokens) and max_tokens N; with --frame-stats a complete stream then has N + 4 frames (role, N tokens, finish, usage, [DONE]). 1–\(maxMockCompletionTokens).")
+    var mockCompletionTokens: Int?
+
+    @Option(help: "Sends x-mock-token-delay-ms D (sluice-mock paces its tokens D ms apart). 0–\(maxMockTokenDelayMs).")
+    var mockTokenDelayMs: Int?
+
+    @Option(help: "With --frame-stats: a gap between two frames over this makes a stream stalled (default 10 × --mock-token-delay-ms, else 1000).")
+    var stallGapMs: Int?
+
+    @Option(help: "With --frame-stats: the workers' starts are spread evenly over this (e.g. 1s; at most the --duration).")
+    var rampUp = "1s"
+
     func validate() throws {
         guard !targets.isEmpty else { throw ValidationError("Give at least one --target URL.") }
         for target in targets where LoadTarget(target) == nil {
@@ -100,15 +121,44 @@ struct LoadCommand: AsyncParsableCommand {
             throw ValidationError("--max-error-rate \"\(maxErrorRate)\" is not a rate between 0 and 100% (e.g. 1%, 0.5%, 0).")
         }
         guard ["table", "json"].contains(format) else { throw ValidationError("--format is table or json.") }
+        if let mockCompletionTokens, !(1...Self.maxMockCompletionTokens).contains(mockCompletionTokens) {
+            throw ValidationError("--mock-completion-tokens must be between 1 and \(Self.maxMockCompletionTokens).")
+        }
+        if let mockTokenDelayMs, !(0...Self.maxMockTokenDelayMs).contains(mockTokenDelayMs) {
+            throw ValidationError("--mock-token-delay-ms must be between 0 and \(Self.maxMockTokenDelayMs).")
+        }
+        if frameStats {
+            guard stream else { throw ValidationError("--frame-stats times the frames of streams: give --stream too.") }
+            guard rate == nil else { throw ValidationError("--frame-stats holds --concurrency streams open; it takes no --rate.") }
+            guard targets.count == 1 else { throw ValidationError("--frame-stats takes one --target.") }
+            if let stallGapMs, !(1...3_600_000).contains(stallGapMs) {
+                throw ValidationError("--stall-gap-ms must be between 1 and 3600000.")
+            }
+            guard let ramp = Self.parseDuration(rampUp), ramp >= 0, ramp <= Self.parseDuration(duration)! else {
+                throw ValidationError("--ramp-up \"\(rampUp)\" is not a duration between 0 and the --duration.")
+            }
+        } else if stallGapMs != nil {
+            throw ValidationError("--stall-gap-ms needs --frame-stats.")
+        }
+    }
+
+    /// The headers `--mock-*` ask for.
+    private var mockHeaders: [(name: String, value: String)] {
+        var headers: [(name: String, value: String)] = []
+        if let mockCompletionTokens { headers.append(("x-mock-completion-tokens", String(mockCompletionTokens))) }
+        if let mockTokenDelayMs { headers.append(("x-mock-token-delay-ms", String(mockTokenDelayMs))) }
+        return headers
     }
 
     func run() async throws {
+        if frameStats { return try await runFrameStats() }
         let configuredLimits = try limitsFromConfig()
         let loadTargets = targets.compactMap(LoadTarget.init)
         let durationSeconds = Self.parseDuration(duration)!
         let ratePerSecond = rate.flatMap(Self.parseRate)
         let schedule = LoadSchedule(start: .now, durationSeconds: durationSeconds, rate: ratePerSecond)
-        let plan = LoadRequestPlan(keys: keys, model: model, promptTokens: promptTokens, maxTokens: maxTokens, stream: stream)
+        let plan = LoadRequestPlan(keys: keys, model: model, promptTokens: promptTokens,
+                                   maxTokens: mockCompletionTokens ?? maxTokens, stream: stream, extraHeaders: mockHeaders)
         let group = MultiThreadedEventLoopGroup.singleton
         let workerCount = concurrency
 
@@ -141,6 +191,41 @@ struct LoadCommand: AsyncParsableCommand {
             configured: configuredLimits,
             durationSeconds: durationSeconds, targets: targets, concurrency: concurrency, rate: ratePerSecond,
             stream: stream, maxErrorRate: Self.parseErrorRate(maxErrorRate)!)
+        print(format == "json" ? report.json() : report.table())
+        if !report.passed { throw ExitCode(Self.failedExitCode) }
+    }
+
+    /// `--frame-stats`: `--concurrency` event-driven stream workers (`StreamLoadWorker`), their tallies
+    /// merged into one summary.
+    private func runFrameStats() async throws {
+        let target = LoadTarget(targets[0])!
+        let durationSeconds = Self.parseDuration(duration)!
+        let rampSeconds = Self.parseDuration(rampUp)!
+        let plan = LoadRequestPlan(keys: keys, model: model, promptTokens: promptTokens,
+                                   maxTokens: mockCompletionTokens ?? maxTokens, stream: true, extraHeaders: mockHeaders)
+        let stallGap = Double(stallGapMs ?? mockTokenDelayMs.map { $0 > 0 ? 10 * $0 : 1000 } ?? 1000) / 1000
+        let start = NIODeadline.now()
+        let end = start + .nanoseconds(Int64(durationSeconds * 1e9))
+        let settings = StreamRunSettings(
+            target: target, plan: plan, start: start, end: end,
+            giveUp: end + .nanoseconds(Int64(Self.inFlightGraceSeconds * 1e9)), stallGap: stallGap,
+            expectedFrames: mockCompletionTokens.map { $0 + 4 }, workerCount: concurrency)
+        let group = MultiThreadedEventLoopGroup.singleton
+        var futures: [EventLoopFuture<StreamFrameTally>] = []
+        futures.reserveCapacity(concurrency)
+        for index in 0..<concurrency {
+            let eventLoop = group.next()
+            let delay = TimeAmount.nanoseconds(Int64(rampSeconds * 1e9 * Double(index) / Double(concurrency)))
+            let worker = StreamLoadWorker(settings: settings, index: index, eventLoop: eventLoop)
+            futures.append(eventLoop.flatSubmit { worker.run(after: delay) })
+        }
+        var tally = StreamFrameTally()
+        for future in futures { tally.merge(try await future.get()) }
+        let report = StreamLoadReport(
+            target: targets[0], concurrency: concurrency, durationSeconds: durationSeconds, rampUpSeconds: rampSeconds,
+            mockCompletionTokens: mockCompletionTokens, mockTokenDelayMs: mockTokenDelayMs,
+            expectedFrames: settings.expectedFrames, maxErrorRate: Self.parseErrorRate(maxErrorRate)!,
+            summary: StreamFrameSummary(tally, stallGap: stallGap))
         print(format == "json" ? report.json() : report.table())
         if !report.passed { throw ExitCode(Self.failedExitCode) }
     }

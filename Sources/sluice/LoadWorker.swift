@@ -89,10 +89,14 @@ struct LoadRequestPlan: Sendable {
     var keys: [String]
     var body: ByteBuffer
     var stream: Bool
+    /// Sent with every request after the standard ones (e.g. the mock's `x-mock-*` pacing).
+    var extraHeaders: [(name: String, value: String)]
 
-    init(keys: [String], model: String, promptTokens: Int, maxTokens: Int, stream: Bool) {
+    init(keys: [String], model: String, promptTokens: Int, maxTokens: Int, stream: Bool,
+         extraHeaders: [(name: String, value: String)] = []) {
         self.keys = keys
         self.stream = stream
+        self.extraHeaders = extraHeaders
         // " hello" is one token in OpenAI's encodings; the chat framing adds a few more.
         let prompt = String(repeating: " hello", count: promptTokens)
         var json = #"{"model":"# + LoadRequestPlan.jsonString(model)
@@ -112,6 +116,7 @@ struct LoadRequestPlan: Sendable {
         headers.add(name: "content-type", value: "application/json")
         headers.add(name: "content-length", value: String(body.readableBytes))
         headers.add(name: "x-request-id", value: "load-k\(keyIndex)-\(ticket)")
+        for header in extraHeaders { headers.add(name: header.name, value: header.value) }
         return HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path, headers: headers)
     }
 

@@ -126,3 +126,70 @@ def test_limits_and_bursts_come_from_the_config_when_given(gateway):
                            "--config", str(gateway.config_path), "--duration", "1s"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "is not a key of" in proc.stderr
+
+
+# ---------------------------------------------------------------- --frame-stats (issue 21)
+
+def frame_stats(target, *extra, timeout=60):
+    return run_load("--target", target, "--key", HIGH, "--stream", "--frame-stats", "--duration", "2s",
+                    "--ramp-up", "200ms", "--mock-completion-tokens", "6", "--mock-token-delay-ms", "10",
+                    *extra, timeout=timeout)
+
+
+def test_frame_stats_counts_every_frame_through_the_gateway(gateway, mock):
+    code, report, stderr = frame_stats(gateway.root_url, "--concurrency", "20")
+    assert code == 0, (stderr, report)
+    summary = report["summary"]
+    assert report["expected_frames"] == 10  # role, 6 tokens, finish, usage, [DONE]
+    assert summary["started"] >= 20 and summary["completed"] == summary["started"]
+    assert summary["frames"] == 10 * summary["started"]
+    assert summary["missing_frames"] == 0 and summary["stalled"] == 0 and summary["errors"] == 0
+    assert summary["every_frame_delivered"] and report["passed"]
+    # Paced 10 ms apart by the mock: the median gap is about that, and a stream takes ≥ 50 ms.
+    assert 5 <= summary["gap_p50_ms"] <= 50
+    assert summary["stall_gap_ms"] == 100
+    assert summary["ttft_p50_ms"] is not None and summary["ttft_p50_ms"] < 1000
+
+
+def test_frame_stats_report_streams_cut_short(tmp_path):
+    # A mock that closes every connection after 2 token chunks: each stream misses 10 - 3 frames
+    # (role + 2 tokens arrived) and is a transport error; the run fails.
+    from conftest import MOCK_BIN, Process
+    port = free_port()
+    dropping = Process([MOCK_BIN, "--port", str(port), "--drop-after", "2"], port, tmp_path / "mock.stderr")
+    try:
+        code, report, stderr = frame_stats(f"http://127.0.0.1:{port}", "--concurrency", "4")
+    finally:
+        dropping.stop()
+    assert code == 3, (stderr, report)
+    summary = report["summary"]
+    assert summary["errors"] == summary["started"] > 0
+    assert summary["missing_frames"] == 7 * summary["started"]
+    assert not summary["every_frame_delivered"] and not report["passed"]
+
+
+def test_frame_stats_counts_a_stall(mock):
+    # Straight at the mock, tokens 300 ms apart against a stall threshold of 100 ms: every stream is
+    # stalled, none misses a frame.
+    code, report, stderr = run_load(
+        "--target", f"http://127.0.0.1:{mock.port}", "--key", HIGH, "--stream", "--frame-stats",
+        "--duration", "1s", "--ramp-up", "0s", "--concurrency", "2", "--mock-completion-tokens", "2",
+        "--mock-token-delay-ms", "300", "--stall-gap-ms", "100")
+    assert code == 3, (stderr, report)
+    summary = report["summary"]
+    assert summary["stalled"] == summary["started"] > 0
+    assert summary["missing_frames"] == 0
+    assert summary["largest_gap_ms"] >= 250
+
+
+def test_frame_stats_refuses_what_it_cannot_measure():
+    for args, message in [
+        (["--frame-stats"], "--stream"),
+        (["--stream", "--frame-stats", "--rate", "10/s"], "--rate"),
+        (["--stream", "--frame-stats", "--ramp-up", "1m"], "--ramp-up"),
+        (["--stream", "--mock-token-delay-ms", "-1"], "--mock-token-delay-ms"),
+        (["--stream", "--stall-gap-ms", "10"], "--frame-stats"),
+    ]:
+        proc = subprocess.run([SLUICE_BIN, "load", "--target", "http://127.0.0.1:1", "--key", HIGH,
+                               "--duration", "2s", *args], capture_output=True, text=True, timeout=30)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr)

@@ -71,8 +71,20 @@ public final class HTTPServer: Sendable {
         let connections = self.connections
         let handler = self.handler
         let logger = self.logger
-        let serverChannel = try await ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 1024)
+        // The listener accepts on a thread of its own. On an event loop that also carries thousands of
+        // streams, NIO came back to the listening socket so rarely that connections waited seconds in the
+        // accept queue (scripts/bench streams: 200 of 1,000 new ones for over a second, their requests
+        // unread: that wait is time to first token). The acceptor only accepts and hands each connection
+        // to the next event loop of `group`; it sleeps otherwise.
+        let acceptor = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { acceptor.shutdownGracefully { _ in } }
+        let serverChannel = try await ServerBootstrap(group: acceptor, childGroup: group)
+            // Thousands of clients may connect at once (a burst of streams): a deep accept queue, drained
+            // many connections per wake-up (NIO's default is 4). With 1024 and 4, scripts/bench streams saw
+            // sluice-mock's queue overflow at 1,000 new connections/s, and a dropped handshake costs the
+            // client a 1 s retransmit.
+            .serverChannelOption(.backlog, value: 4096)
+            .serverChannelOption(.maxMessagesPerRead, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
