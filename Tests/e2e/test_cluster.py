@@ -123,16 +123,17 @@ def chat_prompt_tokens(messages) -> int:
     return total
 
 
-def free_base_port(count: int, also_free_at: int = None) -> int:
-    """A port P with P … P+count-1 all free on 127.0.0.1 (and, with `also_free_at` = d, P+d … too:
-    a Redis Cluster's bus ports)."""
+def free_base_port(count: int, also_free_at=None) -> int:
+    """A port P with P … P+count-1 all free on 127.0.0.1, and P+100 … P+100+count-1 (scripts/cluster's
+    admin listeners); with `also_free_at` = d (or several), P+d … too (a Redis Cluster's bus ports).
+    Chosen below Linux's ephemeral range (32768 and up): a port there can be taken between this check
+    and the bind by any outgoing connection's local port (a CI run lost a node's admin listener so)."""
     rng = random.Random()
+    offsets = [0, 100] + ([also_free_at] if isinstance(also_free_at, int) else list(also_free_at or []))
     for _ in range(200):
-        base = rng.randrange(20000, 50000)
+        base = rng.randrange(20000, 32768 - 100 - count)
         sockets = []
-        ports = list(range(base, base + count))
-        if also_free_at:
-            ports += [p + also_free_at for p in ports]
+        ports = sorted({base + offset + k for offset in offsets for k in range(count)})
         try:
             for p in ports:
                 s = socket.socket()

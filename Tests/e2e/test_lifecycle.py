@@ -286,3 +286,29 @@ def test_watch_config_false_leaves_reloads_to_sighup(tmp_path, mock):
         assert _ready_config(g)["last_reload"] == "ok" and _reloads(g, "ok") == 1
     finally:
         g.stop()
+
+
+def test_a_listener_that_cannot_bind_stops_the_node(tmp_path, mock):
+    """The admin port is taken (another process, or an outgoing connection's ephemeral port): the node
+    must exit with an error naming the address, not keep serving its public port with its engine and
+    limiter stopped (it did: the service group cancelled the others, and the public listener ignored
+    the cancellation — every request got 503 "the upstream engine is not running")."""
+    import socket
+    import subprocess
+    from conftest import SLUICE_BIN, TOKENIZER_DIR
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        config = gateway_config(free_port(), mock.port, [], {})
+        config["server"]["admin_port"] = taken.getsockname()[1]
+        (tmp_path / "sluice.json").write_text(json.dumps(config))
+        env = {**os.environ, "SLUICE_TOKENIZER_DIR": TOKENIZER_DIR}
+        started = time.time()
+        out = subprocess.run([SLUICE_BIN, "serve", "--config", str(tmp_path / "sluice.json")],
+                             capture_output=True, text=True, env=env, timeout=30)
+        assert out.returncode != 0
+        assert time.time() - started < 20
+        assert f"127.0.0.1:{taken.getsockname()[1]}" in out.stderr and "cannot listen" in out.stderr, out.stderr[-2000:]
+    finally:
+        taken.close()

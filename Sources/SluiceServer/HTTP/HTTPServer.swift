@@ -41,7 +41,8 @@ public final class HTTPServer: Sendable {
     private let logger: Logger
     private let connections = ConnectionRegistry()
     private let boundAddress = Mutex<SocketAddress?>(nil)
-    private let serverChannelBox = Mutex<(any Channel)?>(nil)
+    /// The listening channel once bound, and whether shutdown was asked for (possibly before it was).
+    private let listener = Mutex<(channel: (any Channel)?, shutdownRequested: Bool)>((nil, false))
 
     public init(configuration: Configuration, group: any EventLoopGroup, handler: any RequestHandling, logger: Logger) {
         self.configuration = configuration
@@ -78,7 +79,9 @@ public final class HTTPServer: Sendable {
         // to the next event loop of `group`; it sleeps otherwise.
         let acceptor = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         defer { acceptor.shutdownGracefully { _ in } }
-        let serverChannel = try await ServerBootstrap(group: acceptor, childGroup: group)
+        let serverChannel: any Channel
+        do {
+            serverChannel = try await ServerBootstrap(group: acceptor, childGroup: group)
             // Thousands of clients may connect at once (a burst of streams): a deep accept queue, drained
             // many connections per wake-up (NIO's default is 4). With 1024 and 4, scripts/bench streams saw
             // sluice-mock's queue overflow at 1,000 new connections/s, and a dropped handshake costs the
@@ -128,13 +131,29 @@ public final class HTTPServer: Sendable {
                 }
             }
             .bind(host: configuration.host, port: configuration.port).get()
-        serverChannelBox.withLock { $0 = serverChannel }
+        } catch {
+            logger.critical("cannot listen", metadata: ["address": "\(configuration.host):\(configuration.port)", "error": "\(error)"])
+            throw error
+        }
+        // A shutdown asked for while the bind was under way (another service of the node failed at
+        // start) must still close the listener: without this the node kept serving, half stopped.
+        let closeAtOnce = listener.withLock { listener in
+            listener.channel = serverChannel
+            return listener.shutdownRequested
+        }
+        if closeAtOnce || Task.isCancelled { shutdownGracefully() }
         if let address = serverChannel.localAddress {
             boundAddress.withLock { $0 = address }
             onBound(address)
         }
         logger.info("listening", metadata: ["address": "\(serverChannel.localAddress.map { "\($0)" } ?? "?")"])
-        try await serverChannel.closeFuture.get()
+        // A cancelled task (the node's service group cancels every service when one fails) stops
+        // serving as a graceful shutdown would: waiting on the close future alone ignores cancellation.
+        try await withTaskCancellationHandler {
+            try await serverChannel.closeFuture.get()
+        } onCancel: {
+            self.shutdownGracefully()
+        }
         // The listener is closed (normally by shutdownGracefully, which drained already): the open
         // connections finish their requests and close; wait for them.
         connections.drain()
@@ -159,7 +178,10 @@ public final class HTTPServer: Sendable {
     /// Stops accepting new connections and asks every open one to finish its current request and
     /// close; idle keep-alive connections close at once. After the grace period, the rest are closed.
     public func shutdownGracefully() {
-        let channel = serverChannelBox.withLock { $0 }
+        let channel = listener.withLock { listener in
+            listener.shutdownRequested = true
+            return listener.channel
+        }
         channel?.close(promise: nil)
         connections.drain()
         let grace = TimeAmount.seconds(Int64(configuration.shutdownGraceSeconds))
