@@ -74,15 +74,6 @@ extension CurlEventLoop {
         transfer.reopensAsH2COpener = false
         transfer.opensH2CConnection = true
         h2cOrigins[transfer.request.origin] = .opening
-        if let failure = CurlRequestConfigurator.configure(handle, for: transfer, configuration: configuration) {
-            end(transfer, .failure(failure))
-            return
-        }
-        let rc = curl_multi_add_handle(multi, handle)
-        guard rc == CURLM_OK else {
-            end(transfer, .failure(UpstreamError(kind: .other, detail: "curl_multi_add_handle failed: \(rc.rawValue)")))
-            return
-        }
-        transfer.handleInMulti = true
+        _ = configureAndAdd(transfer, handle: handle)
     }
 }

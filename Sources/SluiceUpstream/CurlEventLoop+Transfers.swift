@@ -56,17 +56,24 @@ extension CurlEventLoop {
         }
         transfer.handle = handle
         assignH2CRole(transfer)
+        guard configureAndAdd(transfer, handle: handle) else { return }
+        armDeadlineTimer()
+    }
+
+    /// Sets the transfer's options on `handle` and adds it to the multi handle; a failure ends the
+    /// transfer (false).
+    func configureAndAdd(_ transfer: UpstreamTransfer, handle: UnsafeMutableRawPointer) -> Bool {
         if let failure = CurlRequestConfigurator.configure(handle, for: transfer, configuration: configuration) {
             end(transfer, .failure(failure))
-            return
+            return false
         }
         let rc = curl_multi_add_handle(multi, handle)
         guard rc == CURLM_OK else {
             end(transfer, .failure(UpstreamError(kind: .other, detail: "curl_multi_add_handle failed: \(rc.rawValue)")))
-            return
+            return false
         }
         transfer.handleInMulti = true
-        armDeadlineTimer()
+        return true
     }
 
     /// Ends a transfer exactly once: detaches and recycles its handle, updates the counters and reports

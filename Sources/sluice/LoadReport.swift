@@ -3,7 +3,7 @@ import SluiceCore
 
 /// The outcome of a `sluice load` run: per key what was sent, admitted, limited and failed, the
 /// admitted rates and busiest windows against the key's limits, and the verdict.
-struct LoadReport: Encodable {
+struct LoadReport: JSONReport {
     /// The windows every admitted measure is checked over.
     static let windowSeconds = [1, 5, 10]
 
@@ -151,13 +151,6 @@ struct LoadReport: Encodable {
 
     // MARK: - Rendering
 
-    func json() -> String {
-        let encoder = JSONEncoder()
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return (try? String(decoding: encoder.encode(self), as: UTF8.self)) ?? "{}"
-    }
-
     func table() -> String {
         func number(_ value: Double) -> String { String(format: "%.1f", value) }
         func limit(_ value: Int?) -> String { value.map { "limit \($0)" } ?? "no limit header" }
@@ -193,5 +186,17 @@ struct LoadReport: Encodable {
         lines.append(verdict.isEmpty ? "result: ok (every busiest window within its bound, errors within the threshold)"
                                      : "result: FAILED: " + verdict.joined(separator: "; "))
         return lines.joined(separator: "\n")
+    }
+}
+
+/// A report `sluice load --format json` prints: snake_case keys, sorted, pretty.
+protocol JSONReport: Encodable {}
+
+extension JSONReport {
+    func json() -> String {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return (try? String(decoding: encoder.encode(self), as: UTF8.self)) ?? "{}"
     }
 }

@@ -2,7 +2,7 @@ import Foundation
 import SluiceCore
 
 /// The outcome of a `sluice load --stream --frame-stats` run: what the streams delivered and how fast.
-struct StreamLoadReport: Encodable {
+struct StreamLoadReport: JSONReport {
     var target: String
     var concurrency: Int
     var durationSeconds: Double
@@ -34,13 +34,6 @@ struct StreamLoadReport: Encodable {
         try container.encode(summary, forKey: .summary)
         try container.encode(errorsOverThreshold, forKey: .errorsOverThreshold)
         try container.encode(passed, forKey: .passed)
-    }
-
-    func json() -> String {
-        let encoder = JSONEncoder()
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return (try? String(decoding: encoder.encode(self), as: UTF8.self)) ?? "{}"
     }
 
     func table() -> String {
