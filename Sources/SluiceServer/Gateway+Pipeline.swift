@@ -158,12 +158,14 @@ extension Gateway {
         }
 
         // 6–7. forward and relay. Never throws: every failure is answered (or the stream cut) inside.
-        let exchange = ProxyExchange(
+        let facts = ProxyExchange.Facts(
             requestID: requestID, reservationID: reservationID, key: key, request: openAIRequest, endpoint: endpoint, deployments: deployments,
-            routing: settings.routing, upstream: deployments[0], originalBody: body,
-            upstreamBody: openAIRequest.upstreamBody(original: body), upstreamBodyModel: model, promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens,
-            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model), model: model,
-            pricing: settings.pricing, monthTokensBefore: reservation.monthTokensBefore
+            routing: settings.routing, originalBody: body, promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens,
+            rateLimitHeaders: rateLimitHeaders, encoding: tokenizers.encoding(forModel: model), pricing: settings.pricing,
+            monthTokensBefore: reservation.monthTokensBefore
+        )
+        let exchange = ProxyExchange(
+            facts: facts, upstream: deployments[0], upstreamBody: openAIRequest.upstreamBody(original: body), upstreamBodyModel: model, model: model
         )
         let relayed = await forwardAndRelay(exchange, clientHeaders: request.head.headers, writer: writer, logger: logger, trace: trace)
 

@@ -10,35 +10,76 @@ import Tracing
 
 /// One admitted request on its way upstream and back.
 struct ProxyExchange: Sendable {
-    /// The id the client meets, sent upstream and back as `x-request-id` (not the reservation's).
-    let requestID: String
-    /// Sluice's own id of the request (its reservations are named after it).
-    let reservationID: String
-    let key: APIKey
-    let request: OpenAIRequest
-    let endpoint: OpenAIEndpoint
-    /// The deployments of the request's model (config order), and the routing policy over them.
-    let deployments: [UpstreamRoute]
-    let routing: RoutingConfig
+    /// What stays the same across the request's attempts, in one object: the exchange is handed from
+    /// step to step and kept across suspension points, and as one large struct it was copied (with a
+    /// retain per field) at each of them — measurably, in the per-request profile (issue 19).
+    final class Facts: Sendable {
+        /// The id the client meets, sent upstream and back as `x-request-id` (not the reservation's).
+        let requestID: String
+        /// Sluice's own id of the request (its reservations are named after it).
+        let reservationID: String
+        let key: APIKey
+        let request: OpenAIRequest
+        let endpoint: OpenAIEndpoint
+        /// The deployments of the request's model (config order), and the routing policy over them.
+        let deployments: [UpstreamRoute]
+        let routing: RoutingConfig
+        /// The body as the client sent it (what `upstreamBody` was made from).
+        let originalBody: [UInt8]
+        let promptTokens: Int
+        let reservedOutputTokens: Int
+        let rateLimitHeaders: [(String, String)]
+        let encoding: BPEEncoding
+        /// The prices of the settings snapshot the request walks with.
+        let pricing: Pricing
+        /// Where the request's tokens start in the key's month (volume tiers, plans); `nil`: not known.
+        let monthTokensBefore: Int?
+
+        init(requestID: String, reservationID: String, key: APIKey, request: OpenAIRequest, endpoint: OpenAIEndpoint, deployments: [UpstreamRoute],
+             routing: RoutingConfig, originalBody: [UInt8], promptTokens: Int, reservedOutputTokens: Int, rateLimitHeaders: [(String, String)],
+             encoding: BPEEncoding, pricing: Pricing, monthTokensBefore: Int?) {
+            self.requestID = requestID
+            self.reservationID = reservationID
+            self.key = key
+            self.request = request
+            self.endpoint = endpoint
+            self.deployments = deployments
+            self.routing = routing
+            self.originalBody = originalBody
+            self.promptTokens = promptTokens
+            self.reservedOutputTokens = reservedOutputTokens
+            self.rateLimitHeaders = rateLimitHeaders
+            self.encoding = encoding
+            self.pricing = pricing
+            self.monthTokensBefore = monthTokensBefore
+        }
+    }
+
+    let facts: Facts
     /// The deployment of the attempt under way (set by the forward step for each attempt).
     var upstream: UpstreamRoute
-    /// The body as the client sent it (what `upstreamBody` was made from).
-    let originalBody: [UInt8]
     var upstreamBody: [UInt8]
     /// The model name `upstreamBody` carries (the request's until a deployment or fallback names another).
     var upstreamBodyModel: String
-    let promptTokens: Int
-    let reservedOutputTokens: Int
-    let rateLimitHeaders: [(String, String)]
-    let encoding: BPEEncoding
     /// Requests sent upstream for this one so far (the `x-sluice-attempts` header).
     var attempts = 0
     /// The public model the attempt under way is for: the request's, or a fallback model.
     var model: String
-    /// The prices of the settings snapshot the request walks with.
-    let pricing: Pricing
-    /// Where the request's tokens start in the key's month (volume tiers, plans); `nil`: not known.
-    let monthTokensBefore: Int?
+
+    var requestID: String { facts.requestID }
+    var reservationID: String { facts.reservationID }
+    var key: APIKey { facts.key }
+    var request: OpenAIRequest { facts.request }
+    var endpoint: OpenAIEndpoint { facts.endpoint }
+    var deployments: [UpstreamRoute] { facts.deployments }
+    var routing: RoutingConfig { facts.routing }
+    var originalBody: [UInt8] { facts.originalBody }
+    var promptTokens: Int { facts.promptTokens }
+    var reservedOutputTokens: Int { facts.reservedOutputTokens }
+    var rateLimitHeaders: [(String, String)] { facts.rateLimitHeaders }
+    var encoding: BPEEncoding { facts.encoding }
+    var pricing: Pricing { facts.pricing }
+    var monthTokensBefore: Int? { facts.monthTokensBefore }
 
     /// What the request costs for the outcome `result`: the prompt and completion tokens it is
     /// charged (the cached part of the prompt as the upstream reported it) at the model's price,
@@ -188,13 +229,15 @@ extension Gateway {
 
     /// `tracing`: the client's trace headers are not forwarded; the caller adds Sluice's own.
     func makeUpstreamRequest(_ exchange: ProxyExchange, clientHeaders: HTTPHeaders, tracing: Bool) -> UpstreamRequest {
-        var headers: [(name: String, value: String)] = [
-            ("content-type", "application/json"),
-            ("accept", exchange.request.stream ? "text/event-stream" : "application/json"),
-            ("x-request-id", exchange.requestID),
-        ]
-        for (name, value) in clientHeaders where !Self.droppedRequestHeaders.contains(name.lowercased()) {
-            if tracing, Self.traceContextHeaders.contains(name.lowercased()) { continue }
+        var headers: [(name: String, value: String)] = []
+        headers.reserveCapacity(clientHeaders.count + 4)
+        headers.append(("content-type", "application/json"))
+        headers.append(("accept", exchange.request.stream ? "text/event-stream" : "application/json"))
+        headers.append(("x-request-id", exchange.requestID))
+        for (name, value) in clientHeaders {
+            let lowercased = name.asciiLowercased
+            if Self.droppedRequestHeaders.contains(lowercased) { continue }
+            if tracing, Self.traceContextHeaders.contains(lowercased) { continue }
             headers.append((name, value))
         }
         if let credential = exchange.upstream.credentialHeader { headers.append(credential) }
@@ -211,10 +254,15 @@ extension Gateway {
 
     func responseHeaders(_ exchange: ProxyExchange, upstream: [(name: String, value: String)]) -> HTTPHeaders {
         var headers = HTTPHeaders()
-        for (name, value) in upstream where !Self.droppedResponseHeaders.contains(name.lowercased()) {
+        headers.reserveCapacity(upstream.count + exchange.rateLimitHeaders.count + 3)
+        var upstreamID: String?
+        for (name, value) in upstream {
+            let lowercased = name.asciiLowercased
+            if lowercased == "x-request-id" { upstreamID = upstreamID ?? value }
+            if Self.droppedResponseHeaders.contains(lowercased) { continue }
             headers.add(name: name, value: value)
         }
-        if let upstreamID = upstream.first(where: { $0.name.lowercased() == "x-request-id" })?.value {
+        if let upstreamID {
             headers.add(name: "x-upstream-request-id", value: upstreamID)
         }
         headers.add(name: "x-request-id", value: exchange.requestID)
@@ -234,15 +282,20 @@ extension Gateway {
 
     /// Reads an answer's body whole (at most ``maxBufferedResponseBytes``).
     static func collect(_ response: UpstreamResponse) async throws -> ByteBuffer {
-        var collected = ByteBuffer()
+        // A small answer is one chunk: kept as it came, not copied into a buffer of its own.
+        var collected: ByteBuffer?
         for try await chunk in response.body {
-            guard collected.readableBytes + chunk.readableBytes <= maxBufferedResponseBytes else {
+            guard (collected?.readableBytes ?? 0) + chunk.readableBytes <= maxBufferedResponseBytes else {
                 throw UpstreamError(kind: .other, detail: "response larger than \(maxBufferedResponseBytes) bytes")
             }
-            var chunk = chunk
-            collected.writeBuffer(&chunk)
+            if collected == nil {
+                collected = chunk
+            } else {
+                var chunk = chunk
+                collected!.writeBuffer(&chunk)
+            }
         }
-        return collected
+        return collected ?? ByteBuffer()
     }
 
     func relayWhole(_ exchange: ProxyExchange, response: UpstreamResponse, writer: ResponseWriter, logger: RequestLogger, scanning: Bool) async -> RelayResult {
@@ -356,9 +409,11 @@ extension Gateway {
             for try await chunk in response.body {
                 if firstChunk == nil { firstChunk = .now }
                 if scanner != nil { chunk.withUnsafeReadableBytes { scanner!.consume($0) } }
-                let forward = chunk.withUnsafeReadableBytes { filter.consume($0) }
-                if !forward.isEmpty {
-                    try await writer.writeStreamChunk(ByteBuffer(bytes: forward))
+                // Most chunks go to the client as they came: their own buffer, not a copy.
+                if let changed = chunk.withUnsafeReadableBytes({ filter.consumeUnlessUnchanged($0) }) {
+                    if !changed.isEmpty { try await writer.writeStreamChunk(ByteBuffer(bytes: changed)) }
+                } else {
+                    try await writer.writeStreamChunk(chunk)
                 }
             }
             let tail = filter.finish()
@@ -399,5 +454,13 @@ extension RelayResult {
         guard let usage else { return }
         cachedInputTokens = usage.cachedInputTokens
         reasoningTokens = usage.reasoningTokens
+    }
+}
+
+extension String {
+    /// The name with ASCII letters lowercased; itself (no new string) when it has no uppercase letter,
+    /// as most header names sent by HTTP/2-era clients and upstreams do not.
+    var asciiLowercased: String {
+        utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) ? lowercased() : self
     }
 }

@@ -99,7 +99,8 @@ public final class Gateway: RequestHandling {
         // own `x-request-id` when well-formed, else the same as `reservationID`.
         let reservationID = requestIDs.next()
         let requestID = ClientRequestID.accepted(from: request.head.headers) ?? reservationID
-        let path = request.head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? request.head.uri
+        let uri = request.head.uri
+        let path = uri.utf8.firstIndex(of: UInt8(ascii: "?")).map { String(uri[..<$0]) } ?? uri
         let route = Route(method: request.head.method, path: path)
         let logger = RequestLogger(base: self.logger, requestID: requestID, reservationID: reservationID)
 
@@ -140,7 +141,9 @@ public final class Gateway: RequestHandling {
             route: route.metricLabel, status: outcome.status, model: modelLabel, duration: ContinuousClock.now - started,
             proxied: route.isProxy, upstreamTime: outcome.upstreamTime
         )
-        if route.isProxy {
+        // The access line's metadata is built only when it is logged: at `warning` (a busy node's
+        // usual level) a dozen interpolated strings per request were a visible part of its cost.
+        if route.isProxy, logger.base.logLevel <= .info {
             var metadata: Logger.Metadata = [
                     "route": "\(route.metricLabel)", "status": "\(outcome.status)",
                     "key": "\(outcome.keyID ?? "-")", "model": "\(RequestLogger.bounded(outcome.model ?? "-"))",

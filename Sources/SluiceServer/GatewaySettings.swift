@@ -76,7 +76,11 @@ public struct GatewaySettings: Sendable {
 }
 
 /// An upstream as the relay uses it: where to send each endpoint, with which key and timeouts.
-struct UpstreamRoute: Sendable {
+///
+/// A class, made once per settings generation: a request's walk hands its deployment from step to
+/// step and across suspension points, and a struct holding the whole `UpstreamConfig` was copied
+/// (with a retain per field) at each of them — measurably, in the per-request profile (issue 19).
+final class UpstreamRoute: Sendable {
     let config: UpstreamConfig
     private let base: String
     /// `http_version` in the engine's terms.
@@ -84,6 +88,14 @@ struct UpstreamRoute: Sendable {
 
     /// `?name=value&…` of `query_params`, percent-encoded; empty without any.
     private let query: String
+    /// `url(for:)` of every endpoint, made once.
+    private let endpointURLs: [OpenAIEndpoint: String]
+    /// The header carrying the upstream key, as the provider wants it (`Authorization: Bearer`, or
+    /// the key alone in e.g. Azure's `api-key`); nil without a key. Made once.
+    let credentialHeader: (name: String, value: String)?
+    let timeouts: UpstreamTimeouts
+    /// Streams have no total deadline: a long answer is fine as long as it keeps moving.
+    let streamTimeouts: UpstreamTimeouts
 
     init(config: UpstreamConfig) {
         self.config = config
@@ -98,6 +110,21 @@ struct UpstreamRoute: Sendable {
         case .http2: httpVersion = .http2
         case .h2c: httpVersion = .h2c
         }
+        let query = self.query
+        endpointURLs = Dictionary(uniqueKeysWithValues: OpenAIEndpoint.allCases.map { ($0, base + $0.pathBelowVersion + query) })
+        if let apiKey = config.apiKey {
+            credentialHeader = config.apiKeyHeader == UpstreamConfig.defaultAPIKeyHeader
+                ? ("authorization", "Bearer \(apiKey.revealed)") : (config.apiKeyHeader, apiKey.revealed)
+        } else {
+            credentialHeader = nil
+        }
+        timeouts = UpstreamTimeouts(
+            connectMs: config.connectTimeoutMs, firstByteMs: config.firstByteTimeoutMs,
+            stallMs: config.stallTimeoutMs, totalMs: config.requestTimeoutMs
+        )
+        var streamTimeouts = timeouts
+        streamTimeouts.totalMs = nil
+        self.streamTimeouts = streamTimeouts
     }
 
     /// `tls.ca_file`: the CAs the upstream's certificate must chain to (nil: the system's).
@@ -108,14 +135,6 @@ struct UpstreamRoute: Sendable {
     var weight: Int { config.weight }
     /// The deployment's own limits, resolved once; nil without `upstreams[].limits`.
     let limits: ResolvedLimits?
-
-    /// The header carrying the upstream key, as the provider wants it (`Authorization: Bearer`, or
-    /// the key alone in e.g. Azure's `api-key`); nil without a key.
-    var credentialHeader: (name: String, value: String)? {
-        guard let apiKey else { return nil }
-        if config.apiKeyHeader == UpstreamConfig.defaultAPIKeyHeader { return ("authorization", "Bearer \(apiKey.revealed)") }
-        return (config.apiKeyHeader, apiKey.revealed)
-    }
 
     /// RFC 3986 unreserved characters stay, every other byte is %-encoded.
     static func percentEncoded(_ text: String) -> String {
@@ -157,7 +176,7 @@ struct UpstreamRoute: Sendable {
     }
 
     func url(for endpoint: OpenAIEndpoint) -> String {
-        base + endpoint.pathBelowVersion + query
+        endpointURLs[endpoint] ?? base + endpoint.pathBelowVersion + query
     }
 
     /// The URL of a path below the API version (`/responses/resp_1`), its own query string
@@ -165,20 +184,6 @@ struct UpstreamRoute: Sendable {
     func url(pathBelowVersion: String) -> String {
         guard !query.isEmpty else { return base + pathBelowVersion }
         return base + pathBelowVersion + (pathBelowVersion.contains("?") ? "&" + query.dropFirst() : query)
-    }
-
-    var timeouts: UpstreamTimeouts {
-        UpstreamTimeouts(
-            connectMs: config.connectTimeoutMs, firstByteMs: config.firstByteTimeoutMs,
-            stallMs: config.stallTimeoutMs, totalMs: config.requestTimeoutMs
-        )
-    }
-
-    /// Streams have no total deadline: a long answer is fine as long as it keeps moving.
-    var streamTimeouts: UpstreamTimeouts {
-        var timeouts = self.timeouts
-        timeouts.totalMs = nil
-        return timeouts
     }
 }
 

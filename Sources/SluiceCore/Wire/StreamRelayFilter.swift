@@ -84,6 +84,18 @@ public struct StreamRelayFilter: Sendable {
         return release(decided: decided, chunk: chunk)
     }
 
+    /// Feeds the next chunk from upstream, for a caller that holds it in a buffer of its own (a
+    /// `ByteBuffer`): nil when the whole chunk is to be sent as it came (the usual case: nothing
+    /// dropped or held back), so the caller sends its buffer without a copy; else the bytes to send
+    /// now (possibly empty), as ``consume(_:)-([UInt8])`` returns them.
+    public mutating func consumeUnlessUnchanged(_ chunk: UnsafeRawBufferPointer) -> [UInt8]? {
+        if state == .passThrough { return nil }
+        let heldBefore = held.count
+        let (decided, droppedAny) = frame(chunk)
+        if state == .relaying, heldBefore == 0, !droppedAny, decided == chunk.count { return nil }
+        return release(decided: decided, chunk: chunk)
+    }
+
     /// The upstream's stream ended: decides the last, unterminated event (if any).
     /// - Returns: the remaining bytes to send to the client.
     public mutating func finish() -> [UInt8] {

@@ -94,7 +94,7 @@ final class StreamRelayFilterTests: XCTestCase {
         return text
     }
 
-    private enum Feed { case arrays, rawPointers }
+    private enum Feed { case arrays, rawPointers, unlessUnchanged }
 
     private func run(_ testCase: Case, chunks: [[UInt8]], feed: Feed = .arrays) -> (output: [UInt8], filter: StreamRelayFilter) {
         var filter = StreamRelayFilter(dropsUsageChunk: testCase.dropsUsage, maxEventBytes: testCase.maxEventBytes)
@@ -103,6 +103,8 @@ final class StreamRelayFilterTests: XCTestCase {
             switch feed {
             case .arrays: output += filter.consume(chunk)
             case .rawPointers: output += chunk.withUnsafeBytes { filter.consume($0) }
+            // nil: the chunk goes out as it came (the relay sends its own buffer).
+            case .unlessUnchanged: output += chunk.withUnsafeBytes { filter.consumeUnlessUnchanged($0) } ?? chunk
             }
         }
         output += filter.finish()
@@ -137,6 +139,8 @@ final class StreamRelayFilterTests: XCTestCase {
             let expected = try expectation(testCase)
             check(testCase, expected, chunks: [stream], label: testCase.name)
             check(testCase, expected, chunks: [stream], feed: .rawPointers, label: "\(testCase.name) (raw pointers)")
+            check(testCase, expected, chunks: [stream], feed: .unlessUnchanged, label: "\(testCase.name) (unless unchanged)")
+            check(testCase, expected, chunks: testCase.events.map { Array($0.utf8) }, feed: .unlessUnchanged, label: "\(testCase.name) (event per chunk, unless unchanged)")
             check(testCase, expected, chunks: testCase.events.map { Array($0.utf8) }, label: "\(testCase.name) (event per chunk)")
         }
     }
@@ -147,6 +151,8 @@ final class StreamRelayFilterTests: XCTestCase {
             let expected = try expectation(testCase)
             for split in 0...stream.count {
                 check(testCase, expected, chunks: [Array(stream[..<split]), Array(stream[split...])], label: "\(testCase.name) split at \(split)")
+                check(testCase, expected, chunks: [Array(stream[..<split]), Array(stream[split...])], feed: .unlessUnchanged,
+                      label: "\(testCase.name) split at \(split) (unless unchanged)")
             }
         }
     }
@@ -165,7 +171,7 @@ final class StreamRelayFilterTests: XCTestCase {
                     chunks.append(Array(stream[start..<min(start + length, stream.count)]))
                     start += length
                 }
-                check(testCase, expected, chunks: chunks, feed: round.isMultiple(of: 2) ? .arrays : .rawPointers,
+                check(testCase, expected, chunks: chunks, feed: [Feed.arrays, .rawPointers, .unlessUnchanged][round % 3],
                           label: "\(testCase.name) random chunks round \(round)")
             }
         }
@@ -187,6 +193,20 @@ final class StreamRelayFilterTests: XCTestCase {
         XCTAssertEqual(filter.consume(partial), [], "a partial event is held back")
         XCTAssertEqual(filter.consume([UInt8(ascii: "\n")]), Array(Self.chatEvents[2].utf8))
         XCTAssertEqual(filter.consume(Array(Self.usageEvent.utf8)), [], "the usage event is dropped")
+        XCTAssertEqual(filter.finish(), [])
+    }
+
+    /// The relay sends a chunk's own buffer when the filter returns nil: only whole events, none
+    /// dropped, nothing held before; anything else comes back as the bytes to send.
+    func testUnchangedChunksAreNotCopied() {
+        var filter = StreamRelayFilter(dropsUsageChunk: true)
+        let first = Array(Self.chatEvents[1].utf8)
+        XCTAssertNil(first.withUnsafeBytes { filter.consumeUnlessUnchanged($0) }, "a whole event passes as it came")
+        let partial = Array(Self.chatEvents[2].utf8.dropLast())
+        XCTAssertEqual(partial.withUnsafeBytes { filter.consumeUnlessUnchanged($0) }, [], "a partial event is held back")
+        XCTAssertEqual([UInt8(ascii: "\n")].withUnsafeBytes { filter.consumeUnlessUnchanged($0) }, Array(Self.chatEvents[2].utf8),
+                       "the held bytes come out with their end")
+        XCTAssertEqual(Array(Self.usageEvent.utf8).withUnsafeBytes { filter.consumeUnlessUnchanged($0) }, [], "the usage event is dropped")
         XCTAssertEqual(filter.finish(), [])
     }
 }

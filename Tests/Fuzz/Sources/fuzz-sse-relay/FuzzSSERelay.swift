@@ -11,7 +11,8 @@ import SluiceCore
 /// - the parser's events, payloads and names do not depend on where the stream was cut, and the
 ///   events tile the stream exactly unless it gave up on an oversize event;
 /// - the filter's output, usage, generated text and flags do not depend on where the stream was
-///   cut, nor on which `consume` (array or buffer) was used;
+///   cut, nor on which `consume` (array, buffer, or `consumeUnlessUnchanged` with the chunk itself
+///   for nil) was used;
 /// - the filter does what its rules say with each event the parser framed (`ExpectedStreamChunk`
 ///   reads every `data` payload with `JSONReader` instead of the scanner): the output is the
 ///   input without the usage-only events (when asked to drop them), the rest forwarded verbatim
@@ -41,8 +42,10 @@ public func fuzzTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt
     let whole = relay([0..<stream.count], of: stream, dropsUsage: dropsUsage, maxEventBytes: maxEventBytes, arrays: false)
     let cut = relay(pieces, of: stream, dropsUsage: dropsUsage, maxEventBytes: maxEventBytes, arrays: false)
     let cutArrays = relay(pieces, of: stream, dropsUsage: dropsUsage, maxEventBytes: maxEventBytes, arrays: true)
+    let cutUnchanged = relay(pieces, of: stream, dropsUsage: dropsUsage, maxEventBytes: maxEventBytes, arrays: false, unlessUnchanged: true)
     require(whole == cut, "filter: cutting the stream changed the outcome\nwhole: \(whole)\ncut:   \(cut)")
     require(cut == cutArrays, "filter: array and buffer consume differ\nbuffer: \(cut)\narray:  \(cutArrays)")
+    require(cut == cutUnchanged, "filter: consumeUnlessUnchanged differs\nbuffer:    \(cut)\nunchanged: \(cutUnchanged)")
     checkAgainstRules(whole, events: wholeEvents.events, stream: stream, dropsUsage: dropsUsage)
     return 0
 }
@@ -129,11 +132,13 @@ private struct RelayOutcome: Equatable, CustomStringConvertible {
     }
 }
 
-private func relay(_ pieces: [Range<Int>], of stream: [UInt8], dropsUsage: Bool, maxEventBytes: Int, arrays: Bool) -> RelayOutcome {
+private func relay(_ pieces: [Range<Int>], of stream: [UInt8], dropsUsage: Bool, maxEventBytes: Int, arrays: Bool, unlessUnchanged: Bool = false) -> RelayOutcome {
     var filter = StreamRelayFilter(dropsUsageChunk: dropsUsage, maxEventBytes: maxEventBytes)
     var outcome = RelayOutcome()
     for piece in pieces {
-        if arrays {
+        if unlessUnchanged {
+            outcome.output += withExactCopy(of: stream[piece]) { filter.consumeUnlessUnchanged($0) } ?? Array(stream[piece])
+        } else if arrays {
             outcome.output += filter.consume(Array(stream[piece]))
         } else {
             outcome.output += withExactCopy(of: stream[piece]) { filter.consume($0) }
