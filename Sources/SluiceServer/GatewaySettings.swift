@@ -45,11 +45,11 @@ public struct GatewaySettings: Sendable {
         upstream(forModel: model)?.metricLabel(forModel: model) ?? UpstreamRoute.otherModelsLabel
     }
 
-    /// Where `key`'s requests about stored responses (`GET`/`DELETE /v1/responses/{id}`) go: the
-    /// first upstream serving a model the key may use. Which upstream stored a response is not
-    /// tracked: with several upstreams this may not be the one that holds it (it answers 404).
-    func responsesUpstream(for key: APIKey) -> UpstreamRoute? {
-        upstreams.first { upstream in
+    /// Where `key`'s requests about stored responses (`GET`/`DELETE /v1/responses/{id}`) may go: the
+    /// upstreams serving a model the key may use, in config order. Which one stored a response is
+    /// not tracked (it may have been another node's choice): they are asked in turn.
+    func responsesUpstreams(for key: APIKey) -> [UpstreamRoute] {
+        upstreams.filter { upstream in
             guard let allowed = key.allowedModels else { return true }
             return allowed.contains { matcher in
                 if case .exact(let name) = matcher, upstream.config.serves(model: name) { return true }

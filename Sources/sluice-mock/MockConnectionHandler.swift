@@ -2,10 +2,12 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 
-/// What every connection shares: the command-line defaults and the request log.
+/// What every connection shares: the command-line defaults, the request log, and (with
+/// `--store-responses`) the Responses it created.
 struct MockServerContext: Sendable {
     let behaviour: MockBehaviour
     let log: RequestLog?
+    var storedResponses: StoredResponses? = nil
 }
 
 /// Serves the OpenAI-shaped mock API on one HTTP/1.1 connection.
@@ -234,8 +236,17 @@ final class MockConnectionHandler: ChannelInboundHandler {
         case .responses:
             exchange = responsesExchange(fields: fields, knobs: knobs, record: record, head: head,
                                          allocator: context.channel.allocator)
+        case .retrieveResponse(let id) where !(server.storedResponses?.contains(id) ?? true),
+             .deleteResponse(let id) where !(server.storedResponses?.remove(id) ?? true):
+            // With --store-responses, as OpenAI answers an id it does not hold.
+            MockResponseBodies.error(
+                message: "Response with id '\(id)' not found.", type: "invalid_request_error", param: nil, code: nil,
+                into: &scratch)
+            exchange = MockExchange(record: record, version: head.version, status: 404,
+                                    keepAlive: head.isKeepAlive, fixedBody: scratch, knobs: knobs)
         case .retrieveResponse(let id):
-            // Nothing is stored: any id is a completed response with an empty message and zero usage.
+            // Without --store-responses nothing is stored: any id is a completed response with an empty
+            // message and zero usage.
             let identity = ResponseIdentity(id: id, created: Int(Self.unixTime()), model: "gpt-4o-mini")
             MockResponsesBodies.response(
                 identity: identity, status: "completed", incompleteBecauseOfLength: false, maxOutputTokens: nil,
@@ -313,9 +324,13 @@ final class MockConnectionHandler: ChannelInboundHandler {
         }
         let usage = MockResponsesUsage(
             inputTokens: fields.estimatedPromptTokens, outputTokens: knobs.reportedCompletionTokens ?? textTokens)
-        let identity = ResponseIdentity(
-            id: "resp_mock\(connectionID)x\(requestsOnConnection)", created: Int(Self.unixTime()),
-            model: fields.model ?? "")
+        var id = "resp_mock\(connectionID)x\(requestsOnConnection)"
+        if let stored = server.storedResponses {
+            // Unique across mocks (a gateway in front of several must find the one that holds it).
+            id = "resp_mock\(stored.prefix)x\(connectionID)x\(requestsOnConnection)"
+            if (200...299).contains(knobs.status) { stored.insert(id) }
+        }
+        let identity = ResponseIdentity(id: id, created: Int(Self.unixTime()), model: fields.model ?? "")
         if fields.stream {
             let writer = ResponsesEventWriter(
                 identity: identity, textTokens: textTokens, incompleteBecauseOfLength: incomplete,

@@ -1,3 +1,4 @@
+import Synchronization
 import NIOCore
 
 /// Usage of the Responses API: `input_tokens`, `output_tokens` and their detail objects.
@@ -178,5 +179,37 @@ struct ResponsesEventWriter: Sendable {
 
     private func end(into buffer: inout ByteBuffer) {
         buffer.writeStaticString("}\n\n")
+    }
+}
+
+/// The ids of the Responses this mock created (`--store-responses`), so that `GET`/`DELETE
+/// /v1/responses/{id}` answer 404 for any other, as OpenAI does. Bounded: past ``capacity`` ids the
+/// oldest are forgotten.
+final class StoredResponses: Sendable {
+    static let capacity = 100_000
+
+    /// Part of every id, different per mock process.
+    let prefix: String
+    private let ids = Mutex<(set: Set<String>, order: CircularBuffer<String>)>(([], []))
+
+    init(prefix: String) {
+        self.prefix = prefix
+    }
+
+    func insert(_ id: String) {
+        ids.withLock { ids in
+            guard ids.set.insert(id).inserted else { return }
+            ids.order.append(id)
+            if ids.order.count > Self.capacity, let oldest = ids.order.popFirst() { ids.set.remove(oldest) }
+        }
+    }
+
+    func contains(_ id: String) -> Bool {
+        ids.withLock { $0.set.contains(id) }
+    }
+
+    /// Forgets `id`; false if it was not stored.
+    func remove(_ id: String) -> Bool {
+        ids.withLock { $0.set.remove(id) != nil }
     }
 }

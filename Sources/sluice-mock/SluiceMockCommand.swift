@@ -63,6 +63,9 @@ struct SluiceMockCommand: ParsableCommand {
     @Option(help: "A context window, in tokens counted as request body bytes ÷ 4: longer requests get 400 context_length_exceeded.")
     var contextWindow: Int?
 
+    @Flag(help: "Remember the Responses created (POST /v1/responses), with ids unique to this process: GET/DELETE /v1/responses/{id} of any other id answer 404, as OpenAI does.")
+    var storeResponses = false
+
     @Option(help: "Close the connection after this many token chunks of every response.")
     var dropAfter: Int?
 
@@ -109,7 +112,8 @@ struct SluiceMockCommand: ParsableCommand {
                 maxBodyBytes: maxBodyBytes,
                 retryAfterSeconds: retryAfter,
                 contextWindowTokens: contextWindow),
-            log: requestLog)
+            log: requestLog,
+            storedResponses: storeResponses ? StoredResponses(prefix: "\(getpid())") : nil)
 
         let signalSources = Self.exitOnTerminationSignals(flushing: requestLog)
         defer { signalSources.forEach { $0.cancel() } }

@@ -325,3 +325,43 @@ def test_a_providers_limits_hold_across_nodes(tmp_path, mocks):
             g.stop()
         redis.kill()
         redis.wait()
+
+
+def test_a_stored_response_is_found_on_whichever_deployment_holds_it(tmp_path):
+    """GET/DELETE /v1/responses/{id} with a model on two deployments: the response lives on the one
+    that answered its POST (possibly chosen by another node); Sluice asks the deployments in turn and
+    relays the one that holds it, and a 404 only when none does. Before, the first deployment alone
+    was asked, and half the ids were "not found"."""
+    first = mock_in(tmp_path, "store-a", "--store-responses")
+    second = mock_in(tmp_path, "store-b", "--store-responses")
+    g = Gateway(tmp_path, config([
+        upstream("store-a", first.base_url, ["gpt-4o-mini"]),
+        upstream("store-b", second.base_url, ["gpt-4o-mini"]),
+    ]))
+    try:
+        c = client(g)
+        created = []
+        for _ in range(12):
+            response = c.responses.create(model="gpt-4o-mini", input="hi", max_output_tokens=3)
+            created.append(response.id)
+        assert len(set(created)) == len(created)
+        posts = lambda m: [r for r in served(m) if r["method"] == "POST"]
+        # Both deployments hold some (least in flight, ties drawn at random), so both must be searched.
+        assert posts(first) and posts(second), "both deployments stored some of the responses"
+        # The SDK's own retrieval finds every one of them, wherever it is stored.
+        for response_id in created:
+            assert c.responses.retrieve(response_id).id == response_id
+        # The first deployment was asked for all of them and answered 404 for those it does not hold.
+        misses = [r for r in served(first) if r["method"] == "GET" and r.get("status") == 404]
+        assert len(misses) == len(posts(second)), (len(misses), len(posts(second)))
+        # Deleted on the deployment that holds it; then neither has it: the SDK's NotFoundError.
+        deleted = c.responses.delete(created[0])
+        assert deleted is None or getattr(deleted, "deleted", True)
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve(created[0])
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve("resp_nobody_has_this")
+    finally:
+        g.stop()
+        first.stop()
+        second.stop()
