@@ -23,7 +23,7 @@ private final class SwitchableStore: LimiterStore {
         return inner.settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 
-    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+    func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         guard up.withLock({ $0 }) else { throw Down() }
         return inner.snapshotNow(keyID: keyID, limits: limits)
     }
@@ -217,7 +217,7 @@ private final class LosesReplies: LimiterStore {
         inner.settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 
-    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+    func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         inner.snapshotNow(keyID: keyID, limits: limits)
     }
 }

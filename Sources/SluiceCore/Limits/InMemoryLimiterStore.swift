@@ -52,7 +52,7 @@ public final class InMemoryLimiterStore: LimiterStore {
         settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 
-    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+    public func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         snapshotNow(keyID: keyID, limits: limits)
     }
 
@@ -115,7 +115,7 @@ public final class InMemoryLimiterStore: LimiterStore {
             var keyEntry = keyState.entries[request.keyID] ?? KeyEntry()
             var teamEntry = teamState.entries[teamRequest.keyID] ?? KeyEntry()
             let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
-            let teamDecision = teamEntry.admit(teamRequest, now: now, calendar: calendar)
+            let teamDecision = Self.markingTeam(teamEntry.admit(teamRequest, now: now, calendar: calendar), team.id)
             switch (keyDecision, teamDecision) {
             case (.admitted(var reservation, let snapshot), .admitted):
                 keyState.entries[request.keyID] = keyEntry
@@ -144,12 +144,19 @@ public final class InMemoryLimiterStore: LimiterStore {
         }
     }
 
+    /// A team entry's denial, said to be the team's (the 429 names the team's limit).
+    private static func markingTeam(_ decision: AdmissionDecision, _ team: String) -> AdmissionDecision {
+        guard case .denied(var denial, let snapshot) = decision else { return decision }
+        denial.team = team
+        return .denied(denial, snapshot)
+    }
+
     /// `admitWithTeam` when the key's and the team's entries share a shard.
     private func decideInOneShard(_ state: inout ShardState, request: AdmissionRequest, teamRequest: AdmissionRequest, team: TeamSubject, now: Int64, calendar: BudgetCalendar) -> AdmissionDecision {
         var keyEntry = state.entries[request.keyID] ?? KeyEntry()
         var teamEntry = state.entries[teamRequest.keyID] ?? KeyEntry()
         let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
-        let teamDecision = teamEntry.admit(teamRequest, now: now, calendar: calendar)
+        let teamDecision = Self.markingTeam(teamEntry.admit(teamRequest, now: now, calendar: calendar), team.id)
         switch (keyDecision, teamDecision) {
         case (.admitted(var reservation, let snapshot), .admitted):
             state.entries[request.keyID] = keyEntry
@@ -167,7 +174,7 @@ public final class InMemoryLimiterStore: LimiterStore {
     public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
         let spent: (day: Int64, month: Int64)
         switch subject {
-        case .key(let id): spent = budgetSpent(keyID: id)
+        case .key(let id, _): spent = budgetSpent(keyID: id)
         case .team(let id): spent = budgetSpent(team: id)
         }
         return PeriodUsage(spentToday: USDAmount(nanos: spent.day), spentThisMonth: USDAmount(nanos: spent.month))
