@@ -477,6 +477,10 @@ struct AlwaysLeased: LimiterStore {
     func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         try await store.snapshot(keyID: keyID, team: team, limits: limits)
     }
+
+    func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        try await store.periodUsage(subject)
+    }
 }
 
 // MARK: - the month's tokens (volume tiers, plans)
@@ -597,11 +601,14 @@ extension LimiterStoreConformance {
         used.settledCost = .known(USDAmount(nanos: 100_000))
         let snapshot = try await settled(used, prompt: 10, completion: 10)
         XCTAssertEqual(snapshot.remainingTokens, 80, "the key's bucket was refunded")
-        XCTAssertEqual(try await store.periodUsage(.team(team.id)).spentToday, USDAmount(nanos: 100_000), "the team's budget was corrected to the cost")
+        let corrected = try await store.periodUsage(.team(team.id)).spentToday
+        XCTAssertEqual(corrected, USDAmount(nanos: 100_000), "the team's budget was corrected to the cost")
         // 20 tokens used + 80 fits the team's 100; $0.0001 + $0.0009 fits its $0.001.
         try await admitted(teamRequest(newKey(), keyLimits, team: team, prompt: 50, output: 30, cost: 900_000))
-        XCTAssertNil(try await store.settle(used, actualPromptTokens: 10, actualCompletionTokens: 10), "settled once")
-        XCTAssertEqual(try await store.periodUsage(.team(team.id)).spentToday, USDAmount(nanos: 1_000_000))
+        let again = try await store.settle(used, actualPromptTokens: 10, actualCompletionTokens: 10)
+        XCTAssertNil(again, "settled once")
+        let full = try await store.periodUsage(.team(team.id)).spentToday
+        XCTAssertEqual(full, USDAmount(nanos: 1_000_000))
     }
 
     /// The team's concurrency limit counts the requests of all its keys; settle frees the slot.
