@@ -380,7 +380,8 @@ def test_four_nodes_share_one_team_budget(tmp_path_factory):
     import test_cluster as tc
     if not all(tc.REQUIRED.values()):
         pytest.skip("missing: " + ", ".join(k for k, v in tc.REQUIRED.items() if not v))
-    keys = [{"id": f"four-member-{n}", "secret_sha256": sha256_hex(secret), "team": "squad-4"} for n, secret in enumerate(TEAM_SECRETS)]
+    keys = [{"id": f"four-member-{n}", "secret_sha256": sha256_hex(secret), "team": "squad-4", "limits": {"requests_per_minute": 1000}}
+            for n, secret in enumerate(TEAM_SECRETS)]
     original = tc.cluster_config
 
     def with_team(*args, **kwargs):
