@@ -442,13 +442,19 @@ final class KeyLane: Sendable {
             state.sharedHeaders = Array(reply.headerValues)
             // The budgets' headers: their spend after the call, their periods on Redis' clock.
             let calendar = BudgetCalendar(seconds: reply.redisMicros / 1_000_000)
-            func withBudgets(_ snapshot: RateLimitSnapshot, _ limits: ResolvedLimits) -> RateLimitSnapshot {
-                guard limits.hasBudget else { return snapshot }
-                return snapshot.addingBudgets(limits, spentToday: reply.budgetSpent.day, spentThisMonth: reply.budgetSpent.month, calendar: calendar)
+            func withBudgets(_ snapshot: RateLimitSnapshot, _ limits: ResolvedLimits, team: ResolvedLimits?) -> RateLimitSnapshot {
+                var snapshot = snapshot
+                if limits.hasBudget {
+                    snapshot = snapshot.addingBudgets(limits, spentToday: reply.budgetSpent.day, spentThisMonth: reply.budgetSpent.month, calendar: calendar)
+                }
+                if let team, team.hasBudget {
+                    snapshot = snapshot.addingTeamBudgets(team, spentToday: reply.teamBudgetSpent.day, spentThisMonth: reply.teamBudgetSpent.month, calendar: calendar)
+                }
+                return snapshot
             }
             for (queued, outcome) in zip(admissions, reply.admissions) {
                 let request = queued.request
-                let snapshot = withBudgets(Self.snapshot(request.limits, outcome.headerValues), request.limits)
+                let snapshot = withBudgets(Self.snapshot(request.limits, outcome.headerValues), request.limits, team: teamID == nil ? nil : request.team?.limits)
                 if outcome.admitted {
                     // A slot is counted when the key or its team limits concurrency (batch.lua).
                     let countsSlot = request.limits.maxConcurrentRequests != nil || request.team?.limits.maxConcurrentRequests != nil
@@ -485,7 +491,7 @@ final class KeyLane: Sendable {
                 }
                 state.lease = LimiterLease(limits: limits, slices: slices, parkedSlots: reply.slotsGranted, slotEpoch: reply.slotEpoch)
             }
-            return withBudgets(Self.snapshot(limits, reply.headerValues, adding: state.lease, now: reply.redisMicros), limits)
+            return withBudgets(Self.snapshot(limits, reply.headerValues, adding: state.lease, now: reply.redisMicros), limits, team: teamID == nil ? nil : call.teamLimits)
         }
         for (queued, decision) in zip(admissions, decisions) { queued.continuation.resume(returning: decision) }
         for settlement in settlements { settlement.continuation?.resume(returning: snapshot) }

@@ -207,6 +207,8 @@ struct LaneReply: Sendable {
     var admissions: [Admission] = []
     /// The budgets' spend after the call (today, this month; nano-dollars).
     var budgetSpent: (day: Int64, month: Int64) = (0, 0)
+    /// The team's budgets' spend after the call, for a lane of a key in a team.
+    var teamBudgetSpent: (day: Int64, month: Int64) = (0, 0)
 
     static let headerCount = 20
     static let perAdmission = 16
@@ -225,10 +227,13 @@ struct LaneReply: Sendable {
         corrupt = values[1] != 0
         redisMicros = values[2]
         guard status == .applied else { return }
-        guard values.count == Self.headerCount + count * Self.perAdmission + 2 else {
+        let trailing = team == nil ? 2 : 4
+        guard values.count == Self.headerCount + count * Self.perAdmission + trailing else {
             throw .unexpectedReply("batch.lua returned \(values.count) values for \(count) admissions")
         }
-        budgetSpent = (values[values.count - 2], values[values.count - 1])
+        let spentAt = Self.headerCount + count * Self.perAdmission
+        budgetSpent = (values[spentAt], values[spentAt + 1])
+        if team != nil { teamBudgetSpent = (values[spentAt + 2], values[spentAt + 3]) }
         slotEpoch = values[3]
         lostResolution = values[4]
         quotaDay = values[5]

@@ -554,6 +554,10 @@ extension LimiterStoreConformance {
         let (reservation, snapshot) = try await admitted(teamRequest(key, keyLimits, team: team, cost: 600_000))
         XCTAssertEqual(reservation.team?.id, team.id)
         XCTAssertEqual(snapshot.remainingRequests, 9, "the key's own limit was charged")
+        XCTAssertNil(snapshot.limitUSDDay, "the key has no budget of its own")
+        XCTAssertEqual(snapshot.teamBudget?.limitUSDDay, USDAmount(nanos: 1_000_000), "the team's budget, for its headers")
+        XCTAssertEqual(snapshot.teamBudget?.remainingUSDDay, USDAmount(nanos: 400_000))
+        XCTAssertNil(snapshot.teamBudget?.limitUSDMonth)
         let used = try await store.periodUsage(.team(team.id))
         XCTAssertEqual(used.spentToday, USDAmount(nanos: 600_000), "the team's budget was charged")
         // Another key of the team: its own limits are untouched, the team's budget is shared.
@@ -562,6 +566,7 @@ extension LimiterStoreConformance {
         XCTAssertEqual(denial.team, team.id, "the team's limit denied, and says so")
         XCTAssertEqual(denial.used, 600_000)
         XCTAssertEqual(deniedSnapshot.remainingRequests, 10, "a refusal by the team charges the key nothing")
+        XCTAssertEqual(deniedSnapshot.teamBudget?.remainingUSDDay, USDAmount(nanos: 400_000), "nor the team")
         XCTAssertTrue(denial.gatewayError(model: model).message.contains("of team \(team.id)"), denial.gatewayError(model: model).message)
     }
 

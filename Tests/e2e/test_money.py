@@ -358,12 +358,21 @@ def test_a_teams_keys_on_two_nodes_sharing_redis_share_its_budget(tmp_path_facto
                 assert Decimal(str(state["team"]["used"]["usd_today"])) == Decimal(usd(spent)), state
                 assert Decimal(str(state["team"]["remaining"]["usd_today"])) == Decimal(usd(500_000 - spent)), state
                 assert state["used"]["usd_today"] is None, "the keys have no budget of their own"
-        # Spent: the next request is refused by the team's budget, and the message says so.
+        # A request that reserves more than the team's whole budget ($0.0006 of output): refused by the
+        # team's budget, and the message says so.
         with pytest.raises(openai.RateLimitError) as refused:
             openai.OpenAI(base_url=nodes[1].base_url, api_key=TEAM_SECRETS[0], max_retries=0).chat.completions.create(
-                model="gpt-4o-mini", messages=MESSAGES, max_tokens=20)
+                model="gpt-4o-mini", messages=MESSAGES, max_tokens=1000)
         assert refused.value.code == "insufficient_quota"
         assert "of team squad-redis" in refused.value.message, refused.value.message
+        headers = refused.value.response.headers
+        assert headers["x-ratelimit-limit-team-usd-day"] == "0.0005", dict(headers)
+        # As of the last limiter call that decided for this key on this node: a refusal repeated from
+        # the node's short denial memory carries that call's values (the team's other keys and nodes
+        # may have spent more since, or refunds come back), so only its range is certain here.
+        assert 0 <= Decimal(headers["x-ratelimit-remaining-team-usd-day"]) < Decimal("0.0005"), dict(headers)
+        assert headers["x-ratelimit-reset-team-usd-day"].endswith("s"), dict(headers)
+        assert "x-ratelimit-limit-usd-day" not in headers, "the key has no budget of its own"
         report = usage_total(nodes[0].config_path, "--team", "squad-redis", expected=Decimal(usd(spent)))
         assert Decimal(str(report["total"]["cost_usd"])) == Decimal(usd(spent)), report
         assert {row["key"] for row in report["rows"]} == {"redis-member-0", "redis-member-1"}, report

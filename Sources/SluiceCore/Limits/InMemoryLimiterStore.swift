@@ -116,17 +116,19 @@ public final class InMemoryLimiterStore: LimiterStore {
             var teamEntry = teamState.entries[teamRequest.keyID] ?? KeyEntry()
             let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
             let teamDecision = Self.markingTeam(teamEntry.admit(teamRequest, now: now, calendar: calendar), team.id)
+            let teamBefore = teamState.entries[teamRequest.keyID] ?? KeyEntry()
             switch (keyDecision, teamDecision) {
             case (.admitted(var reservation, let snapshot), .admitted):
                 keyState.entries[request.keyID] = keyEntry
                 teamState.entries[teamRequest.keyID] = teamEntry
                 reservation.team = team
-                return .admitted(reservation, snapshot)
+                return .admitted(reservation, teamEntry.addingBudgets(of: team, to: snapshot, calendar: calendar))
             case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
-                return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, snapshot)
+                return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
             case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
                 // Nothing is written back: the copy that admitted is dropped; the key's state as it stood.
-                return .denied(denial, (keyState.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now))
+                let snapshot = (keyState.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now)
+                return .denied(denial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
             }
         }
         if keyIndex == teamIndex {
@@ -157,16 +159,18 @@ public final class InMemoryLimiterStore: LimiterStore {
         var teamEntry = state.entries[teamRequest.keyID] ?? KeyEntry()
         let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
         let teamDecision = Self.markingTeam(teamEntry.admit(teamRequest, now: now, calendar: calendar), team.id)
+        let teamBefore = state.entries[teamRequest.keyID] ?? KeyEntry()
         switch (keyDecision, teamDecision) {
         case (.admitted(var reservation, let snapshot), .admitted):
             state.entries[request.keyID] = keyEntry
             state.entries[teamRequest.keyID] = teamEntry
             reservation.team = team
-            return .admitted(reservation, snapshot)
+            return .admitted(reservation, teamEntry.addingBudgets(of: team, to: snapshot, calendar: calendar))
         case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
-            return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, snapshot)
+            return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
         case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
-            return .denied(denial, (state.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now))
+            let snapshot = (state.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now)
+            return .denied(denial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
         }
     }
 
@@ -432,6 +436,14 @@ private struct KeyEntry {
         } else {
             setTAT(kind, bucket.charge(Int64(actual - reserved), tat: tat(kind), now: now))
         }
+    }
+
+    /// `snapshot` with the budgets of `team` (whose entry this is) as they stand in this entry.
+    func addingBudgets(of team: TeamSubject, to snapshot: RateLimitSnapshot, calendar: BudgetCalendar) -> RateLimitSnapshot {
+        snapshot.addingTeamBudgets(
+            team.limits, spentToday: budgetDay == calendar.day ? budgetDaySpent : 0,
+            spentThisMonth: budgetMonth == calendar.month ? budgetMonthSpent : 0, calendar: calendar
+        )
     }
 
     /// `snapshot(limits:now:)` with the budgets' headers of the current periods.

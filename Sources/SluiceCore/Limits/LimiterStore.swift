@@ -185,8 +185,35 @@ public struct RateLimitSnapshot: Sendable, Hashable {
     public var remainingUSDMonth: USDAmount?
     public var resetUSDMonthSeconds: Double?
 
+    /// The budgets of the key's team (`keys[].team`), the same six values; `nil` when the team has
+    /// no budget (or the key no team).
+    public var teamBudget: TeamBudget?
+
+    /// A team's budget values for the `x-ratelimit-*-team-usd-*` headers (as the key's above).
+    public struct TeamBudget: Sendable, Hashable {
+        public var limitUSDDay: USDAmount?
+        public var remainingUSDDay: USDAmount?
+        public var resetUSDDaySeconds: Double?
+        public var limitUSDMonth: USDAmount?
+        public var remainingUSDMonth: USDAmount?
+        public var resetUSDMonthSeconds: Double?
+    }
+
     /// No limits configured: no headers.
     public static let empty = RateLimitSnapshot()
+
+    /// These values with the budgets of the key's team (`team`, its limits), given what the team spent
+    /// (nano-dollars) in the periods of `calendar`; unchanged when the team has no budget.
+    public func addingTeamBudgets(_ team: ResolvedLimits, spentToday: Int64, spentThisMonth: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot {
+        guard team.hasBudget else { return self }
+        let values = RateLimitSnapshot().addingBudgets(team, spentToday: spentToday, spentThisMonth: spentThisMonth, calendar: calendar)
+        var snapshot = self
+        snapshot.teamBudget = TeamBudget(
+            limitUSDDay: values.limitUSDDay, remainingUSDDay: values.remainingUSDDay, resetUSDDaySeconds: values.resetUSDDaySeconds,
+            limitUSDMonth: values.limitUSDMonth, remainingUSDMonth: values.remainingUSDMonth, resetUSDMonthSeconds: values.resetUSDMonthSeconds
+        )
+        return snapshot
+    }
 
     /// These values with the budgets' of `limits`, given what they spent (nano-dollars) in the periods
     /// of `calendar`.

@@ -55,7 +55,8 @@
 --          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs,
 --          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none),
 --          the key's tokens of the month before it (-1: not tracked),
---          then the budgets' spend after the call: today, this month (nano-dollars; 0 without budgets)}
+--          then the budgets' spend after the call: today, this month (nano-dollars; 0 without budgets),
+--          then (with KEYS[2] only) the team's budgets' spend after the call: today, this month}
 --   denial kinds: 1 requests 2 tokens 3 input tokens 4 output tokens 5 concurrency
 --                 6 daily tokens 7 monthly tokens 8 USD per day 9 USD per month
 --                 the same + 10 (11..19) when the team's limit denied
@@ -665,4 +666,9 @@ for _, v in ipairs(results) do out[#out + 1] = v end
 -- Last, the budgets' spend after the call (today, this month; 0 without budgets): their headers.
 out[#out + 1] = dayCost
 out[#out + 1] = monthCost
+-- With a team, then the team's budgets' spend after the call: its headers.
+if team ~= nil then
+  out[#out + 1] = team.dayCost
+  out[#out + 1] = team.monthCost
+end
 return out
