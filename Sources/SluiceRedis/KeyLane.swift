@@ -39,6 +39,8 @@ final class KeyLane: Sendable {
     struct QueuedSettlement {
         var values: SettlementValues
         var limits: ResolvedLimits
+        /// The team's limits, for a lane of a key in a team.
+        var teamLimits: ResolvedLimits? = nil
         /// Resumed with the key's state once Redis took it, or with nil when the call failed (the
         /// settlement stays queued and is retried; its caller need not wait for Redis to come back).
         var continuation: CheckedContinuation<RateLimitSnapshot?, Never>?
@@ -48,7 +50,7 @@ final class KeyLane: Sendable {
         var admissions: [QueuedAdmission] = []
         var settlements: [QueuedSettlement] = []
         var draining = false
-        var lost: (call: LostCall, limits: ResolvedLimits)?
+        var lost: (call: LostCall, limits: ResolvedLimits, teamLimits: ResolvedLimits?)?
         var held: [String: HeldReservation] = [:]
         var slotsHeld = 0
         var lease: LimiterLease?
@@ -61,6 +63,8 @@ final class KeyLane: Sendable {
         var lastAdmissionMonotonic: Int64 = 0
         var sharedHeaders: [Int64] = [0, 0, 0, 0]
         var limits: ResolvedLimits?
+        /// The team's limits as last seen (for calls that carry no request).
+        var teamLimits: ResolvedLimits?
         /// The last denial by a bucket or quota, while it holds (see ``DenialMemory``).
         var denied: DenialMemory?
         /// Parked slots to give back with the next call (a call that gave them back did not run),
@@ -81,13 +85,20 @@ final class KeyLane: Sendable {
     static let maximumQueuedSettlements = 10_000
 
     let keyID: String
+    /// The key's team (`keys[].team`): fixed for the lane's life, since it decides where the key's
+    /// state lives (a key moved to another team gets another lane).
+    let teamID: String?
     let stateKey: String
+    /// The team's state hash (in the key's slot), sent with every call of the lane; nil: no team.
+    let teamKey: String?
     private let context: Context
     private let state = Mutex(State())
 
-    init(keyID: String, context: Context) {
+    init(keyID: String, team: String? = nil, context: Context) {
         self.keyID = keyID
-        self.stateKey = RedisKeyLayout(keyID: keyID).state
+        self.teamID = team
+        self.stateKey = RedisKeyLayout(keyID: keyID, team: team).state
+        self.teamKey = team.map(RedisKeyLayout.teamState)
         self.context = context
     }
 
@@ -97,9 +108,10 @@ final class KeyLane: Sendable {
         let now = MonotonicClock.microseconds()
         let local: AdmissionDecision? = state.withLock { state in
             state.limits = request.limits
+            if let team = request.team { state.teamLimits = team.limits }
             state.lastAdmissionMonotonic = now
             state.demand.record(request, at: now)
-            if request.limits.isUnlimited, !request.tracksMonthTokens {
+            if request.limits.isUnlimited, request.team?.limits.isUnlimited ?? true, !request.tracksMonthTokens {
                 // Nothing to charge: no call. Held all the same, so that its usage is recorded once.
                 state.held[request.requestID] = HeldReservation(quotaDay: -1, quotaMonth: -1, slotEpoch: 0)
                 return .admitted(Reservation(admitting: request), .empty)
@@ -109,6 +121,7 @@ final class KeyLane: Sendable {
                 return .denied(denial, memory.snapshot)
             }
             // A request that tracks the month's tokens is decided in Redis, which counts them.
+            // Keys in a team are never leased (their lanes take no lease): nothing to admit locally.
             guard !request.tracksMonthTokens, state.lost == nil, var lease = state.lease, let clock = state.clock,
                   let taken = lease.admit(request, now: clock.now(monotonicMicros: now)) else { return nil }
             state.lease = lease
@@ -200,10 +213,10 @@ final class KeyLane: Sendable {
 
     /// Settles what ``release(_:)`` returned: the key's state once Redis took it, or nil when it did
     /// not yet (then the lane keeps it and retries it).
-    func settle(_ values: SettlementValues, limits: ResolvedLimits) async -> RateLimitSnapshot? {
+    func settle(_ values: SettlementValues, limits: ResolvedLimits, teamLimits: ResolvedLimits? = nil) async -> RateLimitSnapshot? {
         await withCheckedContinuation { continuation in
             let start = state.withLock { state in
-                state.settlements.append(QueuedSettlement(values: values, limits: limits, continuation: continuation))
+                state.settlements.append(QueuedSettlement(values: values, limits: limits, teamLimits: teamLimits, continuation: continuation))
                 return state.startDraining()
             }
             if start { Task { await self.drain() } }
@@ -283,10 +296,10 @@ final class KeyLane: Sendable {
             }
             guard let (call, admissions, settlements) = state.withLock({ nextCall(&$0) }) else { return }
             let sent = MonotonicClock.microseconds()
-            let arguments = call.arguments(stateKey: stateKey, nodeID: context.nodeID, deadline: deadline, options: context.options)
+            let arguments = call.arguments(stateKey: stateKey, teamKey: teamKey, keyID: keyID, nodeID: context.nodeID, deadline: deadline, options: context.options)
             do {
-                let raw = try await context.client.call(context.function, RedisScriptCall(keyCount: 1, arguments: arguments, routingKey: stateKey))
-                let reply = try LaneReply(raw, admissions: admissions.count)
+                let raw = try await context.client.call(context.function, RedisScriptCall(keyCount: teamKey == nil ? 1 : 2, arguments: arguments, routingKey: stateKey))
+                let reply = try LaneReply(raw, admissions: admissions.count, team: teamID)
                 context.observeRedisClock(reply.redisMicros)
                 context.statistics.count(.calls)
                 context.statistics.count(.redisAdmissions, by: admissions.count)
@@ -322,7 +335,8 @@ final class KeyLane: Sendable {
             let sequence = context.nextSequence()
             lost.call.firstResolution = lost.call.firstResolution ?? sequence
             state.lost = lost
-            let call = LaneCall(sequence: sequence, limits: lost.limits, admissions: [], settlements: [], lost: lost.call)
+            var call = LaneCall(sequence: sequence, limits: lost.limits, admissions: [], settlements: [], lost: lost.call)
+            call.teamLimits = lost.teamLimits
             return (call, [], [])
         }
         let admissions = Array(state.admissions.prefix(LaneCall.maximumAdmissions))
@@ -341,6 +355,9 @@ final class KeyLane: Sendable {
             sequence: context.nextSequence(), limits: limits, admissions: admissions.map(\.request),
             settlements: settlements.map(\.values), lost: nil
         )
+        if teamID != nil {
+            call.teamLimits = admissions.last?.request.team?.limits ?? settlements.last?.teamLimits ?? state.teamLimits
+        }
         if let lease = state.lease, state.returnLease || !admissions.isEmpty || lease.limits != limits {
             // Given back before a new one is taken: what it still holds returns to the bucket if
             // nothing was handed out after it.
@@ -360,7 +377,9 @@ final class KeyLane: Sendable {
             call.slotsEpoch = state.slotsToReturnEpoch
             state.slotsToReturn = 0
         }
-        if !admissions.isEmpty, let wanted = Self.leaseWanted(limits, state.demand, admissions.last!.request, slotsInUse: state.slotsHeld) {
+        // A key in a team is never leased: a slice of the key's buckets would admit without the
+        // team's (whose other keys admit on other lanes and nodes), so every request goes to Redis.
+        if teamID == nil, !admissions.isEmpty, let wanted = Self.leaseWanted(limits, state.demand, admissions.last!.request, slotsInUse: state.slotsHeld) {
             call.leaseWanted = wanted.units
             call.leaseLeast = RateLimitKind.buckets.map { admissions.last!.request.cost($0) }
             call.slotsWanted = wanted.slots
@@ -423,17 +442,25 @@ final class KeyLane: Sendable {
             state.sharedHeaders = Array(reply.headerValues)
             // The budgets' headers: their spend after the call, their periods on Redis' clock.
             let calendar = BudgetCalendar(seconds: reply.redisMicros / 1_000_000)
-            func withBudgets(_ snapshot: RateLimitSnapshot, _ limits: ResolvedLimits) -> RateLimitSnapshot {
-                guard limits.hasBudget else { return snapshot }
-                return snapshot.addingBudgets(limits, spentToday: reply.budgetSpent.day, spentThisMonth: reply.budgetSpent.month, calendar: calendar)
+            func withBudgets(_ snapshot: RateLimitSnapshot, _ limits: ResolvedLimits, team: ResolvedLimits?) -> RateLimitSnapshot {
+                var snapshot = snapshot
+                if limits.hasBudget {
+                    snapshot = snapshot.addingBudgets(limits, spentToday: reply.budgetSpent.day, spentThisMonth: reply.budgetSpent.month, calendar: calendar)
+                }
+                if let team, team.hasBudget {
+                    snapshot = snapshot.addingTeamBudgets(team, spentToday: reply.teamBudgetSpent.day, spentThisMonth: reply.teamBudgetSpent.month, calendar: calendar)
+                }
+                return snapshot
             }
             for (queued, outcome) in zip(admissions, reply.admissions) {
                 let request = queued.request
-                let snapshot = withBudgets(Self.snapshot(request.limits, outcome.headerValues), request.limits)
+                let snapshot = withBudgets(Self.snapshot(request.limits, outcome.headerValues), request.limits, team: teamID == nil ? nil : request.team?.limits)
                 if outcome.admitted {
-                    let slot = request.limits.maxConcurrentRequests != nil ? reply.slotEpoch : 0
+                    // A slot is counted when the key or its team limits concurrency (batch.lua).
+                    let countsSlot = request.limits.maxConcurrentRequests != nil || request.team?.limits.maxConcurrentRequests != nil
+                    let slot = countsSlot ? reply.slotEpoch : 0
                     var held = HeldReservation(quotaDay: reply.quotaDay, quotaMonth: reply.quotaMonth, slotEpoch: slot)
-                    if request.limits.isLeasable, !request.tracksMonthTokens {
+                    if teamID == nil, request.limits.isLeasable, !request.tracksMonthTokens {
                         held.leased = Self.charged(request, outcome.chargeStarts)
                     }
                     state.held[request.requestID] = held
@@ -464,7 +491,7 @@ final class KeyLane: Sendable {
                 }
                 state.lease = LimiterLease(limits: limits, slices: slices, parkedSlots: reply.slotsGranted, slotEpoch: reply.slotEpoch)
             }
-            return withBudgets(Self.snapshot(limits, reply.headerValues, adding: state.lease, now: reply.redisMicros), limits)
+            return withBudgets(Self.snapshot(limits, reply.headerValues, adding: state.lease, now: reply.redisMicros), limits, team: teamID == nil ? nil : call.teamLimits)
         }
         for (queued, decision) in zip(admissions, decisions) { queued.continuation.resume(returning: decision) }
         for settlement in settlements { settlement.continuation?.resume(returning: snapshot) }
@@ -485,7 +512,7 @@ final class KeyLane: Sendable {
                 if call.lost != nil {
                     // A resolution that failed: the lost call stays, with its first resolution.
                 } else if applied == false {
-                    state.settlements.insert(contentsOf: calledSettlements.map { QueuedSettlement(values: $0.values, limits: $0.limits) }, at: 0)
+                    state.settlements.insert(contentsOf: calledSettlements.map { QueuedSettlement(values: $0.values, limits: $0.limits, teamLimits: $0.teamLimits) }, at: 0)
                     if call.slotsReturned > 0 {
                         // Given back with the next call (unless their epoch is over by then).
                         if state.slotsToReturn > 0, state.slotsToReturnEpoch != call.slotsEpoch { state.slotsToReturn = 0 }
@@ -497,7 +524,7 @@ final class KeyLane: Sendable {
                         sequence: call.sequence, admissions: call.admissions.map { ($0.promptTokens, $0.reservedOutputTokens, $0.needsCostReservation ? $0.reservedCostNanos : 0, $0.tracksMonthTokens) },
                         settlements: call.settlements, firstResolution: nil,
                         slotsReturned: call.slotsReturned, slotsEpoch: call.slotsEpoch
-                    ), call.limits)
+                    ), call.limits, call.teamLimits)
                 }
             }
             // Callers stop waiting; their settlements stay queued for the next attempt.

@@ -53,6 +53,8 @@ struct LaneCall {
 
     var sequence: Int64
     var limits: ResolvedLimits
+    /// The key's team limits, for a lane of a key in a team (batch.lua's KEYS[2]); nil: no team.
+    var teamLimits: ResolvedLimits? = nil
     var admissions: [AdmissionRequest]
     var settlements: [SettlementValues]
     var lost: LostCall?
@@ -67,9 +69,12 @@ struct LaneCall {
     var slotsReturned = 0
     var slotsEpoch: Int64 = 0
 
-    func arguments(stateKey: String, nodeID: String, deadline: Int64, options: RedisLimiterStore.Options) -> RedisArguments {
+    /// - Parameter teamKey: the team's state hash, for a lane of a key in a team (then `teamLimits`
+    ///   are sent too, as ARGV 48…61); its first key (`stateKey`) is in the same slot.
+    func arguments(stateKey: String, teamKey: String? = nil, keyID: String = "", nodeID: String, deadline: Int64, options: RedisLimiterStore.Options) -> RedisArguments {
         var arguments = RedisArguments(capacity: 256 + admissions.count * 16 + settlements.count * 48)
         arguments.append(stateKey)
+        if let teamKey { arguments.append(teamKey) }
         arguments.append(nodeID)
         arguments.append(Int(sequence))
         arguments.append(Int(deadline))
@@ -110,6 +115,24 @@ struct LaneCall {
         let tracking = admissions.contains(where: \.tracksMonthTokens) || settlements.contains(where: \.tracksMonthTokens)
             || (lost.map { $0.admissions.contains(where: \.tracks) || $0.settlements.contains(where: \.tracksMonthTokens) } ?? false)
         arguments.append(tracking ? 1 : 0)
+        if teamKey != nil {
+            let team = teamLimits ?? ResolvedLimits()
+            for kind in RateLimitKind.buckets {
+                if let limit = team.bucket(kind) {
+                    arguments.append(limit.perMinute)
+                    arguments.append(limit.burst)
+                } else {
+                    arguments.append(0)
+                    arguments.append(0)
+                }
+            }
+            arguments.append(team.maxConcurrentRequests ?? 0)
+            arguments.append(team.tokensPerDay ?? 0)
+            arguments.append(team.tokensPerMonth ?? 0)
+            arguments.append(Int(team.usdPerDay ?? 0))
+            arguments.append(Int(team.usdPerMonth ?? 0))
+            arguments.append(keyID)
+        }
         for admission in lost?.admissions ?? [] {
             arguments.append(Self.exact(admission.prompt))
             arguments.append(Self.exact(admission.output))
@@ -184,11 +207,14 @@ struct LaneReply: Sendable {
     var admissions: [Admission] = []
     /// The budgets' spend after the call (today, this month; nano-dollars).
     var budgetSpent: (day: Int64, month: Int64) = (0, 0)
+    /// The team's budgets' spend after the call, for a lane of a key in a team.
+    var teamBudgetSpent: (day: Int64, month: Int64) = (0, 0)
 
     static let headerCount = 20
     static let perAdmission = 16
 
-    init(_ reply: RedisReply, admissions count: Int) throws(RedisError) {
+    /// - Parameter team: the lane's team: denial kinds 11…19 are its limits'.
+    init(_ reply: RedisReply, admissions count: Int, team: String? = nil) throws(RedisError) {
         guard let elements = reply.array, elements.count >= 3 else { throw .unexpectedReply("batch.lua returned \(reply)") }
         var values: [Int64] = []
         values.reserveCapacity(elements.count)
@@ -201,10 +227,13 @@ struct LaneReply: Sendable {
         corrupt = values[1] != 0
         redisMicros = values[2]
         guard status == .applied else { return }
-        guard values.count == Self.headerCount + count * Self.perAdmission + 2 else {
+        let trailing = team == nil ? 2 : 4
+        guard values.count == Self.headerCount + count * Self.perAdmission + trailing else {
             throw .unexpectedReply("batch.lua returned \(values.count) values for \(count) admissions")
         }
-        budgetSpent = (values[values.count - 2], values[values.count - 1])
+        let spentAt = Self.headerCount + count * Self.perAdmission
+        budgetSpent = (values[spentAt], values[spentAt + 1])
+        if team != nil { teamBudgetSpent = (values[spentAt + 2], values[spentAt + 3]) }
         slotEpoch = values[3]
         lostResolution = values[4]
         quotaDay = values[5]
@@ -217,13 +246,15 @@ struct LaneReply: Sendable {
             let admitted = values[base] == 1
             var denial: RateLimitDenial?
             if !admitted {
-                guard let kind = RateLimitKind(code: Int(values[base + 1])) else {
+                let code = Int(values[base + 1])
+                let byTeam = code > 10 && team != nil
+                guard let kind = RateLimitKind(code: byTeam ? code - 10 : code) else {
                     throw .unexpectedReply("batch.lua returned denial kind \(values[base + 1])")
                 }
                 denial = RateLimitDenial(
                     kind: kind, limit: Int(values[base + 2]), burst: Int(values[base + 3]), used: Int(values[base + 4]),
                     requested: Int(values[base + 5]), retryAfterSeconds: Double(values[base + 6]) / 1_000_000,
-                    neverFits: values[base + 7] == 1
+                    neverFits: values[base + 7] == 1, team: byTeam ? team : nil
                 )
             }
             admissions.append(Admission(

@@ -133,9 +133,15 @@ public final class RedisLimiterStore: LimiterStore {
         self.nodeID = nodeID ?? "node-" + String(generator.next(), radix: 36)
     }
 
-    private func lane(_ keyID: String) -> KeyLane {
-        lanes.withLock { lanes in
-            if let lane = lanes[keyID] { return lane }
+    /// The lanes' names: a key in a team has its lane per team (its state lives by the team's).
+    private static func laneName(_ keyID: String, team: String?) -> String {
+        team.map { keyID + "\u{1}" + $0 } ?? keyID
+    }
+
+    private func lane(_ keyID: String, team: String? = nil) -> KeyLane {
+        let name = Self.laneName(keyID, team: team)
+        return lanes.withLock { lanes in
+            if let lane = lanes[name] { return lane }
             let context = KeyLane.Context(
                 client: client, function: scripts.batch, options: options, nodeID: nodeID, logger: logger,
                 deadline: { [weak self] in
@@ -148,8 +154,8 @@ public final class RedisLimiterStore: LimiterStore {
                 statistics: statistics,
                 nextSequence: { [weak self] in (self?.sequence.add(1, ordering: .relaxed).newValue) ?? .max }
             )
-            let lane = KeyLane(keyID: keyID, context: context)
-            lanes[keyID] = lane
+            let lane = KeyLane(keyID: keyID, team: team, context: context)
+            lanes[name] = lane
             return lane
         }
     }
@@ -157,7 +163,7 @@ public final class RedisLimiterStore: LimiterStore {
     // MARK: LimiterStore
 
     public func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
-        try await lane(request.keyID).admit(request)
+        try await lane(request.keyID, team: request.team?.id).admit(request)
     }
 
     /// Settles through the key's lane: carried by the next call for the key, or sent after
@@ -165,7 +171,7 @@ public final class RedisLimiterStore: LimiterStore {
     /// held here (already settled, or its admission failed) or when Redis did not take it yet —
     /// then the lane keeps it and retries: it is never lost and never applied twice.
     public func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot? {
-        let lane = lane(reservation.keyID)
+        let lane = lane(reservation.keyID, team: reservation.team?.id)
         guard let held = lane.release(reservation) else {
             logger.debug("settle found no reservation (already settled, or its admission failed)", metadata: [
                 "key_id": "\(reservation.keyID)", "reservation_id": "\(reservation.requestID)",
@@ -175,7 +181,7 @@ public final class RedisLimiterStore: LimiterStore {
         let prompt = max(actualPromptTokens, 0)
         let completion = max(actualCompletionTokens, 0)
         recordUsage(reservation, promptTokens: prompt, completionTokens: completion)
-        if reservation.limits.isUnlimited, reservation.monthTokensBefore == nil { return .empty }
+        if reservation.limits.isUnlimited, reservation.team?.limits.isUnlimited ?? true, reservation.monthTokensBefore == nil { return .empty }
         if let taken = held.leased {
             // Against this node's lease when it holds one: only usage beyond it goes to Redis.
             switch lane.settleAgainstLease(taken, reservation, slotEpoch: held.slotEpoch, prompt: prompt, completion: completion) {
@@ -193,14 +199,18 @@ public final class RedisLimiterStore: LimiterStore {
         values.reservedCost = reservation.reservedCostNanos
         values.actualCost = reservation.settledCostNanos
         values.tracksMonthTokens = reservation.monthTokensBefore != nil
-        return await lane.settle(values, limits: reservation.limits)
+        return await lane.settle(values, limits: reservation.limits, teamLimits: reservation.team?.limits)
     }
 
     /// A key's quota and budget counters of the current UTC day and month (node's wall clock), read
-    /// from its state hash (one `HMGET`, charging nothing). Teams are not kept in Redis yet: nothing known.
+    /// from its state hash (one `HMGET`, charging nothing). A key's counters are read from its
+    /// state outside a team (`sluice:{k}:state`); a team's from the team's state.
     public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
-        guard case .key(let keyID) = subject else { return PeriodUsage() }
-        let key = RedisKeyLayout(keyID: keyID).state
+        let key: String
+        switch subject {
+        case .key(let keyID, let team): key = RedisKeyLayout(keyID: keyID, team: team).state
+        case .team(let team): key = RedisKeyLayout.teamState(team)
+        }
         let reply = try await client.send(["HMGET", key, "qd", "qdu", "qm", "qmu", "bd", "bdu", "bm", "bmu"], routedBy: key)
         guard let elements = reply.array, elements.count == 8 else { throw RedisError.unexpectedReply("HMGET of a state hash: \(reply)") }
         let values = elements.map { $0.string.flatMap { Int64($0) } }
@@ -214,26 +224,27 @@ public final class RedisLimiterStore: LimiterStore {
         )
     }
 
-    /// The key's slot in a Redis Cluster (its state lives on that slot's primary), else 0.
-    public func failureDomain(keyID: String) -> Int {
+    /// The key's slot in a Redis Cluster (its state lives on that slot's primary; a key in a team
+    /// on its team's), else 0.
+    public func failureDomain(keyID: String, team: String?) -> Int {
         // One Redis is one domain: no key name built on every admission and settlement.
         guard client.isCluster else { return 0 }
-        return client.failureDomain(ofKey: RedisKeyLayout(keyID: keyID).state)
+        return client.failureDomain(ofKey: RedisKeyLayout(keyID: keyID, team: team).state)
     }
 
-    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+    public func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         guard limits.requests != nil || limits.tokens != nil else { return .empty }
         var arguments: [String] = []
         for limit in [limits.requests, limits.tokens] {
             if let limit { arguments += [String(limit.perMinute), String(limit.burst)] } else { arguments += ["0", "0"] }
         }
-        let reply = try await client.call(scripts.snapshot, keys: [RedisKeyLayout(keyID: keyID).state], arguments: arguments)
+        let reply = try await client.call(scripts.snapshot, keys: [RedisKeyLayout(keyID: keyID, team: team).state], arguments: arguments)
         let values = try Self.integers(reply, count: 5, script: "snapshot")
         if values[0] != 0 {
             logger.warning("corrupt limiter state in Redis was discarded and reset", metadata: ["key_id": "\(keyID)", "script": "snapshot"])
         }
         // Capacity this node holds in a lease is still this key's to use.
-        if let lane = lanes.withLock({ $0[keyID] }) { return lane.snapshot(limits, redisValues: values[1...4]) }
+        if let lane = lanes.withLock({ $0[Self.laneName(keyID, team: team)] }) { return lane.snapshot(limits, redisValues: values[1...4]) }
         return RateLimitSnapshot(
             limits: limits, requestsRemaining: values[1], requestsResetMicros: values[2],
             tokensRemaining: values[3], tokensResetMicros: values[4]
@@ -274,8 +285,8 @@ public final class RedisLimiterStore: LimiterStore {
         guard !idle.isEmpty else { return }
         lanes.withLock { lanes in
             // Checked again under the store's lock: no admission can reach a lane once it is gone.
-            for lane in idle where lanes[lane.keyID] === lane && lane.isIdle(since: now - Self.laneIdleMicros) {
-                lanes[lane.keyID] = nil
+            for lane in idle where lanes[Self.laneName(lane.keyID, team: lane.teamID)] === lane && lane.isIdle(since: now - Self.laneIdleMicros) {
+                lanes[Self.laneName(lane.keyID, team: lane.teamID)] = nil
             }
         }
     }

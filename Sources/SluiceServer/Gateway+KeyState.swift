@@ -12,8 +12,8 @@ extension Gateway {
         case .success(let found): key = found
         case .failure(let error): return await writeError(writer, error, requestID: requestID)
         }
-        let snapshot = (try? await limiter.snapshot(keyID: key.id, limits: key.limits)) ?? .empty
-        let used = (try? await limiter.periodUsage(.key(key.id))) ?? PeriodUsage()
+        let snapshot = (try? await limiter.snapshot(keyID: key.id, team: key.team?.id, limits: key.limits)) ?? .empty
+        let used = (try? await limiter.periodUsage(.key(key.id, team: key.team?.id))) ?? PeriodUsage()
         var body = #"{"object":"sluice.key","id":"# + Self.jsonString(key.id)
         body += #","limits":"# + Self.limitsJSON(key.limits)
         body += #","remaining":"# + Self.remainingJSON(key.limits, snapshot: snapshot, used: used)

@@ -160,9 +160,8 @@ extension ConfigTests {
             #"$.teams.red.requests_per_minte: unknown field "requests_per_minte" (did you mean "requests_per_minute"?)"#,
             #"$.keys[0].team: unknown team "blue" (known: red)"#,
         ])
-        XCTAssertEqual(problems(#", "teams": {"red": {}}, "keys": [], "redis": {"url": "redis://127.0.0.1:6379"}"#), [
-            "$.teams: teams are enforced by the embedded limiter only in this version: with a redis section they would not be; remove the teams or the redis section",
-        ])
+        // Teams are enforced by the Redis store too: a config with both loads.
+        XCTAssertEqual(problems(#", "teams": {"red": {"usd_per_day": 1}}, "keys": [{"id": "k", "secret_sha256": "\#(String(repeating: "a", count: 64))", "tier": "t", "team": "red"}], "redis": {"url": "redis://127.0.0.1:6379"}"#), [])
     }
 }
 

@@ -23,7 +23,7 @@ private final class SwitchableStore: LimiterStore {
         return inner.settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 
-    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+    func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         guard up.withLock({ $0 }) else { throw Down() }
         return inner.snapshotNow(keyID: keyID, limits: limits)
     }
@@ -81,6 +81,27 @@ final class FailoverLimiterStoreTests: XCTestCase {
             if case .admitted = try await store.admit(r) { admitted += 1 }
         }
         XCTAssertEqual(admitted, 20)
+    }
+
+    /// Under `local`, a team's limits are split like a key's: each node enforces its share of the
+    /// team's, across the team's keys (here 40 / 4 = 10 requests for the two keys together).
+    func testLocalPolicySplitsATeamsLimitsToo() async throws {
+        let shared = SwitchableStore(clock: clock)
+        shared.up.withLock { $0 = false }
+        let store = FailoverLimiterStore(shared: shared, policy: .local, fallbackNodeCount: 4, clock: clock)
+        let team = TeamSubject(id: "squad", limits: ResolvedLimits(requests: BucketLimit(perMinute: 40)))
+        var admitted = 0
+        var teamDenials = 0
+        for n in 0..<30 {
+            var r = AdmissionRequest(requestID: "t\(n)", keyID: n % 2 == 0 ? "a" : "b", limits: ResolvedLimits(requests: BucketLimit(perMinute: 400)), model: "m", promptTokens: 1, reservedOutputTokens: 1)
+            r.team = team
+            switch try await store.admit(r) {
+            case .admitted: admitted += 1
+            case .denied(let denial, _): if denial.team == "squad" { teamDenials += 1 }
+            }
+        }
+        XCTAssertEqual(admitted, 10)
+        XCTAssertEqual(teamDenials, 20, "refused by the team's share, and said so")
     }
 
     func testCircuitProbesAfterTheIntervalAndReturnsToTheSharedStore() async throws {
@@ -217,7 +238,7 @@ private final class LosesReplies: LimiterStore {
         inner.settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 
-    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+    func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         inner.snapshotNow(keyID: keyID, limits: limits)
     }
 }

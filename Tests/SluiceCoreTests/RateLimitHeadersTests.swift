@@ -63,6 +63,18 @@ final class RateLimitHeadersTests: XCTestCase {
         XCTAssertTrue(RateLimitHeaders.render(.empty).isEmpty)
     }
 
+    /// A team's budgets get headers of their own, after the key's, in the same style.
+    func testTeamBudgetsRenderAfterTheKeys() {
+        var team = ResolvedLimits()
+        team.usdPerDay = 5_000_000_000
+        let snapshot = RateLimitSnapshot(limitRequests: 10, remainingRequests: 9, resetRequestsSeconds: 6)
+            .addingTeamBudgets(team, spentToday: 1_250_000_000, spentThisMonth: 0, calendar: BudgetCalendar(seconds: 43_200))
+        let headers = RateLimitHeaders.render(snapshot)
+        XCTAssertEqual(Array(headers.map(\.0).suffix(3)), ["x-ratelimit-limit-team-usd-day", "x-ratelimit-remaining-team-usd-day", "x-ratelimit-reset-team-usd-day"])
+        XCTAssertEqual(Array(headers.map(\.1).suffix(3)), ["5", "3.75", "12h0m0s"])
+        XCTAssertNil(RateLimitSnapshot().addingTeamBudgets(ResolvedLimits(), spentToday: 0, spentThisMonth: 0, calendar: BudgetCalendar(seconds: 0)).teamBudget, "no team budget: no headers")
+    }
+
     /// The codes the limiter scripts report kinds with: one per kind, and back.
     func testRateLimitKindCodesRoundTrip() {
         XCTAssertEqual(Set(RateLimitKind.allCases.map(\.code)).count, RateLimitKind.allCases.count)

@@ -52,6 +52,59 @@ final class KeyLaneTests: XCTestCase {
         return try LaneReply(try await redis.call(scripts.batch, RedisScriptCall(keyCount: 1, arguments: arguments, routingKey: nil)), admissions: call.admissions.count)
     }
 
+    private func teamCall(_ call: LaneCall, key: String, team: String, node: String = "node-test") async throws -> LaneReply {
+        let scripts = try RedisLimiterStore.Scripts.load()
+        let arguments = call.arguments(stateKey: RedisKeyLayout(keyID: key, team: team).state, teamKey: RedisKeyLayout.teamState(team), keyID: key, nodeID: node, deadline: 0, options: .init())
+        return try LaneReply(try await redis.call(scripts.batch, RedisScriptCall(keyCount: 2, arguments: arguments, routingKey: nil)), admissions: call.admissions.count, team: team)
+    }
+
+    /// A lost call of a key in a team that ran: its resolution releases what it charged the team too
+    /// (budget, concurrency slot), once.
+    func testALostCallOfAKeyInATeamIsReleasedFromTheTeamToo() async throws {
+        var teamLimits = ResolvedLimits(maxConcurrentRequests: 1)
+        teamLimits.usdPerDay = 1_000
+        let keyLimits = ResolvedLimits(requests: BucketLimit(perMinute: 10))
+        var first = request("lost-a", keyLimits, prompt: 1)
+        first.team = TeamSubject(id: "lost-team", limits: teamLimits)
+        first.reservedCostNanos = 300
+        var admitting = LaneCall(sequence: 1, limits: keyLimits, admissions: [first, first], settlements: [], lost: nil)
+        admitting.teamLimits = teamLimits
+        let ran = try await teamCall(admitting, key: "lost-a", team: "lost-team")
+        XCTAssertEqual(ran.admissions.map(\.admitted), [true, false], "the team's one slot: the second is denied")
+        XCTAssertEqual(ran.admissions[1].denial?.kind, .concurrency)
+        XCTAssertEqual(ran.admissions[1].denial?.team, "lost-team")
+        let spent = try await redis.send(["HGET", RedisKeyLayout.teamState("lost-team"), "bdu"]).string
+        XCTAssertEqual(spent, "300")
+
+        // Another key of the team, on another node: the team's slot is taken.
+        var other = request("lost-b", keyLimits)
+        other.team = first.team
+        var otherCall = LaneCall(sequence: 1, limits: keyLimits, admissions: [other], settlements: [], lost: nil)
+        otherCall.teamLimits = teamLimits
+        let blocked = try await teamCall(otherCall, key: "lost-b", team: "lost-team", node: "node-other")
+        XCTAssertEqual(blocked.admissions.first?.denial?.kind, .concurrency)
+
+        let lost = LostCall(sequence: 1, admissions: [(1, 0, 300, false), (1, 0, 300, false)], settlements: [], firstResolution: nil)
+        var resolving = LaneCall(sequence: 2, limits: keyLimits, admissions: [], settlements: [], lost: lost)
+        resolving.teamLimits = teamLimits
+        let resolution = try await teamCall(resolving, key: "lost-a", team: "lost-team")
+        XCTAssertEqual(resolution.lostResolution, 1, "it ran")
+        let refunded = try await redis.send(["HGET", RedisKeyLayout.teamState("lost-team"), "bdu"]).string
+        XCTAssertEqual(refunded, "0", "the team's budget got the admitted one back, only it")
+        otherCall.sequence = 2
+        let freed = try await teamCall(otherCall, key: "lost-b", team: "lost-team", node: "node-other")
+        XCTAssertEqual(freed.admissions.map(\.admitted), [true], "the team's slot was released")
+
+        var retried = lost
+        retried.firstResolution = 2
+        var again = LaneCall(sequence: 3, limits: keyLimits, admissions: [], settlements: [], lost: retried)
+        again.teamLimits = teamLimits
+        let repeated = try await teamCall(again, key: "lost-a", team: "lost-team")
+        XCTAssertEqual(repeated.lostResolution, 2)
+        let after = try await redis.send(["HGET", RedisKeyLayout.teamState("lost-team"), "bdu"]).string
+        XCTAssertEqual(after, "0", "released once")
+    }
+
     /// A call that ran but whose reply was lost: the next call releases what it admitted, once.
     func testALostCallThatRanIsReleasedOnce() async throws {
         let limits = ResolvedLimits(requests: BucketLimit(perMinute: 10), tokens: BucketLimit(perMinute: 10, burst: 100), maxConcurrentRequests: 1)

@@ -474,8 +474,12 @@ struct AlwaysLeased: LimiterStore {
         try await store.settle(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 
-    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
-        try await store.snapshot(keyID: keyID, limits: limits)
+    func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        try await store.snapshot(keyID: keyID, team: team, limits: limits)
+    }
+
+    func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
+        try await store.periodUsage(subject)
     }
 }
 
@@ -521,5 +525,169 @@ final class MonthTokensConformanceTests: XCTestCase {
         }
         try await LimiterStoreConformance(store: try RedisLimiterStore(client: client)).monthTokensGivePositions()
         try await LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client))).monthTokensGivePositions()
+    }
+}
+
+// MARK: - teams
+
+/// A team's limits are shared by its keys: a request passes its key's and its team's limits in one
+/// atomic step (nothing charged unless both admit), and settlements correct both.
+extension LimiterStoreConformance {
+    private func teamRequest(_ key: String, _ keyLimits: ResolvedLimits, team: TeamSubject, prompt: Int = 1, output: Int = 1, cost: Int64 = 0) -> AdmissionRequest {
+        var admission = AdmissionRequest(requestID: UUID().uuidString, keyID: key, limits: keyLimits, model: model, promptTokens: prompt, reservedOutputTokens: output)
+        admission.team = team
+        admission.reservedCostNanos = cost
+        return admission
+    }
+
+    private func newTeam(_ limits: ResolvedLimits) -> TeamSubject {
+        TeamSubject(id: "team-" + UUID().uuidString.prefix(8).lowercased(), limits: limits)
+    }
+
+    /// Admitted by both: the key's buckets and the team's budget are charged by the one admission.
+    func keyAndTeamAreChargedTogether() async throws {
+        var teamLimits = ResolvedLimits()
+        teamLimits.usdPerDay = 1_000_000
+        let team = newTeam(teamLimits)
+        let key = newKey()
+        let keyLimits = ResolvedLimits(requests: BucketLimit(perMinute: 10))
+        let (reservation, snapshot) = try await admitted(teamRequest(key, keyLimits, team: team, cost: 600_000))
+        XCTAssertEqual(reservation.team?.id, team.id)
+        XCTAssertEqual(snapshot.remainingRequests, 9, "the key's own limit was charged")
+        XCTAssertNil(snapshot.limitUSDDay, "the key has no budget of its own")
+        XCTAssertEqual(snapshot.teamBudget?.limitUSDDay, USDAmount(nanos: 1_000_000), "the team's budget, for its headers")
+        XCTAssertEqual(snapshot.teamBudget?.remainingUSDDay, USDAmount(nanos: 400_000))
+        XCTAssertNil(snapshot.teamBudget?.limitUSDMonth)
+        let used = try await store.periodUsage(.team(team.id))
+        XCTAssertEqual(used.spentToday, USDAmount(nanos: 600_000), "the team's budget was charged")
+        // Another key of the team: its own limits are untouched, the team's budget is shared.
+        let (denial, deniedSnapshot) = try await denied(teamRequest(newKey(), keyLimits, team: team, cost: 600_000))
+        XCTAssertEqual(denial.kind, .dailyBudget)
+        XCTAssertEqual(denial.team, team.id, "the team's limit denied, and says so")
+        XCTAssertEqual(denial.used, 600_000)
+        XCTAssertEqual(deniedSnapshot.remainingRequests, 10, "a refusal by the team charges the key nothing")
+        XCTAssertEqual(deniedSnapshot.teamBudget?.remainingUSDDay, USDAmount(nanos: 400_000), "nor the team")
+        XCTAssertTrue(denial.gatewayError(model: model).message.contains("of team \(team.id)"), denial.gatewayError(model: model).message)
+    }
+
+    /// The team's per-minute limit denies a second key; a denial by the key's own limit charges the
+    /// team nothing.
+    func aTeamLimitDeniesAnotherKey() async throws {
+        let team = newTeam(ResolvedLimits(requests: BucketLimit(perMinute: 2)))
+        let keyLimits = ResolvedLimits(requests: BucketLimit(perMinute: 10))
+        let first = newKey(), second = newKey()
+        try await admitted(teamRequest(first, keyLimits, team: team))
+        // A key whose own limit is tiny: its refusal must leave the team's last request alone.
+        let (own, _) = try await denied(teamRequest(newKey(), ResolvedLimits(tokens: BucketLimit(perMinute: 1)), team: team, prompt: 5))
+        XCTAssertEqual(own.kind, .tokens)
+        XCTAssertNil(own.team, "the key's own limit denied")
+        try await admitted(teamRequest(second, keyLimits, team: team))
+        let (denial, snapshot) = try await denied(teamRequest(second, keyLimits, team: team))
+        XCTAssertEqual(denial.kind, .requests)
+        XCTAssertEqual(denial.team, team.id)
+        XCTAssertEqual(denial.limit, 2)
+        XCTAssertEqual(snapshot.remainingRequests, 9, "only the admitted request was charged to the key")
+    }
+
+    /// Settle corrects both: the unused reservation returns to the team's tokens bucket and the
+    /// cost replaces the budget's reservation, so another key of the team can use them.
+    func settleCorrectsKeyAndTeam() async throws {
+        var teamLimits = ResolvedLimits(tokens: BucketLimit(perMinute: 100))
+        teamLimits.usdPerDay = 1_000_000
+        let team = newTeam(teamLimits)
+        let keyLimits = ResolvedLimits(tokens: BucketLimit(perMinute: 100))
+        let first = newKey()
+        let (reservation, _) = try await admitted(teamRequest(first, keyLimits, team: team, prompt: 50, output: 40, cost: 600_000))
+        // Before the settlement the team has 10 tokens and $0.0004 left.
+        let (before, _) = try await denied(teamRequest(newKey(), keyLimits, team: team, prompt: 50, output: 30, cost: 100))
+        XCTAssertEqual(before.kind, .tokens)
+        XCTAssertEqual(before.team, team.id)
+        var used = reservation
+        used.settledCost = .known(USDAmount(nanos: 100_000))
+        let snapshot = try await settled(used, prompt: 10, completion: 10)
+        XCTAssertEqual(snapshot.remainingTokens, 80, "the key's bucket was refunded")
+        let corrected = try await store.periodUsage(.team(team.id)).spentToday
+        XCTAssertEqual(corrected, USDAmount(nanos: 100_000), "the team's budget was corrected to the cost")
+        // 20 tokens used + 80 fits the team's 100; $0.0001 + $0.0009 fits its $0.001.
+        try await admitted(teamRequest(newKey(), keyLimits, team: team, prompt: 50, output: 30, cost: 900_000))
+        let again = try await store.settle(used, actualPromptTokens: 10, actualCompletionTokens: 10)
+        XCTAssertNil(again, "settled once")
+        let full = try await store.periodUsage(.team(team.id)).spentToday
+        XCTAssertEqual(full, USDAmount(nanos: 1_000_000))
+    }
+
+    /// The team's concurrency limit counts the requests of all its keys; settle frees the slot.
+    func teamConcurrencyCountsEveryKey() async throws {
+        let team = newTeam(ResolvedLimits(maxConcurrentRequests: 1))
+        let (first, _) = try await admitted(teamRequest(newKey(), ResolvedLimits(), team: team))
+        let other = newKey()
+        let (denial, _) = try await denied(teamRequest(other, ResolvedLimits(), team: team))
+        XCTAssertEqual(denial.kind, .concurrency)
+        XCTAssertEqual(denial.team, team.id)
+        _ = try await settled(first, prompt: 1, completion: 1)
+        try await admitted(teamRequest(other, ResolvedLimits(), team: team))
+    }
+}
+
+/// Many concurrent requests of several keys of one team, spread over `stores` (nodes sharing one
+/// state), against a small team budget: what they cost never passes it (each request costs at most
+/// what it reserved, so no settle correction is owed), and the budget is used up to less than one
+/// reservation.
+func concurrentKeysOfATeamNeverOvershootItsBudget(_ stores: [any LimiterStore]) async throws {
+    var teamLimits = ResolvedLimits()
+    teamLimits.usdPerDay = 1_000_000
+    let team = TeamSubject(id: "team-" + UUID().uuidString.prefix(8).lowercased(), limits: teamLimits)
+    let keys = (0..<4).map { "member-\($0)-" + UUID().uuidString.prefix(6).lowercased() }
+    let costs = try await withThrowingTaskGroup(of: Int64?.self) { group in
+        for index in 0..<200 {
+            let store = stores[index % stores.count]
+            group.addTask {
+                var admission = AdmissionRequest(requestID: UUID().uuidString, keyID: keys[index % keys.count], limits: ResolvedLimits(requests: BucketLimit(perMinute: 1_000)), model: "m", promptTokens: 1, reservedOutputTokens: 1)
+                admission.team = team
+                admission.reservedCostNanos = 10_000
+                guard case .admitted(var reservation, _) = try await store.admit(admission) else { return nil }
+                let cost = Int64(index % 7) * 1_000 + 4_000
+                reservation.settledCost = .known(USDAmount(nanos: cost))
+                _ = try await store.settle(reservation, actualPromptTokens: 1, actualCompletionTokens: 1)
+                return cost
+            }
+        }
+        return try await group.reduce(into: [Int64]()) { if let cost = $1 { $0.append(cost) } }
+    }
+    XCTAssertLessThanOrEqual(costs.reduce(0, +), 1_000_000)
+    XCTAssertGreaterThanOrEqual(costs.count, 100, "a refusal comes only once less than one reservation is left")
+    let spent = try await stores[0].periodUsage(.team(team.id)).spentToday
+    XCTAssertEqual(spent, USDAmount(nanos: costs.reduce(0, +)), "the team's spend is the sum of its keys' settled costs")
+}
+
+final class TeamConformanceTests: XCTestCase {
+    private func checks(_ store: any LimiterStore) async throws {
+        let checks = LimiterStoreConformance(store: store)
+        try await checks.keyAndTeamAreChargedTogether()
+        try await checks.aTeamLimitDeniesAnotherKey()
+        try await checks.settleCorrectsKeyAndTeam()
+        try await checks.teamConcurrencyCountsEveryKey()
+    }
+
+    func testInMemory() async throws {
+        let store = InMemoryLimiterStore()
+        try await checks(store)
+        try await concurrentKeysOfATeamNeverOvershootItsBudget([store])
+    }
+
+    func testRedis() async throws {
+        let server = try RedisServerProcess()
+        let client = try RedisClient(config: server.config, options: testClientOptions)
+        defer {
+            client.shutdown()
+            server.stop()
+        }
+        try await checks(try RedisLimiterStore(client: client))
+        // Keys in a team are never leased, whatever they ask for: the same semantics.
+        try await checks(AlwaysLeased(try RedisLimiterStore(client: client)))
+        // Two nodes sharing the Redis.
+        try await concurrentKeysOfATeamNeverOvershootItsBudget([
+            try RedisLimiterStore(client: client, nodeID: "node-a"), try RedisLimiterStore(client: client, nodeID: "node-b"),
+        ])
     }
 }

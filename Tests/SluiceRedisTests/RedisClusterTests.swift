@@ -136,6 +136,33 @@ final class RedisClusterTests: XCTestCase {
         }
     }
 
+    /// Keys whose own states would live on three different primaries, in one team: their states move
+    /// to the team's slot, so each admission (key and team in one call) stays in one slot, and the
+    /// team's limit holds across them.
+    func testATeamsKeysLiveInItsSlotAndShareItsLimits() async throws {
+        let store = try RedisLimiterStore(client: try redis, options: .init(), nodeID: "node-a")
+        let team = TeamSubject(id: "squad", limits: ResolvedLimits(requests: BucketLimit(perMinute: 2)))
+        let keys = try keysOnDistinctShards(3).map(\.keyID)
+        XCTAssertEqual(Set(keys.map { store.failureDomain(keyID: $0) }).count, 3, "alone, the keys are on three shards")
+        XCTAssertEqual(Set(keys.map { store.failureDomain(keyID: $0, team: team.id) }), [RedisClusterSlot.of(RedisKeyLayout.teamState(team.id))])
+        var results: [Bool] = []
+        for keyID in keys {
+            var admission = request(keyID, ResolvedLimits(requests: BucketLimit(perMinute: 10), lease: .always))
+            admission.team = team
+            switch try await store.admit(admission) {
+            case .admitted: results.append(true)
+            case .denied(let denial, _):
+                XCTAssertEqual(denial.team, team.id)
+                results.append(false)
+            }
+        }
+        XCTAssertEqual(results, [true, true, false], "the team's 2 requests a minute, across its keys")
+        let owner = try servers.owner(ofSlot: RedisClusterSlot.of(RedisKeyLayout.teamState(team.id)))
+        for keyID in keys.prefix(2) {
+            XCTAssertEqual(try servers.cli(owner, "EXISTS", RedisKeyLayout(keyID: keyID, team: team.id).state).trimmingCharacters(in: .whitespacesAndNewlines), "1")
+        }
+    }
+
     /// A slot moved while the client holds the old map: `ASK` during the migration (the key is
     /// already on the target), `MOVED` after it; neither loses or repeats a command.
     func testASKDuringAMigrationAndMOVEDAfterIt() async throws {

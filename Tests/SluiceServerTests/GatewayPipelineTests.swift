@@ -549,8 +549,8 @@ final class RecordingLimiter: LimiterStore {
         return try await inner.settle(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 
-    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
-        try await inner.snapshot(keyID: keyID, limits: limits)
+    func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        try await inner.snapshot(keyID: keyID, team: team, limits: limits)
     }
 
     func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {

@@ -317,3 +317,102 @@ def test_four_nodes_share_one_budget(tmp_path_factory):
     finally:
         tc.cluster_config = original
         cluster_run.close()
+
+
+def usage_total(config_path, *selector, expected: Decimal, timeout: float = 10) -> dict:
+    """`sluice usage … --format json`, polled until its total cost is `expected` (the nodes flush their
+    usage every second) or `timeout` passes."""
+    import json
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run([SLUICE_BIN, "usage", "--config", str(config_path), *selector, "--format", "json"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        if Decimal(str(report["total"]["cost_usd"])) == expected or time.time() > deadline:
+            return report
+        time.sleep(0.3)
+
+
+def test_a_teams_keys_on_two_nodes_sharing_redis_share_its_budget(tmp_path_factory, mock, redis_port):
+    """Two keys of one team ($0.0005 a day; the keys' own limits far away), each used on two nodes
+    sharing a Redis: the team's budget between all four, never passed; the refusal names the team;
+    every node reads the team's spend back (GET /v1/sluice/key), and so does `sluice usage --team`."""
+    keys = [{"id": f"redis-member-{n}", "secret_sha256": sha256_hex(secret), "team": "squad-redis", "limits": {"requests_per_minute": 1000}}
+            for n, secret in enumerate(TEAM_SECRETS)]
+    nodes = []
+    try:
+        for _ in range(2):
+            config = gateway_config(free_port(), mock.port, keys=keys, tiers={})
+            config["pricing"] = PRICING
+            config["teams"] = {"squad-redis": {"usd_per_day": 0.0005}}
+            config["redis"] = {"url": f"redis://127.0.0.1:{redis_port}"}
+            nodes.append(Gateway(tmp_path_factory.mktemp("money-team-node"), config))
+        spent = hammer_budget(nodes, "team-redis", secrets=TEAM_SECRETS)
+        for node in nodes:
+            for n, secret in enumerate(TEAM_SECRETS):
+                state = key_state(node, secret)
+                assert state["id"] == f"redis-member-{n}"
+                assert state["team"]["id"] == "squad-redis"
+                assert state["team"]["limits"]["usd_per_day"] == 0.0005
+                assert Decimal(str(state["team"]["used"]["usd_today"])) == Decimal(usd(spent)), state
+                assert Decimal(str(state["team"]["remaining"]["usd_today"])) == Decimal(usd(500_000 - spent)), state
+                assert state["used"]["usd_today"] is None, "the keys have no budget of their own"
+        # A request that reserves more than the team's whole budget ($0.0006 of output): refused by the
+        # team's budget, and the message says so.
+        with pytest.raises(openai.RateLimitError) as refused:
+            openai.OpenAI(base_url=nodes[1].base_url, api_key=TEAM_SECRETS[0], max_retries=0).chat.completions.create(
+                model="gpt-4o-mini", messages=MESSAGES, max_tokens=1000)
+        assert refused.value.code == "insufficient_quota"
+        assert "of team squad-redis" in refused.value.message, refused.value.message
+        headers = refused.value.response.headers
+        assert headers["x-ratelimit-limit-team-usd-day"] == "0.0005", dict(headers)
+        # As of the last limiter call that decided for this key on this node: a refusal repeated from
+        # the node's short denial memory carries that call's values (the team's other keys and nodes
+        # may have spent more since, or refunds come back), so only its range is certain here.
+        assert 0 <= Decimal(headers["x-ratelimit-remaining-team-usd-day"]) < Decimal("0.0005"), dict(headers)
+        assert headers["x-ratelimit-reset-team-usd-day"].endswith("s"), dict(headers)
+        assert "x-ratelimit-limit-usd-day" not in headers, "the key has no budget of its own"
+        report = usage_total(nodes[0].config_path, "--team", "squad-redis", expected=Decimal(usd(spent)))
+        assert Decimal(str(report["total"]["cost_usd"])) == Decimal(usd(spent)), report
+        assert {row["key"] for row in report["rows"]} == {"redis-member-0", "redis-member-1"}, report
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def test_four_nodes_share_one_team_budget(tmp_path_factory):
+    """scripts/cluster's four nodes on one Redis, two keys of a team with a $0.0005 daily budget, 16
+    clients over the four nodes and both keys: never more than the team's budget in all; read back
+    through every node and `sluice usage --team … --format json`."""
+    import types
+    import test_cluster as tc
+    if not all(tc.REQUIRED.values()):
+        pytest.skip("missing: " + ", ".join(k for k, v in tc.REQUIRED.items() if not v))
+    keys = [{"id": f"four-member-{n}", "secret_sha256": sha256_hex(secret), "team": "squad-4", "limits": {"requests_per_minute": 1000}}
+            for n, secret in enumerate(TEAM_SECRETS)]
+    original = tc.cluster_config
+
+    def with_team(*args, **kwargs):
+        config = original(*args, **kwargs)
+        config["pricing"] = PRICING
+        config["teams"] = {"squad-4": {"usd_per_day": 0.0005}}
+        return config
+
+    tc.cluster_config = with_team
+    cluster_run = tc.start_cluster(tmp_path_factory.mktemp("money-team-cluster"), keys)
+    try:
+        cluster = next(cluster_run)
+        nodes = [types.SimpleNamespace(
+                    base_url=f"http://127.0.0.1:{port}/v1",
+                    log_text=(lambda k=k: (cluster.run_dir / f"node-{k}/sluice.log").read_text(errors="replace")))
+                 for k, port in enumerate(cluster.node_ports, start=1)]
+        spent = hammer_budget(nodes, "four-team", secrets=TEAM_SECRETS)
+        for node in nodes:
+            state = key_state(node, TEAM_SECRETS[0])
+            assert Decimal(str(state["team"]["used"]["usd_today"])) == Decimal(usd(spent)), state
+        report = usage_total(cluster.run_dir / "node-1/sluice.json", "--team", "squad-4", expected=Decimal(usd(spent)))
+        assert Decimal(str(report["total"]["cost_usd"])) == Decimal(usd(spent)), report
+    finally:
+        tc.cluster_config = original
+        cluster_run.close()

@@ -168,10 +168,6 @@ struct ConfigDocumentReader {
         if let value = root["routing"], !value.isNull { config.routing = readRouting(value, at: "$.routing", upstreams: upstreams, keysCheckable: upstreamModelsComplete) }
         config.pricing = pricing
         config.teams = teams
-        if redis != nil, !teams.isEmpty {
-            // Teams are enforced by the embedded limiter only, so far: never silently unenforced.
-            walker.report("$.teams", "teams are enforced by the embedded limiter only in this version: with a redis section they would not be; remove the teams or the redis section")
-        }
         return config
     }
 

@@ -206,8 +206,8 @@ extension GatewayError {
     /// "Rate limit reached for gpt-4o-mini on tokens per min (TPM): Limit 200000, Used 130491,
     /// Requested 75418. Please try again in 1.772s."
     public static func rateLimited(limit: RateLimitKind, model: String, limitValue: Int, used: Int, requested: Int,
-                                   retryAfterSeconds: Double) -> GatewayError {
-        let message = "Rate limit reached for \(model) on \(limit.openAILabel): Limit \(limitValue), Used \(used), Requested \(requested). Please try again in \(formatRetryDelay(seconds: retryAfterSeconds))."
+                                   retryAfterSeconds: Double, team: String? = nil) -> GatewayError {
+        let message = "Rate limit reached for \(model) on \(label(limit, team: team)): Limit \(limitValue), Used \(used), Requested \(requested). Please try again in \(formatRetryDelay(seconds: retryAfterSeconds))."
         return rateLimited(type: limit.errorType, message: message, retryAfterSeconds: retryAfterSeconds)
     }
 
@@ -225,25 +225,25 @@ extension GatewayError {
         .invalidRequest(message: "The request body is not valid UTF-8. JSON bodies must be encoded as UTF-8.", param: nil)
     }
 
-    public static func requestTooLarge(limit: RateLimitKind, model: String, limitValue: Int, requested: Int) -> GatewayError {
+    public static func requestTooLarge(limit: RateLimitKind, model: String, limitValue: Int, requested: Int, team: String? = nil) -> GatewayError {
         GatewayError(kind: .requestTooLarge, status: 429, type: limit.errorType, code: "rate_limit_exceeded",
-                     message: "Request too large for \(model) on \(limit.openAILabel): Limit \(limitValue), Requested \(requested). The input or output tokens must be reduced in order to run successfully.",
+                     message: "Request too large for \(model) on \(label(limit, team: team)): Limit \(limitValue), Requested \(requested). The input or output tokens must be reduced in order to run successfully.",
                      shouldRetry: false)
     }
 
     /// 429 `insufficient_quota`: a daily/monthly quota or budget is spent. Sends
     /// `x-should-retry: false`, and `retry-after` when the time until the quota renews is given.
-    public static func quotaExceeded(limit: RateLimitKind, limitValue: Int, used: Int, renewsInSeconds: Double? = nil) -> GatewayError {
+    public static func quotaExceeded(limit: RateLimitKind, limitValue: Int, used: Int, renewsInSeconds: Double? = nil, team: String? = nil) -> GatewayError {
         GatewayError(kind: .quotaExceeded, status: 429, type: "insufficient_quota", code: "insufficient_quota",
-                     message: "You exceeded your current quota on \(limit.openAILabel): Limit \(limitValue), Used \(used). Please check your plan or ask your Sluice administrator.",
+                     message: "You exceeded your current quota on \(label(limit, team: team)): Limit \(limitValue), Used \(used). Please check your plan or ask your Sluice administrator.",
                      retryAfterSeconds: renewsInSeconds, shouldRetry: false)
     }
 
     /// 429 `insufficient_quota`: a budget (`usd_per_day`, `usd_per_month`) cannot take the request's
     /// maximum cost. Sends `x-should-retry: false`, and `retry-after` when the period's renewal is given.
-    public static func budgetExceeded(limit: RateLimitKind, limitValue: USDAmount, used: USDAmount, requested: USDAmount, renewsInSeconds: Double?) -> GatewayError {
+    public static func budgetExceeded(limit: RateLimitKind, limitValue: USDAmount, used: USDAmount, requested: USDAmount, renewsInSeconds: Double?, team: String? = nil) -> GatewayError {
         GatewayError(kind: .quotaExceeded, status: 429, type: "insufficient_quota", code: "insufficient_quota",
-                     message: "You exceeded your current quota on \(limit.openAILabel): Limit \(limitValue), Used \(used), Requested up to \(requested). Please check your plan or ask your Sluice administrator.",
+                     message: "You exceeded your current quota on \(label(limit, team: team)): Limit \(limitValue), Used \(used), Requested up to \(requested). Please check your plan or ask your Sluice administrator.",
                      retryAfterSeconds: renewsInSeconds, shouldRetry: false)
     }
 
@@ -255,10 +255,17 @@ extension GatewayError {
     }
 
     /// 429: the key already has `limitValue` requests in flight.
-    public static func concurrencyLimited(model: String, limitValue: Int, retryAfterSeconds: Double = 1) -> GatewayError {
+    public static func concurrencyLimited(model: String, limitValue: Int, retryAfterSeconds: Double = 1, team: String? = nil) -> GatewayError {
         GatewayError(kind: .concurrencyLimited, status: 429, type: RateLimitKind.concurrency.errorType, code: "rate_limit_exceeded",
-                     message: "Rate limit reached for \(model) on \(RateLimitKind.concurrency.openAILabel): Limit \(limitValue). Please try again in \(formatRetryDelay(seconds: retryAfterSeconds)).",
+                     message: "Rate limit reached for \(model) on \(label(RateLimitKind.concurrency, team: team)): Limit \(limitValue). Please try again in \(formatRetryDelay(seconds: retryAfterSeconds)).",
                      retryAfterSeconds: retryAfterSeconds)
+    }
+
+    /// The limit's name in a 429: OpenAI's label, and for a team's limit (`keys[].team`) which team's,
+    /// so the client knows its own key's limits were not the ones spent.
+    static func label(_ limit: RateLimitKind, team: String?) -> String {
+        guard let team else { return limit.openAILabel }
+        return "\(limit.openAILabel) of team \(team)"
     }
 
     /// `value` rounded up to an integer, ignoring binary floating-point noise (0.12 × 1000 is

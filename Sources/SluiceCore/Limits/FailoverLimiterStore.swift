@@ -131,7 +131,7 @@ public final class FailoverLimiterStore: LimiterStore {
     }
 
     public func admit(_ request: AdmissionRequest) async throws -> AdmissionDecision {
-        let domain = shared.failureDomain(keyID: request.keyID)
+        let domain = shared.failureDomain(keyID: request.keyID, team: request.team?.id)
         if shouldTryShared(domain) {
             do {
                 let decision = try await shared.admit(request)
@@ -156,7 +156,7 @@ public final class FailoverLimiterStore: LimiterStore {
             return local.settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
         }
         if wasUnenforced { return nil }
-        let domain = shared.failureDomain(keyID: reservation.keyID)
+        let domain = shared.failureDomain(keyID: reservation.keyID, team: reservation.team?.id)
         do {
             let snapshot = try await shared.settle(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
             sharedSucceeded(domain)
@@ -222,11 +222,11 @@ public final class FailoverLimiterStore: LimiterStore {
         }
     }
 
-    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
-        let domain = shared.failureDomain(keyID: keyID)
+    public func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        let domain = shared.failureDomain(keyID: keyID, team: team)
         if shouldTryShared(domain, probe: false) {
             do {
-                return try await shared.snapshot(keyID: keyID, limits: limits)
+                return try await shared.snapshot(keyID: keyID, team: team, limits: limits)
             } catch {
                 sharedFailed(error, domain)
             }
@@ -246,6 +246,8 @@ public final class FailoverLimiterStore: LimiterStore {
         case .local:
             var scaled = request
             scaled.limits = localLimits(request.limits)
+            // The team's limits are split the same way (each node its share, counted from zero).
+            scaled.team = request.team.map { TeamSubject(id: $0.id, limits: localLimits($0.limits)) }
             let decision = local.admitNow(scaled)
             if case .admitted = decision {
                 state.withLock { _ = $0.localReservations.insert(request.requestID) }
@@ -274,7 +276,7 @@ public final class FailoverLimiterStore: LimiterStore {
         return scaled
     }
 
-    public func failureDomain(keyID: String) -> Int { shared.failureDomain(keyID: keyID) }
+    public func failureDomain(keyID: String, team: String?) -> Int { shared.failureDomain(keyID: keyID, team: team) }
 
     // MARK: - Circuit breakers
 

@@ -52,7 +52,7 @@ public final class InMemoryLimiterStore: LimiterStore {
         settleNow(reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens)
     }
 
-    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+    public func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
         snapshotNow(keyID: keyID, limits: limits)
     }
 
@@ -115,18 +115,20 @@ public final class InMemoryLimiterStore: LimiterStore {
             var keyEntry = keyState.entries[request.keyID] ?? KeyEntry()
             var teamEntry = teamState.entries[teamRequest.keyID] ?? KeyEntry()
             let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
-            let teamDecision = teamEntry.admit(teamRequest, now: now, calendar: calendar)
+            let teamDecision = Self.markingTeam(teamEntry.admit(teamRequest, now: now, calendar: calendar), team.id)
+            let teamBefore = teamState.entries[teamRequest.keyID] ?? KeyEntry()
             switch (keyDecision, teamDecision) {
             case (.admitted(var reservation, let snapshot), .admitted):
                 keyState.entries[request.keyID] = keyEntry
                 teamState.entries[teamRequest.keyID] = teamEntry
                 reservation.team = team
-                return .admitted(reservation, snapshot)
+                return .admitted(reservation, teamEntry.addingBudgets(of: team, to: snapshot, calendar: calendar))
             case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
-                return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, snapshot)
+                return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
             case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
                 // Nothing is written back: the copy that admitted is dropped; the key's state as it stood.
-                return .denied(denial, (keyState.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now))
+                let snapshot = (keyState.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now)
+                return .denied(denial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
             }
         }
         if keyIndex == teamIndex {
@@ -144,22 +146,31 @@ public final class InMemoryLimiterStore: LimiterStore {
         }
     }
 
+    /// A team entry's denial, said to be the team's (the 429 names the team's limit).
+    private static func markingTeam(_ decision: AdmissionDecision, _ team: String) -> AdmissionDecision {
+        guard case .denied(var denial, let snapshot) = decision else { return decision }
+        denial.team = team
+        return .denied(denial, snapshot)
+    }
+
     /// `admitWithTeam` when the key's and the team's entries share a shard.
     private func decideInOneShard(_ state: inout ShardState, request: AdmissionRequest, teamRequest: AdmissionRequest, team: TeamSubject, now: Int64, calendar: BudgetCalendar) -> AdmissionDecision {
         var keyEntry = state.entries[request.keyID] ?? KeyEntry()
         var teamEntry = state.entries[teamRequest.keyID] ?? KeyEntry()
         let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
-        let teamDecision = teamEntry.admit(teamRequest, now: now, calendar: calendar)
+        let teamDecision = Self.markingTeam(teamEntry.admit(teamRequest, now: now, calendar: calendar), team.id)
+        let teamBefore = state.entries[teamRequest.keyID] ?? KeyEntry()
         switch (keyDecision, teamDecision) {
         case (.admitted(var reservation, let snapshot), .admitted):
             state.entries[request.keyID] = keyEntry
             state.entries[teamRequest.keyID] = teamEntry
             reservation.team = team
-            return .admitted(reservation, snapshot)
+            return .admitted(reservation, teamEntry.addingBudgets(of: team, to: snapshot, calendar: calendar))
         case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
-            return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, snapshot)
+            return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
         case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
-            return .denied(denial, (state.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now))
+            let snapshot = (state.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now)
+            return .denied(denial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
         }
     }
 
@@ -167,7 +178,7 @@ public final class InMemoryLimiterStore: LimiterStore {
     public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage {
         let spent: (day: Int64, month: Int64)
         switch subject {
-        case .key(let id): spent = budgetSpent(keyID: id)
+        case .key(let id, _): spent = budgetSpent(keyID: id)
         case .team(let id): spent = budgetSpent(team: id)
         }
         return PeriodUsage(spentToday: USDAmount(nanos: spent.day), spentThisMonth: USDAmount(nanos: spent.month))
@@ -425,6 +436,14 @@ private struct KeyEntry {
         } else {
             setTAT(kind, bucket.charge(Int64(actual - reserved), tat: tat(kind), now: now))
         }
+    }
+
+    /// `snapshot` with the budgets of `team` (whose entry this is) as they stand in this entry.
+    func addingBudgets(of team: TeamSubject, to snapshot: RateLimitSnapshot, calendar: BudgetCalendar) -> RateLimitSnapshot {
+        snapshot.addingTeamBudgets(
+            team.limits, spentToday: budgetDay == calendar.day ? budgetDaySpent : 0,
+            spentThisMonth: budgetMonth == calendar.month ? budgetMonthSpent : 0, calendar: calendar
+        )
     }
 
     /// `snapshot(limits:now:)` with the budgets' headers of the current periods.

@@ -142,8 +142,11 @@ public struct RateLimitDenial: Sendable, Hashable {
     public var retryAfterSeconds: Double
     /// The request is larger than the bucket's capacity: it can never pass; do not retry.
     public var neverFits: Bool
+    /// The team whose limit denied (`keys[].team`); `nil`: the key's own limit.
+    public var team: String?
 
-    public init(kind: RateLimitKind, limit: Int, burst: Int, used: Int, requested: Int, retryAfterSeconds: Double, neverFits: Bool) {
+    public init(kind: RateLimitKind, limit: Int, burst: Int, used: Int, requested: Int, retryAfterSeconds: Double, neverFits: Bool, team: String? = nil) {
+        self.team = team
         self.kind = kind
         self.limit = limit
         self.burst = burst
@@ -182,8 +185,35 @@ public struct RateLimitSnapshot: Sendable, Hashable {
     public var remainingUSDMonth: USDAmount?
     public var resetUSDMonthSeconds: Double?
 
+    /// The budgets of the key's team (`keys[].team`), the same six values; `nil` when the team has
+    /// no budget (or the key no team).
+    public var teamBudget: TeamBudget?
+
+    /// A team's budget values for the `x-ratelimit-*-team-usd-*` headers (as the key's above).
+    public struct TeamBudget: Sendable, Hashable {
+        public var limitUSDDay: USDAmount?
+        public var remainingUSDDay: USDAmount?
+        public var resetUSDDaySeconds: Double?
+        public var limitUSDMonth: USDAmount?
+        public var remainingUSDMonth: USDAmount?
+        public var resetUSDMonthSeconds: Double?
+    }
+
     /// No limits configured: no headers.
     public static let empty = RateLimitSnapshot()
+
+    /// These values with the budgets of the key's team (`team`, its limits), given what the team spent
+    /// (nano-dollars) in the periods of `calendar`; unchanged when the team has no budget.
+    public func addingTeamBudgets(_ team: ResolvedLimits, spentToday: Int64, spentThisMonth: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot {
+        guard team.hasBudget else { return self }
+        let values = RateLimitSnapshot().addingBudgets(team, spentToday: spentToday, spentThisMonth: spentThisMonth, calendar: calendar)
+        var snapshot = self
+        snapshot.teamBudget = TeamBudget(
+            limitUSDDay: values.limitUSDDay, remainingUSDDay: values.remainingUSDDay, resetUSDDaySeconds: values.resetUSDDaySeconds,
+            limitUSDMonth: values.limitUSDMonth, remainingUSDMonth: values.remainingUSDMonth, resetUSDMonthSeconds: values.resetUSDMonthSeconds
+        )
+        return snapshot
+    }
 
     /// These values with the budgets' of `limits`, given what they spent (nano-dollars) in the periods
     /// of `calendar`.
@@ -237,10 +267,14 @@ public enum AdmissionDecision: Sendable {
     case denied(RateLimitDenial, RateLimitSnapshot)
 }
 
-/// Whose calendar usage to read: a key's, or a team's.
+/// Whose calendar usage to read: a key's (with its team, which may decide where the key's state
+/// lives), or a team's.
 public enum LimitSubject: Sendable, Hashable {
-    case key(String)
+    case key(String, team: String?)
     case team(String)
+
+    /// A key in no team.
+    public static func key(_ keyID: String) -> LimitSubject { .key(keyID, team: nil) }
 }
 
 /// What a subject has used of its calendar limits in the current UTC day and month; `nil` where the
@@ -279,21 +313,31 @@ public protocol LimiterStore: Sendable {
     /// - Returns: the key's state afterwards, or `nil` if this reservation was already settled.
     func settle(_ reservation: Reservation, actualPromptTokens: Int, actualCompletionTokens: Int) async throws -> RateLimitSnapshot?
 
-    /// The key's current state, charging nothing (for responses that skip admission).
-    func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot
+    /// The key's current state, charging nothing (for responses that skip admission). `team` is the
+    /// key's team (`keys[].team`): where a store keeps the key's state may depend on it.
+    func snapshot(keyID: String, team: String?, limits: ResolvedLimits) async throws -> RateLimitSnapshot
 
     /// What `subject` used of its quotas and budgets in the current UTC day and month, charging
     /// nothing (`GET /v1/sluice/key`).
     func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage
 
     /// Which part of the store holds the key's state and fails on its own (a Redis Cluster slot):
-    /// the failure policy applies per part, so keys elsewhere keep exact limits.
-    func failureDomain(keyID: String) -> Int
+    /// the failure policy applies per part, so keys elsewhere keep exact limits. `team` is the
+    /// key's team: a key in a team lives where its team does.
+    func failureDomain(keyID: String, team: String?) -> Int
 }
 
 extension LimiterStore {
     /// A store that fails as one.
-    public func failureDomain(keyID: String) -> Int { 0 }
+    public func failureDomain(keyID: String, team: String?) -> Int { 0 }
+
+    /// The state of a key in no team.
+    public func snapshot(keyID: String, limits: ResolvedLimits) async throws -> RateLimitSnapshot {
+        try await snapshot(keyID: keyID, team: nil, limits: limits)
+    }
+
+    /// The failure domain of a key in no team.
+    public func failureDomain(keyID: String) -> Int { failureDomain(keyID: keyID, team: nil) }
 
     /// A store that keeps no calendar counters: nothing known.
     public func periodUsage(_ subject: LimitSubject) async throws -> PeriodUsage { PeriodUsage() }

@@ -7,6 +7,8 @@
 -- PEXPIRE only when the hash's expiry must move, HDEL only to forget a node gone for good.
 --
 -- KEYS  1 the key's state hash (gcra.lua: readState)
+--       2 (keys in a team only) the team's state hash, in the same slot (RedisKeyLayout tags the
+--         names of a team's keys by the team): the request must pass both in this one call
 -- ARGV  1 node id   2 call sequence number (increasing per node and key)
 --       3 deadline, µs of Redis' clock (0: none): the caller gives up then, so a call that runs
 --         later (it waited in a frozen server's socket) must change nothing
@@ -24,6 +26,11 @@
 --       43 parked slots the lost call gave back   44 their epoch
 --       45 USD per day   46 USD per month: the budgets, nano-dollars (0: none)
 --       47 1 when some request of the call tracks the key's tokens of the month (fields pm pmu)
+--       48..61 (only with KEYS[2]) the team's limits, as 4..14 and 45..46 are the key's: rate,
+--             burst of its requests, tokens, input, output buckets (48..55), max concurrent (56),
+--             tokens per day (57), per month (58), USD per day (59), per month (60); 61 the key id
+--             (names the node's concurrency entry in the team's hash). The variable part then
+--             starts at 62 instead of 48.
 --       48..  lost admissions (4 each: prompt, output, cost, tracks 1|0), lost settlements and
 --             settlements (10 each: reserved prompt, reserved output, actual prompt, actual
 --             completion, quota day, quota month (-1: not charged), slot epoch (0: no slot), reserved
@@ -48,9 +55,11 @@
 --          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs,
 --          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none),
 --          the key's tokens of the month before it (-1: not tracked),
---          then the budgets' spend after the call: today, this month (nano-dollars; 0 without budgets)}
+--          then the budgets' spend after the call: today, this month (nano-dollars; 0 without budgets),
+--          then (with KEYS[2] only) the team's budgets' spend after the call: today, this month}
 --   denial kinds: 1 requests 2 tokens 3 input tokens 4 output tokens 5 concurrency
 --                 6 daily tokens 7 monthly tokens 8 USD per day 9 USD per month
+--                 the same + 10 (11..19) when the team's limit denied
 --   quota day and month are those of the token quotas and the budgets alike (the same calendar).
 
 local node = ARGV[1]
@@ -103,6 +112,41 @@ for name, raw in pairs(fields) do
   end
 end
 
+-- The key's team (KEYS[2]): its limits and state, decided with the key's in this call. Its hash has
+-- no sequence numbers of its own: the key's node entry (above) makes each call apply once, and the
+-- team's hash changes only inside such calls. The node's concurrency slots for this key are
+-- mirrored into it (m:<node>:<key> = "slots leaseExpiryMs seenMs"), so the team counts the slots
+-- of all its keys on all nodes.
+local team = nil
+local variableStart = 48
+if #KEYS >= 2 then
+  variableStart = 62
+  team = { fields = readState(KEYS[2]), buckets = {}, deltas = {}, readDeltas = {},
+           maxConcurrent = tonumber(ARGV[56]), perDay = tonumber(ARGV[57]), perMonth = tonumber(ARGV[58]),
+           usdPerDay = tonumber(ARGV[59]), usdPerMonth = tonumber(ARGV[60]),
+           mirror = 'm:' .. node .. ':' .. ARGV[61], othersInFlight = 0, forgotten = {},
+           dayUsed = 0, monthUsed = 0, dayCost = 0, monthCost = 0, quotaChanged = false, budgetChanged = false }
+  team.hasQuota = team.perDay > 0 or team.perMonth > 0
+  team.hasBudget = team.usdPerDay > 0 or team.usdPerMonth > 0
+  if team.maxConcurrent > 0 or sequence % 64 == 0 then
+    for name, raw in pairs(team.fields) do
+      if string.sub(name, 1, 2) == 'm:' and name ~= team.mirror then
+        local slots, expiry, seen = string.match(raw, '^(%d+) (%d+) (%d+)$')
+        if slots == nil then
+          corrupt = 1
+          team.forgotten[#team.forgotten + 1] = name
+        elseif live({ slots = tonumber(slots), expiry = tonumber(expiry) }) then
+          team.othersInFlight = team.othersInFlight + tonumber(slots)
+        elseif tonumber(seen) + stateTTL < nowMillis then
+          team.forgotten[#team.forgotten + 1] = name
+        end
+      end
+    end
+  end
+end
+-- Slots are counted in the node's entry when the key or its team limits concurrency.
+local countsSlots = maxConcurrent > 0 or (team ~= nil and team.maxConcurrent > 0)
+
 -- Buckets and quotas as they stand.
 local buckets, deltas, marks, readDeltas = {}, {}, {}, {}
 for index = 1, 4 do
@@ -119,6 +163,19 @@ for index = 1, 4 do
   end
 end
 local marksChanged = false
+if team ~= nil then
+  for index = 1, 4 do
+    local bucket = bucketAt(48 + (index - 1) * 2)
+    if bucket ~= nil then
+      team.buckets[index] = bucket
+      local corruptBefore = corrupt
+      corrupt = 0
+      team.deltas[index] = stateDelta(team.fields, BUCKET_FIELDS[index], bucket, now)
+      if corrupt == 1 then team.readDeltas[index] = 0 / 0 else team.readDeltas[index] = team.deltas[index] end
+      corrupt = math.max(corrupt, corruptBefore)
+    end
+  end
+end
 
 -- A refund moves the TAT back, but never below the end of a slice some node may still hold (the
 -- mark): the nodes' slices must stay inside [now, TAT], or the bucket would refill behind them and
@@ -139,12 +196,18 @@ local dayCost, monthCost = 0, 0
 local tracking = tonumber(ARGV[47]) == 1
 local monthTokens = 0
 local monthTokensChanged = false
-if hasQuota or hasBudget or tracking then
+local teamCalendar = team ~= nil and (team.hasQuota or team.hasBudget)
+if hasQuota or hasBudget or tracking or teamCalendar then
   today, thisMonth, nextDay, nextMonthDay = quotaPeriods(seconds)
   dayUsed, monthUsed = stateQuota(fields, today, thisMonth)
   if stateInteger(fields, 'bd') == today then dayCost = stateInteger(fields, 'bdu') or 0 end
   if stateInteger(fields, 'bm') == thisMonth then monthCost = stateInteger(fields, 'bmu') or 0 end
   if stateInteger(fields, 'pm') == thisMonth then monthTokens = stateInteger(fields, 'pmu') or 0 end
+  if teamCalendar then
+    team.dayUsed, team.monthUsed = stateQuota(team.fields, today, thisMonth)
+    if stateInteger(team.fields, 'bd') == today then team.dayCost = stateInteger(team.fields, 'bdu') or 0 end
+    if stateInteger(team.fields, 'bm') == thisMonth then team.monthCost = stateInteger(team.fields, 'bmu') or 0 end
+  end
 end
 local function addMonthTokens(month, amount)
   if month == thisMonth and amount ~= 0 then
@@ -175,6 +238,32 @@ local function addBudget(day, month, amount)
   if day == today then dayCost = math.max(dayCost + amount, 0) budgetChanged = true end
   if month == thisMonth then monthCost = math.max(monthCost + amount, 0) budgetChanged = true end
 end
+-- The team's share of a settlement or release: the same differences, on its buckets and counters
+-- (its TATs need no lease marks: keys in a team are never leased).
+local function teamCorrect(reservedPrompt, reservedOutput, actualPrompt, actualCompletion, day, month, costDifference)
+  if team == nil then return end
+  local reserved = { 0, reservedPrompt + reservedOutput, reservedPrompt, reservedOutput }
+  local actual = { 0, actualPrompt + actualCompletion, actualPrompt, actualCompletion }
+  for index = 2, 4 do
+    local bucket = team.buckets[index]
+    if bucket ~= nil and actual[index] ~= reserved[index] then
+      if actual[index] < reserved[index] then
+        team.deltas[index] = bucketRefund(bucket, reserved[index] - actual[index], team.deltas[index])
+      else
+        team.deltas[index] = bucketCharge(bucket, actual[index] - reserved[index], team.deltas[index])
+      end
+    end
+  end
+  local tokens = actual[2] - reserved[2]
+  if team.hasQuota and tokens ~= 0 then
+    if day == today then team.dayUsed = math.max(team.dayUsed + tokens, 0) team.quotaChanged = true end
+    if month == thisMonth then team.monthUsed = math.max(team.monthUsed + tokens, 0) team.quotaChanged = true end
+  end
+  if team.hasBudget and costDifference ~= 0 then
+    if day == today then team.dayCost = math.max(team.dayCost + costDifference, 0) team.budgetChanged = true end
+    if month == thisMonth then team.monthCost = math.max(team.monthCost + costDifference, 0) team.budgetChanged = true end
+  end
+end
 local function settle(at)
   local reservedPrompt, reservedOutput = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
   local actualPrompt, actualCompletion = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
@@ -186,6 +275,8 @@ local function settle(at)
   if tonumber(ARGV[at + 9]) == 1 then
     addMonthTokens(tonumber(ARGV[at + 5]), actualPrompt + actualCompletion - reservedPrompt - reservedOutput)
   end
+  teamCorrect(reservedPrompt, reservedOutput, actualPrompt, actualCompletion, tonumber(ARGV[at + 4]), tonumber(ARGV[at + 5]),
+              tonumber(ARGV[at + 8]) - tonumber(ARGV[at + 7]))
   local epoch = tonumber(ARGV[at + 6])
   if epoch ~= 0 and epoch == mine.epoch and mine.slots > 0 then mine.slots = mine.slots - 1 end
 end
@@ -200,13 +291,17 @@ local function release(at)
   if hasQuota then addQuota(today, thisMonth, -(prompt + output)) end
   addBudget(today, thisMonth, -tonumber(ARGV[at + 2]))
   if tonumber(ARGV[at + 3]) == 1 then addMonthTokens(thisMonth, -(prompt + output)) end
-  if maxConcurrent > 0 and mine.slots > 0 then mine.slots = mine.slots - 1 end
+  if team ~= nil then
+    if team.buckets[1] ~= nil then team.deltas[1] = bucketRefund(team.buckets[1], 1, team.deltas[1]) end
+    teamCorrect(prompt, output, 0, 0, today, thisMonth, -tonumber(ARGV[at + 2]))
+  end
+  if countsSlots and mine.slots > 0 then mine.slots = mine.slots - 1 end
 end
 
 local lostSeq, firstResolution = tonumber(ARGV[18]), tonumber(ARGV[19])
 local lostAdmissions, lostSettlements = tonumber(ARGV[20]), tonumber(ARGV[21])
 local settlements, admissions = tonumber(ARGV[22]), tonumber(ARGV[23])
-local at = 48
+local at = variableStart
 local lost = -1
 if lostSeq > 0 then
   if mine.ack >= firstResolution then
@@ -261,7 +356,7 @@ end
 local results = {}
 local admittedFlags = {}
 local slotsWanted = tonumber(ARGV[36])
-if (admissions > 0 or slotsWanted > 0) and maxConcurrent > 0
+if (admissions > 0 or slotsWanted > 0) and countsSlots
     and (mine.epoch == 0 or (mine.slots == 0 and not live({ slots = 1, expiry = mine.expiry }))) then
   -- A new epoch: slots of an earlier one (expired) can never be released into this one. Epoch 0
   -- means "no slot" to the node: an entry first written by a call without admissions (a settlement
@@ -319,9 +414,56 @@ for index = 0, admissions - 1 do
     if money > usdPerMonth then consider(9, usdPerMonth, usdPerMonth, monthCost, money, 0, 1)
     else consider(9, usdPerMonth, usdPerMonth, monthCost, money, nextMonthDay * DAY_SECONDS * 1000000 - now, 0) end
   end
+  -- The team's limits, on the same request: denials reported as the team's (kind + 10).
+  local teamDeltas = {}
+  if team ~= nil then
+    for b = 1, 4 do
+      local bucket = team.buckets[b]
+      if bucket ~= nil then
+        local limit, burst = tonumber(ARGV[48 + (b - 1) * 2]), tonumber(ARGV[49 + (b - 1) * 2])
+        local verdict, value = bucketAdmit(bucket, costs[b], team.deltas[b])
+        if verdict == 'allowed' then
+          teamDeltas[b] = value
+        elseif verdict == 'denied' then
+          consider(10 + b, limit, burst, bucketUsed(bucket, team.deltas[b]), costs[b], value, 0)
+        else
+          consider(10 + b, limit, burst, bucketUsed(bucket, team.deltas[b]), costs[b], 0, 1)
+        end
+      end
+    end
+    if team.maxConcurrent > 0 then
+      local inFlight = team.othersInFlight + mine.slots
+      if inFlight >= team.maxConcurrent then consider(15, team.maxConcurrent, team.maxConcurrent, inFlight, 1, tonumber(ARGV[17]), 0) end
+    end
+    local function calendarLimit(kind, limit, used, cost, renewsDay)
+      if limit > 0 and used + cost > limit then
+        if cost > limit then consider(kind, limit, limit, used, cost, 0, 1)
+        else consider(kind, limit, limit, used, cost, renewsDay * DAY_SECONDS * 1000000 - now, 0) end
+      end
+    end
+    calendarLimit(16, team.perDay, team.dayUsed, quotaCost, nextDay)
+    calendarLimit(17, team.perMonth, team.monthUsed, quotaCost, nextMonthDay)
+    calendarLimit(18, team.usdPerDay, team.dayCost, money, nextDay)
+    calendarLimit(19, team.usdPerMonth, team.monthCost, money, nextMonthDay)
+  end
   local starts = { 0, 0, 0 }
   local position = -1
   if denial == nil then
+    if team ~= nil then
+      for b = 1, 4 do
+        if team.buckets[b] ~= nil then team.deltas[b] = teamDeltas[b] end
+      end
+      if team.hasQuota then
+        team.dayUsed = team.dayUsed + quotaCost
+        team.monthUsed = team.monthUsed + quotaCost
+        team.quotaChanged = true
+      end
+      if team.hasBudget and money > 0 then
+        team.dayCost = team.dayCost + money
+        team.monthCost = team.monthCost + money
+        team.budgetChanged = true
+      end
+    end
     for b = 1, 4 do
       if buckets[b] ~= nil then
         if b > 1 then starts[b - 1] = now + math.max(deltas[b], 0) end
@@ -343,7 +485,7 @@ for index = 0, admissions - 1 do
       position = monthTokens
       addMonthTokens(thisMonth, prompt + output)
     end
-    if maxConcurrent > 0 then mine.slots = mine.slots + 1 end
+    if countsSlots then mine.slots = mine.slots + 1 end
     admittedFlags[#admittedFlags + 1] = '1'
     for _, v in ipairs({ 1, 0, 0, 0, 0, 0, 0, 0 }) do results[#results + 1] = v end
   else
@@ -467,9 +609,56 @@ redis.call('HSET', KEYS[1], unpack(writes))
 if #forgotten > 0 then redis.call('HDEL', KEYS[1], unpack(forgotten)) end
 if expiry ~= (stateInteger(fields, 'exp') or 0) then redis.call('PEXPIRE', KEYS[1], int(expiry - nowMillis)) end
 
+if team ~= nil then
+  local teamWrites = {}
+  local function teamPut(name, value)
+    teamWrites[#teamWrites + 1] = name
+    teamWrites[#teamWrites + 1] = value
+  end
+  local teamExpiresAt = nowMillis + stateTTL
+  for index = 1, 4 do
+    if team.buckets[index] ~= nil and team.deltas[index] ~= team.readDeltas[index] then
+      if team.deltas[index] > 0 then
+        teamPut(BUCKET_FIELDS[index], int(now + team.deltas[index]))
+        teamExpiresAt = math.max(teamExpiresAt, math.floor((now + team.deltas[index]) / 1000) + 1)
+      elseif team.fields[BUCKET_FIELDS[index]] ~= nil then
+        teamPut(BUCKET_FIELDS[index], '0')
+      end
+    end
+  end
+  if team.quotaChanged then
+    if team.perDay > 0 then teamPut('qd', int(today)) teamPut('qdu', int(team.dayUsed)) end
+    if team.perMonth > 0 then teamPut('qm', int(thisMonth)) teamPut('qmu', int(team.monthUsed)) end
+  end
+  if team.budgetChanged then
+    if team.usdPerDay > 0 then teamPut('bd', int(today)) teamPut('bdu', int(team.dayCost)) end
+    if team.usdPerMonth > 0 then teamPut('bm', int(thisMonth)) teamPut('bmu', int(team.monthCost)) end
+  end
+  if team.hasQuota or team.hasBudget then
+    local endDay = nextDay
+    if team.perMonth > 0 or team.usdPerMonth > 0 then endDay = nextMonthDay end
+    teamExpiresAt = math.max(teamExpiresAt, (endDay + 1) * DAY_SECONDS * 1000)
+  end
+  -- The mirror of the node's slots for this key: written while the team limits concurrency (or
+  -- to clear one left from when it did).
+  if team.maxConcurrent > 0 or team.fields[team.mirror] ~= nil then
+    teamPut(team.mirror, table.concat({ int(mine.slots), int(nowMillis + leaseTTL), int(nowMillis) }, ' '))
+  end
+  local teamExpiry = stateInteger(team.fields, 'exp') or 0
+  local oldTeamExpiry = teamExpiry
+  if #teamWrites > 0 and teamExpiresAt > teamExpiry then
+    teamExpiry = teamExpiresAt + stateTTL
+    teamPut('exp', int(teamExpiry))
+  end
+  if #teamWrites > 0 then redis.call('HSET', KEYS[2], unpack(teamWrites)) end
+  if #team.forgotten > 0 then redis.call('HDEL', KEYS[2], unpack(team.forgotten)) end
+  if teamExpiry ~= oldTeamExpiry then redis.call('PEXPIRE', KEYS[2], int(teamExpiry - nowMillis)) end
+end
+
 local quotaDay, quotaMonth = -1, -1
-if perDay > 0 or usdPerDay > 0 then quotaDay = today end
-if perMonth > 0 or usdPerMonth > 0 or tracking then quotaMonth = thisMonth end
+-- The periods a settlement corrects: the key's and its team's share one calendar.
+if perDay > 0 or usdPerDay > 0 or (teamCalendar and (team.perDay > 0 or team.usdPerDay > 0)) then quotaDay = today end
+if perMonth > 0 or usdPerMonth > 0 or tracking or (teamCalendar and (team.perMonth > 0 or team.usdPerMonth > 0)) then quotaMonth = thisMonth end
 local out = { 1, corrupt, now, mine.epoch, lost, quotaDay, quotaMonth }
 snapshotValues(out)
 for _, v in ipairs(granted) do out[#out + 1] = v end
@@ -477,4 +666,9 @@ for _, v in ipairs(results) do out[#out + 1] = v end
 -- Last, the budgets' spend after the call (today, this month; 0 without budgets): their headers.
 out[#out + 1] = dayCost
 out[#out + 1] = monthCost
+-- With a team, then the team's budgets' spend after the call: its headers.
+if team ~= nil then
+  out[#out + 1] = team.dayCost
+  out[#out + 1] = team.monthCost
+end
 return out
