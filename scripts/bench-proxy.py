@@ -5,6 +5,7 @@ Called by `scripts/bench proxy` and `scripts/bench soak` (which build the releas
 
     bench-proxy.py --sluice BIN --mock BIN --config Config/sluice.json
                    [--seconds 8] [--runs 3] [--connections 32] [--threads 2] [--stream-requests 200]
+                   [--c1-seconds 5]
     bench-proxy.py --sluice BIN --mock BIN --config Config/sluice.json --soak 600
 
 With `--baseline-sluice PATH` (an older sluice binary; `BENCH_BASELINE_SLUICE` in scripts/bench) a fifth
@@ -29,6 +30,10 @@ Debian's wrk 4 has no -R, so the rate comes from wrk's Lua `delay()` hook, which
 wait for its slot in a timetable of R per second (see `PACING`; a plain fixed wait would fall short of
 R by the latency). wrk's latency excludes the wait; the output shows the rate wrk achieved next to R,
 and the targets for the latency Sluice adds.
+
+Concurrency 1 (`--c1-seconds`, default 5): one connection, one request at a time, every row in `--runs`
+interleaved rounds; the latency each row adds over the floor of the same round (p50, p99), median over
+the rounds, with issue 19's target: Sluice's added p99 at most 2.5 × nginx's.
 
 Soak (`--soak SECONDS`, instead of all of the above): only sluice-mock, redis-server and Sluice with
 the Redis limiter; wrk at full speed for SECONDS, in chunks of up to 30 s, with Sluice's VmRSS and
@@ -70,6 +75,7 @@ PACED_CONNECTIONS = 8
 TARGET_ADDED_P50_US = 250
 TARGET_REDIS_GAP_P50_US = 150  # issue 13: row (d) adds at most this much more than row (c) at p50
 TARGET_ADDED_P99_US = 1000
+TARGET_C1_P99_FACTOR = 2.5    # issue 19: at concurrency 1, Sluice's added p99 ≤ 2.5 × nginx's added p99
 TARGET_IDLE_MB = 60
 TARGET_PEAK_MB = 150
 SOAK_CHUNK_SECONDS = 30
@@ -588,6 +594,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup-seconds", type=int, default=3)
     parser.add_argument("--stream-requests", type=int, default=200)
+    parser.add_argument("--c1-seconds", type=int, default=5, help="length of each concurrency-1 measurement")
     parser.add_argument("--baseline-sluice", metavar="PATH",
                         help="also measure this (older) sluice binary with the embedded limiter, as row (c′)")
     parser.add_argument("--soak", type=int, metavar="SECONDS",
@@ -646,6 +653,7 @@ def run(args, nginx: str, work: Path, processes: Processes) -> None:
     if rows[3].rps < 2:
         sys.exit(f"row (d) served {rows[3].rps:.0f} req/s, no rate to measure latency at; see {work}/sluice-redis.log")
     paced = measure_paced(args, targets, secrets, rows[3].rps / 2, work)
+    c1 = measure_concurrency_1(args, targets, lua, work)
 
     log(f"streaming: {args.stream_requests} sequential requests each, direct and through Sluice (embedded)")
     stream_tokens, stream_delay = 20, 5
@@ -655,6 +663,7 @@ def run(args, nginx: str, work: Path, processes: Processes) -> None:
     print_table(args, rows)
     print_noise(args, rows)
     print_paced(args, paced)
+    print_concurrency_1(args, targets, c1)
     print_streaming(direct_runs, sluice_runs, stream_tokens, stream_delay)
 
 
@@ -832,6 +841,50 @@ def print_paced(args, paced: Paced) -> None:
         gap = (by_key["d"].p50_ms - by_key["c"].p50_ms) * 1000
         print(f"The Redis limiter's row against the embedded one's at this rate: (d) − (c) = {gap:+.0f} µs at p50 "
               f"(target ≤ +{TARGET_REDIS_GAP_P50_US} µs: {'pass' if gap <= TARGET_REDIS_GAP_P50_US else 'FAIL'}).")
+
+
+def measure_concurrency_1(args, targets: list[Target], lua: Path, work: Path) -> dict[str, list[WrkResult]]:
+    """Concurrency 1 (one connection, one request at a time: the figure public gateway benchmarks lead
+    with): every target in `--runs` interleaved rounds of `--c1-seconds` each."""
+    log(f"concurrency 1: {args.runs} interleaved rounds of {args.c1_seconds} s per row")
+    per_target: dict[str, list[WrkResult]] = {target.key: [] for target in targets}
+    for round_index in range(args.runs):
+        for target in targets:
+            per_target[target.key].append(run_wrk(wrk_argv(target.url, lua, args.c1_seconds, 1, 1),
+                                                  work / f"wrk-c1-{target.key}-{round_index + 1}.txt"))
+    return per_target
+
+
+def print_concurrency_1(args, targets: list[Target], c1: dict[str, list[WrkResult]]) -> None:
+    """Added p50 and p99 over the floor at concurrency 1: per round (a row against the floor of the same
+    round), then the median over the rounds; against issue 19's target for p99."""
+    floor = c1["a"]
+    rounds = len(floor)
+    def added(key: str, field: str) -> float:
+        return statistics.median((getattr(r, field) - getattr(f, field)) * 1000 for r, f in zip(c1[key], floor))
+    print(f"\nConcurrency 1: wrk -t1 -c1 -d{args.c1_seconds}s, {rounds} interleaved round{'s' if rounds > 1 else ''}; "
+          f"latency added over (a) in the same round, median over the rounds:\n")
+    header = f"{'path':<36}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 µs':>9}{'+p99 µs':>9}{'errors':>8}  target"
+    print(header)
+    print("-" * (len(header) + 6))
+    nginx_p99 = added("b", "p99_ms")
+    for target in targets:
+        results = c1[target.key]
+        rps = statistics.median(r.rps for r in results)
+        p50, p99 = statistics.median(r.p50_ms for r in results), statistics.median(r.p99_ms for r in results)
+        errors = sum(r.non_2xx + r.socket_errors for r in results)
+        if target.key == "a":
+            print(f"{target.label:<36}{rps:>9.0f}{p50:>9.3f}{p99:>9.3f}{'—':>9}{'—':>9}{errors:>8}  —")
+            continue
+        add50, add99 = added(target.key, "p50_ms"), added(target.key, "p99_ms")
+        if target.key == "b":
+            mark = "reference"
+        else:
+            # nginx's added p99 can be ~0 (or below, by noise) on a quiet machine: the bound is at least 1 µs.
+            bound = TARGET_C1_P99_FACTOR * max(nginx_p99, 1.0)
+            mark = f"{verdict(add99 <= bound)} (+p99 ≤ {TARGET_C1_P99_FACTOR} × nginx's = {bound:.0f} µs)"
+        print(f"{target.label:<36}{rps:>9.0f}{p50:>9.3f}{p99:>9.3f}{add50:>9.0f}{add99:>9.0f}{errors:>8}  {mark}")
+    print(f"\nTarget (issue 19): Sluice's added p99 at concurrency 1 ≤ {TARGET_C1_P99_FACTOR} × nginx's added p99 in the same run.")
 
 
 def print_streaming(direct_runs, sluice_runs, tokens: int, delay_ms: int) -> None:

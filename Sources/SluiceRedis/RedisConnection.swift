@@ -58,6 +58,9 @@ final class RedisConnection: @unchecked Sendable {
     private struct Mirror {
         var connected = false
         var lastError: RedisError?
+        /// `shutdown()` was called: its event loop may be gone soon (the client shuts its own loops
+        /// down right after), and a command handed to a loop that is gone would never be answered.
+        var shutDown = false
     }
 
     let eventLoop: any EventLoop
@@ -116,7 +119,11 @@ final class RedisConnection: @unchecked Sendable {
     ///   between them (Redis Cluster's `ASKING`); its reply is dropped, but an error in it is returned
     ///   instead of the command's.
     func send(_ command: RedisArguments, precededBy prefix: RedisArguments? = nil) async -> Result<RedisReply, RedisError> {
-        await withCheckedContinuation { (completion: Completion) in
+        // After shutdown a command fails here, without a hop: NIO drops a task for a loop that has
+        // shut down (and prints "Cannot schedule tasks…"), which left this call waiting for ever — a
+        // background topology refresh of a cluster client that was just shut down did.
+        if mirror.withLock({ $0.shutDown }) { return .failure(.shutDown) }
+        return await withCheckedContinuation { (completion: Completion) in
             onLoop {
                 guard let prefix else {
                     self.submit(command) { completion.resume(returning: $0) }
@@ -138,6 +145,12 @@ final class RedisConnection: @unchecked Sendable {
     /// Stops: queued and in-flight commands fail with `.shutDown`, the socket is closed. Later
     /// commands fail with `.shutDown` too.
     func shutdown() {
+        // Once: a second call may come after the loop is gone.
+        let already = mirror.withLock { mirror -> Bool in
+            defer { mirror.shutDown = true }
+            return mirror.shutDown
+        }
+        guard !already else { return }
         onLoop {
             if case .shutDown = self.phase { return }
             if case .securing(_, let timeout) = self.phase { timeout.cancel() }
@@ -308,7 +321,7 @@ final class RedisConnection: @unchecked Sendable {
         let deadline = eventLoop.now + connectTimeout
         let reader = RedisReplyReader(connection: self)
         let tls = self.tls
-        ClientBootstrap(group: eventLoop)
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -318,7 +331,12 @@ final class RedisConnection: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(reader)
                 }
             }
-            .connect(host: config.host, port: config.port)
+        // An address given as an IP needs no resolver. NIO's resolver answers from a thread of its own
+        // onto this event loop, and a connect in flight when the client's loops shut down had it post
+        // to a loop already gone (a warning today, a crash in future NIO versions).
+        let connecting = (try? SocketAddress(ipAddress: config.host, port: config.port)).map { bootstrap.connect(to: $0) }
+            ?? bootstrap.connect(host: config.host, port: config.port)
+        connecting
             .whenComplete { result in
                 switch result {
                 case .success(let channel) where tls != nil:

@@ -1,4 +1,7 @@
 import Foundation
+import Logging
+import NIOPosix
+import Synchronization
 import XCTest
 import SluiceCore
 @testable import SluiceRedis
@@ -256,5 +259,31 @@ final class RedisClientTests: XCTestCase {
         let error = await expectError { () throws(RedisError) in _ = try await client.send(["PING"]) }
         XCTAssertEqual(error, .shutDown)
         XCTAssertFalse(client.isConnected)
+    }
+
+    /// A connection whose loops are gone (its client shut down) answers a late command at once with
+    /// `.shutDown`: a cluster client's background topology refresh sends one after the shutdown. Before,
+    /// the command was handed to the dead loop, NIO dropped it ("Cannot schedule tasks on an EventLoop
+    /// that has already shut down") and the call waited for ever.
+    func testACommandAfterTheLoopsAreGoneFailsAtOnce() async throws {
+        let server = try startServer()
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let connection = RedisConnection(config: server.config, tls: nil, options: testClientOptions, logger: Logger(label: "test"),
+                                         name: "late", eventLoop: group.next())
+        connection.start()
+        let pong = await connection.send(RedisArguments(["PING"]))
+        XCTAssertEqual(try pong.get(), RedisReply.status("PONG"))
+        connection.shutdown()
+        try await group.shutdownGracefully()
+        connection.shutdown()  // a second shutdown touches nothing either
+        // Polled, not awaited: the old behaviour never returned, and the test must fail, not hang.
+        let answer = Mutex<Result<RedisReply, RedisError>?>(nil)
+        let sender = Task { let result = await connection.send(RedisArguments(["PING"])); answer.withLock { $0 = result } }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while answer.withLock({ $0 }) == nil, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        let late = answer.withLock { $0 }
+        if late != nil { await sender.value }
+        guard case .failure(let error)? = late else { return XCTFail("the late command did not fail at once: \(String(describing: late))") }
+        XCTAssertEqual(error, .shutDown)
     }
 }

@@ -256,6 +256,20 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertFalse(response.contains("400"), response)
     }
 
+    /// Stopping a server that has stopped (a second shutdown, a cancellation after the end) touches
+    /// nothing that is gone: the listener's event loop was shut down with it. Before, the second
+    /// shutdown asked that loop to close the listener again — NIO prints "Cannot schedule tasks on an
+    /// EventLoop that has already shut down" for it, and crashes under `SWIFTNIO_STRICT`, which
+    /// scripts/test sets for the whole suite.
+    func testShutdownAfterStoppingIsHarmless() async throws {
+        server.shutdownGracefully()
+        _ = try await runTask.value
+        server.shutdownGracefully()
+        server.shutdownGracefully()
+        XCTAssertEqual(server.openConnections, 0)
+        XCTAssertThrowsError(try TestSocket(port: port), "nothing listens any more")
+    }
+
     func testGracefulShutdownClosesIdleConnections() async throws {
         let socket = try TestSocket(port: port)
         try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nok")

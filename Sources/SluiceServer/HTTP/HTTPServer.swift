@@ -78,7 +78,6 @@ public final class HTTPServer: Sendable {
         // unread: that wait is time to first token). The acceptor only accepts and hands each connection
         // to the next event loop of `group`; it sleeps otherwise.
         let acceptor = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        defer { acceptor.shutdownGracefully { _ in } }
         let serverChannel: any Channel
         do {
             serverChannel = try await ServerBootstrap(group: acceptor, childGroup: group)
@@ -133,6 +132,7 @@ public final class HTTPServer: Sendable {
             .bind(host: configuration.host, port: configuration.port).get()
         } catch {
             logger.critical("cannot listen", metadata: ["address": "\(configuration.host):\(configuration.port)", "error": "\(error)"])
+            try? await acceptor.shutdownGracefully()
             throw error
         }
         // A shutdown asked for while the bind was under way (another service of the node failed at
@@ -154,6 +154,11 @@ public final class HTTPServer: Sendable {
         } onCancel: {
             self.shutdownGracefully()
         }
+        // The acceptor's loop goes away with the listener: a later shutdownGracefully() (a second
+        // stop, a cancellation) must not ask that loop to close the channel again. NIO prints "Cannot
+        // schedule tasks on an EventLoop that has already shut down" for that today, and will crash.
+        listener.withLock { $0.channel = nil }
+        try? await acceptor.shutdownGracefully()
         // The listener is closed (normally by shutdownGracefully, which drained already): the open
         // connections finish their requests and close; wait for them.
         connections.drain()
