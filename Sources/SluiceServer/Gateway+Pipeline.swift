@@ -95,8 +95,9 @@ extension Gateway {
             promptTokens: promptTokens, reservedOutputTokens: reservedOutputTokens
         )
         admission.team = key.team
-        // Volume tiers and plans price a token by where it falls in the key's month: the limiter
-        // counts the key's tokens of the month and tells the request where its own start.
+        // Volume tiers and plans price a token by where it falls in the key's month (its team's,
+        // for a key in a team): the limiter counts that month's tokens and tells the request where
+        // its own start.
         if let price = settings.pricing.price(for: model)?.price {
             admission.tracksMonthTokens = price.dependsOnMonthPosition(plan: key.plan.flatMap { settings.pricing.plans[$0] })
         }

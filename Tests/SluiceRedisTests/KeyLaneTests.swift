@@ -105,6 +105,42 @@ final class KeyLaneTests: XCTestCase {
         XCTAssertEqual(after, "0", "released once")
     }
 
+    /// A lost call of a key in a team whose admission tracked the month's tokens: they were counted on
+    /// the team's hash (`pm pmu`; the key's hash counts none), and the resolution gives them back there.
+    func testALostTrackedAdmissionOfAKeyInATeamGivesTheTeamsMonthTokensBack() async throws {
+        let keyLimits = ResolvedLimits(requests: BucketLimit(perMinute: 10))
+        let team = TeamSubject(id: "month-lost-team", limits: ResolvedLimits())
+        var tracked = request("month-lost-a", keyLimits, prompt: 7, output: 5)
+        tracked.team = team
+        tracked.tracksMonthTokens = true
+        var admitting = LaneCall(sequence: 1, limits: keyLimits, admissions: [tracked], settlements: [], lost: nil)
+        admitting.teamLimits = team.limits
+        let ran = try await teamCall(admitting, key: "month-lost-a", team: team.id)
+        XCTAssertEqual(ran.admissions.map(\.admitted), [true])
+        XCTAssertEqual(ran.admissions.first?.monthTokensBefore, 0)
+        let counted = try await redis.send(["HGET", RedisKeyLayout.teamState(team.id), "pmu"]).string
+        XCTAssertEqual(counted, "12")
+        let keysOwn = try await redis.send(["HGET", RedisKeyLayout(keyID: "month-lost-a", team: team.id).state, "pmu"]).string
+        XCTAssertNil(keysOwn, "the key's hash counts no month of its own")
+
+        // Another key of the team, on another node, starts after it.
+        var other = request("month-lost-b", keyLimits, prompt: 1, output: 1)
+        other.team = team
+        other.tracksMonthTokens = true
+        var otherCall = LaneCall(sequence: 1, limits: keyLimits, admissions: [other], settlements: [], lost: nil)
+        otherCall.teamLimits = team.limits
+        let second = try await teamCall(otherCall, key: "month-lost-b", team: team.id, node: "node-other")
+        XCTAssertEqual(second.admissions.first?.monthTokensBefore, 12)
+
+        let lost = LostCall(sequence: 1, admissions: [(7, 5, 0, true)], settlements: [], firstResolution: nil)
+        var resolving = LaneCall(sequence: 2, limits: keyLimits, admissions: [], settlements: [], lost: lost)
+        resolving.teamLimits = team.limits
+        let resolution = try await teamCall(resolving, key: "month-lost-a", team: team.id)
+        XCTAssertEqual(resolution.lostResolution, 1, "it ran")
+        let released = try await redis.send(["HGET", RedisKeyLayout.teamState(team.id), "pmu"]).string
+        XCTAssertEqual(released, "2", "the lost admission's 12 tokens given back to the team, the other key's 2 kept")
+    }
+
     /// A call that ran but whose reply was lost: the next call releases what it admitted, once.
     func testALostCallThatRanIsReleasedOnce() async throws {
         let limits = ResolvedLimits(requests: BucketLimit(perMinute: 10), tokens: BucketLimit(perMinute: 10, burst: 100), maxConcurrentRequests: 1)

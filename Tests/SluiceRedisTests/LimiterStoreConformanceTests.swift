@@ -629,6 +629,79 @@ extension LimiterStoreConformance {
     }
 }
 
+// MARK: - the month's tokens of a team (volume tiers, plans)
+
+extension LimiterStoreConformance {
+    /// A key in a team is priced by the team's month: each key's request starts where the team's
+    /// tokens of the month (all its keys', reservations included) end; settle corrects the team's
+    /// count; a refused request takes no position; the key's own month (outside the team) counts
+    /// none of it.
+    func teamMonthTokensGivePositions() async throws {
+        let team = TeamSubject(id: "month-team-" + UUID().uuidString.prefix(8).lowercased(), limits: ResolvedLimits(requests: BucketLimit(perMinute: 4)))
+        let first = newKey(), second = newKey()
+        func tracked(_ key: String, _ prompt: Int, _ output: Int, team: TeamSubject? = nil) -> AdmissionRequest {
+            var admission = AdmissionRequest(requestID: UUID().uuidString, keyID: key, limits: ResolvedLimits(), model: model, promptTokens: prompt, reservedOutputTokens: output)
+            admission.team = team
+            admission.tracksMonthTokens = true
+            return admission
+        }
+        let (a, _) = try await admitted(tracked(first, 100, 50, team: team))
+        XCTAssertEqual(a.monthTokensBefore, 0)
+        let (b, _) = try await admitted(tracked(second, 10, 10, team: team))
+        XCTAssertEqual(b.monthTokensBefore, 150, "the second key starts after the first key's reservation: the team's month")
+        _ = try await settled(a, prompt: 100, completion: 20)
+        _ = try await settled(b, prompt: 10, completion: 10)
+        let (c, _) = try await admitted(tracked(second, 1, 1, team: team))
+        XCTAssertEqual(c.monthTokensBefore, 140, "120 + 20 settled, the first key's settlement corrected the team's count")
+        // The team's 4 requests a minute are used up by the next one: the fifth is refused and takes
+        // no position in the month.
+        let (d, _) = try await admitted(tracked(first, 5, 5, team: team))
+        XCTAssertEqual(d.monthTokensBefore, 142)
+        let (denial, _) = try await denied(tracked(second, 1_000, 1_000, team: team))
+        XCTAssertEqual(denial.team, team.id)
+        _ = try await settled(c, prompt: 1, completion: 1)
+        _ = try await settled(d, prompt: 5, completion: 0)
+        // The same key outside the team (as after leaving it) has a month of its own, empty.
+        let (alone, _) = try await admitted(tracked(second, 1, 1))
+        XCTAssertEqual(alone.monthTokensBefore, 0, "the team's tokens were never counted on the key's own month")
+        // Back in the team (its request limit lifted): 142 + 5 (d used 5 of its 10) = 147.
+        let unlimitedTeam = TeamSubject(id: team.id, limits: ResolvedLimits())
+        let (e, _) = try await admitted(tracked(first, 1, 1, team: unlimitedTeam))
+        XCTAssertEqual(e.monthTokensBefore, 147)
+    }
+}
+
+final class TeamMonthTokensConformanceTests: XCTestCase {
+    func testInMemory() async throws {
+        try await LimiterStoreConformance(store: InMemoryLimiterStore()).teamMonthTokensGivePositions()
+    }
+
+    func testRedis() async throws {
+        let server = try RedisServerProcess()
+        let client = try RedisClient(config: server.config, options: testClientOptions)
+        defer {
+            client.shutdown()
+            server.stop()
+        }
+        try await LimiterStoreConformance(store: try RedisLimiterStore(client: client)).teamMonthTokensGivePositions()
+        // Keys in a team are never leased: the same positions.
+        try await LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client))).teamMonthTokensGivePositions()
+        // Two nodes sharing the Redis: the team's month is one counter.
+        let nodeA = try RedisLimiterStore(client: client, nodeID: "node-a"), nodeB = try RedisLimiterStore(client: client, nodeID: "node-b")
+        let team = TeamSubject(id: "month-team-" + UUID().uuidString.prefix(8).lowercased(), limits: ResolvedLimits())
+        var onA = AdmissionRequest(requestID: UUID().uuidString, keyID: "month-a-" + UUID().uuidString.prefix(6).lowercased(), limits: ResolvedLimits(), model: "m", promptTokens: 30, reservedOutputTokens: 20)
+        onA.team = team
+        onA.tracksMonthTokens = true
+        guard case .admitted(let a, _) = try await nodeA.admit(onA) else { return XCTFail("denied") }
+        _ = try await nodeA.settle(a, actualPromptTokens: 30, actualCompletionTokens: 5)
+        var onB = onA
+        onB.requestID = UUID().uuidString
+        onB.keyID = "month-b-" + UUID().uuidString.prefix(6).lowercased()
+        guard case .admitted(let b, _) = try await nodeB.admit(onB) else { return XCTFail("denied") }
+        XCTAssertEqual(b.monthTokensBefore, 35, "node-b's key starts after node-a's key's settled 35 tokens")
+    }
+}
+
 /// Many concurrent requests of several keys of one team, spread over `stores` (nodes sharing one
 /// state), against a small team budget: what they cost never passes it (each request costs at most
 /// what it reserved, so no settle correction is owed), and the budget is used up to less than one

@@ -126,6 +126,58 @@ final class GatewayPipelineCostTests: XCTestCase {
         XCTAssertEqual(second.headers.first(name: "x-sluice-cost-usd"), USDAmount(nanos: cost(from: prompt + 2, tokens: prompt + 2)).description, "after the first request's settled tokens")
     }
 
+    /// A key in a team is priced by the team's month: the team's combined volume reaches the tier.
+    /// Two keys of team `crew`, $1/M until the team's 12th token, $0.5/M from it: the second key's
+    /// first request starts where the first key's tokens end, not at 0.
+    func testVolumeTierIsReachedByTheTeamsCombinedVolume() async throws {
+        let teamed = try PipelineHarness(
+            pricing: #"{"models": {"gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 1, "volume_tiers": [{"after_tokens": 12, "input_per_mtok": 0.5, "output_per_mtok": 0.5}]}}}"#,
+            teams: #"{"crew": {"requests_per_minute": 100}}"#,
+            extraKeys: [
+                #"{"id": "crew-a", "secret_sha256": "\#(sha256(Self.crewA))", "team": "crew", "limits": {"requests_per_minute": 1000}}"#,
+                #"{"id": "crew-b", "secret_sha256": "\#(sha256(Self.crewB))", "team": "crew", "limits": {"requests_per_minute": 1000}}"#,
+            ]
+        )
+        teamed.upstream.script(.ok(completionTokens: 2), .ok(completionTokens: 2))
+        func cost(from start: Int, tokens: Int) -> Int64 {
+            Int64((start..<(start + tokens)).map { $0 < 12 ? 1_000 : 500 }.reduce(0, +))
+        }
+        let first = try await teamed.send(body: chat(#","max_tokens":2"#), secret: Self.crewA)
+        let prompt = try XCTUnwrap(teamed.limiter.admissions.first?.promptTokens)
+        XCTAssertLessThan(prompt + 2, 12, "the first request stays below the tier")
+        XCTAssertEqual(first.headers.first(name: "x-sluice-cost-usd"), USDAmount(nanos: cost(from: 0, tokens: prompt + 2)).description)
+        let second = try await teamed.send(body: chat(#","max_tokens":2"#), secret: Self.crewB)
+        XCTAssertEqual(second.status, 200)
+        // crew-b has no tokens of its own this month; the team has prompt + 2.
+        XCTAssertEqual(second.headers.first(name: "x-sluice-cost-usd"), USDAmount(nanos: cost(from: prompt + 2, tokens: prompt + 2)).description, "after crew-a's tokens: the team's month")
+        XCTAssertNotEqual(cost(from: prompt + 2, tokens: prompt + 2), cost(from: 0, tokens: prompt + 2), "the two positions price differently")
+    }
+
+    /// A plan's included tokens are counted on the team's month too: once the team's keys together
+    /// used the 12 included tokens, a member's request pays the overage price.
+    func testPlanIncludedTokensAreTheTeamsMonth() async throws {
+        let teamed = try PipelineHarness(
+            pricing: #"{"models": {"gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 1}}, "plans": {"starter": {"monthly_fee": 10, "included_tokens": 12}}}"#,
+            teams: #"{"crew": {"requests_per_minute": 100}}"#,
+            extraKeys: [
+                #"{"id": "crew-a", "secret_sha256": "\#(sha256(Self.crewA))", "team": "crew", "plan": "starter", "limits": {"requests_per_minute": 1000}}"#,
+                #"{"id": "crew-b", "secret_sha256": "\#(sha256(Self.crewB))", "team": "crew", "plan": "starter", "limits": {"requests_per_minute": 1000}}"#,
+            ]
+        )
+        teamed.upstream.script(.ok(completionTokens: 2), .ok(completionTokens: 2))
+        let first = try await teamed.send(body: chat(#","max_tokens":2"#), secret: Self.crewA)
+        let prompt = try XCTUnwrap(teamed.limiter.admissions.first?.promptTokens)
+        XCTAssertEqual(first.headers.first(name: "x-sluice-cost-usd"), "0", "inside the included tokens")
+        let second = try await teamed.send(body: chat(#","max_tokens":2"#), secret: Self.crewB)
+        // Positions prompt + 2 ..< 2 × (prompt + 2): those from 12 on pay $1/M.
+        let overage = Int64(2 * (prompt + 2) - max(12, prompt + 2)) * 1_000
+        XCTAssertGreaterThan(overage, 0)
+        XCTAssertEqual(second.headers.first(name: "x-sluice-cost-usd"), USDAmount(nanos: overage).description, "crew-a's tokens used part of the team's included ones")
+    }
+
+    static let crewA = "sk-pipeline-crew-a-0123456789"
+    static let crewB = "sk-pipeline-crew-b-0123456789"
+
     func testNoPricingSectionNoCost() async throws {
         let plain = try PipelineHarness()
         plain.upstream.script(.ok(completionTokens: 3))

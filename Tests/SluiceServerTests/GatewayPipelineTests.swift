@@ -314,7 +314,10 @@ final class PipelineHarness: Sendable {
     ///   - routing: the config's `routing` object (JSON), if any.
     ///   - environment: where `api_key_env` names are read.
     ///   - pricing: the config's `pricing` section (JSON), if any.
-    init(tracer: (any Tracer)? = nil, upstreams: String = PipelineHarness.defaultUpstreams, routing: String? = nil, environment: [String: String] = [:], pricing: String? = nil) throws {
+    ///   - teams: the config's `teams` section (JSON), if any.
+    ///   - extraKeys: more entries of `keys` (JSON objects), e.g. keys in those teams.
+    init(tracer: (any Tracer)? = nil, upstreams: String = PipelineHarness.defaultUpstreams, routing: String? = nil, environment: [String: String] = [:], pricing: String? = nil,
+         teams: String? = nil, extraKeys: [String] = []) throws {
         let config = try SluiceConfig.parse(bytes: Array("""
         {
           "server": {"host": "127.0.0.1", "port": 8080},
@@ -327,8 +330,8 @@ final class PipelineHarness: Sendable {
              "limits": {"requests_per_minute": 1000, "tokens_per_minute": 1000000}},
             {"id": "small", "secret_sha256": "\(sha256(GatewayPipelineTests.smallSecret))", "tier": "small", "metrics": true},
             {"id": "narrow", "secret_sha256": "\(sha256(GatewayPipelineTests.narrowSecret))", "models": ["gpt-4o"], "limits": {"requests_per_minute": 100}},
-            {"id": "budget", "secret_sha256": "\(sha256(GatewayPipelineTests.budgetSecret))", "limits": {"usd_per_day": 0.00001}}
-          ]\(pricing.map { ", \"pricing\": " + $0 } ?? "")
+            {"id": "budget", "secret_sha256": "\(sha256(GatewayPipelineTests.budgetSecret))", "limits": {"usd_per_day": 0.00001}}\(extraKeys.map { ",\n" + $0 }.joined())
+          ]\(pricing.map { ", \"pricing\": " + $0 } ?? "")\(teams.map { ", \"teams\": " + $0 } ?? "")
         }
         """.utf8), environment: environment)
         let tokenizers = try Self.tokenizers.get()
@@ -558,6 +561,6 @@ final class RecordingLimiter: LimiterStore {
     }
 }
 
-private func sha256(_ text: String) -> String {
+func sha256(_ text: String) -> String {
     KeyTable.sha256Hex(of: text)
 }

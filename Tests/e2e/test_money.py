@@ -152,7 +152,7 @@ def test_spend_adds_up_in_usage_and_metrics(gateway, tmp_module):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     csv_lines = out.stdout.splitlines()
-    assert csv_lines[0] == "key,day,model,requests,prompt_tokens,completion_tokens,cost_usd,unknown_cost_requests"
+    assert csv_lines[0] == "key,day,model,requests,prompt_tokens,completion_tokens,cost_usd,unknown_cost_requests,plan"
     assert f"spender,{today},gpt-4o-mini,{len(lines)}," in out.stdout
     bad = subprocess.run([SLUICE_BIN, "usage", "--config", str(gateway.config_path), "--from", str(today), "--to", str(today - datetime.timedelta(days=1))],
                          capture_output=True, text=True, timeout=30)
@@ -416,3 +416,85 @@ def test_four_nodes_share_one_team_budget(tmp_path_factory):
     finally:
         tc.cluster_config = original
         cluster_run.close()
+
+
+CREW_SECRETS = ("sk-money-crew-a-0123456789", "sk-money-crew-b-0123456789")
+# $1 per million tokens (1,000 n$ a token) until the 40th token of the month, $0.5 (500 n$) from it on.
+TIERED_PRICING = {
+    "models": {"gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 1,
+                               "volume_tiers": [{"after_tokens": 40, "input_per_mtok": 0.5, "output_per_mtok": 0.5}]}},
+    "plans": {"starter": {"monthly_fee": 20, "included_tokens": 0}},
+}
+
+
+def tiered_cost(start: int, tokens: int) -> int:
+    return sum(1_000 if position < 40 else 500 for position in range(start, start + tokens))
+
+
+def test_a_teams_keys_reach_a_volume_tier_together_and_usage_lists_plan_fees(tmp_path_factory, mock, redis_port):
+    """Two keys of team `crew` on one node sharing Redis: the month whose volume earns the price break is
+    the team's, so crew-b's first request is priced after crew-a's tokens — at the tier-2 price. Then
+    `sluice usage --team crew` lists crew-a's plan fee ($20) for each calendar month of the range
+    (this one and the one before), and totals with and without it."""
+    import datetime
+    import json
+    keys = [{"id": "crew-a", "secret_sha256": sha256_hex(CREW_SECRETS[0]), "team": "crew", "plan": "starter",
+             "limits": {"requests_per_minute": 1000}},
+            {"id": "crew-b", "secret_sha256": sha256_hex(CREW_SECRETS[1]), "team": "crew", "limits": {"requests_per_minute": 1000}}]
+    config = gateway_config(free_port(), mock.port, keys=keys, tiers={})
+    config["pricing"] = TIERED_PRICING
+    config["teams"] = {"crew": {"requests_per_minute": 1000}}
+    config["redis"] = {"url": f"redis://127.0.0.1:{redis_port}"}
+    node = Gateway(tmp_path_factory.mktemp("money-crew"), config)
+    try:
+        spent = 0
+        costs = []
+        position = 0
+        for n, secret in enumerate(CREW_SECRETS):
+            raw = openai.OpenAI(base_url=node.base_url, api_key=secret, max_retries=0).chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=MESSAGES, max_tokens=40, extra_headers={"x-mock-completion-tokens": "30"})
+            raw.parse()
+            fields = access_line(node, raw.headers["x-request-id"])
+            tokens = int(fields["prompt_tokens"]) + int(fields["completion_tokens"])
+            if n == 0:
+                assert tokens >= 40, "crew-a's request alone reaches the tier"
+            expected = tiered_cost(position, tokens)
+            assert raw.headers["x-sluice-cost-usd"] == usd(expected), (n, position, tokens, dict(raw.headers))
+            costs.append(expected)
+            position += tokens
+            spent += expected
+        assert costs[1] == 500 * tokens, "every token of crew-b's request at the tier-2 price"
+        # crew-b's own month was empty: priced from 0 (the key's month) its tokens would have cost more.
+        assert costs[1] < tiered_cost(0, tokens)
+
+        today = datetime.datetime.now(datetime.timezone.utc).date()
+        last_month_day = today.replace(day=1) - datetime.timedelta(days=1)
+        months = [last_month_day.strftime("%Y-%m"), today.strftime("%Y-%m")]
+        report = usage_total(node.config_path, "--team", "crew", "--from", str(last_month_day), "--to", str(today),
+                             expected=Decimal(usd(spent)))
+        assert Decimal(str(report["total"]["cost_usd"])) == Decimal(usd(spent)), report
+        assert report["fees"] == [{"key": "crew-a", "month": month, "plan": "starter", "fee_usd": 20} for month in months], report
+        assert report["total"]["fees_usd"] == 40
+        assert Decimal(str(report["total"]["cost_with_fees_usd"])) == Decimal(usd(spent)) + 40, report
+        # One day of this month: one month's fee.
+        out = subprocess.run([SLUICE_BIN, "usage", "--config", str(node.config_path), "--key", "crew-a", "--format", "json"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)["fees"] == [{"key": "crew-a", "month": months[1], "plan": "starter", "fee_usd": 20}]
+        out = subprocess.run([SLUICE_BIN, "usage", "--config", str(node.config_path), "--key", "crew-b", "--format", "json"],
+                             capture_output=True, text=True, timeout=30)
+        assert json.loads(out.stdout)["fees"] == [] and json.loads(out.stdout)["total"]["fees_usd"] == 0, "crew-b has no plan"
+        out = subprocess.run([SLUICE_BIN, "usage", "--config", str(node.config_path), "--team", "crew", "--from", str(last_month_day),
+                              "--to", str(today), "--format", "csv"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == "key,day,model,requests,prompt_tokens,completion_tokens,cost_usd,unknown_cost_requests,plan"
+        assert lines[-2:] == [f"crew-a,{month},,0,0,0,20,0,starter" for month in months], lines
+        assert sum(Decimal(line.split(",")[6]) for line in lines[1:]) == Decimal(usd(spent)) + 40
+        out = subprocess.run([SLUICE_BIN, "usage", "--config", str(node.config_path), "--team", "crew", "--from", str(last_month_day),
+                              "--to", str(today)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert "request costs without plan fees" in out.stdout.splitlines()[0], out.stdout
+        assert f"total with plan fees: {usd(spent + 40 * 10**9)} USD" in out.stdout, out.stdout
+    finally:
+        node.stop()

@@ -83,6 +83,8 @@ public final class InMemoryLimiterStore: LimiterStore {
             )
             teamShare.reservedCostNanos = reservation.reservedCostNanos
             teamShare.settledCost = reservation.settledCost
+            // The month's tokens of a key in a team are counted on the team's entry only.
+            teamShare.monthTokensBefore = reservation.monthTokensBefore
             _ = shard(for: teamShare.keyID).state.withLock { state -> RateLimitSnapshot? in
                 guard state.entries[teamShare.keyID] != nil else { return nil }
                 return state.entries[teamShare.keyID]!.settle(
@@ -90,10 +92,12 @@ public final class InMemoryLimiterStore: LimiterStore {
                 )
             }
         }
+        var keyShare = reservation
+        if reservation.team != nil { keyShare.monthTokensBefore = nil }
         return shard(for: reservation.keyID).state.withLock { state in
             guard state.entries[reservation.keyID] != nil else { return nil }
             return state.entries[reservation.keyID]!.settle(
-                reservation, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now, calendar: calendar
+                keyShare, actualPromptTokens: actualPromptTokens, actualCompletionTokens: actualCompletionTokens, now: now, calendar: calendar
             )
         }
     }
@@ -103,25 +107,28 @@ public final class InMemoryLimiterStore: LimiterStore {
 
     /// A request of a key in a team: the key's entry and the team's, each decided on its own limits
     /// on a copy, and written back only if both admit — one atomic step (both shards locked, in
-    /// index order).
+    /// index order). The month's tokens (volume tiers, plans) are the team's: counted on the team's
+    /// entry, whose position prices the request; the key's entry does not count them.
     private func admitWithTeam(_ request: AdmissionRequest, team: TeamSubject, now: Int64, calendar: BudgetCalendar) -> AdmissionDecision {
+        var keyRequest = request
+        keyRequest.tracksMonthTokens = false
         var teamRequest = request
         teamRequest.keyID = Self.teamEntryID(team.id)
         teamRequest.limits = team.limits
         teamRequest.team = nil
-        teamRequest.tracksMonthTokens = false
         let keyIndex = shardIndex(for: request.keyID), teamIndex = shardIndex(for: teamRequest.keyID)
         func decide(_ keyState: inout ShardState, _ teamState: inout ShardState) -> AdmissionDecision {
             var keyEntry = keyState.entries[request.keyID] ?? KeyEntry()
             var teamEntry = teamState.entries[teamRequest.keyID] ?? KeyEntry()
-            let keyDecision = keyEntry.admit(request, now: now, calendar: calendar)
+            let keyDecision = keyEntry.admit(keyRequest, now: now, calendar: calendar)
             let teamDecision = Self.markingTeam(teamEntry.admit(teamRequest, now: now, calendar: calendar), team.id)
             let teamBefore = teamState.entries[teamRequest.keyID] ?? KeyEntry()
             switch (keyDecision, teamDecision) {
-            case (.admitted(var reservation, let snapshot), .admitted):
+            case (.admitted(var reservation, let snapshot), .admitted(let teamReservation, _)):
                 keyState.entries[request.keyID] = keyEntry
                 teamState.entries[teamRequest.keyID] = teamEntry
                 reservation.team = team
+                reservation.monthTokensBefore = teamReservation.monthTokensBefore
                 return .admitted(reservation, teamEntry.addingBudgets(of: team, to: snapshot, calendar: calendar))
             case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
                 return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
@@ -133,7 +140,7 @@ public final class InMemoryLimiterStore: LimiterStore {
         }
         if keyIndex == teamIndex {
             return shards[keyIndex].state.withLock { state in
-                let decision = decideInOneShard(&state, request: request, teamRequest: teamRequest, team: team, now: now, calendar: calendar)
+                let decision = decideInOneShard(&state, request: keyRequest, teamRequest: teamRequest, team: team, now: now, calendar: calendar)
                 state.sweepIfDue(now: now, calendar: calendar)
                 return decision
             }
@@ -161,10 +168,11 @@ public final class InMemoryLimiterStore: LimiterStore {
         let teamDecision = Self.markingTeam(teamEntry.admit(teamRequest, now: now, calendar: calendar), team.id)
         let teamBefore = state.entries[teamRequest.keyID] ?? KeyEntry()
         switch (keyDecision, teamDecision) {
-        case (.admitted(var reservation, let snapshot), .admitted):
+        case (.admitted(var reservation, let snapshot), .admitted(let teamReservation, _)):
             state.entries[request.keyID] = keyEntry
             state.entries[teamRequest.keyID] = teamEntry
             reservation.team = team
+            reservation.monthTokensBefore = teamReservation.monthTokensBefore
             return .admitted(reservation, teamEntry.addingBudgets(of: team, to: snapshot, calendar: calendar))
         case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
             return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))

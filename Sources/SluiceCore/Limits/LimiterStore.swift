@@ -29,7 +29,8 @@ public struct AdmissionRequest: Sendable {
     public var team: TeamSubject?
     /// Whether the request's price depends on the key's position in its month's tokens (volume
     /// tiers, a plan): the store then counts the key's tokens of the month and tells the request
-    /// where it starts (`Reservation.monthTokensBefore`).
+    /// where it starts (`Reservation.monthTokensBefore`). For a key in a team (`team` set) the
+    /// month counted is the team's: the tokens of all its keys, in the same atomic step.
     public var tracksMonthTokens = false
 
     /// Whether the key or its team has a budget: the request's maximum cost must be reserved.
@@ -76,9 +77,10 @@ public struct Reservation: Sendable {
     public var reservedCostNanos: Int64 = 0
     /// The team charged with the key (`nil`: none).
     public var team: TeamSubject?
-    /// For a request that tracks the month's tokens: the key's tokens of the calendar month (UTC)
-    /// before it — settled ones, and the reservations of those admitted before it — where its own
-    /// tokens start for volume tiers and plans. `nil`: not tracked.
+    /// For a request that tracks the month's tokens: the key's (for a key in a team, the team's)
+    /// tokens of the calendar month (UTC) before it — settled ones, and the reservations of those
+    /// admitted before it — where its own tokens start for volume tiers and plans. `nil`: not
+    /// tracked. Settle corrects the same counter.
     public var monthTokensBefore: Int?
 
     /// What the budgets are charged at settle: the known cost, else (unknown, or not set) the

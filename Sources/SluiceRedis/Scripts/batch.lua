@@ -25,7 +25,8 @@
 --             admits nothing and only keeps the capacity from the other nodes)
 --       43 parked slots the lost call gave back   44 their epoch
 --       45 USD per day   46 USD per month: the budgets, nano-dollars (0: none)
---       47 1 when some request of the call tracks the key's tokens of the month (fields pm pmu)
+--       47 1 when some request of the call tracks the key's tokens of the month (fields pm pmu;
+--          with KEYS[2], the team's tokens of the month: pm pmu of the team's hash, not the key's)
 --       48..61 (only with KEYS[2]) the team's limits, as 4..14 and 45..46 are the key's: rate,
 --             burst of its requests, tokens, input, output buckets (48..55), max concurrent (56),
 --             tokens per day (57), per month (58), USD per day (59), per month (60); 61 the key id
@@ -54,7 +55,7 @@
 --          then 15 per admission: admitted 1|0, denial kind, limit, burst, used, requested,
 --          retry after µs, never fits 1|0, requests remaining, reset µs, tokens remaining, reset µs,
 --          where its charge starts in the tokens, input and output buckets' timelines (µs; 0: none),
---          the key's tokens of the month before it (-1: not tracked),
+--          the key's (with KEYS[2]: the team's) tokens of the month before it (-1: not tracked),
 --          then the budgets' spend after the call: today, this month (nano-dollars; 0 without budgets),
 --          then (with KEYS[2] only) the team's budgets' spend after the call: today, this month}
 --   denial kinds: 1 requests 2 tokens 3 input tokens 4 output tokens 5 concurrency
@@ -193,6 +194,8 @@ local today, thisMonth, nextDay, nextMonthDay = -2, -2, -2, -2
 local dayUsed, monthUsed = 0, 0
 local dayCost, monthCost = 0, 0
 -- The key's tokens of the month, for requests priced by their position in it (volume tiers, plans).
+-- A key in a team counts the team's month instead (its keys' volume earns the price breaks): the
+-- counter is then read from and written to the team's hash, and the key's hash has none.
 local tracking = tonumber(ARGV[47]) == 1
 local monthTokens = 0
 local monthTokensChanged = false
@@ -202,7 +205,9 @@ if hasQuota or hasBudget or tracking or teamCalendar then
   dayUsed, monthUsed = stateQuota(fields, today, thisMonth)
   if stateInteger(fields, 'bd') == today then dayCost = stateInteger(fields, 'bdu') or 0 end
   if stateInteger(fields, 'bm') == thisMonth then monthCost = stateInteger(fields, 'bmu') or 0 end
-  if stateInteger(fields, 'pm') == thisMonth then monthTokens = stateInteger(fields, 'pmu') or 0 end
+  local monthFields = fields
+  if team ~= nil then monthFields = team.fields end
+  if stateInteger(monthFields, 'pm') == thisMonth then monthTokens = stateInteger(monthFields, 'pmu') or 0 end
   if teamCalendar then
     team.dayUsed, team.monthUsed = stateQuota(team.fields, today, thisMonth)
     if stateInteger(team.fields, 'bd') == today then team.dayCost = stateInteger(team.fields, 'bdu') or 0 end
@@ -586,13 +591,14 @@ if budgetChanged then
     put('bmu', int(monthCost))
   end
 end
-if monthTokensChanged then
+local keyMonthTokensChanged = monthTokensChanged and team == nil
+if keyMonthTokensChanged then
   put('pm', int(thisMonth))
   put('pmu', int(monthTokens))
 end
-if hasQuota or hasBudget or monthTokensChanged then
+if hasQuota or hasBudget or keyMonthTokensChanged then
   local endDay = nextDay
-  if perMonth > 0 or usdPerMonth > 0 or monthTokensChanged then endDay = nextMonthDay end
+  if perMonth > 0 or usdPerMonth > 0 or keyMonthTokensChanged then endDay = nextMonthDay end
   expiresAt = math.max(expiresAt, (endDay + 1) * DAY_SECONDS * 1000)
 end
 local admittedText = table.concat(admittedFlags)
@@ -634,9 +640,13 @@ if team ~= nil then
     if team.usdPerDay > 0 then teamPut('bd', int(today)) teamPut('bdu', int(team.dayCost)) end
     if team.usdPerMonth > 0 then teamPut('bm', int(thisMonth)) teamPut('bmu', int(team.monthCost)) end
   end
-  if team.hasQuota or team.hasBudget then
+  if monthTokensChanged then
+    teamPut('pm', int(thisMonth))
+    teamPut('pmu', int(monthTokens))
+  end
+  if team.hasQuota or team.hasBudget or monthTokensChanged then
     local endDay = nextDay
-    if team.perMonth > 0 or team.usdPerMonth > 0 then endDay = nextMonthDay end
+    if team.perMonth > 0 or team.usdPerMonth > 0 or monthTokensChanged then endDay = nextMonthDay end
     teamExpiresAt = math.max(teamExpiresAt, (endDay + 1) * DAY_SECONDS * 1000)
   end
   -- The mirror of the node's slots for this key: written while the team limits concurrency (or
