@@ -12,7 +12,7 @@ extension Gateway {
         case .success(let found): key = found
         case .failure(let error): return await writeError(writer, error, requestID: requestID)
         }
-        let snapshot = (try? await limiter.snapshot(keyID: key.id, team: key.team?.id, limits: key.limits)) ?? .empty
+        let snapshot = await snapshotWithBudgets(key) ?? .empty
         let used = (try? await limiter.periodUsage(.key(key.id, team: key.team?.id))) ?? PeriodUsage()
         var body = #"{"object":"sluice.key","id":"# + Self.jsonString(key.id)
         body += #","limits":"# + Self.limitsJSON(key.limits)
@@ -35,6 +35,27 @@ extension Gateway {
         return await write(writer, requestID: requestID, keyID: key.id) {
             try await writer.writeResponse(status: .ok, headers: headers, body: buffer)
         }
+    }
+
+    /// The key's state for an answer that skips admission (`GET /v1/models`, `GET /v1/sluice/key`),
+    /// with the budget headers of the key and of its team, as a proxied answer has them. A store's
+    /// snapshot may lack them (the Redis one reads only the buckets): they are then made from what the
+    /// key and its team spent in the current UTC day and month (one read each). `nil`: the limiter
+    /// could not say.
+    func snapshotWithBudgets(_ key: APIKey) async -> RateLimitSnapshot? {
+        guard var snapshot = try? await limiter.snapshot(keyID: key.id, team: key.team?.id, limits: key.limits) else { return nil }
+        let calendar = BudgetCalendar(seconds: InMemoryLimiterStore.wallClockSeconds())
+        if key.limits.hasBudget, snapshot.limitUSDDay == nil, snapshot.limitUSDMonth == nil,
+           let used = try? await limiter.periodUsage(.key(key.id, team: key.team?.id)) {
+            snapshot = snapshot.addingBudgets(key.limits, spentToday: used.spentToday?.nanos ?? 0,
+                                              spentThisMonth: used.spentThisMonth?.nanos ?? 0, calendar: calendar)
+        }
+        if let team = key.team, team.limits.hasBudget, snapshot.teamBudget == nil,
+           let used = try? await limiter.periodUsage(.team(team.id)) {
+            snapshot = snapshot.addingTeamBudgets(team.limits, spentToday: used.spentToday?.nanos ?? 0,
+                                                  spentThisMonth: used.spentThisMonth?.nanos ?? 0, calendar: calendar)
+        }
+        return snapshot
     }
 
     private static func jsonString(_ text: String) -> String {

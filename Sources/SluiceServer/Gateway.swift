@@ -203,7 +203,7 @@ public final class Gateway: RequestHandling {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: "application/json")
         headers.add(name: "x-request-id", value: requestID)
-        if let snapshot = try? await limiter.snapshot(keyID: key.id, team: key.team?.id, limits: key.limits) {
+        if let snapshot = await snapshotWithBudgets(key) {
             for (name, value) in RateLimitHeaders.render(snapshot) { headers.add(name: name, value: value) }
         }
         let body: String

@@ -248,6 +248,9 @@ def test_two_nodes_on_redis_share_one_budget(tmp_path_factory, mock, redis_port)
             state = key_state(node, BUDGET_SECRET)
             assert Decimal(str(state["used"]["usd_today"])) == Decimal(usd(spent)), state
             assert state["used"]["usd_this_month"] is None, "no monthly budget: nothing counts the month"
+            models = httpx.get(node.base_url + "/models", headers={"Authorization": f"Bearer {BUDGET_SECRET}"}, timeout=5)
+            assert models.headers["x-ratelimit-limit-usd-day"] == "0.0005", dict(models.headers)
+            assert Decimal(models.headers["x-ratelimit-remaining-usd-day"]) == Decimal(usd(500_000 - spent)), dict(models.headers)
     finally:
         for node in nodes:
             node.stop()
@@ -358,6 +361,14 @@ def test_a_teams_keys_on_two_nodes_sharing_redis_share_its_budget(tmp_path_facto
                 assert Decimal(str(state["team"]["used"]["usd_today"])) == Decimal(usd(spent)), state
                 assert Decimal(str(state["team"]["remaining"]["usd_today"])) == Decimal(usd(500_000 - spent)), state
                 assert state["used"]["usd_today"] is None, "the keys have no budget of their own"
+                # Answers that skip admission carry the team's budget headers too (before, with the Redis
+                # limiter, GET /v1/models and GET /v1/sluice/key had none: its snapshot reads only buckets).
+                for path in ("/models", "/sluice/key"):
+                    answer = httpx.get(node.base_url + path, headers={"Authorization": f"Bearer {secret}"}, timeout=5)
+                    assert answer.status_code == 200, answer.text
+                    assert answer.headers["x-ratelimit-limit-team-usd-day"] == "0.0005", dict(answer.headers)
+                    assert Decimal(answer.headers["x-ratelimit-remaining-team-usd-day"]) == Decimal(usd(500_000 - spent)), dict(answer.headers)
+                    assert "x-ratelimit-limit-usd-day" not in answer.headers, "the key has no budget of its own"
         # A request that reserves more than the team's whole budget ($0.0006 of output): refused by the
         # team's budget, and the message says so.
         with pytest.raises(openai.RateLimitError) as refused:
