@@ -175,4 +175,29 @@ extension ConfigTests {
         let priced = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["*"]}], "tiers": {"t": {"usd_per_month": 5}}, "keys": [], "pricing": {"models": {"*": {"input_per_mtok": 1, "output_per_mtok": 1}}}}"#
         XCTAssertEqual(try SluiceConfig.parse(bytes: Array(priced.utf8), environment: [:]).quotaAndBurstFindings(), [])
     }
+
+    /// A team's keys share one month of tokens: different plans among them, or a monthly fee named by
+    /// several of them, are warnings; one key with the plan (the others none) is the intended shape.
+    func testTeamKeysWithDifferentOrRepeatedPlansAreWarnings() throws {
+        func config(_ plans: [String?]) throws -> SluiceConfig {
+            let hash = String(repeating: "a", count: 64)
+            let keys = plans.enumerated().map { index, plan in
+                #"{"id": "k\#(index)", "secret_sha256": "\#(hash.dropLast(1))\#(index)", "tier": "t", "team": "squad""#
+                    + (plan.map { #", "plan": "\#($0)""# } ?? "") + "}"
+            }
+            let json = #"{"upstreams": [{"name": "u", "base_url": "http://h/v1", "models": ["gpt-4o-mini"]}], "tiers": {"t": {}}, "teams": {"squad": {}}, "keys": ["#
+                + keys.joined(separator: ",") + #"], "pricing": {"models": {"gpt-4o-mini": {"input_per_mtok": 1, "output_per_mtok": 1}}, "plans": {"#
+                + #""gold": {"monthly_fee": 20, "included_tokens": 1000}, "free": {"monthly_fee": 0, "included_tokens": 10}}}}"#
+            return try SluiceConfig.parse(bytes: Array(json.utf8), environment: [:])
+        }
+        XCTAssertEqual(try config(["gold", "free"]).teamPlanFindings().map(\.description), [
+            #"warning: $.keys[0].plan: the keys of team "squad" name different plans ("free", "gold"): they share one month of tokens, and each is priced under its own plan at the team's position"#,
+        ])
+        XCTAssertEqual(try config(["gold", nil, "gold"]).teamPlanFindings().map(\.description), [
+            #"warning: $.keys[2].plan: 2 keys of team "squad" name plan "gold": the team shares one allowance of included tokens, but sluice usage lists the monthly fee once per key; name the plan on one key"#,
+        ])
+        XCTAssertEqual(try config(["gold", nil, nil]).teamPlanFindings(), [], "one key pays the team's fee")
+        XCTAssertEqual(try config(["free", "free"]).teamPlanFindings(), [], "no fee: nothing is listed twice")
+        XCTAssertEqual(try config([nil, nil]).teamPlanFindings(), [])
+    }
 }

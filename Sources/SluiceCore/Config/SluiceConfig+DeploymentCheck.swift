@@ -32,7 +32,7 @@ extension SluiceConfig {
     /// Every finding, in the order of the sections: tokenizer, upstreams, tiers, keys, redis, telemetry.
     /// `environment` tells whether `SLUICE_TOKENIZER_DIR` chose the tokenizer directory.
     public func deploymentFindings(environment: [String: String] = ProcessInfo.processInfo.environment) -> [ConfigFinding] {
-        tokenizerFindings(environment: environment) + unreachableUpstreamEntries() + unpricedModels() + quotaAndBurstFindings() + redisTLSFindings() + telemetryFindings()
+        tokenizerFindings(environment: environment) + unreachableUpstreamEntries() + unpricedModels() + teamPlanFindings() + quotaAndBurstFindings() + redisTLSFindings() + telemetryFindings()
     }
 
     // MARK: tokenizer
@@ -118,6 +118,31 @@ extension SluiceConfig {
                         findings.append(ConfigFinding(.warning, path, "models matching \"\(matcher)\" have no price unless pricing.models lists them (or a prefix entry covering \"\(matcher)\"): the cost of the others is reported as unknown"))
                     }
                 }
+            }
+        }
+        return findings
+    }
+
+    /// A team's keys count one month of tokens together (volume tiers, a plan's included tokens): a
+    /// warning when they name different plans (each key is priced under its own plan at the team's
+    /// position, which is seldom what was meant) or when several name a plan with a monthly fee (the
+    /// usage report lists a fee per key for the one allowance the team shares).
+    func teamPlanFindings() -> [ConfigFinding] {
+        var keysByTeam: [String: [(index: Int, plan: String?)]] = [:]
+        for (index, key) in keys.enumerated() {
+            guard let team = key.team else { continue }
+            keysByTeam[team, default: []].append((index, key.plan))
+        }
+        var findings: [ConfigFinding] = []
+        for team in keysByTeam.keys.sorted() {
+            let members = keysByTeam[team]!
+            let planned = members.filter { $0.plan != nil }
+            let plans = Set(planned.compactMap(\.plan))
+            if plans.count > 1 {
+                let names = plans.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
+                findings.append(ConfigFinding(.warning, "$.keys[\(planned[0].index)].plan", "the keys of team \"\(team)\" name different plans (\(names)): they share one month of tokens, and each is priced under its own plan at the team's position"))
+            } else if let plan = plans.first, planned.count > 1, (pricing.plans[plan]?.monthlyFee.nanos ?? 0) > 0 {
+                findings.append(ConfigFinding(.warning, "$.keys[\(planned[1].index)].plan", "\(planned.count) keys of team \"\(team)\" name plan \"\(plan)\": the team shares one allowance of included tokens, but sluice usage lists the monthly fee once per key; name the plan on one key"))
             }
         }
         return findings
