@@ -21,7 +21,9 @@ struct CheckConfigCommand: ParsableCommand {
             Redis TLS without certificate verification (redis.tls.verify false), telemetry settings \
             without telemetry.otlp_endpoint (traces off), with a pricing section an upstream model \
             entry some of whose models have no price (their cost is unknown), a budget while no \
-            model has a price (every request of its keys would be refused).
+            model has a price (every request of its keys would be refused), keys of one team naming \
+            different plans, or several of them a plan with a monthly fee (the team shares one month \
+            of tokens).
             Exit status: 0 ok, 1 errors (warnings may be printed too), 2 warnings only.
             """
     )
