@@ -123,6 +123,10 @@ class Gateway(Process):
         admin_port = config["server"].get("admin_port", 9464)
         env = dict(os.environ)
         env.setdefault("SLUICE_TOKENIZER_DIR", TOKENIZER_DIR)
+        # A task scheduled on an event loop that has shut down crashes the node instead of being dropped
+        # with a printed warning (as in scripts/test's swift test): the e2e suite's starts, reloads and
+        # stops catch it.
+        env.setdefault("SWIFTNIO_STRICT", "1")
         env.update(env_extra or {})
         super().__init__([SLUICE_BIN, "serve", "--config", str(self.config_path)], port, tmp / "sluice.stderr", env=env)
         self.base_url = f"http://127.0.0.1:{port}/v1"
