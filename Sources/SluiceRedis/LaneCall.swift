@@ -78,15 +78,15 @@ struct LaneCall {
         arguments.append(nodeID)
         arguments.append(Int(sequence))
         arguments.append(Int(deadline))
-        for kind in RateLimitKind.buckets {
-            if let limit = limits.bucket(kind) {
-                arguments.append(limit.perMinute)
-                arguments.append(limit.burst)
-            } else {
-                arguments.append(0)
-                arguments.append(0)
+        // Rate and burst of each bucket (0, 0: none), for the key's limits and, with a team, the team's.
+        func appendBuckets(of limits: ResolvedLimits) {
+            for kind in RateLimitKind.buckets {
+                let limit = limits.bucket(kind)
+                arguments.append(limit?.perMinute ?? 0)
+                arguments.append(limit?.burst ?? 0)
             }
         }
+        appendBuckets(of: limits)
         arguments.append(limits.maxConcurrentRequests ?? 0)
         arguments.append(limits.tokensPerDay ?? 0)
         arguments.append(limits.tokensPerMonth ?? 0)
@@ -117,15 +117,7 @@ struct LaneCall {
         arguments.append(tracking ? 1 : 0)
         if teamKey != nil {
             let team = teamLimits ?? ResolvedLimits()
-            for kind in RateLimitKind.buckets {
-                if let limit = team.bucket(kind) {
-                    arguments.append(limit.perMinute)
-                    arguments.append(limit.burst)
-                } else {
-                    arguments.append(0)
-                    arguments.append(0)
-                }
-            }
+            appendBuckets(of: team)
             arguments.append(team.maxConcurrentRequests ?? 0)
             arguments.append(team.tokensPerDay ?? 0)
             arguments.append(team.tokensPerMonth ?? 0)
