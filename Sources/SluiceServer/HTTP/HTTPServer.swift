@@ -149,16 +149,24 @@ public final class HTTPServer: Sendable {
         logger.info("listening", metadata: ["address": "\(serverChannel.localAddress.map { "\($0)" } ?? "?")"])
         // A cancelled task (the node's service group cancels every service when one fails) stops
         // serving as a graceful shutdown would: waiting on the close future alone ignores cancellation.
-        try await withTaskCancellationHandler {
-            try await serverChannel.closeFuture.get()
-        } onCancel: {
-            self.shutdownGracefully()
-        }
         // The acceptor's loop goes away with the listener: a later shutdownGracefully() (a second
         // stop, a cancellation) must not ask that loop to close the channel again. NIO prints "Cannot
         // schedule tasks on an EventLoop that has already shut down" for that today, and will crash.
-        listener.withLock { $0.channel = nil }
-        try? await acceptor.shutdownGracefully()
+        func releaseAcceptor() async {
+            listener.withLock { $0.channel = nil }
+            try? await acceptor.shutdownGracefully()
+        }
+        do {
+            try await withTaskCancellationHandler {
+                try await serverChannel.closeFuture.get()
+            } onCancel: {
+                self.shutdownGracefully()
+            }
+        } catch {
+            await releaseAcceptor()
+            throw error
+        }
+        await releaseAcceptor()
         // The listener is closed (normally by shutdownGracefully, which drained already): the open
         // connections finish their requests and close; wait for them.
         connections.drain()
