@@ -139,7 +139,10 @@ final class RedisClusterRouter: Sendable {
             var config = template
             config.host = host
             config.port = port
-            let pool = RedisServerPool(config: config, tls: tls, options: options, group: group, logger: logger, name: "sluice-redis-\(address)")
+            // After shutdown (a topology refresh still finishing) the pool is never started: the
+            // client's loops may be gone, and starting would hand them work. Its calls fail at once.
+            let pool = RedisServerPool(config: config, tls: tls, options: options, group: group, logger: logger,
+                                       name: "sluice-redis-\(address)", start: !state.shutDown)
             if state.shutDown { pool.shutdown() } else { state.pools[address] = pool }
             return pool
         }

@@ -61,6 +61,8 @@ final class RedisConnection: @unchecked Sendable {
         /// `shutdown()` was called: its event loop may be gone soon (the client shuts its own loops
         /// down right after), and a command handed to a loop that is gone would never be answered.
         var shutDown = false
+        /// `start()` was called: only then has the loop anything of this connection to close.
+        var started = false
     }
 
     let eventLoop: any EventLoop
@@ -102,6 +104,12 @@ final class RedisConnection: @unchecked Sendable {
 
     /// Connects (at once, on the connection's event loop).
     func start() {
+        let startsNow = mirror.withLock { mirror -> Bool in
+            guard !mirror.shutDown, !mirror.started else { return false }
+            mirror.started = true
+            return true
+        }
+        guard startsNow else { return }
         onLoop {
             guard case .notStarted = self.phase else { return }
             self.connect()
@@ -146,11 +154,12 @@ final class RedisConnection: @unchecked Sendable {
     /// commands fail with `.shutDown` too.
     func shutdown() {
         // Once: a second call may come after the loop is gone.
-        let already = mirror.withLock { mirror -> Bool in
+        // A connection never started has nothing on its loop (which may be gone already).
+        let needsLoop = mirror.withLock { mirror -> Bool in
             defer { mirror.shutDown = true }
-            return mirror.shutDown
+            return !mirror.shutDown && mirror.started
         }
-        guard !already else { return }
+        guard needsLoop else { return }
         onLoop {
             if case .shutDown = self.phase { return }
             if case .securing(_, let timeout) = self.phase { timeout.cancel() }

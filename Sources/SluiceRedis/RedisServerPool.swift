@@ -19,7 +19,9 @@ final class RedisServerPool: Sendable {
     private let nextConnection = Atomic<Int>(0)
 
     /// - Parameter tls: the client's TLS context (`rediss://`), for this server's name.
-    init(config: RedisConfig, tls: RedisTLS?, options: RedisClientOptions, group: any EventLoopGroup, logger: Logger, name: String) {
+    /// - Parameter start: connect at once; false for a pool made only to be shut down (its client is
+    ///   shutting down, and its loops may be gone).
+    init(config: RedisConfig, tls: RedisTLS?, options: RedisClientOptions, group: any EventLoopGroup, logger: Logger, name: String, start: Bool = true) {
         self.config = config
         address = Self.address(host: config.host, port: config.port)
         let tls = tls?.forServer(config)
@@ -29,7 +31,7 @@ final class RedisServerPool: Sendable {
         }
         self.connections = connections
         connectionOfLoop = Dictionary(connections.map { (ObjectIdentifier($0.eventLoop), $0) }, uniquingKeysWith: { first, _ in first })
-        for connection in connections { connection.start() }
+        if start { for connection in connections { connection.start() } }
     }
 
     /// `host:port` (IPv6 hosts in brackets), the form `CLUSTER SLOTS` and `MOVED` name servers by.
