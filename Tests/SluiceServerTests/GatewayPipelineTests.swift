@@ -288,8 +288,13 @@ extension GatewayPipelineTests {
         XCTAssertEqual(missing.status, 404)
         XCTAssertTrue(missing.body.contains("`no-such-model`"), missing.body)
         for path in ["/v1/models", "/v1/models/gpt-4o-mini"] {
+            let get = try await harness.send(.GET, path: path)
             let head = try await harness.send(.HEAD, path: path)
             XCTAssertEqual(head.status, 200, path)
+            // The head only (a body would be read as the start of the next response), with the
+            // length the body would have had.
+            XCTAssertTrue(head.ended && head.body.isEmpty, head.body)
+            XCTAssertEqual(head.headers.first(name: "content-length"), String(get.body.utf8.count), path)
         }
         let headWithoutKey = try await harness.send(.HEAD, path: "/v1/models/gpt-4o-mini", secret: nil)
         XCTAssertEqual(headWithoutKey.status, 401)
@@ -368,51 +373,66 @@ final class PipelineHarness: Sendable {
         if let secret { head.headers.add(name: "authorization", value: "Bearer \(secret)") }
         for (name, value) in headers { head.headers.add(name: name, value: value) }
         let request = HTTPRequest(head: head, body: ByteBuffer(bytes: bytes))
-        let writer = ResponseWriter(channel: channel, keepAlive: true)
+        let writer = ResponseWriter(channel: channel, keepAlive: true, bodyless: method == .HEAD)
         let gateway = self.gateway
         let asked = upstream.requestCount
         let task = Task { await gateway.handle(request, writer: writer) }
 
-        var captured = CapturedResponse()
+        var captured = CapturedResponse(requestMethod: method)
         if leaveWhenUpstreamAsked {
             while upstream.requestCount == asked { try await Task.sleep(for: .milliseconds(5)) }
             task.cancel()
             writer.channelClosed()
         } else if leaveAfterFirstChunk {
-            while true {
-                let part = try await channel.waitForOutboundWrite(as: HTTPServerResponsePart.self)
-                captured.take(part)
-                if case .body = part { break }
+            while captured.body.isEmpty {
+                try captured.take(try await channel.waitForOutboundWrite(as: ByteBuffer.self))
             }
             task.cancel()
             writer.channelClosed()
         }
         await task.value
-        while let part = try await channel.readOutbound(as: HTTPServerResponsePart.self) { captured.take(part) }
+        while let bytes = try await channel.readOutbound(as: ByteBuffer.self) { try captured.take(bytes) }
         captured.closed = !channel.isActive
         return captured
     }
 }
 
-/// What a client would have received.
+/// What a client would have received: the bytes a `ResponseWriter` wrote, read by NIO's HTTP/1
+/// response decoder (so the tests also check the wire format against a parser Sluice did not write).
 struct CapturedResponse {
     var status = 0
     var headers = HTTPHeaders()
     var body = ""
     var ended = false
     var closed = false
+    private let requestMethod: HTTPMethod
+    private var received = ByteBuffer()
 
-    mutating func take(_ part: HTTPServerResponsePart) {
-        switch part {
-        case .head(let head):
-            status = Int(head.status.code)
-            headers = head.headers
-        case .body(.byteBuffer(let buffer)):
-            body += String(buffer: buffer)
-        case .body(.fileRegion):
-            XCTFail("no file regions expected")
-        case .end:
-            ended = true
+    init(requestMethod: HTTPMethod = .POST) {
+        self.requestMethod = requestMethod
+    }
+
+    /// Takes the next bytes written; fails on bytes that are not a well-formed HTTP/1.1 response.
+    ///
+    /// Everything received so far is decoded again each time, on a decoder made here: an
+    /// `EmbeddedChannel` must stay on one thread, and an async test moves between threads.
+    mutating func take(_ bytes: ByteBuffer) throws {
+        received.writeImmutableBuffer(bytes)
+        let decoder = EmbeddedChannel(handler: ByteToMessageHandler(HTTPResponseDecoder()))
+        // The decoder pairs each response with a request it saw leave (a response to HEAD has no body).
+        try decoder.writeOutbound(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: requestMethod, uri: "/")))
+        try decoder.writeInbound(received)
+        (status, headers, body, ended) = (0, HTTPHeaders(), "", false)
+        while let part = try decoder.readInbound(as: HTTPClientResponsePart.self) {
+            switch part {
+            case .head(let head):
+                status = Int(head.status.code)
+                headers = head.headers
+            case .body(let buffer):
+                body += String(buffer: buffer)
+            case .end:
+                ended = true
+            }
         }
     }
 }

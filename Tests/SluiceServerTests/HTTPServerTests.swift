@@ -256,6 +256,33 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertFalse(response.contains("400"), response)
     }
 
+    /// A client that sends half a body and stalls is told why (408 in OpenAI's envelope, body
+    /// timeout 500 ms here) and the connection closes.
+    func testStalledBodyGets408ThenAClose() throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n{\"a\"")
+        let started = Date()
+        let response = try socket.readUntilClosed()
+        XCTAssertTrue(response.hasPrefix("HTTP/1.1 408 Request Timeout\r\n"), response)
+        XCTAssertTrue(response.lowercased().contains("connection: close\r\n"), response)
+        XCTAssertTrue(response.contains("\"error\""), response)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 3)
+    }
+
+    /// A response to HEAD is its head alone, with the length the body would have: a body would be
+    /// read as the start of the next response on the connection.
+    func testHEADIsAnsweredWithTheHeadOnlyAndTheConnectionGoesOn() throws {
+        let socket = try TestSocket(port: port)
+        try socket.send("HEAD /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello" +
+                        "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnext")
+        let all = try socket.readUntilClosed()
+        let responses = all.components(separatedBy: "HTTP/1.1 200 OK\r\n").dropFirst()
+        XCTAssertEqual(responses.count, 2, all)
+        XCTAssertTrue(responses.first?.lowercased().contains("content-length: 5\r\n") ?? false, all)
+        XCTAssertTrue(responses.first?.hasSuffix("\r\n\r\n") ?? false, "no body after the head: \(all)")
+        XCTAssertTrue(all.hasSuffix("\r\n\r\nnext"), all)
+    }
+
     /// Stopping a server that has stopped (a second shutdown, a cancellation after the end) touches
     /// nothing that is gone: the listener's event loop was shut down with it. Before, the second
     /// shutdown asked that loop to close the listener again — NIO prints "Cannot schedule tasks on an

@@ -3,11 +3,19 @@ import NIOCore
 import NIOHTTP1
 import SluiceCore
 
-/// One client connection, after the HTTP codec: assembles each request (head and bounded body), runs
-/// the `RequestHandling` for it in a task on this connection's event loop, and serves the requests of
-/// a keep-alive connection one after the other: the next one as soon as the previous response has
-/// ended, while that request's task may still be finishing its own work (settling its reservation in
-/// Redis is a round trip the client should not wait for before its next request is read).
+/// One client connection, after NIO's HTTP/1 request decoder: assembles each request (head and
+/// bounded body), runs the `RequestHandling` for it in a task on this connection's event loop, and
+/// serves the requests of a keep-alive connection one after the other: the next one as soon as the
+/// previous response has ended, while that request's task may still be finishing its own work
+/// (settling its reservation in Redis is a round trip the client should not wait for before its next
+/// request is read). It also keeps the connection's deadlines (`ConnectionDeadlines`: idle close,
+/// 408 for a stalled body) and answers what the decoder could not parse (`MalformedRequest`).
+///
+/// Why one handler and no response encoder: this handler is the whole pipeline after the decoder,
+/// and responses leave as bytes (`ResponseWriter`, `HTTP1ResponseBytes`). With NIO's encoder and
+/// a handler each for deadlines and malformed requests, every request and response part crossed
+/// three more handlers, boxed in `NIOAny`: about 4 % of a proxied request's CPU (the README's
+/// "Sluice's own cost per request").
 ///
 /// Why a handler and not `NIOAsyncChannel`: bridging every request part and response part through
 /// async sequences and writers cost more CPU per request than the rest of the server; here a request
@@ -17,7 +25,7 @@ import SluiceCore
 /// answered are held (bounded) and served in order after it.
 final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundOut = ByteBuffer
 
     private enum State {
         /// Waiting for a request head.
@@ -28,14 +36,20 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         case responding(task: Task<Void, Never>, writer: ResponseWriter)
         /// The connection is closing; nothing more is read or served.
         case closing
+        /// A malformed request was answered and the output shut: what the client still sends is
+        /// read and discarded (the decoder reports each read as an error, ignored), until the client
+        /// closes or ``lingerTimeout`` passes.
+        case lingering
     }
 
     private let connection: ConnectionState
     private let handler: any RequestHandling
-    private let maxBodyBytes: Int
+    private let limits: Limits
     private let executor: EventLoopExecutor
     private let logger: Logger
     private var state = State.idle
+    private var deadlines: ConnectionDeadlines?
+    private var maxBodyBytes: Int { limits.maxBodyBytes }
     /// Parts of pipelined requests that arrived during a response, and their body bytes.
     private var held = CircularBuffer<HTTPServerRequestPart>()
     private var heldBytes = 0
@@ -43,10 +57,20 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     /// The peer's address, read once per connection (not per request).
     private var clientAddress: String?
 
-    init(connection: ConnectionState, handler: any RequestHandling, maxBodyBytes: Int, executor: EventLoopExecutor, logger: Logger) {
+    /// The bounds of a connection's requests and its deadlines.
+    struct Limits {
+        var maxBodyBytes: Int
+        /// Reported in the 431 for a head over the decoder's limits (which enforces them).
+        var maxHeaderBytes: Int
+        var maxHeaderFields: Int
+        var idleTimeout: TimeAmount
+        var bodyTimeout: TimeAmount
+    }
+
+    init(connection: ConnectionState, handler: any RequestHandling, limits: Limits, executor: EventLoopExecutor, logger: Logger) {
         self.connection = connection
         self.handler = handler
-        self.maxBodyBytes = maxBodyBytes
+        self.limits = limits
         self.executor = executor
         self.logger = logger
     }
@@ -54,10 +78,20 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         clientAddress = context.channel.remoteAddress?.ipAddress
+        deadlines = ConnectionDeadlines(idleTimeout: limits.idleTimeout, bodyTimeout: limits.bodyTimeout, eventLoop: context.eventLoop) { [weak self] expiry in
+            self?.deadlinePassed(expiry)
+        }
+        if context.channel.isActive { deadlines?.connectionOpened() }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        deadlines?.stop()
         self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        deadlines?.connectionOpened()
+        context.fireChannelActive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -65,7 +99,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         switch state {
         case .responding:
             hold(part, context: context)
-        case .closing:
+        case .closing, .lingering:
             break
         case .idle, .reading:
             process(part, context: context)
@@ -81,17 +115,68 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func channelInactive(context: ChannelHandlerContext) {
         connectionEnded()
+        deadlines?.stop()
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        // A protocol error `MalformedRequestResponder` did not answer, or a reset connection.
-        // A client that resets its connection (closing it with our answer unread, as a client that
-        // stopped reading a stream does) arrives here before `channelInactive`: the running request
-        // must be told now, or it waits for ever for a socket that will never be writable again.
+        switch state {
+        case .lingering:
+            // After the answer the decoder reports every read as an error: expected.
+            return
+        case .idle, .reading:
+            // No response is owed or under way: a request the decoder could not parse is answered.
+            if let answer = MalformedRequest.answer(to: error, maxHeaderBytes: limits.maxHeaderBytes, maxHeaderFields: limits.maxHeaderFields) {
+                logger.debug("malformed request answered", metadata: ["status": "\(answer.status)", "error": "\(error)"])
+                answerAndLinger(answer, context: context)
+                return
+            }
+        case .responding, .closing:
+            // A second response would corrupt the one under way; a refused connection is closing.
+            break
+        }
+        // A protocol error not answered, or a reset connection. A client that resets its connection
+        // (closing it with our answer unread, as a client that stopped reading a stream does) arrives
+        // here before `channelInactive`: the running request must be told now, or it waits for ever
+        // for a socket that will never be writable again.
         logger.debug("connection error", metadata: ["error": "\(error)"])
         connectionEnded()
         context.close(promise: nil)
+    }
+
+    /// Answers `error` (a malformed request), shuts the output once the answer is out and lingers:
+    /// closing with unread bytes (the rest of a 70 KiB header) would reset the connection, and the
+    /// client could lose the answer. The connection closes when the client closes it or after
+    /// ``lingerTimeout``.
+    private func answerAndLinger(_ error: GatewayError, context: ChannelHandlerContext) {
+        state = .lingering
+        held.removeAll()
+        deadlines?.stop()
+        let writer = ResponseWriter(channel: context.channel, keepAlive: false)
+        writer.writeErrorNow(error, requestID: nil)
+        let channel = context.channel
+        writer.endWritten.whenComplete { _ in
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+        }
+        context.eventLoop.scheduleTask(in: Self.lingerTimeout) { channel.close(promise: nil) }
+    }
+
+    /// A deadline of `ConnectionDeadlines` passed: an idle connection closes; a client that started a
+    /// request and did not finish it in time is told why (408), then the connection closes.
+    private func deadlinePassed(_ expiry: ConnectionDeadlines.Expiry) {
+        guard let context else { return }
+        switch expiry {
+        case .idle:
+            state = .closing
+            context.close(promise: nil)
+        case .requestBody:
+            guard case .reading = state else { return }
+            state = .closing
+            let writer = ResponseWriter(channel: context.channel, keepAlive: false)
+            writer.writeErrorNow(GatewayError.requestTimeout(), requestID: nil)
+            let channel = context.channel
+            writer.endWritten.whenComplete { _ in channel.close(promise: nil) }
+        }
     }
 
     /// The client went away (reset, closed, or the server closed the connection): a running request
@@ -127,8 +212,9 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             // A client that asked to be told before it sends its body (`Expect: 100-continue`, curl
             // does for bodies over 1 MiB) would otherwise wait a second for an answer that never comes.
             if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
-                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+                context.writeAndFlush(wrapOutboundOut(HTTP1ResponseBytes.continueHead), promise: nil)
             }
+            deadlines?.requestStarted()
             state = .reading(head: head, body: context.channel.allocator.buffer(capacity: 0), tooLarge: false)
         case .body(var chunk):
             guard case .reading(let head, var body, var tooLarge) = state else { return outOfOrder(context) }
@@ -141,6 +227,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             state = .reading(head: head, body: body, tooLarge: tooLarge)
         case .end:
             guard case .reading(let head, let body, let tooLarge) = state else { return outOfOrder(context) }
+            deadlines?.requestRead()
             if tooLarge {
                 refuse(.bodyTooLarge(limitBytes: maxBodyBytes), context: context)
             } else {
@@ -182,6 +269,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         // The task runs on this loop (its executor preference), so both calls back are plain calls.
         let writer = ResponseWriter(
             channel: context.channel, keepAlive: request.head.isKeepAlive && !connection.isDraining,
+            bodyless: request.head.method == .HEAD,
             onEnd: { writer in
                 if loop.inEventLoop {
                     this.value.responseEnded(writer)
@@ -216,6 +304,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             return
         }
         state = .idle
+        deadlines?.responseEnded()
         // Serve what the client pipelined meanwhile, until a part starts another response.
         while acceptsParts, let part = held.popFirst() {
             heldBytes -= part.bodyBytes
@@ -241,7 +330,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private var acceptsParts: Bool {
         switch state {
         case .idle, .reading: return true
-        case .responding, .closing: return false
+        case .responding, .closing, .lingering: return false
         }
     }
 

@@ -69,6 +69,10 @@ public final class HTTPServer: Sendable {
         decoderLimits.maxHeaderListSize = configuration.maxHeaderBytes
         decoderLimits.maxHeaderFieldCount = Self.maxHeaderFields
         let limits = decoderLimits
+        let connectionLimits = HTTPConnectionHandler.Limits(
+            maxBodyBytes: configuration.maxBodyBytes, maxHeaderBytes: configuration.maxHeaderBytes, maxHeaderFields: Self.maxHeaderFields,
+            idleTimeout: .milliseconds(Int64(configuration.idleTimeoutMs)), bodyTimeout: .milliseconds(Int64(configuration.bodyTimeoutMs))
+        )
         let connections = self.connections
         let handler = self.handler
         let logger = self.logger
@@ -99,31 +103,17 @@ public final class HTTPServer: Sendable {
                         return
                     }
                     channel.closeFuture.whenComplete { _ in connections.unregister(connection) }
-                    // Pipelining assistance is off: the connection handler serves one request at a
-                    // time and holds later ones itself. The assistance would stop and restart reading
-                    // around every response (two epoll_ctl per request).
-                    // Decoder errors are answered by Sluice's own responder (OpenAI's error envelope,
-                    // 431 for oversized headers), not by NIO's empty 400.
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                        withPipeliningAssistance: false,
-                        withServerUpgrade: nil,
-                        withErrorHandling: false,
-                        withOutboundHeaderValidation: false,
-                        withEncoderConfiguration: .init(),
-                        withDecoderLimitConfiguration: limits
-                    )
+                    // The decoder (NIO's, on llhttp), then one handler for everything else: requests,
+                    // deadlines, malformed requests, responses written as bytes (no encoder; see
+                    // HTTPConnectionHandler for why). Requests a client pipelines are held by that
+                    // handler; NIO's pipelining assistance would stop and restart reading around every
+                    // response (two epoll_ctl per request).
                     try channel.pipeline.syncOperations.addHandler(
-                        MalformedRequestResponder(maxHeaderBytes: configuration.maxHeaderBytes, maxHeaderFields: Self.maxHeaderFields, logger: logger)
-                    )
-                    try channel.pipeline.syncOperations.addHandler(
-                        ConnectionDeadlineHandler(
-                            idleTimeout: .milliseconds(Int64(configuration.idleTimeoutMs)),
-                            bodyTimeout: .milliseconds(Int64(configuration.bodyTimeoutMs))
-                        )
+                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits))
                     )
                     try channel.pipeline.syncOperations.addHandler(
                         HTTPConnectionHandler(
-                            connection: connection, handler: handler, maxBodyBytes: configuration.maxBodyBytes,
+                            connection: connection, handler: handler, limits: connectionLimits,
                             executor: EventLoopExecutor(channel.eventLoop), logger: logger
                         )
                     )

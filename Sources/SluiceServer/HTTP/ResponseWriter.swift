@@ -4,8 +4,9 @@ import Synchronization
 
 /// Writes the one response to a request: a whole body, an OpenAI-shaped error, or a stream of chunks.
 ///
-/// Writes go straight to the channel (the request's task runs on the channel's event loop, where they
-/// are plain calls). A streamed chunk waits while the client's socket is not writable; that wait is
+/// Writes go straight to the channel as HTTP/1.1 bytes (`HTTP1ResponseBytes`; the request's task runs
+/// on the channel's event loop, where they are plain calls): a whole answer is one buffer and one
+/// write, a streamed chunk one buffer with its framing. A response to `HEAD` gets its head only. A streamed chunk waits while the client's socket is not writable; that wait is
 /// the backpressure that pauses an upstream transfer for a slow client. A write to a connection the
 /// client has closed throws.
 public final class ResponseWriter: Sendable {
@@ -26,14 +27,20 @@ public final class ResponseWriter: Sendable {
     private let channel: any Channel
     /// Whether the connection stays open after this response.
     public let keepAlive: Bool
+    /// The request was `HEAD`: the response's head is written (with the length the body would have),
+    /// its body is not (RFC 9112 §6.3).
+    private let bodyless: Bool
     private let state = Mutex(State())
 
-    /// - Parameter onEnd: called (on the channel's loop, where the writes happen) right after the end
-    ///   of the response was written: the connection may serve its next request while the handler
-    ///   finishes its own work (settling the reservation, the access log).
-    init(channel: any Channel, keepAlive: Bool, onEnd: (@Sendable (ResponseWriter) -> Void)? = nil) {
+    /// - Parameters:
+    ///   - bodyless: the request was `HEAD`.
+    ///   - onEnd: called (on the channel's loop, where the writes happen) right after the end of the
+    ///     response was written: the connection may serve its next request while the handler
+    ///     finishes its own work (settling the reservation, the access log).
+    init(channel: any Channel, keepAlive: Bool, bodyless: Bool = false, onEnd: (@Sendable (ResponseWriter) -> Void)? = nil) {
         self.channel = channel
         self.keepAlive = keepAlive
+        self.bodyless = bodyless
         if let onEnd { state.withLock { $0.onEnd = onEnd } }
     }
 
@@ -66,16 +73,36 @@ public final class ResponseWriter: Sendable {
         try checkOpen()
         var headers = headers
         headers.remove(name: "content-length")
-        headers.replaceOrAdd(name: "transfer-encoding", value: "chunked")
-        channel.writeAndFlush(HTTPServerResponsePart.head(makeHead(status: status, headers: headers, forceClose: false)), promise: nil)
+        if !bodyless { headers.replaceOrAdd(name: "transfer-encoding", value: "chunked") }
+        var buffer = channel.allocator.buffer(capacity: HTTP1ResponseBytes.estimatedHeadBytes(headers))
+        writeHead(status: status, headers: headers, forceClose: false, into: &buffer)
+        channel.writeAndFlush(buffer, promise: nil)
     }
 
     /// Sends one chunk of a streamed body, flushed at once; waits while the client cannot take more.
     public func writeStreamChunk(_ chunk: ByteBuffer) async throws {
         try checkOpen()
-        channel.writeAndFlush(HTTPServerResponsePart.body(.byteBuffer(chunk)), promise: nil)
+        // An empty chunk would read as the last one: there is nothing to send.
+        guard !bodyless, chunk.readableBytes > 0 else { return }
+        if chunk.readableBytes <= Self.copiedChunkBytes {
+            // An SSE event is a few hundred bytes: framing and data in one buffer is one pipeline write.
+            var framed = channel.allocator.buffer(capacity: chunk.readableBytes + 12)
+            HTTP1ResponseBytes.writeChunkStart(size: chunk.readableBytes, into: &framed)
+            framed.writeImmutableBuffer(chunk)
+            framed.writeImmutableBuffer(HTTP1ResponseBytes.chunkEnd)
+            channel.writeAndFlush(framed, promise: nil)
+        } else {
+            var start = channel.allocator.buffer(capacity: 12)
+            HTTP1ResponseBytes.writeChunkStart(size: chunk.readableBytes, into: &start)
+            channel.write(start, promise: nil)
+            channel.write(chunk, promise: nil)
+            channel.writeAndFlush(HTTP1ResponseBytes.chunkEnd, promise: nil)
+        }
         try await waitUntilWritable()
     }
+
+    /// Chunks up to this size are copied behind their framing line; larger ones are written as they are.
+    static let copiedChunkBytes = 8 * 1024
 
     /// Ends a streamed body.
     public func endStream() async throws {
@@ -151,17 +178,19 @@ public final class ResponseWriter: Sendable {
     private func writeWhole(status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer, forceClose: Bool) {
         var headers = headers
         headers.replaceOrAdd(name: "content-length", value: String(body.readableBytes))
-        let head = makeHead(status: status, headers: headers, forceClose: forceClose)
-        channel.write(HTTPServerResponsePart.head(head), promise: nil)
-        channel.write(HTTPServerResponsePart.body(.byteBuffer(body)), promise: nil)
-        writeEnd()
+        let bodyBytes = bodyless ? 0 : body.readableBytes
+        var buffer = channel.allocator.buffer(capacity: HTTP1ResponseBytes.estimatedHeadBytes(headers) + bodyBytes)
+        writeHead(status: status, headers: headers, forceClose: forceClose, into: &buffer)
+        if bodyBytes > 0 { buffer.writeImmutableBuffer(body) }
+        writeEnd(buffer)
         responseEnded()
     }
 
-    /// Writes and flushes the end of the response, remembering when it has left.
-    private func writeEnd() {
+    /// Writes and flushes the last bytes of the response (`bytes`, or the last chunk of a stream),
+    /// remembering when they have left.
+    private func writeEnd(_ bytes: ByteBuffer? = nil) {
         let written = channel.eventLoop.makePromise(of: Void.self)
-        channel.writeAndFlush(HTTPServerResponsePart.end(nil), promise: written)
+        channel.writeAndFlush(bytes ?? (bodyless ? ByteBuffer() : HTTP1ResponseBytes.lastChunk), promise: written)
         state.withLock { $0.endWritten = written.futureResult }
     }
 
@@ -173,7 +202,7 @@ public final class ResponseWriter: Sendable {
         onEnd?(self)
     }
 
-    private func makeHead(status: HTTPResponseStatus, headers: HTTPHeaders, forceClose: Bool) -> HTTPResponseHead {
+    private func writeHead(status: HTTPResponseStatus, headers: HTTPHeaders, forceClose: Bool, into buffer: inout ByteBuffer) {
         var headers = headers
         let close = forceClose || !keepAlive
         if close { headers.replaceOrAdd(name: "connection", value: "close") }
@@ -182,6 +211,6 @@ public final class ResponseWriter: Sendable {
             $0.status = Int(status.code)
             if close { $0.closeAfter = true }
         }
-        return HTTPResponseHead(version: .http1_1, status: status, headers: headers)
+        HTTP1ResponseBytes.writeHead(status: status, headers: headers, into: &buffer)
     }
 }
