@@ -444,11 +444,9 @@ final class KeyLane: Sendable {
             let calendar = BudgetCalendar(seconds: reply.redisMicros / 1_000_000)
             func withBudgets(_ snapshot: RateLimitSnapshot, _ limits: ResolvedLimits, team: ResolvedLimits?) -> RateLimitSnapshot {
                 var snapshot = snapshot
-                if limits.hasBudget {
-                    snapshot = snapshot.addingBudgets(limits, spentToday: reply.budgetSpent.day, spentThisMonth: reply.budgetSpent.month, calendar: calendar)
-                }
-                if let team, team.hasBudget {
-                    snapshot = snapshot.addingTeamBudgets(team, spentToday: reply.teamBudgetSpent.day, spentThisMonth: reply.teamBudgetSpent.month, calendar: calendar)
+                snapshot.budget = BudgetState(limits, spentToday: reply.budgetSpent.day, spentThisMonth: reply.budgetSpent.month, calendar: calendar)
+                if let team {
+                    snapshot.teamBudget = BudgetState(team, spentToday: reply.teamBudgetSpent.day, spentThisMonth: reply.teamBudgetSpent.month, calendar: calendar)
                 }
                 return snapshot
             }

@@ -45,16 +45,12 @@ extension Gateway {
     func snapshotWithBudgets(_ key: APIKey) async -> RateLimitSnapshot? {
         guard var snapshot = try? await limiter.snapshot(keyID: key.id, team: key.team?.id, limits: key.limits) else { return nil }
         let calendar = BudgetCalendar(seconds: InMemoryLimiterStore.wallClockSeconds())
-        if key.limits.hasBudget, snapshot.limitUSDDay == nil, snapshot.limitUSDMonth == nil,
-           let used = try? await limiter.periodUsage(.key(key.id, team: key.team?.id)) {
-            snapshot = snapshot.addingBudgets(key.limits, spentToday: used.spentToday?.nanos ?? 0,
-                                              spentThisMonth: used.spentThisMonth?.nanos ?? 0, calendar: calendar)
+        func budget(_ limits: ResolvedLimits, _ subject: LimitSubject) async -> BudgetState? {
+            guard limits.hasBudget, let used = try? await limiter.periodUsage(subject) else { return nil }
+            return BudgetState(limits, spentToday: used.spentToday?.nanos ?? 0, spentThisMonth: used.spentThisMonth?.nanos ?? 0, calendar: calendar)
         }
-        if let team = key.team, team.limits.hasBudget, snapshot.teamBudget == nil,
-           let used = try? await limiter.periodUsage(.team(team.id)) {
-            snapshot = snapshot.addingTeamBudgets(team.limits, spentToday: used.spentToday?.nanos ?? 0,
-                                                  spentThisMonth: used.spentThisMonth?.nanos ?? 0, calendar: calendar)
-        }
+        if snapshot.budget == nil { snapshot.budget = await budget(key.limits, .key(key.id, team: key.team?.id)) }
+        if let team = key.team, snapshot.teamBudget == nil { snapshot.teamBudget = await budget(team.limits, .team(team.id)) }
         return snapshot
     }
 

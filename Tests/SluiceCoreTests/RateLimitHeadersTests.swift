@@ -67,12 +67,42 @@ final class RateLimitHeadersTests: XCTestCase {
     func testTeamBudgetsRenderAfterTheKeys() {
         var team = ResolvedLimits()
         team.usdPerDay = 5_000_000_000
-        let snapshot = RateLimitSnapshot(limitRequests: 10, remainingRequests: 9, resetRequestsSeconds: 6)
-            .addingTeamBudgets(team, spentToday: 1_250_000_000, spentThisMonth: 0, calendar: BudgetCalendar(seconds: 43_200))
+        var snapshot = RateLimitSnapshot(limitRequests: 10, remainingRequests: 9, resetRequestsSeconds: 6)
+        snapshot.teamBudget = BudgetState(team, spentToday: 1_250_000_000, spentThisMonth: 0, calendar: BudgetCalendar(seconds: 43_200))
         let headers = RateLimitHeaders.render(snapshot)
         XCTAssertEqual(Array(headers.map(\.0).suffix(3)), ["x-ratelimit-limit-team-usd-day", "x-ratelimit-remaining-team-usd-day", "x-ratelimit-reset-team-usd-day"])
         XCTAssertEqual(Array(headers.map(\.1).suffix(3)), ["5", "3.75", "12h0m0s"])
-        XCTAssertNil(RateLimitSnapshot().addingTeamBudgets(ResolvedLimits(), spentToday: 0, spentThisMonth: 0, calendar: BudgetCalendar(seconds: 0)).teamBudget, "no team budget: no headers")
+        XCTAssertNil(BudgetState(ResolvedLimits(), spentToday: 0, spentThisMonth: 0, calendar: BudgetCalendar(seconds: 0)), "no team budget: no headers")
+    }
+
+    /// Both budgets of the key and both of its team: every header, in order, byte for byte.
+    func testKeyAndTeamBudgetsRenderInOrder() {
+        var key = ResolvedLimits()
+        key.usdPerDay = 2_000_000_000
+        key.usdPerMonth = 30_500_000_000
+        var team = ResolvedLimits()
+        team.usdPerDay = 5_000_000_000
+        team.usdPerMonth = 100_000_000_000
+        // 2024-02-10 12:00:00 UTC: 12 h to the next day, 19.5 days to March.
+        let calendar = BudgetCalendar(seconds: 1_707_566_400)
+        var snapshot = RateLimitSnapshot(limitRequests: 10, remainingRequests: 9, resetRequestsSeconds: 6)
+        snapshot.budget = BudgetState(key, spentToday: 250_000_000, spentThisMonth: 40_000_000_000, calendar: calendar)
+        snapshot.teamBudget = BudgetState(team, spentToday: 1_250_000_000, spentThisMonth: 12_345_678_901, calendar: calendar)
+        let headers = RateLimitHeaders.render(snapshot)
+        XCTAssertEqual(headers.map(\.0), [
+            "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+            "x-ratelimit-limit-usd-day", "x-ratelimit-remaining-usd-day", "x-ratelimit-reset-usd-day",
+            "x-ratelimit-limit-usd-month", "x-ratelimit-remaining-usd-month", "x-ratelimit-reset-usd-month",
+            "x-ratelimit-limit-team-usd-day", "x-ratelimit-remaining-team-usd-day", "x-ratelimit-reset-team-usd-day",
+            "x-ratelimit-limit-team-usd-month", "x-ratelimit-remaining-team-usd-month", "x-ratelimit-reset-team-usd-month",
+        ])
+        XCTAssertEqual(headers.map(\.1), [
+            "10", "9", "6s",
+            "2", "1.75", "12h0m0s",
+            "30.5", "0", "468h0m0s",
+            "5", "3.75", "12h0m0s",
+            "100", "87.654321099", "468h0m0s",
+        ])
     }
 
     /// The codes the limiter scripts report kinds with: one per kind, and back.

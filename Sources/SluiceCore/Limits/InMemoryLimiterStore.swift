@@ -129,13 +129,13 @@ public final class InMemoryLimiterStore: LimiterStore {
                 teamState.entries[teamRequest.keyID] = teamEntry
                 reservation.team = team
                 reservation.monthTokensBefore = teamReservation.monthTokensBefore
-                return .admitted(reservation, teamEntry.addingBudgets(of: team, to: snapshot, calendar: calendar))
+                return .admitted(reservation, teamEntry.addingTeamBudget(of: team, to: snapshot, calendar: calendar))
             case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
-                return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
+                return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingTeamBudget(of: team, to: snapshot, calendar: calendar))
             case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
                 // Nothing is written back: the copy that admitted is dropped; the key's state as it stood.
                 let snapshot = (keyState.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now)
-                return .denied(denial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
+                return .denied(denial, teamBefore.addingTeamBudget(of: team, to: snapshot, calendar: calendar))
             }
         }
         if keyIndex == teamIndex {
@@ -173,12 +173,12 @@ public final class InMemoryLimiterStore: LimiterStore {
             state.entries[teamRequest.keyID] = teamEntry
             reservation.team = team
             reservation.monthTokensBefore = teamReservation.monthTokensBefore
-            return .admitted(reservation, teamEntry.addingBudgets(of: team, to: snapshot, calendar: calendar))
+            return .admitted(reservation, teamEntry.addingTeamBudget(of: team, to: snapshot, calendar: calendar))
         case (.denied(let keyDenial, let snapshot), .denied(let teamDenial, _)):
-            return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
+            return .denied(teamDenial.outranks(keyDenial) ? teamDenial : keyDenial, teamBefore.addingTeamBudget(of: team, to: snapshot, calendar: calendar))
         case (.denied(let denial, _), .admitted), (.admitted, .denied(let denial, _)):
             let snapshot = (state.entries[request.keyID] ?? KeyEntry()).snapshot(limits: request.limits, now: now)
-            return .denied(denial, teamBefore.addingBudgets(of: team, to: snapshot, calendar: calendar))
+            return .denied(denial, teamBefore.addingTeamBudget(of: team, to: snapshot, calendar: calendar))
         }
     }
 
@@ -447,18 +447,23 @@ private struct KeyEntry {
     }
 
     /// `snapshot` with the budgets of `team` (whose entry this is) as they stand in this entry.
-    func addingBudgets(of team: TeamSubject, to snapshot: RateLimitSnapshot, calendar: BudgetCalendar) -> RateLimitSnapshot {
-        snapshot.addingTeamBudgets(
-            team.limits, spentToday: budgetDay == calendar.day ? budgetDaySpent : 0,
-            spentThisMonth: budgetMonth == calendar.month ? budgetMonthSpent : 0, calendar: calendar
-        )
+    func addingTeamBudget(of team: TeamSubject, to snapshot: RateLimitSnapshot, calendar: BudgetCalendar) -> RateLimitSnapshot {
+        var snapshot = snapshot
+        snapshot.teamBudget = budget(team.limits, calendar: calendar)
+        return snapshot
     }
 
     /// `snapshot(limits:now:)` with the budgets' headers of the current periods.
     func snapshot(limits: ResolvedLimits, now: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot {
-        let plain = snapshot(limits: limits, now: now)
-        guard limits.hasBudget else { return plain }
-        return plain.addingBudgets(
+        var snapshot = snapshot(limits: limits, now: now)
+        snapshot.budget = budget(limits, calendar: calendar)
+        return snapshot
+    }
+
+    /// The budgets of `limits` (this entry's key's or team's) with what this entry spent in the
+    /// periods of `calendar`: spend of an earlier period counts as none.
+    private func budget(_ limits: ResolvedLimits, calendar: BudgetCalendar) -> BudgetState? {
+        BudgetState(
             limits, spentToday: budgetDay == calendar.day ? budgetDaySpent : 0,
             spentThisMonth: budgetMonth == calendar.month ? budgetMonthSpent : 0, calendar: calendar
         )

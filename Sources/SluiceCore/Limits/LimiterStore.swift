@@ -178,61 +178,13 @@ public struct RateLimitSnapshot: Sendable, Hashable {
     /// Seconds until the token bucket is full again.
     public var resetTokensSeconds: Double?
 
-    /// Budgets (`usd_per_day`, `usd_per_month`): the limit, what is left of it now, and the seconds
-    /// until its UTC period renews; `nil` when not configured.
-    public var limitUSDDay: USDAmount?
-    public var remainingUSDDay: USDAmount?
-    public var resetUSDDaySeconds: Double?
-    public var limitUSDMonth: USDAmount?
-    public var remainingUSDMonth: USDAmount?
-    public var resetUSDMonthSeconds: Double?
-
-    /// The budgets of the key's team (`keys[].team`), the same six values; `nil` when the team has
-    /// no budget (or the key no team).
-    public var teamBudget: TeamBudget?
-
-    /// A team's budget values for the `x-ratelimit-*-team-usd-*` headers (as the key's above).
-    public struct TeamBudget: Sendable, Hashable {
-        public var limitUSDDay: USDAmount?
-        public var remainingUSDDay: USDAmount?
-        public var resetUSDDaySeconds: Double?
-        public var limitUSDMonth: USDAmount?
-        public var remainingUSDMonth: USDAmount?
-        public var resetUSDMonthSeconds: Double?
-    }
+    /// The key's budgets (`usd_per_day`, `usd_per_month`); `nil` when it has none.
+    public var budget: BudgetState?
+    /// The budgets of the key's team (`keys[].team`); `nil` when the team has none (or the key no team).
+    public var teamBudget: BudgetState?
 
     /// No limits configured: no headers.
     public static let empty = RateLimitSnapshot()
-
-    /// These values with the budgets of the key's team (`team`, its limits), given what the team spent
-    /// (nano-dollars) in the periods of `calendar`; unchanged when the team has no budget.
-    public func addingTeamBudgets(_ team: ResolvedLimits, spentToday: Int64, spentThisMonth: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot {
-        guard team.hasBudget else { return self }
-        let values = RateLimitSnapshot().addingBudgets(team, spentToday: spentToday, spentThisMonth: spentThisMonth, calendar: calendar)
-        var snapshot = self
-        snapshot.teamBudget = TeamBudget(
-            limitUSDDay: values.limitUSDDay, remainingUSDDay: values.remainingUSDDay, resetUSDDaySeconds: values.resetUSDDaySeconds,
-            limitUSDMonth: values.limitUSDMonth, remainingUSDMonth: values.remainingUSDMonth, resetUSDMonthSeconds: values.resetUSDMonthSeconds
-        )
-        return snapshot
-    }
-
-    /// These values with the budgets' of `limits`, given what they spent (nano-dollars) in the periods
-    /// of `calendar`.
-    public func addingBudgets(_ limits: ResolvedLimits, spentToday: Int64, spentThisMonth: Int64, calendar: BudgetCalendar) -> RateLimitSnapshot {
-        var snapshot = self
-        if let limit = limits.usdPerDay {
-            snapshot.limitUSDDay = USDAmount(nanos: limit)
-            snapshot.remainingUSDDay = USDAmount(nanos: max(limit - spentToday, 0))
-            snapshot.resetUSDDaySeconds = Double(calendar.secondsToNextDay)
-        }
-        if let limit = limits.usdPerMonth {
-            snapshot.limitUSDMonth = USDAmount(nanos: limit)
-            snapshot.remainingUSDMonth = USDAmount(nanos: max(limit - spentThisMonth, 0))
-            snapshot.resetUSDMonthSeconds = Double(calendar.secondsToNextMonth)
-        }
-        return snapshot
-    }
 
     /// The header values for `limits`: what is left in the requests and tokens buckets and how long
     /// until each is full (µs); a limit that is not configured gets no values. Both stores build
@@ -258,6 +210,31 @@ public struct RateLimitSnapshot: Sendable, Hashable {
         self.limitTokens = limitTokens
         self.remainingTokens = remainingTokens
         self.resetTokensSeconds = resetTokensSeconds
+    }
+}
+
+/// The budgets of a key or of a team, for their `x-ratelimit-*-usd-*` headers: each UTC period
+/// that has a budget, `nil` the other.
+public struct BudgetState: Sendable, Hashable {
+    /// One period's budget: the limit, what is left of it now, and the seconds until it renews.
+    public struct Period: Sendable, Hashable {
+        public var limit: USDAmount
+        public var remaining: USDAmount
+        public var resetSeconds: Double
+    }
+
+    public var day: Period?
+    public var month: Period?
+
+    /// The budgets of `limits`, given what was spent (nano-dollars) in the periods of `calendar`;
+    /// `nil` when `limits` has no budget. Every store and the gateway build them here.
+    public init?(_ limits: ResolvedLimits, spentToday: Int64, spentThisMonth: Int64, calendar: BudgetCalendar) {
+        guard limits.hasBudget else { return nil }
+        func period(_ limit: Int64?, spent: Int64, secondsLeft: Int64) -> Period? {
+            limit.map { Period(limit: USDAmount(nanos: $0), remaining: USDAmount(nanos: max($0 - spent, 0)), resetSeconds: Double(secondsLeft)) }
+        }
+        day = period(limits.usdPerDay, spent: spentToday, secondsLeft: calendar.secondsToNextDay)
+        month = period(limits.usdPerMonth, spent: spentThisMonth, secondsLeft: calendar.secondsToNextMonth)
     }
 }
 

@@ -15,20 +15,20 @@ public enum RateLimitHeaders {
         if let reset = snapshot.resetRequestsSeconds { headers.append(("x-ratelimit-reset-requests", GoDuration.string(seconds: reset))) }
         if let reset = snapshot.resetTokensSeconds { headers.append(("x-ratelimit-reset-tokens", GoDuration.string(seconds: reset))) }
         // Budgets, in the same style: USD as exact decimals, the reset at the period's end (UTC).
-        if let limit = snapshot.limitUSDDay { headers.append(("x-ratelimit-limit-usd-day", limit.description)) }
-        if let remaining = snapshot.remainingUSDDay { headers.append(("x-ratelimit-remaining-usd-day", remaining.description)) }
-        if let reset = snapshot.resetUSDDaySeconds { headers.append(("x-ratelimit-reset-usd-day", GoDuration.string(seconds: reset))) }
-        if let limit = snapshot.limitUSDMonth { headers.append(("x-ratelimit-limit-usd-month", limit.description)) }
-        if let remaining = snapshot.remainingUSDMonth { headers.append(("x-ratelimit-remaining-usd-month", remaining.description)) }
-        if let reset = snapshot.resetUSDMonthSeconds { headers.append(("x-ratelimit-reset-usd-month", GoDuration.string(seconds: reset))) }
-        if let team = snapshot.teamBudget {
-            if let limit = team.limitUSDDay { headers.append(("x-ratelimit-limit-team-usd-day", limit.description)) }
-            if let remaining = team.remainingUSDDay { headers.append(("x-ratelimit-remaining-team-usd-day", remaining.description)) }
-            if let reset = team.resetUSDDaySeconds { headers.append(("x-ratelimit-reset-team-usd-day", GoDuration.string(seconds: reset))) }
-            if let limit = team.limitUSDMonth { headers.append(("x-ratelimit-limit-team-usd-month", limit.description)) }
-            if let remaining = team.remainingUSDMonth { headers.append(("x-ratelimit-remaining-team-usd-month", remaining.description)) }
-            if let reset = team.resetUSDMonthSeconds { headers.append(("x-ratelimit-reset-team-usd-month", GoDuration.string(seconds: reset))) }
-        }
+        appendBudget(snapshot.budget, infix: "usd", to: &headers)
+        appendBudget(snapshot.teamBudget, infix: "team-usd", to: &headers)
         return headers
+    }
+
+    /// `x-ratelimit-{limit,remaining,reset}-<infix>-day`, then the same for `-month`: the key's
+    /// budgets under "usd", its team's under "team-usd".
+    private static func appendBudget(_ budget: BudgetState?, infix: String, to headers: inout [(String, String)]) {
+        guard let budget else { return }
+        for (suffix, period) in [("day", budget.day), ("month", budget.month)] {
+            guard let period else { continue }
+            headers.append(("x-ratelimit-limit-\(infix)-\(suffix)", period.limit.description))
+            headers.append(("x-ratelimit-remaining-\(infix)-\(suffix)", period.remaining.description))
+            headers.append(("x-ratelimit-reset-\(infix)-\(suffix)", GoDuration.string(seconds: period.resetSeconds)))
+        }
     }
 }
