@@ -129,6 +129,12 @@ public final class RedisClient: Sendable {
         return nil
     }
 
+    /// A cluster's pools for servers that left the slot map and are not shut down yet (tests).
+    var retiringClusterPools: Int {
+        if case .cluster(let router) = servers { return router.retiringPools }
+        return 0
+    }
+
     /// Closes every connection; later calls fail with `.shutDown`.
     public func shutdown() {
         guard !isShutDown.exchange(true, ordering: .acquiringAndReleasing) else { return }

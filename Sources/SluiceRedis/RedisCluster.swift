@@ -99,6 +99,9 @@ final class RedisClusterRouter: Sendable {
         var refresh: Task<Void, Never>?
         var lastRefreshStart: NIODeadline?
         var shutDown = false
+        /// Pools no shard uses any more, shut down `retireDelay` after they left (or at the client's
+        /// shutdown, if that comes first).
+        var retiring: [ObjectIdentifier: RedisServerPool] = [:]
     }
 
     /// Credentials, TLS and database of every server (the first seed's; discovered servers differ
@@ -169,12 +172,15 @@ final class RedisClusterRouter: Sendable {
 
     var topology: RedisClusterTopology? { state.withLock { $0.topology } }
 
+    /// Pools of servers that left the slot map, waiting out `retireDelay` (tests).
+    var retiringPools: Int { state.withLock { $0.retiring.count } }
+
     func shutdown() {
         periodicRefresh.withLock { $0?.cancel() }
         let (pools, refresh) = state.withLock { state in
             state.shutDown = true
-            defer { state.pools = [:]; state.owners = [] }
-            return (Array(state.pools.values), state.refresh)
+            defer { state.pools = [:]; state.owners = []; state.retiring = [:] }
+            return (Array(state.pools.values) + Array(state.retiring.values), state.refresh)
         }
         refresh?.cancel()
         for pool in pools { pool.shutdown() }
@@ -300,8 +306,9 @@ final class RedisClusterRouter: Sendable {
         for shard in topology.shards where pools[shard.address] == nil {
             pools[shard.address] = pool(host: shard.host, port: shard.port)
         }
-        let (previous, retired) = state.withLock { state -> (RedisClusterTopology?, [RedisServerPool]) in
-            guard !state.shutDown else { return (state.topology, []) }
+        let group = self.group
+        let previous = state.withLock { state -> RedisClusterTopology? in
+            guard !state.shutDown else { return state.topology }
             let previous = state.topology
             state.topology = topology
             var owners = [RedisServerPool?](repeating: nil, count: RedisClusterSlot.count)
@@ -311,8 +318,21 @@ final class RedisClusterRouter: Sendable {
             }
             state.owners = owners
             let retired = state.pools.values.filter { pools[$0.address] == nil && !seedAddresses.contains($0.address) }
-            for pool in retired { state.pools[pool.address] = nil }
-            return (previous, retired)
+            for pool in retired {
+                state.pools[pool.address] = nil
+                state.retiring[ObjectIdentifier(pool)] = pool
+            }
+            // Scheduled under the lock: shutdown() cannot have run yet (so the event loops are still
+            // there; scheduling on a group already shut down crashes under SWIFTNIO_STRICT), and a
+            // shutdown() after this takes the retiring pools itself. Commands already sent there
+            // answer or time out long before the delay.
+            if !retired.isEmpty {
+                group.next().scheduleTask(in: Self.retireDelay) { [weak self] in
+                    let due = self?.state.withLock { state in retired.compactMap { state.retiring.removeValue(forKey: ObjectIdentifier($0)) } }
+                    for pool in due ?? [] { pool.shutdown() }
+                }
+            }
+            return previous
         }
         if previous != topology {
             let metadata: Logger.Metadata = ["slots": "\(topology)", "primaries": "\(pools.count)"]
@@ -321,11 +341,6 @@ final class RedisClusterRouter: Sendable {
             } else {
                 logger.notice("redis cluster slot map changed (failover or resharding)", metadata: metadata)
             }
-        }
-        guard !retired.isEmpty else { return }
-        // Commands already sent there answer or time out long before.
-        group.next().scheduleTask(in: Self.retireDelay) {
-            for pool in retired { pool.shutdown() }
         }
     }
 }

@@ -202,9 +202,13 @@ final class RedisClusterTests: XCTestCase {
     func testAPrimaryKilledIsReplacedByItsReplicaAndOtherShardsKeepAnswering() async throws {
         let cluster = try servers
         let client = try redis
-        let keys = try keysOnDistinctShards(3).map { RedisKeyLayout(keyID: $0.keyID).state }
+        // The victim is not the seed the client was given: its pool is one the slot map made.
+        let seedPort = cluster.config.port
+        let keys = try keysOnDistinctShards(3).sorted { ($0.port == seedPort ? 1 : 0) < ($1.port == seedPort ? 1 : 0) }
+            .map { RedisKeyLayout(keyID: $0.keyID).state }
         for key in keys { _ = try await client.send(["SET", key, "0"], routedBy: key) }
         let victimPort = try cluster.owner(ofSlot: RedisClusterSlot.of(keys[0]))
+        XCTAssertNotEqual(victimPort, seedPort)
         try cluster.cli(victimPort, "WAIT", "1", "1000")  // the replica has the keys
         try XCTUnwrap(cluster.server(port: victimPort)).stop()
 
@@ -226,6 +230,12 @@ final class RedisClusterTests: XCTestCase {
         XCTAssertNotEqual(try cluster.owner(ofSlot: RedisClusterSlot.of(keys[0])), victimPort)
         let kept = try await client.send(["GET", keys[0]], routedBy: keys[0]).string
         XCTAssertNotNil(kept, "the promoted replica lost the key")
+        // The dead primary left the slot map: its pool waits out the retire delay, and a shutdown
+        // meanwhile takes it too instead of leaving it to a timer on event loops that may be gone
+        // by then (before, it was never shut down if the loops went first).
+        XCTAssertEqual(client.retiringClusterPools, 1)
+        client.shutdown()
+        XCTAssertEqual(client.retiringClusterPools, 0)
     }
 
     /// One shard frozen: its keys go to the failure policy, the others stay shared (exact).

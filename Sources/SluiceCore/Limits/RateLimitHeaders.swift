@@ -15,20 +15,41 @@ public enum RateLimitHeaders {
         if let reset = snapshot.resetRequestsSeconds { headers.append(("x-ratelimit-reset-requests", GoDuration.string(seconds: reset))) }
         if let reset = snapshot.resetTokensSeconds { headers.append(("x-ratelimit-reset-tokens", GoDuration.string(seconds: reset))) }
         // Budgets, in the same style: USD as exact decimals, the reset at the period's end (UTC).
-        appendBudget(snapshot.budget, infix: "usd", to: &headers)
-        appendBudget(snapshot.teamBudget, infix: "team-usd", to: &headers)
+        appendBudget(snapshot.budget, keyBudgetNames, to: &headers)
+        appendBudget(snapshot.teamBudget, teamBudgetNames, to: &headers)
         return headers
     }
 
     /// `x-ratelimit-{limit,remaining,reset}-<infix>-day`, then the same for `-month`: the key's
-    /// budgets under "usd", its team's under "team-usd".
-    private static func appendBudget(_ budget: BudgetState?, infix: String, to headers: inout [(String, String)]) {
+    /// budgets under "usd", its team's under "team-usd". The names are made once, not per response.
+    private static func appendBudget(_ budget: BudgetState?, _ names: BudgetHeaderNames, to headers: inout [(String, String)]) {
         guard let budget else { return }
-        for (suffix, period) in [("day", budget.day), ("month", budget.month)] {
-            guard let period else { continue }
-            headers.append(("x-ratelimit-limit-\(infix)-\(suffix)", period.limit.description))
-            headers.append(("x-ratelimit-remaining-\(infix)-\(suffix)", period.remaining.description))
-            headers.append(("x-ratelimit-reset-\(infix)-\(suffix)", GoDuration.string(seconds: period.resetSeconds)))
+        func append(_ period: BudgetState.Period?, _ names: BudgetHeaderNames.Period) {
+            guard let period else { return }
+            headers.append((names.limit, period.limit.description))
+            headers.append((names.remaining, period.remaining.description))
+            headers.append((names.reset, GoDuration.string(seconds: period.resetSeconds)))
+        }
+        append(budget.day, names.day)
+        append(budget.month, names.month)
+    }
+
+    private struct BudgetHeaderNames {
+        struct Period {
+            let limit, remaining, reset: String
+            init(_ infix: String, _ period: String) {
+                limit = "x-ratelimit-limit-\(infix)-\(period)"
+                remaining = "x-ratelimit-remaining-\(infix)-\(period)"
+                reset = "x-ratelimit-reset-\(infix)-\(period)"
+            }
+        }
+        let day, month: Period
+        init(_ infix: String) {
+            day = Period(infix, "day")
+            month = Period(infix, "month")
         }
     }
+
+    private static let keyBudgetNames = BudgetHeaderNames("usd")
+    private static let teamBudgetNames = BudgetHeaderNames("team-usd")
 }
