@@ -315,9 +315,9 @@ final class RunningServer {
     let runTask: Task<Void, any Error>
     let port: Int
 
-    init(handler: any RequestHandling) async throws {
+    init(handler: any RequestHandling, idleTimeoutMs: Int = 5000, bodyTimeoutMs: Int = 500) async throws {
         let server = HTTPServer(
-            configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: 1024, idleTimeoutMs: 5000, bodyTimeoutMs: 500, shutdownGraceSeconds: 1),
+            configuration: .init(host: "127.0.0.1", port: 0, maxBodyBytes: 1024, idleTimeoutMs: idleTimeoutMs, bodyTimeoutMs: bodyTimeoutMs, shutdownGraceSeconds: 1),
             group: group, handler: handler, logger: Logger(label: "test")
         )
         self.server = server
