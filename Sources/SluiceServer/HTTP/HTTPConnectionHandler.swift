@@ -14,8 +14,9 @@ import SluiceCore
 /// Why one handler and no response encoder: this handler is the whole pipeline after the decoder,
 /// and responses leave as bytes (`ResponseWriter`, `HTTP1ResponseBytes`). With NIO's encoder and
 /// a handler each for deadlines and malformed requests, every request and response part crossed
-/// three more handlers, boxed in `NIOAny`: about 4 % of a proxied request's CPU (the README's
-/// "Sluice's own cost per request").
+/// three more handlers, boxed in `NIOAny` (about 4 % of a profile's samples; in throughput the
+/// change was within the noise: the README's "Sluice's own cost per request"), and the rules of a
+/// connection's life were spread over three handlers that each tracked the others' state.
 ///
 /// Why a handler and not `NIOAsyncChannel`: bridging every request part and response part through
 /// async sequences and writers cost more CPU per request than the rest of the server; here a request
