@@ -63,7 +63,7 @@ extension Gateway {
             return await writeError(writer, GatewayError(upstream: error, upstreamName: upstream.name), requestID: requestID, keyID: key.id)
         }
         var responseHeaders = HTTPHeaders()
-        for (name, value) in response.headers where !Self.passThroughDroppedHeaders.contains(name.lowercased()) {
+        for (name, value) in response.headers where !Self.passThroughDroppedHeaders.contains(name.asciiLowercased) {
             responseHeaders.add(name: name, value: value)
         }
         responseHeaders.add(name: "x-request-id", value: requestID)
