@@ -280,3 +280,133 @@ def test_usage_records_name_invented_models_by_the_config_entry(redis_gateway):
     assert "gpt-4.1*:requests" in fields, fields
     assert "gpt-4.1-mini:requests" in fields, fields
     assert not [f for f in fields if "invented" in f], f"invented names grew the usage records: {fields}"
+
+
+MANGLE_KEY = "sk-e2e-mangled-0123456789"
+
+
+@pytest.fixture(scope="module")
+def short_timeouts_gateway(tmp_module, mock):
+    # Short idle and body timeouts: a request cut short is answered (408) and an idle connection
+    # closed within half a second, so every mangled exchange ends quickly.
+    config = gateway_config(free_port(), mock.port,
+                            [{"id": "mangled", "secret_sha256": sha256_hex(MANGLE_KEY), "tier": "t"}],
+                            {"t": {"requests_per_minute": 1_000_000, "tokens_per_minute": 100_000_000,
+                                   "max_concurrent_requests": 1}},
+                            server={"idle_timeout_ms": 300, "body_timeout_ms": 300})
+    directory = tmp_module / "mangled"
+    directory.mkdir()
+    g = Gateway(directory, config)
+    yield g
+    g.stop()
+
+
+def mangled_chat_requests(count: int, seed: int) -> list[bytes]:
+    """Valid chat requests (plain, streamed, pipelined), then one or two random changes to most:
+    bytes replaced, inserted, deleted, repeated, or the tail cut off."""
+    import random
+    rng = random.Random(seed)
+    def request(body: dict) -> bytes:
+        data = json.dumps(body).encode()
+        return (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                + f"authorization: Bearer {MANGLE_KEY}\r\ncontent-length: {len(data)}\r\n\r\n".encode() + data)
+    plain = request({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hello there"}]})
+    streamed = request({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "system", "content": "be brief"},
+                                                                            {"role": "user", "content": "hi"}]})
+    seeds = [plain, streamed, plain + plain]
+    alphabet = b'\r\n :{}[]",0123456789aZ\\\x00\xff\x80'
+    out = []
+    for _ in range(count):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randrange(3)):
+            at = rng.randrange(len(data))
+            kind = rng.randrange(5)
+            if kind == 0:
+                data[at] = rng.choice(alphabet)
+            elif kind == 1:
+                data.insert(at, rng.choice(alphabet))
+            elif kind == 2:
+                del data[at:at + 1 + rng.randrange(8)]
+            elif kind == 3:
+                data[at:at] = data[at:at + 1 + rng.randrange(16)]
+            else:
+                del data[at:]
+        out.append(bytes(data))
+    return out
+
+
+def parse_responses(answer: bytes) -> list[int]:
+    """The statuses of the complete HTTP/1.1 responses in `answer`, read by h11 (a parser nobody here
+    wrote); raises if the bytes are not a sequence of well-formed responses."""
+    import h11
+    if not answer:
+        return []  # closed unanswered (a request cut short at the end of the client's bytes)
+    conn = h11.Connection(h11.CLIENT)
+    statuses = []
+    conn.receive_data(answer)
+    while True:
+        if conn.our_state is h11.IDLE:
+            conn.send(h11.Request(method="POST", target="/", headers=[("host", "x"), ("content-length", "0")]))
+            conn.send(h11.EndOfMessage())
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            # All bytes read, and no response started and left unfinished.
+            unread, _ = conn.trailing_data
+            assert conn.their_state is not h11.SEND_BODY and not unread, f"a response cut short: {answer[-300:]!r}"
+            return statuses
+        if isinstance(event, h11.InformationalResponse):
+            continue
+        if isinstance(event, h11.Response):
+            statuses.append(event.status_code)
+            if event.status_code >= 400:
+                content_type = dict((k.lower(), v) for k, v in event.headers).get(b"content-type", b"")
+                assert content_type.startswith(b"application/json"), f"an error outside OpenAI's envelope: {event}"
+        if isinstance(event, h11.EndOfMessage):
+            if conn.their_state is h11.MUST_CLOSE or conn.our_state is h11.MUST_CLOSE:
+                return statuses
+            conn.start_next_cycle()
+        if isinstance(event, h11.ConnectionClosed):
+            return statuses
+
+
+def test_mangled_requests_get_well_formed_answers_and_leave_no_slot_taken(short_timeouts_gateway):
+    # 240 chat requests, most mangled at random (seeded), 40 connections at a time: every answer is a
+    # well-formed HTTP/1.1 response (errors in OpenAI's envelope), every connection ends, and the
+    # key's only concurrency slot is free afterwards (a leaked one would refuse with 429 for good).
+    g = short_timeouts_gateway
+    requests = mangled_chat_requests(240, seed=19)
+    statuses: dict[int, int] = {}
+    for start in range(0, len(requests), 40):
+        sockets = []
+        for data in requests[start:start + 40]:
+            s = socket.create_connection(("127.0.0.1", g.port))
+            s.settimeout(5)
+            try:
+                s.sendall(data)
+            except OSError:
+                pass  # the node answered and closed before all was sent
+            sockets.append((data, s))
+        for data, s in sockets:
+            answer = bytearray()
+            try:
+                while chunk := s.recv(65536):
+                    answer += chunk
+            except ConnectionResetError:
+                pass
+            except socket.timeout:
+                raise AssertionError(f"the connection was left open: sent {data[:200]!r}, got {bytes(answer[:200])!r}")
+            finally:
+                s.close()
+            for status in parse_responses(bytes(answer)):
+                statuses[status] = statuses.get(status, 0) + 1
+    print("mangled requests answered, by status:", sorted(statuses.items()))
+    assert statuses.get(200, 0) >= 10 and statuses.get(400, 0) >= 20, statuses
+    deadline = time.time() + 5
+    while True:
+        r = httpx.post(g.base_url + "/chat/completions", timeout=10, headers={"authorization": f"Bearer {MANGLE_KEY}"},
+                       json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
+        if r.status_code == 200:
+            break
+        assert r.status_code == 429 and time.time() < deadline, f"the slot stayed taken: {r.status_code} {r.text}"
+        time.sleep(0.1)
+    assert g.proc.poll() is None
