@@ -28,7 +28,7 @@ public final class GatewayMetrics: Sendable {
     private let pendingSettlementsGauge: Prometheus.Gauge
     private let readyGauge: Prometheus.Gauge
     private let limiterCallDuration: DurationHistogram
-    private let cache = Mutex<[String: AnyObject]>([:])
+    private let cache = Mutex<[HandleKey: AnyObject]>([:])
     /// `sluice_config_info{sha256="…"} 1` for the config in force; replaced, not added to, by a reload.
     private let configInfo = Mutex<Prometheus.Gauge?>(nil)
     /// The per-request handles, found again per thread without the shared lock (see ``HotHandles``).
@@ -376,17 +376,33 @@ public final class GatewayMetrics: Sendable {
         cached(family, labels) { registry.makeValueHistogram(name: family.name, labels: labels, buckets: buckets, help: family.help) }
     }
 
-    /// Label names differ between families, so one cache keyed by name and labels serves all.
+    /// Label names differ between families, so one cache keyed by family and labels serves all.
     private func cached<Handle: AnyObject>(_ family: MetricFamily, _ labels: [(String, String)], make: () -> Handle) -> Handle {
-        var cacheKey = family.name
-        for (name, value) in labels {
-            cacheKey += "\u{1}" + name + "=" + value
-        }
+        let cacheKey = HandleKey(family: family, labels: labels)
         return cache.withLock { cache in
             if let handle = cache[cacheKey] as? Handle { return handle }
             let handle = make()
             cache[cacheKey] = handle
             return handle
+        }
+    }
+}
+
+/// A handle's family and label set, compared and hashed as they are (a key built by concatenating
+/// them allocated a string or two per metric update).
+private struct HandleKey: Hashable {
+    let family: MetricFamily
+    let labels: [(String, String)]
+
+    static func == (lhs: HandleKey, rhs: HandleKey) -> Bool {
+        lhs.family == rhs.family && lhs.labels.elementsEqual(rhs.labels, by: ==)
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(family)
+        for (name, value) in labels {
+            hasher.combine(name)
+            hasher.combine(value)
         }
     }
 }
