@@ -6,9 +6,10 @@ import Synchronization
 ///
 /// Writes go straight to the channel as HTTP/1.1 bytes (`HTTP1ResponseBytes`; the request's task runs
 /// on the channel's event loop, where they are plain calls): a whole answer is one buffer and one
-/// write, a streamed chunk one buffer with its framing. A response to `HEAD` gets its head only. A streamed chunk waits while the client's socket is not writable; that wait is
-/// the backpressure that pauses an upstream transfer for a slow client. A write to a connection the
-/// client has closed throws.
+/// write, a streamed chunk one buffer with its framing. A response to `HEAD` gets its head only.
+/// A streamed chunk waits while the client's socket is not writable; that wait is the backpressure
+/// that pauses an upstream transfer for a slow client. A write to a connection the client has closed
+/// throws.
 public final class ResponseWriter: Sendable {
     private struct State {
         var headSent = false
