@@ -37,9 +37,10 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         case responding(task: Task<Void, Never>, writer: ResponseWriter)
         /// The connection is closing; nothing more is read or served.
         case closing
-        /// A malformed request was answered and the output shut: what the client still sends is
-        /// read and discarded (the decoder reports each read as an error, ignored), until the client
-        /// closes or ``lingerTimeout`` passes.
+        /// A request was refused (too large, `CONNECT`, malformed) and the output shut once the answer
+        /// was out: what the client still sends is read and discarded (after a malformed request the
+        /// decoder reports each read as an error, ignored), until the client closes or
+        /// ``lingerTimeout`` passes.
         case lingering
     }
 
@@ -129,11 +130,11 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
             // No response is owed or under way: a request the decoder could not parse is answered.
             if let answer = MalformedRequest.answer(to: error, maxHeaderBytes: limits.maxHeaderBytes, maxHeaderFields: limits.maxHeaderFields) {
                 logger.debug("malformed request answered", metadata: ["status": "\(answer.status)", "error": "\(error)"])
-                answerAndLinger(answer, context: context)
+                refuse(answer, context: context)
                 return
             }
         case .responding, .closing:
-            // A second response would corrupt the one under way; a refused connection is closing.
+            // A second response would corrupt the one under way; a closing connection is done.
             break
         }
         // A protocol error not answered, or a reset connection. A client that resets its connection
@@ -143,23 +144,6 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         logger.debug("connection error", metadata: ["error": "\(error)"])
         connectionEnded()
         context.close(promise: nil)
-    }
-
-    /// Answers `error` (a malformed request), shuts the output once the answer is out and lingers:
-    /// closing with unread bytes (the rest of a 70 KiB header) would reset the connection, and the
-    /// client could lose the answer. The connection closes when the client closes it or after
-    /// ``lingerTimeout``.
-    private func answerAndLinger(_ error: GatewayError, context: ChannelHandlerContext) {
-        state = .lingering
-        held.removeAll()
-        deadlines?.stop()
-        let writer = ResponseWriter(channel: context.channel, keepAlive: false)
-        writer.writeErrorNow(error, requestID: nil)
-        let channel = context.channel
-        writer.endWritten.whenComplete { _ in
-            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
-        }
-        context.eventLoop.scheduleTask(in: Self.lingerTimeout) { channel.close(promise: nil) }
     }
 
     /// A deadline of `ConnectionDeadlines` passed: an idle connection closes; a client that started a
@@ -243,19 +227,25 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         context.close(promise: nil)
     }
 
-    /// Refuses the request being read with `error`, then closes with a lingering close.
+    /// Refuses the request being read (too large, `CONNECT`) or one the decoder could not parse with
+    /// `error`, then closes with a lingering close.
     ///
     /// Why not close at once: closing a socket with unread request bytes makes the kernel answer
-    /// with a reset, and a client still sending its (too large) body may then lose the answer and
-    /// see "connection reset" instead of the 413. So the output is shut after the answer is written
-    /// (the client reads it, then end of stream), what the client still sends is read and discarded,
-    /// and the connection closes when the client closes it or after ``lingerTimeout`` at most.
+    /// with a reset, and a client still sending its (too large) body or the rest of a 70 KiB header
+    /// may then lose the answer and see "connection reset" instead. So the output is shut once the
+    /// answer is written (the client reads it, then end of stream), what the client still sends is
+    /// read and discarded, and the connection closes when the client closes it or after
+    /// ``lingerTimeout`` at most.
     private func refuse(_ error: GatewayError, context: ChannelHandlerContext) {
-        state = .closing
+        state = .lingering
+        held.removeAll()
+        deadlines?.stop()
         let writer = ResponseWriter(channel: context.channel, keepAlive: false)
         writer.writeErrorNow(error, requestID: nil)
         let channel = context.channel
-        context.close(mode: .output, promise: nil)
+        writer.endWritten.whenComplete { _ in
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+        }
         context.eventLoop.scheduleTask(in: Self.lingerTimeout) { channel.close(promise: nil) }
     }
 
