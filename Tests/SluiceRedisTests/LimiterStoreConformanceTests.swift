@@ -517,14 +517,10 @@ final class MonthTokensConformanceTests: XCTestCase {
     }
 
     func testRedis() async throws {
-        let server = try RedisServerProcess()
-        let client = try RedisClient(config: server.config, options: testClientOptions)
-        defer {
-            client.shutdown()
-            server.stop()
+        try await withRedisClient { client in
+            try await LimiterStoreConformance(store: try RedisLimiterStore(client: client)).monthTokensGivePositions()
+            try await LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client))).monthTokensGivePositions()
         }
-        try await LimiterStoreConformance(store: try RedisLimiterStore(client: client)).monthTokensGivePositions()
-        try await LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client))).monthTokensGivePositions()
     }
 }
 
@@ -677,28 +673,24 @@ final class TeamMonthTokensConformanceTests: XCTestCase {
     }
 
     func testRedis() async throws {
-        let server = try RedisServerProcess()
-        let client = try RedisClient(config: server.config, options: testClientOptions)
-        defer {
-            client.shutdown()
-            server.stop()
+        try await withRedisClient { client in
+            try await LimiterStoreConformance(store: try RedisLimiterStore(client: client)).teamMonthTokensGivePositions()
+            // Keys in a team are never leased: the same positions.
+            try await LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client))).teamMonthTokensGivePositions()
+            // Two nodes sharing the Redis: the team's month is one counter.
+            let nodeA = try RedisLimiterStore(client: client, nodeID: "node-a"), nodeB = try RedisLimiterStore(client: client, nodeID: "node-b")
+            let team = TeamSubject(id: "month-team-" + UUID().uuidString.prefix(8).lowercased(), limits: ResolvedLimits())
+            var onA = AdmissionRequest(requestID: UUID().uuidString, keyID: "month-a-" + UUID().uuidString.prefix(6).lowercased(), limits: ResolvedLimits(), model: "m", promptTokens: 30, reservedOutputTokens: 20)
+            onA.team = team
+            onA.tracksMonthTokens = true
+            guard case .admitted(let a, _) = try await nodeA.admit(onA) else { return XCTFail("denied") }
+            _ = try await nodeA.settle(a, actualPromptTokens: 30, actualCompletionTokens: 5)
+            var onB = onA
+            onB.requestID = UUID().uuidString
+            onB.keyID = "month-b-" + UUID().uuidString.prefix(6).lowercased()
+            guard case .admitted(let b, _) = try await nodeB.admit(onB) else { return XCTFail("denied") }
+            XCTAssertEqual(b.monthTokensBefore, 35, "node-b's key starts after node-a's key's settled 35 tokens")
         }
-        try await LimiterStoreConformance(store: try RedisLimiterStore(client: client)).teamMonthTokensGivePositions()
-        // Keys in a team are never leased: the same positions.
-        try await LimiterStoreConformance(store: AlwaysLeased(try RedisLimiterStore(client: client))).teamMonthTokensGivePositions()
-        // Two nodes sharing the Redis: the team's month is one counter.
-        let nodeA = try RedisLimiterStore(client: client, nodeID: "node-a"), nodeB = try RedisLimiterStore(client: client, nodeID: "node-b")
-        let team = TeamSubject(id: "month-team-" + UUID().uuidString.prefix(8).lowercased(), limits: ResolvedLimits())
-        var onA = AdmissionRequest(requestID: UUID().uuidString, keyID: "month-a-" + UUID().uuidString.prefix(6).lowercased(), limits: ResolvedLimits(), model: "m", promptTokens: 30, reservedOutputTokens: 20)
-        onA.team = team
-        onA.tracksMonthTokens = true
-        guard case .admitted(let a, _) = try await nodeA.admit(onA) else { return XCTFail("denied") }
-        _ = try await nodeA.settle(a, actualPromptTokens: 30, actualCompletionTokens: 5)
-        var onB = onA
-        onB.requestID = UUID().uuidString
-        onB.keyID = "month-b-" + UUID().uuidString.prefix(6).lowercased()
-        guard case .admitted(let b, _) = try await nodeB.admit(onB) else { return XCTFail("denied") }
-        XCTAssertEqual(b.monthTokensBefore, 35, "node-b's key starts after node-a's key's settled 35 tokens")
     }
 }
 
@@ -749,18 +741,25 @@ final class TeamConformanceTests: XCTestCase {
     }
 
     func testRedis() async throws {
-        let server = try RedisServerProcess()
-        let client = try RedisClient(config: server.config, options: testClientOptions)
-        defer {
-            client.shutdown()
-            server.stop()
+        try await withRedisClient { client in
+            try await checks(try RedisLimiterStore(client: client))
+            // Keys in a team are never leased, whatever they ask for: the same semantics.
+            try await checks(AlwaysLeased(try RedisLimiterStore(client: client)))
+            // Two nodes sharing the Redis.
+            try await concurrentKeysOfATeamNeverOvershootItsBudget([
+                try RedisLimiterStore(client: client, nodeID: "node-a"), try RedisLimiterStore(client: client, nodeID: "node-b"),
+            ])
         }
-        try await checks(try RedisLimiterStore(client: client))
-        // Keys in a team are never leased, whatever they ask for: the same semantics.
-        try await checks(AlwaysLeased(try RedisLimiterStore(client: client)))
-        // Two nodes sharing the Redis.
-        try await concurrentKeysOfATeamNeverOvershootItsBudget([
-            try RedisLimiterStore(client: client, nodeID: "node-a"), try RedisLimiterStore(client: client, nodeID: "node-b"),
-        ])
     }
+}
+
+/// A redis-server of its own and a client on it for `body`, both stopped after it.
+private func withRedisClient(_ body: (RedisClient) async throws -> Void) async throws {
+    let server = try RedisServerProcess()
+    let client = try RedisClient(config: server.config, options: testClientOptions)
+    defer {
+        client.shutdown()
+        server.stop()
+    }
+    try await body(client)
 }
