@@ -19,6 +19,10 @@ MOCK_BIN = os.environ.get("SLUICE_MOCK_BIN", str(ROOT / ".build/debug/sluice-moc
 TOKENIZER_DIR = os.environ.get("SLUICE_TOKENIZER_DIR", str(ROOT / ".cache/tokenizer"))
 
 
+# SIGILL and SIGTRAP (Swift's traps: a failed precondition, a fatalError), SIGABRT, SIGBUS, SIGFPE, SIGSEGV.
+CRASH_SIGNALS = {4, 5, 6, 7, 8, 11}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,6 +73,11 @@ class Process:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+        # A crash (during the test, or at shutdown: SWIFTNIO_STRICT turns a task scheduled on a loop
+        # already gone into one) fails the test with the backtrace, not only as the client errors it
+        # caused — or as nothing, if it came after the last request.
+        if -self.proc.returncode in CRASH_SIGNALS:
+            raise AssertionError(f"{self.log_path} exited on signal {-self.proc.returncode}:\n" + self.log_text()[-4000:])
 
     def log_text(self) -> str:
         return Path(self.log_path).read_text(errors="replace")

@@ -312,3 +312,60 @@ def test_a_listener_that_cannot_bind_stops_the_node(tmp_path, mock):
         assert f"127.0.0.1:{taken.getsockname()[1]}" in out.stderr and "cannot listen" in out.stderr, out.stderr[-2000:]
     finally:
         taken.close()
+
+
+def _listening(port: int) -> bool:
+    """Whether a socket listens on 127.0.0.1:`port`, read from the kernel's table (connecting to find
+    out would hand one event loop its first connection early)."""
+    local = "0100007F:%04X" % port
+    with open("/proc/net/tcp") as table:
+        return any(line.split()[1] == local and line.split()[3] == "0A" for line in table.readlines()[1:])
+
+
+def test_a_fresh_nodes_first_connections_on_every_event_loop_at_once_do_not_crash_it(tmp_path, mock):
+    """A CI run lost a node at its first connections: two event loops built their first connection's
+    pipeline at the same moment, and Swift's runtime crashed instantiating the decoder's generic type
+    for both at once (SIGSEGV; see HTTPServer.instantiatePipelineTypes). Here each fresh node is
+    stopped once its listeners are open, given a burst of connections on both, and let go, so that
+    every event loop meets its first connection together. Before the fix, 3 starts in 100 crashed
+    (eight loops); the test makes 40."""
+    import signal as signals
+    import socket
+    import subprocess
+    from conftest import SLUICE_BIN, TOKENIZER_DIR
+    env = {**os.environ, "SLUICE_TOKENIZER_DIR": TOKENIZER_DIR, "SWIFTNIO_STRICT": "1"}
+    for start in range(40):
+        config = gateway_config(free_port(), mock.port, [], {}, server={"event_loop_threads": 8})
+        ports = [config["server"]["port"], config["server"]["admin_port"]]
+        (tmp_path / "sluice.json").write_text(json.dumps(config))
+        log_path = tmp_path / f"sluice-{start}.stderr"
+        with open(log_path, "wb") as log:
+            node = subprocess.Popen([SLUICE_BIN, "serve", "--config", str(tmp_path / "sluice.json")],
+                                    stdout=subprocess.DEVNULL, stderr=log, env=env)
+        try:
+            deadline = time.time() + 30
+            while not all(_listening(p) for p in ports):
+                assert node.poll() is None and time.time() < deadline, log_path.read_text(errors="replace")[-3000:]
+                time.sleep(0.002)
+            node.send_signal(signals.SIGSTOP)
+            clients = []
+            for _ in range(16):
+                for port in ports:
+                    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+                    client.sendall(b"GET /healthz HTTP/1.1\r\nHost: sluice\r\n\r\n")
+                    clients.append(client)
+            node.send_signal(signals.SIGCONT)
+            answers = []
+            for client in clients:
+                try:
+                    answers.append(client.recv(64).split(b"\r\n")[0])
+                except OSError as error:
+                    answers.append(repr(error).encode())
+                client.close()
+            crashed = f"start {start}: the node exited with {node.poll()}\n" + log_path.read_text(errors="replace")[-3000:]
+            assert answers == [b"HTTP/1.1 200 OK"] * len(clients), crashed
+            assert node.poll() is None, crashed
+        finally:
+            if node.poll() is None:
+                node.terminate()
+                node.wait(timeout=15)
