@@ -60,18 +60,22 @@ public final class HTTPServer: Sendable {
     /// Request tasks still running (some after their response ended: they settle after it).
     public var runningTasks: Int { connections.tasks.running }
 
-    /// Builds, once and on the calling thread, a decoder of the type every connection's pipeline gets.
+    /// A decoder of the type every connection's pipeline gets, built once per process before any
+    /// listener accepts (`run` reads it first).
     ///
     /// Swift's runtime can crash when two threads are the first to instantiate the same generic type
     /// from its mangled name at the same moment: a conformance check during the instantiation meets a
     /// null metadata pointer (SIGSEGV in `swift_checkMetadataState`). A fresh node's first connections
     /// reach several event loops together, each building `ByteToMessageHandler<HTTPRequestDecoder>` in
     /// `childChannelInitializer` — a CI run lost a node that way (here: 1 start in ~300 with two event
-    /// loops, 3 in 100 with eight, under a burst of first connections). Once the type is complete,
-    /// the loops' own lookups only read it.
-    private static func instantiatePipelineTypes(_ limits: NIOHTTPDecoderLimitConfiguration) {
-        withExtendedLifetime(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, limitConfiguration: limits))) {}
-    }
+    /// loops, 3 in 100 with eight, under a burst of first connections). A `static let` is initialised
+    /// by one thread while any other waits (the public and admin listeners start together: built in
+    /// each `run` instead, the two raced the same way). Once the type is complete, the loops' own
+    /// lookups only read it.
+    private static let pipelineTypesInstantiated: Bool = {
+        let decoder = ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes))
+        return withExtendedLifetime(decoder) { true }
+    }()
 
     /// Binds, then serves until `shutdownGracefully()` closes the listener and every connection has
     /// finished (or the grace period ran out and they were closed).
@@ -89,7 +93,7 @@ public final class HTTPServer: Sendable {
         let connections = self.connections
         let handler = self.handler
         let logger = self.logger
-        Self.instantiatePipelineTypes(limits)
+        precondition(Self.pipelineTypesInstantiated)  // before any event loop can build one (see the property)
         // The listener accepts on a thread of its own. On an event loop that also carries thousands of
         // streams, NIO came back to the listening socket so rarely that connections waited seconds in the
         // accept queue (scripts/bench streams: 200 of 1,000 new ones for over a second, their requests
