@@ -1,4 +1,5 @@
 import CHiredis
+import Dispatch
 import Logging
 import NIOCore
 import NIOPosix
@@ -73,6 +74,7 @@ final class RedisConnection: @unchecked Sendable {
     private let logger: Logger
     private let name: String
     private let mirror = Mutex(Mirror())
+    private let lookUpHost: HostLookup
 
     // MARK: Event loop only
 
@@ -92,13 +94,16 @@ final class RedisConnection: @unchecked Sendable {
     /// is written on it; it is closed once the commands in flight are answered, then opened again.
     private var leavingReplica = false
 
-    init(config: RedisConfig, tls: RedisTLS?, options: RedisClientOptions, logger: Logger, name: String, eventLoop: any EventLoop) {
+    /// - Parameter lookUpHost: the addresses of a host name (blocking; run off the event loop).
+    init(config: RedisConfig, tls: RedisTLS?, options: RedisClientOptions, logger: Logger, name: String, eventLoop: any EventLoop,
+         lookUpHost: @escaping HostLookup = RedisConnection.lookUpHost) {
         self.config = config
         self.tls = tls
         self.options = options
         self.logger = logger
         self.name = name
         self.eventLoop = eventLoop
+        self.lookUpHost = lookUpHost
         self.backoffMillis = options.initialBackoffMillis
     }
 
@@ -183,6 +188,17 @@ final class RedisConnection: @unchecked Sendable {
         if eventLoop.inEventLoop {
             body()
         } else {
+            eventLoop.execute(body)
+        }
+    }
+
+    /// Hands `body` to the loop unless the connection is shut down. The check and the hand-off
+    /// happen under the lock `shutdown()` takes, so a shutdown comes either before (nothing is handed
+    /// over) or after (the task is queued while the loop still runs: whoever shuts the loops down
+    /// does so after `shutdown()` returned).
+    private func onLoopUnlessShutDown(_ body: @escaping @Sendable () -> Void) {
+        mirror.withLock { mirror in
+            guard !mirror.shutDown else { return }
             eventLoop.execute(body)
         }
     }
@@ -325,12 +341,41 @@ final class RedisConnection: @unchecked Sendable {
 
     private func connect() {
         phase = .connecting
+        if let address = try? SocketAddress(ipAddress: config.host, port: config.port) {
+            connect(to: [address])
+            return
+        }
+        // A host name: looked up off the loop (getaddrinfo blocks), the answer handed back only while
+        // the connection is not shut down. NIO's own resolver posts its answer to the loop whatever
+        // happened meanwhile, and a client shut down mid-lookup (its loops shut down right after) had
+        // it post to a loop already gone: a crash under SWIFTNIO_STRICT (a CI run lost its test
+        // process so), and a crash in NIO versions to come.
+        let host = config.host, port = config.port, lookUpHost = self.lookUpHost
+        DispatchQueue.global().async {
+            let addresses = Result { try lookUpHost(host, port) }
+            self.onLoopUnlessShutDown {
+                guard case .connecting = self.phase else { return }
+                switch addresses {
+                case .success(let addresses) where !addresses.isEmpty:
+                    self.connect(to: addresses[...])
+                case .success:
+                    self.connectFailed(.connectFailed("\(host) has no address"))
+                case .failure(let error):
+                    self.connectFailed(.connectFailed("cannot look up \(host): \(error)"))
+                }
+            }
+        }
+    }
+
+    /// Opens TCP to the first of `addresses` that accepts, in order (a name may have an IPv6 and an
+    /// IPv4 address, and the server listen on one of them only).
+    private func connect(to addresses: ArraySlice<SocketAddress>) {
         let connectTimeout = TimeAmount.milliseconds(Int64(options.connectTimeoutMillis))
         // TCP and the TLS handshake share one connect timeout.
         let deadline = eventLoop.now + connectTimeout
         let reader = RedisReplyReader(connection: self)
         let tls = self.tls
-        let bootstrap = ClientBootstrap(group: eventLoop)
+        ClientBootstrap(group: eventLoop)
             .connectTimeout(connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.socketOption(.so_keepalive), value: 1)
@@ -340,22 +385,50 @@ final class RedisConnection: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(reader)
                 }
             }
-        // An address given as an IP needs no resolver. NIO's resolver answers from a thread of its own
-        // onto this event loop, and a connect in flight when the client's loops shut down had it post
-        // to a loop already gone (a warning today, a crash in future NIO versions).
-        let connecting = (try? SocketAddress(ipAddress: config.host, port: config.port)).map { bootstrap.connect(to: $0) }
-            ?? bootstrap.connect(host: config.host, port: config.port)
-        connecting
+            .connect(to: addresses.first!)
             .whenComplete { result in
                 switch result {
                 case .success(let channel) where tls != nil:
                     self.secure(channel, deadline: deadline)
                 case .success(let channel):
                     self.handshake(on: channel)
+                case .failure where addresses.count > 1:
+                    guard case .connecting = self.phase else { return }
+                    self.connect(to: addresses.dropFirst())
                 case .failure(let error):
                     self.connectFailed(.connectFailed("\(error)"))
                 }
             }
+    }
+
+    typealias HostLookup = @Sendable (_ host: String, _ port: Int) throws -> [SocketAddress]
+
+    /// The addresses `getaddrinfo` gives for `host`, in its order (blocks: DNS).
+    static func lookUpHost(_ host: String, port: Int) throws -> [SocketAddress] {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, String(port), &hints, &list)
+        guard status == 0 else { throw HostLookupError(message: String(cString: gai_strerror(status))) }
+        defer { freeaddrinfo(list) }
+        var addresses: [SocketAddress] = []
+        var entry = list
+        while let current = entry?.pointee {
+            if let address = current.ai_addr {
+                switch current.ai_family {
+                case AF_INET: addresses.append(SocketAddress(UnsafeRawPointer(address).load(as: sockaddr_in.self), host: host))
+                case AF_INET6: addresses.append(SocketAddress(UnsafeRawPointer(address).load(as: sockaddr_in6.self), host: host))
+                default: break
+                }
+            }
+            entry = current.ai_next
+        }
+        return addresses
+    }
+
+    struct HostLookupError: Error, CustomStringConvertible {
+        var message: String
+        var description: String { message }
     }
 
     /// TCP is open and the TLS handler is handshaking: wait for `secured(_:)` (or a failure, in

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOCore
 import NIOPosix
 import Synchronization
 import XCTest
@@ -286,4 +287,117 @@ final class RedisClientTests: XCTestCase {
         guard case .failure(let error)? = late else { return XCTFail("the late command did not fail at once: \(String(describing: late))") }
         XCTAssertEqual(error, .shutDown)
     }
+
+    // MARK: Host names
+
+    func testAHostNameIsLookedUpAndConnected() throws {
+        let addresses = try RedisConnection.lookUpHost("localhost", port: 6379)
+        XCTAssertTrue(addresses.contains { $0.ipAddress == "127.0.0.1" && $0.port == 6379 }, "\(addresses)")
+        XCTAssertThrowsError(try RedisConnection.lookUpHost("sluice-no-such-host.invalid", port: 6379))
+    }
+
+    /// A name with several addresses (IPv6 and IPv4, say) where only the last one serves: it is
+    /// reached after the others refuse.
+    func testAHostNameConnectsToTheFirstOfItsAddressesThatAccepts() async throws {
+        let server = try startServer()
+        let refusing = try closedPort()
+        var config = server.config
+        config.host = "redis.test"
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let connection = RedisConnection(config: config, tls: nil, options: testClientOptions, logger: Logger(label: "test"), name: "named",
+                                         eventLoop: group.next(), lookUpHost: { host, port in
+            XCTAssertEqual(host, "redis.test")
+            return [try SocketAddress(ipAddress: "127.0.0.1", port: refusing), try SocketAddress(ipAddress: "127.0.0.1", port: port)]
+        })
+        connection.start()
+        let pong = await connection.send(RedisArguments(["PING"]))
+        XCTAssertEqual(try pong.get(), RedisReply.status("PONG"))
+        connection.shutdown()
+        try await group.shutdownGracefully()
+    }
+
+    func testAHostNameThatCannotBeLookedUpFailsTheConnectWithTheReason() async throws {
+        var config = try startServer().config
+        config.host = "redis.test"
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let connection = RedisConnection(config: config, tls: nil, options: testClientOptions, logger: Logger(label: "test"), name: "unknown",
+                                         eventLoop: group.next(), lookUpHost: { _, _ in throw RedisConnection.HostLookupError(message: "Name or service not known") })
+        connection.start()
+        guard case .failure(.connectFailed(let message)) = await connection.send(RedisArguments(["PING"])) else { return XCTFail("connected") }
+        XCTAssertEqual(message, "cannot look up redis.test: Name or service not known")
+        connection.shutdown()
+        try await group.shutdownGracefully()
+    }
+
+    /// A connection shut down while its host name is being looked up hands nothing to its loop
+    /// afterwards: neither while the loop runs (it does not connect) nor once the loop is gone. NIO's
+    /// resolver, used before, posted its answer to the loop whatever happened meanwhile: a client
+    /// shut down mid-lookup (its loops shut down right after) had it post to a loop already gone,
+    /// which crashed the test process under SWIFTNIO_STRICT in a CI run (RedisTLSTests, a client
+    /// named by `localhost` reconnecting as the test ended).
+    func testAConnectionShutDownDuringItsHostLookupHandsNothingToItsLoop() async throws {
+        for loopGoneFirst in [false, true] {
+            let listener = try ListeningSocket()
+            let config = RedisConfig(host: "redis.test", port: listener.port)
+            let lookup = BlockedLookup()
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let connection = RedisConnection(config: config, tls: nil, options: testClientOptions, logger: Logger(label: "test"), name: "mid-lookup",
+                                             eventLoop: group.next(), lookUpHost: { _, port in
+                lookup.entered.signal()
+                lookup.release.wait()
+                defer { lookup.returned.signal() }
+                return [try SocketAddress(ipAddress: "127.0.0.1", port: port)]
+            })
+            connection.start()
+            XCTAssertEqual(lookup.entered.wait(timeout: .now() + 5), .success)
+            connection.shutdown()
+            if loopGoneFirst { try await group.shutdownGracefully() }
+            lookup.release.signal()
+            XCTAssertEqual(lookup.returned.wait(timeout: .now() + 5), .success)
+            try await Task.sleep(for: .milliseconds(200))
+            XCTAssertFalse(listener.hasPendingConnection, "the connection was opened after its shutdown (loop gone first: \(loopGoneFirst))")
+            if !loopGoneFirst { try await group.shutdownGracefully() }
+        }
+    }
+
+    /// A port nothing listens on (bound, then closed).
+    private func closedPort() throws -> Int {
+        let socket = try ListeningSocket()
+        return socket.port
+    }
+}
+
+/// A lookup held until the test lets it go.
+private final class BlockedLookup: Sendable {
+    let entered = DispatchSemaphore(value: 0)
+    let release = DispatchSemaphore(value: 0)
+    let returned = DispatchSemaphore(value: 0)
+}
+
+/// A TCP socket listening on 127.0.0.1 (a free port) that never accepts: whether a connection is
+/// waiting in its queue says whether anyone connected. Closed when released.
+private final class ListeningSocket {
+    let descriptor: Int32
+    let port: Int
+
+    init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) == 0 && listen(descriptor, 8) == 0 && getsockname(descriptor, $0, &length) == 0 }
+        }
+        guard bound else { close(descriptor); throw RedisConnection.HostLookupError(message: "cannot listen: errno \(errno)") }
+        self.descriptor = descriptor
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    var hasPendingConnection: Bool {
+        var waiting = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+        return poll(&waiting, 1, 0) == 1
+    }
+
+    deinit { close(descriptor) }
 }
