@@ -328,8 +328,9 @@ def test_a_fresh_nodes_first_requests_on_every_event_loop_at_once_do_not_crash_i
     for both at once (SIGSEGV; see HTTPServer.pipelineTypesInstantiated). Here each fresh node is
     stopped once its listeners are open, given a burst of chat requests and /metrics scrapes, and let
     go, so that every event loop meets its first connection and walks its first request together.
-    Before the fix, 1–3 starts in 100 crashed (eight loops), so the test makes 60: it caught the old
-    code in 2 of 7 runs — a guard with odds, not a proof; the fix was checked with 300 starts."""
+    Before the fix, 1–3 starts in 100 crashed (eight loops), and runs of this test on the old binary
+    failed about one time in three — a guard with odds, not a proof. The fix was checked with 300
+    starts."""
     import signal as signals
     import socket
     import subprocess
@@ -340,7 +341,7 @@ def test_a_fresh_nodes_first_requests_on_every_event_loop_at_once_do_not_crash_i
     chat = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nAuthorization: Bearer " + KEY.encode()
             + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     scrape = b"GET /metrics HTTP/1.1\r\nHost: sluice\r\n\r\n"
-    for start in range(60):
+    for start in range(100):
         config = gateway_config(free_port(), mock.port, [key], {}, server={"event_loop_threads": 8})
         ports = [config["server"]["port"], config["server"]["admin_port"]]
         (tmp_path / "sluice.json").write_text(json.dumps(config))
@@ -355,7 +356,7 @@ def test_a_fresh_nodes_first_requests_on_every_event_loop_at_once_do_not_crash_i
                 time.sleep(0.002)
             node.send_signal(signals.SIGSTOP)
             clients = []
-            for _ in range(16):
+            for _ in range(32):
                 for port, request in zip(ports, (chat, scrape)):
                     client = socket.create_connection(("127.0.0.1", port), timeout=10)
                     client.sendall(request)
