@@ -300,7 +300,7 @@ final class RedisClientTests: XCTestCase {
     /// reached after the others refuse.
     func testAHostNameConnectsToTheFirstOfItsAddressesThatAccepts() async throws {
         let server = try startServer()
-        let refusing = try closedPort()
+        let refusing = try RedisServerProcess.freePort()
         var config = server.config
         config.host = "redis.test"
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -337,7 +337,7 @@ final class RedisClientTests: XCTestCase {
     /// named by `localhost` reconnecting as the test ended).
     func testAConnectionShutDownDuringItsHostLookupHandsNothingToItsLoop() async throws {
         for loopGoneFirst in [false, true] {
-            let listener = try ListeningSocket()
+            let listener = try LoopbackListener()
             let config = RedisConfig(host: "redis.test", port: listener.port)
             let lookup = BlockedLookup()
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -359,12 +359,6 @@ final class RedisClientTests: XCTestCase {
             if !loopGoneFirst { try await group.shutdownGracefully() }
         }
     }
-
-    /// A port nothing listens on (bound, then closed).
-    private func closedPort() throws -> Int {
-        let socket = try ListeningSocket()
-        return socket.port
-    }
 }
 
 /// A lookup held until the test lets it go.
@@ -372,32 +366,4 @@ private final class BlockedLookup: Sendable {
     let entered = DispatchSemaphore(value: 0)
     let release = DispatchSemaphore(value: 0)
     let returned = DispatchSemaphore(value: 0)
-}
-
-/// A TCP socket listening on 127.0.0.1 (a free port) that never accepts: whether a connection is
-/// waiting in its queue says whether anyone connected. Closed when released.
-private final class ListeningSocket {
-    let descriptor: Int32
-    let port: Int
-
-    init() throws {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) == 0 && listen(descriptor, 8) == 0 && getsockname(descriptor, $0, &length) == 0 }
-        }
-        guard bound else { close(descriptor); throw RedisConnection.HostLookupError(message: "cannot listen: errno \(errno)") }
-        self.descriptor = descriptor
-        port = Int(UInt16(bigEndian: address.sin_port))
-    }
-
-    var hasPendingConnection: Bool {
-        var waiting = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-        return poll(&waiting, 1, 0) == 1
-    }
-
-    deinit { close(descriptor) }
 }

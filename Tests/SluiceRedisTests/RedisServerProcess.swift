@@ -100,6 +100,12 @@ final class LoopbackListener {
 
     deinit { close(fd) }
 
+    /// Whether a connection waits in the backlog: someone connected.
+    var hasPendingConnection: Bool {
+        var waiting = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&waiting, 1, 0) == 1
+    }
+
     /// A socket listening on a free loopback port: its descriptor and the port.
     static func listen(backlog: Int32) throws -> (Int32, Int) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
